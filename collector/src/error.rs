@@ -1,0 +1,91 @@
+//! Ingest errors and their one mapping to each transport.
+
+use std::time::Duration;
+
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// How long an overloaded client is told to wait before retrying.
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Why a whole export request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    #[error("request larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("unsupported content type {0:?}; use application/x-protobuf or application/json")]
+    UnsupportedMediaType(String),
+    #[error("unsupported content encoding {0:?}; use gzip or none")]
+    UnsupportedEncoding(String),
+    #[error("meshlens is overloaded; retry later")]
+    Overloaded,
+    #[error("the store could not commit this export; retry later")]
+    Store,
+    #[error("meshlens is shutting down; retry later")]
+    ShuttingDown,
+}
+
+impl IngestError {
+    /// The bounded `reason` label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            IngestError::Malformed(_) => "malformed",
+            IngestError::TooLarge { .. } => "too_large",
+            IngestError::UnsupportedMediaType(_) => "unsupported_media_type",
+            IngestError::UnsupportedEncoding(_) => "unsupported_encoding",
+            IngestError::Overloaded => "overloaded",
+            IngestError::Store => "store_error",
+            IngestError::ShuttingDown => "shutting_down",
+        }
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            IngestError::Overloaded | IngestError::Store | IngestError::ShuttingDown
+        )
+    }
+
+    pub fn http_status(&self) -> http::StatusCode {
+        use http::StatusCode as S;
+        match self {
+            IngestError::Malformed(_) => S::BAD_REQUEST,
+            IngestError::TooLarge { .. } => S::PAYLOAD_TOO_LARGE,
+            IngestError::UnsupportedMediaType(_) => S::UNSUPPORTED_MEDIA_TYPE,
+            IngestError::UnsupportedEncoding(_) => S::UNSUPPORTED_MEDIA_TYPE,
+            IngestError::Overloaded => S::TOO_MANY_REQUESTS,
+            IngestError::Store | IngestError::ShuttingDown => S::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    pub fn grpc_code(&self) -> tonic::Code {
+        use tonic::Code as C;
+        match self {
+            IngestError::Malformed(_) => C::InvalidArgument,
+            IngestError::TooLarge { .. } => C::ResourceExhausted,
+            IngestError::UnsupportedMediaType(_) | IngestError::UnsupportedEncoding(_) => {
+                C::InvalidArgument
+            }
+            IngestError::Overloaded | IngestError::Store | IngestError::ShuttingDown => {
+                C::Unavailable
+            }
+        }
+    }
+}
+
+/// Retryable errors carry RetryInfo, as the OTLP specification asks for throttling.
+impl From<IngestError> for tonic::Status {
+    fn from(e: IngestError) -> Self {
+        let code = e.grpc_code();
+        if e.is_retryable() {
+            tonic::Status::with_error_details(
+                code,
+                e.to_string(),
+                ErrorDetails::with_retry_info(Some(RETRY_AFTER)),
+            )
+        } else {
+            tonic::Status::new(code, e.to_string())
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! meshlens receivers (OTLP gRPC and HTTP, Zipkin v2), the ingest pipeline in front of the store,
+//! and the catalogue of meshlens' own metrics.
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod metrics;
+pub mod otlp;
+pub mod pipeline;
+pub mod zipkin;
+
+mod body;
+
+pub use error::IngestError;
+pub use metrics::Metrics;
+pub use pipeline::{Pipeline, PipelineConfig};
+
+/// The receivers' names, used as the `protocol` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    OtlpGrpc,
+    OtlpHttp,
+    Zipkin,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::OtlpGrpc => "otlp_grpc",
+            Protocol::OtlpHttp => "otlp_http",
+            Protocol::Zipkin => "zipkin",
+        }
+    }
+}

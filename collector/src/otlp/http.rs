@@ -1,0 +1,152 @@
+//! OTLP/HTTP `POST /v1/traces`: protobuf or JSON (the OTLP JSON mapping), gzip, chunked bodies.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, StatusCode};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use prost::Message;
+
+use crate::body::read_body;
+use crate::error::{IngestError, RETRY_AFTER};
+use crate::otlp::convert::convert_traces;
+use crate::pipeline::Pipeline;
+use crate::Protocol;
+
+#[derive(Clone)]
+struct HttpState {
+    pipeline: Pipeline,
+    limit: usize,
+}
+
+/// The body encodings OTLP/HTTP allows; the answer uses the request's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Format {
+    Protobuf,
+    Json,
+}
+
+impl Format {
+    pub fn from_headers(headers: &HeaderMap) -> Result<Format, IngestError> {
+        let ct = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let mime = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        match mime.as_str() {
+            "application/x-protobuf" | "application/protobuf" => Ok(Format::Protobuf),
+            "application/json" => Ok(Format::Json),
+            _ => Err(IngestError::UnsupportedMediaType(ct.to_string())),
+        }
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            Format::Protobuf => "application/x-protobuf",
+            Format::Json => "application/json",
+        }
+    }
+}
+
+pub fn router(pipeline: Pipeline, limit: usize) -> Router {
+    Router::new()
+        .route("/v1/traces", post(traces))
+        .with_state(HttpState { pipeline, limit })
+}
+
+async fn traces(State(st): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
+    let format = Format::from_headers(&headers).unwrap_or(Format::Protobuf);
+    match export(&st, &headers, body).await {
+        Ok(resp) => encode(format, StatusCode::OK, &resp),
+        Err(e) => {
+            st.pipeline.reject_request(Protocol::OtlpHttp, &e);
+            error_response(format, &e)
+        }
+    }
+}
+
+async fn export(
+    st: &HttpState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<ExportTraceServiceResponse, IngestError> {
+    let format = Format::from_headers(headers)?;
+    let bytes = read_body(headers, body, st.limit).await?;
+    let request = decode_request(format, &bytes)?;
+    let rejected = st
+        .pipeline
+        .ingest(Protocol::OtlpHttp, convert_traces(request))
+        .await?;
+    Ok(ExportTraceServiceResponse {
+        partial_success: (rejected.count > 0).then(|| ExportTracePartialSuccess {
+            rejected_spans: rejected.count as i64,
+            error_message: rejected.message(),
+        }),
+    })
+}
+
+pub fn decode_request(
+    format: Format,
+    bytes: &Bytes,
+) -> Result<ExportTraceServiceRequest, IngestError> {
+    match format {
+        Format::Protobuf => ExportTraceServiceRequest::decode(bytes.as_ref())
+            .map_err(|e| IngestError::Malformed(format!("protobuf: {e}"))),
+        Format::Json => {
+            serde_json::from_slice(bytes).map_err(|e| IngestError::Malformed(format!("json: {e}")))
+        }
+    }
+}
+
+fn encode<M: Message + serde::Serialize>(format: Format, status: StatusCode, msg: &M) -> Response {
+    let body = match format {
+        Format::Protobuf => msg.encode_to_vec(),
+        Format::Json => serde_json::to_vec(msg).unwrap_or_default(),
+    };
+    (
+        status,
+        [(header::CONTENT_TYPE, format.content_type())],
+        body,
+    )
+        .into_response()
+}
+
+/// The OTLP/HTTP error answer: a `google.rpc.Status` body, and Retry-After when retrying helps.
+pub fn error_response(format: Format, e: &IngestError) -> Response {
+    let status = tonic_types::Status {
+        code: e.grpc_code() as i32,
+        message: e.to_string(),
+        details: Vec::new(),
+    };
+    let body = match format {
+        Format::Protobuf => status.encode_to_vec(),
+        Format::Json => serde_json::to_vec(&serde_json::json!({
+            "code": status.code,
+            "message": status.message,
+        }))
+        .unwrap_or_default(),
+    };
+    let mut resp = (
+        e.http_status(),
+        [(header::CONTENT_TYPE, format.content_type())],
+        body,
+    )
+        .into_response();
+    if e.is_retryable() {
+        resp.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(RETRY_AFTER.as_secs()),
+        );
+    }
+    resp
+}

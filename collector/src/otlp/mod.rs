@@ -1,0 +1,5 @@
+//! OTLP receivers: gRPC `TraceService/Export` and HTTP `POST /v1/traces`, sharing one conversion.
+
+pub mod convert;
+pub mod grpc;
+pub mod http;

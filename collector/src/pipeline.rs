@@ -1,0 +1,254 @@
+//! Receivers → bounded queue → group-commit writer. An export is acknowledged only after its
+//! spans are committed; a full queue refuses at once with a retryable error.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use meshlens_storage::{encode_batch, EncodedBatch, Store};
+use meshlens_topology::Span;
+use tokio::sync::{mpsc, oneshot, Mutex, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::error::IngestError;
+use crate::metrics::Metrics;
+
+/// Queue and writer sizes.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// Spans that may wait for the writer; past this, exports are refused as overloaded.
+    pub queue_spans: usize,
+    /// Most spans one transaction commits.
+    pub max_batch_spans: usize,
+    /// Writer tasks (1 for SQLite, which has one writer anyway; more help PostgreSQL).
+    pub writers: usize,
+}
+
+pub const DEFAULT_QUEUE_SPANS: usize = 65_536;
+pub const DEFAULT_MAX_BATCH_SPANS: usize = 16_384;
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            queue_spans: DEFAULT_QUEUE_SPANS,
+            max_batch_spans: DEFAULT_MAX_BATCH_SPANS,
+            writers: 1,
+        }
+    }
+}
+
+struct Job {
+    batch: EncodedBatch,
+    _permit: OwnedSemaphorePermit,
+    ack: oneshot::Sender<Result<(), IngestError>>,
+}
+
+/// The sending side, cloned into every receiver. Dropping every clone lets the writers finish.
+#[derive(Clone)]
+pub struct Pipeline {
+    tx: mpsc::UnboundedSender<Job>,
+    permits: Arc<Semaphore>,
+    capacity: usize,
+    metrics: Metrics,
+}
+
+/// The writer tasks; `join` waits until every queued export is committed.
+pub struct Writers {
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl Writers {
+    pub async fn join(self) {
+        for h in self.handles {
+            let _ = h.await;
+        }
+    }
+}
+
+impl Pipeline {
+    pub fn start(
+        store: Arc<Store>,
+        config: &PipelineConfig,
+        metrics: Metrics,
+    ) -> (Pipeline, Writers) {
+        // The channel itself is unbounded; the semaphore bounds what may be in it, in spans.
+        let (tx, rx) = mpsc::unbounded_channel();
+        let capacity = config.queue_spans.max(1);
+        let permits = Arc::new(Semaphore::new(capacity));
+        let rx = Arc::new(Mutex::new(rx));
+        let handles = (0..config.writers.max(1))
+            .map(|_| {
+                tokio::spawn(writer(
+                    rx.clone(),
+                    store.clone(),
+                    config.max_batch_spans.max(1),
+                    metrics.clone(),
+                    permits.clone(),
+                    capacity,
+                ))
+            })
+            .collect();
+        let pipeline = Pipeline {
+            tx,
+            permits,
+            capacity,
+            metrics,
+        };
+        (pipeline, Writers { handles })
+    }
+
+    /// Queues spans and waits for their commit.
+    pub async fn submit(&self, spans: &[Span]) -> Result<(), IngestError> {
+        if spans.is_empty() {
+            return Ok(());
+        }
+        let n = u32::try_from(spans.len()).map_err(|_| IngestError::Overloaded)?;
+        let permit = self
+            .permits
+            .clone()
+            .try_acquire_many_owned(n)
+            .map_err(|_| IngestError::Overloaded)?;
+        self.update_depth();
+        let batch = encode_batch(spans);
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .send(Job {
+                batch,
+                _permit: permit,
+                ack,
+            })
+            .map_err(|_| IngestError::ShuttingDown)?;
+        done.await.map_err(|_| IngestError::ShuttingDown)?
+    }
+
+    fn update_depth(&self) {
+        let used = self.capacity - self.permits.available_permits();
+        self.metrics.ingest_queue_depth.set(used as i64);
+    }
+}
+
+async fn writer(
+    rx: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>,
+    store: Arc<Store>,
+    max_batch: usize,
+    metrics: Metrics,
+    permits: Arc<Semaphore>,
+    capacity: usize,
+) {
+    loop {
+        let jobs = {
+            let mut rx = rx.lock().await;
+            let Some(first) = rx.recv().await else { return };
+            let mut spans = first.batch.len();
+            let mut jobs = vec![first];
+            // Group commit: take whatever else is already waiting, up to the batch size.
+            while spans < max_batch {
+                match rx.try_recv() {
+                    Ok(job) => {
+                        spans += job.batch.len();
+                        jobs.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            jobs
+        };
+        commit(&store, jobs, &metrics).await;
+        metrics
+            .ingest_queue_depth
+            .set((capacity - permits.available_permits()) as i64);
+    }
+}
+
+/// Commits a group; if the group fails, each export is tried alone so one bad export cannot
+/// fail the others beside it.
+async fn commit(store: &Store, jobs: Vec<Job>, metrics: &Metrics) {
+    let batches: Vec<&EncodedBatch> = jobs.iter().map(|j| &j.batch).collect();
+    match timed_write(store, &batches, metrics).await {
+        Ok(()) => {
+            for job in jobs {
+                let _ = job.ack.send(Ok(()));
+            }
+        }
+        Err(()) if jobs.len() > 1 => {
+            for job in jobs {
+                let result = timed_write(store, &[&job.batch], metrics)
+                    .await
+                    .map_err(|()| IngestError::Store);
+                let _ = job.ack.send(result);
+            }
+        }
+        Err(()) => {
+            for job in jobs {
+                let _ = job.ack.send(Err(IngestError::Store));
+            }
+        }
+    }
+}
+
+async fn timed_write(
+    store: &Store,
+    batches: &[&EncodedBatch],
+    metrics: &Metrics,
+) -> Result<(), ()> {
+    let started = Instant::now();
+    match store.write(batches).await {
+        Ok(n) => {
+            metrics
+                .store_commit_seconds
+                .observe(started.elapsed().as_secs_f64());
+            metrics.store_spans_written.inc_by(n);
+            Ok(())
+        }
+        Err(e) => {
+            metrics.store_errors.with_label_values(&["write"]).inc();
+            tracing::error!(error = %e, batches = batches.len(), "store write failed");
+            Err(())
+        }
+    }
+}
+
+impl Pipeline {
+    /// The step every receiver shares: count what was refused, queue the rest, wait for the commit.
+    /// Returns the invalid spans for the client's partial-success answer.
+    pub async fn ingest(
+        &self,
+        protocol: crate::Protocol,
+        converted: crate::otlp::convert::Converted,
+    ) -> Result<crate::otlp::convert::Rejected, IngestError> {
+        let p = protocol.as_str();
+        for (reason, n) in &converted.rejected.by_reason {
+            self.metrics
+                .ingest_rejected_spans
+                .with_label_values(&[p, reason.as_str()])
+                .inc_by(*n);
+        }
+        let n = converted.spans.len() as u64;
+        match self.submit(&converted.spans).await {
+            Ok(()) => {
+                self.metrics.ingest_spans.with_label_values(&[p]).inc_by(n);
+                Ok(converted.rejected)
+            }
+            Err(e) => {
+                self.reject_request(protocol, &e);
+                self.metrics
+                    .ingest_rejected_spans
+                    .with_label_values(&[p, e.reason()])
+                    .inc_by(n);
+                Err(e)
+            }
+        }
+    }
+
+    /// Counts a refused request (and logs it at a level that fits the reason).
+    pub fn reject_request(&self, protocol: crate::Protocol, e: &IngestError) {
+        self.metrics
+            .ingest_rejected_requests
+            .with_label_values(&[protocol.as_str(), e.reason()])
+            .inc();
+        if e.is_retryable() {
+            tracing::warn!(protocol = protocol.as_str(), error = %e, "export refused");
+        } else {
+            tracing::debug!(protocol = protocol.as_str(), error = %e, "bad export");
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! The command line: subcommands, and flags (or `MESHLENS_*` variables) that override the file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, LogFormat};
+
+/// meshlens: service-mesh observability and policy in one binary.
+///
+/// Settings come from defaults, then `--config FILE` (TOML), then `MESHLENS_*` environment
+/// variables, then flags; each overrides the one before.
+#[derive(Debug, Parser)]
+#[command(name = "meshlens", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub overrides: Overrides,
+}
+
+#[derive(Debug, Subcommand, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Migrate the database and serve every listener (the default).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Print the effective configuration as TOML and exit.
+    Config,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct Overrides {
+    /// TOML configuration file; unknown keys are errors.
+    #[arg(long, short = 'c', env = "MESHLENS_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// OTLP/gRPC listen address [default: 127.0.0.1:4317]
+    #[arg(long, env = "MESHLENS_OTLP_GRPC_ADDR", global = true)]
+    pub otlp_grpc_addr: Option<SocketAddr>,
+    /// OTLP/HTTP listen address [default: 127.0.0.1:4318]
+    #[arg(long, env = "MESHLENS_OTLP_HTTP_ADDR", global = true)]
+    pub otlp_http_addr: Option<SocketAddr>,
+    /// Zipkin v2 listen address [default: 127.0.0.1:9411]
+    #[arg(long, env = "MESHLENS_ZIPKIN_ADDR", global = true)]
+    pub zipkin_addr: Option<SocketAddr>,
+    /// Policy gRPC listen address [default: 127.0.0.1:9091]
+    #[arg(long, env = "MESHLENS_POLICY_ADDR", global = true)]
+    pub policy_addr: Option<SocketAddr>,
+    /// Web UI, API and /metrics listen address [default: 127.0.0.1:20001]
+    #[arg(long, env = "MESHLENS_WEB_ADDR", global = true)]
+    pub web_addr: Option<SocketAddr>,
+    /// Database: sqlite://FILE or postgres://USER@HOST/DB [default: sqlite://data/meshlens.db]
+    #[arg(long, env = "MESHLENS_DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+    /// How long spans are kept, such as 72h or 7d [default: 72h]
+    #[arg(long, env = "MESHLENS_RETENTION", global = true, value_parser = humantime::parse_duration)]
+    pub retention: Option<Duration>,
+    /// SQLite durability: normal (survives a crash) or full (also a power cut) [default: normal]
+    #[arg(long, env = "MESHLENS_SQLITE_SYNCHRONOUS", global = true)]
+    pub sqlite_synchronous: Option<String>,
+    /// Largest export accepted, in bytes after decompression [default: 4194304]
+    #[arg(long, env = "MESHLENS_MAX_MESSAGE_BYTES", global = true)]
+    pub max_message_bytes: Option<usize>,
+    /// Spans that may wait for the store before exports are refused as overloaded [default: 65536]
+    #[arg(long, env = "MESHLENS_QUEUE_SPANS", global = true)]
+    pub queue_spans: Option<usize>,
+    /// Store writer tasks; 0 picks 1 for SQLite, 4 for PostgreSQL [default: 0]
+    #[arg(long, env = "MESHLENS_WRITERS", global = true)]
+    pub writers: Option<usize>,
+    /// Log format [default: text]
+    #[arg(long, env = "MESHLENS_LOG_FORMAT", global = true)]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, such as info or meshlens=debug [default: info]
+    #[arg(long, env = "MESHLENS_LOG_LEVEL", global = true)]
+    pub log_level: Option<String>,
+}
+
+impl Cli {
+    pub fn command(&self) -> Command {
+        self.command.unwrap_or(Command::Serve)
+    }
+
+    /// The effective configuration: file (or defaults), then environment and flags.
+    pub fn config(&self) -> anyhow::Result<Config> {
+        let mut c = match &self.overrides.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        self.overrides.apply(&mut c);
+        Ok(c)
+    }
+}
+
+impl Overrides {
+    pub fn apply(&self, c: &mut Config) {
+        fn set<T: Clone>(target: &mut T, value: &Option<T>) {
+            if let Some(v) = value {
+                *target = v.clone();
+            }
+        }
+        set(&mut c.listen.otlp_grpc, &self.otlp_grpc_addr);
+        set(&mut c.listen.otlp_http, &self.otlp_http_addr);
+        set(&mut c.listen.zipkin, &self.zipkin_addr);
+        set(&mut c.listen.policy, &self.policy_addr);
+        set(&mut c.listen.web, &self.web_addr);
+        set(&mut c.storage.database_url, &self.database_url);
+        set(&mut c.storage.retention, &self.retention);
+        set(&mut c.storage.sqlite_synchronous, &self.sqlite_synchronous);
+        set(&mut c.ingest.max_message_bytes, &self.max_message_bytes);
+        set(&mut c.ingest.queue_spans, &self.queue_spans);
+        set(&mut c.ingest.writers, &self.writers);
+        set(&mut c.log.format, &self.log_format);
+        set(&mut c.log.level, &self.log_level);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.toml");
+        std::fs::write(
+            &path,
+            "[storage]\nretention = \"1h\"\ndatabase_url = \"sqlite://x.db\"\n",
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from([
+            "meshlens",
+            "serve",
+            "--config",
+            path.to_str().unwrap(),
+            "--retention",
+            "2h",
+        ])
+        .unwrap();
+        let c = cli.config().unwrap();
+        assert_eq!(c.storage.retention, Duration::from_secs(7200));
+        assert_eq!(c.storage.database_url, "sqlite://x.db");
+        assert_eq!(cli.command(), Command::Serve);
+    }
+
+    #[test]
+    fn unknown_key_in_file_names_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.toml");
+        std::fs::write(&path, "[ingest]\nqueue_span = 5\n").unwrap();
+        let cli = Cli::try_parse_from(["meshlens", "--config", path.to_str().unwrap()]).unwrap();
+        let err = cli.config().unwrap_err().to_string();
+        assert!(err.contains("queue_span"), "{err}");
+    }
+}

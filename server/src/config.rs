@@ -1,0 +1,224 @@
+//! One typed configuration, composed of each part's own; read from TOML, then `MESHLENS_*`
+//! environment variables and flags on top. Unknown keys are errors.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: ListenConfig,
+    pub storage: StorageConfig,
+    pub ingest: IngestConfig,
+    pub log: LogConfig,
+}
+
+/// Where each listener binds. Loopback by default: exposing meshlens is a deliberate choice.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    /// OTLP/gRPC (traces).
+    pub otlp_grpc: SocketAddr,
+    /// OTLP/HTTP: `/v1/traces`.
+    pub otlp_http: SocketAddr,
+    /// Zipkin v2: `POST /api/v2/spans`.
+    pub zipkin: SocketAddr,
+    /// Policy gRPC: gRPC health (ext_authz and rate limit to come).
+    pub policy: SocketAddr,
+    /// Web UI, JSON API, `/metrics`, `/healthz`, `/readyz`.
+    pub web: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `sqlite://path` (created if missing) or `postgres://user@host/db`.
+    pub database_url: String,
+    /// How long spans are kept.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// How often retention runs.
+    #[serde(with = "humantime_serde")]
+    pub retention_interval: Duration,
+    /// SQLite only: `normal` (survives a process crash) or `full` (also a power cut, slower).
+    pub sqlite_synchronous: String,
+    /// Database connections.
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Largest export accepted, in bytes, after decompression (gRPC message, HTTP body).
+    pub max_message_bytes: usize,
+    /// Spans that may wait for the store; beyond this, exports get a retryable error.
+    pub queue_spans: usize,
+    /// Most spans committed in one transaction.
+    pub max_batch_spans: usize,
+    /// Store writer tasks (0: 1 for SQLite, 4 for PostgreSQL).
+    pub writers: usize,
+    /// Export requests handled at once across receivers; more wait their turn.
+    pub max_concurrent_requests: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter, such as `info` or `meshlens=debug,info`. `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+pub const DEFAULT_OTLP_GRPC: &str = "127.0.0.1:4317";
+pub const DEFAULT_OTLP_HTTP: &str = "127.0.0.1:4318";
+pub const DEFAULT_ZIPKIN: &str = "127.0.0.1:9411";
+pub const DEFAULT_POLICY: &str = "127.0.0.1:9091";
+pub const DEFAULT_WEB: &str = "127.0.0.1:20001";
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(72 * 3600);
+pub const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(60);
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 64;
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        let addr = |s: &str| s.parse().expect("default address parses");
+        ListenConfig {
+            otlp_grpc: addr(DEFAULT_OTLP_GRPC),
+            otlp_http: addr(DEFAULT_OTLP_HTTP),
+            zipkin: addr(DEFAULT_ZIPKIN),
+            policy: addr(DEFAULT_POLICY),
+            web: addr(DEFAULT_WEB),
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            database_url: meshlens_storage::DEFAULT_DATABASE_URL.to_string(),
+            retention: DEFAULT_RETENTION,
+            retention_interval: DEFAULT_RETENTION_INTERVAL,
+            sqlite_synchronous: "normal".into(),
+            max_connections: 8,
+        }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            queue_spans: meshlens_collector::pipeline::DEFAULT_QUEUE_SPANS,
+            max_batch_spans: meshlens_collector::pipeline::DEFAULT_MAX_BATCH_SPANS,
+            writers: 0,
+            max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: ListenConfig::default(),
+            storage: StorageConfig::default(),
+            ingest: IngestConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: String,
+        source: toml::de::Error,
+    },
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|source| ConfigError::Parse {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Writers for the configured database, when not set explicitly.
+    pub fn writers(&self) -> usize {
+        match self.ingest.writers {
+            0 if self.storage.database_url.starts_with("postgres") => 4,
+            0 => 1,
+            n => n,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_pinned() {
+        let c = Config::default();
+        assert_eq!(c.listen.otlp_grpc.to_string(), "127.0.0.1:4317");
+        assert_eq!(c.listen.otlp_http.to_string(), "127.0.0.1:4318");
+        assert_eq!(c.listen.zipkin.to_string(), "127.0.0.1:9411");
+        assert_eq!(c.listen.policy.to_string(), "127.0.0.1:9091");
+        assert_eq!(c.listen.web.to_string(), "127.0.0.1:20001");
+        assert_eq!(c.storage.database_url, "sqlite://data/meshlens.db");
+        assert_eq!(c.storage.retention, Duration::from_secs(72 * 3600));
+        assert_eq!(c.ingest.max_message_bytes, 4 * 1024 * 1024);
+        assert_eq!(c.writers(), 1);
+        assert_eq!(c.log.format, LogFormat::Text);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        let err = Config::from_toml("[storage]\nretension = \"1h\"\n").unwrap_err();
+        assert!(err.to_string().contains("retension"), "{err}");
+    }
+
+    #[test]
+    fn a_partial_file_keeps_other_defaults() {
+        let c =
+            Config::from_toml("[storage]\nretention = \"2h\"\n[listen]\nweb = \"127.0.0.1:1\"\n")
+                .unwrap();
+        assert_eq!(c.storage.retention, Duration::from_secs(7200));
+        assert_eq!(c.listen.web.port(), 1);
+        assert_eq!(c.listen.otlp_grpc.port(), 4317);
+    }
+}

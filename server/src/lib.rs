@@ -1,0 +1,133 @@
+//! The meshlens application: wires the store, the pipeline and every listener, and shuts them
+//! down in order. `main.rs` only parses the command line and calls into here.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+mod retention;
+mod servers;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use meshlens_collector::{Metrics, Pipeline, PipelineConfig};
+use meshlens_storage::{Store, StoreConfig};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+/// The addresses the listeners actually bound (port 0 in the config becomes a real port).
+#[derive(Debug, Clone, Copy)]
+pub struct Addrs {
+    pub otlp_grpc: SocketAddr,
+    pub otlp_http: SocketAddr,
+    pub zipkin: SocketAddr,
+    pub policy: SocketAddr,
+    pub web: SocketAddr,
+}
+
+/// A running meshlens. `shutdown` stops accepting, drains the queue, commits and closes.
+pub struct Running {
+    pub addrs: Addrs,
+    pub metrics: Metrics,
+    pub store: Arc<Store>,
+    cancel: CancellationToken,
+    servers: JoinSet<anyhow::Result<()>>,
+    writers: meshlens_collector::pipeline::Writers,
+}
+
+pub fn store_config(config: &Config) -> StoreConfig {
+    StoreConfig {
+        url: config.storage.database_url.clone(),
+        sqlite_synchronous: config.storage.sqlite_synchronous.clone(),
+        max_connections: config.storage.max_connections,
+    }
+}
+
+/// Connects, migrates and starts every listener.
+pub async fn start(config: &Config) -> anyhow::Result<Running> {
+    let store = Arc::new(Store::connect(&store_config(config)).await?);
+    let ready = Arc::new(AtomicBool::new(false));
+    store.migrate().await?;
+    tracing::info!(dialect = store.dialect(), "store migrated");
+
+    let metrics = Metrics::new();
+    let (pipeline, writers) = Pipeline::start(
+        store.clone(),
+        &PipelineConfig {
+            queue_spans: config.ingest.queue_spans,
+            max_batch_spans: config.ingest.max_batch_spans,
+            writers: config.writers(),
+        },
+        metrics.clone(),
+    );
+    let cancel = CancellationToken::new();
+    let mut servers = JoinSet::new();
+    let addrs = servers::spawn_all(
+        config,
+        &mut servers,
+        pipeline,
+        store.clone(),
+        metrics.clone(),
+        ready.clone(),
+        cancel.clone(),
+    )
+    .await?;
+    retention::spawn(
+        &mut servers,
+        store.clone(),
+        config.storage.retention,
+        config.storage.retention_interval,
+        metrics.clone(),
+        cancel.clone(),
+    );
+    ready.store(true, Ordering::Release);
+    tracing::info!(
+        otlp_grpc = %addrs.otlp_grpc,
+        otlp_http = %addrs.otlp_http,
+        zipkin = %addrs.zipkin,
+        policy = %addrs.policy,
+        web = %addrs.web,
+        "meshlens is listening"
+    );
+    Ok(Running {
+        addrs,
+        metrics,
+        store,
+        cancel,
+        servers,
+        writers,
+    })
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight exports finish, commits what is queued, closes the store.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.cancel.cancel();
+        let mut result = Ok(());
+        while let Some(joined) = self.servers.join_next().await {
+            match joined {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = Err(e),
+                Err(e) => result = Err(e.into()),
+            }
+        }
+        // Every receiver (and so every pipeline sender) is gone now: the writers drain and stop.
+        self.writers.join().await;
+        self.store.close().await;
+        tracing::info!("meshlens stopped");
+        result
+    }
+
+    /// Resolves when any listener stops on its own (an error), or never.
+    pub async fn failed(&mut self) -> anyhow::Error {
+        match self.servers.join_next().await {
+            Some(Ok(Err(e))) => e,
+            Some(Err(e)) => e.into(),
+            Some(Ok(Ok(()))) => anyhow::anyhow!("a listener stopped unexpectedly"),
+            None => std::future::pending().await,
+        }
+    }
+}

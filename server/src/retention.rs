@@ -1,0 +1,57 @@
+//! Retention: deletes old spans in small batches, pausing between them so ingest keeps going.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use meshlens_collector::Metrics;
+use meshlens_storage::Store;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+const BATCH: i64 = 5_000;
+const PAUSE: Duration = Duration::from_millis(20);
+
+pub fn spawn(
+    set: &mut JoinSet<anyhow::Result<()>>,
+    store: Arc<Store>,
+    retention: Duration,
+    interval: Duration,
+    metrics: Metrics,
+    cancel: CancellationToken,
+) {
+    set.spawn(async move {
+        let mut tick = tokio::time::interval(interval.max(Duration::from_secs(1)));
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = tick.tick() => {}
+            }
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            let cutoff = now.saturating_sub(retention).as_nanos() as i64;
+            if let Err(e) = run_once(&store, cutoff, &metrics, &cancel).await {
+                metrics.store_errors.with_label_values(&["retention"]).inc();
+                tracing::warn!(error = %e, "retention failed; will retry");
+            }
+        }
+    });
+}
+
+async fn run_once(
+    store: &Store,
+    cutoff_ns: i64,
+    metrics: &Metrics,
+    cancel: &CancellationToken,
+) -> Result<(), meshlens_storage::StoreError> {
+    loop {
+        let n = store.delete_spans_before(cutoff_ns, BATCH).await?;
+        metrics.retention_deleted_spans.inc_by(n);
+        if n < BATCH as u64 || cancel.is_cancelled() {
+            break;
+        }
+        tokio::time::sleep(PAUSE).await;
+    }
+    store.delete_operations_before(cutoff_ns).await?;
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! Binds and serves every listener, each stopping gracefully on the shared cancellation token.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::Context;
+use meshlens_collector::otlp::grpc::{too_large_is_resource_exhausted, trace_service};
+use meshlens_collector::{otlp, zipkin, Metrics, Pipeline};
+use meshlens_storage::Store;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::util::MapResponseLayer;
+
+use crate::{Addrs, Config};
+
+type Set = JoinSet<anyhow::Result<()>>;
+
+pub async fn spawn_all(
+    config: &Config,
+    set: &mut Set,
+    pipeline: Pipeline,
+    store: Arc<Store>,
+    metrics: Metrics,
+    ready: Arc<AtomicBool>,
+    cancel: CancellationToken,
+) -> anyhow::Result<Addrs> {
+    let listen = &config.listen;
+    let limit = config.ingest.max_message_bytes;
+    // One limit across receivers: requests beyond it wait (unread) instead of buffering in memory.
+    let concurrency =
+        GlobalConcurrencyLimitLayer::new(config.ingest.max_concurrent_requests.max(1));
+
+    let grpc = bind(listen.otlp_grpc, "otlp_grpc").await?;
+    let otlp_grpc = grpc.local_addr()?;
+    let svc = trace_service(pipeline.clone(), limit);
+    let layer = tower::ServiceBuilder::new()
+        .layer(concurrency.clone())
+        .layer(MapResponseLayer::new(too_large_is_resource_exhausted));
+    let c = cancel.clone();
+    set.spawn(async move {
+        tonic::transport::Server::builder()
+            .layer(layer)
+            .add_service(svc)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), c.cancelled_owned())
+            .await
+            .context("otlp grpc server")
+    });
+
+    let http = otlp::http::router(pipeline.clone(), limit).layer(concurrency.clone());
+    let otlp_http = serve_http(set, listen.otlp_http, "otlp_http", http, &cancel).await?;
+
+    let zipkin = zipkin::router(pipeline, limit).layer(concurrency);
+    let zipkin = serve_http(set, listen.zipkin, "zipkin", zipkin, &cancel).await?;
+
+    let policy = serve_policy(set, listen.policy, &cancel).await?;
+
+    let web = meshlens_web::app(meshlens_web::WebState {
+        store,
+        registry: metrics.registry.clone(),
+        ready,
+    });
+    let web = serve_http(set, listen.web, "web", web, &cancel).await?;
+
+    Ok(Addrs {
+        otlp_grpc,
+        otlp_http,
+        zipkin,
+        policy,
+        web,
+    })
+}
+
+async fn bind(addr: SocketAddr, name: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {name} listener on {addr}"))
+}
+
+async fn serve_http(
+    set: &mut Set,
+    addr: SocketAddr,
+    name: &'static str,
+    router: axum::Router,
+    cancel: &CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    let listener = bind(addr, name).await?;
+    let local = listener.local_addr()?;
+    let c = cancel.clone();
+    set.spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(c.cancelled_owned())
+            .await
+            .with_context(|| format!("{name} server"))
+    });
+    Ok(local)
+}
+
+/// The policy listener. Today it serves gRPC health; the Check APIs join it.
+async fn serve_policy(
+    set: &mut Set,
+    addr: SocketAddr,
+    cancel: &CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    let listener = bind(addr, "policy").await?;
+    let local = listener.local_addr()?;
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let c = cancel.clone();
+    set.spawn(async move {
+        // The reporter must outlive the server, or health watches end early.
+        let _reporter = reporter;
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), c.cancelled_owned())
+            .await
+            .context("policy server")
+    });
+    Ok(local)
+}

@@ -1,0 +1,188 @@
+//! Domain spans to rows, done on the receiver's task so the single writer only writes.
+
+use std::borrow::Cow;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use meshlens_topology::{Resource, Span};
+use serde::Serialize;
+
+use crate::json::{attrs_to_string, nul_free, AttrsJson};
+
+/// Spans ready to insert, with the resources and operations they refer to.
+#[derive(Debug, Default, Clone)]
+pub struct EncodedBatch {
+    pub(crate) spans: Vec<SpanRow>,
+    pub(crate) resources: Vec<ResourceRow>,
+}
+
+impl EncodedBatch {
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct SpanRow {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent_span_id: Option<[u8; 8]>,
+    pub service: String,
+    pub name: String,
+    pub kind: i16,
+    pub start_ns: i64,
+    pub duration_ns: i64,
+    pub status_code: i16,
+    pub is_error: bool,
+    pub resource_id: i64,
+    pub attributes: String,
+    pub extra: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct ResourceRow {
+    pub id: i64,
+    pub service: String,
+    pub attributes: String,
+}
+
+/// The parts of a span without a column of their own.
+#[derive(Serialize, Default)]
+pub(crate) struct ExtraJson<'a> {
+    #[serde(skip_serializing_if = "cow_is_empty")]
+    pub status_message: Cow<'a, str>,
+    #[serde(skip_serializing_if = "cow_is_empty")]
+    pub trace_state: Cow<'a, str>,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub flags: u32,
+    #[serde(skip_serializing_if = "cow_is_empty")]
+    pub scope_name: Cow<'a, str>,
+    #[serde(skip_serializing_if = "cow_is_empty")]
+    pub scope_version: Cow<'a, str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<EventJson<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<LinkJson<'a>>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct EventJson<'a> {
+    pub time_ns: u64,
+    pub name: Cow<'a, str>,
+    pub attributes: AttrsJson<'a>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct LinkJson<'a> {
+    pub trace_id: String,
+    pub span_id: String,
+    #[serde(skip_serializing_if = "cow_is_empty")]
+    pub trace_state: Cow<'a, str>,
+    pub attributes: AttrsJson<'a>,
+}
+
+fn cow_is_empty(s: &Cow<'_, str>) -> bool {
+    s.is_empty()
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Encodes spans for the writer. Resources shared by spans are encoded once.
+pub fn encode_batch(spans: &[Span]) -> EncodedBatch {
+    let mut batch = EncodedBatch {
+        spans: Vec::with_capacity(spans.len()),
+        resources: Vec::new(),
+    };
+    let mut last: Option<(*const Resource, i64)> = None;
+    for span in spans {
+        let ptr = Arc::as_ptr(&span.resource);
+        let resource_id = match last {
+            Some((p, id)) if p == ptr => id,
+            _ => {
+                let row = encode_resource(&span.resource);
+                let id = row.id;
+                if !batch.resources.iter().any(|r| r.id == id) {
+                    batch.resources.push(row);
+                }
+                last = Some((ptr, id));
+                id
+            }
+        };
+        batch.spans.push(encode_span(span, resource_id));
+    }
+    batch
+}
+
+fn encode_resource(r: &Resource) -> ResourceRow {
+    let attributes = attrs_to_string(&r.attributes);
+    let mut h = DefaultHasher::new();
+    attributes.hash(&mut h);
+    ResourceRow {
+        id: h.finish() as i64,
+        service: clean(r.service.name.clone()),
+        attributes,
+    }
+}
+
+fn encode_span(s: &Span, resource_id: i64) -> SpanRow {
+    let extra = ExtraJson {
+        status_message: nul_free(&s.status.message),
+        trace_state: nul_free(&s.trace_state),
+        flags: s.flags,
+        scope_name: nul_free(&s.scope.name),
+        scope_version: nul_free(&s.scope.version),
+        events: s
+            .events
+            .iter()
+            .map(|e| EventJson {
+                time_ns: e.time_ns,
+                name: nul_free(&e.name),
+                attributes: AttrsJson(&e.attributes),
+            })
+            .collect(),
+        links: s
+            .links
+            .iter()
+            .map(|l| LinkJson {
+                trace_id: l.trace_id.to_hex(),
+                span_id: l.span_id.to_hex(),
+                trace_state: nul_free(&l.trace_state),
+                attributes: AttrsJson(&l.attributes),
+            })
+            .collect(),
+    };
+    let extra = serde_json::to_string(&extra).ok().filter(|e| e != "{}");
+    SpanRow {
+        trace_id: *s.trace_id.as_bytes(),
+        span_id: *s.span_id.as_bytes(),
+        parent_span_id: s.parent_span_id.map(|p| *p.as_bytes()),
+        service: clean(s.service().to_string()),
+        name: clean(s.name.clone()),
+        kind: s.kind.to_otlp() as i16,
+        start_ns: clamp_i64(s.start_ns),
+        duration_ns: clamp_i64(s.duration_ns()),
+        status_code: s.status.code.to_otlp() as i16,
+        is_error: s.is_error(),
+        resource_id,
+        attributes: attrs_to_string(&s.attributes),
+        extra,
+    }
+}
+
+fn clamp_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn clean(s: String) -> String {
+    match nul_free(&s) {
+        Cow::Borrowed(_) => s,
+        Cow::Owned(o) => o,
+    }
+}

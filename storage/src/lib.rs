@@ -1,0 +1,170 @@
+//! The span store of meshlens: sqlx on SQLite (the default, one file, WAL) or PostgreSQL.
+//!
+//! Spans come in as [`EncodedBatch`]es (encoded off the writer's task) and go out as domain
+//! [`meshlens_topology::Span`]s: SQL rows never leave this crate.
+#![forbid(unsafe_code)]
+
+mod decode;
+mod encode;
+mod json;
+mod query;
+mod read;
+mod write;
+
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+pub use encode::{encode_batch, EncodedBatch};
+pub use query::{Operation, TraceQuery};
+
+/// A store failure. The message is for logs; clients get a generic retryable error.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database url {url:?}: {reason}")]
+    Url { url: String, reason: String },
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// How to reach the database.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// `sqlite://path/to/file.db` or `postgres://…`.
+    pub url: String,
+    /// SQLite only: `full` syncs every commit to disk, `normal` survives a process crash but not a power cut.
+    pub sqlite_synchronous: String,
+    /// Connections in the pool.
+    pub max_connections: u32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: DEFAULT_DATABASE_URL.to_string(),
+            sqlite_synchronous: "normal".to_string(),
+            max_connections: 8,
+        }
+    }
+}
+
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/meshlens.db";
+
+#[derive(Clone)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// A handle to the store; cheap to share behind an `Arc`.
+pub struct Store {
+    pool: Pool,
+    /// Resource ids and operations known to be in the database, so each is written once.
+    known: Mutex<Known>,
+}
+
+#[derive(Default)]
+struct Known {
+    resources: HashSet<i64>,
+    operations: HashSet<(String, String, i16)>,
+}
+
+/// Past this many remembered keys the memory is cleared; the cost is a few redundant upserts.
+const KNOWN_LIMIT: usize = 100_000;
+
+impl Store {
+    pub async fn connect(config: &StoreConfig) -> Result<Store, StoreError> {
+        let url = config.url.as_str();
+        let pool = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let opts = PgConnectOptions::from_str(url).map_err(|e| bad_url(url, e))?;
+            let pool = PgPoolOptions::new()
+                .max_connections(config.max_connections)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(opts)
+                .await?;
+            Pool::Postgres(pool)
+        } else if url.starts_with("sqlite:") {
+            Pool::Sqlite(connect_sqlite(config).await?)
+        } else {
+            return Err(StoreError::Url {
+                url: url.to_string(),
+                reason: "expected sqlite://… or postgres://…".into(),
+            });
+        };
+        Ok(Store {
+            pool,
+            known: Mutex::new(Known::default()),
+        })
+    }
+
+    /// Applies the migrations of this store's dialect; applied migrations are never edited.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match &self.pool {
+            Pool::Sqlite(p) => sqlx::migrate!("../migrations/sqlite").run(p).await?,
+            Pool::Postgres(p) => sqlx::migrate!("../migrations/postgres").run(p).await?,
+        }
+        Ok(())
+    }
+
+    pub fn dialect(&self) -> &'static str {
+        match self.pool {
+            Pool::Sqlite(_) => "sqlite",
+            Pool::Postgres(_) => "postgres",
+        }
+    }
+
+    pub async fn close(&self) {
+        match &self.pool {
+            Pool::Sqlite(p) => p.close().await,
+            Pool::Postgres(p) => p.close().await,
+        }
+    }
+}
+
+async fn connect_sqlite(config: &StoreConfig) -> Result<SqlitePool, StoreError> {
+    let url = config.url.as_str();
+    let opts = SqliteConnectOptions::from_str(url).map_err(|e| bad_url(url, e))?;
+    if let Some(dir) = opts.get_filename().parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir).map_err(|e| bad_url(url, e))?;
+        }
+    }
+    let synchronous = match config.sqlite_synchronous.as_str() {
+        "full" => SqliteSynchronous::Full,
+        "normal" => SqliteSynchronous::Normal,
+        other => {
+            return Err(StoreError::Url {
+                url: url.into(),
+                reason: format!("sqlite_synchronous must be full or normal, not {other:?}"),
+            })
+        }
+    };
+    let opts = opts
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(synchronous)
+        .busy_timeout(Duration::from_secs(10))
+        .pragma("cache_size", "-32768")
+        .pragma("temp_store", "memory");
+    Ok(SqlitePoolOptions::new()
+        .max_connections(config.max_connections.max(2))
+        .connect_with(opts)
+        .await?)
+}
+
+fn bad_url(url: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Url {
+        url: url.to_string(),
+        reason: e.to_string(),
+    }
+}

@@ -1,0 +1,250 @@
+//! The read side: a trace by id, trace search, services and operations.
+
+use meshlens_topology::{Span, SpanKind, TraceId};
+use sqlx::{Postgres, QueryBuilder, Sqlite};
+
+use crate::decode::{self, RawResource, RawSpan};
+use crate::query::{Operation, TraceQuery, MAX_SEARCH_LIMIT};
+use crate::{Pool, Store, StoreError};
+
+const SPAN_COLUMNS_SQLITE: &str = "trace_id, span_id, parent_span_id, name, kind, start_ns, duration_ns, status_code, resource_id, attributes, extra";
+const SPAN_COLUMNS_PG: &str = "trace_id, span_id, parent_span_id, name, kind, start_ns, duration_ns, status_code, resource_id, attributes::text AS attributes, extra";
+
+impl Store {
+    /// Every stored span of a trace, ordered by start time. Empty when the trace is unknown.
+    pub async fn trace(&self, id: TraceId) -> Result<Vec<Span>, StoreError> {
+        let mut traces = self.traces(&[id]).await?;
+        Ok(traces.pop().unwrap_or_default())
+    }
+
+    /// The spans of several traces, one list per trace that has spans, in the order asked.
+    pub async fn traces(&self, ids: &[TraceId]) -> Result<Vec<Vec<Span>>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let raw: Vec<RawSpan> = match &self.pool {
+            Pool::Sqlite(p) => {
+                let mut qb = QueryBuilder::<Sqlite>::new(format!(
+                    "SELECT {SPAN_COLUMNS_SQLITE} FROM spans WHERE trace_id IN ("
+                ));
+                let mut sep = qb.separated(", ");
+                for id in ids {
+                    sep.push_bind(id.as_bytes().to_vec());
+                }
+                qb.push(") ORDER BY start_ns");
+                qb.build_query_as().fetch_all(p).await?
+            }
+            Pool::Postgres(p) => {
+                let list: Vec<Vec<u8>> = ids.iter().map(|i| i.as_bytes().to_vec()).collect();
+                sqlx::query_as(&format!(
+                    "SELECT {SPAN_COLUMNS_PG} FROM spans WHERE trace_id = ANY($1) ORDER BY start_ns"
+                ))
+                .bind(list)
+                .fetch_all(p)
+                .await?
+            }
+        };
+        let mut resource_ids: Vec<i64> = raw.iter().map(|r| r.resource_id).collect();
+        resource_ids.sort_unstable();
+        resource_ids.dedup();
+        let resources = decode::resources(self.resources(&resource_ids).await?)?;
+        let mut out: Vec<Vec<Span>> = vec![Vec::new(); ids.len()];
+        for r in raw {
+            let span = decode::span(r, &resources)?;
+            if let Some(i) = ids.iter().position(|id| *id == span.trace_id) {
+                out[i].push(span);
+            }
+        }
+        out.retain(|t| !t.is_empty());
+        Ok(out)
+    }
+
+    async fn resources(&self, ids: &[i64]) -> Result<Vec<RawResource>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(match &self.pool {
+            Pool::Sqlite(p) => {
+                let mut qb = QueryBuilder::<Sqlite>::new(
+                    "SELECT id, attributes FROM resources WHERE id IN (",
+                );
+                let mut sep = qb.separated(", ");
+                for id in ids {
+                    sep.push_bind(*id);
+                }
+                qb.push(")");
+                qb.build_query_as().fetch_all(p).await?
+            }
+            Pool::Postgres(p) => {
+                sqlx::query_as(
+                    "SELECT id, attributes::text AS attributes FROM resources WHERE id = ANY($1)",
+                )
+                .bind(ids.to_vec())
+                .fetch_all(p)
+                .await?
+            }
+        })
+    }
+
+    /// Trace ids matching the query, newest first.
+    pub async fn search(&self, q: &TraceQuery) -> Result<Vec<TraceId>, StoreError> {
+        let limit = q.limit.clamp(1, MAX_SEARCH_LIMIT) as i64;
+        let rows: Vec<(Vec<u8>, i64)> = match &self.pool {
+            Pool::Sqlite(p) => {
+                let mut qb = QueryBuilder::<Sqlite>::new(
+                    "SELECT s.trace_id, MAX(s.start_ns) AS t FROM spans s WHERE ",
+                );
+                push_filters(&mut qb, q, Dialect::Sqlite);
+                qb.push(" GROUP BY s.trace_id ORDER BY t DESC LIMIT ")
+                    .push_bind(limit);
+                qb.build_query_as().fetch_all(p).await?
+            }
+            Pool::Postgres(p) => {
+                let mut qb = QueryBuilder::<Postgres>::new(
+                    "SELECT s.trace_id, MAX(s.start_ns) AS t FROM spans s WHERE ",
+                );
+                push_filters(&mut qb, q, Dialect::Postgres);
+                qb.push(" GROUP BY s.trace_id ORDER BY t DESC LIMIT ")
+                    .push_bind(limit);
+                qb.build_query_as().fetch_all(p).await?
+            }
+        };
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, _)| TraceId::from_bytes(&id).ok())
+            .collect())
+    }
+
+    /// Search, then the spans of every trace found.
+    pub async fn find_traces(&self, q: &TraceQuery) -> Result<Vec<Vec<Span>>, StoreError> {
+        let ids = self.search(q).await?;
+        self.traces(&ids).await
+    }
+
+    /// Every service that has sent a span still within retention, sorted.
+    pub async fn services(&self) -> Result<Vec<String>, StoreError> {
+        let sql = "SELECT DISTINCT service FROM operations ORDER BY service";
+        Ok(match &self.pool {
+            Pool::Sqlite(p) => sqlx::query_scalar(sql).fetch_all(p).await?,
+            Pool::Postgres(p) => sqlx::query_scalar(sql).fetch_all(p).await?,
+        })
+    }
+
+    /// A service's operations, optionally of one kind, sorted by name.
+    pub async fn operations(
+        &self,
+        service: &str,
+        kind: Option<SpanKind>,
+    ) -> Result<Vec<Operation>, StoreError> {
+        let kind = kind.map(|k| k.to_otlp() as i16);
+        let rows: Vec<(String, i16)> = match &self.pool {
+            Pool::Sqlite(p) => sqlx::query_as(
+                "SELECT name, kind FROM operations WHERE service = ? AND (? IS NULL OR kind = ?) ORDER BY name, kind",
+            )
+            .bind(service)
+            .bind(kind)
+            .bind(kind)
+            .fetch_all(p)
+            .await?,
+            Pool::Postgres(p) => sqlx::query_as(
+                "SELECT name, kind FROM operations WHERE service = $1 AND ($2::int2 IS NULL OR kind = $2) ORDER BY name, kind",
+            )
+            .bind(service)
+            .bind(kind)
+            .fetch_all(p)
+            .await?,
+        };
+        Ok(rows
+            .into_iter()
+            .map(|(name, kind)| Operation {
+                name,
+                kind: SpanKind::from_otlp(kind.into()),
+            })
+            .collect())
+    }
+
+    /// How many spans are stored (for tests and the crash check).
+    pub async fn count_spans(&self) -> Result<i64, StoreError> {
+        let sql = "SELECT COUNT(*) FROM spans";
+        Ok(match &self.pool {
+            Pool::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await?,
+            Pool::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await?,
+        })
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// The WHERE clause of a search, shared by both dialects; only the attribute match differs.
+fn push_filters<'a, DB>(qb: &mut QueryBuilder<'a, DB>, q: &'a TraceQuery, dialect: Dialect)
+where
+    DB: sqlx::Database,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i16: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    qb.push("s.start_ns >= ")
+        .push_bind(q.start_min_ns)
+        .push(" AND s.start_ns <= ")
+        .push_bind(q.start_max_ns);
+    if let Some(service) = &q.service {
+        qb.push(" AND s.service = ").push_bind(service.as_str());
+    }
+    if let Some(op) = &q.operation {
+        qb.push(" AND s.name = ").push_bind(op.as_str());
+    }
+    if let Some(kind) = q.span_kind {
+        qb.push(" AND s.kind = ").push_bind(kind.to_otlp() as i16);
+    }
+    if let Some(min) = q.duration_min_ns {
+        qb.push(" AND s.duration_ns >= ").push_bind(min);
+    }
+    if let Some(max) = q.duration_max_ns {
+        qb.push(" AND s.duration_ns <= ").push_bind(max);
+    }
+    let mut errors_only = q.errors_only;
+    for (key, value) in &q.tags {
+        if key == "error" {
+            match value.as_str() {
+                "true" => errors_only = true,
+                _ => {
+                    qb.push(" AND NOT s.is_error");
+                }
+            }
+            continue;
+        }
+        match dialect {
+            Dialect::Sqlite => {
+                // json_each yields 1/0 for booleans; compare them as the words true/false.
+                let text = "(CASE j.type WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' ELSE CAST(j.value AS TEXT) END)";
+                qb.push(" AND (EXISTS (SELECT 1 FROM json_each(s.attributes) j WHERE j.key = ")
+                    .push_bind(key.as_str())
+                    .push(format!(" AND {text} = "))
+                    .push_bind(value.as_str())
+                    .push(") OR EXISTS (SELECT 1 FROM resources r, json_each(r.attributes) j WHERE r.id = s.resource_id AND j.key = ")
+                    .push_bind(key.as_str())
+                    .push(format!(" AND {text} = "))
+                    .push_bind(value.as_str())
+                    .push("))");
+            }
+            Dialect::Postgres => {
+                qb.push(" AND (s.attributes ->> ")
+                    .push_bind(key.as_str())
+                    .push(" = ")
+                    .push_bind(value.as_str())
+                    .push(" OR EXISTS (SELECT 1 FROM resources r WHERE r.id = s.resource_id AND r.attributes ->> ")
+                    .push_bind(key.as_str())
+                    .push(" = ")
+                    .push_bind(value.as_str())
+                    .push("))");
+            }
+        }
+    }
+    if errors_only {
+        qb.push(" AND s.is_error");
+    }
+}

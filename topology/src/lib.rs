@@ -1,0 +1,12 @@
+//! The pure domain of meshlens: spans, resources and service identity. No I/O lives here.
+#![forbid(unsafe_code)]
+
+mod attr;
+mod ids;
+mod resource;
+mod span;
+
+pub use attr::{AttrValue, Attributes};
+pub use ids::{InvalidSpan, SpanId, TraceId};
+pub use resource::{Resource, Scope, ServiceIdentity};
+pub use span::{Event, Link, Span, SpanKind, Status, StatusCode};

@@ -1,0 +1,21 @@
+//! The JSON API. Jaeger v1 query shapes live in `jaeger`.
+
+mod jaeger;
+mod traces;
+
+use axum::routing::get;
+use axum::Router;
+
+use crate::WebState;
+
+pub fn router() -> Router<WebState> {
+    Router::new()
+        .route("/api/traces", get(traces::search))
+        .route("/api/traces/{trace_id}", get(traces::by_id))
+        .route("/api/services", get(traces::services))
+        .route(
+            "/api/services/{service}/operations",
+            get(traces::service_operations),
+        )
+        .route("/api/operations", get(traces::operations))
+}

@@ -1,0 +1,41 @@
+//! Web errors and their one mapping to a response: Jaeger's `{data, errors}` envelope.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("store: {0}")]
+    Store(#[from] meshlens_storage::StoreError),
+}
+
+impl IntoResponse for WebError {
+    fn into_response(self) -> Response {
+        let (status, message) = match &self {
+            WebError::BadRequest(m) => (StatusCode::BAD_REQUEST, m.clone()),
+            WebError::NotFound(m) => (StatusCode::NOT_FOUND, m.clone()),
+            // Internals are logged, never echoed to the client.
+            WebError::Store(e) => {
+                tracing::error!(error = %e, "store read failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error".to_string(),
+                )
+            }
+        };
+        let body = json!({
+            "data": null,
+            "total": 0,
+            "limit": 0,
+            "offset": 0,
+            "errors": [{"code": status.as_u16(), "msg": message}],
+        });
+        (status, Json(body)).into_response()
+    }
+}

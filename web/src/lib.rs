@@ -1,0 +1,62 @@
+//! meshlens' web listener: the JSON API (Jaeger v1 shapes for traces), `/metrics`, `/healthz`
+//! and `/readyz`. Only this crate renders JSON or HTML for people.
+#![forbid(unsafe_code)]
+
+mod api;
+mod error;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use meshlens_storage::Store;
+
+pub use error::WebError;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct WebState {
+    pub store: Arc<Store>,
+    /// meshlens' own metrics, rendered on `/metrics`.
+    pub registry: prometheus::Registry,
+    /// Set once migrations are done; `/readyz` answers 503 until then.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// The whole web router; tests call it in-process with `oneshot`.
+pub fn app(state: WebState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(api::router())
+        .with_state(state)
+}
+
+async fn readyz(State(st): State<WebState>) -> impl IntoResponse {
+    if st.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+    }
+}
+
+async fn metrics(State(st): State<WebState>) -> impl IntoResponse {
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&st.registry.gather())
+        .unwrap_or_default();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+}
+
+#[cfg(test)]
+mod tests;
