@@ -14,6 +14,8 @@ pub enum IngestError {
     Malformed(String),
     #[error("request larger than {limit} bytes")]
     TooLarge { limit: usize },
+    #[error("a batch of {spans} spans exceeds the queue of {capacity}; send smaller batches")]
+    TooManySpans { spans: usize, capacity: usize },
     #[error("unsupported content type {0:?}; use application/x-protobuf or application/json")]
     UnsupportedMediaType(String),
     #[error("unsupported content encoding {0:?}; use gzip or none")]
@@ -31,7 +33,7 @@ impl IngestError {
     pub fn reason(&self) -> &'static str {
         match self {
             IngestError::Malformed(_) => "malformed",
-            IngestError::TooLarge { .. } => "too_large",
+            IngestError::TooLarge { .. } | IngestError::TooManySpans { .. } => "too_large",
             IngestError::UnsupportedMediaType(_) => "unsupported_media_type",
             IngestError::UnsupportedEncoding(_) => "unsupported_encoding",
             IngestError::Overloaded => "overloaded",
@@ -51,7 +53,7 @@ impl IngestError {
         use http::StatusCode as S;
         match self {
             IngestError::Malformed(_) => S::BAD_REQUEST,
-            IngestError::TooLarge { .. } => S::PAYLOAD_TOO_LARGE,
+            IngestError::TooLarge { .. } | IngestError::TooManySpans { .. } => S::PAYLOAD_TOO_LARGE,
             IngestError::UnsupportedMediaType(_) => S::UNSUPPORTED_MEDIA_TYPE,
             IngestError::UnsupportedEncoding(_) => S::UNSUPPORTED_MEDIA_TYPE,
             IngestError::Overloaded => S::TOO_MANY_REQUESTS,
@@ -63,7 +65,7 @@ impl IngestError {
         use tonic::Code as C;
         match self {
             IngestError::Malformed(_) => C::InvalidArgument,
-            IngestError::TooLarge { .. } => C::ResourceExhausted,
+            IngestError::TooLarge { .. } | IngestError::TooManySpans { .. } => C::ResourceExhausted,
             IngestError::UnsupportedMediaType(_) | IngestError::UnsupportedEncoding(_) => {
                 C::InvalidArgument
             }

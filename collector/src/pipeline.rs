@@ -101,7 +101,14 @@ impl Pipeline {
         if spans.is_empty() {
             return Ok(());
         }
-        let n = u32::try_from(spans.len()).map_err(|_| IngestError::Overloaded)?;
+        // A batch the whole queue could never hold would be refused forever: say so, not "retry".
+        if spans.len() > self.capacity {
+            return Err(IngestError::TooManySpans {
+                spans: spans.len(),
+                capacity: self.capacity,
+            });
+        }
+        let n = spans.len() as u32;
         let permit = self
             .permits
             .clone()
@@ -209,7 +216,8 @@ async fn timed_write(
 
 impl Pipeline {
     /// The step every receiver shares: count what was refused, queue the rest, wait for the commit.
-    /// Returns the invalid spans for the client's partial-success answer.
+    /// Returns the invalid spans for the client's partial-success answer. A refused request is
+    /// counted by the receiver (with `reject_request`), which also sees errors from before this step.
     pub async fn ingest(
         &self,
         protocol: crate::Protocol,
@@ -229,7 +237,6 @@ impl Pipeline {
                 Ok(converted.rejected)
             }
             Err(e) => {
-                self.reject_request(protocol, &e);
                 self.metrics
                     .ingest_rejected_spans
                     .with_label_values(&[p, e.reason()])

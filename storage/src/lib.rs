@@ -168,3 +168,6 @@ fn bad_url(url: &str, e: impl std::fmt::Display) -> StoreError {
         reason: e.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests;

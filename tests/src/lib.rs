@@ -1,1 +1,203 @@
-//! tests
+//! A test environment: meshlens started in-process on port 0 with a temporary SQLite file
+//! (or a fresh PostgreSQL schema), and helpers to talk to it over real sockets.
+#![forbid(unsafe_code)]
+
+use std::time::Duration;
+
+use meshlens::config::Config;
+use meshlens::Running;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{span, ResourceSpans, ScopeSpans, Span, Status};
+use serde_json::Value;
+use tonic::transport::Channel;
+
+pub struct TestEnv {
+    pub running: Option<Running>,
+    pub dir: tempfile::TempDir,
+    pub config: Config,
+    pub http: reqwest::Client,
+}
+
+/// Every listener on an ephemeral loopback port.
+pub fn test_config(dir: &std::path::Path) -> Config {
+    let mut c = Config::default();
+    let any = "127.0.0.1:0".parse().unwrap();
+    c.listen.otlp_grpc = any;
+    c.listen.otlp_http = any;
+    c.listen.zipkin = any;
+    c.listen.policy = any;
+    c.listen.web = any;
+    c.storage.database_url = format!("sqlite://{}", dir.join("meshlens.db").display());
+    c
+}
+
+impl TestEnv {
+    pub async fn start() -> TestEnv {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(f: impl FnOnce(&mut Config)) -> TestEnv {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path());
+        f(&mut config);
+        let running = meshlens::start(&config).await.expect("meshlens starts");
+        TestEnv {
+            running: Some(running),
+            dir,
+            config,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    pub fn running(&self) -> &Running {
+        self.running.as_ref().expect("running")
+    }
+
+    pub fn web(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running().addrs.web)
+    }
+
+    pub fn otlp_http(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running().addrs.otlp_http)
+    }
+
+    pub fn zipkin(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running().addrs.zipkin)
+    }
+
+    pub async fn grpc(&self) -> TraceServiceClient<Channel> {
+        let url = format!("http://{}", self.running().addrs.otlp_grpc);
+        TraceServiceClient::connect(url)
+            .await
+            .expect("grpc connects")
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let resp = self.http.get(self.web(path)).send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// One metric's value from `/metrics`, summed over series whose labels contain `labels`.
+    pub async fn metric(&self, name: &str, labels: &str) -> f64 {
+        let text = self
+            .http
+            .get(self.web("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.split(['{', ' ']).next() == Some(name) && l.contains(labels))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await.expect("clean shutdown");
+        }
+    }
+}
+
+fn kv(key: &str, value: any_value::Value) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..Default::default()
+    }
+}
+
+pub fn str_kv(key: &str, value: &str) -> KeyValue {
+    kv(key, any_value::Value::StringValue(value.into()))
+}
+
+/// A trace id from a number, as OTLP bytes.
+pub fn trace_bytes(n: u64) -> Vec<u8> {
+    let mut b = vec![0x11; 8];
+    b.extend_from_slice(&n.to_be_bytes());
+    b
+}
+
+pub fn span_bytes(n: u64) -> Vec<u8> {
+    let mut b = n.to_be_bytes().to_vec();
+    b[0] = 0x22;
+    b
+}
+
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+/// An OTLP span of `service`, a child of `parent` when given.
+pub fn otlp_span(trace: u64, id: u64, parent: Option<u64>, name: &str, start_ns: u64) -> Span {
+    Span {
+        trace_id: trace_bytes(trace),
+        span_id: span_bytes(id),
+        parent_span_id: parent.map(span_bytes).unwrap_or_default(),
+        name: name.into(),
+        kind: span::SpanKind::Server as i32,
+        start_time_unix_nano: start_ns,
+        end_time_unix_nano: start_ns + 1_000_000,
+        attributes: vec![
+            str_kv("http.method", "GET"),
+            kv("http.status_code", any_value::Value::IntValue(200)),
+        ],
+        status: Some(Status::default()),
+        ..Default::default()
+    }
+}
+
+/// A request carrying `spans` of one service.
+pub fn request(service: &str, spans: Vec<Span>) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![
+                    str_kv("service.name", service),
+                    str_kv("service.version", "v1"),
+                ],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// A trace of `n` spans, all under one root.
+pub fn trace_request(service: &str, trace: u64, n: u64) -> ExportTraceServiceRequest {
+    let t0 = now_ns();
+    let spans = (1..=n)
+        .map(|i| {
+            otlp_span(
+                trace,
+                i,
+                (i > 1).then_some(1),
+                &format!("op{}", i % 3),
+                t0 + i,
+            )
+        })
+        .collect();
+    request(service, spans)
+}
+
+/// The hex form the API uses for `trace_bytes(n)`.
+pub fn trace_hex(n: u64) -> String {
+    hex::encode(trace_bytes(n))
+}

@@ -5,6 +5,7 @@ mod attr;
 mod ids;
 mod resource;
 mod span;
+pub mod testing;
 
 pub use attr::{AttrValue, Attributes};
 pub use ids::{InvalidSpan, SpanId, TraceId};

@@ -32,7 +32,13 @@ impl TraceService for OtlpGrpc {
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         let converted = convert_traces(request.into_inner());
-        let rejected = self.pipeline.ingest(Protocol::OtlpGrpc, converted).await?;
+        let rejected = match self.pipeline.ingest(Protocol::OtlpGrpc, converted).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.pipeline.reject_request(Protocol::OtlpGrpc, &e);
+                return Err(e.into());
+            }
+        };
         let partial_success = (rejected.count > 0).then(|| ExportTracePartialSuccess {
             rejected_spans: rejected.count as i64,
             error_message: rejected.message(),

@@ -1,0 +1,313 @@
+//! One suite, run against SQLite and against the PostgreSQL on 127.0.0.1:5432.
+
+use std::sync::Arc;
+
+use meshlens_topology::testing::{resource, trace_id, SpanBuilder};
+use meshlens_topology::{AttrValue, Event, Link, Span, SpanKind};
+
+use crate::{encode_batch, Store, StoreConfig, TraceQuery};
+
+const T0: u64 = 1_700_000_000_000_000_000;
+
+async fn sqlite_store() -> (Store, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let store = Store::connect(&StoreConfig {
+        url,
+        ..StoreConfig::default()
+    })
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    (store, dir)
+}
+
+/// A fresh schema per test, so tests run in parallel against one database.
+pub(crate) async fn postgres_store() -> Store {
+    let base = std::env::var("MESHLENS_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+    let schema = format!(
+        "t_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let admin = sqlx::PgPool::connect(&base)
+        .await
+        .expect("PostgreSQL on 127.0.0.1:5432");
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+    let store = Store::connect(&StoreConfig {
+        url,
+        max_connections: 4,
+        ..StoreConfig::default()
+    })
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    store
+}
+
+fn sample_trace() -> Vec<Span> {
+    let frontend = resource("frontend", Some("v1"));
+    let mut root = SpanBuilder::new(1, 1, "frontend", "GET /", T0)
+        .resource(frontend.clone())
+        .duration_ns(5_000_000)
+        .attr("http.status_code", "200")
+        .attr("http.method", "GET")
+        .attr("retry", true)
+        .attr("ratio", AttrValue::Double(0.25))
+        .build();
+    root.events.push(Event {
+        time_ns: T0 + 10,
+        name: "cache miss".into(),
+        attributes: [("key".to_string(), AttrValue::Str("a\0b".into()))]
+            .into_iter()
+            .collect(),
+    });
+    let mut client = SpanBuilder::new(1, 2, "frontend", "GET work", T0 + 1_000)
+        .resource(frontend)
+        .parent(1)
+        .kind(SpanKind::Client)
+        .duration_ns(3_000_000)
+        .build();
+    client.links.push(Link {
+        trace_id: trace_id(9),
+        span_id: meshlens_topology::testing::span_id(9),
+        trace_state: String::new(),
+        attributes: Default::default(),
+    });
+    let server = SpanBuilder::new(1, 3, "work", "GET /work", T0 + 2_000)
+        .resource(resource("work", Some("v2")))
+        .parent(2)
+        .duration_ns(2_000_000)
+        .attr("http.response.status_code", 503i64)
+        .error("upstream failed")
+        .build();
+    vec![root, client, server]
+}
+
+async fn suite(store: &Store) {
+    let trace = sample_trace();
+    let other = SpanBuilder::new(2, 1, "work", "GET /health", T0 + 60_000_000_000).build();
+    let b1 = encode_batch(&trace[..2]);
+    let b2 = encode_batch(&trace[2..]);
+    let b3 = encode_batch(std::slice::from_ref(&other));
+    assert_eq!(store.write(&[&b1, &b2]).await.unwrap(), 3);
+    assert_eq!(store.write(&[&b3]).await.unwrap(), 1);
+
+    // A trace reads back equal, NUL replaced.
+    let got = store.trace(trace_id(1)).await.unwrap();
+    assert_eq!(got.len(), 3);
+    let mut want = trace.clone();
+    want[0].events[0].attributes.0[0].1 = AttrValue::Str("a\u{FFFD}b".into());
+    for (g, w) in got.iter().zip(&want) {
+        let mut g = g.clone();
+        // Attribute order may differ (JSONB sorts keys); compare sorted.
+        g.attributes.0.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut w = w.clone();
+        w.attributes.0.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(g.attributes, w.attributes);
+        assert_eq!(g.resource.service, w.resource.service);
+        g.attributes = w.attributes.clone();
+        g.resource = w.resource.clone();
+        assert_eq!(g, w);
+    }
+    assert!(store.trace(trace_id(42)).await.unwrap().is_empty());
+
+    // Services and operations.
+    assert_eq!(store.services().await.unwrap(), vec!["frontend", "work"]);
+    let ops = store.operations("frontend", None).await.unwrap();
+    let names: Vec<&str> = ops.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(names, vec!["GET /", "GET work"]);
+    let clients = store
+        .operations("frontend", Some(SpanKind::Client))
+        .await
+        .unwrap();
+    assert_eq!(clients.len(), 1);
+    assert_eq!(clients[0].name, "GET work");
+
+    // Search: service, operation, time, duration, error, tags (span and resource, typed as text).
+    let q = |f: &dyn Fn(&mut TraceQuery)| {
+        let mut q = TraceQuery::default();
+        f(&mut q);
+        q
+    };
+    let ids = |v: Vec<meshlens_topology::TraceId>| v;
+    assert_eq!(
+        ids(store
+            .search(&q(&|q| q.service = Some("work".into())))
+            .await
+            .unwrap()),
+        vec![trace_id(2), trace_id(1)]
+    );
+    assert_eq!(
+        store
+            .search(&q(&|q| q.operation = Some("GET /".into())))
+            .await
+            .unwrap(),
+        vec![trace_id(1)]
+    );
+    assert_eq!(
+        store
+            .search(&q(&|q| {
+                q.service = Some("work".into());
+                q.errors_only = true
+            }))
+            .await
+            .unwrap(),
+        vec![trace_id(1)]
+    );
+    assert_eq!(
+        store
+            .search(&q(&|q| q.start_min_ns = (T0 + 1_000_000_000) as i64))
+            .await
+            .unwrap(),
+        vec![trace_id(2)]
+    );
+    assert_eq!(
+        store
+            .search(&q(&|q| q.duration_min_ns = Some(4_000_000)))
+            .await
+            .unwrap(),
+        vec![trace_id(1)]
+    );
+    assert_eq!(
+        store
+            .search(&q(&|q| q.duration_max_ns = Some(1_500_000)))
+            .await
+            .unwrap(),
+        vec![trace_id(2)]
+    );
+    let tag = |k: &str, v: &str| {
+        let (k, v) = (k.to_string(), v.to_string());
+        move |q: &mut TraceQuery| q.tags.push((k.clone(), v.clone()))
+    };
+    assert_eq!(
+        store.search(&q(&tag("http.method", "GET"))).await.unwrap(),
+        vec![trace_id(1)]
+    );
+    assert_eq!(
+        store
+            .search(&q(&tag("http.response.status_code", "503")))
+            .await
+            .unwrap(),
+        vec![trace_id(1)]
+    );
+    assert_eq!(
+        store.search(&q(&tag("retry", "true"))).await.unwrap(),
+        vec![trace_id(1)]
+    );
+    assert_eq!(
+        store.search(&q(&tag("ratio", "0.25"))).await.unwrap(),
+        vec![trace_id(1)]
+    );
+    assert_eq!(
+        store
+            .search(&q(&tag("service.version", "v2")))
+            .await
+            .unwrap(),
+        vec![trace_id(1)]
+    );
+    assert_eq!(
+        store.search(&q(&tag("error", "true"))).await.unwrap(),
+        vec![trace_id(1)]
+    );
+    assert!(store
+        .search(&q(&tag("http.method", "POST")))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store.search(&q(&|q| q.limit = 1)).await.unwrap(),
+        vec![trace_id(2)]
+    );
+    let found = store
+        .find_traces(&q(&|q| q.service = Some("work".into())))
+        .await
+        .unwrap();
+    assert_eq!(
+        found.iter().map(|t| t.len()).collect::<Vec<_>>(),
+        vec![1, 3]
+    );
+
+    // Retention deletes what is older than the cutoff, in batches.
+    assert_eq!(
+        store
+            .delete_spans_before((T0 + 1_000_000_000) as i64, 2)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        store
+            .delete_spans_before((T0 + 1_000_000_000) as i64, 2)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .delete_spans_before((T0 + 1_000_000_000) as i64, 2)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(store.count_spans().await.unwrap(), 1);
+    store
+        .delete_operations_before((T0 + 30_000_000_000) as i64)
+        .await
+        .unwrap();
+    assert_eq!(store.services().await.unwrap(), vec!["work"]);
+}
+
+#[tokio::test]
+async fn sqlite_store_suite() {
+    let (store, _dir) = sqlite_store().await;
+    suite(&store).await;
+}
+
+#[tokio::test]
+async fn postgres_store_suite() {
+    let store = postgres_store().await;
+    suite(&store).await;
+}
+
+/// Concurrent writers of the same resources and operations must not deadlock or fail.
+#[tokio::test]
+async fn postgres_concurrent_writers() {
+    let store = Arc::new(postgres_store().await);
+    let mut tasks = Vec::new();
+    for w in 0..4u64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..20u64 {
+                let spans: Vec<Span> = (0..50u64)
+                    .map(|s| {
+                        SpanBuilder::new(
+                            w * 1000 + i,
+                            s + 1,
+                            &format!("svc{}", s % 5),
+                            &format!("op{}", s % 7),
+                            T0 + s,
+                        )
+                        .build()
+                    })
+                    .collect();
+                store.write(&[&encode_batch(&spans)]).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(store.count_spans().await.unwrap(), 4 * 20 * 50);
+    assert_eq!(store.services().await.unwrap().len(), 5);
+}

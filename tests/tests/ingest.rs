@@ -1,0 +1,415 @@
+//! Ingest over real sockets: every receiver, compression, limits, partial success, overload,
+//! and a drain on shutdown.
+
+use std::io::Write;
+use std::time::Duration;
+
+use meshlens_tests::*;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+use tonic::codec::CompressionEncoding;
+use tonic_types::StatusExt;
+
+#[tokio::test]
+async fn grpc_export_gzip_is_stored_and_readable() {
+    let env = TestEnv::start().await;
+    let mut client = env
+        .grpc()
+        .await
+        .send_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Gzip);
+    let resp = client
+        .export(trace_request("frontend", 1, 5))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(resp.partial_success.is_none());
+    let (status, body) = env.get_json(&format!("/api/traces/{}", trace_hex(1))).await;
+    assert_eq!(status, 200);
+    let spans = body["data"][0]["spans"].as_array().unwrap();
+    assert_eq!(spans.len(), 5);
+    assert_eq!(
+        body["data"][0]["processes"]["p1"]["serviceName"],
+        "frontend"
+    );
+    assert_eq!(
+        env.metric("meshlens_ingest_spans_total", "otlp_grpc").await,
+        5.0
+    );
+    assert_eq!(
+        env.metric("meshlens_store_spans_written_total", "").await,
+        5.0
+    );
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn grpc_partial_success_keeps_the_good_spans() {
+    let env = TestEnv::start().await;
+    let mut req = trace_request("frontend", 2, 3);
+    req.resource_spans[0].scope_spans[0].spans[1].trace_id = vec![1, 2, 3];
+    let resp = env.grpc().await.export(req).await.unwrap().into_inner();
+    let partial = resp.partial_success.expect("partial success");
+    assert_eq!(partial.rejected_spans, 1);
+    assert!(
+        partial.error_message.contains("trace id"),
+        "{}",
+        partial.error_message
+    );
+    let (_, body) = env.get_json(&format!("/api/traces/{}", trace_hex(2))).await;
+    assert_eq!(body["data"][0]["spans"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        env.metric(
+            "meshlens_ingest_rejected_spans_total",
+            "reason=\"invalid_trace_id\""
+        )
+        .await,
+        1.0
+    );
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn grpc_oversized_message_is_resource_exhausted() {
+    let env = TestEnv::start_with(|c| c.ingest.max_message_bytes = 64 * 1024).await;
+    let err = env
+        .grpc()
+        .await
+        .export(trace_request("big", 3, 2_000))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    // The server is fine afterwards.
+    env.grpc()
+        .await
+        .export(trace_request("small", 4, 2))
+        .await
+        .unwrap();
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn http_protobuf_json_gzip_and_chunked_bodies() {
+    let env = TestEnv::start().await;
+    let url = env.otlp_http("/v1/traces");
+    // Protobuf.
+    let body = trace_request("svc-proto", 10, 2).encode_to_vec();
+    let r = env
+        .http
+        .post(&url)
+        .header("content-type", "application/x-protobuf")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/x-protobuf");
+    // JSON, gzip-compressed.
+    let json = serde_json::to_vec(&trace_request("svc-json", 11, 2)).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&json).unwrap();
+    let r = env
+        .http
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(gz.finish().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    // Chunked: a streamed body has no content-length, as Envoy sends it.
+    let body = trace_request("svc-chunked", 12, 2).encode_to_vec();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        body.chunks(7).map(|c| Ok(c.to_vec())).collect();
+    let r = env
+        .http
+        .post(&url)
+        .header("content-type", "application/x-protobuf")
+        .body(reqwest::Body::wrap_stream(futures_stream(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for t in [10, 11, 12] {
+        let (status, _) = env.get_json(&format!("/api/traces/{}", trace_hex(t))).await;
+        assert_eq!(status, 200, "trace {t}");
+    }
+    let (_, services) = env.get_json("/api/services").await;
+    assert_eq!(
+        services["data"],
+        serde_json::json!(["svc-chunked", "svc-json", "svc-proto"])
+    );
+    env.stop().await;
+}
+
+fn futures_stream(
+    chunks: Vec<Result<Vec<u8>, std::io::Error>>,
+) -> impl futures_core_stream::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    tokio_stream::iter(chunks)
+}
+
+mod futures_core_stream {
+    pub use tokio_stream::Stream;
+}
+
+#[tokio::test]
+async fn http_bad_input_gets_clear_errors() {
+    let env = TestEnv::start_with(|c| c.ingest.max_message_bytes = 32 * 1024).await;
+    let url = env.otlp_http("/v1/traces");
+    let post = |ct: &'static str, body: Vec<u8>| {
+        env.http
+            .post(&url)
+            .header("content-type", ct)
+            .body(body)
+            .send()
+    };
+
+    let r = post("application/x-protobuf", vec![0xff, 0xff, 0xff])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let status = tonic_types::Status::decode(r.bytes().await.unwrap()).unwrap();
+    assert_eq!(status.code, tonic::Code::InvalidArgument as i32);
+    assert!(status.message.contains("protobuf"), "{}", status.message);
+
+    let r = post("application/json", b"{not json".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(body["message"].as_str().unwrap().contains("json"), "{body}");
+
+    let r = post("text/plain", b"hello".to_vec()).await.unwrap();
+    assert_eq!(r.status(), 415);
+
+    let r = post(
+        "application/x-protobuf",
+        trace_request("big", 20, 1_000).encode_to_vec(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 413);
+
+    let r = env
+        .http
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("content-encoding", "br")
+        .body(b"{}".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+
+    // None of that hurt: a good export still goes through.
+    let r = post(
+        "application/x-protobuf",
+        trace_request("ok", 21, 2).encode_to_vec(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        env.metric(
+            "meshlens_ingest_rejected_requests_total",
+            "reason=\"malformed\""
+        )
+        .await
+            >= 2.0
+    );
+    assert_eq!(
+        env.metric(
+            "meshlens_ingest_rejected_requests_total",
+            "reason=\"too_large\""
+        )
+        .await,
+        1.0
+    );
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn zipkin_post_is_accepted_with_202() {
+    let env = TestEnv::start().await;
+    // A recent timestamp: retention (72h) would delete an old one at once.
+    let body = format!(
+        r#"[{{"traceId":"463ac35c9f6413ad48485a3953bb6124","id":"a2fb4a1d1a96d312","name":"get /api","kind":"SERVER",
+        "timestamp":{},"duration":1500,"localEndpoint":{{"serviceName":"zfront"}},"tags":{{"http.status_code":"200"}}}}]"#,
+        now_ns() / 1_000
+    );
+    let r = env
+        .http
+        .post(env.zipkin("/api/v2/spans"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let (status, trace) = env
+        .get_json("/api/traces/463ac35c9f6413ad48485a3953bb6124")
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(trace["data"][0]["spans"][0]["duration"], 1500);
+    let r = env
+        .http
+        .post(env.zipkin("/api/v2/spans"))
+        .header("content-type", "application/json")
+        .body("[{]")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    env.stop().await;
+}
+
+/// Holds SQLite's write lock from outside, so the writer stalls and the queue fills up.
+async fn lock_sqlite(env: &TestEnv) -> sqlx::SqliteConnection {
+    use sqlx::Connection;
+    let url = env.config.storage.database_url.clone();
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_retryable_errors_and_recovers() {
+    let env = TestEnv::start_with(|c| c.ingest.queue_spans = 100).await;
+    let mut lock = lock_sqlite(&env).await;
+    // This export waits in the queue behind the lock (its ack comes after the commit).
+    let mut client = env.grpc().await;
+    let pending = tokio::spawn(async move { client.export(trace_request("a", 30, 80)).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(env.metric("meshlens_ingest_queue_depth", "").await, 80.0);
+
+    // The next ones do not fit: gRPC UNAVAILABLE with RetryInfo, HTTP 429 with Retry-After.
+    let err = env
+        .grpc()
+        .await
+        .export(trace_request("b", 31, 40))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    let retry = err.get_details_retry_info().expect("RetryInfo detail");
+    assert_eq!(retry.retry_delay, Some(Duration::from_secs(1)));
+    let r = env
+        .http
+        .post(env.otlp_http("/v1/traces"))
+        .header("content-type", "application/x-protobuf")
+        .body(trace_request("c", 32, 40).encode_to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "1");
+    // A batch bigger than the whole queue can never fit: that is not retryable.
+    let err = env
+        .grpc()
+        .await
+        .export(trace_request("d", 33, 101))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+
+    // Release the lock: the queued export commits and is acknowledged, and ingest recovers.
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    pending
+        .await
+        .unwrap()
+        .expect("queued export acknowledged after commit");
+    env.grpc()
+        .await
+        .export(trace_request("b", 31, 40))
+        .await
+        .unwrap();
+    assert_eq!(env.metric("meshlens_ingest_queue_depth", "").await, 0.0);
+    assert_eq!(
+        env.metric(
+            "meshlens_ingest_rejected_requests_total",
+            "reason=\"overloaded\""
+        )
+        .await,
+        2.0
+    );
+    let (status, _) = env
+        .get_json(&format!("/api/traces/{}", trace_hex(31)))
+        .await;
+    assert_eq!(status, 200);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_commits_what_was_acknowledged_and_queued() {
+    let env = TestEnv::start().await;
+    let mut lock = lock_sqlite(&env).await;
+    let mut handles = Vec::new();
+    for t in 0..5u64 {
+        let mut client = env.grpc().await;
+        handles.push(tokio::spawn(async move {
+            client.export(trace_request("s", 100 + t, 10)).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let url = env.config.storage.database_url.clone();
+    let running = {
+        let mut env = env;
+        let r = env.running.take().unwrap();
+        (r, env)
+    };
+    let (r, env) = running;
+    let shutdown = tokio::spawn(async move { r.shutdown().await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    shutdown.await.unwrap().unwrap();
+    for h in handles {
+        h.await
+            .unwrap()
+            .expect("every in-flight export is acknowledged during the drain");
+    }
+    // Reopen the file: all 50 spans are there.
+    let store = meshlens_storage::Store::connect(&meshlens_storage::StoreConfig {
+        url,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(store.count_spans().await.unwrap(), 50);
+    drop(env);
+}
+
+#[tokio::test]
+async fn web_endpoints_answer() {
+    let env = TestEnv::start().await;
+    assert_eq!(
+        env.http
+            .get(env.web("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        env.http
+            .get(env.web("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let (status, body) = env
+        .get_json("/api/traces/0123456789abcdef0123456789abcdef")
+        .await;
+    assert_eq!(status, 404);
+    assert_eq!(body["errors"][0]["code"], 404);
+    let (status, _) = env.get_json("/api/traces/not-hex").await;
+    assert_eq!(status, 400);
+    let _ = ExportTraceServiceRequest::default();
+    env.stop().await;
+}

@@ -1,0 +1,95 @@
+//! Builders for tests in every crate: a valid span in one line, changed field by field.
+
+use std::sync::Arc;
+
+use crate::{
+    AttrValue, Attributes, Resource, Scope, Span, SpanId, SpanKind, Status, StatusCode, TraceId,
+};
+
+/// A trace id from a small number (never zero).
+pub fn trace_id(n: u64) -> TraceId {
+    let mut b = [0u8; 16];
+    b[0] = 0xab;
+    b[8..].copy_from_slice(&n.to_be_bytes());
+    TraceId::from_bytes(&b).expect("non-zero")
+}
+
+/// A span id from a small number (never zero).
+pub fn span_id(n: u64) -> SpanId {
+    let mut b = [0u8; 8];
+    b[0] = 0xcd;
+    b[1..].copy_from_slice(&n.to_be_bytes()[1..]);
+    SpanId::from_bytes(&b).expect("non-zero")
+}
+
+/// A resource for `service` with an optional version.
+pub fn resource(service: &str, version: Option<&str>) -> Arc<Resource> {
+    let mut a = Attributes::new();
+    a.push("service.name", service);
+    if let Some(v) = version {
+        a.push("service.version", v);
+    }
+    Arc::new(Resource::new(a))
+}
+
+pub struct SpanBuilder(Span);
+
+impl SpanBuilder {
+    /// A server span of 1 ms starting at `start_ns`.
+    pub fn new(trace: u64, span: u64, service: &str, name: &str, start_ns: u64) -> Self {
+        SpanBuilder(Span {
+            trace_id: trace_id(trace),
+            span_id: span_id(span),
+            parent_span_id: None,
+            trace_state: String::new(),
+            flags: 0,
+            resource: resource(service, None),
+            scope: Arc::new(Scope::default()),
+            name: name.to_string(),
+            kind: SpanKind::Server,
+            start_ns,
+            end_ns: start_ns + 1_000_000,
+            status: Status::default(),
+            attributes: Attributes::new(),
+            events: Vec::new(),
+            links: Vec::new(),
+        })
+    }
+
+    pub fn parent(mut self, span: u64) -> Self {
+        self.0.parent_span_id = Some(span_id(span));
+        self
+    }
+
+    pub fn kind(mut self, kind: SpanKind) -> Self {
+        self.0.kind = kind;
+        self
+    }
+
+    pub fn duration_ns(mut self, d: u64) -> Self {
+        self.0.end_ns = self.0.start_ns + d;
+        self
+    }
+
+    pub fn resource(mut self, r: Arc<Resource>) -> Self {
+        self.0.resource = r;
+        self
+    }
+
+    pub fn attr(mut self, key: &str, value: impl Into<AttrValue>) -> Self {
+        self.0.attributes.push(key, value);
+        self
+    }
+
+    pub fn error(mut self, message: &str) -> Self {
+        self.0.status = Status {
+            code: StatusCode::Error,
+            message: message.to_string(),
+        };
+        self
+    }
+
+    pub fn build(self) -> Span {
+        self.0
+    }
+}
