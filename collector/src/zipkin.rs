@@ -194,10 +194,11 @@ fn convert_span(
     };
     let mut tags: Vec<(String, String)> = z.tags.into_iter().collect();
     tags.sort();
-    let status = match tags.iter().find(|(k, _)| k == "error") {
-        Some((_, msg)) => Status {
+    // Zipkin's `error` tag carries the message; it becomes the span's status (and so `error=true`).
+    let status = match tags.iter().position(|(k, _)| k == "error") {
+        Some(i) => Status {
             code: SpanStatus::Error,
-            message: msg.clone(),
+            message: tags.remove(i).1,
         },
         None => Status::default(),
     };

@@ -83,6 +83,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         metrics.clone(),
         cancel.clone(),
     );
+    retention::spawn_checkpointer(&mut servers, store.clone(), cancel.clone());
     ready.store(true, Ordering::Release);
     tracing::info!(
         otlp_grpc = %addrs.otlp_grpc,

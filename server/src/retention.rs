@@ -1,4 +1,5 @@
-//! Retention: deletes old spans in small batches, pausing between them so ingest keeps going.
+//! Store upkeep: retention deletes old spans in small batches, pausing between them so ingest keeps
+//! going; the checkpointer keeps SQLite's write-ahead log short.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -10,6 +11,26 @@ use tokio_util::sync::CancellationToken;
 
 const BATCH: i64 = 5_000;
 const PAUSE: Duration = Duration::from_millis(20);
+
+/// Checkpoints SQLite's write-ahead log every second, off the commit path.
+pub fn spawn_checkpointer(
+    set: &mut JoinSet<anyhow::Result<()>>,
+    store: Arc<Store>,
+    cancel: CancellationToken,
+) {
+    set.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = store.checkpoint().await {
+                tracing::warn!(error = %e, "checkpoint failed; will retry");
+            }
+        }
+    });
+}
 
 pub fn spawn(
     set: &mut JoinSet<anyhow::Result<()>>,

@@ -5,7 +5,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::Context;
-use meshlens_collector::otlp::grpc::{too_large_is_resource_exhausted, trace_service};
+use meshlens_collector::otlp::grpc::{normalize_decode_errors, trace_service};
 use meshlens_collector::{otlp, zipkin, Metrics, Pipeline};
 use meshlens_storage::Store;
 use tokio::net::TcpListener;
@@ -39,7 +39,10 @@ pub async fn spawn_all(
     let svc = trace_service(pipeline.clone(), limit);
     let layer = tower::ServiceBuilder::new()
         .layer(concurrency.clone())
-        .layer(MapResponseLayer::new(too_large_is_resource_exhausted));
+        .layer(MapResponseLayer::new({
+            let metrics = metrics.clone();
+            move |res| normalize_decode_errors(&metrics, res)
+        }));
     let c = cancel.clone();
     set.spawn(async move {
         tonic::transport::Server::builder()

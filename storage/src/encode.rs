@@ -86,8 +86,8 @@ pub(crate) struct LinkJson<'a> {
     pub attributes: AttrsJson<'a>,
 }
 
-fn cow_is_empty(s: &Cow<'_, str>) -> bool {
-    s.is_empty()
+fn cow_is_empty(s: &impl AsRef<str>) -> bool {
+    s.as_ref().is_empty()
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -155,9 +155,13 @@ async fn connect_sqlite(config: &StoreConfig) -> Result<SqlitePool, StoreError> 
         .synchronous(synchronous)
         .busy_timeout(Duration::from_secs(10))
         .pragma("cache_size", "-32768")
-        .pragma("temp_store", "memory");
+        .pragma("temp_store", "memory")
+        .pragma("mmap_size", "268435456")
+        // Checkpoints run in the background (`Store::checkpoint`); this is only a safety net.
+        .pragma("wal_autocheckpoint", "65536");
     Ok(SqlitePoolOptions::new()
         .max_connections(config.max_connections.max(2))
+        .test_before_acquire(false)
         .connect_with(opts)
         .await?)
 }

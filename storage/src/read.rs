@@ -56,6 +56,9 @@ impl Store {
             }
         }
         out.retain(|t| !t.is_empty());
+        for trace in &mut out {
+            dedup_retried(trace);
+        }
         Ok(out)
     }
 
@@ -171,6 +174,14 @@ impl Store {
             Pool::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await?,
         })
     }
+}
+
+/// A client that retries an export whose answer it lost sends the same spans twice; both copies
+/// are stored (a unique index would cost every insert), and reads keep one, as Jaeger's do.
+/// Zipkin's shared spans (a client and a server half with one id) differ in kind and are kept.
+fn dedup_retried(spans: &mut Vec<Span>) {
+    let mut seen = std::collections::HashSet::new();
+    spans.retain(|s| seen.insert((s.span_id, s.kind.to_otlp(), s.start_ns, s.end_ns)));
 }
 
 #[derive(Clone, Copy, PartialEq)]

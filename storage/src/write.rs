@@ -7,8 +7,20 @@ use sqlx::{Postgres, QueryBuilder, Sqlite};
 use crate::encode::{EncodedBatch, ResourceRow, SpanRow};
 use crate::{Known, Pool, Store, StoreError, KNOWN_LIMIT};
 
-/// SQLite allows 32,766 bound values per statement; 13 columns × 1,000 rows stays well under it.
-const SQLITE_ROWS_PER_INSERT: usize = 1_000;
+/// Rows per multi-row INSERT on SQLite. A few fixed sizes keep every statement in sqlx's
+/// per-connection cache: preparing a new 13-column × N-row statement costs more than running it.
+/// (SQLite allows 32,766 bound values per statement; 13 × 256 stays well under it.)
+const SQLITE_INSERT_SIZES: [usize; 5] = [256, 64, 16, 4, 1];
+
+/// (service, span name, kind, last seen) for the operations list.
+type OperationRow = (String, String, i16, i64);
+
+fn sqlite_chunk(remaining: usize) -> usize {
+    SQLITE_INSERT_SIZES
+        .into_iter()
+        .find(|&n| n <= remaining)
+        .unwrap_or(1)
+}
 
 impl Store {
     /// Writes every batch in one transaction. On `Ok` the spans are committed.
@@ -17,10 +29,18 @@ impl Store {
         let spans: Vec<&SpanRow> = batches.iter().flat_map(|b| b.spans.iter()).collect();
         match &self.pool {
             Pool::Sqlite(pool) => {
+                let started = std::time::Instant::now();
                 let mut tx = pool.begin().await?;
-                for chunk in spans.chunks(SQLITE_ROWS_PER_INSERT) {
-                    sqlite_insert_spans(chunk).build().execute(&mut *tx).await?;
+                let mut rest = &spans[..];
+                while !rest.is_empty() {
+                    let n = sqlite_chunk(rest.len());
+                    sqlite_insert_spans(&rest[..n])
+                        .build()
+                        .execute(&mut *tx)
+                        .await?;
+                    rest = &rest[n..];
                 }
+                let inserted = started.elapsed();
                 for r in &resources {
                     sqlx::query("INSERT INTO resources (id, service, attributes) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING")
                         .bind(r.id).bind(&r.service).bind(&r.attributes)
@@ -32,6 +52,7 @@ impl Store {
                         .execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
+                tracing::trace!(spans = spans.len(), ?inserted, total = ?started.elapsed(), "sqlite write");
             }
             Pool::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
@@ -54,10 +75,7 @@ impl Store {
     }
 
     /// The resources and operations of these batches that this process has not written yet.
-    fn unknown_keys(
-        &self,
-        batches: &[&EncodedBatch],
-    ) -> (Vec<ResourceRow>, Vec<(String, String, i16, i64)>) {
+    fn unknown_keys(&self, batches: &[&EncodedBatch]) -> (Vec<ResourceRow>, Vec<OperationRow>) {
         let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         let mut resources: Vec<ResourceRow> = Vec::new();
         let mut seen_res = HashSet::new();
@@ -83,7 +101,7 @@ impl Store {
     }
 
     /// Called after a commit only, so a rolled-back key is written again next time.
-    fn remember(&self, resources: &[ResourceRow], operations: &[(String, String, i16, i64)]) {
+    fn remember(&self, resources: &[ResourceRow], operations: &[OperationRow]) {
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         if known.resources.len() + known.operations.len() > KNOWN_LIMIT {
             *known = Known::default();
@@ -118,6 +136,17 @@ impl Store {
             .rows_affected(),
         };
         Ok(done)
+    }
+
+    /// Copies the SQLite write-ahead log into the database without blocking the writer (PASSIVE),
+    /// so commits never pay for a checkpoint. No-op on PostgreSQL.
+    pub async fn checkpoint(&self) -> Result<(), StoreError> {
+        if let Pool::Sqlite(p) = &self.pool {
+            sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .execute(p)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Forgets operations not seen since `cutoff_ns`, so the lists follow retention.

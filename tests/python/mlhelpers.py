@@ -5,7 +5,6 @@ Everything here talks to 127.0.0.1 only.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import secrets
@@ -374,7 +373,3 @@ def post_otlp(url: str, body: bytes, session: requests.Session | None = None, co
     h = {"Content-Type": content_type}
     h.update({k.replace("_", "-"): v for k, v in headers.items()})
     return (session or HTTP).post(url, data=body, headers=h, timeout=timeout)
-
-
-def otlp_json(obj: Any) -> bytes:
-    return json.dumps(obj).encode()

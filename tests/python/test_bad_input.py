@@ -307,21 +307,34 @@ def expected_nested(kind: str, depth: int):
 
 @pytest.mark.parametrize("fmt", ["protobuf", "json"])
 @pytest.mark.parametrize("kind", ["kvlist", "array"])
-def test_moderately_nested_values_round_trip(meshlens, fmt, kind):
-    depth = 6
-    tid, sid = rand_trace_id(), rand_span_id()
-    if fmt == "protobuf":
-        r = post_otlp(meshlens.traces_url, nested_request_pb(kind, depth, tid, sid))
-    else:
-        r = post_otlp(meshlens.traces_url, nested_request_json(kind, depth, tid, sid), content_type="application/json")
-    assert r.status_code == 200, (r.status_code, r.content[:500])
-    trace = get_trace(meshlens, jaeger_trace_id(tid))
-    (span,) = trace["spans"]
-    tags = tags_dict(span["tags"])
-    assert tags["plain"] == ("string", "yes")
-    typ, text = tags["deep"]
-    assert typ == "string"
-    assert json.loads(text) == expected_nested(kind, depth)
+def test_nested_values_up_to_the_decoder_limit_round_trip(meshlens, fmt, kind):
+    """Every depth from 1 to 64: refused with 400 (the decoders bound nesting), or accepted and then
+    read back with exactly the structure sent, as JSON text. Shallow values must be accepted."""
+    accepted = []
+    for depth in range(1, 65):
+        tid, sid = rand_trace_id(), rand_span_id()
+        if fmt == "protobuf":
+            r = post_otlp(meshlens.traces_url, nested_request_pb(kind, depth, tid, sid))
+        else:
+            r = post_otlp(meshlens.traces_url, nested_request_json(kind, depth, tid, sid), content_type="application/json")
+        assert r.status_code in (200, 400), (depth, r.status_code, r.content[:300])
+        got = HTTP.get(f"{meshlens.web_url}/api/traces/{jaeger_trace_id(tid)}", timeout=10)
+        if r.status_code == 400:
+            assert got.status_code == 404, (depth, got.status_code, got.text[:300])
+            continue
+        accepted.append(depth)
+        assert got.status_code == 200, (depth, got.status_code, got.text[:500])
+        (span,) = got.json()["data"][0]["spans"]
+        tags = tags_dict(span["tags"])
+        assert tags["plain"] == ("string", "yes")
+        typ, text = tags["deep"]
+        assert typ == "string", (depth, typ)
+        assert json.loads(text) == expected_nested(kind, depth), depth
+    assert accepted[:10] == list(range(1, 11)), accepted
+    # once refused, deeper is refused too
+    assert accepted == list(range(1, len(accepted) + 1)), accepted
+    print(f"{fmt}/{kind}: deepest accepted nesting {max(accepted)}")
+    assert_still_serving(meshlens)
 
 
 @pytest.mark.parametrize("depth", [100, 10_000])

@@ -7,10 +7,13 @@ import json
 import threading
 import time
 
+import grpc
 import pytest
 from opentelemetry import trace as trace_api
+from opentelemetry.exporter.otlp.common.http import Compression as JsonHttpCompression
 from opentelemetry.exporter.otlp.json.http.trace_exporter import OTLPSpanExporter as JsonHttpExporter
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+from opentelemetry.exporter.otlp.proto.http import Compression as ProtoHttpCompression
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as ProtoHttpExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -82,13 +85,16 @@ class RecordingExporter(SpanExporter):
         return self.inner.force_flush(timeout_millis)
 
 
-def make_exporter(protocol: str, ml):
+def make_exporter(protocol: str, gzip: bool, ml):
     if protocol == "otlp_grpc":
-        return GrpcExporter(endpoint=f"http://{ml.otlp_grpc}", insecure=True, timeout=10)
+        return GrpcExporter(endpoint=f"http://{ml.otlp_grpc}", insecure=True, timeout=10,
+                            compression=grpc.Compression.Gzip if gzip else grpc.Compression.NoCompression)
     if protocol == "otlp_http_protobuf":
-        return ProtoHttpExporter(endpoint=ml.traces_url, timeout=10)
+        return ProtoHttpExporter(endpoint=ml.traces_url, timeout=10,
+                                 compression=ProtoHttpCompression.Gzip if gzip else ProtoHttpCompression.NoCompression)
     if protocol == "otlp_http_json":
-        return JsonHttpExporter(endpoint=ml.traces_url, timeout=10)
+        return JsonHttpExporter(endpoint=ml.traces_url, timeout=10,
+                                compression=JsonHttpCompression.GZIP if gzip else JsonHttpCompression.NONE)
     raise ValueError(protocol)
 
 
@@ -163,8 +169,9 @@ def emit_trace(tracer):
     return t0, linked, server, client, internal
 
 
+@pytest.mark.parametrize("gzip", [False, True], ids=["plain", "gzip"])
 @pytest.mark.parametrize("protocol", ["otlp_grpc", "otlp_http_protobuf", "otlp_http_json"])
-def test_sdk_trace_round_trips_through_jaeger_api(meshlens, protocol):
+def test_sdk_trace_round_trips_through_jaeger_api(meshlens, protocol, gzip):
     service = f"checkout-{protocol.replace('_', '-')}"
     resource = Resource.create(
         {
@@ -175,7 +182,7 @@ def test_sdk_trace_round_trips_through_jaeger_api(meshlens, protocol):
             "e2e.shard": 3,
         }
     )
-    recorder = RecordingExporter(make_exporter(protocol, meshlens))
+    recorder = RecordingExporter(make_exporter(protocol, gzip, meshlens))
     provider = TracerProvider(resource=resource)
     provider.add_span_processor(BatchSpanProcessor(recorder, schedule_delay_millis=60_000, max_export_batch_size=512))
     tracer = provider.get_tracer(SCOPE)

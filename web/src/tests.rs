@@ -1,1 +1,202 @@
+//! Handler tests in-process (`oneshot`), on a temporary SQLite store.
 
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use meshlens_storage::{encode_batch, Store, StoreConfig};
+use meshlens_topology::testing::{resource, SpanBuilder};
+use meshlens_topology::{AttrValue, SpanKind};
+use serde_json::Value;
+use tower::ServiceExt;
+
+use crate::api::parse_search_for_tests as parse_search;
+use crate::{app, WebState};
+
+const T0: u64 = 1_700_000_000_000_000_000;
+
+async fn state(ready: bool) -> (WebState, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(&StoreConfig {
+        url: format!("sqlite://{}", dir.path().join("w.db").display()),
+        ..StoreConfig::default()
+    })
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    let spans = vec![
+        SpanBuilder::new(1, 1, "front", "GET /", T0)
+            .resource(resource("front", Some("v1")))
+            .attr("http.status_code", 200i64)
+            .attr("ok", true)
+            .build(),
+        SpanBuilder::new(1, 2, "front", "call work", T0 + 10)
+            .resource(resource("front", Some("v1")))
+            .parent(1)
+            .kind(SpanKind::Client)
+            .attr("peer", AttrValue::Array(vec![AttrValue::Int(1)]))
+            .error("boom")
+            .build(),
+    ];
+    store.write(&[&encode_batch(&spans)]).await.unwrap();
+    let st = WebState {
+        store: Arc::new(store),
+        registry: prometheus::Registry::new(),
+        ready: Arc::new(AtomicBool::new(ready)),
+    };
+    (st, dir)
+}
+
+async fn get(st: &WebState, uri: &str) -> (StatusCode, Value) {
+    let resp = app(st.clone())
+        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn trace_by_id_has_jaeger_shape() {
+    let (st, _dir) = state(true).await;
+    let id = meshlens_topology::testing::trace_id(1).to_hex();
+    let (status, body) = get(
+        &st,
+        &format!("/api/traces/{id}?start=1700000000000&end=1700000001000"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["total"], 1);
+    assert_eq!(body["errors"], Value::Null);
+    let trace = &body["data"][0];
+    assert_eq!(trace["traceID"], id);
+    let spans = trace["spans"].as_array().unwrap();
+    assert_eq!(spans.len(), 2);
+    let root = &spans[0];
+    assert_eq!(root["operationName"], "GET /");
+    assert_eq!(root["startTime"], T0 / 1000);
+    assert_eq!(root["duration"], 1000);
+    assert_eq!(root["references"], serde_json::json!([]));
+    assert_eq!(root["processID"], "p1");
+    let tags = root["tags"].as_array().unwrap();
+    assert!(
+        tags.contains(&serde_json::json!({"key":"http.status_code","type":"int64","value":200}))
+    );
+    assert!(tags.contains(&serde_json::json!({"key":"ok","type":"bool","value":true})));
+    assert!(tags.contains(&serde_json::json!({"key":"span.kind","type":"string","value":"server"})));
+    let child = &spans[1];
+    assert_eq!(child["references"][0]["refType"], "CHILD_OF");
+    assert_eq!(child["references"][0]["spanID"], root["spanID"]);
+    let ctags = child["tags"].as_array().unwrap();
+    assert!(ctags.contains(&serde_json::json!({"key":"error","type":"bool","value":true})));
+    assert!(ctags.contains(
+        &serde_json::json!({"key":"otel.status_description","type":"string","value":"boom"})
+    ));
+    assert!(ctags.contains(&serde_json::json!({"key":"peer","type":"string","value":"[1]"})));
+    let process = &trace["processes"]["p1"];
+    assert_eq!(process["serviceName"], "front");
+    assert_eq!(
+        process["tags"],
+        serde_json::json!([{"key":"service.version","type":"string","value":"v1"}])
+    );
+}
+
+#[tokio::test]
+async fn unknown_and_malformed_ids() {
+    let (st, _dir) = state(true).await;
+    let (status, body) = get(&st, "/api/traces/0123456789abcdef").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["errors"][0]["code"], 404);
+    let (status, _) = get(&st, "/api/traces/xyz").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn services_operations_and_search() {
+    let (st, _dir) = state(true).await;
+    let (_, body) = get(&st, "/api/services").await;
+    assert_eq!(body["data"], serde_json::json!(["front"]));
+    let (_, body) = get(&st, "/api/services/front/operations").await;
+    assert_eq!(body["data"], serde_json::json!(["GET /", "call work"]));
+    let (_, body) = get(&st, "/api/operations?service=front&spanKind=client").await;
+    assert_eq!(
+        body["data"],
+        serde_json::json!([{"name":"call work","spanKind":"client"}])
+    );
+    let (status, _) = get(&st, "/api/operations").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let start = T0 / 1000 - 1;
+    let end = T0 / 1000 + 1_000;
+    let (_, body) = get(
+        &st,
+        &format!(
+            "/api/traces?service=front&tags=%7B%22ok%22%3A%22true%22%7D&start={start}&end={end}"
+        ),
+    )
+    .await;
+    assert_eq!(body["data"].as_array().unwrap().len(), 1);
+    let (_, body) = get(
+        &st,
+        &format!("/api/traces?service=front&minDuration=2ms&start={start}&end={end}"),
+    )
+    .await;
+    assert_eq!(body["data"].as_array().unwrap().len(), 0);
+    let (status, _) = get(&st, "/api/traces?service=front&minDuration=fast").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let (st, _dir) = state(false).await;
+    let resp = app(st.clone())
+        .oneshot(Request::get("/readyz").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    st.ready.store(true, std::sync::atomic::Ordering::Release);
+    let resp = app(st.clone())
+        .oneshot(Request::get("/readyz").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = app(st.clone())
+        .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = app(st)
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+}
+
+#[test]
+fn search_parameters_parse_like_jaeger() {
+    let q = parse_search("service=a&operation=GET%20%2F&tags=%7B%22http.status_code%22%3A500%7D&tag=k%3Av&minDuration=1.5ms&maxDuration=1h30m&limit=5&lookback=2h", 10_000_000_000).unwrap();
+    assert_eq!(q.service.as_deref(), Some("a"));
+    assert_eq!(q.operation.as_deref(), Some("GET /"));
+    assert_eq!(
+        q.tags,
+        vec![
+            ("http.status_code".to_string(), "500".to_string()),
+            ("k".into(), "v".into())
+        ]
+    );
+    assert_eq!(q.duration_min_ns, Some(1_500_000));
+    assert_eq!(q.duration_max_ns, Some(5_400_000_000_000));
+    assert_eq!(q.limit, 5);
+    assert_eq!(q.start_max_ns, 10_000_000_000_000);
+    assert_eq!(q.start_min_ns, (10_000_000_000 - 7_200_000_000) * 1000);
+    assert!(parse_search("tags=notjson", 0).is_err());
+    assert!(parse_search("limit=-1", 0).is_err());
+}

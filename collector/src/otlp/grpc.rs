@@ -49,17 +49,33 @@ impl TraceService for OtlpGrpc {
     }
 }
 
-/// tonic answers an over-limit message with OUT_OF_RANGE; gRPC servers conventionally say
-/// RESOURCE_EXHAUSTED, which is what OTLP clients expect and do not retry.
-pub fn too_large_is_resource_exhausted<B>(mut res: http::Response<B>) -> http::Response<B> {
+/// tonic answers an over-limit message with OUT_OF_RANGE and undecodable bytes with INTERNAL.
+/// Clients expect RESOURCE_EXHAUSTED and INVALID_ARGUMENT (neither retried), so the status is
+/// rewritten here, and the refusal counted.
+pub fn normalize_decode_errors<B>(
+    metrics: &crate::Metrics,
+    mut res: http::Response<B>,
+) -> http::Response<B> {
     let headers = res.headers_mut();
-    let out_of_range = headers.get("grpc-status").is_some_and(|v| v == "11");
-    let too_large = headers
+    let code = headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("0");
+    let message = headers
         .get("grpc-message")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|m| m.contains("too%20large") || m.contains("too large"));
-    if out_of_range && too_large {
-        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
-    }
+        .unwrap_or("");
+    let (new_code, reason) = match code {
+        "11" if message.contains("too%20large") || message.contains("too large") => {
+            ("8", "too_large")
+        }
+        "13" if message.contains("decode") => ("3", "malformed"),
+        _ => return res,
+    };
+    metrics
+        .ingest_rejected_requests
+        .with_label_values(&[Protocol::OtlpGrpc.as_str(), reason])
+        .inc();
+    headers.insert("grpc-status", http::HeaderValue::from_static(new_code));
     res
 }

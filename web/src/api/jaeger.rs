@@ -91,10 +91,9 @@ pub struct Log {
 /// Jaeger prints a trace id with a zero high half as 16 hex digits, otherwise 32.
 pub fn trace_id_string(id: &TraceId) -> String {
     let hex = id.to_hex();
-    if hex.starts_with("0000000000000000") {
-        hex[16..].to_string()
-    } else {
-        hex
+    match hex.strip_prefix("0000000000000000") {
+        Some(low) => low.to_string(),
+        None => hex,
     }
 }
 
@@ -184,7 +183,9 @@ fn span(s: &Span, process_id: String) -> JSpan {
             .iter()
             .map(|e| Log {
                 timestamp: e.time_ns / 1_000,
+                // An `event` attribute takes precedence over the event name, as in Jaeger's mapping.
                 fields: std::iter::once(string_tag("event", &e.name))
+                    .filter(|_| e.attributes.get("event").is_none())
                     .chain(e.attributes.iter().map(|(k, v)| tag(k, v)))
                     .collect(),
             })

@@ -19,3 +19,6 @@ pub fn router() -> Router<WebState> {
         )
         .route("/api/operations", get(traces::operations))
 }
+
+#[cfg(test)]
+pub use traces::parse_search as parse_search_for_tests;
