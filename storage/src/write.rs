@@ -9,8 +9,8 @@ use crate::{Known, Pool, Store, StoreError, KNOWN_LIMIT};
 
 /// Rows per multi-row INSERT on SQLite. A few fixed sizes keep every statement in sqlx's
 /// per-connection cache: preparing a new 13-column × N-row statement costs more than running it.
-/// (SQLite allows 32,766 bound values per statement; 13 × 256 stays well under it.)
-const SQLITE_INSERT_SIZES: [usize; 5] = [256, 64, 16, 4, 1];
+/// (SQLite allows 32,766 bound values per statement; 13 × 2,048 stays under it.)
+const SQLITE_INSERT_SIZES: [usize; 6] = [2048, 512, 128, 32, 8, 1];
 
 /// (service, span name, kind, last seen) for the operations list.
 type OperationRow = (String, String, i16, i64);
