@@ -49,7 +49,7 @@ load() { # $1 label, $2 protocol, $3 port, $4 cpu list or ""
 }
 
 reset_pg() {
-  psql -q "$PG_URL" -c 'DROP SCHEMA IF EXISTS meshlens_bench CASCADE; CREATE SCHEMA meshlens_bench;' >/dev/null
+  PGOPTIONS='--client-min-messages=warning' psql -q "$PG_URL" -c 'DROP SCHEMA IF EXISTS meshlens_bench CASCADE; CREATE SCHEMA meshlens_bench;' >/dev/null
 }
 PG_BENCH_URL="$PG_URL?options=-c%20search_path%3Dmeshlens_bench"
 

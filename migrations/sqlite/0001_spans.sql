@@ -1,5 +1,8 @@
--- Spans, one row each. Search columns are typed; the rest of the span is JSON.
+-- Spans, one row each, in commit order (seq). Search columns are typed; the rest is JSON.
+-- Indexes are chosen for ingest: each commit appends at the end of `seq` and of every service's
+-- range of `spans_service`; only `spans_trace` takes random inserts (one per span).
 CREATE TABLE spans (
+    seq             INTEGER PRIMARY KEY,
     trace_id        BLOB    NOT NULL,
     span_id         BLOB    NOT NULL,
     parent_span_id  BLOB,
@@ -15,8 +18,19 @@ CREATE TABLE spans (
     extra           TEXT
 );
 CREATE INDEX spans_trace ON spans (trace_id);
-CREATE INDEX spans_service_start ON spans (service, start_ns);
-CREATE INDEX spans_start ON spans (start_ns);
+CREATE INDEX spans_service ON spans (service, seq);
+
+-- One row per commit: which seq range it wrote and the span start times in it. A time-range
+-- search becomes a seq range; retention deletes whole commits by their age.
+CREATE TABLE blocks (
+    first_seq     INTEGER PRIMARY KEY,
+    last_seq      INTEGER NOT NULL,
+    min_start_ns  INTEGER NOT NULL,
+    max_start_ns  INTEGER NOT NULL,
+    committed_ns  INTEGER NOT NULL
+);
+CREATE INDEX blocks_max_start ON blocks (max_start_ns);
+CREATE INDEX blocks_committed ON blocks (committed_ns);
 
 -- Resources are shared by many spans; they are keyed by a hash of their content.
 CREATE TABLE resources (

@@ -66,7 +66,7 @@ async fn run_once(
     cancel: &CancellationToken,
 ) -> Result<(), meshlens_storage::StoreError> {
     loop {
-        let n = store.delete_spans_before(cutoff_ns, BATCH).await?;
+        let n = store.delete_committed_before(cutoff_ns, BATCH).await?;
         metrics.retention_deleted_spans.inc_by(n);
         if n < BATCH as u64 || cancel.is_cancelled() {
             break;

@@ -92,12 +92,15 @@ impl Store {
     /// Trace ids matching the query, newest first.
     pub async fn search(&self, q: &TraceQuery) -> Result<Vec<TraceId>, StoreError> {
         let limit = q.limit.clamp(1, MAX_SEARCH_LIMIT) as i64;
+        let Some(seqs) = self.seq_range(q.start_min_ns, q.start_max_ns).await? else {
+            return Ok(Vec::new());
+        };
         let rows: Vec<(Vec<u8>, i64)> = match &self.pool {
             Pool::Sqlite(p) => {
                 let mut qb = QueryBuilder::<Sqlite>::new(
                     "SELECT s.trace_id, MAX(s.start_ns) AS t FROM spans s WHERE ",
                 );
-                push_filters(&mut qb, q, Dialect::Sqlite);
+                push_filters(&mut qb, q, seqs, Dialect::Sqlite);
                 qb.push(" GROUP BY s.trace_id ORDER BY t DESC LIMIT ")
                     .push_bind(limit);
                 qb.build_query_as().fetch_all(p).await?
@@ -106,7 +109,7 @@ impl Store {
                 let mut qb = QueryBuilder::<Postgres>::new(
                     "SELECT s.trace_id, MAX(s.start_ns) AS t FROM spans s WHERE ",
                 );
-                push_filters(&mut qb, q, Dialect::Postgres);
+                push_filters(&mut qb, q, seqs, Dialect::Postgres);
                 qb.push(" GROUP BY s.trace_id ORDER BY t DESC LIMIT ")
                     .push_bind(limit);
                 qb.build_query_as().fetch_all(p).await?
@@ -116,6 +119,31 @@ impl Store {
             .into_iter()
             .filter_map(|(id, _)| TraceId::from_bytes(&id).ok())
             .collect())
+    }
+
+    /// The seq range of every commit holding a span that started within [min, max]; `None` when
+    /// no commit does. Searches scan this range through `(service, seq)`.
+    async fn seq_range(&self, min_ns: i64, max_ns: i64) -> Result<Option<(i64, i64)>, StoreError> {
+        let range: (Option<i64>, Option<i64>) = match &self.pool {
+            Pool::Sqlite(p) => sqlx::query_as(
+                "SELECT MIN(first_seq), MAX(last_seq) FROM blocks WHERE max_start_ns >= ? AND min_start_ns <= ?",
+            )
+            .bind(min_ns)
+            .bind(max_ns)
+            .fetch_one(p)
+            .await?,
+            Pool::Postgres(p) => sqlx::query_as(
+                "SELECT MIN(first_seq), MAX(last_seq) FROM blocks WHERE max_start_ns >= $1 AND min_start_ns <= $2",
+            )
+            .bind(min_ns)
+            .bind(max_ns)
+            .fetch_one(p)
+            .await?,
+        };
+        Ok(match range {
+            (Some(lo), Some(hi)) => Some((lo, hi)),
+            _ => None,
+        })
     }
 
     /// Search, then the spans of every trace found.
@@ -191,14 +219,22 @@ enum Dialect {
 }
 
 /// The WHERE clause of a search, shared by both dialects; only the attribute match differs.
-fn push_filters<'a, DB>(qb: &mut QueryBuilder<'a, DB>, q: &'a TraceQuery, dialect: Dialect)
-where
+fn push_filters<'a, DB>(
+    qb: &mut QueryBuilder<'a, DB>,
+    q: &'a TraceQuery,
+    (first_seq, last_seq): (i64, i64),
+    dialect: Dialect,
+) where
     DB: sqlx::Database,
     i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     i16: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
 {
-    qb.push("s.start_ns >= ")
+    qb.push("s.seq BETWEEN ")
+        .push_bind(first_seq)
+        .push(" AND ")
+        .push_bind(last_seq)
+        .push(" AND s.start_ns >= ")
         .push_bind(q.start_min_ns)
         .push(" AND s.start_ns <= ")
         .push_bind(q.start_max_ns);

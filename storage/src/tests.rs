@@ -9,6 +9,13 @@ use crate::{encode_batch, Store, StoreConfig, TraceQuery};
 
 const T0: u64 = 1_700_000_000_000_000_000;
 
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64
+}
+
 async fn sqlite_store() -> (Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("t.db").display());
@@ -101,7 +108,11 @@ async fn suite(store: &Store) {
     let b2 = encode_batch(&trace[2..]);
     let b3 = encode_batch(std::slice::from_ref(&other));
     assert_eq!(store.write(&[&b1, &b2]).await.unwrap(), 3);
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let between_commits = now_ns();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     assert_eq!(store.write(&[&b3]).await.unwrap(), 1);
+    assert_eq!(store.write(&[]).await.unwrap(), 0);
 
     // A trace reads back equal, NUL replaced.
     let got = store.trace(trace_id(1)).await.unwrap();
@@ -238,29 +249,17 @@ async fn suite(store: &Store) {
         vec![1, 3]
     );
 
-    // Retention deletes what is older than the cutoff, in batches.
-    assert_eq!(
-        store
-            .delete_spans_before((T0 + 1_000_000_000) as i64, 2)
+    // Retention deletes the spans of commits older than the cutoff, in batches.
+    for expected in [2, 1, 0] {
+        let n = store
+            .delete_committed_before(between_commits, 2)
             .await
-            .unwrap(),
-        2
-    );
-    assert_eq!(
-        store
-            .delete_spans_before((T0 + 1_000_000_000) as i64, 2)
-            .await
-            .unwrap(),
-        1
-    );
-    assert_eq!(
-        store
-            .delete_spans_before((T0 + 1_000_000_000) as i64, 2)
-            .await
-            .unwrap(),
-        0
-    );
+            .unwrap();
+        assert_eq!(n, expected);
+    }
     assert_eq!(store.count_spans().await.unwrap(), 1);
+    assert!(store.trace(trace_id(1)).await.unwrap().is_empty());
+    assert_eq!(store.trace(trace_id(2)).await.unwrap().len(), 1);
     store
         .delete_operations_before((T0 + 30_000_000_000) as i64)
         .await
@@ -310,4 +309,40 @@ async fn postgres_concurrent_writers() {
     }
     assert_eq!(store.count_spans().await.unwrap(), 4 * 20 * 50);
     assert_eq!(store.services().await.unwrap().len(), 5);
+}
+
+/// The writer and retention share SQLite's one write lock; neither may fail for the other.
+#[tokio::test]
+async fn sqlite_retention_and_writes_run_together() {
+    let (store, _dir) = sqlite_store().await;
+    let store = Arc::new(store);
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for i in 0..30u64 {
+                let spans: Vec<Span> = (0..200u64)
+                    .map(|s| {
+                        SpanBuilder::new(i * 1000 + s / 4 + 1, s + 1, "svc", "op", T0 + s).build()
+                    })
+                    .collect();
+                store.write(&[&encode_batch(&spans)]).await.unwrap();
+            }
+        })
+    };
+    let retention = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut deleted = 0;
+            for _ in 0..30 {
+                deleted += store.delete_committed_before(now_ns(), 150).await.unwrap();
+                store.checkpoint().await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            deleted
+        })
+    };
+    writer.await.unwrap();
+    let deleted = retention.await.unwrap();
+    let left = store.count_spans().await.unwrap() as u64;
+    assert_eq!(deleted + left, 30 * 200);
 }

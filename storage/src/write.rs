@@ -12,6 +12,33 @@ use crate::{Known, Pool, Store, StoreError, KNOWN_LIMIT};
 /// (SQLite allows 32,766 bound values per statement; 13 × 2,048 stays under it.)
 const SQLITE_INSERT_SIZES: [usize; 6] = [2048, 512, 128, 32, 8, 1];
 
+/// How far in the future a span may start and still count for its block's time range. A clock
+/// far ahead would otherwise stretch an old block over every later search.
+const MAX_FUTURE_NS: i64 = 300_000_000_000;
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// The start times a block covers, the future clamped to `MAX_FUTURE_NS` past the commit.
+fn start_range(spans: &[&SpanRow], committed_ns: i64) -> (i64, i64) {
+    let min = spans
+        .iter()
+        .map(|s| s.start_ns)
+        .min()
+        .unwrap_or(committed_ns);
+    let max = spans
+        .iter()
+        .map(|s| s.start_ns)
+        .max()
+        .unwrap_or(committed_ns);
+    let cap = committed_ns.saturating_add(MAX_FUTURE_NS);
+    (min.min(cap), max.min(cap))
+}
+
 /// (service, span name, kind, last seen) for the operations list.
 type OperationRow = (String, String, i16, i64);
 
@@ -27,10 +54,22 @@ impl Store {
     pub async fn write(&self, batches: &[&EncodedBatch]) -> Result<u64, StoreError> {
         let (resources, operations) = self.unknown_keys(batches);
         let spans: Vec<&SpanRow> = batches.iter().flat_map(|b| b.spans.iter()).collect();
+        if spans.is_empty() {
+            return Ok(0);
+        }
+        let committed_ns = now_ns();
+        let (min_start, max_start) = start_range(&spans, committed_ns);
         match &self.pool {
             Pool::Sqlite(pool) => {
                 let started = std::time::Instant::now();
-                let mut tx = pool.begin().await?;
+                // IMMEDIATE takes the write lock up front (waiting out busy_timeout): a deferred
+                // transaction that reads first could not upgrade while retention deletes.
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                // One writer at a time holds SQLite's write lock, so the new rows take the seq
+                // numbers right after the current maximum.
+                let before: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM spans")
+                    .fetch_one(&mut *tx)
+                    .await?;
                 let mut rest = &spans[..];
                 while !rest.is_empty() {
                     let n = sqlite_chunk(rest.len());
@@ -41,6 +80,14 @@ impl Store {
                     rest = &rest[n..];
                 }
                 let inserted = started.elapsed();
+                sqlx::query("INSERT INTO blocks (first_seq, last_seq, min_start_ns, max_start_ns, committed_ns) VALUES (?, ?, ?, ?, ?)")
+                    .bind(before + 1)
+                    .bind(before + spans.len() as i64)
+                    .bind(min_start)
+                    .bind(max_start)
+                    .bind(committed_ns)
+                    .execute(&mut *tx)
+                    .await?;
                 for r in &resources {
                     sqlx::query("INSERT INTO resources (id, service, attributes) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING")
                         .bind(r.id).bind(&r.service).bind(&r.attributes)
@@ -56,7 +103,15 @@ impl Store {
             }
             Pool::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
-                pg_insert_spans(&spans).execute(&mut *tx).await?;
+                let (first, last): (i64, i64) = pg_insert_spans(&spans).fetch_one(&mut *tx).await?;
+                sqlx::query("INSERT INTO blocks (first_seq, last_seq, min_start_ns, max_start_ns, committed_ns) VALUES ($1, $2, $3, $4, $5)")
+                    .bind(first)
+                    .bind(last)
+                    .bind(min_start)
+                    .bind(max_start)
+                    .bind(committed_ns)
+                    .execute(&mut *tx)
+                    .await?;
                 for r in &resources {
                     sqlx::query("INSERT INTO resources (id, service, attributes) VALUES ($1, $2, $3::jsonb) ON CONFLICT (id) DO NOTHING")
                         .bind(r.id).bind(&r.service).bind(&r.attributes)
@@ -114,28 +169,61 @@ impl Store {
         );
     }
 
-    /// Deletes up to `limit` spans that started before `cutoff_ns`; returns how many went.
+    /// Deletes up to `limit` spans of commits made before `cutoff_ns` (retention counts from when
+    /// meshlens stored a span, so a span with a skewed clock is kept as long as any other), and
+    /// the commits' block rows once their spans are gone. Returns how many spans went.
     /// Small batches keep each delete transaction short so ingest is never stalled for long.
-    pub async fn delete_spans_before(&self, cutoff_ns: i64, limit: i64) -> Result<u64, StoreError> {
-        let done = match &self.pool {
-            Pool::Sqlite(p) => sqlx::query(
-                "DELETE FROM spans WHERE rowid IN (SELECT rowid FROM spans WHERE start_ns < ? LIMIT ?)",
-            )
-            .bind(cutoff_ns)
-            .bind(limit)
-            .execute(p)
-            .await?
-            .rows_affected(),
-            Pool::Postgres(p) => sqlx::query(
-                "DELETE FROM spans WHERE ctid IN (SELECT ctid FROM spans WHERE start_ns < $1 LIMIT $2)",
-            )
-            .bind(cutoff_ns)
-            .bind(limit)
-            .execute(p)
-            .await?
-            .rows_affected(),
-        };
-        Ok(done)
+    pub async fn delete_committed_before(
+        &self,
+        cutoff_ns: i64,
+        limit: i64,
+    ) -> Result<u64, StoreError> {
+        match &self.pool {
+            Pool::Sqlite(p) => {
+                let hi: Option<i64> =
+                    sqlx::query_scalar("SELECT MAX(last_seq) FROM blocks WHERE committed_ns < ?")
+                        .bind(cutoff_ns)
+                        .fetch_one(p)
+                        .await?;
+                let Some(hi) = hi else { return Ok(0) };
+                let n = sqlx::query("DELETE FROM spans WHERE seq IN (SELECT seq FROM spans WHERE seq <= ? ORDER BY seq LIMIT ?)")
+                    .bind(hi)
+                    .bind(limit)
+                    .execute(p)
+                    .await?
+                    .rows_affected();
+                if n < limit as u64 {
+                    sqlx::query("DELETE FROM blocks WHERE committed_ns < ? AND last_seq <= ?")
+                        .bind(cutoff_ns)
+                        .bind(hi)
+                        .execute(p)
+                        .await?;
+                }
+                Ok(n)
+            }
+            Pool::Postgres(p) => {
+                let hi: Option<i64> =
+                    sqlx::query_scalar("SELECT MAX(last_seq) FROM blocks WHERE committed_ns < $1")
+                        .bind(cutoff_ns)
+                        .fetch_one(p)
+                        .await?;
+                let Some(hi) = hi else { return Ok(0) };
+                let n = sqlx::query("DELETE FROM spans WHERE seq IN (SELECT seq FROM spans WHERE seq <= $1 ORDER BY seq LIMIT $2)")
+                    .bind(hi)
+                    .bind(limit)
+                    .execute(p)
+                    .await?
+                    .rows_affected();
+                if n < limit as u64 {
+                    sqlx::query("DELETE FROM blocks WHERE committed_ns < $1 AND last_seq <= $2")
+                        .bind(cutoff_ns)
+                        .bind(hi)
+                        .execute(p)
+                        .await?;
+                }
+                Ok(n)
+            }
+        }
     }
 
     /// Copies the SQLite write-ahead log into the database without blocking the writer (PASSIVE),
@@ -195,10 +283,11 @@ fn sqlite_insert_spans<'a>(rows: &'a [&'a SpanRow]) -> QueryBuilder<'a, Sqlite> 
     qb
 }
 
-/// One statement for any number of rows: PostgreSQL unnests one array per column.
+/// One statement for any number of rows: PostgreSQL unnests one array per column. Returns the
+/// first and last `seq` written.
 fn pg_insert_spans<'a>(
     rows: &[&SpanRow],
-) -> sqlx::query::Query<'a, Postgres, sqlx::postgres::PgArguments> {
+) -> sqlx::query::QueryAs<'a, Postgres, (i64, i64), sqlx::postgres::PgArguments> {
     let n = rows.len();
     let mut trace = Vec::with_capacity(n);
     let mut span = Vec::with_capacity(n);
@@ -229,11 +318,14 @@ fn pg_insert_spans<'a>(
         extra.push(r.extra.clone().unwrap_or_default());
     }
     // Empty strings stand for NULL in the arrays; NULLIF turns them back.
-    sqlx::query(
-        "INSERT INTO spans (trace_id, span_id, parent_span_id, service, name, kind, start_ns, duration_ns, status_code, is_error, resource_id, attributes, extra)
-         SELECT t, s, NULLIF(p, '\\x'::bytea), sv, nm, k, st, d, sc, e, r, a::jsonb, NULLIF(x, '')
-         FROM UNNEST($1::bytea[], $2::bytea[], $3::bytea[], $4::text[], $5::text[], $6::int2[], $7::int8[], $8::int8[], $9::int2[], $10::bool[], $11::int8[], $12::text[], $13::text[])
-           AS u(t, s, p, sv, nm, k, st, d, sc, e, r, a, x)",
+    sqlx::query_as(
+        "WITH ins AS (
+           INSERT INTO spans (trace_id, span_id, parent_span_id, service, name, kind, start_ns, duration_ns, status_code, is_error, resource_id, attributes, extra)
+           SELECT t, s, NULLIF(p, '\\x'::bytea), sv, nm, k, st, d, sc, e, r, a::jsonb, NULLIF(x, '')
+           FROM UNNEST($1::bytea[], $2::bytea[], $3::bytea[], $4::text[], $5::text[], $6::int2[], $7::int8[], $8::int8[], $9::int2[], $10::bool[], $11::int8[], $12::text[], $13::text[])
+             AS u(t, s, p, sv, nm, k, st, d, sc, e, r, a, x)
+           RETURNING seq)
+         SELECT MIN(seq), MAX(seq) FROM ins",
     )
     .bind(trace)
     .bind(span)
