@@ -4,13 +4,6 @@
 //! [`meshlens_topology::Span`]s: SQL rows never leave this crate.
 #![forbid(unsafe_code)]
 
-mod decode;
-mod encode;
-mod json;
-mod query;
-mod read;
-mod write;
-
 use std::collections::HashSet;
 use std::str::FromStr;
 use std::sync::Mutex;
@@ -22,6 +15,13 @@ use sqlx::sqlite::{
 };
 
 pub use encode::{encode_batch, EncodedBatch};
+
+mod decode;
+mod encode;
+mod json;
+mod query;
+mod read;
+mod write;
 pub use query::{Operation, TraceQuery};
 
 /// A store failure. The message is for logs; clients get a generic retryable error.
@@ -59,6 +59,19 @@ impl Default for StoreConfig {
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/meshlens.db";
+
+/// Runs one sqlx expression on whichever pool the store has. The SQL is written once, with `$n`
+/// placeholders: PostgreSQL's own, and SQLite numbers `$1`, `$2`… in order of first use, which is
+/// the bind order as long as each first appears in order.
+macro_rules! on_pool {
+    ($pool:expr, |$p:ident| $body:expr) => {
+        match $pool {
+            $crate::Pool::Sqlite($p) => $body,
+            $crate::Pool::Postgres($p) => $body,
+        }
+    };
+}
+pub(crate) use on_pool;
 
 #[derive(Clone)]
 enum Pool {

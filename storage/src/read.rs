@@ -5,7 +5,7 @@ use sqlx::{Postgres, QueryBuilder, Sqlite};
 
 use crate::decode::{self, RawResource, RawSpan};
 use crate::query::{Operation, TraceQuery, MAX_SEARCH_LIMIT};
-use crate::{Pool, Store, StoreError};
+use crate::{on_pool, Pool, Store, StoreError};
 
 const SPAN_COLUMNS_SQLITE: &str = "trace_id, span_id, parent_span_id, name, kind, start_ns, duration_ns, status_code, resource_id, attributes, extra";
 const SPAN_COLUMNS_PG: &str = "trace_id, span_id, parent_span_id, name, kind, start_ns, duration_ns, status_code, resource_id, attributes::text AS attributes, extra";
@@ -124,22 +124,15 @@ impl Store {
     /// The seq range of every commit holding a span that started within [min, max]; `None` when
     /// no commit does. Searches scan this range through `(service, seq)`.
     async fn seq_range(&self, min_ns: i64, max_ns: i64) -> Result<Option<(i64, i64)>, StoreError> {
-        let range: (Option<i64>, Option<i64>) = match &self.pool {
-            Pool::Sqlite(p) => sqlx::query_as(
-                "SELECT MIN(first_seq), MAX(last_seq) FROM blocks WHERE max_start_ns >= ? AND min_start_ns <= ?",
-            )
-            .bind(min_ns)
-            .bind(max_ns)
-            .fetch_one(p)
-            .await?,
-            Pool::Postgres(p) => sqlx::query_as(
+        let range: (Option<i64>, Option<i64>) = on_pool!(&self.pool, |p| {
+            sqlx::query_as(
                 "SELECT MIN(first_seq), MAX(last_seq) FROM blocks WHERE max_start_ns >= $1 AND min_start_ns <= $2",
             )
             .bind(min_ns)
             .bind(max_ns)
             .fetch_one(p)
-            .await?,
-        };
+            .await?
+        });
         Ok(match range {
             (Some(lo), Some(hi)) => Some((lo, hi)),
             _ => None,
@@ -155,10 +148,9 @@ impl Store {
     /// Every service that has sent a span still within retention, sorted.
     pub async fn services(&self) -> Result<Vec<String>, StoreError> {
         let sql = "SELECT DISTINCT service FROM operations ORDER BY service";
-        Ok(match &self.pool {
-            Pool::Sqlite(p) => sqlx::query_scalar(sql).fetch_all(p).await?,
-            Pool::Postgres(p) => sqlx::query_scalar(sql).fetch_all(p).await?,
-        })
+        Ok(on_pool!(&self.pool, |p| sqlx::query_scalar(sql)
+            .fetch_all(p)
+            .await?))
     }
 
     /// A service's operations, optionally of one kind, sorted by name.
@@ -197,10 +189,9 @@ impl Store {
     /// How many spans are stored (for tests and the crash check).
     pub async fn count_spans(&self) -> Result<i64, StoreError> {
         let sql = "SELECT COUNT(*) FROM spans";
-        Ok(match &self.pool {
-            Pool::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await?,
-            Pool::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await?,
-        })
+        Ok(on_pool!(&self.pool, |p| sqlx::query_scalar(sql)
+            .fetch_one(p)
+            .await?))
     }
 }
 

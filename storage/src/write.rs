@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use sqlx::{Postgres, QueryBuilder, Sqlite};
 
 use crate::encode::{EncodedBatch, ResourceRow, SpanRow};
-use crate::{Known, Pool, Store, StoreError, KNOWN_LIMIT};
+use crate::{on_pool, Known, Pool, Store, StoreError, KNOWN_LIMIT};
 
 /// Rows per multi-row INSERT on SQLite. A few fixed sizes keep every statement in sqlx's
 /// per-connection cache: preparing a new 13-column × N-row statement costs more than running it.
@@ -178,52 +178,32 @@ impl Store {
         cutoff_ns: i64,
         limit: i64,
     ) -> Result<u64, StoreError> {
-        match &self.pool {
-            Pool::Sqlite(p) => {
-                let hi: Option<i64> =
-                    sqlx::query_scalar("SELECT MAX(last_seq) FROM blocks WHERE committed_ns < ?")
-                        .bind(cutoff_ns)
-                        .fetch_one(p)
-                        .await?;
-                let Some(hi) = hi else { return Ok(0) };
-                let n = sqlx::query("DELETE FROM spans WHERE seq IN (SELECT seq FROM spans WHERE seq <= ? ORDER BY seq LIMIT ?)")
+        let hi: Option<i64> = on_pool!(&self.pool, |p| {
+            sqlx::query_scalar("SELECT MAX(last_seq) FROM blocks WHERE committed_ns < $1")
+                .bind(cutoff_ns)
+                .fetch_one(p)
+                .await?
+        });
+        let Some(hi) = hi else { return Ok(0) };
+        let deleted = on_pool!(&self.pool, |p| {
+            sqlx::query("DELETE FROM spans WHERE seq IN (SELECT seq FROM spans WHERE seq <= $1 ORDER BY seq LIMIT $2)")
+                .bind(hi)
+                .bind(limit)
+                .execute(p)
+                .await?
+                .rows_affected()
+        });
+        if deleted < limit as u64 {
+            on_pool!(&self.pool, |p| {
+                sqlx::query("DELETE FROM blocks WHERE committed_ns < $1 AND last_seq <= $2")
+                    .bind(cutoff_ns)
                     .bind(hi)
-                    .bind(limit)
                     .execute(p)
                     .await?
-                    .rows_affected();
-                if n < limit as u64 {
-                    sqlx::query("DELETE FROM blocks WHERE committed_ns < ? AND last_seq <= ?")
-                        .bind(cutoff_ns)
-                        .bind(hi)
-                        .execute(p)
-                        .await?;
-                }
-                Ok(n)
-            }
-            Pool::Postgres(p) => {
-                let hi: Option<i64> =
-                    sqlx::query_scalar("SELECT MAX(last_seq) FROM blocks WHERE committed_ns < $1")
-                        .bind(cutoff_ns)
-                        .fetch_one(p)
-                        .await?;
-                let Some(hi) = hi else { return Ok(0) };
-                let n = sqlx::query("DELETE FROM spans WHERE seq IN (SELECT seq FROM spans WHERE seq <= $1 ORDER BY seq LIMIT $2)")
-                    .bind(hi)
-                    .bind(limit)
-                    .execute(p)
-                    .await?
-                    .rows_affected();
-                if n < limit as u64 {
-                    sqlx::query("DELETE FROM blocks WHERE committed_ns < $1 AND last_seq <= $2")
-                        .bind(cutoff_ns)
-                        .bind(hi)
-                        .execute(p)
-                        .await?;
-                }
-                Ok(n)
-            }
+                    .rows_affected()
+            });
         }
+        Ok(deleted)
     }
 
     /// Copies the SQLite write-ahead log into the database without blocking the writer (PASSIVE),
@@ -239,22 +219,13 @@ impl Store {
 
     /// Forgets operations not seen since `cutoff_ns`, so the lists follow retention.
     pub async fn delete_operations_before(&self, cutoff_ns: i64) -> Result<u64, StoreError> {
-        let sql = match &self.pool {
-            Pool::Sqlite(_) => "DELETE FROM operations WHERE last_seen_ns < ?",
-            Pool::Postgres(_) => "DELETE FROM operations WHERE last_seen_ns < $1",
-        };
-        let done = match &self.pool {
-            Pool::Sqlite(p) => sqlx::query(sql)
+        let done = on_pool!(&self.pool, |p| {
+            sqlx::query("DELETE FROM operations WHERE last_seen_ns < $1")
                 .bind(cutoff_ns)
                 .execute(p)
                 .await?
-                .rows_affected(),
-            Pool::Postgres(p) => sqlx::query(sql)
-                .bind(cutoff_ns)
-                .execute(p)
-                .await?
-                .rows_affected(),
-        };
+                .rows_affected()
+        });
         // The operations cache may now claim keys that are gone; start it afresh.
         *self.known.lock().unwrap_or_else(|e| e.into_inner()) = Known::default();
         Ok(done)
