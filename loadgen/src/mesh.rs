@@ -131,123 +131,116 @@ fn trace(
         .collect();
     let hops = (1 + rng.below(4) as usize).min(room.div_ceil(2)).max(1);
     let mut caller = rng.below(services as u64) as usize;
-    let mut parent: Vec<u8> = Vec::new();
     let mut start = now - rng.below(1_000_000_000);
-    let mut made = 0;
     // The root SERVER span of the entry service.
-    let root_id = rng.next().to_be_bytes().to_vec();
-    out[caller].push(server_span(
-        rng, &trace_id, &root_id, &parent, start, 40_000_000, false, caller,
-    ));
-    made += 1;
-    parent = root_id;
+    let root = Call {
+        trace: &trace_id,
+        id: rng.next().to_be_bytes().to_vec(),
+        parent: Vec::new(),
+        start,
+        dur: 40_000_000,
+        failed: false,
+    };
+    let mut parent = root.id.clone();
+    out[caller].push(server_span(rng, root));
+    let mut made = 1;
     for _ in 0..hops {
         if made + 2 > room {
             break;
         }
         let callee = (caller + 1 + rng.below(services as u64 - 1) as usize) % services;
         let failed = rng.chance(error_rate);
-        let client_id = rng.next().to_be_bytes().to_vec();
-        let server_id = rng.next().to_be_bytes().to_vec();
         let dur = 200_000 + rng.below(20_000_000);
         start += 50_000;
-        out[caller].push(client_span(
-            &trace_id, &client_id, &parent, start, dur, failed, callee,
-        ));
-        out[callee].push(server_span(
-            rng,
-            &trace_id,
-            &server_id,
-            &client_id,
-            start + 20_000,
-            dur - 40_000,
+        let client = Call {
+            trace: &trace_id,
+            id: rng.next().to_be_bytes().to_vec(),
+            parent: parent.clone(),
+            start,
+            dur,
             failed,
-            callee,
-        ));
+        };
+        let server = Call {
+            trace: &trace_id,
+            id: rng.next().to_be_bytes().to_vec(),
+            parent: client.id.clone(),
+            start: start + 20_000,
+            dur: dur - 40_000,
+            failed,
+        };
+        parent = server.id.clone();
+        out[caller].push(client_span(client, callee));
+        out[callee].push(server_span(rng, server));
         made += 2;
         caller = callee;
-        parent = server_id;
     }
     made
 }
 
-fn client_span(
-    trace: &[u8],
-    id: &[u8],
-    parent: &[u8],
+/// One side of a call: the ids, timing and outcome that client and server spans share.
+struct Call<'a> {
+    trace: &'a [u8],
+    id: Vec<u8>,
+    parent: Vec<u8>,
     start: u64,
     dur: u64,
     failed: bool,
-    callee: usize,
-) -> Span {
-    let code = if failed { 503 } else { 200 };
-    Span {
-        trace_id: trace.to_vec(),
-        span_id: id.to_vec(),
-        parent_span_id: parent.to_vec(),
-        name: "GET".into(),
-        kind: span::SpanKind::Client as i32,
-        start_time_unix_nano: start,
-        end_time_unix_nano: start + dur,
-        attributes: vec![
-            s("http.request.method", "GET"),
-            i("http.response.status_code", code),
-            s(
-                "server.address",
-                &format!("svc-{callee:02}.mesh.svc.cluster.local"),
-            ),
-            i("server.port", 8080),
-            s(
-                "url.full",
-                &format!("http://svc-{callee:02}.mesh.svc.cluster.local:8080/api/items"),
-            ),
-            s("network.protocol.version", "1.1"),
-        ],
-        status: Some(Status {
-            code: if failed { 2 } else { 0 },
+}
+
+impl Call<'_> {
+    fn status_code(&self) -> i64 {
+        if self.failed {
+            503
+        } else {
+            200
+        }
+    }
+
+    fn into_span(self, kind: span::SpanKind, name: &str, attributes: Vec<KeyValue>) -> Span {
+        Span {
+            trace_id: self.trace.to_vec(),
+            span_id: self.id,
+            parent_span_id: self.parent,
+            name: name.into(),
+            kind: kind as i32,
+            start_time_unix_nano: self.start,
+            end_time_unix_nano: self.start + self.dur,
+            attributes,
+            status: Some(Status {
+                code: if self.failed { 2 } else { 0 },
+                ..Default::default()
+            }),
             ..Default::default()
-        }),
-        ..Default::default()
+        }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn server_span(
-    rng: &mut Rng,
-    trace: &[u8],
-    id: &[u8],
-    parent: &[u8],
-    start: u64,
-    dur: u64,
-    failed: bool,
-    _svc: usize,
-) -> Span {
-    let code = if failed { 503 } else { 200 };
-    Span {
-        trace_id: trace.to_vec(),
-        span_id: id.to_vec(),
-        parent_span_id: parent.to_vec(),
-        name: "GET /api/items/{id}".into(),
-        kind: span::SpanKind::Server as i32,
-        start_time_unix_nano: start,
-        end_time_unix_nano: start + dur,
-        attributes: vec![
-            s("http.request.method", "GET"),
-            s("http.route", "/api/items/{id}"),
-            s("url.path", &format!("/api/items/{}", rng.below(10_000))),
-            s("url.scheme", "http"),
-            i("http.response.status_code", code),
-            s(
-                "user_agent.original",
-                "Mozilla/5.0 (X11; Linux x86_64) Chrome/126.0",
-            ),
-            s("client.address", "10.244.1.17"),
-            s("network.protocol.version", "1.1"),
-        ],
-        status: Some(Status {
-            code: if failed { 2 } else { 0 },
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+fn client_span(call: Call<'_>, callee: usize) -> Span {
+    let host = format!("svc-{callee:02}.mesh.svc.cluster.local");
+    let attributes = vec![
+        s("http.request.method", "GET"),
+        i("http.response.status_code", call.status_code()),
+        s("server.address", &host),
+        i("server.port", 8080),
+        s("url.full", &format!("http://{host}:8080/api/items")),
+        s("network.protocol.version", "1.1"),
+    ];
+    call.into_span(span::SpanKind::Client, "GET", attributes)
+}
+
+fn server_span(rng: &mut Rng, call: Call<'_>) -> Span {
+    let attributes = vec![
+        s("http.request.method", "GET"),
+        s("http.route", "/api/items/{id}"),
+        s("url.path", &format!("/api/items/{}", rng.below(10_000))),
+        s("url.scheme", "http"),
+        i("http.response.status_code", call.status_code()),
+        s(
+            "user_agent.original",
+            "Mozilla/5.0 (X11; Linux x86_64) Chrome/126.0",
+        ),
+        s("client.address", "10.244.1.17"),
+        s("network.protocol.version", "1.1"),
+    ];
+    call.into_span(span::SpanKind::Server, "GET /api/items/{id}", attributes)
 }

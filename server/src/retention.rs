@@ -12,14 +12,14 @@ use tokio_util::sync::CancellationToken;
 const BATCH: i64 = 5_000;
 const PAUSE: Duration = Duration::from_millis(20);
 
-/// Checkpoints SQLite's write-ahead log every second, off the commit path.
+/// Checkpoints SQLite's write-ahead log twice a second, off the commit path.
 pub fn spawn_checkpointer(
     set: &mut JoinSet<anyhow::Result<()>>,
     store: Arc<Store>,
     cancel: CancellationToken,
 ) {
     set.spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),

@@ -6,6 +6,7 @@
 
 use std::collections::HashSet;
 use std::str::FromStr;
+use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -84,6 +85,8 @@ pub struct Store {
     pool: Pool,
     /// Resource ids and operations known to be in the database, so each is written once.
     known: Mutex<Known>,
+    /// SQLite: set by `checkpoint` when the write-ahead log should be started over.
+    wal_restart: AtomicBool,
 }
 
 #[derive(Default)]
@@ -117,6 +120,7 @@ impl Store {
         Ok(Store {
             pool,
             known: Mutex::new(Known::default()),
+            wal_restart: AtomicBool::new(false),
         })
     }
 
