@@ -1,6 +1,7 @@
-//! Reading untrusted HTTP bodies: a size limit before and after decompression.
+//! Reading untrusted HTTP bodies: a time limit, and a size limit before and after decompression.
 
 use std::io::Read;
+use std::time::Duration;
 
 use axum::body::Body;
 use bytes::Bytes;
@@ -8,19 +9,35 @@ use http::HeaderMap;
 
 use crate::error::IngestError;
 
-/// Reads a whole body (chunked or not), then gunzips it if asked; both sizes are capped by `limit`.
+/// How much an HTTP receiver reads, and how long it waits for it.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    /// Largest body, before and after decompression.
+    pub max_bytes: usize,
+    /// Longest wait for the whole body: a client that trickles bytes would otherwise hold one of
+    /// the receivers' concurrency permits for as long as it likes.
+    pub timeout: Duration,
+}
+
+/// Reads a whole body (chunked or not) within the time limit, then gunzips it if asked; both
+/// sizes are capped by `max_bytes`.
 pub async fn read_body(
     headers: &HeaderMap,
     body: Body,
-    limit: usize,
+    limits: BodyLimits,
 ) -> Result<Bytes, IngestError> {
-    let raw = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        if is_length_limit(&e) {
-            IngestError::TooLarge { limit }
-        } else {
-            IngestError::Malformed(format!("reading body: {e}"))
-        }
-    })?;
+    let limit = limits.max_bytes;
+    let read = tokio::time::timeout(limits.timeout, axum::body::to_bytes(body, limit));
+    let raw = read
+        .await
+        .map_err(|_| IngestError::BodyTimeout(limits.timeout))?
+        .map_err(|e| {
+            if is_length_limit(&e) {
+                IngestError::TooLarge { limit }
+            } else {
+                IngestError::Malformed(format!("reading body: {e}"))
+            }
+        })?;
     let encoding = headers
         .get(http::header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())

@@ -20,6 +20,8 @@ pub enum IngestError {
     UnsupportedMediaType(String),
     #[error("unsupported content encoding {0:?}; use gzip or none")]
     UnsupportedEncoding(String),
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(Duration),
     #[error("meshlens is overloaded; retry later")]
     Overloaded,
     #[error("the store could not commit this export; retry later")]
@@ -36,6 +38,7 @@ impl IngestError {
             IngestError::TooLarge { .. } | IngestError::TooManySpans { .. } => "too_large",
             IngestError::UnsupportedMediaType(_) => "unsupported_media_type",
             IngestError::UnsupportedEncoding(_) => "unsupported_encoding",
+            IngestError::BodyTimeout(_) => "timeout",
             IngestError::Overloaded => "overloaded",
             IngestError::Store => "store_error",
             IngestError::ShuttingDown => "shutting_down",
@@ -56,6 +59,7 @@ impl IngestError {
             IngestError::TooLarge { .. } | IngestError::TooManySpans { .. } => S::PAYLOAD_TOO_LARGE,
             IngestError::UnsupportedMediaType(_) => S::UNSUPPORTED_MEDIA_TYPE,
             IngestError::UnsupportedEncoding(_) => S::UNSUPPORTED_MEDIA_TYPE,
+            IngestError::BodyTimeout(_) => S::REQUEST_TIMEOUT,
             IngestError::Overloaded => S::TOO_MANY_REQUESTS,
             IngestError::Store | IngestError::ShuttingDown => S::SERVICE_UNAVAILABLE,
         }
@@ -72,6 +76,7 @@ impl IngestError {
             IngestError::Overloaded | IngestError::Store | IngestError::ShuttingDown => {
                 C::Unavailable
             }
+            IngestError::BodyTimeout(_) => C::DeadlineExceeded,
         }
     }
 }

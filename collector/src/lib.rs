@@ -8,8 +8,9 @@ pub mod otlp;
 pub mod pipeline;
 pub mod zipkin;
 
-mod body;
+pub mod body;
 
+pub use body::BodyLimits;
 pub use error::IngestError;
 pub use metrics::Metrics;
 pub use pipeline::{Pipeline, PipelineConfig};

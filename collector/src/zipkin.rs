@@ -18,7 +18,7 @@ use meshlens_topology::{
 };
 use serde::{Deserialize, Deserializer};
 
-use crate::body::read_body;
+use crate::body::{read_body, BodyLimits};
 use crate::error::{IngestError, RETRY_AFTER};
 use crate::otlp::convert::Converted;
 use crate::pipeline::Pipeline;
@@ -91,13 +91,13 @@ fn number_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
 #[derive(Clone)]
 struct ZipkinState {
     pipeline: Pipeline,
-    limit: usize,
+    limits: BodyLimits,
 }
 
-pub fn router(pipeline: Pipeline, limit: usize) -> Router {
+pub fn router(pipeline: Pipeline, limits: BodyLimits) -> Router {
     Router::new()
         .route("/api/v2/spans", post(spans))
-        .with_state(ZipkinState { pipeline, limit })
+        .with_state(ZipkinState { pipeline, limits })
 }
 
 async fn spans(State(st): State<ZipkinState>, headers: HeaderMap, body: Body) -> Response {
@@ -129,7 +129,7 @@ async fn accept(st: &ZipkinState, headers: &HeaderMap, body: Body) -> Result<(),
     {
         return Err(IngestError::UnsupportedMediaType(ct.to_string()));
     }
-    let bytes = read_body(headers, body, st.limit).await?;
+    let bytes = read_body(headers, body, st.limits).await?;
     let spans: Vec<ZipkinSpan> =
         serde_json::from_slice(&bytes).map_err(|e| IngestError::Malformed(format!("json: {e}")))?;
     let total = spans.len();

@@ -62,6 +62,9 @@ pub struct IngestConfig {
     pub writers: usize,
     /// Export requests handled at once across receivers; more wait their turn.
     pub max_concurrent_requests: usize,
+    /// Longest wait for an HTTP export's whole body (OTLP/HTTP, Zipkin); then 408.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -89,6 +92,7 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(72 * 3600);
 pub const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 64;
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Default for ListenConfig {
     fn default() -> Self {
@@ -123,6 +127,7 @@ impl Default for IngestConfig {
             max_batch_spans: meshlens_collector::pipeline::DEFAULT_MAX_BATCH_SPANS,
             writers: 0,
             max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
         }
     }
 }
@@ -191,6 +196,9 @@ mod tests {
         assert_eq!(c.storage.database_url, "sqlite://data/meshlens.db");
         assert_eq!(c.storage.retention, Duration::from_secs(72 * 3600));
         assert_eq!(c.ingest.max_message_bytes, 4 * 1024 * 1024);
+        assert_eq!(c.ingest.queue_spans, 65_536);
+        assert_eq!(c.ingest.max_concurrent_requests, 64);
+        assert_eq!(c.ingest.body_timeout, Duration::from_secs(30));
         assert_eq!(c.writers(), 1);
         assert_eq!(c.log.format, LogFormat::Text);
     }

@@ -31,6 +31,10 @@ pub async fn spawn_all(
 ) -> anyhow::Result<Addrs> {
     let listen = &config.listen;
     let limit = config.ingest.max_message_bytes;
+    let body = meshlens_collector::BodyLimits {
+        max_bytes: limit,
+        timeout: config.ingest.body_timeout,
+    };
     // One limit across receivers: requests beyond it wait (unread) instead of buffering in memory.
     let concurrency =
         GlobalConcurrencyLimitLayer::new(config.ingest.max_concurrent_requests.max(1));
@@ -54,10 +58,10 @@ pub async fn spawn_all(
             .context("otlp grpc server")
     });
 
-    let http = otlp::http::router(pipeline.clone(), limit).layer(concurrency.clone());
+    let http = otlp::http::router(pipeline.clone(), body).layer(concurrency.clone());
     let otlp_http = serve_http(set, listen.otlp_http, "otlp_http", http, &cancel).await?;
 
-    let zipkin = zipkin::router(pipeline, limit).layer(concurrency);
+    let zipkin = zipkin::router(pipeline, body).layer(concurrency);
     let zipkin = serve_http(set, listen.zipkin, "zipkin", zipkin, &cancel).await?;
 
     let policy = serve_policy(set, listen.policy, &cancel).await?;

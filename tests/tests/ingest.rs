@@ -413,3 +413,48 @@ async fn web_endpoints_answer() {
     let _ = ExportTraceServiceRequest::default();
     env.stop().await;
 }
+
+/// A client that sends headers and then trickles (or stops sending) its body is cut off with 408,
+/// and its slot goes back to the others.
+#[tokio::test]
+async fn a_stalled_http_body_times_out_with_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = TestEnv::start_with(|c| {
+        c.ingest.body_timeout = Duration::from_millis(300);
+        c.ingest.max_concurrent_requests = 1;
+    })
+    .await;
+    let addr = env.running().addrs.otlp_http;
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"POST /v1/traces HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-protobuf\r\ncontent-length: 1000\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = vec![0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut answer))
+        .await
+        .expect("an answer, not a hang")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer[..n]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // With the only slot free again, a normal export goes through.
+    let r = env
+        .http
+        .post(env.otlp_http("/v1/traces"))
+        .header("content-type", "application/x-protobuf")
+        .body(trace_request("after", 40, 2).encode_to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        env.metric(
+            "meshlens_ingest_rejected_requests_total",
+            "reason=\"timeout\""
+        )
+        .await,
+        1.0
+    );
+    env.stop().await;
+}

@@ -12,7 +12,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use prost::Message;
 
-use crate::body::read_body;
+use crate::body::{read_body, BodyLimits};
 use crate::error::{IngestError, RETRY_AFTER};
 use crate::otlp::convert::convert_traces;
 use crate::pipeline::Pipeline;
@@ -21,7 +21,7 @@ use crate::Protocol;
 #[derive(Clone)]
 struct HttpState {
     pipeline: Pipeline,
-    limit: usize,
+    limits: BodyLimits,
 }
 
 /// The body encodings OTLP/HTTP allows; the answer uses the request's.
@@ -58,10 +58,10 @@ impl Format {
     }
 }
 
-pub fn router(pipeline: Pipeline, limit: usize) -> Router {
+pub fn router(pipeline: Pipeline, limits: BodyLimits) -> Router {
     Router::new()
         .route("/v1/traces", post(traces))
-        .with_state(HttpState { pipeline, limit })
+        .with_state(HttpState { pipeline, limits })
 }
 
 async fn traces(State(st): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
@@ -81,7 +81,7 @@ async fn export(
     body: Body,
 ) -> Result<ExportTraceServiceResponse, IngestError> {
     let format = Format::from_headers(headers)?;
-    let bytes = read_body(headers, body, st.limit).await?;
+    let bytes = read_body(headers, body, st.limits).await?;
     let request = decode_request(format, &bytes)?;
     let rejected = st
         .pipeline
