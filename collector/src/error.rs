@@ -26,6 +26,8 @@ pub enum IngestError {
     Overloaded,
     #[error("the store could not commit this export; retry later")]
     Store,
+    #[error("the store refused the data of this export")]
+    Unstorable,
     #[error("meshlens is shutting down; retry later")]
     ShuttingDown,
 }
@@ -41,6 +43,7 @@ impl IngestError {
             IngestError::BodyTimeout(_) => "timeout",
             IngestError::Overloaded => "overloaded",
             IngestError::Store => "store_error",
+            IngestError::Unstorable => "unstorable",
             IngestError::ShuttingDown => "shutting_down",
         }
     }
@@ -48,7 +51,10 @@ impl IngestError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            IngestError::Overloaded | IngestError::Store | IngestError::ShuttingDown
+            IngestError::Overloaded
+                | IngestError::Store
+                | IngestError::ShuttingDown
+                | IngestError::BodyTimeout(_)
         )
     }
 
@@ -59,7 +65,9 @@ impl IngestError {
             IngestError::TooLarge { .. } | IngestError::TooManySpans { .. } => S::PAYLOAD_TOO_LARGE,
             IngestError::UnsupportedMediaType(_) => S::UNSUPPORTED_MEDIA_TYPE,
             IngestError::UnsupportedEncoding(_) => S::UNSUPPORTED_MEDIA_TYPE,
-            IngestError::BodyTimeout(_) => S::REQUEST_TIMEOUT,
+            // 503 with Retry-After: OTLP clients retry it; a slow network should not lose data.
+            IngestError::BodyTimeout(_) => S::SERVICE_UNAVAILABLE,
+            IngestError::Unstorable => S::BAD_REQUEST,
             IngestError::Overloaded => S::TOO_MANY_REQUESTS,
             IngestError::Store | IngestError::ShuttingDown => S::SERVICE_UNAVAILABLE,
         }
@@ -77,6 +85,7 @@ impl IngestError {
                 C::Unavailable
             }
             IngestError::BodyTimeout(_) => C::DeadlineExceeded,
+            IngestError::Unstorable => C::InvalidArgument,
         }
     }
 }

@@ -176,18 +176,35 @@ async fn commit(store: &Store, jobs: Vec<Job>, metrics: &Metrics) {
                 let _ = job.ack.send(Ok(()));
             }
         }
-        Err(()) if jobs.len() > 1 => {
+        Err(StoreFailure::Data) if jobs.len() > 1 => {
             for job in jobs {
                 let result = timed_write(store, &[&job.batch], metrics)
                     .await
-                    .map_err(|()| IngestError::Store);
+                    .map_err(StoreFailure::into_ingest);
                 let _ = job.ack.send(result);
             }
         }
-        Err(()) => {
+        Err(failure) => {
+            // A transient failure (connection, busy) would fail each export alone as well.
             for job in jobs {
-                let _ = job.ack.send(Err(IngestError::Store));
+                let _ = job.ack.send(Err(failure.into_ingest()));
             }
+        }
+    }
+}
+
+/// Why a commit failed: the data (no use retrying it) or the store (retry later).
+#[derive(Debug, Clone, Copy)]
+enum StoreFailure {
+    Data,
+    Transient,
+}
+
+impl StoreFailure {
+    fn into_ingest(self) -> IngestError {
+        match self {
+            StoreFailure::Data => IngestError::Unstorable,
+            StoreFailure::Transient => IngestError::Store,
         }
     }
 }
@@ -196,7 +213,7 @@ async fn timed_write(
     store: &Store,
     batches: &[&EncodedBatch],
     metrics: &Metrics,
-) -> Result<(), ()> {
+) -> Result<(), StoreFailure> {
     let started = Instant::now();
     match store.write(batches).await {
         Ok(n) => {
@@ -209,7 +226,11 @@ async fn timed_write(
         Err(e) => {
             metrics.store_errors.with_label_values(&["write"]).inc();
             tracing::error!(error = %e, batches = batches.len(), "store write failed");
-            Err(())
+            Err(if e.is_data_error() {
+                StoreFailure::Data
+            } else {
+                StoreFailure::Transient
+            })
         }
     }
 }

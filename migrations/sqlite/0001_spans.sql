@@ -1,8 +1,9 @@
--- Spans, one row each, in commit order (seq). Search columns are typed; the rest is JSON.
+-- Spans, one row each, in commit order (seq; AUTOINCREMENT so that a seq is never reused after
+-- retention empties the table, which `blocks` ranges rely on). Search columns are typed; the rest is JSON.
 -- Indexes are chosen for ingest: each commit appends at the end of `seq` and of every service's
 -- range of `spans_service`; only `spans_trace` takes random inserts (one per span).
 CREATE TABLE spans (
-    seq             INTEGER PRIMARY KEY,
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
     trace_id        BLOB    NOT NULL,
     span_id         BLOB    NOT NULL,
     parent_span_id  BLOB,

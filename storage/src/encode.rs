@@ -126,7 +126,7 @@ fn encode_resource(r: &Resource) -> ResourceRow {
     attributes.hash(&mut h);
     ResourceRow {
         id: h.finish() as i64,
-        service: clean(r.service.name.clone()),
+        service: clean(bounded(&r.service.name)),
         attributes,
     }
 }
@@ -163,8 +163,8 @@ fn encode_span(s: &Span, resource_id: i64) -> SpanRow {
         trace_id: *s.trace_id.as_bytes(),
         span_id: *s.span_id.as_bytes(),
         parent_span_id: s.parent_span_id.map(|p| *p.as_bytes()),
-        service: clean(s.service().to_string()),
-        name: clean(s.name.clone()),
+        service: clean(bounded(s.service())),
+        name: clean(bounded(&s.name)),
         kind: s.kind.to_otlp() as i16,
         start_ns: clamp_i64(s.start_ns),
         duration_ns: clamp_i64(s.duration_ns()),
@@ -174,6 +174,22 @@ fn encode_span(s: &Span, resource_id: i64) -> SpanRow {
         attributes: attrs_to_string(&s.attributes),
         extra,
     }
+}
+
+/// Longest service or span name stored, in bytes. Both are indexed, and PostgreSQL refuses index
+/// entries of more than about 2.7 KB: one span with a URL for a name would fail its whole commit.
+pub const MAX_NAME_BYTES: usize = 1024;
+
+/// `s` cut to `MAX_NAME_BYTES` on a character boundary.
+fn bounded(s: &str) -> String {
+    if s.len() <= MAX_NAME_BYTES {
+        return s.to_string();
+    }
+    let mut end = MAX_NAME_BYTES;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
 }
 
 fn clamp_i64(n: u64) -> i64 {

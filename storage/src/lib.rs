@@ -38,6 +38,26 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// Whether the data itself was refused (too long, out of range, a constraint): sending the
+    /// same export again cannot succeed, unlike a lost connection or a busy database.
+    pub fn is_data_error(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::Database(e)) => {
+                let code = e.code().unwrap_or_default();
+                // PostgreSQL SQLSTATE classes 22 (data exception), 23 (integrity), 54 (limits);
+                // SQLite: SQLITE_TOOBIG (18), SQLITE_CONSTRAINT (19) and their extended codes.
+                code.starts_with("22")
+                    || code.starts_with("23")
+                    || code.starts_with("54")
+                    || matches!(code.parse::<i32>().map(|c| c & 0xff), Ok(18 | 19))
+            }
+            StoreError::Database(sqlx::Error::Encode(_)) => true,
+            _ => false,
+        }
+    }
+}
+
 /// How to reach the database.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {

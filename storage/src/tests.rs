@@ -260,8 +260,9 @@ async fn suite(store: &Store) {
     assert_eq!(store.count_spans().await.unwrap(), 1);
     assert!(store.trace(trace_id(1)).await.unwrap().is_empty());
     assert_eq!(store.trace(trace_id(2)).await.unwrap().len(), 1);
+    // Operations last seen (committed) before the cutoff leave the lists.
     store
-        .delete_operations_before((T0 + 30_000_000_000) as i64)
+        .delete_operations_before(between_commits)
         .await
         .unwrap();
     assert_eq!(store.services().await.unwrap(), vec!["work"]);
@@ -329,6 +330,7 @@ async fn sqlite_retention_and_writes_run_together() {
             }
         })
     };
+    // Retention chases the writer: each pass deletes what was committed before the pass began.
     let retention = {
         let store = store.clone();
         tokio::spawn(async move {
@@ -345,4 +347,49 @@ async fn sqlite_retention_and_writes_run_together() {
     let deleted = retention.await.unwrap();
     let left = store.count_spans().await.unwrap() as u64;
     assert_eq!(deleted + left, 30 * 200);
+
+    // Then, with the table possibly emptied: what is committed after a cutoff survives it, and
+    // seq numbers are not reused (a reused range would let the next pass delete new spans).
+    // Empty the table with a pass that deletes exactly `limit` spans, which keeps the block rows.
+    let left = store.count_spans().await.unwrap();
+    assert!(left > 0);
+    let n = store.delete_committed_before(now_ns(), left).await.unwrap();
+    assert_eq!(n, left as u64);
+    let cutoff = now_ns();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let fresh: Vec<Span> = (0..10u64)
+        .map(|s| SpanBuilder::new(999_999, s + 1, "svc", "op", T0 + s).build())
+        .collect();
+    store.write(&[&encode_batch(&fresh)]).await.unwrap();
+    assert_eq!(
+        store.delete_committed_before(cutoff, 1_000).await.unwrap(),
+        0
+    );
+    assert_eq!(store.trace(trace_id(999_999)).await.unwrap().len(), 10);
+}
+
+/// Names are indexed; PostgreSQL refuses index entries over about 2.7 KB. A span named with a
+/// long URL must be stored (its name cut at a character boundary), not fail its whole commit.
+async fn long_names_are_bounded(store: &Store) {
+    let long = "é".repeat(3_000); // 6,000 bytes, two per character
+    let span = SpanBuilder::new(77, 1, &long, &long, T0).build();
+    store.write(&[&encode_batch(&[span])]).await.unwrap();
+    let got = store.trace(trace_id(77)).await.unwrap();
+    assert_eq!(got[0].name.len(), crate::encode::MAX_NAME_BYTES);
+    assert!(got[0].name.chars().all(|c| c == 'é'));
+    assert_eq!(
+        store.services().await.unwrap()[0].len(),
+        crate::encode::MAX_NAME_BYTES
+    );
+}
+
+#[tokio::test]
+async fn sqlite_long_names_are_bounded() {
+    let (store, _dir) = sqlite_store().await;
+    long_names_are_bounded(&store).await;
+}
+
+#[tokio::test]
+async fn postgres_long_names_are_bounded() {
+    long_names_are_bounded(&postgres_store().await).await;
 }

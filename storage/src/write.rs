@@ -55,12 +55,12 @@ fn sqlite_chunk(remaining: usize) -> usize {
 impl Store {
     /// Writes every batch in one transaction. On `Ok` the spans are committed.
     pub async fn write(&self, batches: &[&EncodedBatch]) -> Result<u64, StoreError> {
-        let (resources, operations) = self.unknown_keys(batches);
         let spans: Vec<&SpanRow> = batches.iter().flat_map(|b| b.spans.iter()).collect();
         if spans.is_empty() {
             return Ok(0);
         }
         let committed_ns = now_ns();
+        let (resources, operations) = self.unknown_keys(batches, committed_ns);
         let (min_start, max_start) = start_range(&spans, committed_ns);
         match &self.pool {
             Pool::Sqlite(pool) => {
@@ -79,10 +79,12 @@ impl Store {
                 }
                 let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
                 // One writer at a time holds SQLite's write lock, so the new rows take the seq
-                // numbers right after the current maximum.
-                let before: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM spans")
-                    .fetch_one(&mut *tx)
-                    .await?;
+                // numbers right after the last one ever given (AUTOINCREMENT keeps it there).
+                let before: i64 = sqlx::query_scalar(
+                    "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'spans'), 0)",
+                )
+                .fetch_one(&mut *tx)
+                .await?;
                 let mut rest = &spans[..];
                 while !rest.is_empty() {
                     let n = sqlite_chunk(rest.len());
@@ -143,7 +145,13 @@ impl Store {
     }
 
     /// The resources and operations of these batches that this process has not written yet.
-    fn unknown_keys(&self, batches: &[&EncodedBatch]) -> (Vec<ResourceRow>, Vec<OperationRow>) {
+    /// Operations are stamped with the commit time, so that the lists follow retention (which
+    /// counts from commits) whatever the clients' clocks say.
+    fn unknown_keys(
+        &self,
+        batches: &[&EncodedBatch],
+        committed_ns: i64,
+    ) -> (Vec<ResourceRow>, Vec<OperationRow>) {
         let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         let mut resources: Vec<ResourceRow> = Vec::new();
         let mut seen_res = HashSet::new();
@@ -158,7 +166,7 @@ impl Store {
             for s in &batch.spans {
                 let key = (s.service.clone(), s.name.clone(), s.kind);
                 if !known.operations.contains(&key) && seen_ops.insert(key.clone()) {
-                    operations.push((key.0, key.1, key.2, s.start_ns));
+                    operations.push((key.0, key.1, key.2, committed_ns));
                 }
             }
         }

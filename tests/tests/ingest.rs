@@ -414,10 +414,10 @@ async fn web_endpoints_answer() {
     env.stop().await;
 }
 
-/// A client that sends headers and then trickles (or stops sending) its body is cut off with 408,
-/// and its slot goes back to the others.
+/// A client that sends headers and then trickles (or stops sending) its body is cut off with a
+/// retryable 503, and its slot goes back to the others.
 #[tokio::test]
-async fn a_stalled_http_body_times_out_with_408() {
+async fn a_stalled_http_body_times_out_with_503() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let env = TestEnv::start_with(|c| {
         c.ingest.body_timeout = Duration::from_millis(300);
@@ -436,7 +436,11 @@ async fn a_stalled_http_body_times_out_with_408() {
         .expect("an answer, not a hang")
         .unwrap();
     let text = String::from_utf8_lossy(&answer[..n]);
-    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("retry-after: 1"),
+        "{text}"
+    );
     assert!(started.elapsed() < Duration::from_secs(5));
     // With the only slot free again, a normal export goes through.
     let r = env

@@ -181,7 +181,8 @@ pub fn parse_search(raw: &str, now_us: i64) -> Result<TraceQuery, WebError> {
         }
     }
     let end = end_us.unwrap_or(now_us);
-    let start = start_us.unwrap_or_else(|| end - lookback_us.unwrap_or(3_600_000_000));
+    let start =
+        start_us.unwrap_or_else(|| end.saturating_sub(lookback_us.unwrap_or(3_600_000_000)));
     q.start_min_ns = start.saturating_mul(1_000);
     q.start_max_ns = end.saturating_mul(1_000);
     Ok(q)
