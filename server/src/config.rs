@@ -62,7 +62,8 @@ pub struct IngestConfig {
     pub writers: usize,
     /// Export requests handled at once across receivers; more wait their turn.
     pub max_concurrent_requests: usize,
-    /// Longest wait for an HTTP export's whole body (OTLP/HTTP, Zipkin); then 503 + Retry-After.
+    /// Longest wait for an HTTP export's whole body (OTLP/HTTP, Zipkin; then 503 + Retry-After),
+    /// and for a whole OTLP/gRPC export (then DEADLINE_EXCEEDED with RetryInfo).
     #[serde(with = "humantime_serde")]
     pub body_timeout: Duration,
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
-use meshlens_collector::otlp::grpc::{normalize_decode_errors, trace_service};
+use meshlens_collector::otlp::grpc::{normalize_decode_errors, trace_service, ExportDeadline};
 use meshlens_collector::{otlp, zipkin, Metrics, Pipeline};
 use meshlens_storage::Store;
 use tokio::net::TcpListener;
@@ -42,8 +42,13 @@ pub async fn spawn_all(
     let grpc = bind(listen.otlp_grpc, "otlp_grpc").await?;
     let otlp_grpc = grpc.local_addr()?;
     let svc = trace_service(pipeline.clone(), limit);
+    // The deadline starts once a permit is held: waiting for one is not the client's doing.
     let layer = tower::ServiceBuilder::new()
         .layer(concurrency.clone())
+        .layer(ExportDeadline::layer(
+            config.ingest.body_timeout,
+            metrics.clone(),
+        ))
         .layer(MapResponseLayer::new({
             let metrics = metrics.clone();
             move |res| normalize_decode_errors(&metrics, res)

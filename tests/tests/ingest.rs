@@ -462,3 +462,56 @@ async fn a_stalled_http_body_times_out_with_503() {
     );
     env.stop().await;
 }
+
+/// The same over gRPC: a stream that sends part of its message and stops gets DEADLINE_EXCEEDED
+/// (with RetryInfo), and its slot goes back to the others.
+#[tokio::test]
+async fn a_stalled_grpc_export_gets_deadline_exceeded() {
+    let env = TestEnv::start_with(|c| {
+        c.ingest.body_timeout = Duration::from_millis(300);
+        c.ingest.max_concurrent_requests = 1;
+    })
+    .await;
+    let addr = env.running().addrs.otlp_grpc;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::post(format!(
+        "http://{addr}/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .unwrap();
+    let (answer, mut body) = client.send_request(req, false).unwrap();
+    // A gRPC frame that announces 1,000 bytes, of which only 10 ever come.
+    let mut frame = vec![0u8, 0, 0, 0x03, 0xe8];
+    frame.extend_from_slice(&[0u8; 10]);
+    body.send_data(bytes::Bytes::from(frame), false).unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), answer)
+        .await
+        .expect("an answer, not a hang")
+        .unwrap();
+    assert_eq!(
+        answer.headers()["grpc-status"],
+        "4",
+        "{:?}",
+        answer.headers()
+    );
+    assert!(answer.headers().contains_key("grpc-status-details-bin"));
+    env.grpc()
+        .await
+        .export(trace_request("after", 41, 2))
+        .await
+        .unwrap();
+    assert_eq!(
+        env.metric(
+            "meshlens_ingest_rejected_requests_total",
+            "reason=\"timeout\""
+        )
+        .await,
+        1.0
+    );
+    conn.abort();
+    env.stop().await;
+}

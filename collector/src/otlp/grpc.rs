@@ -6,9 +6,16 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
 use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
+use crate::error::IngestError;
+use crate::metrics::Metrics;
 use crate::otlp::convert::convert_traces;
 use crate::pipeline::Pipeline;
 use crate::Protocol;
@@ -78,4 +85,60 @@ pub fn normalize_decode_errors<B>(
         .inc();
     headers.insert("grpc-status", http::HeaderValue::from_static(new_code));
     res
+}
+
+/// Bounds a whole gRPC export in time, like `BodyLimits::timeout` bounds an HTTP body: a stream
+/// that sends its headers and then trickles or stops would otherwise hold one of the receivers'
+/// concurrency permits forever. It answers DEADLINE_EXCEEDED with RetryInfo (clients retry it).
+#[derive(Clone)]
+pub struct ExportDeadline<S> {
+    inner: S,
+    timeout: Duration,
+    metrics: Metrics,
+}
+
+impl<S> ExportDeadline<S> {
+    pub fn layer(
+        timeout: Duration,
+        metrics: Metrics,
+    ) -> impl tower::Layer<S, Service = Self> + Clone {
+        tower::layer::layer_fn(move |inner| ExportDeadline {
+            inner,
+            timeout,
+            metrics: metrics.clone(),
+        })
+    }
+}
+
+impl<S, B> tower::Service<http::Request<B>> for ExportDeadline<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let call = self.inner.call(req);
+        let timeout = self.timeout;
+        let metrics = self.metrics.clone();
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, call).await {
+                Ok(result) => result,
+                Err(_) => {
+                    metrics
+                        .ingest_rejected_requests
+                        .with_label_values(&[Protocol::OtlpGrpc.as_str(), "timeout"])
+                        .inc();
+                    Ok(Status::from(IngestError::BodyTimeout(timeout)).into_http())
+                }
+            }
+        })
+    }
 }
