@@ -112,7 +112,7 @@ pub struct Store {
 #[derive(Default)]
 struct Known {
     resources: HashSet<i64>,
-    operations: HashSet<(String, String, i16)>,
+    operations: HashSet<u64>,
 }
 
 /// Past this many remembered keys the memory is cleared; the cost is a few redundant upserts.

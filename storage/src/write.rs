@@ -42,6 +42,15 @@ fn start_range(spans: &[&SpanRow], committed_ns: i64) -> (i64, i64) {
 /// WAL frames (pages) after which the checkpointer restarts the log: 16,384 × 4 KiB = 64 MiB.
 const WAL_RESTART_FRAMES: i64 = 16_384;
 
+/// A 64-bit key for an operation: the cache of known operations holds these, not the strings, so
+/// its memory does not grow with the length of span names (and the writer clones nothing per span).
+fn operation_key(service: &str, name: &str, kind: i16) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (service, name, kind).hash(&mut h);
+    h.finish()
+}
+
 /// (service, span name, kind, last seen) for the operations list.
 type OperationRow = (String, String, i16, i64);
 
@@ -164,9 +173,9 @@ impl Store {
                 }
             }
             for s in &batch.spans {
-                let key = (s.service.clone(), s.name.clone(), s.kind);
-                if !known.operations.contains(&key) && seen_ops.insert(key.clone()) {
-                    operations.push((key.0, key.1, key.2, committed_ns));
+                let key = operation_key(&s.service, &s.name, s.kind);
+                if !known.operations.contains(&key) && seen_ops.insert(key) {
+                    operations.push((s.service.clone(), s.name.clone(), s.kind, committed_ns));
                 }
             }
         }
@@ -186,7 +195,7 @@ impl Store {
         known.operations.extend(
             operations
                 .iter()
-                .map(|(s, n, k, _)| (s.clone(), n.clone(), *k)),
+                .map(|(s, n, k, _)| operation_key(s, n, *k)),
         );
     }
 
