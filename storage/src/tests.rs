@@ -5,7 +5,7 @@ use std::sync::Arc;
 use meshlens_topology::testing::{resource, trace_id, SpanBuilder};
 use meshlens_topology::{AttrValue, Event, Link, Span, SpanKind};
 
-use crate::{encode_batch, Store, StoreConfig, TraceQuery};
+use crate::{encode_batch, Pool, Store, StoreConfig, StoreError, TraceQuery};
 
 const T0: u64 = 1_700_000_000_000_000_000;
 
@@ -392,4 +392,39 @@ async fn sqlite_long_names_are_bounded() {
 #[tokio::test]
 async fn postgres_long_names_are_bounded() {
     long_names_are_bounded(&postgres_store().await).await;
+}
+
+/// A refused value is a data error (retrying the same export cannot help); a lost connection is
+/// not. The pipeline answers the first as non-retryable and the second as retryable.
+#[tokio::test]
+async fn data_errors_are_told_from_transient_ones() {
+    let store = postgres_store().await;
+    let Pool::Postgres(pg) = &store.pool else {
+        unreachable!()
+    };
+    let err: StoreError = sqlx::query("SELECT 1 / 0")
+        .execute(pg)
+        .await
+        .unwrap_err()
+        .into();
+    assert!(err.is_data_error(), "{err}");
+    let err: StoreError = sqlx::query("SELECT 'x'::int")
+        .execute(pg)
+        .await
+        .unwrap_err()
+        .into();
+    assert!(err.is_data_error(), "{err}");
+    store.close().await;
+    let err: StoreError = store.count_spans().await.unwrap_err();
+    assert!(!err.is_data_error(), "{err}");
+    let (sqlite, _dir) = sqlite_store().await;
+    let Pool::Sqlite(lite) = &sqlite.pool else {
+        unreachable!()
+    };
+    let err: StoreError = sqlx::query("INSERT INTO blocks (first_seq, last_seq, min_start_ns, max_start_ns, committed_ns) VALUES (1, 1, 0, 0, 0), (1, 1, 0, 0, 0)")
+        .execute(lite)
+        .await
+        .unwrap_err()
+        .into();
+    assert!(err.is_data_error(), "{err}");
 }
