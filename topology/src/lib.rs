@@ -1,7 +1,9 @@
-//! The pure domain of meshlens: spans, resources and service identity. No I/O lives here.
+//! The pure domain of meshlens: spans, resources, service identity, and the service graph built
+//! from them. No I/O lives here.
 #![forbid(unsafe_code)]
 
 mod attr;
+pub mod graph;
 mod ids;
 mod resource;
 mod span;

@@ -93,3 +93,10 @@ impl SpanBuilder {
         self.0
     }
 }
+
+impl From<Span> for SpanBuilder {
+    /// Starts from an existing span, to change a field or two.
+    fn from(span: Span) -> Self {
+        SpanBuilder(span)
+    }
+}

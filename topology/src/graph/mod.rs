@@ -1,0 +1,133 @@
+//! The live service dependency graph: spans are paired into calls (`pairing`), calls are counted
+//! per edge over sliding windows (`window`), and a snapshot of any window is built on demand
+//! (`snapshot`), with health from error ratios (`health`).
+
+mod health;
+mod node;
+mod pairing;
+mod side;
+mod sketch;
+mod snapshot;
+mod window;
+
+pub use health::{Health, HealthConfig, Threshold};
+pub use node::{ConnectionType, EdgeKey, Endpoint, NodeKey, NodeKind};
+pub use pairing::{
+    EdgeObservation, Pairer, PairingConfig, PairingCounters, DEFAULT_MAX_PENDING,
+    DEFAULT_PAIRING_TTL_NS,
+};
+pub use side::{istio_cluster, Outcome, Peer, Role, SpanSide};
+pub use sketch::{LatencySketch, RELATIVE_ACCURACY};
+pub use snapshot::{
+    EdgeSnapshot, EdgeVersionSnapshot, GraphQuery, GraphSnapshot, NodeSnapshot, VersionSnapshot,
+};
+pub use window::{Series, Stats, Window};
+
+use std::collections::HashMap;
+
+use crate::span::Span;
+
+/// How long an edge with no calls stays on the graph (as idle): the longest window.
+const EDGE_IDLE_NS: u64 = 3_600_000_000_000;
+
+/// The graph engine: the pairing store and every edge's windowed statistics. Time is always
+/// passed in, so the engine is a pure function of what it was given and when.
+pub struct Topology {
+    pairer: Pairer,
+    edges: HashMap<EdgeKey, Series>,
+    health: HealthConfig,
+    scratch: Vec<EdgeObservation>,
+}
+
+impl Topology {
+    pub fn new(pairing: PairingConfig, health: HealthConfig) -> Self {
+        Topology {
+            pairer: Pairer::new(pairing),
+            edges: HashMap::new(),
+            health,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Takes spans that arrived at `now_ns`. Returns the calls they completed (for exporters).
+    pub fn observe<'a>(
+        &mut self,
+        spans: impl IntoIterator<Item = &'a Span>,
+        now_ns: u64,
+    ) -> Vec<EdgeObservation> {
+        let mut out = std::mem::take(&mut self.scratch);
+        self.pairer.expire(now_ns, &mut out);
+        for side in spans.into_iter().filter_map(SpanSide::of) {
+            self.pairer.observe(side, now_ns, &mut out);
+        }
+        self.record(&out, now_ns);
+        out
+    }
+
+    /// Settles spans whose time ran out and forgets edges idle for longer than the longest
+    /// window. Returns the calls made from expired spans.
+    pub fn tick(&mut self, now_ns: u64) -> Vec<EdgeObservation> {
+        let mut out = Vec::new();
+        self.pairer.expire(now_ns, &mut out);
+        self.record(&out, now_ns);
+        self.edges
+            .retain(|_, s| s.last_seen_ns().saturating_add(EDGE_IDLE_NS) > now_ns);
+        out
+    }
+
+    /// Settles every waiting span now (for tests and shutdown).
+    pub fn flush(&mut self, now_ns: u64) -> Vec<EdgeObservation> {
+        let mut out = Vec::new();
+        self.pairer.flush(&mut out);
+        self.record(&out, now_ns);
+        out
+    }
+
+    fn record(&mut self, observations: &[EdgeObservation], now_ns: u64) {
+        for o in observations {
+            match self.edges.get_mut(&o.key) {
+                Some(series) => series.record(o, now_ns),
+                None => {
+                    let mut series = Series::default();
+                    series.record(o, now_ns);
+                    self.edges.insert(o.key.clone(), series);
+                }
+            }
+        }
+    }
+
+    /// Hands back an observation buffer so its allocation is reused.
+    pub fn recycle(&mut self, mut buffer: Vec<EdgeObservation>) {
+        buffer.clear();
+        self.scratch = buffer;
+    }
+
+    pub fn counters(&self) -> PairingCounters {
+        self.pairer.counters()
+    }
+
+    pub fn pending(&self) -> usize {
+        self.pairer.pending()
+    }
+
+    /// Edges at version level currently kept.
+    pub fn edge_count(&self) -> usize {
+        self.edges.len()
+    }
+
+    /// Approximate bytes the edges' statistics hold.
+    pub fn heap_bytes(&self) -> usize {
+        self.edges.values().map(Series::heap_bytes).sum()
+    }
+
+    /// The graph of one window as of `now_ns`.
+    pub fn snapshot(&mut self, query: &GraphQuery, now_ns: u64) -> GraphSnapshot {
+        for series in self.edges.values_mut() {
+            series.advance(now_ns);
+        }
+        snapshot::build(&self.edges, query, &self.health)
+    }
+}
+
+#[cfg(test)]
+mod tests;

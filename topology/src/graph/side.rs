@@ -1,0 +1,359 @@
+//! One span, as the graph sees it: which side of a call it is, who it is, how the call went, and
+//! which peer it names. Attributes are read under current and older semantic-convention names,
+//! and as strings too, because Envoy sends every value as a string.
+
+use std::sync::Arc;
+
+use crate::attr::AttrValue;
+use crate::graph::node::{ConnectionType, Endpoint, NodeKey, NodeKind};
+use crate::ids::{SpanId, TraceId};
+use crate::span::{Span, SpanKind, StatusCode};
+
+/// Which side of a call a span records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// CLIENT or PRODUCER: the caller.
+    Client,
+    /// SERVER or CONSUMER: the callee.
+    Server,
+}
+
+/// How one side saw the call end.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Status ERROR on the span.
+    pub error_status: bool,
+    pub http_status: Option<u16>,
+    /// The gRPC status code, 0 = OK.
+    pub grpc_status: Option<i64>,
+    /// Envoy's response flags of interest.
+    pub denied: bool,
+    pub rate_limited: bool,
+    pub overflow: bool,
+}
+
+impl Outcome {
+    /// A failed call as the graph counts it: status ERROR, HTTP ≥ 500, or a non-OK gRPC code.
+    pub fn failed(&self) -> bool {
+        self.error_status
+            || self.http_status.is_some_and(|s| s >= 500)
+            || self.grpc_status.is_some_and(|c| c != 0)
+    }
+}
+
+/// A peer a client span names, for calls nobody answers with a server span.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub endpoint: Endpoint,
+    pub connection: ConnectionType,
+    /// The peer never sends spans (a database, the policy server), so the edge is made at once
+    /// instead of waiting for a server span that cannot come.
+    pub immediate: bool,
+}
+
+/// The graph's view of one CLIENT, PRODUCER, SERVER or CONSUMER span.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpanSide {
+    pub role: Role,
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub parent_span_id: Option<SpanId>,
+    /// The span's own service and version.
+    pub endpoint: Endpoint,
+    pub duration_ns: u64,
+    pub outcome: Outcome,
+    /// The protocol, where the attributes tell it.
+    pub protocol: Option<ConnectionType>,
+    /// Request plus response bytes, where known.
+    pub bytes: u64,
+    /// For client spans: the peer the span names, if any.
+    pub peer: Option<Peer>,
+}
+
+/// Span names Envoy gives its own calls to the policy server.
+const POLICY_SPAN_PREFIXES: &[&str] = &[
+    "async envoy.service.auth.v3.Authorization.Check",
+    "async envoy.service.ratelimit.v3.RateLimitService.ShouldRateLimit",
+];
+
+impl SpanSide {
+    /// The side of `span`, or `None` for spans that are not one side of a call (INTERNAL, UNSPECIFIED).
+    pub fn of(span: &Span) -> Option<SpanSide> {
+        let role = match span.kind {
+            SpanKind::Client | SpanKind::Producer => Role::Client,
+            SpanKind::Server | SpanKind::Consumer => Role::Server,
+            SpanKind::Internal | SpanKind::Unspecified => return None,
+        };
+        let id = &span.resource.service;
+        let endpoint = Endpoint {
+            node: NodeKey::service(id.namespace.as_deref(), &id.name),
+            version: id.version.as_deref().map(Arc::from),
+        };
+        let messaging = matches!(span.kind, SpanKind::Producer | SpanKind::Consumer);
+        Some(SpanSide {
+            role,
+            trace_id: span.trace_id,
+            span_id: span.span_id,
+            parent_span_id: span.parent_span_id,
+            endpoint,
+            duration_ns: span.duration_ns(),
+            outcome: outcome(span),
+            protocol: if messaging {
+                Some(ConnectionType::MessagingSystem)
+            } else {
+                protocol(span)
+            },
+            bytes: bytes(span),
+            peer: if role == Role::Client {
+                peer(span)
+            } else {
+                None
+            },
+        })
+    }
+}
+
+fn text<'a>(span: &'a Span, keys: &[&str]) -> Option<&'a str> {
+    keys.iter()
+        .filter_map(|k| span.attributes.get_str(k))
+        .find(|s| !s.is_empty())
+}
+
+fn int(span: &Span, keys: &[&str]) -> Option<i64> {
+    keys.iter()
+        .filter_map(|k| span.attributes.get(k).and_then(AttrValue::as_i64))
+        .next()
+}
+
+fn outcome(span: &Span) -> Outcome {
+    let flags = span.attributes.get_str("response_flags").unwrap_or("");
+    let has_flag = |f: &str| flags.split(',').any(|x| x.trim() == f);
+    Outcome {
+        error_status: span.status.code == StatusCode::Error,
+        http_status: span.http_status(),
+        grpc_status: int(span, &["rpc.grpc.status_code", "grpc.status_code"]),
+        denied: has_flag("UAEX"),
+        rate_limited: has_flag("RL"),
+        overflow: has_flag("UO"),
+    }
+}
+
+fn protocol(span: &Span) -> Option<ConnectionType> {
+    let a = &span.attributes;
+    if a.get_str("rpc.system") == Some("grpc")
+        || a.get("rpc.grpc.status_code").is_some()
+        || a.get("grpc.status_code").is_some()
+    {
+        return Some(ConnectionType::Grpc);
+    }
+    let http_keys = [
+        "http.request.method",
+        "http.method",
+        "http.response.status_code",
+        "http.status_code",
+        "url.full",
+        "http.url",
+    ];
+    http_keys
+        .iter()
+        .any(|k| a.get(k).is_some())
+        .then_some(ConnectionType::Http)
+}
+
+fn bytes(span: &Span) -> u64 {
+    let get = |keys: &[&str]| int(span, keys).filter(|n| *n > 0).unwrap_or(0) as u64;
+    get(&[
+        "http.request.body.size",
+        "http.request_content_length",
+        "request_size",
+    ]) + get(&[
+        "http.response.body.size",
+        "http.response_content_length",
+        "response_size",
+    ])
+}
+
+/// The peer a client span names, most specific first.
+fn peer(span: &Span) -> Option<Peer> {
+    if POLICY_SPAN_PREFIXES
+        .iter()
+        .any(|p| span.name.starts_with(p))
+    {
+        return Some(virtual_peer(NodeKey::policy(), ConnectionType::Grpc, true));
+    }
+    if let Some(system) = text(span, &["db.system", "db.system.name"]) {
+        let name = text(
+            span,
+            &["db.namespace", "db.name", "server.address", "net.peer.name"],
+        )
+        .unwrap_or(system);
+        let node = NodeKey::virtual_node(NodeKind::Database, name);
+        return Some(virtual_peer(node, ConnectionType::Database, true));
+    }
+    if span.kind == SpanKind::Producer {
+        let system = text(span, &["messaging.system"])?;
+        let name = text(
+            span,
+            &["messaging.destination.name", "messaging.destination"],
+        )
+        .unwrap_or(system);
+        let node = NodeKey::virtual_node(NodeKind::Messaging, name);
+        return Some(virtual_peer(node, ConnectionType::MessagingSystem, false));
+    }
+    if let Some(endpoint) = text(span, &["upstream_cluster"]).and_then(istio_cluster) {
+        return Some(Peer {
+            endpoint,
+            connection: protocol(span).unwrap_or(ConnectionType::Http),
+            immediate: false,
+        });
+    }
+    let name = text(
+        span,
+        &[
+            "peer.service",
+            "server.address",
+            "net.peer.name",
+            "upstream_cluster",
+            "http.host",
+        ],
+    )?;
+    let node = NodeKey::virtual_node(NodeKind::External, name);
+    Some(virtual_peer(node, ConnectionType::VirtualNode, false))
+}
+
+fn virtual_peer(node: NodeKey, connection: ConnectionType, immediate: bool) -> Peer {
+    Peer {
+        endpoint: Endpoint {
+            node,
+            version: None,
+        },
+        connection,
+        immediate,
+    }
+}
+
+/// The destination an Istio-style cluster name gives: `outbound|<port>|<subset>|<service>`, where
+/// the service may be a Kubernetes FQDN (`work.shop.svc.cluster.local`) and the subset, when set,
+/// is the destination version. `inbound|…` is the proxy's own app, not a peer.
+pub fn istio_cluster(cluster: &str) -> Option<Endpoint> {
+    let mut parts = cluster.split('|');
+    if parts.next()? != "outbound" {
+        return None;
+    }
+    let _port = parts.next()?;
+    let subset = parts.next()?;
+    let host = parts.next()?;
+    if host.is_empty() || parts.next().is_some() {
+        return None;
+    }
+    let (name, namespace) = match host.split_once(".svc.") {
+        Some((svc, _)) => match svc.split_once('.') {
+            Some((name, ns)) => (name, Some(ns)),
+            None => (svc, None),
+        },
+        None => (host, None),
+    };
+    Some(Endpoint {
+        node: NodeKey::service(namespace, name),
+        version: (!subset.is_empty()).then(|| Arc::from(subset)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::SpanBuilder;
+
+    #[test]
+    fn envoy_string_attributes_are_read() {
+        let span = SpanBuilder::new(1, 2, "work", "egress meet", 10)
+            .kind(SpanKind::Client)
+            .attr("http.status_code", "503")
+            .attr(
+                "upstream_cluster",
+                "outbound|80|v2|meet.shop.svc.cluster.local",
+            )
+            .attr("response_flags", "UO")
+            .attr("request_size", "10")
+            .attr("response_size", "32")
+            .build();
+        let side = SpanSide::of(&span).unwrap();
+        assert_eq!(side.role, Role::Client);
+        assert!(side.outcome.failed());
+        assert!(side.outcome.overflow);
+        assert_eq!(side.bytes, 42);
+        let peer = side.peer.unwrap();
+        assert_eq!(peer.endpoint.node, NodeKey::service(Some("shop"), "meet"));
+        assert_eq!(peer.endpoint.version.as_deref(), Some("v2"));
+        assert!(!peer.immediate);
+    }
+
+    #[test]
+    fn peers_by_kind() {
+        let client = |attrs: &[(&str, &str)], name: &str, kind| {
+            let mut b = SpanBuilder::new(1, 2, "work", name, 10).kind(kind);
+            for (k, v) in attrs {
+                b = b.attr(k, *v);
+            }
+            SpanSide::of(&b.build()).unwrap().peer
+        };
+        let db = client(
+            &[("db.system", "postgresql"), ("db.name", "orders")],
+            "SELECT",
+            SpanKind::Client,
+        )
+        .unwrap();
+        assert_eq!(db.endpoint.node.kind, NodeKind::Database);
+        assert_eq!(&*db.endpoint.node.name, "orders");
+        assert!(db.immediate);
+        let policy = client(
+            &[("upstream_cluster", "policy")],
+            "async envoy.service.auth.v3.Authorization.Check egress",
+            SpanKind::Client,
+        )
+        .unwrap();
+        assert_eq!(policy.endpoint.node, NodeKey::policy());
+        let queue = client(
+            &[
+                ("messaging.system", "kafka"),
+                ("messaging.destination.name", "orders"),
+            ],
+            "publish",
+            SpanKind::Producer,
+        )
+        .unwrap();
+        assert_eq!(queue.endpoint.node.kind, NodeKind::Messaging);
+        assert!(!queue.immediate);
+        let ext = client(&[("peer.service", "payments")], "GET", SpanKind::Client).unwrap();
+        assert_eq!(ext.endpoint.node.kind, NodeKind::External);
+        assert_eq!(client(&[], "GET", SpanKind::Client), None);
+    }
+
+    #[test]
+    fn failure_rules() {
+        let o = |f: fn(&mut Outcome)| {
+            let mut o = Outcome::default();
+            f(&mut o);
+            o.failed()
+        };
+        assert!(!o(|_| {}));
+        assert!(o(|o| o.error_status = true));
+        assert!(o(|o| o.http_status = Some(500)));
+        assert!(!o(|o| o.http_status = Some(404)));
+        assert!(o(|o| o.grpc_status = Some(14)));
+        assert!(!o(|o| o.grpc_status = Some(0)));
+    }
+
+    #[test]
+    fn istio_cluster_names() {
+        let e = istio_cluster("outbound|9080|v1|reviews.default.svc.cluster.local").unwrap();
+        assert_eq!(e.node, NodeKey::service(Some("default"), "reviews"));
+        assert_eq!(e.version.as_deref(), Some("v1"));
+        let e = istio_cluster("outbound|80||work").unwrap();
+        assert_eq!(e.node, NodeKey::service(None, "work"));
+        assert_eq!(e.version, None);
+        assert_eq!(istio_cluster("inbound|80||"), None);
+        assert_eq!(istio_cluster("work"), None);
+        assert_eq!(istio_cluster("outbound|80|v1|"), None);
+    }
+}

@@ -1,0 +1,227 @@
+//! A mergeable latency distribution with a relative-error guarantee (the DDSketch idea: buckets
+//! whose bounds grow by a constant factor). Any quantile it answers is within 1% of a value that
+//! was recorded at that rank, from nanoseconds to hours, so sub-millisecond mesh hops resolve as
+//! well as slow ones.
+//!
+//! Why not the `sketches-ddsketch` crate: its dense store starts at 128 bins of 8 bytes for every
+//! sketch, and the graph keeps one sketch per edge, side and time slot, most of them holding a
+//! handful of values. This store is sparse (a sorted list of the buckets in use) and, because it
+//! keeps exact counts per bucket, can also *subtract* a slot that leaves a sliding window.
+
+/// Relative accuracy: every answered quantile is within this fraction of a recorded value.
+pub const RELATIVE_ACCURACY: f64 = 0.01;
+
+/// γ = (1 + α) / (1 − α): bucket `i` holds values in (γ^(i−1), γ^i].
+const GAMMA: f64 = (1.0 + RELATIVE_ACCURACY) / (1.0 - RELATIVE_ACCURACY);
+
+/// Zero-length durations get a bucket of their own below every other.
+const ZERO_KEY: i16 = i16::MIN;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LatencySketch {
+    /// (bucket key, count), sorted by key, no zero counts.
+    bins: Vec<(i16, u32)>,
+    count: u64,
+}
+
+fn key_of(ns: u64) -> i16 {
+    if ns == 0 {
+        return ZERO_KEY;
+    }
+    let k = ((ns as f64).ln() / GAMMA.ln()).ceil();
+    // 1 ns → 0; u64::MAX ns → about 2,200: always in range.
+    k.clamp(0.0, i16::MAX as f64) as i16
+}
+
+/// The value a bucket stands for: the point whose relative distance to both bounds is α.
+fn value_of(key: i16) -> f64 {
+    if key == ZERO_KEY {
+        return 0.0;
+    }
+    2.0 * GAMMA.powi(key as i32) / (GAMMA + 1.0)
+}
+
+impl LatencySketch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn record_ns(&mut self, ns: u64) {
+        self.add_key(key_of(ns), 1);
+    }
+
+    fn add_key(&mut self, key: i16, n: u32) {
+        match self.bins.binary_search_by_key(&key, |b| b.0) {
+            Ok(i) => self.bins[i].1 = self.bins[i].1.saturating_add(n),
+            Err(i) => self.bins.insert(i, (key, n)),
+        }
+        self.count += n as u64;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Buckets in use (for memory accounting).
+    pub fn bins(&self) -> usize {
+        self.bins.len()
+    }
+
+    /// Adds every value of `other`.
+    pub fn merge(&mut self, other: &LatencySketch) {
+        if other.is_empty() {
+            return;
+        }
+        if self.is_empty() {
+            self.clone_from(other);
+            return;
+        }
+        let (a, b) = (&self.bins, &other.bins);
+        let mut out = Vec::with_capacity(a.len().max(b.len()));
+        let (mut i, mut j) = (0, 0);
+        while i < a.len() && j < b.len() {
+            let (x, y) = (a[i], b[j]);
+            if x.0 == y.0 {
+                out.push((x.0, x.1.saturating_add(y.1)));
+                i += 1;
+                j += 1;
+            } else if x.0 < y.0 {
+                out.push(x);
+                i += 1;
+            } else {
+                out.push(y);
+                j += 1;
+            }
+        }
+        out.extend_from_slice(&a[i..]);
+        out.extend_from_slice(&b[j..]);
+        self.bins = out;
+        self.count += other.count;
+    }
+
+    /// Removes values `other` holds, which must have been merged in before (a time slot leaving a
+    /// window). Counts never go below zero, so a mistaken call cannot wrap.
+    pub fn subtract(&mut self, other: &LatencySketch) {
+        for &(key, n) in &other.bins {
+            if let Ok(i) = self.bins.binary_search_by_key(&key, |b| b.0) {
+                let have = self.bins[i].1;
+                let take = have.min(n);
+                self.count -= take as u64;
+                if have == take {
+                    self.bins.remove(i);
+                } else {
+                    self.bins[i].1 = have - take;
+                }
+            }
+        }
+    }
+
+    /// The value at quantile `q` (0.0–1.0) in nanoseconds, or `None` when empty.
+    pub fn quantile_ns(&self, q: f64) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        let q = if q.is_nan() { 0.5 } else { q.clamp(0.0, 1.0) };
+        // The rank of the value, 0-based, as DDSketch and most percentile definitions take it.
+        let rank = (q * (self.count - 1) as f64).floor() as u64;
+        let mut seen = 0u64;
+        for &(key, n) in &self.bins {
+            seen += n as u64;
+            if seen > rank {
+                return Some(value_of(key));
+            }
+        }
+        self.bins.last().map(|b| value_of(b.0))
+    }
+
+    /// Bytes this sketch holds on the heap.
+    pub fn heap_bytes(&self) -> usize {
+        self.bins.capacity() * std::mem::size_of::<(i16, u32)>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn exact_quantile(values: &mut [u64], q: f64) -> u64 {
+        values.sort_unstable();
+        values[(q * (values.len() - 1) as f64).floor() as usize]
+    }
+
+    fn sketch(values: &[u64]) -> LatencySketch {
+        let mut s = LatencySketch::new();
+        values.iter().for_each(|&v| s.record_ns(v));
+        s
+    }
+
+    #[test]
+    fn sub_millisecond_values_resolve() {
+        // 80 µs and 120 µs must not share a bucket, as they would with 100 ms-first buckets.
+        let s = sketch(
+            &[80_000; 50]
+                .iter()
+                .chain(&[120_000; 50])
+                .copied()
+                .collect::<Vec<_>>(),
+        );
+        let p25 = s.quantile_ns(0.25).unwrap();
+        let p99 = s.quantile_ns(0.99).unwrap();
+        assert!(
+            (p25 - 80_000.0).abs() / 80_000.0 <= RELATIVE_ACCURACY,
+            "{p25}"
+        );
+        assert!(
+            (p99 - 120_000.0).abs() / 120_000.0 <= RELATIVE_ACCURACY,
+            "{p99}"
+        );
+    }
+
+    #[test]
+    fn zero_and_huge_values_are_kept() {
+        let s = sketch(&[0, 0, u64::MAX]);
+        assert_eq!(s.quantile_ns(0.0), Some(0.0));
+        assert!(s.quantile_ns(1.0).unwrap() > 1e18);
+        assert_eq!(LatencySketch::new().quantile_ns(0.5), None);
+    }
+
+    proptest! {
+        #[test]
+        fn every_quantile_is_within_one_percent(
+            mut values in prop::collection::vec(1u64..10_000_000_000_000, 1..400),
+            q in 0.0f64..=1.0,
+        ) {
+            let s = sketch(&values);
+            let got = s.quantile_ns(q).unwrap();
+            let want = exact_quantile(&mut values, q) as f64;
+            prop_assert!((got - want).abs() <= want * RELATIVE_ACCURACY + 1e-9,
+                "q={q} got={got} want={want}");
+        }
+
+        #[test]
+        fn merge_is_associative_and_subtract_undoes_it(
+            a in prop::collection::vec(0u64..1_000_000_000, 0..100),
+            b in prop::collection::vec(0u64..1_000_000_000, 0..100),
+            c in prop::collection::vec(0u64..1_000_000_000, 0..100),
+        ) {
+            let (sa, sb, sc) = (sketch(&a), sketch(&b), sketch(&c));
+            let mut left = sa.clone();
+            left.merge(&sb);
+            left.merge(&sc);
+            let mut bc = sb.clone();
+            bc.merge(&sc);
+            let mut right = sa.clone();
+            right.merge(&bc);
+            prop_assert_eq!(&left, &right);
+            let all: Vec<u64> = a.iter().chain(&b).chain(&c).copied().collect();
+            prop_assert_eq!(&left, &sketch(&all));
+            left.subtract(&bc);
+            prop_assert_eq!(left, sa);
+        }
+    }
+}

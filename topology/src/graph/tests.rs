@@ -1,0 +1,290 @@
+use super::*;
+use crate::span::SpanKind;
+use crate::testing::{resource, SpanBuilder};
+use proptest::prelude::*;
+
+const NOW: u64 = 1_800_000_000_000_000_000;
+
+fn topology() -> Topology {
+    Topology::new(PairingConfig::default(), HealthConfig::default())
+}
+
+/// One call from `client` to `server` in trace `trace`: a CLIENT span (id `id`) and its SERVER
+/// child (id `id + 1`), under `parent` on the client's side.
+fn call(
+    trace: u64,
+    id: u64,
+    parent: Option<u64>,
+    client: (&str, Option<&str>),
+    server: (&str, Option<&str>),
+    status: u16,
+) -> [Span; 2] {
+    let mut c = SpanBuilder::new(trace, id, client.0, "GET", 10_000)
+        .kind(SpanKind::Client)
+        .resource(resource(client.0, client.1))
+        .duration_ns(3_000_000)
+        .attr("http.status_code", status as i64);
+    if let Some(p) = parent {
+        c = c.parent(p);
+    }
+    let s = SpanBuilder::new(trace, id + 1, server.0, "GET /", 11_000)
+        .kind(SpanKind::Server)
+        .resource(resource(server.0, server.1))
+        .parent(id)
+        .duration_ns(2_000_000)
+        .attr("http.response.status_code", status as i64);
+    [c.build(), s.build()]
+}
+
+fn edges(snapshot: &GraphSnapshot) -> Vec<(String, String, u64, u64)> {
+    snapshot
+        .edges
+        .iter()
+        .map(|e| {
+            (
+                e.client.id(),
+                e.server.id(),
+                e.stats.requests,
+                e.stats.failures,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_trace_gives_its_edges_and_versions() {
+    let mut t = topology();
+    let root = SpanBuilder::new(1, 1, "ingress", "GET /", 9_000)
+        .resource(resource("ingress", None))
+        .build();
+    let mut spans = vec![root];
+    spans.extend(call(
+        1,
+        10,
+        Some(1),
+        ("ingress", None),
+        ("work", Some("v1")),
+        200,
+    ));
+    spans.extend(call(
+        1,
+        20,
+        Some(11),
+        ("work", Some("v1")),
+        ("meet", None),
+        200,
+    ));
+    spans.extend(call(
+        2,
+        30,
+        None,
+        ("ingress", None),
+        ("work", Some("v2")),
+        503,
+    ));
+    let db = SpanBuilder::new(1, 40, "meet", "SELECT", 12_000)
+        .kind(SpanKind::Client)
+        .parent(21)
+        .attr("db.system", "postgresql")
+        .attr("db.name", "meetings")
+        .build();
+    spans.push(db);
+    // Servers first: pairing does not care which side comes first.
+    spans.reverse();
+    let observed = t.observe(&spans, NOW);
+    assert_eq!(observed.len(), 5);
+    assert_eq!(t.pending(), 0);
+    let g = t.snapshot(&GraphQuery::default(), NOW);
+    assert_eq!(
+        edges(&g),
+        vec![
+            ("service:ingress".into(), "service:work".into(), 2, 1),
+            ("service:meet".into(), "database:meetings".into(), 1, 0),
+            ("service:work".into(), "service:meet".into(), 1, 0),
+            ("user:user".into(), "service:ingress".into(), 1, 0),
+        ]
+    );
+    let work = g.nodes.iter().find(|n| &*n.key.name == "work").unwrap();
+    let shares: Vec<(&str, f64)> = work
+        .versions
+        .iter()
+        .map(|v| (&*v.version, v.share))
+        .collect();
+    assert_eq!(shares, vec![("v1", 0.5), ("v2", 0.5)]);
+    assert_eq!(work.health, Health::Failure, "one of two calls failed");
+    let p99 = g.edges[0].stats.server_latency.quantile_ns(0.99).unwrap();
+    assert!((p99 - 2_000_000.0).abs() <= 20_000.0, "{p99}");
+    let c = t.counters();
+    assert_eq!((c.paired, c.virtual_edges, c.unpaired), (6, 2, 0));
+}
+
+#[test]
+fn unpaired_spans_expire_into_virtual_nodes_or_counts() {
+    let mut t = Topology::new(
+        PairingConfig {
+            ttl_ns: 1_000,
+            max_pending: 2,
+        },
+        HealthConfig::default(),
+    );
+    let external = SpanBuilder::new(1, 1, "work", "GET", 10)
+        .kind(SpanKind::Client)
+        .attr("peer.service", "payments")
+        .build();
+    let orphan_client = SpanBuilder::new(1, 2, "work", "GET", 10)
+        .kind(SpanKind::Client)
+        .build();
+    let orphan_server = SpanBuilder::new(1, 3, "meet", "GET", 10).parent(99).build();
+    assert!(t.observe([&external, &orphan_client], NOW).is_empty());
+    // The store is full: the oldest (the external call) is evicted, and settled at once.
+    let evicted = t.observe([&orphan_server], NOW);
+    assert_eq!(evicted.len(), 1);
+    assert_eq!(evicted[0].key.server.node.kind, NodeKind::External);
+    assert!(t.tick(NOW + 999).is_empty());
+    assert!(
+        t.tick(NOW + 1_000).is_empty(),
+        "neither orphan names a peer"
+    );
+    let c = t.counters();
+    assert_eq!(
+        (c.evicted, c.expired, c.unpaired, c.virtual_edges),
+        (1, 2, 2, 1)
+    );
+    assert_eq!(t.pending(), 0);
+}
+
+#[test]
+fn filters_by_namespace_service_and_depth() {
+    let mut t = topology();
+    let ns = |name: &str, ns: &str| {
+        let mut a = crate::Attributes::new();
+        a.push("service.name", name);
+        a.push("service.namespace", ns);
+        std::sync::Arc::new(crate::Resource::new(a))
+    };
+    let mut spans = Vec::new();
+    for (i, (c, cn, s, sn)) in [
+        ("a", "x", "b", "x"),
+        ("b", "x", "c", "y"),
+        ("c", "y", "d", "y"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let [cs, ss] = call(7, 100 + 2 * i as u64, None, (c, None), (s, None), 200);
+        spans.push(SpanBuilder::from(cs).resource(ns(c, cn)).build());
+        spans.push(SpanBuilder::from(ss).resource(ns(s, sn)).build());
+    }
+    t.observe(&spans, NOW);
+    let names = |q: GraphQuery, t: &mut Topology| -> Vec<String> {
+        t.snapshot(&q, NOW)
+            .nodes
+            .iter()
+            .map(|n| n.key.name.to_string())
+            .collect()
+    };
+    let q = |namespace: Option<&str>, service: Option<&str>, depth| GraphQuery {
+        namespace: namespace.map(String::from),
+        service: service.map(String::from),
+        depth,
+        ..GraphQuery::default()
+    };
+    assert_eq!(names(q(None, None, None), &mut t), ["a", "b", "c", "d"]);
+    assert_eq!(names(q(Some("x"), None, None), &mut t), ["a", "b", "c"]);
+    let mut near_b = names(q(None, Some("b"), None), &mut t);
+    near_b.sort();
+    assert_eq!(near_b, ["a", "b", "c"]);
+    assert_eq!(names(q(None, Some("b"), Some(2)), &mut t).len(), 4);
+    assert!(names(q(None, Some("nobody"), None), &mut t).is_empty());
+}
+
+#[test]
+fn idle_edges_stay_until_the_longest_window_ends() {
+    let mut t = topology();
+    t.observe(&call(1, 10, None, ("a", None), ("b", None), 200), NOW);
+    let later = NOW + 600_000_000_000;
+    let g = t.snapshot(&GraphQuery::default(), later);
+    assert_eq!(g.edges.len(), 1);
+    assert_eq!(g.edges[0].health, Health::Idle);
+    assert_eq!(g.edges[0].stats.requests, 0);
+    t.tick(NOW + 3_601_000_000_000);
+    assert_eq!(t.edge_count(), 0);
+}
+
+/// A random mesh trace: calls between a few services, each with its client and server span, some
+/// failing, some with a database call, and a root server span.
+fn arb_traces() -> impl Strategy<Value = Vec<Span>> {
+    let call_strategy = (
+        0u64..4,
+        0usize..5,
+        0usize..5,
+        prop::bool::weighted(0.2),
+        1u64..50_000_000,
+    );
+    prop::collection::vec(prop::collection::vec(call_strategy, 1..6), 1..8).prop_map(|traces| {
+        let services = ["a", "b", "c", "d", "e"];
+        let mut spans = Vec::new();
+        let mut id = 1;
+        for (t, calls) in traces.into_iter().enumerate() {
+            let trace = t as u64 + 1;
+            spans.push(SpanBuilder::new(trace, id, "a", "root", 1).build());
+            let root = id;
+            id += 1;
+            for (kind, from, to, failed, latency) in calls {
+                let [c, s] = call(
+                    trace,
+                    id,
+                    Some(root),
+                    (services[from], Some("v1")),
+                    (services[to], None),
+                    if failed { 500 } else { 200 },
+                );
+                spans.push(SpanBuilder::from(c).duration_ns(latency + 1000).build());
+                spans.push(SpanBuilder::from(s).duration_ns(latency).build());
+                if kind == 0 {
+                    spans.push(
+                        SpanBuilder::new(trace, id + 2, services[to], "q", 5)
+                            .kind(SpanKind::Client)
+                            .parent(id + 1)
+                            .attr("db.system", "redis")
+                            .build(),
+                    );
+                }
+                id += 3;
+            }
+        }
+        spans
+    })
+}
+
+proptest! {
+    /// The same spans give the same graph, whatever their order and however they are batched.
+    #[test]
+    fn graph_is_independent_of_order_and_batches(
+        spans in arb_traces(),
+        seed in any::<u64>(),
+        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+    ) {
+        let mut reference = topology();
+        reference.observe(&spans, NOW);
+        reference.flush(NOW);
+        let want = reference.snapshot(&GraphQuery::default(), NOW);
+
+        let mut shuffled = spans.clone();
+        let mut state = seed | 1;
+        for i in (1..shuffled.len()).rev() {
+            state ^= state << 13; state ^= state >> 7; state ^= state << 17;
+            shuffled.swap(i, (state % (i as u64 + 1)) as usize);
+        }
+        let mut bounds: Vec<usize> = cuts.iter().map(|c| c.index(shuffled.len() + 1)).collect();
+        bounds.push(0);
+        bounds.push(shuffled.len());
+        bounds.sort_unstable();
+        let mut t = topology();
+        for w in bounds.windows(2) {
+            t.observe(&shuffled[w[0]..w[1]], NOW);
+        }
+        t.flush(NOW);
+        prop_assert_eq!(t.snapshot(&GraphQuery::default(), NOW), want);
+    }
+}

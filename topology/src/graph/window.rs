@@ -1,0 +1,349 @@
+//! Statistics over sliding windows (1m, 5m, 15m, 1h). Each edge keeps time slots (10 s slots for
+//! the last 5 minutes, 1-minute slots for the last hour) and one running total per window: an
+//! observation is added to its slots and to every total, and a slot is subtracted from a total
+//! when it leaves that window. Reading a window is then a lookup, whatever its length.
+
+use std::collections::VecDeque;
+
+use crate::graph::pairing::EdgeObservation;
+use crate::graph::sketch::LatencySketch;
+
+/// A sliding window the graph keeps live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Window {
+    M1,
+    M5,
+    M15,
+    H1,
+}
+
+const FINE_SLOT_NS: u64 = 10_000_000_000;
+const COARSE_SLOT_NS: u64 = 60_000_000_000;
+
+impl Window {
+    pub const ALL: [Window; 4] = [Window::M1, Window::M5, Window::M15, Window::H1];
+
+    pub fn seconds(self) -> u64 {
+        match self {
+            Window::M1 => 60,
+            Window::M5 => 300,
+            Window::M15 => 900,
+            Window::H1 => 3600,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Window::M1 => "1m",
+            Window::M5 => "5m",
+            Window::M15 => "15m",
+            Window::H1 => "1h",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Window> {
+        Window::ALL.into_iter().find(|w| w.as_str() == s)
+    }
+
+    /// The slot width this window is kept in, and how many slots it spans.
+    fn slots(self) -> (u64, i64) {
+        let width = if self <= Window::M5 {
+            FINE_SLOT_NS
+        } else {
+            COARSE_SLOT_NS
+        };
+        (width, (self.seconds() * 1_000_000_000 / width) as i64)
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Counts and latencies of calls on one edge over some time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub requests: u64,
+    /// Failed calls (status ERROR, HTTP ≥ 500, non-OK gRPC), each counted once.
+    pub failures: u64,
+    pub http_4xx: u64,
+    pub http_5xx: u64,
+    /// Calls with a non-OK gRPC status.
+    pub grpc_errors: u64,
+    /// Envoy: denied by ext_authz (`UAEX`), rate limited (`RL`), circuit-breaker overflow (`UO`).
+    pub denied: u64,
+    pub rate_limited: u64,
+    pub overflows: u64,
+    pub bytes: u64,
+    pub server_latency: LatencySketch,
+    pub client_latency: LatencySketch,
+}
+
+impl Stats {
+    pub fn record(&mut self, o: &EdgeObservation) {
+        let status = o.outcome.http_status.unwrap_or(0);
+        self.requests += 1;
+        self.failures += o.failed() as u64;
+        self.http_4xx += (400..500).contains(&status) as u64;
+        self.http_5xx += (status >= 500) as u64;
+        self.grpc_errors += o.outcome.grpc_status.is_some_and(|c| c != 0) as u64;
+        self.denied += o.outcome.denied as u64;
+        self.rate_limited += o.outcome.rate_limited as u64;
+        self.overflows += o.outcome.overflow as u64;
+        self.bytes += o.bytes;
+        if let Some(ns) = o.server_latency_ns {
+            self.server_latency.record_ns(ns);
+        }
+        if let Some(ns) = o.client_latency_ns {
+            self.client_latency.record_ns(ns);
+        }
+    }
+
+    fn counts_mut(&mut self) -> [&mut u64; 9] {
+        [
+            &mut self.requests,
+            &mut self.failures,
+            &mut self.http_4xx,
+            &mut self.http_5xx,
+            &mut self.grpc_errors,
+            &mut self.denied,
+            &mut self.rate_limited,
+            &mut self.overflows,
+            &mut self.bytes,
+        ]
+    }
+
+    fn counts(&self) -> [u64; 9] {
+        [
+            self.requests,
+            self.failures,
+            self.http_4xx,
+            self.http_5xx,
+            self.grpc_errors,
+            self.denied,
+            self.rate_limited,
+            self.overflows,
+            self.bytes,
+        ]
+    }
+
+    pub fn merge(&mut self, other: &Stats) {
+        for (mine, theirs) in self.counts_mut().into_iter().zip(other.counts()) {
+            *mine += theirs;
+        }
+        self.server_latency.merge(&other.server_latency);
+        self.client_latency.merge(&other.client_latency);
+    }
+
+    /// Takes out what `other` added before (a slot leaving a window).
+    pub fn subtract(&mut self, other: &Stats) {
+        for (mine, theirs) in self.counts_mut().into_iter().zip(other.counts()) {
+            *mine = mine.saturating_sub(theirs);
+        }
+        self.server_latency.subtract(&other.server_latency);
+        self.client_latency.subtract(&other.client_latency);
+    }
+
+    /// The latency to show for this edge: the server's where known (what the callee spent), else
+    /// the client's (virtual nodes have only that side).
+    pub fn latency(&self) -> &LatencySketch {
+        if self.server_latency.is_empty() {
+            &self.client_latency
+        } else {
+            &self.server_latency
+        }
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        self.server_latency.heap_bytes() + self.client_latency.heap_bytes()
+    }
+}
+
+/// One edge's slots and window totals.
+#[derive(Debug, Clone, Default)]
+pub struct Series {
+    fine: VecDeque<(i64, Stats)>,
+    coarse: VecDeque<(i64, Stats)>,
+    totals: [Stats; 4],
+    /// Per window, the oldest slot still counted in its total.
+    counted_from: [i64; 4],
+    now_ns: u64,
+    last_seen_ns: u64,
+}
+
+fn slot_of(now_ns: u64, width: u64) -> i64 {
+    (now_ns / width) as i64
+}
+
+impl Series {
+    pub fn record(&mut self, o: &EdgeObservation, now_ns: u64) {
+        self.advance(now_ns);
+        let now = self.now_ns;
+        self.last_seen_ns = now;
+        for (ring, width) in [
+            (&mut self.fine, FINE_SLOT_NS),
+            (&mut self.coarse, COARSE_SLOT_NS),
+        ] {
+            let slot = slot_of(now, width);
+            match ring.back_mut() {
+                Some((s, stats)) if *s == slot => stats.record(o),
+                _ => {
+                    let mut stats = Stats::default();
+                    stats.record(o);
+                    ring.push_back((slot, stats));
+                }
+            }
+        }
+        for total in &mut self.totals {
+            total.record(o);
+        }
+    }
+
+    /// Moves the windows to `now_ns`: slots that left a window are taken out of its total, and
+    /// slots older than every window are dropped. Time never goes back.
+    pub fn advance(&mut self, now_ns: u64) {
+        self.now_ns = self.now_ns.max(now_ns);
+        for w in Window::ALL {
+            let (width, n) = w.slots();
+            let ring = if width == FINE_SLOT_NS {
+                &self.fine
+            } else {
+                &self.coarse
+            };
+            let lowest = slot_of(self.now_ns, width) - n + 1;
+            let from = &mut self.counted_from[w.index()];
+            for (slot, stats) in ring {
+                if *slot >= lowest {
+                    break;
+                }
+                if *slot >= *from {
+                    self.totals[w.index()].subtract(stats);
+                }
+            }
+            *from = (*from).max(lowest);
+        }
+        let fine_lowest = slot_of(self.now_ns, FINE_SLOT_NS) - Window::M5.slots().1 + 1;
+        while self.fine.front().is_some_and(|(s, _)| *s < fine_lowest) {
+            self.fine.pop_front();
+        }
+        let coarse_lowest = slot_of(self.now_ns, COARSE_SLOT_NS) - Window::H1.slots().1 + 1;
+        while self.coarse.front().is_some_and(|(s, _)| *s < coarse_lowest) {
+            self.coarse.pop_front();
+        }
+    }
+
+    /// The window's statistics as of the last `advance` or `record`.
+    pub fn window(&self, w: Window) -> &Stats {
+        &self.totals[w.index()]
+    }
+
+    /// When this edge last carried a call.
+    pub fn last_seen_ns(&self) -> u64 {
+        self.last_seen_ns
+    }
+
+    /// Whole minutes that have ended, oldest first, for the per-minute history.
+    pub fn minutes(&self) -> impl Iterator<Item = (i64, &Stats)> {
+        let current = slot_of(self.now_ns, COARSE_SLOT_NS);
+        self.coarse
+            .iter()
+            .filter(move |(m, _)| *m < current)
+            .map(|(m, s)| (*m, s))
+    }
+
+    /// Approximate bytes this series holds, for the memory figures.
+    pub fn heap_bytes(&self) -> usize {
+        let slot = std::mem::size_of::<(i64, Stats)>();
+        let rings = (self.fine.capacity() + self.coarse.capacity()) * slot;
+        let sketches: usize = self
+            .fine
+            .iter()
+            .chain(&self.coarse)
+            .map(|(_, s)| s.heap_bytes())
+            .chain(self.totals.iter().map(Stats::heap_bytes))
+            .sum();
+        std::mem::size_of::<Self>() + rings + sketches
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::node::{ConnectionType, EdgeKey, Endpoint, NodeKey};
+    use crate::graph::side::Outcome;
+    use proptest::prelude::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn obs(latency_ns: u64, failed: bool) -> EdgeObservation {
+        let end = |n| Endpoint {
+            node: NodeKey::service(None, n),
+            version: None,
+        };
+        EdgeObservation {
+            key: EdgeKey {
+                client: end("a"),
+                server: end("b"),
+                connection: ConnectionType::Http,
+            },
+            outcome: Outcome {
+                http_status: Some(if failed { 503 } else { 200 }),
+                ..Outcome::default()
+            },
+            server_latency_ns: Some(latency_ns),
+            client_latency_ns: Some(latency_ns + 1000),
+            bytes: 10,
+        }
+    }
+
+    #[test]
+    fn windows_forget_what_left_them() {
+        let mut s = Series::default();
+        let t0 = 1_000_000 * S;
+        s.record(&obs(1_000_000, false), t0);
+        s.record(&obs(2_000_000, true), t0 + 30 * S);
+        assert_eq!(s.window(Window::M1).requests, 2);
+        assert_eq!(s.window(Window::M1).http_5xx, 1);
+        s.advance(t0 + 80 * S);
+        assert_eq!(
+            s.window(Window::M1).requests,
+            1,
+            "the first call left the minute"
+        );
+        assert_eq!(s.window(Window::M5).requests, 2);
+        s.advance(t0 + 400 * S);
+        assert_eq!(s.window(Window::M1).requests, 0);
+        assert!(s.window(Window::M1).server_latency.is_empty());
+        assert_eq!(s.window(Window::M5).requests, 0);
+        assert_eq!(s.window(Window::M15).requests, 2);
+        s.advance(t0 + 3700 * S);
+        assert_eq!(s.window(Window::H1), &Stats::default());
+        assert!(s.heap_bytes() < 4096);
+    }
+
+    proptest! {
+        /// The running totals always equal a recount of the observations inside each window.
+        #[test]
+        fn totals_match_a_recount(steps in prop::collection::vec((0u64..200, 1u64..5_000_000), 1..60)) {
+            let mut s = Series::default();
+            let mut now = 7_000 * S;
+            let mut seen: Vec<(u64, u64)> = Vec::new();
+            for (gap_s, latency) in steps {
+                now += gap_s * S;
+                s.record(&obs(latency, false), now);
+                seen.push((now, latency));
+            }
+            for w in Window::ALL {
+                let (width, n) = w.slots();
+                let lowest = slot_of(now, width) - n + 1;
+                let mut want = Stats::default();
+                for (t, latency) in &seen {
+                    if slot_of(*t, width) >= lowest {
+                        want.record(&obs(*latency, false));
+                    }
+                }
+                prop_assert_eq!(s.window(w), &want, "window {}", w.as_str());
+            }
+        }
+    }
+}
