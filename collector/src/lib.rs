@@ -1,8 +1,9 @@
 //! meshlens receivers (OTLP gRPC and HTTP, Zipkin v2), the ingest pipeline in front of the store,
-//! and the catalogue of meshlens' own metrics.
+//! the feed from committed spans to the service graph, and the catalogue of meshlens' own metrics.
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod graph;
 pub mod metrics;
 pub mod otlp;
 pub mod pipeline;
@@ -12,6 +13,7 @@ pub mod body;
 
 pub use body::BodyLimits;
 pub use error::IngestError;
+pub use graph::{GraphConfig, GraphFeed};
 pub use metrics::Metrics;
 pub use pipeline::{Pipeline, PipelineConfig};
 

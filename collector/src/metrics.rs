@@ -25,6 +25,17 @@ pub struct Metrics {
     pub store_errors: IntCounterVec,
     /// Spans deleted by retention.
     pub retention_deleted_spans: IntCounter,
+    /// Client and server spans waiting in the pairing store for their other side.
+    pub topology_pending_spans: IntGauge,
+    /// Version-level edges the graph keeps (active or idle within the longest window).
+    pub topology_edges: IntGauge,
+    /// Spans by what became of them in the pairing store: `paired`, `expired` (time to live ran
+    /// out), `evicted` (store full, oldest first), `unpaired` (ended with no edge at all).
+    pub topology_spans: IntCounterVec,
+    /// Edges observations made from one side alone (roots, databases, named peers).
+    pub topology_virtual_calls: IntCounter,
+    /// Label sets not exported because a product metric reached its series cap, by metric.
+    pub topology_series_dropped: IntCounterVec,
 }
 
 /// Every metric name in the catalogue, for tests that check dashboards and docs against it.
@@ -37,6 +48,11 @@ pub const METRIC_NAMES: &[&str] = &[
     "meshlens_store_spans_written_total",
     "meshlens_store_errors_total",
     "meshlens_retention_deleted_spans_total",
+    "meshlens_topology_pending_spans",
+    "meshlens_topology_edges",
+    "meshlens_topology_spans_total",
+    "meshlens_topology_virtual_calls_total",
+    "meshlens_topology_series_dropped_total",
 ];
 
 impl Metrics {
@@ -98,6 +114,37 @@ impl Metrics {
                 "Spans deleted because they were older than the retention.",
             )
             .expect("valid metric"),
+            topology_pending_spans: IntGauge::new(
+                "meshlens_topology_pending_spans",
+                "Spans waiting in the pairing store for their other side.",
+            )
+            .expect("valid metric"),
+            topology_edges: IntGauge::new(
+                "meshlens_topology_edges",
+                "Version-level edges the service graph keeps.",
+            )
+            .expect("valid metric"),
+            topology_spans: IntCounterVec::new(
+                Opts::new(
+                    "meshlens_topology_spans_total",
+                    "Spans by what became of them in the pairing store.",
+                ),
+                &["outcome"],
+            )
+            .expect("valid metric"),
+            topology_virtual_calls: IntCounter::new(
+                "meshlens_topology_virtual_calls_total",
+                "Calls recorded from one side alone (roots, databases, named peers).",
+            )
+            .expect("valid metric"),
+            topology_series_dropped: IntCounterVec::new(
+                Opts::new(
+                    "meshlens_topology_series_dropped_total",
+                    "Label sets not exported because a metric reached its series cap.",
+                ),
+                &["metric"],
+            )
+            .expect("valid metric"),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -109,6 +156,11 @@ impl Metrics {
             Box::new(m.store_spans_written.clone()),
             Box::new(m.store_errors.clone()),
             Box::new(m.retention_deleted_spans.clone()),
+            Box::new(m.topology_pending_spans.clone()),
+            Box::new(m.topology_edges.clone()),
+            Box::new(m.topology_spans.clone()),
+            Box::new(m.topology_virtual_calls.clone()),
+            Box::new(m.topology_series_dropped.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");
@@ -146,6 +198,10 @@ mod tests {
             .with_label_values(&["otlp_grpc", "x"])
             .inc();
         m.store_errors.with_label_values(&["write"]).inc();
+        m.topology_spans.with_label_values(&["paired"]).inc();
+        m.topology_series_dropped
+            .with_label_values(&["traces_spanmetrics"])
+            .inc();
         let mut names: Vec<String> = m
             .registry
             .gather()

@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, oneshot, Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::error::IngestError;
+use crate::graph::GraphFeed;
 use crate::metrics::Metrics;
 
 /// Queue and writer sizes.
@@ -49,6 +50,7 @@ pub struct Pipeline {
     permits: Arc<Semaphore>,
     capacity: usize,
     metrics: Metrics,
+    graph: GraphFeed,
 }
 
 /// The writer tasks; `join` waits until every queued export is committed.
@@ -69,6 +71,7 @@ impl Pipeline {
         store: Arc<Store>,
         config: &PipelineConfig,
         metrics: Metrics,
+        graph: GraphFeed,
     ) -> (Pipeline, Writers) {
         // The channel itself is unbounded; the semaphore bounds what may be in it, in spans.
         let (tx, rx) = mpsc::unbounded_channel();
@@ -92,11 +95,12 @@ impl Pipeline {
             permits,
             capacity,
             metrics,
+            graph,
         };
         (pipeline, Writers { handles })
     }
 
-    /// Queues spans and waits for their commit.
+    /// Queues spans and waits for their commit; committed spans then feed the service graph.
     pub async fn submit(&self, spans: &[Span]) -> Result<(), IngestError> {
         if spans.is_empty() {
             return Ok(());
@@ -124,7 +128,16 @@ impl Pipeline {
                 ack,
             })
             .map_err(|_| IngestError::ShuttingDown)?;
-        done.await.map_err(|_| IngestError::ShuttingDown)?
+        done.await.map_err(|_| IngestError::ShuttingDown)??;
+        // Only committed spans count on the graph, so a refused export a client sends again is
+        // counted once.
+        self.graph.observe(spans);
+        Ok(())
+    }
+
+    /// The service graph this pipeline feeds.
+    pub fn graph(&self) -> &GraphFeed {
+        &self.graph
     }
 
     fn update_depth(&self) {

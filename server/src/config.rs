@@ -5,6 +5,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use meshlens_collector::GraphConfig;
+use meshlens_topology::graph::{
+    HealthConfig, PairingConfig, Threshold, DEFAULT_MAX_PENDING, DEFAULT_PAIRING_TTL_NS,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -13,6 +17,7 @@ pub struct Config {
     pub listen: ListenConfig,
     pub storage: StorageConfig,
     pub ingest: IngestConfig,
+    pub graph: GraphSettings,
     pub log: LogConfig,
 }
 
@@ -66,6 +71,97 @@ pub struct IngestConfig {
     /// and for a whole OTLP/gRPC export (then DEADLINE_EXCEEDED with RetryInfo).
     #[serde(with = "humantime_serde")]
     pub body_timeout: Duration,
+}
+
+/// The live service graph.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GraphSettings {
+    /// How long a client or server span waits for its other side before it is settled alone.
+    #[serde(with = "humantime_serde")]
+    pub pairing_ttl: Duration,
+    /// Most spans waiting to be paired; when full, the oldest is settled first (and counted).
+    pub max_pending: usize,
+    /// Most label sets per exported product metric (`traces_*`); more are counted and dropped.
+    pub max_series: usize,
+    /// Health thresholds, in percent of the window's calls (Kiali's defaults).
+    pub health: HealthSettings,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthSettings {
+    /// HTTP 5xx and other failed calls (status ERROR without an HTTP or gRPC code).
+    pub server_errors: ThresholdSettings,
+    pub http_4xx: ThresholdSettings,
+    /// Non-OK gRPC status codes.
+    pub grpc_errors: ThresholdSettings,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ThresholdSettings {
+    /// At or above this share (and above 0), health is degraded.
+    pub degraded_pct: f64,
+    /// At or above this share, health is failure.
+    pub failure_pct: f64,
+}
+
+impl From<Threshold> for ThresholdSettings {
+    fn from(t: Threshold) -> Self {
+        ThresholdSettings {
+            degraded_pct: t.degraded_pct,
+            failure_pct: t.failure_pct,
+        }
+    }
+}
+
+impl From<ThresholdSettings> for Threshold {
+    fn from(t: ThresholdSettings) -> Self {
+        Threshold {
+            degraded_pct: t.degraded_pct,
+            failure_pct: t.failure_pct,
+        }
+    }
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        let h = HealthConfig::default();
+        HealthSettings {
+            server_errors: h.server_errors.into(),
+            http_4xx: h.http_4xx.into(),
+            grpc_errors: h.grpc_errors.into(),
+        }
+    }
+}
+
+impl Default for GraphSettings {
+    fn default() -> Self {
+        GraphSettings {
+            pairing_ttl: Duration::from_nanos(DEFAULT_PAIRING_TTL_NS),
+            max_pending: DEFAULT_MAX_PENDING,
+            max_series: meshlens_collector::graph::DEFAULT_MAX_SERIES,
+            health: HealthSettings::default(),
+        }
+    }
+}
+
+impl GraphSettings {
+    pub fn to_graph_config(&self) -> GraphConfig {
+        GraphConfig {
+            pairing: PairingConfig {
+                ttl_ns: self.pairing_ttl.as_nanos().min(u64::MAX as u128) as u64,
+                max_pending: self.max_pending.max(1),
+            },
+            health: HealthConfig {
+                server_errors: self.health.server_errors.into(),
+                http_4xx: self.health.http_4xx.into(),
+                grpc_errors: self.health.grpc_errors.into(),
+            },
+            max_series: self.max_series,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -202,6 +298,35 @@ mod tests {
         assert_eq!(c.ingest.body_timeout, Duration::from_secs(30));
         assert_eq!(c.writers(), 1);
         assert_eq!(c.log.format, LogFormat::Text);
+        assert_eq!(c.graph.pairing_ttl, Duration::from_secs(10));
+        assert_eq!(c.graph.max_pending, 100_000);
+        assert_eq!(c.graph.max_series, 10_000);
+        let h = c.graph.to_graph_config().health;
+        assert_eq!(
+            (h.server_errors.degraded_pct, h.server_errors.failure_pct),
+            (0.0, 10.0)
+        );
+        assert_eq!(
+            (h.http_4xx.degraded_pct, h.http_4xx.failure_pct),
+            (10.0, 20.0)
+        );
+        assert_eq!(
+            (h.grpc_errors.degraded_pct, h.grpc_errors.failure_pct),
+            (0.0, 10.0)
+        );
+    }
+
+    #[test]
+    fn health_thresholds_are_configurable() {
+        let c =
+            Config::from_toml("[graph.health.http_4xx]\ndegraded_pct = 5.0\nfailure_pct = 50.0\n")
+                .unwrap();
+        let h = c.graph.to_graph_config().health;
+        assert_eq!(
+            (h.http_4xx.degraded_pct, h.http_4xx.failure_pct),
+            (5.0, 50.0)
+        );
+        assert_eq!(h.server_errors.failure_pct, 10.0);
     }
 
     #[test]

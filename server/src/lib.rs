@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use meshlens_collector::{Metrics, Pipeline, PipelineConfig};
+use meshlens_collector::{GraphFeed, Metrics, Pipeline, PipelineConfig};
 use meshlens_storage::{Store, StoreConfig};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -54,6 +54,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     tracing::info!(dialect = store.dialect(), "store migrated");
 
     let metrics = Metrics::new();
+    let graph = GraphFeed::new(&config.graph.to_graph_config(), &metrics);
     let (pipeline, writers) = Pipeline::start(
         store.clone(),
         &PipelineConfig {
@@ -62,6 +63,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             writers: config.writers(),
         },
         metrics.clone(),
+        graph.clone(),
     );
     let cancel = CancellationToken::new();
     let mut servers = JoinSet::new();
@@ -84,6 +86,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         cancel.clone(),
     );
     retention::spawn_checkpointer(&mut servers, store.clone(), cancel.clone());
+    spawn_graph_ticker(&mut servers, graph, cancel.clone());
     ready.store(true, Ordering::Release);
     tracing::info!(
         otlp_grpc = %addrs.otlp_grpc,
@@ -101,6 +104,27 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         servers,
         writers,
     })
+}
+
+/// Once a second, settles spans whose pairing time ran out and forgets long-idle edges, so the
+/// graph moves on even when no spans arrive.
+fn spawn_graph_ticker(
+    set: &mut JoinSet<anyhow::Result<()>>,
+    graph: GraphFeed,
+    cancel: CancellationToken,
+) {
+    set.spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = tick.tick() => {}
+            }
+            let g = graph.clone();
+            // A tick that settles many spans is CPU work; keep it off the async workers.
+            tokio::task::spawn_blocking(move || g.tick()).await?;
+        }
+    });
 }
 
 impl Running {

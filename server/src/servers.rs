@@ -30,6 +30,7 @@ pub async fn spawn_all(
     cancel: CancellationToken,
 ) -> anyhow::Result<Addrs> {
     let listen = &config.listen;
+    let graph_handle = pipeline.graph().topology();
     let limit = config.ingest.max_message_bytes;
     let body = meshlens_collector::BodyLimits {
         max_bytes: limit,
@@ -75,6 +76,7 @@ pub async fn spawn_all(
         store,
         registry: metrics.registry.clone(),
         ready,
+        graph: graph_handle,
     });
     let web = serve_http(set, listen.web, "web", web, &cancel).await?;
 

@@ -13,6 +13,8 @@ pub enum WebError {
     NotFound(String),
     #[error("store: {0}")]
     Store(#[from] meshlens_storage::StoreError),
+    #[error("internal: {0}")]
+    Internal(String),
 }
 
 impl IntoResponse for WebError {
@@ -23,6 +25,13 @@ impl IntoResponse for WebError {
             // Internals are logged, never echoed to the client.
             WebError::Store(e) => {
                 tracing::error!(error = %e, "store read failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error".to_string(),
+                )
+            }
+            WebError::Internal(e) => {
+                tracing::error!(error = %e, "request failed");
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "internal error".to_string(),

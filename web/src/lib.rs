@@ -1,12 +1,12 @@
-//! meshlens' web listener: the JSON API (Jaeger v1 shapes for traces), `/metrics`, `/healthz`
-//! and `/readyz`. Only this crate renders JSON or HTML for people.
+//! meshlens' web listener: the JSON API (Jaeger v1 shapes for traces, the service graph),
+//! `/metrics`, `/healthz` and `/readyz`. Only this crate renders JSON or HTML for people.
 #![forbid(unsafe_code)]
 
 mod api;
 mod error;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -14,6 +14,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use meshlens_storage::Store;
+use meshlens_topology::graph::Topology;
 
 pub use error::WebError;
 
@@ -25,6 +26,8 @@ pub struct WebState {
     pub registry: prometheus::Registry,
     /// Set once migrations are done; `/readyz` answers 503 until then.
     pub ready: Arc<AtomicBool>,
+    /// The live service graph, fed by the ingest pipeline.
+    pub graph: Arc<Mutex<Topology>>,
 }
 
 /// The whole web router; tests call it in-process with `oneshot`.

@@ -45,6 +45,7 @@ async fn state(ready: bool) -> (WebState, tempfile::TempDir) {
         store: Arc::new(store),
         registry: prometheus::Registry::new(),
         ready: Arc::new(AtomicBool::new(ready)),
+        graph: Default::default(),
     };
     (st, dir)
 }
@@ -199,4 +200,120 @@ fn search_parameters_parse_like_jaeger() {
     assert_eq!(q.start_min_ns, (10_000_000_000 - 7_200_000_000) * 1000);
     assert!(parse_search("tags=notjson", 0).is_err());
     assert!(parse_search("limit=-1", 0).is_err());
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+/// front (v1) calls work v1 three times and work v2 once; the v2 call fails.
+fn feed_graph(st: &WebState) {
+    let mut spans = Vec::new();
+    for i in 0..4u64 {
+        let version = if i == 3 { "v2" } else { "v1" };
+        let status = if i == 3 { 503i64 } else { 200 };
+        spans.push(
+            SpanBuilder::new(10 + i, 1, "front", "GET /work", T0)
+                .resource(resource("front", Some("v1")))
+                .kind(SpanKind::Client)
+                .duration_ns(2_000_000)
+                .attr("http.status_code", status)
+                .build(),
+        );
+        spans.push(
+            SpanBuilder::new(10 + i, 2, "work", "GET /work", T0)
+                .resource(resource("work", Some(version)))
+                .parent(1)
+                .duration_ns(1_500_000)
+                .attr("http.response.status_code", status)
+                .build(),
+        );
+    }
+    st.graph.lock().unwrap().observe(&spans, now_ns());
+}
+
+#[tokio::test]
+async fn graph_api_shows_edges_versions_and_health() {
+    let (st, _dir) = state(true).await;
+    feed_graph(&st);
+    let (status, body) = get(&st, "/api/graph?window=1m").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["window"], "1m");
+    assert_eq!(body["window_seconds"], 60);
+    let edges = body["edges"].as_array().unwrap();
+    assert_eq!(edges.len(), 1, "{body}");
+    let e = &edges[0];
+    assert_eq!(e["source"], "service:front");
+    assert_eq!(e["target"], "service:work");
+    assert_eq!(e["connection_type"], "http");
+    assert_eq!(e["stats"]["requests"], 4);
+    assert_eq!(e["stats"]["failures"], 1);
+    assert_eq!(e["stats"]["http_5xx"], 1);
+    assert_eq!(e["health"], "failure");
+    let p99 = e["stats"]["latency_ms"]["p99"].as_f64().unwrap();
+    assert!((p99 - 1.5).abs() < 0.015, "{p99}");
+    assert_eq!(e["versions"].as_array().unwrap().len(), 2);
+    let work = body["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "work")
+        .unwrap();
+    let shares: Vec<(String, f64)> = work["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["version"].as_str().unwrap().to_string(),
+                v["share"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(shares, vec![("v1".into(), 0.75), ("v2".into(), 0.25)]);
+
+    let (_, filtered) = get(&st, "/api/graph?service=nobody").await;
+    assert_eq!(filtered["nodes"].as_array().unwrap().len(), 0);
+    let (_, flat) = get(&st, "/api/graph?versions=false").await;
+    assert!(flat["edges"][0]["versions"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn graph_api_rejects_bad_parameters() {
+    let (st, _dir) = state(true).await;
+    for uri in [
+        "/api/graph?window=2m",
+        "/api/graph?depth=-1",
+        "/api/graph?depth=1000",
+        "/api/graph?versions=maybe",
+        "/api/graph?end=1700000000",
+    ] {
+        let (status, body) = get(&st, uri).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
+        assert!(
+            body["errors"][0]["msg"].as_str().unwrap().len() > 5,
+            "{uri}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn services_list_keeps_jaeger_shape_and_adds_red() {
+    let (st, _dir) = state(true).await;
+    feed_graph(&st);
+    let (status, body) = get(&st, "/api/services?window=5m").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body["data"],
+        serde_json::json!(["front"]),
+        "names from the store"
+    );
+    let red = body["services"].as_array().unwrap();
+    let work = red.iter().find(|s| s["name"] == "work").unwrap();
+    assert_eq!(work["stats"]["requests"], 4);
+    assert!((work["stats"]["error_ratio"].as_f64().unwrap() - 0.25).abs() < 1e-9);
+    assert_eq!(work["health"], "failure");
 }

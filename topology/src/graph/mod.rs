@@ -36,7 +36,12 @@ pub struct Topology {
     pairer: Pairer,
     edges: HashMap<EdgeKey, Series>,
     health: HealthConfig,
-    scratch: Vec<EdgeObservation>,
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Topology::new(PairingConfig::default(), HealthConfig::default())
+    }
 }
 
 impl Topology {
@@ -45,7 +50,6 @@ impl Topology {
             pairer: Pairer::new(pairing),
             edges: HashMap::new(),
             health,
-            scratch: Vec::new(),
         }
     }
 
@@ -55,7 +59,7 @@ impl Topology {
         spans: impl IntoIterator<Item = &'a Span>,
         now_ns: u64,
     ) -> Vec<EdgeObservation> {
-        let mut out = std::mem::take(&mut self.scratch);
+        let mut out = Vec::new();
         self.pairer.expire(now_ns, &mut out);
         for side in spans.into_iter().filter_map(SpanSide::of) {
             self.pairer.observe(side, now_ns, &mut out);
@@ -94,12 +98,6 @@ impl Topology {
                 }
             }
         }
-    }
-
-    /// Hands back an observation buffer so its allocation is reused.
-    pub fn recycle(&mut self, mut buffer: Vec<EdgeObservation>) {
-        buffer.clear();
-        self.scratch = buffer;
     }
 
     pub fn counters(&self) -> PairingCounters {

@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 /// `{data, total, limit, offset, errors}`, Jaeger's envelope for every answer.
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 pub struct Envelope<T: Serialize> {
     pub data: T,
     pub total: usize,

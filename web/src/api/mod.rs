@@ -1,5 +1,6 @@
-//! The JSON API. Jaeger v1 query shapes live in `jaeger`.
+//! The JSON API. Jaeger v1 query shapes live in `jaeger`; the service graph in `graph`.
 
+mod graph;
 mod jaeger;
 mod traces;
 
@@ -18,6 +19,7 @@ pub fn router() -> Router<WebState> {
             get(traces::service_operations),
         )
         .route("/api/operations", get(traces::operations))
+        .route("/api/graph", get(graph::get_graph))
 }
 
 #[cfg(test)]

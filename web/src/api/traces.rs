@@ -36,10 +36,21 @@ pub async fn search(
     Ok(Json(Envelope::new(data, total)))
 }
 
-pub async fn services(State(st): State<WebState>) -> Result<Json<Envelope<Vec<String>>>, WebError> {
-    let services = st.store.services().await?;
-    let total = services.len();
-    Ok(Json(Envelope::new(services, total)))
+/// `GET /api/services?window=5m`: Jaeger's list of service names in `data` (what Jaeger clients and
+/// Grafana read), and beside it, in `services`, each service's RED summary over the live window.
+pub async fn services(
+    State(st): State<WebState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<super::graph::ServicesResponse>, WebError> {
+    let mut query = super::graph::parse_query(raw.as_deref().unwrap_or(""))?;
+    query.versions = true;
+    let names = st.store.services().await?;
+    let total = names.len();
+    let graph = super::graph::snapshot(st.graph.clone(), query).await?;
+    Ok(Json(super::graph::ServicesResponse::new(
+        Envelope::new(names, total),
+        &graph,
+    )))
 }
 
 /// `GET /api/services/{service}/operations`: the names only, as Jaeger's UI wants them.

@@ -1,0 +1,235 @@
+//! The product metrics meshlens computes for its users, in the names Grafana and Tempo use:
+//! service graph series (`traces_service_graph_*`) and span metrics (`traces_spanmetrics_*`).
+//! They are kept apart from meshlens' own `meshlens_*` catalogue, and every family has a cap on
+//! its label sets so a burst of new span names cannot grow `/metrics` without bound.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::Mutex;
+
+use meshlens_topology::graph::{EdgeObservation, NodeKey};
+use meshlens_topology::{Span, SpanKind, StatusCode};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+
+use crate::metrics::Metrics;
+
+/// Every product metric name (histograms without their `_bucket`/`_sum`/`_count` suffixes).
+pub const PRODUCT_METRIC_NAMES: &[&str] = &[
+    "traces_service_graph_request_total",
+    "traces_service_graph_request_failed_total",
+    "traces_service_graph_request_server_seconds",
+    "traces_service_graph_request_client_seconds",
+    "traces_spanmetrics_calls_total",
+    "traces_spanmetrics_latency",
+];
+
+/// Default cap on label sets per family.
+pub const DEFAULT_MAX_SERIES: usize = 10_000;
+
+/// Latency buckets in seconds, from 100 µs: mesh hops are often sub-millisecond, and Tempo's
+/// default buckets start at 100 ms.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+const EDGE_LABELS: &[&str] = &[
+    "client",
+    "server",
+    "connection_type",
+    "client_service_namespace",
+    "server_service_namespace",
+];
+const SPAN_LABELS: &[&str] = &["service", "span_name", "span_kind", "status_code"];
+
+/// Admits label sets up to a limit; past it, new ones are refused (and counted by the caller).
+struct SeriesCap {
+    limit: usize,
+    seen: Mutex<HashSet<u64>>,
+}
+
+impl SeriesCap {
+    fn new(limit: usize) -> Self {
+        SeriesCap {
+            limit,
+            seen: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn admit(&self, labels: &[&str]) -> bool {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        labels.hash(&mut h);
+        let key = h.finish();
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.contains(&key) {
+            return true;
+        }
+        if seen.len() >= self.limit {
+            return false;
+        }
+        seen.insert(key);
+        true
+    }
+}
+
+pub struct ProductMetrics {
+    request_total: IntCounterVec,
+    request_failed_total: IntCounterVec,
+    request_server_seconds: HistogramVec,
+    request_client_seconds: HistogramVec,
+    calls_total: IntCounterVec,
+    latency: HistogramVec,
+    edge_cap: SeriesCap,
+    span_cap: SeriesCap,
+    metrics: Metrics,
+}
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+}
+
+fn histogram(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+    HistogramVec::new(opts, labels).expect("valid metric")
+}
+
+impl ProductMetrics {
+    /// Creates the families and registers them in `metrics`' registry, beside meshlens' own.
+    pub fn new(metrics: &Metrics, max_series: usize) -> Self {
+        let m = ProductMetrics {
+            request_total: counter(
+                "traces_service_graph_request_total",
+                "Calls between two nodes of the service graph.",
+                EDGE_LABELS,
+            ),
+            request_failed_total: counter(
+                "traces_service_graph_request_failed_total",
+                "Failed calls between two nodes of the service graph.",
+                EDGE_LABELS,
+            ),
+            request_server_seconds: histogram(
+                "traces_service_graph_request_server_seconds",
+                "Call latency as the server measured it.",
+                EDGE_LABELS,
+            ),
+            request_client_seconds: histogram(
+                "traces_service_graph_request_client_seconds",
+                "Call latency as the client measured it.",
+                EDGE_LABELS,
+            ),
+            calls_total: counter(
+                "traces_spanmetrics_calls_total",
+                "Spans by service, name, kind and status.",
+                SPAN_LABELS,
+            ),
+            latency: histogram(
+                "traces_spanmetrics_latency",
+                "Span durations in seconds by service, name, kind and status.",
+                SPAN_LABELS,
+            ),
+            edge_cap: SeriesCap::new(max_series),
+            span_cap: SeriesCap::new(max_series),
+            metrics: metrics.clone(),
+        };
+        m.register(&metrics.registry);
+        m
+    }
+
+    fn register(&self, registry: &Registry) {
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(self.request_total.clone()),
+            Box::new(self.request_failed_total.clone()),
+            Box::new(self.request_server_seconds.clone()),
+            Box::new(self.request_client_seconds.clone()),
+            Box::new(self.calls_total.clone()),
+            Box::new(self.latency.clone()),
+        ];
+        for c in collectors {
+            registry.register(c).expect("metric names are unique");
+        }
+    }
+
+    /// Counts calls on the service graph's edges.
+    pub fn record_calls(&self, observations: &[EdgeObservation]) {
+        for o in observations {
+            let ns = |n: &NodeKey| n.namespace.as_deref().unwrap_or("").to_string();
+            let (client_ns, server_ns) = (ns(&o.key.client.node), ns(&o.key.server.node));
+            let labels = [
+                &*o.key.client.node.name,
+                &*o.key.server.node.name,
+                o.key.connection.as_str(),
+                client_ns.as_str(),
+                server_ns.as_str(),
+            ];
+            if !self.edge_cap.admit(&labels) {
+                self.dropped("traces_service_graph");
+                continue;
+            }
+            self.request_total.with_label_values(&labels).inc();
+            if o.failed() {
+                self.request_failed_total.with_label_values(&labels).inc();
+            }
+            if let Some(ns) = o.server_latency_ns {
+                self.request_server_seconds
+                    .with_label_values(&labels)
+                    .observe(ns as f64 / 1e9);
+            }
+            if let Some(ns) = o.client_latency_ns {
+                self.request_client_seconds
+                    .with_label_values(&labels)
+                    .observe(ns as f64 / 1e9);
+            }
+        }
+    }
+
+    /// Counts spans by service, name, kind and status. Spans of one batch that share labels are
+    /// counted together, so each label set is looked up once per batch.
+    pub fn record_spans(&self, spans: &[Span]) {
+        let mut groups: HashMap<(&str, &str, SpanKind, StatusCode), Vec<f64>> = HashMap::new();
+        for s in spans {
+            groups
+                .entry((s.service(), &s.name, s.kind, s.status.code))
+                .or_default()
+                .push(s.duration_ns() as f64 / 1e9);
+        }
+        for ((service, name, kind, status), durations) in groups {
+            let labels = [service, name, span_kind(kind), status_code(status)];
+            if !self.span_cap.admit(&labels) {
+                self.dropped("traces_spanmetrics");
+                continue;
+            }
+            self.calls_total
+                .with_label_values(&labels)
+                .inc_by(durations.len() as u64);
+            let h = self.latency.with_label_values(&labels);
+            durations.into_iter().for_each(|d| h.observe(d));
+        }
+    }
+
+    fn dropped(&self, family: &str) {
+        self.metrics
+            .topology_series_dropped
+            .with_label_values(&[family])
+            .inc();
+    }
+}
+
+/// The OTLP enum names Tempo and Grafana use in span metrics' labels.
+fn span_kind(k: SpanKind) -> &'static str {
+    match k {
+        SpanKind::Unspecified => "SPAN_KIND_UNSPECIFIED",
+        SpanKind::Internal => "SPAN_KIND_INTERNAL",
+        SpanKind::Server => "SPAN_KIND_SERVER",
+        SpanKind::Client => "SPAN_KIND_CLIENT",
+        SpanKind::Producer => "SPAN_KIND_PRODUCER",
+        SpanKind::Consumer => "SPAN_KIND_CONSUMER",
+    }
+}
+
+fn status_code(c: StatusCode) -> &'static str {
+    match c {
+        StatusCode::Unset => "STATUS_CODE_UNSET",
+        StatusCode::Ok => "STATUS_CODE_OK",
+        StatusCode::Error => "STATUS_CODE_ERROR",
+    }
+}

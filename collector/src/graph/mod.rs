@@ -1,0 +1,133 @@
+//! Feeds committed spans to the service graph, and the graph's calls to the product metrics.
+//! The engine itself (`meshlens_topology::graph::Topology`) is pure; this is where the clock,
+//! the lock and Prometheus come in.
+
+mod export;
+
+pub use export::{ProductMetrics, DEFAULT_MAX_SERIES, PRODUCT_METRIC_NAMES};
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use meshlens_topology::graph::{
+    EdgeObservation, GraphQuery, GraphSnapshot, HealthConfig, PairingConfig, PairingCounters,
+    Topology,
+};
+use meshlens_topology::Span;
+
+use crate::metrics::Metrics;
+
+/// How the graph pairs, judges health and exports.
+#[derive(Debug, Clone)]
+pub struct GraphConfig {
+    pub pairing: PairingConfig,
+    pub health: HealthConfig,
+    /// Most label sets per product metric family.
+    pub max_series: usize,
+}
+
+impl Default for GraphConfig {
+    fn default() -> Self {
+        GraphConfig {
+            pairing: PairingConfig::default(),
+            health: HealthConfig::default(),
+            max_series: DEFAULT_MAX_SERIES,
+        }
+    }
+}
+
+/// The live graph, shared by the pipeline (which feeds it) and the web API (which reads it).
+#[derive(Clone)]
+pub struct GraphFeed {
+    topology: Arc<Mutex<Topology>>,
+    export: Arc<ProductMetrics>,
+    metrics: Metrics,
+    /// The engine's counters as last reported, to turn them into increments.
+    reported: Arc<Mutex<PairingCounters>>,
+}
+
+/// Wall-clock nanoseconds: windows follow arrival time, not the senders' clocks.
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+impl GraphFeed {
+    pub fn new(config: &GraphConfig, metrics: &Metrics) -> Self {
+        GraphFeed {
+            topology: Arc::new(Mutex::new(Topology::new(config.pairing, config.health))),
+            export: Arc::new(ProductMetrics::new(metrics, config.max_series)),
+            metrics: metrics.clone(),
+            reported: Arc::new(Mutex::new(PairingCounters::default())),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Topology> {
+        self.topology.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes spans that were just committed.
+    pub fn observe(&self, spans: &[Span]) {
+        let now = now_ns();
+        let calls = self.with_engine(|t| t.observe(spans, now));
+        self.export.record_calls(&calls);
+        self.export.record_spans(spans);
+    }
+
+    /// Settles spans whose time ran out and forgets long-idle edges; call about once a second.
+    pub fn tick(&self) {
+        let now = now_ns();
+        let calls = self.with_engine(|t| t.tick(now));
+        self.export.record_calls(&calls);
+    }
+
+    /// The graph of a window as of now.
+    pub fn snapshot(&self, query: &GraphQuery) -> GraphSnapshot {
+        self.lock().snapshot(query, now_ns())
+    }
+
+    /// Shared handle for readers that only need snapshots (the web API).
+    pub fn topology(&self) -> Arc<Mutex<Topology>> {
+        self.topology.clone()
+    }
+
+    /// Runs `f` on the engine, then brings the self-metrics up to date.
+    fn with_engine(
+        &self,
+        f: impl FnOnce(&mut Topology) -> Vec<EdgeObservation>,
+    ) -> Vec<EdgeObservation> {
+        let mut t = self.lock();
+        let calls = f(&mut t);
+        self.metrics.topology_pending_spans.set(t.pending() as i64);
+        self.metrics.topology_edges.set(t.edge_count() as i64);
+        // Reported under the engine's lock, so counters are reported in the order they grew.
+        self.report(t.counters());
+        calls
+    }
+
+    fn report(&self, now: PairingCounters) {
+        let mut last = self.reported.lock().unwrap_or_else(|e| e.into_inner());
+        let m = &self.metrics;
+        for (outcome, new, old) in [
+            ("paired", now.paired, last.paired),
+            ("expired", now.expired, last.expired),
+            ("evicted", now.evicted, last.evicted),
+            ("unpaired", now.unpaired, last.unpaired),
+        ] {
+            if new > old {
+                m.topology_spans
+                    .with_label_values(&[outcome])
+                    .inc_by(new - old);
+            }
+        }
+        if now.virtual_edges > last.virtual_edges {
+            m.topology_virtual_calls
+                .inc_by(now.virtual_edges - last.virtual_edges);
+        }
+        *last = now;
+    }
+}
+
+#[cfg(test)]
+mod tests;

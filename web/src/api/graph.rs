@@ -1,0 +1,270 @@
+//! `GET /api/graph`: the live service graph of a window, as JSON (shape in docs/api.md).
+
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{RawQuery, State};
+use axum::Json;
+use meshlens_topology::graph::{
+    EdgeSnapshot, GraphQuery, GraphSnapshot, LatencySketch, NodeKind, NodeSnapshot, Stats,
+    Topology, Window,
+};
+use serde::Serialize;
+
+use super::jaeger::Envelope;
+use crate::{WebError, WebState};
+
+#[derive(Debug, Serialize)]
+pub struct Graph {
+    /// When the snapshot was taken (RFC 3339, UTC).
+    pub generated_at: String,
+    pub window: &'static str,
+    pub window_seconds: u64,
+    pub nodes: Vec<Node>,
+    pub edges: Vec<Edge>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Node {
+    pub id: String,
+    pub kind: &'static str,
+    pub namespace: Option<String>,
+    pub name: String,
+    pub health: &'static str,
+    /// Calls the node received in the window.
+    pub stats: StatsDto,
+    pub outbound_requests: u64,
+    pub versions: Vec<Version>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Version {
+    pub version: String,
+    /// Share of the node's inbound calls (0–1).
+    pub share: f64,
+    pub health: &'static str,
+    pub stats: StatsDto,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Edge {
+    pub id: String,
+    pub source: String,
+    pub target: String,
+    pub connection_type: &'static str,
+    pub health: &'static str,
+    pub stats: StatsDto,
+    pub versions: Vec<EdgeVersion>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EdgeVersion {
+    pub source_version: Option<String>,
+    pub target_version: Option<String>,
+    pub stats: StatsDto,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StatsDto {
+    pub requests: u64,
+    /// Requests per second over the window.
+    pub rps: f64,
+    pub failures: u64,
+    /// failures / requests (0 when idle).
+    pub error_ratio: f64,
+    pub http_4xx: u64,
+    pub http_5xx: u64,
+    pub grpc_errors: u64,
+    pub denied: u64,
+    pub rate_limited: u64,
+    pub overflows: u64,
+    pub bytes: u64,
+    /// Server-side latency where known, else client-side (virtual nodes).
+    pub latency_ms: Option<Percentiles>,
+    pub client_latency_ms: Option<Percentiles>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+}
+
+fn percentiles(s: &LatencySketch) -> Option<Percentiles> {
+    let ms = |q| s.quantile_ns(q).map(|ns| ns / 1e6);
+    Some(Percentiles {
+        p50: ms(0.5)?,
+        p95: ms(0.95)?,
+        p99: ms(0.99)?,
+    })
+}
+
+pub fn stats_dto(s: &Stats, window: Window) -> StatsDto {
+    StatsDto {
+        requests: s.requests,
+        rps: s.requests as f64 / window.seconds() as f64,
+        failures: s.failures,
+        error_ratio: if s.requests == 0 {
+            0.0
+        } else {
+            s.failures as f64 / s.requests as f64
+        },
+        http_4xx: s.http_4xx,
+        http_5xx: s.http_5xx,
+        grpc_errors: s.grpc_errors,
+        denied: s.denied,
+        rate_limited: s.rate_limited,
+        overflows: s.overflows,
+        bytes: s.bytes,
+        latency_ms: percentiles(s.latency()),
+        client_latency_ms: percentiles(&s.client_latency),
+    }
+}
+
+fn node(n: &NodeSnapshot, w: Window) -> Node {
+    Node {
+        id: n.key.id(),
+        kind: n.key.kind.as_str(),
+        namespace: n.key.namespace.as_deref().map(String::from),
+        name: n.key.name.to_string(),
+        health: n.health.as_str(),
+        stats: stats_dto(&n.inbound, w),
+        outbound_requests: n.outbound_requests,
+        versions: n
+            .versions
+            .iter()
+            .map(|v| Version {
+                version: v.version.to_string(),
+                share: v.share,
+                health: v.health.as_str(),
+                stats: stats_dto(&v.inbound, w),
+            })
+            .collect(),
+    }
+}
+
+fn edge(e: &EdgeSnapshot, w: Window) -> Edge {
+    let (source, target) = (e.client.id(), e.server.id());
+    Edge {
+        id: format!("{source}->{target}:{}", e.connection.as_str()),
+        source,
+        target,
+        connection_type: e.connection.as_str(),
+        health: e.health.as_str(),
+        stats: stats_dto(&e.stats, w),
+        versions: e
+            .versions
+            .iter()
+            .map(|v| EdgeVersion {
+                source_version: v.client_version.as_deref().map(String::from),
+                target_version: v.server_version.as_deref().map(String::from),
+                stats: stats_dto(&v.stats, w),
+            })
+            .collect(),
+    }
+}
+
+pub fn graph_dto(g: &GraphSnapshot) -> Graph {
+    Graph {
+        generated_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        window: g.window.as_str(),
+        window_seconds: g.window.seconds(),
+        nodes: g.nodes.iter().map(|n| node(n, g.window)).collect(),
+        edges: g.edges.iter().map(|e| edge(e, g.window)).collect(),
+    }
+}
+
+/// `/api/services`: Jaeger's envelope, plus the RED summary of every service node.
+#[derive(Debug, Serialize)]
+pub struct ServicesResponse {
+    #[serde(flatten)]
+    pub envelope: Envelope<Vec<String>>,
+    pub window: &'static str,
+    pub services: Vec<Node>,
+}
+
+impl ServicesResponse {
+    pub fn new(envelope: Envelope<Vec<String>>, g: &GraphSnapshot) -> Self {
+        ServicesResponse {
+            envelope,
+            window: g.window.as_str(),
+            services: g
+                .nodes
+                .iter()
+                .filter(|n| n.key.kind == NodeKind::Service)
+                .map(|n| node(n, g.window))
+                .collect(),
+        }
+    }
+}
+
+/// Reads `window`, `namespace`, `service`, `depth`, `versions`; anything else is ignored.
+pub fn parse_query(raw: &str) -> Result<GraphQuery, WebError> {
+    let mut q = GraphQuery::default();
+    for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
+        match &*k {
+            "window" => {
+                q.window = Window::parse(&v).ok_or_else(|| {
+                    WebError::BadRequest(format!(
+                        "window must be one of 1m, 5m, 15m, 1h; got {v:?}"
+                    ))
+                })?
+            }
+            "namespace" if !v.is_empty() => q.namespace = Some(v.into_owned()),
+            "service" if !v.is_empty() => q.service = Some(v.into_owned()),
+            "depth" => {
+                let d: usize = v.parse().ok().filter(|d| *d <= 100).ok_or_else(|| {
+                    WebError::BadRequest(format!("depth must be a number from 0 to 100; got {v:?}"))
+                })?;
+                q.depth = Some(d);
+            }
+            "versions" => {
+                q.versions = match &*v {
+                    "true" | "1" | "" => true,
+                    "false" | "0" => false,
+                    _ => {
+                        return Err(WebError::BadRequest(format!(
+                            "versions must be true or false; got {v:?}"
+                        )))
+                    }
+                }
+            }
+            "end" => {
+                return Err(WebError::BadRequest(
+                    "past windows (end=) are not served yet; only live windows".into(),
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(q)
+}
+
+/// Takes a snapshot off the async runtime: at thousands of edges it is milliseconds of work.
+pub async fn snapshot(
+    topology: Arc<Mutex<Topology>>,
+    query: GraphQuery,
+) -> Result<GraphSnapshot, WebError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    tokio::task::spawn_blocking(move || {
+        topology
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .snapshot(&query, now)
+    })
+    .await
+    .map_err(|e| WebError::Internal(e.to_string()))
+}
+
+/// `GET /api/graph?window=5m&namespace=&service=&depth=&versions=true`
+pub async fn get_graph(
+    State(st): State<WebState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Graph>, WebError> {
+    let query = parse_query(raw.as_deref().unwrap_or(""))?;
+    let g = snapshot(st.graph.clone(), query).await?;
+    Ok(Json(graph_dto(&g)))
+}
