@@ -69,6 +69,12 @@ pub struct Overrides {
     /// Store writer tasks; 0 picks 1 for SQLite, 4 for PostgreSQL [default: 0]
     #[arg(long, env = "MESHLENS_WRITERS", global = true)]
     pub writers: Option<usize>,
+    /// How long a span waits for its other side before the graph settles it alone [default: 10s]
+    #[arg(long, env = "MESHLENS_PAIRING_TTL", global = true, value_parser = humantime::parse_duration)]
+    pub pairing_ttl: Option<Duration>,
+    /// Most spans waiting to be paired; when full the oldest is settled first [default: 100000]
+    #[arg(long, env = "MESHLENS_MAX_PENDING", global = true)]
+    pub max_pending: Option<usize>,
     /// Log format [default: text]
     #[arg(long, env = "MESHLENS_LOG_FORMAT", global = true)]
     pub log_format: Option<LogFormat>,
@@ -111,6 +117,8 @@ impl Overrides {
         set(&mut c.ingest.max_message_bytes, &self.max_message_bytes);
         set(&mut c.ingest.queue_spans, &self.queue_spans);
         set(&mut c.ingest.writers, &self.writers);
+        set(&mut c.graph.pairing_ttl, &self.pairing_ttl);
+        set(&mut c.graph.max_pending, &self.max_pending);
         set(&mut c.log.format, &self.log_format);
         set(&mut c.log.level, &self.log_level);
     }
