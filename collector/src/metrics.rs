@@ -30,7 +30,8 @@ pub struct Metrics {
     /// Version-level edges the graph keeps (active or idle within the longest window).
     pub topology_edges: IntGauge,
     /// Spans by what became of them in the pairing store: `paired`, `expired` (time to live ran
-    /// out), `evicted` (store full, oldest first), `unpaired` (ended with no edge at all).
+    /// out), `evicted` (store full, oldest first), `unpaired` (ended with no edge at all), and
+    /// `dropped` (the graph thread's queue was full; they are stored, just not on the graph).
     pub topology_spans: IntCounterVec,
     /// Edges observations made from one side alone (roots, databases, named peers).
     pub topology_virtual_calls: IntCounter,

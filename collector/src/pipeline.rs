@@ -100,7 +100,7 @@ impl Pipeline {
         (pipeline, Writers { handles })
     }
 
-    /// Queues spans and waits for their commit; committed spans then feed the service graph.
+    /// Queues spans and waits for their commit.
     pub async fn submit(&self, spans: &[Span]) -> Result<(), IngestError> {
         if spans.is_empty() {
             return Ok(());
@@ -128,11 +128,7 @@ impl Pipeline {
                 ack,
             })
             .map_err(|_| IngestError::ShuttingDown)?;
-        done.await.map_err(|_| IngestError::ShuttingDown)??;
-        // Only committed spans count on the graph, so a refused export a client sends again is
-        // counted once.
-        self.graph.observe(spans);
-        Ok(())
+        done.await.map_err(|_| IngestError::ShuttingDown)?
     }
 
     /// The service graph this pipeline feeds.
@@ -268,6 +264,9 @@ impl Pipeline {
         match self.submit(&converted.spans).await {
             Ok(()) => {
                 self.metrics.ingest_spans.with_label_values(&[p]).inc_by(n);
+                // Only committed spans count on the graph, so an export a client sends again
+                // after a refusal is counted once.
+                self.graph.offer(converted.spans);
                 Ok(converted.rejected)
             }
             Err(e) => {

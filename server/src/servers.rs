@@ -30,7 +30,8 @@ pub async fn spawn_all(
     cancel: CancellationToken,
 ) -> anyhow::Result<Addrs> {
     let listen = &config.listen;
-    let graph_handle = pipeline.graph().topology();
+    let graph_cache = Arc::new(meshlens_web::GraphCache::new(pipeline.graph().topology()));
+    spawn_graph_refresher(set, graph_cache.clone(), cancel.clone());
     let limit = config.ingest.max_message_bytes;
     let body = meshlens_collector::BodyLimits {
         max_bytes: limit,
@@ -76,7 +77,7 @@ pub async fn spawn_all(
         store,
         registry: metrics.registry.clone(),
         ready,
-        graph: graph_handle,
+        graph: graph_cache,
     });
     let web = serve_http(set, listen.web, "web", web, &cancel).await?;
 
@@ -87,6 +88,27 @@ pub async fn spawn_all(
         policy,
         web,
     })
+}
+
+/// Keeps the graph snapshots that clients ask for rebuilt each second, off the async workers, so
+/// `/api/graph` is answered from memory.
+fn spawn_graph_refresher(
+    set: &mut Set,
+    cache: Arc<meshlens_web::GraphCache>,
+    cancel: CancellationToken,
+) {
+    set.spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = tick.tick() => {}
+            }
+            let c = cache.clone();
+            tokio::task::spawn_blocking(move || c.refresh_due()).await?;
+        }
+    });
 }
 
 /// Accepted connections with Nagle's algorithm off. With it on, a response smaller than a packet

@@ -4,9 +4,10 @@
 
 mod api;
 mod error;
+mod graph_cache;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -14,9 +15,9 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use meshlens_storage::Store;
-use meshlens_topology::graph::Topology;
 
 pub use error::WebError;
+pub use graph_cache::GraphCache;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -26,8 +27,8 @@ pub struct WebState {
     pub registry: prometheus::Registry,
     /// Set once migrations are done; `/readyz` answers 503 until then.
     pub ready: Arc<AtomicBool>,
-    /// The live service graph, fed by the ingest pipeline.
-    pub graph: Arc<Mutex<Topology>>,
+    /// Snapshots of the live service graph (fed by the ingest pipeline).
+    pub graph: Arc<GraphCache>,
 }
 
 /// The whole web router; tests call it in-process with `oneshot`.

@@ -232,7 +232,11 @@ fn feed_graph(st: &WebState) {
                 .build(),
         );
     }
-    st.graph.lock().unwrap().observe(&spans, now_ns());
+    st.graph
+        .topology()
+        .lock()
+        .unwrap()
+        .observe(&spans, now_ns());
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@ mod export;
 
 pub use export::{ProductMetrics, DEFAULT_MAX_SERIES, PRODUCT_METRIC_NAMES};
 
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use meshlens_topology::graph::{
@@ -36,14 +37,26 @@ impl Default for GraphConfig {
 }
 
 /// The live graph, shared by the pipeline (which feeds it) and the web API (which reads it).
+/// Committed spans are handed to a graph thread through a bounded queue, so a commit's
+/// acknowledgement never waits for the graph, and the async workers never wait for its lock.
 #[derive(Clone)]
 pub struct GraphFeed {
+    core: Arc<FeedCore>,
+    tx: SyncSender<Vec<Span>>,
+}
+
+struct FeedCore {
     topology: Arc<Mutex<Topology>>,
-    export: Arc<ProductMetrics>,
+    export: ProductMetrics,
     metrics: Metrics,
     /// The engine's counters as last reported, to turn them into increments.
-    reported: Arc<Mutex<PairingCounters>>,
+    reported: Mutex<PairingCounters>,
 }
+
+/// Batches of spans that may wait for the graph thread. It handles over a million spans a second
+/// (BENCHMARKS.md), so this fills only if the thread is starved of CPU; then batches are dropped
+/// from the graph (never from the store) and counted.
+const QUEUE_BATCHES: usize = 1024;
 
 /// Wall-clock nanoseconds: windows follow arrival time, not the senders' clocks.
 pub fn now_ns() -> u64 {
@@ -54,42 +67,75 @@ pub fn now_ns() -> u64 {
 }
 
 impl GraphFeed {
+    /// Creates the graph and starts its thread, which ends when every clone of the feed is gone.
     pub fn new(config: &GraphConfig, metrics: &Metrics) -> Self {
-        GraphFeed {
+        let core = Arc::new(FeedCore {
             topology: Arc::new(Mutex::new(Topology::new(config.pairing, config.health))),
-            export: Arc::new(ProductMetrics::new(metrics, config.max_series)),
+            export: ProductMetrics::new(metrics, config.max_series),
             metrics: metrics.clone(),
-            reported: Arc::new(Mutex::new(PairingCounters::default())),
+            reported: Mutex::new(PairingCounters::default()),
+        });
+        let (tx, rx) = sync_channel::<Vec<Span>>(QUEUE_BATCHES);
+        let worker = core.clone();
+        let spawned = std::thread::Builder::new()
+            .name("meshlens-graph".into())
+            .spawn(move || {
+                for spans in rx {
+                    worker.observe(&spans);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "graph thread did not start; the graph stays empty");
+        }
+        GraphFeed { core, tx }
+    }
+
+    /// Hands committed spans to the graph thread.
+    pub fn offer(&self, spans: Vec<Span>) {
+        let n = spans.len() as u64;
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(spans)
+        {
+            self.core
+                .metrics
+                .topology_spans
+                .with_label_values(&["dropped"])
+                .inc_by(n);
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Topology> {
-        self.topology.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Takes spans that were just committed.
+    /// Takes spans on the caller's thread (tests and tools; the pipeline uses `offer`).
     pub fn observe(&self, spans: &[Span]) {
-        let now = now_ns();
-        let calls = self.with_engine(|t| t.observe(spans, now));
-        self.export.record_calls(&calls);
-        self.export.record_spans(spans);
+        self.core.observe(spans);
     }
 
     /// Settles spans whose time ran out and forgets long-idle edges; call about once a second.
     pub fn tick(&self) {
         let now = now_ns();
-        let calls = self.with_engine(|t| t.tick(now));
-        self.export.record_calls(&calls);
+        let calls = self.core.with_engine(|t| t.tick(now));
+        self.core.export.record_calls(&calls);
     }
 
     /// The graph of a window as of now.
     pub fn snapshot(&self, query: &GraphQuery) -> GraphSnapshot {
-        self.lock().snapshot(query, now_ns())
+        self.core.lock().snapshot(query, now_ns())
     }
 
     /// Shared handle for readers that only need snapshots (the web API).
     pub fn topology(&self) -> Arc<Mutex<Topology>> {
-        self.topology.clone()
+        self.core.topology.clone()
+    }
+}
+
+impl FeedCore {
+    fn lock(&self) -> MutexGuard<'_, Topology> {
+        self.topology.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn observe(&self, spans: &[Span]) {
+        let now = now_ns();
+        let calls = self.with_engine(|t| t.observe(spans, now));
+        self.export.record_calls(&calls);
+        self.export.record_spans(spans);
     }
 
     /// Runs `f` on the engine, then brings the self-metrics up to date.

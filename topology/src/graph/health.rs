@@ -75,14 +75,24 @@ impl Default for HealthConfig {
 
 impl HealthConfig {
     pub fn judge(&self, s: &Stats) -> Health {
-        if s.requests == 0 {
+        self.judge_counts(s.requests, s.failures, s.http_4xx, s.grpc_errors)
+    }
+
+    pub fn judge_counts(
+        &self,
+        requests: u64,
+        failures: u64,
+        http_4xx: u64,
+        grpc_errors: u64,
+    ) -> Health {
+        if requests == 0 {
             return Health::Idle;
         }
-        let server_errors = s.failures.saturating_sub(s.grpc_errors);
+        let server_errors = failures.saturating_sub(grpc_errors);
         [
-            self.server_errors.judge(server_errors, s.requests),
-            self.http_4xx.judge(s.http_4xx, s.requests),
-            self.grpc_errors.judge(s.grpc_errors, s.requests),
+            self.server_errors.judge(server_errors, requests),
+            self.http_4xx.judge(http_4xx, requests),
+            self.grpc_errors.judge(grpc_errors, requests),
         ]
         .into_iter()
         .max()

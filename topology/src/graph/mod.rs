@@ -17,9 +17,10 @@ pub use pairing::{
     DEFAULT_PAIRING_TTL_NS,
 };
 pub use side::{istio_cluster, Outcome, Peer, Role, SpanSide};
-pub use sketch::{LatencySketch, RELATIVE_ACCURACY};
+pub use sketch::{LatencySketch, Quantiles, SketchSum, RELATIVE_ACCURACY};
 pub use snapshot::{
-    EdgeSnapshot, EdgeVersionSnapshot, GraphQuery, GraphSnapshot, NodeSnapshot, VersionSnapshot,
+    EdgeSnapshot, EdgeVersionSnapshot, GraphQuery, GraphSnapshot, NodeSnapshot, Summary,
+    VersionSnapshot,
 };
 pub use window::{Series, Stats, Window};
 
@@ -118,12 +119,17 @@ impl Topology {
         self.edges.values().map(Series::heap_bytes).sum()
     }
 
-    /// The graph of one window as of `now_ns`.
+    /// The graph of one window as of `now_ns`, filtered as the query asks.
     pub fn snapshot(&mut self, query: &GraphQuery, now_ns: u64) -> GraphSnapshot {
+        self.whole(query.window, now_ns).filtered(query)
+    }
+
+    /// The whole graph of one window as of `now_ns` (for caches that filter it later).
+    pub fn whole(&mut self, window: Window, now_ns: u64) -> GraphSnapshot {
         for series in self.edges.values_mut() {
             series.advance(now_ns);
         }
-        snapshot::build(&self.edges, query, &self.health)
+        snapshot::build(&self.edges, window, &self.health)
     }
 }
 

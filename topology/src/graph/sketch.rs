@@ -24,7 +24,9 @@ pub struct LatencySketch {
     count: u64,
 }
 
-fn key_of(ns: u64) -> i16 {
+/// The bucket a duration falls in. Computing it once and adding it to several sketches (slots and
+/// window totals) saves a logarithm per sketch.
+pub fn key_of(ns: u64) -> i16 {
     if ns == 0 {
         return ZERO_KEY;
     }
@@ -33,12 +35,22 @@ fn key_of(ns: u64) -> i16 {
     k.clamp(0.0, i16::MAX as f64) as i16
 }
 
+/// Keys above this cannot come from a u64 of nanoseconds (ln(2^64) / ln γ ≈ 2,193).
+const LARGEST_KEY: usize = 2_200;
+
 /// The value a bucket stands for: the point whose relative distance to both bounds is α.
+/// From a table, since snapshots read percentiles of tens of thousands of sketches.
 fn value_of(key: i16) -> f64 {
+    static TABLE: std::sync::OnceLock<Vec<f64>> = std::sync::OnceLock::new();
+    let compute = |k: i32| 2.0 * GAMMA.powi(k) / (GAMMA + 1.0);
     if key == ZERO_KEY {
         return 0.0;
     }
-    2.0 * GAMMA.powi(key as i32) / (GAMMA + 1.0)
+    let table = TABLE.get_or_init(|| (0..=LARGEST_KEY as i32).map(compute).collect());
+    table
+        .get(key.max(0) as usize)
+        .copied()
+        .unwrap_or_else(|| compute(key as i32))
 }
 
 impl LatencySketch {
@@ -50,7 +62,8 @@ impl LatencySketch {
         self.add_key(key_of(ns), 1);
     }
 
-    fn add_key(&mut self, key: i16, n: u32) {
+    /// Adds `n` values of the bucket `key` (from `key_of`).
+    pub fn add_key(&mut self, key: i16, n: u32) {
         match self.bins.binary_search_by_key(&key, |b| b.0) {
             Ok(i) => self.bins[i].1 = self.bins[i].1.saturating_add(n),
             Err(i) => self.bins.insert(i, (key, n)),
@@ -144,6 +157,112 @@ impl LatencySketch {
     }
 }
 
+/// The three percentiles the graph shows, in nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Quantiles {
+    pub p50_ns: f64,
+    pub p95_ns: f64,
+    pub p99_ns: f64,
+}
+
+impl LatencySketch {
+    pub fn quantiles(&self) -> Option<Quantiles> {
+        quantiles_of(self.count, self.bins.iter().copied())
+    }
+}
+
+/// p50, p95 and p99 in one walk over sorted (key, count) bins holding `count` values.
+fn quantiles_of(count: u64, bins: impl Iterator<Item = (i16, u32)>) -> Option<Quantiles> {
+    if count == 0 {
+        return None;
+    }
+    let rank = |q: f64| (q * (count - 1) as f64).floor() as u64;
+    let ranks = [rank(0.5), rank(0.95), rank(0.99)];
+    let mut out = [0.0; 3];
+    let (mut seen, mut next) = (0u64, 0);
+    for (key, n) in bins {
+        seen += n as u64;
+        while next < 3 && seen > ranks[next] {
+            out[next] = value_of(key);
+            next += 1;
+        }
+        if next == 3 {
+            break;
+        }
+    }
+    Some(Quantiles {
+        p50_ns: out[0],
+        p95_ns: out[1],
+        p99_ns: out[2],
+    })
+}
+
+/// Sums many sketches only to read their percentiles, without allocating per sketch: counts go
+/// into one dense table of every possible bucket, reused from one sum to the next.
+pub struct SketchSum {
+    counts: Vec<u32>,
+    touched: Vec<usize>,
+    total: u64,
+}
+
+/// Dense slots: index 0 is the zero bucket, then keys 0..=MAX_KEY.
+const MAX_KEY: usize = i16::MAX as usize;
+
+fn slot(key: i16) -> usize {
+    if key == ZERO_KEY {
+        0
+    } else {
+        key.max(0) as usize + 1
+    }
+}
+
+fn key_at(slot: usize) -> i16 {
+    if slot == 0 {
+        ZERO_KEY
+    } else {
+        (slot - 1) as i16
+    }
+}
+
+impl Default for SketchSum {
+    fn default() -> Self {
+        SketchSum {
+            counts: vec![0; MAX_KEY + 2],
+            touched: Vec::new(),
+            total: 0,
+        }
+    }
+}
+
+impl SketchSum {
+    pub fn add(&mut self, s: &LatencySketch) {
+        for &(key, n) in &s.bins {
+            let i = slot(key);
+            if self.counts[i] == 0 {
+                self.touched.push(i);
+            }
+            self.counts[i] = self.counts[i].saturating_add(n);
+        }
+        self.total += s.count;
+    }
+
+    /// The percentiles of everything added since the last call, and starts afresh.
+    pub fn take_quantiles(&mut self) -> Option<Quantiles> {
+        self.touched.sort_unstable();
+        let counts = &self.counts;
+        let q = quantiles_of(
+            self.total,
+            self.touched.iter().map(|&i| (key_at(i), counts[i])),
+        );
+        for &i in &self.touched {
+            self.counts[i] = 0;
+        }
+        self.touched.clear();
+        self.total = 0;
+        q
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,8 +339,22 @@ mod tests {
             prop_assert_eq!(&left, &right);
             let all: Vec<u64> = a.iter().chain(&b).chain(&c).copied().collect();
             prop_assert_eq!(&left, &sketch(&all));
+            let mut sum = SketchSum::default();
+            sum.add(&sa);
+            sum.add(&bc);
+            prop_assert_eq!(sum.take_quantiles(), left.quantiles());
+            prop_assert_eq!(sum.take_quantiles(), None, "a sum starts afresh");
             left.subtract(&bc);
             prop_assert_eq!(left, sa);
+        }
+
+        #[test]
+        fn one_walk_gives_the_same_percentiles(values in prop::collection::vec(0u64..1_000_000_000, 1..200)) {
+            let s = sketch(&values);
+            let q = s.quantiles().unwrap();
+            prop_assert_eq!(Some(q.p50_ns), s.quantile_ns(0.5));
+            prop_assert_eq!(Some(q.p95_ns), s.quantile_ns(0.95));
+            prop_assert_eq!(Some(q.p99_ns), s.quantile_ns(0.99));
         }
     }
 }

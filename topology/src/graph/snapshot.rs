@@ -9,6 +9,7 @@ use petgraph::graph::{NodeIndex, UnGraph};
 
 use crate::graph::health::{Health, HealthConfig};
 use crate::graph::node::{ConnectionType, EdgeKey, NodeKey, NodeKind};
+use crate::graph::sketch::{Quantiles, SketchSum};
 use crate::graph::window::{Series, Stats, Window};
 
 /// What part of the graph to show.
@@ -23,6 +24,16 @@ pub struct GraphQuery {
     pub depth: Option<usize>,
     /// Keep the per-version breakdown.
     pub versions: bool,
+}
+
+impl GraphQuery {
+    /// The whole graph of a window, versions included: no filter at all.
+    pub fn whole(window: Window) -> Self {
+        GraphQuery {
+            window,
+            ..GraphQuery::default()
+        }
+    }
 }
 
 impl Default for GraphQuery {
@@ -44,11 +55,80 @@ pub struct GraphSnapshot {
     pub edges: Vec<EdgeSnapshot>,
 }
 
+/// A window's counts and percentiles for one edge, node or version.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summary {
+    pub requests: u64,
+    pub failures: u64,
+    pub http_4xx: u64,
+    pub http_5xx: u64,
+    pub grpc_errors: u64,
+    pub denied: u64,
+    pub rate_limited: u64,
+    pub overflows: u64,
+    pub bytes: u64,
+    /// Server-side latency where any is known, else client-side (virtual nodes have only that).
+    pub latency: Option<Quantiles>,
+    pub client_latency: Option<Quantiles>,
+}
+
+impl Summary {
+    fn add_counts(&mut self, s: &Stats) {
+        self.requests += s.requests;
+        self.failures += s.failures;
+        self.http_4xx += s.http_4xx;
+        self.http_5xx += s.http_5xx;
+        self.grpc_errors += s.grpc_errors;
+        self.denied += s.denied;
+        self.rate_limited += s.rate_limited;
+        self.overflows += s.overflows;
+        self.bytes += s.bytes;
+    }
+
+    fn of(s: &Stats) -> Summary {
+        let mut out = Summary::default();
+        out.add_counts(s);
+        out.latency = s.latency().quantiles();
+        out.client_latency = s.client_latency.quantiles();
+        out
+    }
+
+    /// The sum of many windows' stats, percentiles of their merged latencies.
+    fn sum<'a>(stats: impl Iterator<Item = &'a Stats>, sums: &mut Sums) -> Summary {
+        let mut out = Summary::default();
+        for s in stats {
+            out.add_counts(s);
+            sums.server.add(&s.server_latency);
+            sums.client.add(&s.client_latency);
+        }
+        let server = sums.server.take_quantiles();
+        out.client_latency = sums.client.take_quantiles();
+        out.latency = server.or(out.client_latency);
+        out
+    }
+
+    fn health(&self, h: &HealthConfig) -> Health {
+        h.judge_counts(
+            self.requests,
+            self.failures,
+            self.http_4xx,
+            self.grpc_errors,
+        )
+    }
+}
+
+/// Reused accumulators for summing latency sketches.
+#[derive(Default)]
+struct Sums {
+    server: SketchSum,
+    client: SketchSum,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeSnapshot {
     pub key: NodeKey,
     /// Calls this node received in the window.
-    pub inbound: Stats,
+    pub inbound: Summary,
     /// Calls this node made in the window.
     pub outbound_requests: u64,
     pub health: Health,
@@ -58,7 +138,7 @@ pub struct NodeSnapshot {
 #[derive(Debug, Clone, PartialEq)]
 pub struct VersionSnapshot {
     pub version: Arc<str>,
-    pub inbound: Stats,
+    pub inbound: Summary,
     /// This version's part of the node's inbound calls (0–1): the canary split.
     pub share: f64,
     pub health: Health,
@@ -69,7 +149,7 @@ pub struct EdgeSnapshot {
     pub client: NodeKey,
     pub server: NodeKey,
     pub connection: ConnectionType,
-    pub stats: Stats,
+    pub stats: Summary,
     pub health: Health,
     pub versions: Vec<EdgeVersionSnapshot>,
 }
@@ -78,131 +158,172 @@ pub struct EdgeSnapshot {
 pub struct EdgeVersionSnapshot {
     pub client_version: Option<Arc<str>>,
     pub server_version: Option<Arc<str>>,
-    pub stats: Stats,
+    pub stats: Summary,
 }
 
-type ServiceEdge = (NodeKey, NodeKey, ConnectionType);
+type ServiceEdge<'a> = (&'a NodeKey, &'a NodeKey, ConnectionType);
 
-pub(super) fn build(
-    edges: &HashMap<EdgeKey, Series>,
-    query: &GraphQuery,
-    health: &HealthConfig,
-) -> GraphSnapshot {
-    let w = query.window;
-    // Version-level edges summed into service-level ones; BTreeMaps keep the output ordered.
-    let mut service_edges: BTreeMap<ServiceEdge, EdgeSnapshot> = BTreeMap::new();
-    let mut nodes: BTreeMap<NodeKey, NodeSnapshot> = BTreeMap::new();
-    let mut versions: BTreeMap<(NodeKey, Arc<str>), Stats> = BTreeMap::new();
+/// Version-level edges grouped the three ways the snapshot sums them. Hash maps, not ordered
+/// ones: at 10,000 edges, ordered inserts cost more than the whole summing (measured); the
+/// output is sorted once at the end instead.
+#[derive(Default)]
+struct Groups<'a> {
+    edges: HashMap<ServiceEdge<'a>, Vec<(&'a EdgeKey, &'a Stats)>>,
+    inbound: HashMap<&'a NodeKey, Vec<&'a Stats>>,
+    outbound: HashMap<&'a NodeKey, u64>,
+    versions: HashMap<&'a NodeKey, BTreeMap<&'a Arc<str>, Vec<&'a Stats>>>,
+}
+
+fn group<'a>(edges: &'a HashMap<EdgeKey, Series>, w: Window) -> Groups<'a> {
+    let mut g = Groups::default();
     for (key, series) in edges {
         let stats = series.window(w);
-        let id = (
-            key.client.node.clone(),
-            key.server.node.clone(),
-            key.connection,
-        );
-        let edge = service_edges.entry(id).or_insert_with(|| EdgeSnapshot {
-            client: key.client.node.clone(),
-            server: key.server.node.clone(),
-            connection: key.connection,
-            stats: Stats::default(),
-            health: Health::Idle,
-            versions: Vec::new(),
-        });
-        edge.stats.merge(stats);
-        if query.versions {
-            edge.versions.push(EdgeVersionSnapshot {
-                client_version: key.client.version.clone(),
-                server_version: key.server.version.clone(),
-                stats: stats.clone(),
-            });
-        }
-        node_entry(&mut nodes, &key.client.node).outbound_requests += stats.requests;
-        node_entry(&mut nodes, &key.server.node)
-            .inbound
-            .merge(stats);
+        let (client, server) = (&key.client.node, &key.server.node);
+        g.edges
+            .entry((client, server, key.connection))
+            .or_default()
+            .push((key, stats));
+        g.inbound.entry(server).or_default().push(stats);
+        g.inbound.entry(client).or_default();
+        *g.outbound.entry(client).or_default() += stats.requests;
         // A version that only calls out is still a version of its service.
         if let Some(v) = &key.client.version {
-            versions
-                .entry((key.client.node.clone(), v.clone()))
-                .or_default();
+            g.versions.entry(client).or_default().entry(v).or_default();
         }
         if let Some(v) = &key.server.version {
-            versions
-                .entry((key.server.node.clone(), v.clone()))
+            g.versions
+                .entry(server)
                 .or_default()
-                .merge(stats);
+                .entry(v)
+                .or_default()
+                .push(stats);
         }
     }
-    if query.versions {
-        for ((node, version), inbound) in versions {
-            if let Some(n) = nodes.get_mut(&node) {
-                n.versions.push(VersionSnapshot {
-                    version,
-                    share: 0.0,
-                    health: health.judge(&inbound),
-                    inbound,
-                });
-            }
-        }
-    }
-    for n in nodes.values_mut() {
-        n.health = health.judge(&n.inbound);
-        let total = n.inbound.requests;
-        for v in &mut n.versions {
-            v.share = if total == 0 {
-                0.0
-            } else {
-                v.inbound.requests as f64 / total as f64
-            };
-        }
-    }
-    let mut edges: Vec<EdgeSnapshot> = service_edges.into_values().collect();
-    for e in &mut edges {
-        e.health = health.judge(&e.stats);
-        e.versions.sort_by(|a, b| {
+    g
+}
+
+/// The whole graph of one window: every node and edge, versions included.
+pub(super) fn build(
+    edges: &HashMap<EdgeKey, Series>,
+    window: Window,
+    health: &HealthConfig,
+) -> GraphSnapshot {
+    let groups = group(edges, window);
+    let mut sums = Sums::default();
+    let mut out_edges: Vec<EdgeSnapshot> = Vec::with_capacity(groups.edges.len());
+    for ((client, server, connection), members) in &groups.edges {
+        let stats = Summary::sum(members.iter().map(|(_, s)| *s), &mut sums);
+        let mut versions: Vec<EdgeVersionSnapshot> = members
+            .iter()
+            .map(|(k, s)| EdgeVersionSnapshot {
+                client_version: k.client.version.clone(),
+                server_version: k.server.version.clone(),
+                stats: Summary::of(s),
+            })
+            .collect();
+        versions.sort_by(|a, b| {
             (&a.client_version, &a.server_version).cmp(&(&b.client_version, &b.server_version))
         });
+        out_edges.push(EdgeSnapshot {
+            client: (*client).clone(),
+            server: (*server).clone(),
+            connection: *connection,
+            health: stats.health(health),
+            stats,
+            versions,
+        });
     }
-    let keep = kept_nodes(&nodes, &edges, query);
-    edges.retain(|e| keep.contains(&e.client) && keep.contains(&e.server));
+    let mut nodes: Vec<NodeSnapshot> = Vec::with_capacity(groups.inbound.len());
+    for (key, inbound) in &groups.inbound {
+        let inbound = Summary::sum(inbound.iter().copied(), &mut sums);
+        let versions = groups
+            .versions
+            .get(key)
+            .into_iter()
+            .flatten()
+            .map(|(v, stats)| {
+                let s = Summary::sum(stats.iter().copied(), &mut sums);
+                VersionSnapshot {
+                    version: (*v).clone(),
+                    share: if inbound.requests == 0 {
+                        0.0
+                    } else {
+                        s.requests as f64 / inbound.requests as f64
+                    },
+                    health: s.health(health),
+                    inbound: s,
+                }
+            })
+            .collect();
+        nodes.push(NodeSnapshot {
+            key: (*key).clone(),
+            outbound_requests: groups.outbound.get(key).copied().unwrap_or(0),
+            health: inbound.health(health),
+            inbound,
+            versions,
+        });
+    }
+    out_edges.sort_unstable_by(|a, b| {
+        (&a.client, &a.server, a.connection).cmp(&(&b.client, &b.server, b.connection))
+    });
+    nodes.sort_unstable_by(|a, b| a.key.cmp(&b.key));
     GraphSnapshot {
-        window: w,
-        nodes: nodes
-            .into_values()
-            .filter(|n| keep.contains(&n.key))
-            .collect(),
-        edges,
+        window,
+        nodes,
+        edges: out_edges,
     }
 }
 
-fn node_entry<'a>(
-    nodes: &'a mut BTreeMap<NodeKey, NodeSnapshot>,
-    key: &NodeKey,
-) -> &'a mut NodeSnapshot {
-    nodes.entry(key.clone()).or_insert_with(|| NodeSnapshot {
-        key: key.clone(),
-        inbound: Stats::default(),
-        outbound_requests: 0,
-        health: Health::Idle,
-        versions: Vec::new(),
-    })
+impl GraphSnapshot {
+    /// The part of the graph a query asks for (namespace, service and depth; versions or not).
+    pub fn filtered(&self, query: &GraphQuery) -> GraphSnapshot {
+        let keep = kept_nodes(&self.nodes, &self.edges, query);
+        fn versions<T: Clone>(v: &[T], keep: bool) -> Vec<T> {
+            if keep {
+                v.to_vec()
+            } else {
+                Vec::new()
+            }
+        }
+        GraphSnapshot {
+            window: self.window,
+            nodes: self
+                .nodes
+                .iter()
+                .filter(|n| keep.contains(&n.key))
+                .map(|n| NodeSnapshot {
+                    versions: versions(&n.versions, query.versions),
+                    ..n.clone()
+                })
+                .collect(),
+            edges: self
+                .edges
+                .iter()
+                .filter(|e| keep.contains(&e.client) && keep.contains(&e.server))
+                .map(|e| EdgeSnapshot {
+                    versions: versions(&e.versions, query.versions),
+                    ..e.clone()
+                })
+                .collect(),
+        }
+    }
 }
 
 /// The nodes the filters keep: a namespace keeps its nodes and their direct peers; a service
 /// keeps what lies within `depth` hops of it, in either direction (found with petgraph).
 fn kept_nodes(
-    nodes: &BTreeMap<NodeKey, NodeSnapshot>,
+    nodes: &[NodeSnapshot],
     edges: &[EdgeSnapshot],
     query: &GraphQuery,
 ) -> HashSet<NodeKey> {
-    let mut keep: HashSet<NodeKey> = nodes.keys().cloned().collect();
+    let mut keep: HashSet<NodeKey> = nodes.iter().map(|n| n.key.clone()).collect();
     if let Some(ns) = &query.namespace {
         let inside = |k: &NodeKey| k.namespace.as_deref() == Some(ns.as_str());
         keep = edges
             .iter()
             .filter(|e| inside(&e.client) || inside(&e.server))
             .flat_map(|e| [e.client.clone(), e.server.clone()])
-            .chain(nodes.keys().filter(|k| inside(k)).cloned())
+            .chain(nodes.iter().map(|n| &n.key).filter(|k| inside(k)).cloned())
             .collect();
     }
     let Some(service) = &query.service else {

@@ -112,7 +112,7 @@ fn a_trace_gives_its_edges_and_versions() {
         .collect();
     assert_eq!(shares, vec![("v1", 0.5), ("v2", 0.5)]);
     assert_eq!(work.health, Health::Failure, "one of two calls failed");
-    let p99 = g.edges[0].stats.server_latency.quantile_ns(0.99).unwrap();
+    let p99 = g.edges[0].stats.latency.unwrap().p99_ns;
     assert!((p99 - 2_000_000.0).abs() <= 20_000.0, "{p99}");
     let c = t.counters();
     assert_eq!((c.paired, c.virtual_edges, c.unpaired), (6, 2, 0));

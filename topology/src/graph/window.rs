@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 
 use crate::graph::pairing::EdgeObservation;
-use crate::graph::sketch::LatencySketch;
+use crate::graph::sketch::{key_of, LatencySketch};
 
 /// A sliding window the graph keeps live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -79,8 +79,28 @@ pub struct Stats {
     pub client_latency: LatencySketch,
 }
 
+/// An observation's latency buckets, computed once for every slot and total it goes into.
+#[derive(Clone, Copy)]
+struct Keys {
+    server: Option<i16>,
+    client: Option<i16>,
+}
+
+impl Keys {
+    fn of(o: &EdgeObservation) -> Keys {
+        Keys {
+            server: o.server_latency_ns.map(key_of),
+            client: o.client_latency_ns.map(key_of),
+        }
+    }
+}
+
 impl Stats {
     pub fn record(&mut self, o: &EdgeObservation) {
+        self.record_keyed(o, Keys::of(o));
+    }
+
+    fn record_keyed(&mut self, o: &EdgeObservation, keys: Keys) {
         let status = o.outcome.http_status.unwrap_or(0);
         self.requests += 1;
         self.failures += o.failed() as u64;
@@ -91,11 +111,11 @@ impl Stats {
         self.rate_limited += o.outcome.rate_limited as u64;
         self.overflows += o.outcome.overflow as u64;
         self.bytes += o.bytes;
-        if let Some(ns) = o.server_latency_ns {
-            self.server_latency.record_ns(ns);
+        if let Some(k) = keys.server {
+            self.server_latency.add_key(k, 1);
         }
-        if let Some(ns) = o.client_latency_ns {
-            self.client_latency.record_ns(ns);
+        if let Some(k) = keys.client {
+            self.client_latency.add_key(k, 1);
         }
     }
 
@@ -180,22 +200,23 @@ impl Series {
         self.advance(now_ns);
         let now = self.now_ns;
         self.last_seen_ns = now;
+        let keys = Keys::of(o);
         for (ring, width) in [
             (&mut self.fine, FINE_SLOT_NS),
             (&mut self.coarse, COARSE_SLOT_NS),
         ] {
             let slot = slot_of(now, width);
             match ring.back_mut() {
-                Some((s, stats)) if *s == slot => stats.record(o),
+                Some((s, stats)) if *s == slot => stats.record_keyed(o, keys),
                 _ => {
                     let mut stats = Stats::default();
-                    stats.record(o);
+                    stats.record_keyed(o, keys);
                     ring.push_back((slot, stats));
                 }
             }
         }
         for total in &mut self.totals {
-            total.record(o);
+            total.record_keyed(o, keys);
         }
     }
 

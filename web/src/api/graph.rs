@@ -1,12 +1,13 @@
 //! `GET /api/graph`: the live service graph of a window, as JSON (shape in docs/api.md).
 
-use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
+use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
-use axum::Json;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use meshlens_topology::graph::{
-    EdgeSnapshot, GraphQuery, GraphSnapshot, LatencySketch, NodeKind, NodeSnapshot, Stats,
-    Topology, Window,
+    EdgeSnapshot, GraphQuery, GraphSnapshot, NodeKind, NodeSnapshot, Quantiles, Summary, Window,
 };
 use serde::Serialize;
 
@@ -90,16 +91,15 @@ pub struct Percentiles {
     pub p99: f64,
 }
 
-fn percentiles(s: &LatencySketch) -> Option<Percentiles> {
-    let ms = |q| s.quantile_ns(q).map(|ns| ns / 1e6);
-    Some(Percentiles {
-        p50: ms(0.5)?,
-        p95: ms(0.95)?,
-        p99: ms(0.99)?,
+fn percentiles(q: Option<Quantiles>) -> Option<Percentiles> {
+    q.map(|q| Percentiles {
+        p50: q.p50_ns / 1e6,
+        p95: q.p95_ns / 1e6,
+        p99: q.p99_ns / 1e6,
     })
 }
 
-pub fn stats_dto(s: &Stats, window: Window) -> StatsDto {
+pub fn stats_dto(s: &Summary, window: Window) -> StatsDto {
     StatsDto {
         requests: s.requests,
         rps: s.requests as f64 / window.seconds() as f64,
@@ -116,8 +116,8 @@ pub fn stats_dto(s: &Stats, window: Window) -> StatsDto {
         rate_limited: s.rate_limited,
         overflows: s.overflows,
         bytes: s.bytes,
-        latency_ms: percentiles(s.latency()),
-        client_latency_ms: percentiles(&s.client_latency),
+        latency_ms: percentiles(s.latency),
+        client_latency_ms: percentiles(s.client_latency),
     }
 }
 
@@ -164,9 +164,9 @@ fn edge(e: &EdgeSnapshot, w: Window) -> Edge {
     }
 }
 
-pub fn graph_dto(g: &GraphSnapshot) -> Graph {
+pub fn graph_dto(g: &GraphSnapshot, built_at: SystemTime) -> Graph {
     Graph {
-        generated_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        generated_at: humantime::format_rfc3339_millis(built_at).to_string(),
         window: g.window.as_str(),
         window_seconds: g.window.seconds(),
         nodes: g.nodes.iter().map(|n| node(n, g.window)).collect(),
@@ -240,31 +240,29 @@ pub fn parse_query(raw: &str) -> Result<GraphQuery, WebError> {
     Ok(q)
 }
 
-/// Takes a snapshot off the async runtime: at thousands of edges it is milliseconds of work.
-pub async fn snapshot(
-    topology: Arc<Mutex<Topology>>,
-    query: GraphQuery,
-) -> Result<GraphSnapshot, WebError> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    tokio::task::spawn_blocking(move || {
-        topology
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .snapshot(&query, now)
-    })
-    .await
-    .map_err(|e| WebError::Internal(e.to_string()))
+/// The whole graph's JSON, as the cache keeps it.
+pub fn graph_json(g: &GraphSnapshot, built_at: SystemTime) -> Bytes {
+    Bytes::from(serde_json::to_vec(&graph_dto(g, built_at)).unwrap_or_default())
 }
 
 /// `GET /api/graph?window=5m&namespace=&service=&depth=&versions=true`
 pub async fn get_graph(
     State(st): State<WebState>,
     RawQuery(raw): RawQuery,
-) -> Result<Json<Graph>, WebError> {
+) -> Result<Response, WebError> {
     let query = parse_query(raw.as_deref().unwrap_or(""))?;
-    let g = snapshot(st.graph.clone(), query).await?;
-    Ok(Json(graph_dto(&g)))
+    let cached = st.graph.get(query.window).await?;
+    if query == GraphQuery::whole(query.window) {
+        return Ok(json_bytes(cached.json.clone()));
+    }
+    // Same filters, same snapshot, same answer: a polling UI gets it from memory.
+    let key = format!("{query:?}");
+    let body = cached.filtered_json(&key, || {
+        graph_json(&cached.snapshot.filtered(&query), cached.built_at)
+    });
+    Ok(json_bytes(body))
+}
+
+fn json_bytes(body: Bytes) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }

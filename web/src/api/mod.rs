@@ -22,5 +22,7 @@ pub fn router() -> Router<WebState> {
         .route("/api/graph", get(graph::get_graph))
 }
 
+pub use graph::graph_json;
+
 #[cfg(test)]
 pub use traces::parse_search as parse_search_for_tests;

@@ -42,14 +42,13 @@ pub async fn services(
     State(st): State<WebState>,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<super::graph::ServicesResponse>, WebError> {
-    let mut query = super::graph::parse_query(raw.as_deref().unwrap_or(""))?;
-    query.versions = true;
+    let query = super::graph::parse_query(raw.as_deref().unwrap_or(""))?;
     let names = st.store.services().await?;
     let total = names.len();
-    let graph = super::graph::snapshot(st.graph.clone(), query).await?;
+    let graph = st.graph.get(query.window).await?;
     Ok(Json(super::graph::ServicesResponse::new(
         Envelope::new(names, total),
-        &graph,
+        &graph.snapshot.filtered(&query),
     )))
 }
 

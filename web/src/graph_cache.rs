@@ -1,0 +1,139 @@
+//! Live graph snapshots, built at most about once a second per window and shared by every
+//! request: `/api/graph` is answered from memory, whatever the size of the mesh. A refresher
+//! (`refresh_due`, run by the server each second) rebuilds the windows someone asked for lately,
+//! so requests rarely wait for a build; the whole graph's JSON is kept ready as bytes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::body::Bytes;
+use meshlens_topology::graph::{GraphSnapshot, Topology, Window};
+
+use crate::api::graph_json;
+use crate::WebError;
+
+/// How old a snapshot may be and still be served.
+const MAX_AGE: Duration = Duration::from_millis(1500);
+/// How long a window stays refreshed after someone last asked for it.
+const KEEP_WARM: Duration = Duration::from_secs(120);
+
+/// Filtered answers kept per snapshot (a UI polls with the same filters).
+const MAX_FILTERED: usize = 32;
+
+/// One built snapshot: the whole graph of a window and its JSON.
+pub struct CachedGraph {
+    pub snapshot: GraphSnapshot,
+    pub json: Bytes,
+    pub built_at: SystemTime,
+    built: Instant,
+    /// JSON of filtered queries answered from this snapshot, by query string.
+    filtered: Mutex<HashMap<String, Bytes>>,
+}
+
+impl CachedGraph {
+    /// The JSON for a filtered query: made once per snapshot, then reused.
+    pub fn filtered_json(&self, key: &str, make: impl FnOnce() -> Bytes) -> Bytes {
+        let lock = || self.filtered.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = lock().get(key) {
+            return b.clone();
+        }
+        let json = make();
+        let mut cache = lock();
+        if cache.len() < MAX_FILTERED {
+            cache.insert(key.to_string(), json.clone());
+        }
+        json
+    }
+}
+
+#[derive(Default)]
+struct Entry {
+    graph: Option<Arc<CachedGraph>>,
+    asked: Option<Instant>,
+}
+
+pub struct GraphCache {
+    topology: Arc<Mutex<Topology>>,
+    entries: Mutex<HashMap<Window, Entry>>,
+}
+
+impl Default for GraphCache {
+    fn default() -> Self {
+        GraphCache::new(Arc::new(Mutex::new(Topology::default())))
+    }
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+impl GraphCache {
+    pub fn new(topology: Arc<Mutex<Topology>>) -> Self {
+        GraphCache {
+            topology,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The engine the snapshots are taken from.
+    pub fn topology(&self) -> &Arc<Mutex<Topology>> {
+        &self.topology
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<Window, Entry>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A snapshot of `window` no older than `MAX_AGE`, built now (off the async workers) if none is.
+    pub async fn get(self: &Arc<Self>, window: Window) -> Result<Arc<CachedGraph>, WebError> {
+        let fresh = {
+            let mut entries = self.entries();
+            let e = entries.entry(window).or_default();
+            e.asked = Some(Instant::now());
+            e.graph.clone().filter(|g| g.built.elapsed() <= MAX_AGE)
+        };
+        if let Some(g) = fresh {
+            return Ok(g);
+        }
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.rebuild(window))
+            .await
+            .map_err(|e| WebError::Internal(e.to_string()))
+    }
+
+    fn rebuild(&self, window: Window) -> Arc<CachedGraph> {
+        let snapshot = self
+            .topology
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .whole(window, now_ns());
+        let built_at = SystemTime::now();
+        let json = graph_json(&snapshot, built_at);
+        let graph = Arc::new(CachedGraph {
+            snapshot,
+            json,
+            built_at,
+            built: Instant::now(),
+            filtered: Mutex::new(HashMap::new()),
+        });
+        self.entries().entry(window).or_default().graph = Some(graph.clone());
+        graph
+    }
+
+    /// Rebuilds every window asked for within `KEEP_WARM`; forgets the others. Blocking: call it
+    /// from a blocking thread about once a second.
+    pub fn refresh_due(&self) {
+        let due: Vec<Window> = {
+            let mut entries = self.entries();
+            entries.retain(|_, e| e.asked.is_some_and(|t| t.elapsed() <= KEEP_WARM));
+            entries.keys().copied().collect()
+        };
+        for w in due {
+            self.rebuild(w);
+        }
+    }
+}
