@@ -86,7 +86,14 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         cancel.clone(),
     );
     retention::spawn_checkpointer(&mut servers, store.clone(), cancel.clone());
-    spawn_graph_ticker(&mut servers, graph, cancel.clone());
+    // Settles spans whose pairing time ran out and forgets long-idle edges, so the graph moves
+    // on even when no spans arrive.
+    spawn_every(
+        &mut servers,
+        std::time::Duration::from_secs(1),
+        cancel.clone(),
+        move || graph.tick(),
+    );
     ready.store(true, Ordering::Release);
     tracing::info!(
         otlp_grpc = %addrs.otlp_grpc,
@@ -106,23 +113,25 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     })
 }
 
-/// Once a second, settles spans whose pairing time ran out and forgets long-idle edges, so the
-/// graph moves on even when no spans arrive.
-fn spawn_graph_ticker(
+/// Runs `work` on a blocking thread every `period` until cancelled: CPU work, such as settling
+/// expired spans or rebuilding graph snapshots, stays off the async workers.
+pub(crate) fn spawn_every(
     set: &mut JoinSet<anyhow::Result<()>>,
-    graph: GraphFeed,
+    period: std::time::Duration,
     cancel: CancellationToken,
+    work: impl Fn() + Send + Sync + 'static,
 ) {
+    let work = Arc::new(work);
     set.spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
                 _ = tick.tick() => {}
             }
-            let g = graph.clone();
-            // A tick that settles many spans is CPU work; keep it off the async workers.
-            tokio::task::spawn_blocking(move || g.tick()).await?;
+            let w = work.clone();
+            tokio::task::spawn_blocking(move || w()).await?;
         }
     });
 }

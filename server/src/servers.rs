@@ -31,7 +31,14 @@ pub async fn spawn_all(
 ) -> anyhow::Result<Addrs> {
     let listen = &config.listen;
     let graph_cache = Arc::new(meshlens_web::GraphCache::new(pipeline.graph().topology()));
-    spawn_graph_refresher(set, graph_cache.clone(), cancel.clone());
+    // Rebuilds the snapshots clients ask for each second, so `/api/graph` answers from memory.
+    let refresh = graph_cache.clone();
+    crate::spawn_every(
+        set,
+        std::time::Duration::from_secs(1),
+        cancel.clone(),
+        move || refresh.refresh_due(),
+    );
     let limit = config.ingest.max_message_bytes;
     let body = meshlens_collector::BodyLimits {
         max_bytes: limit,
@@ -88,27 +95,6 @@ pub async fn spawn_all(
         policy,
         web,
     })
-}
-
-/// Keeps the graph snapshots that clients ask for rebuilt each second, off the async workers, so
-/// `/api/graph` is answered from memory.
-fn spawn_graph_refresher(
-    set: &mut Set,
-    cache: Arc<meshlens_web::GraphCache>,
-    cancel: CancellationToken,
-) {
-    set.spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                _ = tick.tick() => {}
-            }
-            let c = cache.clone();
-            tokio::task::spawn_blocking(move || c.refresh_due()).await?;
-        }
-    });
 }
 
 /// Accepted connections with Nagle's algorithm off. With it on, a response smaller than a packet

@@ -46,8 +46,8 @@ fn edge_list(t: &mut Topology) -> Value {
                     "source": e.client.id(),
                     "target": e.server.id(),
                     "connection_type": e.connection.as_str(),
-                    "requests": e.stats.requests,
-                    "failures": e.stats.failures,
+                    "requests": e.stats.counts.requests,
+                    "failures": e.stats.counts.failures,
                     "versions": versions,
                 })
             })

@@ -1,6 +1,6 @@
 //! Health of a node or edge from its error ratios, with Kiali's default thresholds.
 
-use crate::graph::window::Stats;
+use crate::graph::window::Counts;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Health {
@@ -74,17 +74,14 @@ impl Default for HealthConfig {
 }
 
 impl HealthConfig {
-    pub fn judge(&self, s: &Stats) -> Health {
-        self.judge_counts(s.requests, s.failures, s.http_4xx, s.grpc_errors)
-    }
-
-    pub fn judge_counts(
-        &self,
-        requests: u64,
-        failures: u64,
-        http_4xx: u64,
-        grpc_errors: u64,
-    ) -> Health {
+    pub fn judge(&self, c: &Counts) -> Health {
+        let Counts {
+            requests,
+            failures,
+            http_4xx,
+            grpc_errors,
+            ..
+        } = *c;
         if requests == 0 {
             return Health::Idle;
         }
@@ -104,13 +101,13 @@ impl HealthConfig {
 mod tests {
     use super::*;
 
-    fn stats(requests: u64, failures: u64, http_4xx: u64, grpc_errors: u64) -> Stats {
-        Stats {
+    fn stats(requests: u64, failures: u64, http_4xx: u64, grpc_errors: u64) -> Counts {
+        Counts {
             requests,
             failures,
             http_4xx,
             grpc_errors,
-            ..Stats::default()
+            ..Counts::default()
         }
     }
 

@@ -22,7 +22,7 @@ pub use snapshot::{
     EdgeSnapshot, EdgeVersionSnapshot, GraphQuery, GraphSnapshot, NodeSnapshot, Summary,
     VersionSnapshot,
 };
-pub use window::{Series, Stats, Window};
+pub use window::{Counts, Series, Stats, Window};
 
 use std::collections::HashMap;
 

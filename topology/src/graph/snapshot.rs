@@ -10,7 +10,7 @@ use petgraph::graph::{NodeIndex, UnGraph};
 use crate::graph::health::{Health, HealthConfig};
 use crate::graph::node::{ConnectionType, EdgeKey, NodeKey, NodeKind};
 use crate::graph::sketch::{Quantiles, SketchSum};
-use crate::graph::window::{Series, Stats, Window};
+use crate::graph::window::{Counts, Series, Stats, Window};
 
 /// What part of the graph to show.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,46 +58,26 @@ pub struct GraphSnapshot {
 /// A window's counts and percentiles for one edge, node or version.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Summary {
-    pub requests: u64,
-    pub failures: u64,
-    pub http_4xx: u64,
-    pub http_5xx: u64,
-    pub grpc_errors: u64,
-    pub denied: u64,
-    pub rate_limited: u64,
-    pub overflows: u64,
-    pub bytes: u64,
+    pub counts: Counts,
     /// Server-side latency where any is known, else client-side (virtual nodes have only that).
     pub latency: Option<Quantiles>,
     pub client_latency: Option<Quantiles>,
 }
 
 impl Summary {
-    fn add_counts(&mut self, s: &Stats) {
-        self.requests += s.requests;
-        self.failures += s.failures;
-        self.http_4xx += s.http_4xx;
-        self.http_5xx += s.http_5xx;
-        self.grpc_errors += s.grpc_errors;
-        self.denied += s.denied;
-        self.rate_limited += s.rate_limited;
-        self.overflows += s.overflows;
-        self.bytes += s.bytes;
-    }
-
     fn of(s: &Stats) -> Summary {
-        let mut out = Summary::default();
-        out.add_counts(s);
-        out.latency = s.latency().quantiles();
-        out.client_latency = s.client_latency.quantiles();
-        out
+        Summary {
+            counts: s.counts,
+            latency: s.latency().quantiles(),
+            client_latency: s.client_latency.quantiles(),
+        }
     }
 
     /// The sum of many windows' stats, percentiles of their merged latencies.
     fn sum<'a>(stats: impl Iterator<Item = &'a Stats>, sums: &mut Sums) -> Summary {
         let mut out = Summary::default();
         for s in stats {
-            out.add_counts(s);
+            out.counts.add(&s.counts);
             sums.server.add(&s.server_latency);
             sums.client.add(&s.client_latency);
         }
@@ -108,12 +88,7 @@ impl Summary {
     }
 
     fn health(&self, h: &HealthConfig) -> Health {
-        h.judge_counts(
-            self.requests,
-            self.failures,
-            self.http_4xx,
-            self.grpc_errors,
-        )
+        h.judge(&self.counts)
     }
 }
 
@@ -185,7 +160,7 @@ fn group<'a>(edges: &'a HashMap<EdgeKey, Series>, w: Window) -> Groups<'a> {
             .push((key, stats));
         g.inbound.entry(server).or_default().push(stats);
         g.inbound.entry(client).or_default();
-        *g.outbound.entry(client).or_default() += stats.requests;
+        *g.outbound.entry(client).or_default() += stats.counts.requests;
         // A version that only calls out is still a version of its service.
         if let Some(v) = &key.client.version {
             g.versions.entry(client).or_default().entry(v).or_default();
@@ -245,10 +220,10 @@ pub(super) fn build(
                 let s = Summary::sum(stats.iter().copied(), &mut sums);
                 VersionSnapshot {
                     version: (*v).clone(),
-                    share: if inbound.requests == 0 {
+                    share: if inbound.counts.requests == 0 {
                         0.0
                     } else {
-                        s.requests as f64 / inbound.requests as f64
+                        s.counts.requests as f64 / inbound.counts.requests as f64
                     },
                     health: s.health(health),
                     inbound: s,

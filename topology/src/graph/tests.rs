@@ -44,8 +44,8 @@ fn edges(snapshot: &GraphSnapshot) -> Vec<(String, String, u64, u64)> {
             (
                 e.client.id(),
                 e.server.id(),
-                e.stats.requests,
-                e.stats.failures,
+                e.stats.counts.requests,
+                e.stats.counts.failures,
             )
         })
         .collect()
@@ -206,7 +206,7 @@ fn idle_edges_stay_until_the_longest_window_ends() {
     let g = t.snapshot(&GraphQuery::default(), later);
     assert_eq!(g.edges.len(), 1);
     assert_eq!(g.edges[0].health, Health::Idle);
-    assert_eq!(g.edges[0].stats.requests, 0);
+    assert_eq!(g.edges[0].stats.counts.requests, 0);
     t.tick(NOW + 3_601_000_000_000);
     assert_eq!(t.edge_count(), 0);
 }

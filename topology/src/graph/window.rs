@@ -60,9 +60,9 @@ impl Window {
     }
 }
 
-/// Counts and latencies of calls on one edge over some time.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Stats {
+/// How many calls, and how they went.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
     pub requests: u64,
     /// Failed calls (status ERROR, HTTP ≥ 500, non-OK gRPC), each counted once.
     pub failures: u64,
@@ -75,6 +75,70 @@ pub struct Stats {
     pub rate_limited: u64,
     pub overflows: u64,
     pub bytes: u64,
+}
+
+impl Counts {
+    pub fn record(&mut self, o: &EdgeObservation) {
+        let status = o.outcome.http_status.unwrap_or(0);
+        self.requests += 1;
+        self.failures += o.failed() as u64;
+        self.http_4xx += (400..500).contains(&status) as u64;
+        self.http_5xx += (status >= 500) as u64;
+        self.grpc_errors += o.outcome.grpc_status.is_some_and(|c| c != 0) as u64;
+        self.denied += o.outcome.denied as u64;
+        self.rate_limited += o.outcome.rate_limited as u64;
+        self.overflows += o.outcome.overflow as u64;
+        self.bytes += o.bytes;
+    }
+
+    fn to_array(self) -> [u64; 9] {
+        [
+            self.requests,
+            self.failures,
+            self.http_4xx,
+            self.http_5xx,
+            self.grpc_errors,
+            self.denied,
+            self.rate_limited,
+            self.overflows,
+            self.bytes,
+        ]
+    }
+
+    fn from_array(a: [u64; 9]) -> Counts {
+        let [requests, failures, http_4xx, http_5xx, grpc_errors, denied, rate_limited, overflows, bytes] =
+            a;
+        Counts {
+            requests,
+            failures,
+            http_4xx,
+            http_5xx,
+            grpc_errors,
+            denied,
+            rate_limited,
+            overflows,
+            bytes,
+        }
+    }
+
+    fn combine(&mut self, other: &Counts, f: impl Fn(u64, u64) -> u64) {
+        let (mine, theirs) = (self.to_array(), other.to_array());
+        *self = Counts::from_array(std::array::from_fn(|i| f(mine[i], theirs[i])));
+    }
+
+    pub fn add(&mut self, other: &Counts) {
+        self.combine(other, u64::saturating_add);
+    }
+
+    pub fn subtract(&mut self, other: &Counts) {
+        self.combine(other, u64::saturating_sub);
+    }
+}
+
+/// Counts and latencies of calls on one edge over some time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub counts: Counts,
     pub server_latency: LatencySketch,
     pub client_latency: LatencySketch,
 }
@@ -101,16 +165,7 @@ impl Stats {
     }
 
     fn record_keyed(&mut self, o: &EdgeObservation, keys: Keys) {
-        let status = o.outcome.http_status.unwrap_or(0);
-        self.requests += 1;
-        self.failures += o.failed() as u64;
-        self.http_4xx += (400..500).contains(&status) as u64;
-        self.http_5xx += (status >= 500) as u64;
-        self.grpc_errors += o.outcome.grpc_status.is_some_and(|c| c != 0) as u64;
-        self.denied += o.outcome.denied as u64;
-        self.rate_limited += o.outcome.rate_limited as u64;
-        self.overflows += o.outcome.overflow as u64;
-        self.bytes += o.bytes;
+        self.counts.record(o);
         if let Some(k) = keys.server {
             self.server_latency.add_key(k, 1);
         }
@@ -119,47 +174,15 @@ impl Stats {
         }
     }
 
-    fn counts_mut(&mut self) -> [&mut u64; 9] {
-        [
-            &mut self.requests,
-            &mut self.failures,
-            &mut self.http_4xx,
-            &mut self.http_5xx,
-            &mut self.grpc_errors,
-            &mut self.denied,
-            &mut self.rate_limited,
-            &mut self.overflows,
-            &mut self.bytes,
-        ]
-    }
-
-    fn counts(&self) -> [u64; 9] {
-        [
-            self.requests,
-            self.failures,
-            self.http_4xx,
-            self.http_5xx,
-            self.grpc_errors,
-            self.denied,
-            self.rate_limited,
-            self.overflows,
-            self.bytes,
-        ]
-    }
-
     pub fn merge(&mut self, other: &Stats) {
-        for (mine, theirs) in self.counts_mut().into_iter().zip(other.counts()) {
-            *mine += theirs;
-        }
+        self.counts.add(&other.counts);
         self.server_latency.merge(&other.server_latency);
         self.client_latency.merge(&other.client_latency);
     }
 
     /// Takes out what `other` added before (a slot leaving a window).
     pub fn subtract(&mut self, other: &Stats) {
-        for (mine, theirs) in self.counts_mut().into_iter().zip(other.counts()) {
-            *mine = mine.saturating_sub(theirs);
-        }
+        self.counts.subtract(&other.counts);
         self.server_latency.subtract(&other.server_latency);
         self.client_latency.subtract(&other.client_latency);
     }
@@ -323,20 +346,20 @@ mod tests {
         let t0 = 1_000_000 * S;
         s.record(&obs(1_000_000, false), t0);
         s.record(&obs(2_000_000, true), t0 + 30 * S);
-        assert_eq!(s.window(Window::M1).requests, 2);
-        assert_eq!(s.window(Window::M1).http_5xx, 1);
+        assert_eq!(s.window(Window::M1).counts.requests, 2);
+        assert_eq!(s.window(Window::M1).counts.http_5xx, 1);
         s.advance(t0 + 80 * S);
         assert_eq!(
-            s.window(Window::M1).requests,
+            s.window(Window::M1).counts.requests,
             1,
             "the first call left the minute"
         );
-        assert_eq!(s.window(Window::M5).requests, 2);
+        assert_eq!(s.window(Window::M5).counts.requests, 2);
         s.advance(t0 + 400 * S);
-        assert_eq!(s.window(Window::M1).requests, 0);
+        assert_eq!(s.window(Window::M1).counts.requests, 0);
         assert!(s.window(Window::M1).server_latency.is_empty());
-        assert_eq!(s.window(Window::M5).requests, 0);
-        assert_eq!(s.window(Window::M15).requests, 2);
+        assert_eq!(s.window(Window::M5).counts.requests, 0);
+        assert_eq!(s.window(Window::M15).counts.requests, 2);
         s.advance(t0 + 3700 * S);
         assert_eq!(s.window(Window::H1), &Stats::default());
         assert!(s.heap_bytes() < 4096);

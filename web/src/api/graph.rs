@@ -100,22 +100,23 @@ fn percentiles(q: Option<Quantiles>) -> Option<Percentiles> {
 }
 
 pub fn stats_dto(s: &Summary, window: Window) -> StatsDto {
+    let c = &s.counts;
     StatsDto {
-        requests: s.requests,
-        rps: s.requests as f64 / window.seconds() as f64,
-        failures: s.failures,
-        error_ratio: if s.requests == 0 {
+        requests: c.requests,
+        rps: c.requests as f64 / window.seconds() as f64,
+        failures: c.failures,
+        error_ratio: if c.requests == 0 {
             0.0
         } else {
-            s.failures as f64 / s.requests as f64
+            c.failures as f64 / c.requests as f64
         },
-        http_4xx: s.http_4xx,
-        http_5xx: s.http_5xx,
-        grpc_errors: s.grpc_errors,
-        denied: s.denied,
-        rate_limited: s.rate_limited,
-        overflows: s.overflows,
-        bytes: s.bytes,
+        http_4xx: c.http_4xx,
+        http_5xx: c.http_5xx,
+        grpc_errors: c.grpc_errors,
+        denied: c.denied,
+        rate_limited: c.rate_limited,
+        overflows: c.overflows,
+        bytes: c.bytes,
         latency_ms: percentiles(s.latency),
         client_latency_ms: percentiles(s.client_latency),
     }
