@@ -16,7 +16,7 @@ pub use pairing::{
     EdgeObservation, Pairer, PairingConfig, PairingCounters, DEFAULT_MAX_PENDING,
     DEFAULT_PAIRING_TTL_NS,
 };
-pub use side::{istio_cluster, Outcome, Peer, Role, SpanSide};
+pub use side::{endpoint_of, istio_cluster, Outcome, Peer, Role, SpanSide};
 pub use sketch::{LatencySketch, Quantiles, SketchSum, RELATIVE_ACCURACY};
 pub use snapshot::{
     EdgeSnapshot, EdgeVersionSnapshot, GraphQuery, GraphSnapshot, NodeSnapshot, Summary,
@@ -25,17 +25,27 @@ pub use snapshot::{
 pub use window::{Counts, Series, Stats, Window};
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
+use crate::resource::Resource;
 use crate::span::Span;
+
+/// Resources whose endpoints `observe` keeps at hand.
+const RECENT_RESOURCES: usize = 4;
 
 /// How long an edge with no calls stays on the graph (as idle): the longest window.
 const EDGE_IDLE_NS: u64 = 3_600_000_000_000;
 
 /// The graph engine: the pairing store and every edge's windowed statistics. Time is always
 /// passed in, so the engine is a pure function of what it was given and when.
+/// Edges by key. foldhash, not SipHash: every call hashes its edge's names, and no key here is
+/// chosen by a client to collide (a client could only add edges, which the series cap and
+/// retention bound anyway).
+type EdgeMap = HashMap<EdgeKey, Series, foldhash::fast::RandomState>;
+
 pub struct Topology {
     pairer: Pairer,
-    edges: HashMap<EdgeKey, Series>,
+    edges: EdgeMap,
     health: HealthConfig,
 }
 
@@ -49,7 +59,7 @@ impl Topology {
     pub fn new(pairing: PairingConfig, health: HealthConfig) -> Self {
         Topology {
             pairer: Pairer::new(pairing),
-            edges: HashMap::new(),
+            edges: EdgeMap::default(),
             health,
         }
     }
@@ -62,8 +72,24 @@ impl Topology {
     ) -> Vec<EdgeObservation> {
         let mut out = Vec::new();
         self.pairer.expire(now_ns, &mut out);
-        for side in spans.into_iter().filter_map(SpanSide::of) {
-            self.pairer.observe(side, now_ns, &mut out);
+        // The endpoints of the last few resources: an export's spans share a few resources, and
+        // an endpoint costs three allocations to build.
+        let mut recent: Vec<(&Arc<Resource>, Endpoint)> = Vec::with_capacity(RECENT_RESOURCES);
+        for span in spans {
+            let side = SpanSide::with_endpoint(span, || {
+                if let Some((_, e)) = recent.iter().find(|(r, _)| Arc::ptr_eq(r, &span.resource)) {
+                    return e.clone();
+                }
+                let e = side::endpoint_of(&span.resource);
+                if recent.len() == RECENT_RESOURCES {
+                    recent.pop();
+                }
+                recent.insert(0, (&span.resource, e.clone()));
+                e
+            });
+            if let Some(side) = side {
+                self.pairer.observe(side, now_ns, &mut out);
+            }
         }
         self.record(&out, now_ns);
         out

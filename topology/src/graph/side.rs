@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::attr::AttrValue;
 use crate::graph::node::{ConnectionType, Endpoint, NodeKey, NodeKind};
 use crate::ids::{SpanId, TraceId};
+use crate::resource::Resource;
 use crate::span::{Span, SpanKind, StatusCode};
 
 /// Which side of a call a span records.
@@ -79,16 +80,18 @@ const POLICY_SPAN_PREFIXES: &[&str] = &[
 impl SpanSide {
     /// The side of `span`, or `None` for spans that are not one side of a call (INTERNAL, UNSPECIFIED).
     pub fn of(span: &Span) -> Option<SpanSide> {
+        Self::with_endpoint(span, || endpoint_of(&span.resource))
+    }
+
+    /// As `of`, with the span's own endpoint from `endpoint` (callers cache it per resource:
+    /// the spans of one export share a few resources).
+    pub fn with_endpoint(span: &Span, endpoint: impl FnOnce() -> Endpoint) -> Option<SpanSide> {
         let role = match span.kind {
             SpanKind::Client | SpanKind::Producer => Role::Client,
             SpanKind::Server | SpanKind::Consumer => Role::Server,
             SpanKind::Internal | SpanKind::Unspecified => return None,
         };
-        let id = &span.resource.service;
-        let endpoint = Endpoint {
-            node: NodeKey::service(id.namespace.as_deref(), &id.name),
-            version: id.version.as_deref().map(Arc::from),
-        };
+        let endpoint = endpoint();
         let messaging = matches!(span.kind, SpanKind::Producer | SpanKind::Consumer);
         Some(SpanSide {
             role,
@@ -113,6 +116,15 @@ impl SpanSide {
     }
 }
 
+/// The service and version a resource names.
+pub fn endpoint_of(resource: &Resource) -> Endpoint {
+    let id = &resource.service;
+    Endpoint {
+        node: NodeKey::service(id.namespace.as_deref(), &id.name),
+        version: id.version.as_deref().map(Arc::from),
+    }
+}
+
 fn text<'a>(span: &'a Span, keys: &[&str]) -> Option<&'a str> {
     keys.iter()
         .filter_map(|k| span.attributes.get_str(k))
@@ -126,8 +138,13 @@ fn int(span: &Span, keys: &[&str]) -> Option<i64> {
 }
 
 fn outcome(span: &Span) -> Outcome {
-    let flags = span.attributes.get_str("response_flags").unwrap_or("");
-    let has_flag = |f: &str| flags.split(',').any(|x| x.trim() == f);
+    // Envoy writes "-" when no flag is set; most spans have no flags at all.
+    let flags = span
+        .attributes
+        .get_str("response_flags")
+        .filter(|f| *f != "-")
+        .unwrap_or("");
+    let has_flag = |f: &str| !flags.is_empty() && flags.split(',').any(|x| x.trim() == f);
     Outcome {
         error_status: span.status.code == StatusCode::Error,
         http_status: span.http_status(),

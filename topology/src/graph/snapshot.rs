@@ -10,7 +10,8 @@ use petgraph::graph::{NodeIndex, UnGraph};
 use crate::graph::health::{Health, HealthConfig};
 use crate::graph::node::{ConnectionType, EdgeKey, NodeKey, NodeKind};
 use crate::graph::sketch::{Quantiles, SketchSum};
-use crate::graph::window::{Counts, Series, Stats, Window};
+use crate::graph::window::{Counts, Stats, Window};
+use crate::graph::EdgeMap;
 
 /// What part of the graph to show.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,13 +144,15 @@ type ServiceEdge<'a> = (&'a NodeKey, &'a NodeKey, ConnectionType);
 /// output is sorted once at the end instead.
 #[derive(Default)]
 struct Groups<'a> {
-    edges: HashMap<ServiceEdge<'a>, Vec<(&'a EdgeKey, &'a Stats)>>,
-    inbound: HashMap<&'a NodeKey, Vec<&'a Stats>>,
-    outbound: HashMap<&'a NodeKey, u64>,
-    versions: HashMap<&'a NodeKey, BTreeMap<&'a Arc<str>, Vec<&'a Stats>>>,
+    edges: FastMap<ServiceEdge<'a>, Vec<(&'a EdgeKey, &'a Stats)>>,
+    inbound: FastMap<&'a NodeKey, Vec<&'a Stats>>,
+    outbound: FastMap<&'a NodeKey, u64>,
+    versions: FastMap<&'a NodeKey, BTreeMap<&'a Arc<str>, Vec<&'a Stats>>>,
 }
 
-fn group<'a>(edges: &'a HashMap<EdgeKey, Series>, w: Window) -> Groups<'a> {
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+fn group<'a>(edges: &'a EdgeMap, w: Window) -> Groups<'a> {
     let mut g = Groups::default();
     for (key, series) in edges {
         let stats = series.window(w);
@@ -178,11 +181,7 @@ fn group<'a>(edges: &'a HashMap<EdgeKey, Series>, w: Window) -> Groups<'a> {
 }
 
 /// The whole graph of one window: every node and edge, versions included.
-pub(super) fn build(
-    edges: &HashMap<EdgeKey, Series>,
-    window: Window,
-    health: &HealthConfig,
-) -> GraphSnapshot {
+pub(super) fn build(edges: &EdgeMap, window: Window, health: &HealthConfig) -> GraphSnapshot {
     let groups = group(edges, window);
     let mut sums = Sums::default();
     let mut out_edges: Vec<EdgeSnapshot> = Vec::with_capacity(groups.edges.len());
