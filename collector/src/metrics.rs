@@ -13,6 +13,10 @@ pub struct Metrics {
     pub ingest_spans: IntCounterVec,
     /// Spans refused, by protocol and reason (invalid ids, bad times, overload, store failure…).
     pub ingest_rejected_spans: IntCounterVec,
+    /// Metric data points accepted for the service graph, by protocol.
+    pub ingest_metric_points: IntCounterVec,
+    /// Metric data points refused, by protocol and reason.
+    pub ingest_rejected_metric_points: IntCounterVec,
     /// Whole requests refused, by protocol and reason (malformed, too large, unsupported media type…).
     pub ingest_rejected_requests: IntCounterVec,
     /// Spans waiting in the queue between receivers and the writer.
@@ -44,6 +48,8 @@ pub const METRIC_NAMES: &[&str] = &[
     "meshlens_ingest_spans_total",
     "meshlens_ingest_rejected_spans_total",
     "meshlens_ingest_rejected_requests_total",
+    "meshlens_ingest_metric_points_total",
+    "meshlens_ingest_rejected_metric_points_total",
     "meshlens_ingest_queue_depth",
     "meshlens_store_commit_seconds",
     "meshlens_store_spans_written_total",
@@ -80,6 +86,22 @@ impl Metrics {
                 Opts::new(
                     "meshlens_ingest_rejected_requests_total",
                     "Whole export requests refused, by protocol and reason.",
+                ),
+                &["protocol", "reason"],
+            )
+            .expect("valid metric"),
+            ingest_metric_points: IntCounterVec::new(
+                Opts::new(
+                    "meshlens_ingest_metric_points_total",
+                    "Metric data points accepted for the service graph.",
+                ),
+                &["protocol"],
+            )
+            .expect("valid metric"),
+            ingest_rejected_metric_points: IntCounterVec::new(
+                Opts::new(
+                    "meshlens_ingest_rejected_metric_points_total",
+                    "Metric data points refused, by protocol and reason.",
                 ),
                 &["protocol", "reason"],
             )
@@ -152,6 +174,8 @@ impl Metrics {
             Box::new(m.ingest_spans.clone()),
             Box::new(m.ingest_rejected_spans.clone()),
             Box::new(m.ingest_rejected_requests.clone()),
+            Box::new(m.ingest_metric_points.clone()),
+            Box::new(m.ingest_rejected_metric_points.clone()),
             Box::new(m.ingest_queue_depth.clone()),
             Box::new(m.store_commit_seconds.clone()),
             Box::new(m.store_spans_written.clone()),
@@ -199,6 +223,12 @@ mod tests {
             .with_label_values(&["otlp_grpc", "x"])
             .inc();
         m.store_errors.with_label_values(&["write"]).inc();
+        m.ingest_metric_points
+            .with_label_values(&["otlp_grpc"])
+            .inc();
+        m.ingest_rejected_metric_points
+            .with_label_values(&["otlp_grpc", "x"])
+            .inc();
         m.topology_spans.with_label_values(&["paired"]).inc();
         m.topology_series_dropped
             .with_label_values(&["traces_spanmetrics"])

@@ -131,6 +131,11 @@ impl Pipeline {
         done.await.map_err(|_| IngestError::ShuttingDown)?
     }
 
+    /// meshlens' own metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// The service graph this pipeline feeds.
     pub fn graph(&self) -> &GraphFeed {
         &self.graph

@@ -51,6 +51,7 @@ pub async fn spawn_all(
     let grpc = bind(listen.otlp_grpc, "otlp_grpc").await?;
     let otlp_grpc = grpc.local_addr()?;
     let svc = trace_service(pipeline.clone(), limit);
+    let metrics_svc = meshlens_collector::otlp::metrics::metrics_service(pipeline.clone(), limit);
     // The deadline starts once a permit is held: waiting for one is not the client's doing.
     let layer = tower::ServiceBuilder::new()
         .layer(concurrency.clone())
@@ -67,6 +68,7 @@ pub async fn spawn_all(
         tonic::transport::Server::builder()
             .layer(layer)
             .add_service(svc)
+            .add_service(metrics_svc)
             .serve_with_incoming_shutdown(no_delay(grpc), c.cancelled_owned())
             .await
             .context("otlp grpc server")

@@ -7,6 +7,7 @@ Envoy's own ext_authz calls as calls to the policy node."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import subprocess
 import threading
@@ -16,7 +17,7 @@ import envoy
 import pytest
 import requests
 
-from mlhelpers import LOOPBACK, free_ports, get_json, poll
+from mlhelpers import LOOPBACK, free_ports, get_json, metric, poll
 
 ENVOY = str(Path(envoy.__file__).parent / "_bin" / "envoy")
 OK, FAIL = 20, 5
@@ -37,10 +38,10 @@ class App(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def tracer(service: str, version: str) -> str:
+def tracer(service: str, version: str, sampling: int) -> str:
     return f"""
           tracing:
-            random_sampling: {{value: 100}}
+            random_sampling: {{value: {sampling}}}
             provider:
               name: envoy.tracers.opentelemetry
               typed_config:
@@ -71,7 +72,7 @@ EXT_AUTHZ = """
 
 
 def listener(name: str, port: int, direction: str, cluster: str, service: str, version: str,
-             filters: str = "") -> str:
+             filters: str = "", sampling: int = 100) -> str:
     return f"""
   - name: {name}
     address: {{socket_address: {{address: {LOOPBACK}, port_value: {port}}}}}
@@ -82,7 +83,7 @@ def listener(name: str, port: int, direction: str, cluster: str, service: str, v
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: {name}
-          generate_request_id: true{tracer(service, version)}
+          generate_request_id: true{tracer(service, version, sampling)}
           route_config:
             virtual_hosts:
             - name: all
@@ -122,12 +123,31 @@ def app_port():
     server.server_close()
 
 
-@pytest.fixture
-def sidecars(meshlens, app_port, tmp_path):
+# Envoy's OpenTelemetry stat sink: cluster stats (requests by status class, retries, overflows)
+# to meshlens every half second, with work's identity (without resource detectors the sink sends no
+# service name at all).
+STATS_SINK = """
+stats_flush_interval: 0.5s
+stats_sinks:
+- name: envoy.stat_sinks.open_telemetry
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.stat_sinks.open_telemetry.v3.SinkConfig
+    grpc_service:
+      envoy_grpc: {cluster_name: meshlens_otlp}
+      timeout: 2s
+    resource_detectors:
+    - name: envoy.tracers.opentelemetry.resource_detectors.static_config
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.tracers.opentelemetry.resource_detectors.v3.StaticConfigResourceDetectorConfig
+        attributes: {service.name: work, service.version: v1, service.namespace: shop}"""
+
+
+@contextlib.contextmanager
+def start_sidecars(meshlens, app_port, tmp_path, sampling: int = 100, stats: bool = False):
     outbound, inbound, admin = free_ports(3)
     grpc_port = int(meshlens.otlp_grpc.rsplit(":", 1)[1])
     policy_port = int(meshlens.policy.rsplit(":", 1)[1])
-    config = f"""
+    config = (STATS_SINK if stats else "") + f"""
 admin:
   address: {{socket_address: {{address: {LOOPBACK}, port_value: {admin}}}}}
 layered_runtime:
@@ -137,7 +157,7 @@ layered_runtime:
       tracing.opentelemetry.flush_interval_ms: 200
       tracing.opentelemetry.min_flush_spans: 1
 static_resources:
-  listeners:{listener("work_outbound", outbound, "OUTBOUND", "outbound|80|v2|meet.shop.svc.cluster.local", "work", "v1", EXT_AUTHZ)}{listener("meet_inbound", inbound, "INBOUND", "inbound|80||", "meet", "v2")}
+  listeners:{listener("work_outbound", outbound, "OUTBOUND", "outbound|80|v2|meet.shop.svc.cluster.local", "work", "v1", EXT_AUTHZ, sampling)}{listener("meet_inbound", inbound, "INBOUND", "inbound|80||", "meet", "v2")}
   clusters:{cluster("meshlens_otlp", grpc_port, http2=True)}{cluster("policy", policy_port, http2=True)}{cluster("outbound|80|v2|meet.shop.svc.cluster.local", inbound)}{cluster("inbound|80||", app_port)}
 """
     path = tmp_path / "envoy.yaml"
@@ -157,6 +177,12 @@ static_resources:
             proc.kill()
             proc.wait()
         log.close()
+
+
+@pytest.fixture
+def sidecars(meshlens, app_port, tmp_path):
+    with start_sidecars(meshlens, app_port, tmp_path) as base:
+        yield base
 
 
 def _ready(admin: int) -> bool:
@@ -197,3 +223,30 @@ def test_envoy_sidecar_spans_make_a_versioned_edge(meshlens, sidecars):
     ids = {n["id"] for n in graph["nodes"]}
     assert ids == {"service:shop/work", "service:shop/meet", "policy:meshlens-policy"}, \
         "Envoy's own calls go to the policy node, never to a mystery node"
+
+
+def test_envoy_metrics_count_every_request_when_spans_are_sampled(meshlens, app_port, tmp_path):
+    """Tracing samples a quarter of requests; Envoy's stat sink counts all of them. One edge seen
+    both ways is one edge, and the metrics' counts win."""
+    with start_sidecars(meshlens, app_port, tmp_path, sampling=25, stats=True) as base:
+        # The sink's first export (before any traffic) is this proxy's baseline.
+        poll(lambda: metric(meshlens.web_url, "meshlens_ingest_metric_points_total", protocol="otlp_grpc") > 0,
+             timeout=20, what="Envoy's first stats export")
+        session = requests.Session()
+        for i in range(OK):
+            assert session.get(f"{base}/ok/{i}", timeout=5).status_code == 200
+        for i in range(FAIL):
+            assert session.get(f"{base}/fail/{i}", timeout=5).status_code == 503
+
+        def edge():
+            g = get_json(f"{meshlens.web_url}/api/graph", window="1m")
+            e = {(x["source"], x["target"]): x for x in g["edges"]}.get(
+                ("service:shop/work", "service:shop/meet"))
+            return e if e and e["stats"]["requests"] == OK + FAIL else None
+
+        e = poll(edge, timeout=20, what="every request on work → meet, from Envoy's metrics")
+        assert e["stats"]["failures"] == FAIL
+        assert e["stats"]["http_5xx"] == FAIL
+        assert [(v["source_version"], v["target_version"]) for v in e["versions"]] == [("v1", "v2")]
+        paired = metric(meshlens.web_url, "meshlens_topology_spans_total", outcome="paired")
+        assert paired < 2 * (OK + FAIL), f"spans were sampled ({paired / 2:.0f} pairs), yet counts are whole"

@@ -5,11 +5,13 @@
 mod attr;
 pub mod graph;
 mod ids;
+mod metric;
 mod resource;
 mod span;
 pub mod testing;
 
 pub use attr::{AttrValue, Attributes};
 pub use ids::{InvalidSpan, SpanId, TraceId};
+pub use metric::{MetricBatch, MetricPoint, PointValue};
 pub use resource::{Resource, Scope, ServiceIdentity};
 pub use span::{Event, Link, Span, SpanKind, Status, StatusCode};

@@ -13,7 +13,9 @@ use meshlens_topology::graph::{
     EdgeObservation, GraphQuery, GraphSnapshot, HealthConfig, PairingConfig, PairingCounters,
     Topology,
 };
-use meshlens_topology::Span;
+use meshlens_topology::{MetricBatch, Span};
+
+use crate::error::IngestError;
 
 use crate::metrics::Metrics;
 
@@ -42,7 +44,13 @@ impl Default for GraphConfig {
 #[derive(Clone)]
 pub struct GraphFeed {
     core: Arc<FeedCore>,
-    tx: SyncSender<Vec<Span>>,
+    tx: SyncSender<Input>,
+}
+
+/// What the graph thread takes: committed spans, or proxies' metrics.
+enum Input {
+    Spans(Vec<Span>),
+    Metrics(Vec<MetricBatch>),
 }
 
 struct FeedCore {
@@ -75,13 +83,16 @@ impl GraphFeed {
             metrics: metrics.clone(),
             reported: Mutex::new(PairingCounters::default()),
         });
-        let (tx, rx) = sync_channel::<Vec<Span>>(QUEUE_BATCHES);
+        let (tx, rx) = sync_channel::<Input>(QUEUE_BATCHES);
         let worker = core.clone();
         let spawned = std::thread::Builder::new()
             .name("meshlens-graph".into())
             .spawn(move || {
-                for spans in rx {
-                    worker.observe(&spans);
+                for input in rx {
+                    match input {
+                        Input::Spans(spans) => worker.observe(&spans),
+                        Input::Metrics(batches) => worker.observe_metrics(&batches),
+                    }
                 }
             });
         if let Err(e) = spawned {
@@ -93,7 +104,8 @@ impl GraphFeed {
     /// Hands committed spans to the graph thread.
     pub fn offer(&self, spans: Vec<Span>) {
         let n = spans.len() as u64;
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(spans)
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+            self.tx.try_send(Input::Spans(spans))
         {
             self.core
                 .metrics
@@ -101,6 +113,19 @@ impl GraphFeed {
                 .with_label_values(&["dropped"])
                 .inc_by(n);
         }
+    }
+
+    /// Hands proxies' metrics to the graph thread; a full queue is overload (retry later).
+    pub fn offer_metrics(&self, batches: Vec<MetricBatch>) -> Result<(), IngestError> {
+        if batches.is_empty() {
+            return Ok(());
+        }
+        self.tx
+            .try_send(Input::Metrics(batches))
+            .map_err(|e| match e {
+                TrySendError::Full(_) => IngestError::Overloaded,
+                TrySendError::Disconnected(_) => IngestError::ShuttingDown,
+            })
     }
 
     /// Takes spans on the caller's thread (tests and tools; the pipeline uses `offer`).
@@ -136,6 +161,15 @@ impl FeedCore {
         let calls = self.with_engine(|t| t.observe(spans, now));
         self.export.record_calls(&calls);
         self.export.record_spans(spans);
+    }
+
+    fn observe_metrics(&self, batches: &[MetricBatch]) {
+        let now = now_ns();
+        let mut t = self.lock();
+        for b in batches {
+            t.observe_metrics(b, now);
+        }
+        self.metrics.topology_edges.set(t.edge_count() as i64);
     }
 
     /// Runs `f` on the engine, then brings the self-metrics up to date.

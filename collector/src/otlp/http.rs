@@ -1,4 +1,4 @@
-//! OTLP/HTTP `POST /v1/traces`: protobuf or JSON (the OTLP JSON mapping), gzip, chunked bodies.
+//! OTLP/HTTP `POST /v1/traces` and `POST /v1/metrics`: protobuf or JSON (the OTLP JSON mapping), gzip, chunked bodies.
 
 use axum::body::Body;
 use axum::extract::State;
@@ -15,8 +15,12 @@ use prost::Message;
 use crate::body::{read_body, BodyLimits};
 use crate::error::{IngestError, RETRY_AFTER};
 use crate::otlp::convert::convert_traces;
+use crate::otlp::metrics::convert_metrics;
 use crate::pipeline::Pipeline;
 use crate::Protocol;
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 
 #[derive(Clone)]
 struct HttpState {
@@ -61,6 +65,7 @@ impl Format {
 pub fn router(pipeline: Pipeline, limits: BodyLimits) -> Router {
     Router::new()
         .route("/v1/traces", post(traces))
+        .route("/v1/metrics", post(metrics))
         .with_state(HttpState { pipeline, limits })
 }
 
@@ -68,6 +73,37 @@ async fn traces(State(st): State<HttpState>, headers: HeaderMap, body: Body) -> 
     let format = Format::from_headers(&headers).unwrap_or(Format::Protobuf);
     match export(&st, &headers, body).await {
         Ok(resp) => encode(format, StatusCode::OK, &resp),
+        Err(e) => {
+            st.pipeline.reject_request(Protocol::OtlpHttp, &e);
+            error_response(format, &e)
+        }
+    }
+}
+
+/// `POST /v1/metrics`: proxies' metrics for the service graph, in the same encodings.
+async fn metrics(State(st): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
+    let format = Format::from_headers(&headers).unwrap_or(Format::Protobuf);
+    let result = async {
+        let format = Format::from_headers(&headers)?;
+        let bytes = read_body(&headers, body, st.limits).await?;
+        let request: ExportMetricsServiceRequest = match format {
+            Format::Protobuf => ExportMetricsServiceRequest::decode(bytes.as_ref())
+                .map_err(|e| IngestError::Malformed(format!("protobuf: {e}")))?,
+            Format::Json => serde_json::from_slice(&bytes)
+                .map_err(|e| IngestError::Malformed(format!("json: {e}")))?,
+        };
+        st.pipeline
+            .ingest_metrics(Protocol::OtlpHttp, convert_metrics(request))
+    }
+    .await;
+    match result {
+        Ok(done) => encode(
+            format,
+            StatusCode::OK,
+            &ExportMetricsServiceResponse {
+                partial_success: done.partial_success(),
+            },
+        ),
         Err(e) => {
             st.pipeline.reject_request(Protocol::OtlpHttp, &e);
             error_response(format, &e)

@@ -3,3 +3,4 @@
 pub mod convert;
 pub mod grpc;
 pub mod http;
+pub mod metrics;

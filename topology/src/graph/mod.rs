@@ -5,6 +5,7 @@
 mod health;
 mod node;
 mod pairing;
+mod proxy;
 mod side;
 mod sketch;
 mod snapshot;
@@ -16,6 +17,7 @@ pub use pairing::{
     EdgeObservation, Pairer, PairingConfig, PairingCounters, DEFAULT_MAX_PENDING,
     DEFAULT_PAIRING_TTL_NS,
 };
+pub use proxy::{MetricObservation, ProxyMetrics};
 pub use side::{endpoint_of, istio_cluster, Outcome, Peer, Role, SpanSide};
 pub use sketch::{LatencySketch, Quantiles, SketchSum, RELATIVE_ACCURACY};
 pub use snapshot::{
@@ -27,6 +29,7 @@ pub use window::{Counts, Series, Stats, Window};
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::metric::MetricBatch;
 use crate::resource::Resource;
 use crate::span::Span;
 
@@ -45,6 +48,7 @@ type EdgeMap = HashMap<EdgeKey, Series, foldhash::fast::RandomState>;
 
 pub struct Topology {
     pairer: Pairer,
+    proxies: ProxyMetrics,
     edges: EdgeMap,
     health: HealthConfig,
 }
@@ -59,6 +63,7 @@ impl Topology {
     pub fn new(pairing: PairingConfig, health: HealthConfig) -> Self {
         Topology {
             pairer: Pairer::new(pairing),
+            proxies: ProxyMetrics::default(),
             edges: EdgeMap::default(),
             health,
         }
@@ -93,6 +98,28 @@ impl Topology {
         }
         self.record(&out, now_ns);
         out
+    }
+
+    /// Takes proxy metrics that arrived at `now_ns`. Returns what they added, per edge.
+    pub fn observe_metrics(&mut self, batch: &MetricBatch, now_ns: u64) -> Vec<MetricObservation> {
+        let mut out = Vec::new();
+        self.proxies.observe(batch, &mut out);
+        for o in &out {
+            match self.edges.get_mut(&o.key) {
+                Some(series) => series.record_metric(&o.counts, now_ns),
+                None => {
+                    let mut series = Series::default();
+                    series.record_metric(&o.counts, now_ns);
+                    self.edges.insert(o.key.clone(), series);
+                }
+            }
+        }
+        out
+    }
+
+    /// Metric points that named no edge meshlens could place.
+    pub fn unplaced_points(&self) -> u64 {
+        self.proxies.unplaced
     }
 
     /// Settles spans whose time ran out and forgets edges idle for longer than the longest

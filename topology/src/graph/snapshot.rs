@@ -68,7 +68,7 @@ pub struct Summary {
 impl Summary {
     fn of(s: &Stats) -> Summary {
         Summary {
-            counts: s.counts,
+            counts: effective(&s.counts, &s.metric_counts),
             latency: s.latency().quantiles(),
             client_latency: s.client_latency.quantiles(),
         }
@@ -77,11 +77,14 @@ impl Summary {
     /// The sum of many windows' stats, percentiles of their merged latencies.
     fn sum<'a>(stats: impl Iterator<Item = &'a Stats>, sums: &mut Sums) -> Summary {
         let mut out = Summary::default();
+        let mut from_metrics = Counts::default();
         for s in stats {
             out.counts.add(&s.counts);
+            from_metrics.add(&s.metric_counts);
             sums.server.add(&s.server_latency);
             sums.client.add(&s.client_latency);
         }
+        out.counts = effective(&out.counts, &from_metrics);
         let server = sums.server.take_quantiles();
         out.client_latency = sums.client.take_quantiles();
         out.latency = server.or(out.client_latency);
@@ -90,6 +93,23 @@ impl Summary {
 
     fn health(&self, h: &HealthConfig) -> Health {
         h.judge(&self.counts)
+    }
+}
+
+/// One edge seen through spans and through metrics is one edge. Where the proxies' metrics
+/// counted calls in the window, their counts win (they are not sampled); the spans' bytes stand
+/// where metrics have none. Latencies always come from spans.
+fn effective(spans: &Counts, metrics: &Counts) -> Counts {
+    if metrics.requests == 0 && metrics.retries == 0 && metrics.overflows == 0 {
+        return *spans;
+    }
+    Counts {
+        bytes: if metrics.bytes == 0 {
+            spans.bytes
+        } else {
+            metrics.bytes
+        },
+        ..*metrics
     }
 }
 

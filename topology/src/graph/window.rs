@@ -75,6 +75,9 @@ pub struct Counts {
     pub rate_limited: u64,
     pub overflows: u64,
     pub bytes: u64,
+    /// Retries and outlier ejections, which only proxies' metrics report.
+    pub retries: u64,
+    pub ejections: u64,
 }
 
 impl Counts {
@@ -91,7 +94,7 @@ impl Counts {
         self.bytes += o.bytes;
     }
 
-    fn to_array(self) -> [u64; 9] {
+    fn to_array(self) -> [u64; 11] {
         [
             self.requests,
             self.failures,
@@ -102,11 +105,13 @@ impl Counts {
             self.rate_limited,
             self.overflows,
             self.bytes,
+            self.retries,
+            self.ejections,
         ]
     }
 
-    fn from_array(a: [u64; 9]) -> Counts {
-        let [requests, failures, http_4xx, http_5xx, grpc_errors, denied, rate_limited, overflows, bytes] =
+    fn from_array(a: [u64; 11]) -> Counts {
+        let [requests, failures, http_4xx, http_5xx, grpc_errors, denied, rate_limited, overflows, bytes, retries, ejections] =
             a;
         Counts {
             requests,
@@ -118,6 +123,8 @@ impl Counts {
             rate_limited,
             overflows,
             bytes,
+            retries,
+            ejections,
         }
     }
 
@@ -138,7 +145,10 @@ impl Counts {
 /// Counts and latencies of calls on one edge over some time.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
+    /// Calls counted from spans.
     pub counts: Counts,
+    /// Calls counted by the proxies' metrics (unsampled, so they win where present).
+    pub metric_counts: Counts,
     pub server_latency: LatencySketch,
     pub client_latency: LatencySketch,
 }
@@ -176,6 +186,7 @@ impl Stats {
 
     pub fn merge(&mut self, other: &Stats) {
         self.counts.add(&other.counts);
+        self.metric_counts.add(&other.metric_counts);
         self.server_latency.merge(&other.server_latency);
         self.client_latency.merge(&other.client_latency);
     }
@@ -183,6 +194,7 @@ impl Stats {
     /// Takes out what `other` added before (a slot leaving a window).
     pub fn subtract(&mut self, other: &Stats) {
         self.counts.subtract(&other.counts);
+        self.metric_counts.subtract(&other.metric_counts);
         self.server_latency.subtract(&other.server_latency);
         self.client_latency.subtract(&other.client_latency);
     }
@@ -220,26 +232,36 @@ fn slot_of(now_ns: u64, width: u64) -> i64 {
 
 impl Series {
     pub fn record(&mut self, o: &EdgeObservation, now_ns: u64) {
+        let keys = Keys::of(o);
+        self.each_current(now_ns, |stats| stats.record_keyed(o, keys));
+    }
+
+    /// Adds increments counted by a proxy's metrics.
+    pub fn record_metric(&mut self, counts: &Counts, now_ns: u64) {
+        self.each_current(now_ns, |stats| stats.metric_counts.add(counts));
+    }
+
+    /// Applies `f` to the current slots and every window total.
+    fn each_current(&mut self, now_ns: u64, f: impl Fn(&mut Stats)) {
         self.advance(now_ns);
         let now = self.now_ns;
         self.last_seen_ns = now;
-        let keys = Keys::of(o);
         for (ring, width) in [
             (&mut self.fine, FINE_SLOT_NS),
             (&mut self.coarse, COARSE_SLOT_NS),
         ] {
             let slot = slot_of(now, width);
             match ring.back_mut() {
-                Some((s, stats)) if *s == slot => stats.record_keyed(o, keys),
+                Some((s, stats)) if *s == slot => f(stats),
                 _ => {
                     let mut stats = Stats::default();
-                    stats.record_keyed(o, keys);
+                    f(&mut stats);
                     ring.push_back((slot, stats));
                 }
             }
         }
         for total in &mut self.totals {
-            total.record_keyed(o, keys);
+            f(total);
         }
     }
 

@@ -79,6 +79,9 @@ pub struct StatsDto {
     pub rate_limited: u64,
     pub overflows: u64,
     pub bytes: u64,
+    /// Retries and outlier ejections (from proxies' metrics).
+    pub retries: u64,
+    pub ejections: u64,
     /// Server-side latency where known, else client-side (virtual nodes).
     pub latency_ms: Option<Percentiles>,
     pub client_latency_ms: Option<Percentiles>,
@@ -117,6 +120,8 @@ pub fn stats_dto(s: &Summary, window: Window) -> StatsDto {
         rate_limited: c.rate_limited,
         overflows: c.overflows,
         bytes: c.bytes,
+        retries: c.retries,
+        ejections: c.ejections,
         latency_ms: percentiles(s.latency),
         client_latency_ms: percentiles(s.client_latency),
     }

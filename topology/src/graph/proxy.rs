@@ -1,0 +1,453 @@
+//! Calls counted by the proxies themselves, from their metrics: Envoy's own cluster stats (its
+//! OpenTelemetry stat sink) and Istio's standard metrics. Cumulative values become increments by
+//! difference with the series' last value; a value that goes down is a counter reset (Envoy's
+//! `start_time_unix_nano` is not to be trusted: it is in microseconds). The first value of a
+//! series from a proxy meshlens has not heard from before is its baseline: what the proxy counted
+//! before meshlens saw it is not counted. A series that first appears from a proxy already heard
+//! from is new since then (Envoy creates per-code counters on first use), so all of it counts.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Arc;
+
+use crate::attr::Attributes;
+use crate::graph::node::{ConnectionType, EdgeKey, Endpoint, NodeKey};
+use crate::graph::side::{endpoint_of, istio_cluster};
+use crate::graph::window::Counts;
+use crate::metric::{MetricBatch, MetricPoint, PointValue};
+use crate::resource::UNKNOWN_SERVICE;
+
+/// Increments of one edge's counts, from metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricObservation {
+    pub key: EdgeKey,
+    pub counts: Counts,
+}
+
+/// Most series whose last value is remembered; past it, the memory starts afresh (every series
+/// then takes one export to find its baseline again).
+const MAX_SERIES: usize = 200_000;
+
+/// Last values of cumulative series.
+#[derive(Default)]
+pub struct ProxyMetrics {
+    last: HashMap<u64, f64, foldhash::fast::FixedState>,
+    /// Proxies (resources) heard from before.
+    proxies: HashSet<u64, foldhash::fast::FixedState>,
+    /// Points that named no edge meshlens can place (no service name, an unknown cluster form).
+    pub unplaced: u64,
+}
+
+/// What one point adds to an edge.
+enum Effect {
+    /// Requests with an HTTP status class ("2", "4", "5") or code.
+    Requests {
+        class: u8,
+        grpc_error: bool,
+        flags: Flags,
+    },
+    Retries,
+    Overflows,
+    Ejections,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Flags {
+    denied: bool,
+    rate_limited: bool,
+    overflow: bool,
+}
+
+impl ProxyMetrics {
+    /// The increments this batch adds, per edge.
+    pub fn observe(&mut self, batch: &MetricBatch, out: &mut Vec<MetricObservation>) {
+        if self.last.len() > MAX_SERIES {
+            self.last.clear();
+            self.proxies.clear();
+        }
+        let who = &batch.resource.service;
+        let known = !self.proxies.insert(hash_of(who));
+        let source = endpoint_of(&batch.resource);
+        for point in &batch.points {
+            let Some((key, effect)) = classify(&source, point) else {
+                continue;
+            };
+            let Some(n) = self.increment(who, known, point) else {
+                continue;
+            };
+            if key.client.node.name.as_ref() == UNKNOWN_SERVICE {
+                self.unplaced += 1;
+                continue;
+            }
+            let mut counts = Counts::default();
+            match effect {
+                Effect::Requests {
+                    class,
+                    grpc_error,
+                    flags,
+                } => {
+                    counts.requests = n;
+                    counts.http_4xx = if class == 4 { n } else { 0 };
+                    counts.http_5xx = if class == 5 { n } else { 0 };
+                    counts.grpc_errors = if grpc_error { n } else { 0 };
+                    counts.failures = if class == 5 || grpc_error { n } else { 0 };
+                    counts.denied = if flags.denied { n } else { 0 };
+                    counts.rate_limited = if flags.rate_limited { n } else { 0 };
+                    counts.overflows = if flags.overflow { n } else { 0 };
+                }
+                Effect::Retries => counts.retries = n,
+                Effect::Overflows => counts.overflows = n,
+                Effect::Ejections => counts.ejections = n,
+            }
+            if n > 0 {
+                out.push(MetricObservation { key, counts });
+            }
+        }
+    }
+
+    /// The increment a point stands for: its value for deltas, the difference with the last value
+    /// for cumulative sums (the whole value after a reset); for a series' first value, all of it
+    /// if the proxy was heard from before (`known`), else `None` (a baseline).
+    fn increment(
+        &mut self,
+        who: &crate::ServiceIdentity,
+        known: bool,
+        p: &MetricPoint,
+    ) -> Option<u64> {
+        let (value, delta) = match &p.value {
+            PointValue::Sum { value, delta, .. } => (*value, *delta),
+            PointValue::Histogram { count, delta, .. } => (*count as f64, *delta),
+            PointValue::Gauge(_) => return None,
+        };
+        if !value.is_finite() || value < 0.0 {
+            return None;
+        }
+        if delta {
+            return Some(value as u64);
+        }
+        let mut h = foldhash::fast::FixedState::default().build_hasher();
+        (who, &p.name).hash(&mut h);
+        for (k, v) in p.attributes.iter() {
+            k.hash(&mut h);
+            v.to_text().hash(&mut h);
+        }
+        let Some(previous) = self.last.insert(h.finish(), value) else {
+            return known.then_some(value as u64);
+        };
+        Some(if value >= previous {
+            (value - previous) as u64
+        } else {
+            value as u64
+        })
+    }
+}
+
+fn hash_of(v: &impl Hash) -> u64 {
+    foldhash::fast::FixedState::default().hash_one(v)
+}
+
+fn text<'a>(a: &'a Attributes, keys: &[&str]) -> Option<&'a str> {
+    keys.iter()
+        .filter_map(|k| a.get_str(k))
+        .find(|s| !s.is_empty() && *s != "unknown")
+}
+
+/// The edge and effect of a point, for the metrics meshlens reads; `None` for the rest.
+fn classify(source: &Endpoint, p: &MetricPoint) -> Option<(EdgeKey, Effect)> {
+    let a = &p.attributes;
+    if p.name == "istio_requests_total" {
+        return istio(a).map(|(key, class, grpc_error, flags)| {
+            (
+                key,
+                Effect::Requests {
+                    class,
+                    grpc_error,
+                    flags,
+                },
+            )
+        });
+    }
+    let (cluster, stat) = envoy_cluster_stat(&p.name, text(a, &["envoy.cluster_name"])?)?;
+    let effect = match stat {
+        "upstream_rq_xx" => Effect::Requests {
+            class: text(a, &["envoy.response_code_class"])?.parse().ok()?,
+            grpc_error: false,
+            flags: Flags::default(),
+        },
+        "upstream_rq_retry" => Effect::Retries,
+        "upstream_rq_pending_overflow" | "upstream_cx_overflow" => Effect::Overflows,
+        _ => Effect::Ejections,
+    };
+    let server = istio_cluster(&cluster)?;
+    let key = EdgeKey {
+        client: source.clone(),
+        server,
+        connection: ConnectionType::Http,
+    };
+    Some((key, effect))
+}
+
+/// The Envoy cluster stats the graph reads.
+const ENVOY_STATS: &[&str] = &[
+    "upstream_rq_xx",
+    "upstream_rq_retry",
+    "upstream_rq_pending_overflow",
+    "upstream_cx_overflow",
+    "outlier_detection.ejections_enforced_total",
+];
+
+/// The whole cluster name and the stat of an Envoy cluster metric. Envoy's default tag extractor
+/// takes the cluster name only up to its first dot: `outbound|80|v2|meet.shop.svc.cluster.local`
+/// arrives as `envoy.cluster_name="outbound|80|v2|meet"` on the metric
+/// `cluster.shop.svc.cluster.local.upstream_rq_xx` (observed with Envoy 1.40), so the rest is
+/// read back from the name. The `external.`/`internal.` variants count a subset of the same
+/// requests (by origin) and are left out.
+fn envoy_cluster_stat(name: &str, tagged: &str) -> Option<(String, &'static str)> {
+    let rest = name.strip_prefix("cluster.")?;
+    for &stat in ENVOY_STATS {
+        if rest == stat {
+            return Some((tagged.to_string(), stat));
+        }
+        let Some(middle) = rest.strip_suffix(stat).and_then(|m| m.strip_suffix('.')) else {
+            continue;
+        };
+        let origin = |m: &str| m.ends_with(".external") || m.ends_with(".internal");
+        if middle == "external" || middle == "internal" || origin(middle) {
+            return None;
+        }
+        return Some((format!("{tagged}.{middle}"), stat));
+    }
+    None
+}
+
+/// `istio_requests_total` as the destination's proxy reports it (the source's report of the same
+/// request would count it twice).
+fn istio(a: &Attributes) -> Option<(EdgeKey, u8, bool, Flags)> {
+    if a.get_str("reporter").is_some_and(|r| r != "destination") {
+        return None;
+    }
+    let end = |name: &[&str], version: &str, namespace: &[&str]| -> Option<Endpoint> {
+        Some(Endpoint {
+            node: NodeKey::service(text(a, namespace), text(a, name)?),
+            version: text(a, &[version]).map(Arc::from),
+        })
+    };
+    let client = end(
+        &["source_canonical_service", "source_workload", "source_app"],
+        "source_version",
+        &["source_workload_namespace"],
+    )
+    .unwrap_or_else(|| Endpoint {
+        node: NodeKey::user(),
+        version: None,
+    });
+    let server = end(
+        &[
+            "destination_canonical_service",
+            "destination_service_name",
+            "destination_workload",
+        ],
+        "destination_version",
+        &[
+            "destination_service_namespace",
+            "destination_workload_namespace",
+        ],
+    )?;
+    let code: u16 = text(a, &["response_code"])
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let grpc = text(a, &["grpc_response_status"]);
+    let flags = a.get_str("response_flags").unwrap_or("");
+    let has = |f: &str| flags.split(',').any(|x| x == f);
+    let key = EdgeKey {
+        client,
+        server,
+        connection: if grpc.is_some() {
+            ConnectionType::Grpc
+        } else {
+            ConnectionType::Http
+        },
+    };
+    Some((
+        key,
+        (code / 100) as u8,
+        grpc.is_some_and(|g| g != "0"),
+        Flags {
+            denied: has("UAEX"),
+            rate_limited: has("RL"),
+            overflow: has("UO"),
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::resource;
+
+    fn sum(name: &str, attrs: &[(&str, &str)], value: f64) -> MetricPoint {
+        let mut a = Attributes::new();
+        for (k, v) in attrs {
+            a.push(*k, *v);
+        }
+        MetricPoint {
+            name: name.into(),
+            attributes: a,
+            value: PointValue::Sum {
+                value,
+                monotonic: true,
+                delta: false,
+            },
+        }
+    }
+
+    fn run(m: &mut ProxyMetrics, points: Vec<MetricPoint>) -> Vec<(String, String, Counts)> {
+        let batch = MetricBatch {
+            resource: resource("work", Some("v1")),
+            points,
+        };
+        let mut out = Vec::new();
+        m.observe(&batch, &mut out);
+        out.into_iter()
+            .map(|o| {
+                let v = o.key.server.version.as_deref().unwrap_or("").to_string();
+                (o.key.server.node.id(), v, o.counts)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn envoy_cumulative_counters_become_increments() {
+        let cluster = ("envoy.cluster_name", "outbound|80|v2|meet");
+        let xx = |class: &'static str, v| {
+            sum(
+                "cluster.upstream_rq_xx",
+                &[cluster, ("envoy.response_code_class", class)],
+                v,
+            )
+        };
+        let mut m = ProxyMetrics::default();
+        assert!(
+            run(&mut m, vec![xx("2", 100.0), xx("5", 3.0)]).is_empty(),
+            "baselines"
+        );
+        let got = run(&mut m, vec![xx("2", 130.0), xx("5", 5.0)]);
+        assert_eq!(got.len(), 2);
+        assert_eq!(
+            (got[0].0.as_str(), got[0].1.as_str()),
+            ("service:meet", "v2")
+        );
+        assert_eq!((got[0].2.requests, got[0].2.failures), (30, 0));
+        assert_eq!(
+            (got[1].2.requests, got[1].2.failures, got[1].2.http_5xx),
+            (2, 2, 2)
+        );
+        // Envoy restarted: the counter went down, so the new value is all new.
+        let got = run(&mut m, vec![xx("2", 7.0)]);
+        assert_eq!(got[0].2.requests, 7);
+        let got = run(
+            &mut m,
+            vec![
+                sum("cluster.upstream_rq_retry", &[cluster], 1.0),
+                sum("cluster.upstream_rq_pending_overflow", &[cluster], 0.0),
+            ],
+        );
+        assert_eq!(got.len(), 1, "a zero increment adds nothing");
+        assert_eq!(got[0].2.retries, 1);
+        let got = run(
+            &mut m,
+            vec![
+                sum("cluster.upstream_rq_retry", &[cluster], 4.0),
+                sum("cluster.upstream_rq_pending_overflow", &[cluster], 2.0),
+            ],
+        );
+        assert_eq!((got[0].2.retries, got[1].2.overflows), (3, 2));
+        // A series new from a proxy heard from before counts whole (Envoy makes per-class
+        // counters on first use).
+        let got = run(&mut m, vec![xx("4", 2.0)]);
+        assert_eq!((got[0].2.requests, got[0].2.http_4xx), (2, 2));
+        // A dotted cluster name, as Envoy's tag extractor splits it; origin variants are a subset.
+        let split = ("envoy.cluster_name", "outbound|80|v1|lunch");
+        let dotted = |name, v| sum(name, &[split, ("envoy.response_code_class", "2")], v);
+        let got = run(
+            &mut m,
+            vec![
+                dotted("cluster.shop.svc.cluster.local.upstream_rq_xx", 5.0),
+                dotted(
+                    "cluster.shop.svc.cluster.local.external.upstream_rq_xx",
+                    5.0,
+                ),
+            ],
+        );
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            (got[0].0.as_str(), got[0].1.as_str()),
+            ("service:shop/lunch", "v1")
+        );
+        assert_eq!(got[0].2.requests, 5);
+        // Clusters that are not Istio-style name no service; other metrics are not read.
+        let other = ("envoy.cluster_name", "meshlens_otlp");
+        run(
+            &mut m,
+            vec![sum(
+                "cluster.upstream_rq_xx",
+                &[other, ("envoy.response_code_class", "2")],
+                1.0,
+            )],
+        );
+        assert!(run(
+            &mut m,
+            vec![sum(
+                "cluster.upstream_rq_xx",
+                &[other, ("envoy.response_code_class", "2")],
+                9.0
+            )]
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn istio_requests_by_the_destination_reporter() {
+        let attrs = |reporter: &'static str, code: &'static str| {
+            vec![
+                ("reporter", reporter),
+                ("source_canonical_service", "work"),
+                ("source_version", "v1"),
+                ("source_workload_namespace", "shop"),
+                ("destination_canonical_service", "meet"),
+                ("destination_version", "v2"),
+                ("destination_service_namespace", "shop"),
+                ("response_code", code),
+                ("response_flags", "-"),
+            ]
+        };
+        let point = |reporter, code, v| MetricPoint {
+            value: PointValue::Sum {
+                value: v,
+                monotonic: true,
+                delta: true,
+            },
+            ..sum("istio_requests_total", &attrs(reporter, code), 0.0)
+        };
+        let mut m = ProxyMetrics::default();
+        let got = run(
+            &mut m,
+            vec![
+                point("destination", "200", 8.0),
+                point("destination", "503", 2.0),
+                point("source", "200", 8.0),
+            ],
+        );
+        assert_eq!(
+            got.len(),
+            2,
+            "the source's report of the same requests is not counted"
+        );
+        assert_eq!(
+            (got[0].0.as_str(), got[0].1.as_str()),
+            ("service:shop/meet", "v2")
+        );
+        assert_eq!(got[0].2.requests, 8);
+        assert_eq!((got[1].2.requests, got[1].2.http_5xx), (2, 2));
+    }
+}
