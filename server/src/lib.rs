@@ -86,6 +86,13 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         cancel.clone(),
     );
     retention::spawn_checkpointer(&mut servers, store.clone(), cancel.clone());
+    spawn_history(
+        &mut servers,
+        graph.clone(),
+        store.clone(),
+        metrics.clone(),
+        cancel.clone(),
+    );
     // Settles spans whose pairing time ran out and forgets long-idle edges, so the graph moves
     // on even when no spans arrive.
     spawn_every(
@@ -111,6 +118,40 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         servers,
         writers,
     })
+}
+
+/// Every 10 s, writes the graph's minutes that have ended since the last write to the store, so
+/// the graph of a past window can be rebuilt after a restart. A failed write is tried again with
+/// the next tick (the graph keeps the last hour of minutes).
+fn spawn_history(
+    set: &mut JoinSet<anyhow::Result<()>>,
+    graph: GraphFeed,
+    store: Arc<Store>,
+    metrics: Metrics,
+    cancel: CancellationToken,
+) {
+    set.spawn(async move {
+        let mut flushed: Option<i64> = None;
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = tick.tick() => {}
+            }
+            let g = graph.clone();
+            let after = flushed.unwrap_or(i64::MIN);
+            let (rows, last_closed) =
+                tokio::task::spawn_blocking(move || g.closed_minutes(after)).await?;
+            match store.write_edge_minutes(&rows).await {
+                Ok(()) => flushed = Some(last_closed),
+                Err(e) => {
+                    metrics.store_errors.with_label_values(&["history"]).inc();
+                    tracing::warn!(error = %e, "writing the graph's history failed; will retry");
+                }
+            }
+        }
+    });
 }
 
 /// Runs `work` on a blocking thread every `period` until cancelled: CPU work, such as settling

@@ -74,5 +74,9 @@ async fn run_once(
         tokio::time::sleep(PAUSE).await;
     }
     store.delete_operations_before(cutoff_ns).await?;
+    // The graph's per-minute history follows the same retention.
+    store
+        .delete_edge_minutes_before(cutoff_ns.div_euclid(60_000_000_000))
+        .await?;
     Ok(())
 }

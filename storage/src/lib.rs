@@ -22,8 +22,10 @@ mod encode;
 mod json;
 mod query;
 mod read;
+mod rollup;
 mod write;
 pub use query::{Operation, TraceQuery};
+pub use rollup::EdgeMinute;
 
 /// A store failure. The message is for logs; clients get a generic retryable error.
 #[derive(Debug, thiserror::Error)]

@@ -428,3 +428,82 @@ async fn data_errors_are_told_from_transient_ones() {
         .into();
     assert!(err.is_data_error(), "{err}");
 }
+
+/// Edge minutes round-trip exactly (keys of every node kind, both count sets, sketches), a rewrite
+/// replaces a minute, ranges are half-open, and retention deletes by minute.
+async fn edge_minutes_round_trip(store: &Store) {
+    use crate::EdgeMinute;
+    use meshlens_topology::graph::{
+        ConnectionType, Counts, EdgeKey, Endpoint, LatencySketch, NodeKey, NodeKind, Stats,
+    };
+    let end = |node: NodeKey, version: Option<&str>| Endpoint {
+        node,
+        version: version.map(Into::into),
+    };
+    let mut server = LatencySketch::new();
+    for ns in [0, 80_000, 1_500_000, 1_500_000, 9_000_000_000] {
+        server.record_ns(ns);
+    }
+    let stats = |requests| Stats {
+        counts: Counts {
+            requests,
+            failures: 1,
+            bytes: 42,
+            ..Counts::default()
+        },
+        metric_counts: Counts {
+            requests: requests * 2,
+            retries: 3,
+            ..Counts::default()
+        },
+        server_latency: server.clone(),
+        client_latency: LatencySketch::new(),
+    };
+    let keys = [
+        EdgeKey {
+            client: end(NodeKey::service(Some("shop"), "work"), Some("v1")),
+            server: end(NodeKey::service(None, "meet \"quoted\" ✓"), None),
+            connection: ConnectionType::Grpc,
+        },
+        EdgeKey {
+            client: end(NodeKey::user(), None),
+            server: end(NodeKey::virtual_node(NodeKind::Database, "orders"), None),
+            connection: ConnectionType::Database,
+        },
+    ];
+    let rows: Vec<EdgeMinute> = [(100, &keys[0], 5), (101, &keys[0], 6), (101, &keys[1], 7)]
+        .into_iter()
+        .map(|(minute, key, n)| EdgeMinute {
+            minute,
+            key: key.clone(),
+            stats: stats(n),
+        })
+        .collect();
+    store.write_edge_minutes(&rows).await.unwrap();
+    assert_eq!(store.edge_minutes(100, 102).await.unwrap(), rows);
+    assert_eq!(store.edge_minutes(101, 102).await.unwrap(), rows[1..]);
+    let rewritten = EdgeMinute {
+        stats: stats(60),
+        ..rows[1].clone()
+    };
+    store
+        .write_edge_minutes(std::slice::from_ref(&rewritten))
+        .await
+        .unwrap();
+    let got = store.edge_minutes(101, 102).await.unwrap();
+    assert!(got.contains(&rewritten) && got.len() == 2, "{got:?}");
+    assert_eq!(store.delete_edge_minutes_before(101).await.unwrap(), 1);
+    assert!(store.edge_minutes(0, 101).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn sqlite_edge_minutes() {
+    let (store, _dir) = sqlite_store().await;
+    edge_minutes_round_trip(&store).await;
+}
+
+#[tokio::test]
+async fn postgres_edge_minutes() {
+    let store = postgres_store().await;
+    edge_minutes_round_trip(&store).await;
+}

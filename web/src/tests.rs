@@ -293,7 +293,7 @@ async fn graph_api_rejects_bad_parameters() {
         "/api/graph?depth=-1",
         "/api/graph?depth=1000",
         "/api/graph?versions=maybe",
-        "/api/graph?end=1700000000",
+        "/api/graph?end=yesterday",
     ] {
         let (status, body) = get(&st, uri).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
@@ -320,4 +320,56 @@ async fn services_list_keeps_jaeger_shape_and_adds_red() {
     assert_eq!(work["stats"]["requests"], 4);
     assert!((work["stats"]["error_ratio"].as_f64().unwrap() - 0.25).abs() < 1e-9);
     assert_eq!(work["health"], "failure");
+}
+
+#[tokio::test]
+async fn past_windows_come_from_the_per_minute_history() {
+    use meshlens_storage::EdgeMinute;
+    use meshlens_topology::graph::{ConnectionType, Counts, EdgeKey, Endpoint, NodeKey, Stats};
+    let (st, _dir) = state(true).await;
+    let end = |name: &str, v: &str| Endpoint {
+        node: NodeKey::service(Some("shop"), name),
+        version: Some(v.into()),
+    };
+    let key = EdgeKey {
+        client: end("front", "v1"),
+        server: end("work", "v2"),
+        connection: ConnectionType::Http,
+    };
+    let minute = |m: i64, requests: u64, failures: u64| EdgeMinute {
+        minute: m,
+        key: key.clone(),
+        stats: Stats {
+            counts: Counts {
+                requests,
+                failures,
+                http_5xx: failures,
+                ..Counts::default()
+            },
+            ..Stats::default()
+        },
+    };
+    // 29,000,000 is a minute of 2025; the window ending at 29,000,060 holds minutes 29,000,000..=59.
+    let rows: Vec<EdgeMinute> = (0..61)
+        .map(|i| minute(29_000_000 + i, 10, i as u64 % 2))
+        .collect();
+    st.store.write_edge_minutes(&rows).await.unwrap();
+    let end_s: u64 = 29_000_060 * 60;
+    let (status, body) = get(&st, &format!("/api/graph?window=1h&end={end_s}")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let e = &body["edges"][0];
+    assert_eq!(e["source"], "service:shop/front");
+    assert_eq!(
+        e["stats"]["requests"], 600,
+        "60 minutes of 10, not the 61st"
+    );
+    assert_eq!(e["stats"]["failures"], 30);
+    assert!((e["stats"]["rps"].as_f64().unwrap() - 600.0 / 3600.0).abs() < 1e-9);
+    let (_, body) = get(&st, &format!("/api/graph?window=1m&end={}", end_s * 1000)).await;
+    assert_eq!(
+        body["edges"][0]["stats"]["requests"], 10,
+        "milliseconds are understood"
+    );
+    let (_, body) = get(&st, "/api/graph?window=5m&end=2001-01-01T00:00:00Z").await;
+    assert_eq!(body["edges"], serde_json::json!([]), "nothing then");
 }

@@ -9,6 +9,7 @@ pub use export::{ProductMetrics, DEFAULT_MAX_SERIES, PRODUCT_METRIC_NAMES};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use meshlens_storage::EdgeMinute;
 use meshlens_topology::graph::{
     EdgeObservation, GraphQuery, GraphSnapshot, HealthConfig, PairingConfig, PairingCounters,
     Topology,
@@ -143,6 +144,21 @@ impl GraphFeed {
     /// The graph of a window as of now.
     pub fn snapshot(&self, query: &GraphQuery) -> GraphSnapshot {
         self.core.lock().snapshot(query, now_ns())
+    }
+
+    /// Each edge's statistics for the whole minutes after `after` (unix minutes) that have ended,
+    /// and the last such minute, for the per-minute history.
+    pub fn closed_minutes(&self, after: i64) -> (Vec<EdgeMinute>, i64) {
+        let now = now_ns();
+        let last_closed = (now / 60_000_000_000) as i64 - 1;
+        let rows = self
+            .core
+            .lock()
+            .closed_minutes(after, now)
+            .into_iter()
+            .map(|(minute, key, stats)| EdgeMinute { minute, key, stats })
+            .collect();
+        (rows, last_closed)
     }
 
     /// Shared handle for readers that only need snapshots (the web API).

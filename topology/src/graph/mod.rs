@@ -21,8 +21,8 @@ pub use proxy::{MetricObservation, ProxyMetrics};
 pub use side::{endpoint_of, istio_cluster, Outcome, Peer, Role, SpanSide};
 pub use sketch::{LatencySketch, Quantiles, SketchSum, RELATIVE_ACCURACY};
 pub use snapshot::{
-    EdgeSnapshot, EdgeVersionSnapshot, GraphQuery, GraphSnapshot, NodeSnapshot, Summary,
-    VersionSnapshot,
+    build as build_snapshot, EdgeSnapshot, EdgeVersionSnapshot, GraphQuery, GraphSnapshot,
+    NodeSnapshot, Summary, VersionSnapshot,
 };
 pub use window::{Counts, Series, Stats, Window};
 
@@ -182,7 +182,25 @@ impl Topology {
         for series in self.edges.values_mut() {
             series.advance(now_ns);
         }
-        snapshot::build(&self.edges, window, &self.health)
+        let edges = self.edges.iter().map(|(k, s)| (k, s.window(window)));
+        snapshot::build(edges, window, &self.health)
+    }
+
+    pub fn health(&self) -> &HealthConfig {
+        &self.health
+    }
+
+    /// Each edge's statistics for every whole minute after `after` (unix minutes) that has ended
+    /// by `now_ns`, for the per-minute history. The last hour is kept.
+    pub fn closed_minutes(&mut self, after: i64, now_ns: u64) -> Vec<(i64, EdgeKey, Stats)> {
+        let mut out = Vec::new();
+        for (key, series) in self.edges.iter_mut() {
+            series.advance(now_ns);
+            for (minute, stats) in series.minutes().filter(|(m, _)| *m > after) {
+                out.push((minute, key.clone(), stats.clone()));
+            }
+        }
+        out
     }
 }
 

@@ -32,6 +32,19 @@ impl NodeKind {
             NodeKind::Policy => "policy",
         }
     }
+
+    pub fn parse(s: &str) -> Option<NodeKind> {
+        [
+            NodeKind::Service,
+            NodeKind::Database,
+            NodeKind::Messaging,
+            NodeKind::External,
+            NodeKind::User,
+            NodeKind::Policy,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
 }
 
 /// One node: a service (namespace + name) or a virtual peer. Versions are not part of the key:
@@ -104,6 +117,18 @@ impl ConnectionType {
             ConnectionType::MessagingSystem => "messaging_system",
             ConnectionType::VirtualNode => "virtual_node",
         }
+    }
+
+    pub fn parse(s: &str) -> Option<ConnectionType> {
+        [
+            ConnectionType::Http,
+            ConnectionType::Grpc,
+            ConnectionType::Database,
+            ConnectionType::MessagingSystem,
+            ConnectionType::VirtualNode,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == s)
     }
 }
 

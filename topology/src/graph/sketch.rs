@@ -75,6 +75,21 @@ impl LatencySketch {
         self.count
     }
 
+    /// The (bucket key, count) pairs in use, sorted by key (for storage).
+    pub fn bins_in_use(&self) -> &[(i16, u32)] {
+        &self.bins
+    }
+
+    /// A sketch from stored bins; `None` unless sorted by key without repeats or zero counts.
+    pub fn from_bins(bins: Vec<(i16, u32)>) -> Option<LatencySketch> {
+        let ordered = bins.windows(2).all(|w| w[0].0 < w[1].0);
+        if !ordered || bins.iter().any(|b| b.1 == 0) {
+            return None;
+        }
+        let count = bins.iter().map(|b| b.1 as u64).sum();
+        Some(LatencySketch { bins, count })
+    }
+
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }

@@ -11,7 +11,6 @@ use crate::graph::health::{Health, HealthConfig};
 use crate::graph::node::{ConnectionType, EdgeKey, NodeKey, NodeKind};
 use crate::graph::sketch::{Quantiles, SketchSum};
 use crate::graph::window::{Counts, Stats, Window};
-use crate::graph::EdgeMap;
 
 /// What part of the graph to show.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,10 +171,9 @@ struct Groups<'a> {
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-fn group<'a>(edges: &'a EdgeMap, w: Window) -> Groups<'a> {
+fn group<'a>(edges: impl Iterator<Item = (&'a EdgeKey, &'a Stats)>) -> Groups<'a> {
     let mut g = Groups::default();
-    for (key, series) in edges {
-        let stats = series.window(w);
+    for (key, stats) in edges {
         let (client, server) = (&key.client.node, &key.server.node);
         g.edges
             .entry((client, server, key.connection))
@@ -201,8 +199,12 @@ fn group<'a>(edges: &'a EdgeMap, w: Window) -> Groups<'a> {
 }
 
 /// The whole graph of one window: every node and edge, versions included.
-pub(super) fn build(edges: &EdgeMap, window: Window, health: &HealthConfig) -> GraphSnapshot {
-    let groups = group(edges, window);
+pub fn build<'a>(
+    edges: impl Iterator<Item = (&'a EdgeKey, &'a Stats)>,
+    window: Window,
+    health: &HealthConfig,
+) -> GraphSnapshot {
+    let groups = group(edges);
     let mut sums = Sums::default();
     let mut out_edges: Vec<EdgeSnapshot> = Vec::with_capacity(groups.edges.len());
     for ((client, server, connection), members) in &groups.edges {

@@ -288,3 +288,30 @@ proptest! {
         prop_assert_eq!(t.snapshot(&GraphQuery::default(), NOW), want);
     }
 }
+
+#[test]
+fn closed_minutes_are_given_once_each_has_ended() {
+    let mut t = topology();
+    let minute = |ns: u64| (ns / 60_000_000_000) as i64;
+    let t0 = NOW - NOW % 60_000_000_000 + 5_000_000_000;
+    t.observe(&call(1, 10, None, ("a", None), ("b", None), 200), t0);
+    t.observe(
+        &call(2, 10, None, ("a", None), ("b", None), 500),
+        t0 + 1_000_000_000,
+    );
+    assert!(
+        t.closed_minutes(i64::MIN, t0 + 30_000_000_000).is_empty(),
+        "the minute is not over"
+    );
+    let rows = t.closed_minutes(i64::MIN, t0 + 60_000_000_000);
+    assert_eq!(rows.len(), 1);
+    let (m, key, stats) = &rows[0];
+    assert_eq!(*m, minute(t0));
+    assert_eq!(&*key.server.node.name, "b");
+    assert_eq!((stats.counts.requests, stats.counts.failures), (2, 1));
+    assert!(
+        t.closed_minutes(minute(t0), t0 + 120_000_000_000)
+            .is_empty(),
+        "given once"
+    );
+}

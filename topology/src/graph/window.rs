@@ -94,7 +94,8 @@ impl Counts {
         self.bytes += o.bytes;
     }
 
-    fn to_array(self) -> [u64; 11] {
+    /// The counts in a fixed order (for storage).
+    pub fn to_array(self) -> [u64; 11] {
         [
             self.requests,
             self.failures,
@@ -110,7 +111,7 @@ impl Counts {
         ]
     }
 
-    fn from_array(a: [u64; 11]) -> Counts {
+    pub fn from_array(a: [u64; 11]) -> Counts {
         let [requests, failures, http_4xx, http_5xx, grpc_errors, denied, rate_limited, overflows, bytes, retries, ejections] =
             a;
         Counts {
@@ -308,7 +309,7 @@ impl Series {
         self.last_seen_ns
     }
 
-    /// Whole minutes that have ended, oldest first, for the per-minute history.
+    /// Whole minutes that have ended, oldest first, for the per-minute history (unix minutes).
     pub fn minutes(&self) -> impl Iterator<Item = (i64, &Stats)> {
         let current = slot_of(self.now_ns, COARSE_SLOT_NS);
         self.coarse

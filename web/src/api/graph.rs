@@ -7,7 +7,8 @@ use axum::extract::{RawQuery, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use meshlens_topology::graph::{
-    EdgeSnapshot, GraphQuery, GraphSnapshot, NodeKind, NodeSnapshot, Quantiles, Summary, Window,
+    build_snapshot, EdgeKey, EdgeSnapshot, GraphQuery, GraphSnapshot, NodeKind, NodeSnapshot,
+    Quantiles, Stats, Summary, Window,
 };
 use serde::Serialize;
 
@@ -235,11 +236,6 @@ pub fn parse_query(raw: &str) -> Result<GraphQuery, WebError> {
                     }
                 }
             }
-            "end" => {
-                return Err(WebError::BadRequest(
-                    "past windows (end=) are not served yet; only live windows".into(),
-                ))
-            }
             _ => {}
         }
     }
@@ -251,12 +247,67 @@ pub fn graph_json(g: &GraphSnapshot, built_at: SystemTime) -> Bytes {
     Bytes::from(serde_json::to_vec(&graph_dto(g, built_at)).unwrap_or_default())
 }
 
-/// `GET /api/graph?window=5m&namespace=&service=&depth=&versions=true`
+/// `end=`: the end of a past window, as unix seconds (milliseconds are taken for values past
+/// the year 5000 in seconds) or RFC 3339.
+pub fn parse_end(raw: &str) -> Result<Option<SystemTime>, WebError> {
+    let Some(v) = form_urlencoded::parse(raw.as_bytes())
+        .find(|(k, _)| k == "end")
+        .map(|(_, v)| v.into_owned())
+        .filter(|v| !v.is_empty())
+    else {
+        return Ok(None);
+    };
+    let bad = || {
+        WebError::BadRequest(format!(
+            "end must be unix seconds or an RFC 3339 time; got {v:?}"
+        ))
+    };
+    if let Ok(n) = v.parse::<u64>() {
+        let secs = if n > 100_000_000_000 { n / 1000 } else { n };
+        return Ok(Some(
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs),
+        ));
+    }
+    humantime::parse_rfc3339_weak(&v)
+        .map(Some)
+        .map_err(|_| bad())
+}
+
+/// A past window, rebuilt from the per-minute history: the whole minutes before `end`.
+async fn past_graph(st: &WebState, query: &GraphQuery, end: SystemTime) -> Result<Bytes, WebError> {
+    let end_minute = end
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| (d.as_secs() / 60) as i64)
+        .unwrap_or(0);
+    let minutes = (query.window.seconds() / 60) as i64;
+    let rows = st
+        .store
+        .edge_minutes(end_minute - minutes, end_minute)
+        .await?;
+    let mut edges: std::collections::HashMap<EdgeKey, Stats> = std::collections::HashMap::new();
+    for r in rows {
+        edges.entry(r.key).or_default().merge(&r.stats);
+    }
+    let health = *st
+        .graph
+        .topology()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .health();
+    let snapshot = build_snapshot(edges.iter(), query.window, &health).filtered(query);
+    Ok(graph_json(&snapshot, end))
+}
+
+/// `GET /api/graph?window=5m&namespace=&service=&depth=&versions=true[&end=…]`
 pub async fn get_graph(
     State(st): State<WebState>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, WebError> {
-    let query = parse_query(raw.as_deref().unwrap_or(""))?;
+    let raw = raw.as_deref().unwrap_or("");
+    let query = parse_query(raw)?;
+    if let Some(end) = parse_end(raw)? {
+        return Ok(json_bytes(past_graph(&st, &query, end).await?));
+    }
     let cached = st.graph.get(query.window).await?;
     if query == GraphQuery::whole(query.window) {
         return Ok(json_bytes(cached.json.clone()));
