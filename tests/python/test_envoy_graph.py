@@ -192,12 +192,14 @@ def _ready(admin: int) -> bool:
         return False
 
 
-def test_envoy_sidecar_spans_make_a_versioned_edge(meshlens, sidecars):
+def send_and_wait_for_edge(meshlens, base: str) -> dict:
+    """OK good and FAIL failing requests through work's sidecar; the work → meet edge once it has
+    all of them, with the checks every Envoy test shares."""
     session = requests.Session()
     for i in range(OK):
-        assert session.get(f"{sidecars}/ok/{i}", timeout=5).status_code == 200
+        assert session.get(f"{base}/ok/{i}", timeout=5).status_code == 200
     for i in range(FAIL):
-        assert session.get(f"{sidecars}/fail/{i}", timeout=5).status_code == 503
+        assert session.get(f"{base}/fail/{i}", timeout=5).status_code == 503
 
     def edge():
         g = get_json(f"{meshlens.web_url}/api/graph", window="1m")
@@ -206,11 +208,16 @@ def test_envoy_sidecar_spans_make_a_versioned_edge(meshlens, sidecars):
         return e if e and e["stats"]["requests"] == OK + FAIL else None
 
     e = poll(edge, timeout=20, what="work → meet with every request")
-    assert e["connection_type"] == "http"
     assert e["stats"]["failures"] == FAIL
     assert e["stats"]["http_5xx"] == FAIL
-    assert e["health"] == "failure", "5 of 25 is over the 10% failure threshold"
     assert [(v["source_version"], v["target_version"]) for v in e["versions"]] == [("v1", "v2")]
+    return e
+
+
+def test_envoy_sidecar_spans_make_a_versioned_edge(meshlens, sidecars):
+    e = send_and_wait_for_edge(meshlens, sidecars)
+    assert e["connection_type"] == "http"
+    assert e["health"] == "failure", "5 of 25 is over the 10% failure threshold"
     assert e["stats"]["latency_ms"]["p50"] > 0
 
     def policy_edge():
@@ -232,21 +239,6 @@ def test_envoy_metrics_count_every_request_when_spans_are_sampled(meshlens, app_
         # The sink's first export (before any traffic) is this proxy's baseline.
         poll(lambda: metric(meshlens.web_url, "meshlens_ingest_metric_points_total", protocol="otlp_grpc") > 0,
              timeout=20, what="Envoy's first stats export")
-        session = requests.Session()
-        for i in range(OK):
-            assert session.get(f"{base}/ok/{i}", timeout=5).status_code == 200
-        for i in range(FAIL):
-            assert session.get(f"{base}/fail/{i}", timeout=5).status_code == 503
-
-        def edge():
-            g = get_json(f"{meshlens.web_url}/api/graph", window="1m")
-            e = {(x["source"], x["target"]): x for x in g["edges"]}.get(
-                ("service:shop/work", "service:shop/meet"))
-            return e if e and e["stats"]["requests"] == OK + FAIL else None
-
-        e = poll(edge, timeout=20, what="every request on work → meet, from Envoy's metrics")
-        assert e["stats"]["failures"] == FAIL
-        assert e["stats"]["http_5xx"] == FAIL
-        assert [(v["source_version"], v["target_version"]) for v in e["versions"]] == [("v1", "v2")]
+        send_and_wait_for_edge(meshlens, base)
         paired = metric(meshlens.web_url, "meshlens_topology_spans_total", outcome="paired")
         assert paired < 2 * (OK + FAIL), f"spans were sampled ({paired / 2:.0f} pairs), yet counts are whole"

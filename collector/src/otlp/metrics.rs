@@ -11,7 +11,9 @@ use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
-use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point, Metric};
+use opentelemetry_proto::tonic::metrics::v1::{
+    metric::Data, number_data_point, Metric, NumberDataPoint,
+};
 use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
@@ -87,42 +89,18 @@ fn convert_metric(metric: Metric, points: &mut Vec<MetricPoint>, out: &mut Conve
         out.reject(n as u64, || "a metric without a name".into());
         return;
     }
-    let number = |p: &opentelemetry_proto::tonic::metrics::v1::NumberDataPoint| match p.value {
-        Some(number_data_point::Value::AsDouble(d)) => Some(d),
-        Some(number_data_point::Value::AsInt(i)) => Some(i as f64),
-        None => None,
-    };
     match data {
         Data::Sum(sum) => {
-            for p in sum.data_points {
-                let Some(value) = number(&p) else {
-                    out.reject(1, || format!("{name}: a data point without a value"));
-                    continue;
-                };
-                points.push(MetricPoint {
-                    name: name.clone(),
-                    attributes: attributes(p.attributes),
-                    value: PointValue::Sum {
-                        value,
-                        monotonic: sum.is_monotonic,
-                        delta: sum.aggregation_temporality == DELTA,
-                    },
-                });
-            }
+            let (monotonic, delta) = (sum.is_monotonic, sum.aggregation_temporality == DELTA);
+            numbers(&name, sum.data_points, points, out, |value| {
+                PointValue::Sum {
+                    value,
+                    monotonic,
+                    delta,
+                }
+            });
         }
-        Data::Gauge(g) => {
-            for p in g.data_points {
-                let Some(value) = number(&p) else {
-                    out.reject(1, || format!("{name}: a data point without a value"));
-                    continue;
-                };
-                points.push(MetricPoint {
-                    name: name.clone(),
-                    attributes: attributes(p.attributes),
-                    value: PointValue::Gauge(value),
-                });
-            }
-        }
+        Data::Gauge(g) => numbers(&name, g.data_points, points, out, PointValue::Gauge),
         Data::Histogram(h) => {
             for p in h.data_points {
                 if !p.bucket_counts.is_empty()
@@ -152,6 +130,31 @@ fn convert_metric(metric: Metric, points: &mut Vec<MetricPoint>, out: &mut Conve
         }
         // Valid OTLP that the graph does not read: accepted and left aside.
         Data::ExponentialHistogram(_) | Data::Summary(_) => {}
+    }
+}
+
+/// Sum and gauge points: a number each (refused without one), made into `value`.
+fn numbers(
+    name: &str,
+    data_points: Vec<NumberDataPoint>,
+    points: &mut Vec<MetricPoint>,
+    out: &mut ConvertedMetrics,
+    value: impl Fn(f64) -> PointValue,
+) {
+    for p in data_points {
+        let number = match p.value {
+            Some(number_data_point::Value::AsDouble(d)) => d,
+            Some(number_data_point::Value::AsInt(i)) => i as f64,
+            None => {
+                out.reject(1, || format!("{name}: a data point without a value"));
+                continue;
+            }
+        };
+        points.push(MetricPoint {
+            name: name.to_string(),
+            attributes: attributes(p.attributes),
+            value: value(number),
+        });
     }
 }
 
