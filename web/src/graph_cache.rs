@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Bytes;
-use meshlens_topology::graph::{GraphSnapshot, Topology, Window};
+use meshlens_topology::graph::{GraphQuery, GraphSnapshot, Topology, Window};
 
 use crate::api::graph_json;
 use crate::WebError;
@@ -27,21 +27,42 @@ pub struct CachedGraph {
     pub json: Bytes,
     pub built_at: SystemTime,
     built: Instant,
-    /// JSON of filtered queries answered from this snapshot, by query string.
-    filtered: Mutex<HashMap<String, Bytes>>,
+    /// Filtered queries answered from this snapshot: their JSON, and when last asked.
+    filtered: Mutex<HashMap<String, Filtered>>,
+}
+
+struct Filtered {
+    query: GraphQuery,
+    json: Bytes,
+    asked: Instant,
 }
 
 impl CachedGraph {
-    /// The JSON for a filtered query: made once per snapshot, then reused.
-    pub fn filtered_json(&self, key: &str, make: impl FnOnce() -> Bytes) -> Bytes {
-        let lock = || self.filtered.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(b) = lock().get(key) {
-            return b.clone();
+    fn filtered(&self) -> std::sync::MutexGuard<'_, HashMap<String, Filtered>> {
+        self.filtered.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The JSON for a filtered query: made once per snapshot (or ahead, by the refresher, for
+    /// queries asked lately), then reused.
+    pub fn filtered_json(&self, query: &GraphQuery) -> Bytes {
+        let key = format!("{query:?}");
+        if let Some(f) = self.filtered().get_mut(&key) {
+            f.asked = Instant::now();
+            return f.json.clone();
         }
-        let json = make();
-        let mut cache = lock();
+        let json = graph_json(&self.snapshot.filtered(query), self.built_at);
+        let mut cache = self.filtered();
         if cache.len() < MAX_FILTERED {
-            cache.insert(key.to_string(), json.clone());
+            let query = query.clone();
+            let asked = Instant::now();
+            cache.insert(
+                key,
+                Filtered {
+                    query,
+                    json: json.clone(),
+                    asked,
+                },
+            );
         }
         json
     }
@@ -113,12 +134,33 @@ impl GraphCache {
             .whole(window, now_ns());
         let built_at = SystemTime::now();
         let json = graph_json(&snapshot, built_at);
+        // Filtered queries someone asked lately are answered ahead, so a polling UI with filters
+        // is answered from memory too.
+        let warm: Vec<(String, GraphQuery, Instant)> = self
+            .entries()
+            .get(&window)
+            .and_then(|e| e.graph.clone())
+            .map(|old| {
+                old.filtered()
+                    .iter()
+                    .filter(|(_, f)| f.asked.elapsed() <= KEEP_WARM)
+                    .map(|(k, f)| (k.clone(), f.query.clone(), f.asked))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let filtered = warm
+            .into_iter()
+            .map(|(key, query, asked)| {
+                let json = graph_json(&snapshot.filtered(&query), built_at);
+                (key, Filtered { query, json, asked })
+            })
+            .collect();
         let graph = Arc::new(CachedGraph {
             snapshot,
             json,
             built_at,
             built: Instant::now(),
-            filtered: Mutex::new(HashMap::new()),
+            filtered: Mutex::new(filtered),
         });
         self.entries().entry(window).or_default().graph = Some(graph.clone());
         graph

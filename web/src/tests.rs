@@ -373,3 +373,17 @@ async fn past_windows_come_from_the_per_minute_history() {
     let (_, body) = get(&st, "/api/graph?window=5m&end=2001-01-01T00:00:00Z").await;
     assert_eq!(body["edges"], serde_json::json!([]), "nothing then");
 }
+
+#[tokio::test]
+async fn filtered_answers_follow_the_refreshed_snapshot() {
+    let (st, _dir) = state(true).await;
+    feed_graph(&st);
+    let uri = "/api/graph?window=1m&service=work";
+    let (_, before) = get(&st, uri).await;
+    assert_eq!(before["edges"][0]["stats"]["requests"], 4);
+    feed_graph(&st);
+    // The refresher rebuilds the window and, ahead of the next request, the filtered answer.
+    st.graph.refresh_due();
+    let (_, after) = get(&st, uri).await;
+    assert_eq!(after["edges"][0]["stats"]["requests"], 8);
+}

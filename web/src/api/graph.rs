@@ -313,11 +313,7 @@ pub async fn get_graph(
         return Ok(json_bytes(cached.json.clone()));
     }
     // Same filters, same snapshot, same answer: a polling UI gets it from memory.
-    let key = format!("{query:?}");
-    let body = cached.filtered_json(&key, || {
-        graph_json(&cached.snapshot.filtered(&query), cached.built_at)
-    });
-    Ok(json_bytes(body))
+    Ok(json_bytes(cached.filtered_json(&query)))
 }
 
 fn json_bytes(body: Bytes) -> Response {
