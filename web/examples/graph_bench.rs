@@ -203,7 +203,11 @@ async fn api_latency(services: usize, edges: usize) {
         let started = Instant::now();
         let first = app
             .clone()
-            .oneshot(Request::get(format!("/api/graph?{query}")).body(Body::empty()).unwrap())
+            .oneshot(
+                Request::get(format!("/api/graph?{query}"))
+                    .body(Body::empty())
+                    .unwrap(),
+            )
             .await
             .unwrap();
         let _ = first.into_body().collect().await.unwrap();
