@@ -187,19 +187,20 @@ def test_past_windows_survive_a_restart(meshlens_factory):
     import time
 
     ml = meshlens_factory()
-    sent_at = time.time()
     send_shop_traffic(ml)
-    if int(time.time() // 60) != int(sent_at // 60):
-        sent_at = time.time()  # the traffic straddled a minute: query the later one
-    end = (int(sent_at // 60) + 1) * 60
+    time.sleep(0.5)  # the graph thread takes committed spans within milliseconds
+    # The spans arrived by now, in this minute or (across a boundary) the one before: a 5-minute
+    # window ending with this minute holds them all.
+    end = (int(time.time() // 60) + 1) * 60
     pair = ("service:shop/checkout", "service:shop/payments")
 
     def past_edge():
-        g = get_json(f"{ml.web_url}/api/graph", window="1m", end=str(end))
-        return edges_by_pair(g).get(pair)
+        g = get_json(f"{ml.web_url}/api/graph", window="5m", end=str(end))
+        e = edges_by_pair(g).get(pair)
+        return e if e and e["stats"]["requests"] == REQUESTS else None
 
-    before = poll(past_edge, timeout=100, interval=1.0, what="the traffic's minute in the history")
-    assert before["stats"]["requests"] > 0
+    before = poll(past_edge, timeout=100, interval=1.0, what="the traffic's minutes in the history")
+    assert before["stats"]["failures"] == REQUESTS // FAIL_EVERY
     assert ml.stop() == 0
     ml.start()
     after = past_edge()
