@@ -200,33 +200,12 @@ async fn api_latency(services: usize, edges: usize) {
         let mut shape = (0, 0);
         // The first request for a query that nobody asked before (what it costs cold), then
         // 50 more once the refresher has seen it (what a polling client gets).
-        let started = Instant::now();
-        let first = app
-            .clone()
-            .oneshot(
-                Request::get(format!("/api/graph?{query}"))
-                    .body(Body::empty())
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        let _ = first.into_body().collect().await.unwrap();
-        let first_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let (_, first_ms) = timed_get(&app, query).await;
         std::thread::sleep(std::time::Duration::from_millis(1200));
         for _ in 0..50 {
             std::thread::sleep(std::time::Duration::from_millis(20));
-            let started = Instant::now();
-            let resp = app
-                .clone()
-                .oneshot(
-                    Request::get(format!("/api/graph?{query}"))
-                        .body(Body::empty())
-                        .unwrap(),
-                )
-                .await
-                .unwrap();
-            let body = resp.into_body().collect().await.unwrap().to_bytes();
-            times.push(started.elapsed().as_secs_f64() * 1000.0);
+            let (body, ms) = timed_get(&app, query).await;
+            times.push(ms);
             size = body.len();
             if shape == (0, 0) {
                 let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -247,6 +226,22 @@ async fn api_latency(services: usize, edges: usize) {
         );
     }
     drop(refresher);
+}
+
+/// `GET /api/graph?{query}` through the router: the body and the milliseconds it took.
+async fn timed_get(app: &axum::Router, query: &str) -> (axum::body::Bytes, f64) {
+    let started = Instant::now();
+    let resp = app
+        .clone()
+        .oneshot(
+            Request::get(format!("/api/graph?{query}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (body, started.elapsed().as_secs_f64() * 1000.0)
 }
 
 fn pending_memory(n: usize) {
