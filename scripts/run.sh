@@ -17,7 +17,8 @@ cat <<MSG
 meshlens is running. Try:
   curl -s http://127.0.0.1:20001/api/services
   curl -s 'http://127.0.0.1:20001/api/traces?service=svc-01&limit=2'
-  curl -s http://127.0.0.1:20001/metrics | grep ^meshlens_
+  curl -s 'http://127.0.0.1:20001/api/graph?window=1m'
+  curl -s http://127.0.0.1:20001/metrics | grep -E '^(meshlens_|traces_service_graph_request_total)'
 Send your own OTLP to 127.0.0.1:4317 (gRPC) or http://127.0.0.1:4318/v1/traces, Zipkin to
 http://127.0.0.1:9411/api/v2/spans. Ctrl-C stops.
 MSG
