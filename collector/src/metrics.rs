@@ -39,6 +39,9 @@ pub struct Metrics {
     pub topology_spans: IntCounterVec,
     /// Edges observations made from one side alone (roots, databases, named peers).
     pub topology_virtual_calls: IntCounter,
+    /// Proxy metric points the graph could not place: their resource names no service (an
+    /// Envoy stat sink without resource detectors sends no `service.name`).
+    pub topology_unplaced_points: IntCounter,
     /// Label sets not exported because a product metric reached its series cap, by metric.
     pub topology_series_dropped: IntCounterVec,
 }
@@ -60,6 +63,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "meshlens_topology_spans_total",
     "meshlens_topology_virtual_calls_total",
     "meshlens_topology_series_dropped_total",
+    "meshlens_topology_unplaced_points_total",
 ];
 
 impl Metrics {
@@ -160,6 +164,11 @@ impl Metrics {
                 "Calls recorded from one side alone (roots, databases, named peers).",
             )
             .expect("valid metric"),
+            topology_unplaced_points: IntCounter::new(
+                "meshlens_topology_unplaced_points_total",
+                "Proxy metric points whose resource names no service.",
+            )
+            .expect("valid metric"),
             topology_series_dropped: IntCounterVec::new(
                 Opts::new(
                     "meshlens_topology_series_dropped_total",
@@ -186,6 +195,7 @@ impl Metrics {
             Box::new(m.topology_spans.clone()),
             Box::new(m.topology_virtual_calls.clone()),
             Box::new(m.topology_series_dropped.clone()),
+            Box::new(m.topology_unplaced_points.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");

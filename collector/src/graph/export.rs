@@ -233,3 +233,53 @@ fn status_code(c: StatusCode) -> &'static str {
         StatusCode::Error => "STATUS_CODE_ERROR",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshlens_topology::testing::SpanBuilder;
+
+    #[test]
+    fn label_sets_past_the_cap_are_dropped_and_counted() {
+        let metrics = Metrics::new();
+        let export = ProductMetrics::new(&metrics, 2);
+        let spans: Vec<Span> = ["a", "b", "c"]
+            .iter()
+            .enumerate()
+            .map(|(i, name)| SpanBuilder::new(1, i as u64 + 1, "svc", name, 10).build())
+            .collect();
+        export.record_spans(&spans);
+        export.record_spans(&spans);
+        // Before anything below looks a series up (a lookup would create it).
+        assert_eq!(
+            metrics
+                .registry
+                .gather()
+                .iter()
+                .find(|f| f.name() == "traces_spanmetrics_calls_total")
+                .map(|f| f.get_metric().len()),
+            Some(2)
+        );
+        let calls = |name: &str| {
+            export
+                .calls_total
+                .get_metric_with_label_values(&[
+                    "svc",
+                    name,
+                    "SPAN_KIND_SERVER",
+                    "STATUS_CODE_UNSET",
+                ])
+                .map(|c| c.get())
+                .unwrap_or(0)
+        };
+        let counts: Vec<u64> = ["a", "b", "c"].iter().map(|n| calls(n)).collect();
+        // Which two get in first depends on the batch's order; they stay in for later batches.
+        assert_eq!(counts.iter().filter(|&&c| c == 2).count(), 2, "{counts:?}");
+        assert_eq!(counts.iter().filter(|&&c| c == 0).count(), 1, "{counts:?}");
+        let dropped = metrics
+            .topology_series_dropped
+            .with_label_values(&["traces_spanmetrics"])
+            .get();
+        assert_eq!(dropped, 2, "the third label set, once per batch");
+    }
+}

@@ -11,8 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use meshlens_storage::EdgeMinute;
 use meshlens_topology::graph::{
-    EdgeObservation, GraphQuery, GraphSnapshot, HealthConfig, PairingConfig, PairingCounters,
-    Topology,
+    EdgeObservation, HealthConfig, PairingConfig, PairingCounters, Topology,
 };
 use meshlens_topology::{MetricBatch, Span};
 
@@ -129,21 +128,11 @@ impl GraphFeed {
             })
     }
 
-    /// Takes spans on the caller's thread (tests and tools; the pipeline uses `offer`).
-    pub fn observe(&self, spans: &[Span]) {
-        self.core.observe(spans);
-    }
-
     /// Settles spans whose time ran out and forgets long-idle edges; call about once a second.
     pub fn tick(&self) {
         let now = now_ns();
         let calls = self.core.with_engine(|t| t.tick(now));
         self.core.export.record_calls(&calls);
-    }
-
-    /// The graph of a window as of now.
-    pub fn snapshot(&self, query: &GraphQuery) -> GraphSnapshot {
-        self.core.lock().snapshot(query, now_ns())
     }
 
     /// Each edge's statistics for the whole minutes after `after` (unix minutes) that have ended,
@@ -182,9 +171,13 @@ impl FeedCore {
     fn observe_metrics(&self, batches: &[MetricBatch]) {
         let now = now_ns();
         let mut t = self.lock();
+        let unplaced = t.unplaced_points();
         for b in batches {
             t.observe_metrics(b, now);
         }
+        self.metrics
+            .topology_unplaced_points
+            .inc_by(t.unplaced_points() - unplaced);
         self.metrics.topology_edges.set(t.edge_count() as i64);
     }
 

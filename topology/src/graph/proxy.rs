@@ -407,6 +407,30 @@ mod tests {
     }
 
     #[test]
+    fn points_from_a_proxy_without_a_service_name_are_counted_unplaced() {
+        let mut m = ProxyMetrics::default();
+        let anonymous = MetricBatch {
+            resource: std::sync::Arc::new(crate::Resource::new(Attributes::new())),
+            points: vec![sum(
+                "cluster.upstream_rq_xx",
+                &[
+                    ("envoy.cluster_name", "outbound|80|v2|meet"),
+                    ("envoy.response_code_class", "2"),
+                ],
+                3.0,
+            )],
+        };
+        let mut out = Vec::new();
+        m.observe(&anonymous, &mut out);
+        m.observe(&anonymous, &mut out);
+        assert!(out.is_empty(), "no edge from an unnamed proxy");
+        assert_eq!(
+            m.unplaced, 1,
+            "the baseline is not counted; the second point is"
+        );
+    }
+
+    #[test]
     fn istio_requests_by_the_destination_reporter() {
         let attrs = |reporter: &'static str, code: &'static str| {
             vec![
