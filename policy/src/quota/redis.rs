@@ -1,0 +1,124 @@
+//! Quotas in Redis, shared by replicas. One check is one `EVALSHA` of `redis.lua`, atomic per
+//! check, on Redis' clock. The connection is made lazily and remade after a failure; every call
+//! is bounded by `timeout`, so a check never waits longer for a Redis that is down.
+
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{Client, Script, Value};
+
+use super::algorithm::{fixed_usage, gcra};
+use super::{QuotaError, QuotaHit};
+use crate::limit::{Algorithm, Usage};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// `redis://host:port/db`.
+    pub url: String,
+    /// Prefix of every key meshlens writes.
+    pub key_prefix: String,
+    /// Longest wait for Redis in a check (connection included).
+    pub timeout: Duration,
+}
+
+pub struct RedisStore {
+    conn: ConnectionManager,
+    script: Script,
+    prefix: String,
+    timeout: Duration,
+}
+
+impl RedisStore {
+    /// Checks the URL; the connection itself is made on first use.
+    pub fn new(config: &RedisConfig) -> Result<RedisStore, QuotaError> {
+        let client = Client::open(config.url.as_str())
+            .map_err(|e| QuotaError::Unavailable(e.to_string()))?;
+        let manager = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.timeout))
+            .set_response_timeout(Some(config.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        let conn = ConnectionManager::new_lazy_with_config(client, manager)
+            .map_err(|e| QuotaError::Unavailable(e.to_string()))?;
+        Ok(RedisStore {
+            conn,
+            script: Script::new(include_str!("redis.lua")),
+            prefix: config.key_prefix.clone(),
+            timeout: config.timeout,
+        })
+    }
+
+    /// The Redis key of a quota key (fixed windows add `_<window start>`).
+    pub fn redis_key(&self, hit: &QuotaHit<'_>) -> String {
+        match hit.rate.algorithm {
+            Algorithm::FixedWindow => format!("{}{}", self.prefix, hit.key),
+            Algorithm::Gcra => format!("{}gcra_{}", self.prefix, hit.key),
+        }
+    }
+
+    pub async fn charge(&self, hits: &[QuotaHit<'_>]) -> Result<Vec<Usage>, QuotaError> {
+        if hits.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut call = self.script.prepare_invoke();
+        for h in hits {
+            call.key(self.redis_key(h));
+        }
+        for h in hits {
+            let algorithm = match h.rate.algorithm {
+                Algorithm::FixedWindow => 0,
+                Algorithm::Gcra => 1,
+            };
+            call.arg(algorithm)
+                .arg(h.hits)
+                .arg(h.rate.requests_per_unit)
+                .arg(h.rate.unit.seconds());
+        }
+        let mut conn = self.conn.clone();
+        let reply: Value = tokio::time::timeout(self.timeout, call.invoke_async(&mut conn))
+            .await
+            .map_err(|_| QuotaError::Timeout)?
+            .map_err(|e| QuotaError::Unavailable(e.to_string()))?;
+        decode(reply, hits)
+    }
+}
+
+fn int(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(i) => u64::try_from(*i).ok(),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn decode(reply: Value, hits: &[QuotaHit<'_>]) -> Result<Vec<Usage>, QuotaError> {
+    let bad = || QuotaError::Unavailable("unexpected reply from the quota script".into());
+    let Value::Array(items) = reply else {
+        return Err(bad());
+    };
+    if items.len() != hits.len() + 1 {
+        return Err(bad());
+    }
+    let now_us = int(&items[hits.len()]).ok_or_else(bad)?;
+    hits.iter()
+        .zip(&items)
+        .map(|(h, item)| {
+            let Value::Array(pair) = item else {
+                return Err(bad());
+            };
+            let (a, b) = match pair.as_slice() {
+                [a, b] => (int(a).ok_or_else(bad)?, int(b).ok_or_else(bad)?),
+                _ => return Err(bad()),
+            };
+            Ok(match h.rate.algorithm {
+                Algorithm::FixedWindow => fixed_usage(a, h.rate, b, now_us),
+                // The script stored what `gcra` decides from the same state and time.
+                Algorithm::Gcra => {
+                    let mut tat = a;
+                    gcra(&mut tat, h.rate, h.hits, now_us)
+                }
+            })
+        })
+        .collect()
+}

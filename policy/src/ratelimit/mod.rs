@@ -1,0 +1,393 @@
+//! The rate limit service's brain, compatible with envoyproxy/ratelimit: configs compiled to a
+//! tree per domain, a request's descriptors matched level by level, limits charged to quotas.
+
+pub mod config;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use foldhash::fast::RandomState;
+
+use crate::limit::{Rate, Unit, Usage};
+use crate::quota::{QuotaBackend, QuotaError, QuotaHit};
+use crate::ConfigError;
+use config::{Descriptors, DomainFile};
+
+/// A limit found for a descriptor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limit {
+    pub name: Option<String>,
+    pub rate: Rate,
+    pub unlimited: bool,
+    pub shadow_mode: bool,
+    pub replaces: Vec<String>,
+    pub detailed_metric: bool,
+    /// The config path that set it, as envoyproxy/ratelimit names its stats:
+    /// `domain.key_value.key` (a wildcard or key-only level gives its config form).
+    pub stats_key: String,
+}
+
+impl Limit {
+    /// The name quota metrics use: the config path, or with `detailed_metric` the request's own
+    /// keys and values (`domain.k1_v1.k2_v2`).
+    pub fn metric_key(&self, domain: &str, entries: &[(String, String)]) -> String {
+        if !self.detailed_metric {
+            return self.stats_key.clone();
+        }
+        let mut k = domain.to_string();
+        for (key, value) in entries {
+            k.push('.');
+            k.push_str(key);
+            if !value.is_empty() {
+                k.push('_');
+                k.push_str(value);
+            }
+        }
+        k
+    }
+}
+
+impl RateLimitRequest {
+    /// envoyproxy/ratelimit's refusals of a malformed request.
+    pub fn validate(&self) -> Result<(), &'static str> {
+        if self.domain.is_empty() {
+            return Err("rate limit domain must not be empty");
+        }
+        if self.descriptors.is_empty() {
+            return Err("rate limit descriptor list must not be empty");
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Default)]
+struct Node {
+    limit: Option<Arc<Limit>>,
+    children: HashMap<String, KeyLevel, RandomState>,
+}
+
+/// The config entries of one key at one level.
+#[derive(Debug, Default)]
+struct KeyLevel {
+    by_value: HashMap<String, Node, RandomState>,
+    /// Values ending in `*`, by prefix, in config order.
+    wildcards: Vec<(String, Node)>,
+    key_only: Option<Node>,
+}
+
+impl Node {
+    fn has_children(&self) -> bool {
+        !self.children.is_empty()
+    }
+}
+
+/// Every domain's compiled config.
+#[derive(Debug, Default)]
+pub struct RateLimits {
+    domains: HashMap<String, Node, RandomState>,
+    /// The files they came from, for the policy page.
+    pub files: Vec<PathBuf>,
+}
+
+/// One descriptor of a request.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RequestDescriptor {
+    pub entries: Vec<(String, String)>,
+    /// A limit sent by the request, used instead of the config's.
+    pub limit_override: Option<(u32, Unit)>,
+    /// The descriptor's own hits, over the request's.
+    pub hits_addend: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitRequest {
+    pub domain: String,
+    pub descriptors: Vec<RequestDescriptor>,
+    pub hits_addend: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DescriptorStatus {
+    pub over_limit: bool,
+    /// The limit that applied (none: no limit, unlimited or replaced).
+    pub limit: Option<Arc<Limit>>,
+    pub remaining: u32,
+    pub reset_ms: u64,
+    /// Over the limit, but the limit is in shadow mode: allowed and counted.
+    pub shadow_over_limit: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitDecision {
+    pub over_limit: bool,
+    pub statuses: Vec<DescriptorStatus>,
+}
+
+impl RateLimits {
+    /// Compiles domain files (already parsed); a domain in two files is an error.
+    pub fn compile(files: Vec<(PathBuf, DomainFile)>) -> Result<RateLimits, ConfigError> {
+        let mut out = RateLimits::default();
+        for (path, file) in files {
+            if out.domains.contains_key(&file.domain) {
+                return Err(ConfigError::new(
+                    &path,
+                    format!("duplicate domain '{}' in config file", file.domain),
+                ));
+            }
+            let mut root = Node::default();
+            build(&mut root, &file.domain, &file.descriptors);
+            out.domains.insert(file.domain, root);
+            out.files.push(path);
+        }
+        Ok(out)
+    }
+
+    /// Reads every `.yaml`/`.yml` file under a directory, subdirectories included, in path
+    /// order. Names starting with a dot are skipped, so a Kubernetes ConfigMap mount (with its
+    /// `..data` links) is read once.
+    pub fn load_dir(dir: &Path) -> Result<RateLimits, ConfigError> {
+        let mut paths = Vec::new();
+        collect_yaml(dir, &mut paths, 0)?;
+        paths.sort();
+        RateLimits::load_files(&paths)
+    }
+
+    pub fn load_files(paths: &[PathBuf]) -> Result<RateLimits, ConfigError> {
+        let mut files = Vec::with_capacity(paths.len());
+        for path in paths {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| ConfigError::new(path, e.to_string()))?;
+            let file = DomainFile::parse(&text).map_err(|e| ConfigError::new(path, e))?;
+            files.push((path.clone(), file));
+        }
+        RateLimits::compile(files)
+    }
+
+    pub fn domains(&self) -> impl Iterator<Item = &str> {
+        self.domains.keys().map(String::as_str)
+    }
+
+    /// The limit for one descriptor, as envoyproxy/ratelimit finds it: level by level, an exact
+    /// key and value first, then the first wildcard that matches, then the key alone; a level
+    /// that does not match ends the walk. The limit is the one at the level of the last entry.
+    /// A request's own limit wins over the config's when the domain is known.
+    pub fn find(&self, domain: &str, d: &RequestDescriptor) -> Option<Arc<Limit>> {
+        let root = self.domains.get(domain)?;
+        if let Some((requests_per_unit, unit)) = d.limit_override {
+            return Some(Arc::new(Limit {
+                name: None,
+                rate: Rate {
+                    requests_per_unit,
+                    unit,
+                    algorithm: Default::default(),
+                },
+                unlimited: false,
+                shadow_mode: false,
+                replaces: Vec::new(),
+                detailed_metric: false,
+                stats_key: quota_key(domain, &d.entries),
+            }));
+        }
+        let mut node = root;
+        let last = d.entries.len().checked_sub(1)?;
+        for (i, (key, value)) in d.entries.iter().enumerate() {
+            let next = node.children.get(key).and_then(|level| {
+                level
+                    .by_value
+                    .get(value)
+                    .or_else(|| {
+                        level
+                            .wildcards
+                            .iter()
+                            .find(|(prefix, _)| value.starts_with(prefix.as_str()))
+                            .map(|(_, n)| n)
+                    })
+                    .or(level.key_only.as_ref())
+            })?;
+            if i == last {
+                return next.limit.clone();
+            }
+            if !next.has_children() {
+                return None;
+            }
+            node = next;
+        }
+        None
+    }
+
+    /// Decides a request: finds each descriptor's limit, drops limits that another matched
+    /// limit replaces, charges the rest to `quotas` and answers per descriptor.
+    pub async fn decide(
+        &self,
+        req: &RateLimitRequest,
+        quotas: &QuotaBackend,
+    ) -> Result<RateLimitDecision, QuotaError> {
+        let mut limits: Vec<Option<Arc<Limit>>> = req
+            .descriptors
+            .iter()
+            .map(|d| self.find(&req.domain, d))
+            .collect();
+        let replaced: Vec<&str> = limits
+            .iter()
+            .flatten()
+            .flat_map(|l| l.replaces.iter().map(String::as_str))
+            .collect();
+        if !replaced.is_empty() {
+            let names: Vec<String> = replaced.iter().map(|s| s.to_string()).collect();
+            for l in &mut limits {
+                if l.as_ref()
+                    .is_some_and(|l| l.name.as_ref().is_some_and(|n| names.contains(n)))
+                {
+                    *l = None;
+                }
+            }
+        }
+        let keys: Vec<Option<String>> = limits
+            .iter()
+            .zip(&req.descriptors)
+            .map(|(l, d)| {
+                l.as_ref()
+                    .filter(|l| !l.unlimited)
+                    .map(|_| quota_key(&req.domain, &d.entries))
+            })
+            .collect();
+        let hits: Vec<QuotaHit<'_>> = keys
+            .iter()
+            .zip(&limits)
+            .zip(&req.descriptors)
+            .filter_map(|((k, l), d)| {
+                let (k, l) = (k.as_ref()?, l.as_ref()?);
+                Some(QuotaHit {
+                    key: k,
+                    rate: l.rate,
+                    hits: hits_of(req, d),
+                })
+            })
+            .collect();
+        let mut usages = quotas.charge(&hits).await?.into_iter();
+        let mut over_limit = false;
+        let statuses = limits
+            .into_iter()
+            .zip(&keys)
+            .map(|(limit, key)| {
+                let usage: Option<Usage> = key.as_ref().and_then(|_| usages.next());
+                match (limit, usage) {
+                    (Some(limit), Some(u)) => {
+                        let shadow = u.over_limit && limit.shadow_mode;
+                        over_limit |= u.over_limit && !shadow;
+                        DescriptorStatus {
+                            over_limit: u.over_limit && !shadow,
+                            remaining: u.remaining,
+                            reset_ms: u.reset_ms,
+                            limit: Some(limit),
+                            shadow_over_limit: shadow,
+                        }
+                    }
+                    (limit, _) => {
+                        // Unlimited: OK with the most remaining, as envoyproxy/ratelimit says.
+                        let unlimited = limit.filter(|l| l.unlimited);
+                        DescriptorStatus {
+                            over_limit: false,
+                            remaining: if unlimited.is_some() { u32::MAX } else { 0 },
+                            limit: unlimited,
+                            reset_ms: 0,
+                            shadow_over_limit: false,
+                        }
+                    }
+                }
+            })
+            .collect();
+        Ok(RateLimitDecision {
+            over_limit,
+            statuses,
+        })
+    }
+}
+
+fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) -> Result<(), ConfigError> {
+    if depth > 16 {
+        return Err(ConfigError::new(dir, "directories nested too deep"));
+    }
+    let entries = std::fs::read_dir(dir).map_err(|e| ConfigError::new(dir, e.to_string()))?;
+    for entry in entries {
+        let path = entry
+            .map_err(|e| ConfigError::new(dir, e.to_string()))?
+            .path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or(".");
+        if name.starts_with('.') {
+            continue;
+        }
+        if path.is_dir() {
+            collect_yaml(&path, out, depth + 1)?;
+        } else if path.is_file() && (name.ends_with(".yaml") || name.ends_with(".yml")) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// A descriptor's hits: its own `hits_addend` where set, else the request's; the request's 0
+/// means 1 (the protocol's default), a descriptor's explicit 0 only looks.
+fn hits_of(req: &RateLimitRequest, d: &RequestDescriptor) -> u32 {
+    match d.hits_addend {
+        Some(h) => h.min(u64::from(u32::MAX)) as u32,
+        None => req.hits_addend.max(1),
+    }
+}
+
+/// The quota key of a descriptor: `domain_key_value_key_value`, envoyproxy/ratelimit's form.
+pub fn quota_key(domain: &str, entries: &[(String, String)]) -> String {
+    let mut k = String::with_capacity(domain.len() + entries.len() * 16);
+    k.push_str(domain);
+    for (key, value) in entries {
+        k.push('_');
+        k.push_str(key);
+        k.push('_');
+        k.push_str(value);
+    }
+    k
+}
+
+fn build(node: &mut Node, path: &str, level: &Descriptors) {
+    for d in &level.0 {
+        let (step, value) = match d.value.as_deref() {
+            Some(v) if !v.is_empty() => (format!("{}_{}", d.key, v), Some(v)),
+            _ => (d.key.clone(), None),
+        };
+        let stats_key = format!("{path}.{step}");
+        let mut child = Node {
+            limit: d.rate_limit.as_ref().map(|r| {
+                Arc::new(Limit {
+                    name: r.name.clone(),
+                    rate: Rate {
+                        requests_per_unit: r.requests_per_unit,
+                        unit: r.unit.unwrap_or(Unit::Second),
+                        algorithm: r.algorithm,
+                    },
+                    unlimited: r.unlimited,
+                    shadow_mode: d.shadow_mode,
+                    replaces: r.replaces.clone(),
+                    detailed_metric: d.detailed_metric,
+                    stats_key: stats_key.clone(),
+                })
+            }),
+            children: Default::default(),
+        };
+        build(&mut child, &stats_key, &d.descriptors);
+        let level = node.children.entry(d.key.clone()).or_default();
+        match value {
+            Some(v) if v.ends_with('*') => {
+                let prefix = v.strip_suffix('*').unwrap_or(v);
+                level.wildcards.push((prefix.to_string(), child))
+            }
+            Some(v) => {
+                level.by_value.insert(v.to_string(), child);
+            }
+            None => level.key_only = Some(child),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,421 @@
+use std::path::PathBuf;
+
+use super::*;
+use crate::quota::MemoryStore;
+
+fn limits(yaml: &[&str]) -> RateLimits {
+    let files = yaml
+        .iter()
+        .enumerate()
+        .map(|(i, y)| {
+            let file = DomainFile::parse(y).unwrap_or_else(|e| panic!("{e}"));
+            (PathBuf::from(format!("{i}.yaml")), file)
+        })
+        .collect();
+    RateLimits::compile(files).unwrap()
+}
+
+fn desc(entries: &[(&str, &str)]) -> RequestDescriptor {
+    RequestDescriptor {
+        entries: entries
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn parse_err(yaml: &str) -> String {
+    DomainFile::parse(yaml).expect_err("refused")
+}
+
+#[test]
+fn config_errors_name_the_problem_and_its_line() {
+    let e = parse_err("domain: d\ndescriptors:\n  - key: a\n    rate_limit:\n      unit: fortnight\n      requests_per_unit: 1\n");
+    assert!(e.contains("invalid rate limit unit 'fortnight'"), "{e}");
+    assert!(e.contains("line"), "{e}");
+    let e = parse_err("domain: d\ndescriptors:\n  - key: a\n    colour: red\n");
+    assert!(
+        e.contains("unknown field `colour`") && e.contains("line 4"),
+        "{e}"
+    );
+    let e =
+        parse_err("domain: d\ndescriptors:\n  - key: a\n    value: b\n  - key: a\n    value: b\n");
+    assert!(
+        e.contains("duplicate descriptor composite key 'a_b'"),
+        "{e}"
+    );
+    let e = parse_err("domain: d\ndescriptors:\n  - key: a\n    rate_limit:\n      unlimited: true\n      unit: second\n");
+    assert!(
+        e.contains("should not specify rate limit unit when unlimited"),
+        "{e}"
+    );
+    assert!(parse_err("domain: ''\n").contains("empty domain"));
+    let dup = RateLimits::compile(vec![
+        (
+            PathBuf::from("a.yaml"),
+            DomainFile::parse("domain: x\n").unwrap(),
+        ),
+        (
+            PathBuf::from("b.yaml"),
+            DomainFile::parse("domain: x\n").unwrap(),
+        ),
+    ])
+    .unwrap_err();
+    assert_eq!(
+        dup.to_string(),
+        "b.yaml: duplicate domain 'x' in config file"
+    );
+}
+
+#[tokio::test]
+async fn replaced_limits_are_not_charged_and_shadow_limits_allow() {
+    let rl = limits(&[r#"
+domain: d
+descriptors:
+  - key: a
+    rate_limit: {unit: minute, requests_per_unit: 1, name: small}
+  - key: b
+    rate_limit: {unit: minute, requests_per_unit: 100, replaces: [{name: small}]}
+  - key: s
+    shadow_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 1}
+"#]);
+    let store = QuotaBackend::Memory(MemoryStore::new(100));
+    let req = RateLimitRequest {
+        domain: "d".into(),
+        descriptors: vec![
+            desc(&[("a", "1")]),
+            desc(&[("b", "1")]),
+            desc(&[("s", "1")]),
+        ],
+        hits_addend: 1,
+    };
+    for _ in 0..3 {
+        let d = rl.decide(&req, &store).await.unwrap();
+        assert!(!d.over_limit);
+        assert!(d.statuses[0].limit.is_none(), "replaced");
+    }
+    let d = rl.decide(&req, &store).await.unwrap();
+    assert!(d.statuses[2].shadow_over_limit && !d.statuses[2].over_limit);
+    assert_eq!(d.statuses[1].remaining, 96);
+}
+
+/// A domain, a descriptor's entries, and the limit it gets.
+type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], Option<String>);
+
+/// What a descriptor gets: `None` (no limit), `Some("unlimited")` or `Some("N/unit")`.
+fn found(rl: &RateLimits, domain: &str, entries: &[(&str, &str)]) -> Option<String> {
+    rl.find(domain, &desc(entries)).map(|l| {
+        if l.unlimited {
+            "unlimited".to_string()
+        } else {
+            format!("{}/{}", l.rate.requests_per_unit, l.rate.unit)
+        }
+    })
+}
+
+/// envoyproxy/ratelimit's README examples 1 to 9 and its basic config test, each request with
+/// the limit its documentation says it gets.
+#[test]
+fn the_documented_examples_get_the_documented_limits() {
+    let rl = limits(&[
+        r#"
+domain: mongo_cps
+descriptors:
+  - key: database
+    value: users
+    rate_limit: {unit: second, requests_per_unit: 500}
+  - key: database
+    value: default
+    rate_limit: {unit: second, requests_per_unit: 500}
+"#,
+        r#"
+domain: messaging
+descriptors:
+  - key: message_type
+    value: marketing
+    descriptors:
+      - key: to_number
+        rate_limit: {unit: day, requests_per_unit: 5}
+  - key: to_number
+    rate_limit: {unit: day, requests_per_unit: 100}
+"#,
+        r#"
+domain: edge_proxy_per_ip
+descriptors:
+  - key: remote_address
+    rate_limit: {unit: second, requests_per_unit: 10}
+  - key: remote_address
+    value: 50.0.0.5
+    rate_limit: {unit: second, requests_per_unit: 0}
+"#,
+        r#"
+domain: example4a
+descriptors:
+  - key: key
+    value: value
+    rate_limit: {requests_per_unit: 300, unit: second}
+"#,
+        r#"
+domain: example4b
+descriptors:
+  - key: key
+    value: value
+    descriptors:
+      - key: subkey
+        rate_limit: {requests_per_unit: 300, unit: second}
+"#,
+        r#"
+domain: internal
+descriptors:
+  - key: ldap
+    rate_limit: {unlimited: true}
+  - key: azure
+    rate_limit: {unit: minute, requests_per_unit: 100}
+"#,
+        r#"
+domain: example6
+descriptors:
+  - key: service
+    descriptors:
+      - key: user
+        value: user-a
+        rate_limit: {requests_per_unit: 10, unit: second}
+        shadow_mode: true
+      - key: user
+        value: user-b
+        rate_limit: {requests_per_unit: 20, unit: second}
+"#,
+        r#"
+domain: example8
+descriptors:
+  - key: key1
+    detailed_metric: true
+    rate_limit: {unit: minute, requests_per_unit: 10}
+  - key: key1
+    value: value1
+    rate_limit: {unit: minute, requests_per_unit: 20}
+"#,
+        r#"
+domain: example9
+descriptors:
+  - key: key1
+    value: value*
+    rate_limit: {unit: minute, requests_per_unit: 20}
+"#,
+        r#"
+domain: test-domain
+descriptors:
+  - key: key1
+    value: value1
+    descriptors:
+      - key: subkey1
+        rate_limit: {unit: second, requests_per_unit: 5}
+      - key: subkey1
+        value: subvalue1
+        rate_limit: {unit: second, requests_per_unit: 10}
+  - key: key2
+    rate_limit: {unit: minute, requests_per_unit: 20}
+  - key: key2
+    value: value2
+    rate_limit: {unit: minute, requests_per_unit: 30}
+  - key: key2
+    value: value3
+  - key: key3
+    rate_limit: {unit: hour, requests_per_unit: 1}
+  - key: key4
+    rate_limit: {unit: day, requests_per_unit: 1}
+  - key: key5
+    value: value5
+    rate_limit: {unit: day, requests_per_unit: 15}
+    descriptors:
+      - key: subkey5
+        value: subvalue5
+        rate_limit: {unit: day, requests_per_unit: 25}
+  - key: key6
+    rate_limit: {unlimited: true}
+"#,
+        r#"
+domain: wildcard
+descriptors:
+  - key: wild
+    value: foo*
+    rate_limit: {unit: minute, requests_per_unit: 20}
+  - key: noWild
+    value: foo
+    rate_limit: {unit: minute, requests_per_unit: 20}
+  - key: midWild
+    value: bar*b
+    rate_limit: {unit: minute, requests_per_unit: 20}
+"#,
+    ]);
+    let s = |x: &str| Some(x.to_string());
+    #[rustfmt::skip]
+    let cases: &[Case] = &[
+        ("mongo_cps", &[("database", "users")], s("500/second")),
+        ("mongo_cps", &[("database", "default")], s("500/second")),
+        ("mongo_cps", &[("database", "other")], None),
+        ("mongo_cps", &[("database", "users"), ("x", "y")], None),
+        ("messaging", &[("message_type", "marketing"), ("to_number", "2061111111")], s("5/day")),
+        ("messaging", &[("to_number", "2061111111")], s("100/day")),
+        ("messaging", &[("message_type", "marketing")], None),
+        ("messaging", &[("message_type", "transactional"), ("to_number", "2061111111")], None),
+        ("edge_proxy_per_ip", &[("remote_address", "50.0.0.1")], s("10/second")),
+        ("edge_proxy_per_ip", &[("remote_address", "50.0.0.5")], s("0/second")),
+        ("example4a", &[("key", "value"), ("subkey", "subvalue")], None),
+        ("example4a", &[("key", "value")], s("300/second")),
+        ("example4b", &[("key", "value"), ("subkey", "subvalue")], s("300/second")),
+        ("example4b", &[("key", "value")], None),
+        ("internal", &[("ldap", "anything")], s("unlimited")),
+        ("internal", &[("azure", "anything")], s("100/minute")),
+        ("internal", &[("other", "x")], None),
+        ("example6", &[("service", "auth-service"), ("user", "user-a")], s("10/second")),
+        ("example6", &[("service", "auth-service"), ("user", "user-b")], s("20/second")),
+        ("example6", &[("service", "any"), ("user", "user-c")], None),
+        ("example8", &[("key1", "unspecified_value")], s("10/minute")),
+        ("example8", &[("key1", "value1")], s("20/minute")),
+        ("example9", &[("key1", "value1")], s("20/minute")),
+        ("example9", &[("key1", "value")], s("20/minute")),
+        ("example9", &[("key1", "other")], None),
+        ("test-domain", &[("key1", "something")], None),
+        ("test-domain", &[("key1", "value1")], None),
+        ("test-domain", &[("key1", "value1"), ("subkey1", "something")], s("5/second")),
+        ("test-domain", &[("key1", "value1"), ("subkey1", "subvalue1")], s("10/second")),
+        ("test-domain", &[("key2", "something")], s("20/minute")),
+        ("test-domain", &[("key2", "value2")], s("30/minute")),
+        ("test-domain", &[("key2", "value3")], None),
+        ("test-domain", &[("key2", "value2"), ("subkey", "subvalue")], None),
+        ("test-domain", &[("key3", "foo")], s("1/hour")),
+        ("test-domain", &[("key4", "foo")], s("1/day")),
+        ("test-domain", &[("key5", "value5")], s("15/day")),
+        ("test-domain", &[("key5", "value5"), ("subkey5", "subvalue5")], s("25/day")),
+        ("test-domain", &[("key5", "value5"), ("subkey5", "subvalue")], None),
+        ("test-domain", &[("key6", "foo")], s("unlimited")),
+        ("test-domain", &[], None),
+        ("foo_domain", &[("key1", "value1")], None),
+        ("wildcard", &[("wild", "foo1")], s("20/minute")),
+        ("wildcard", &[("wild", "bar")], None),
+        ("wildcard", &[("noWild", "foo1")], None),
+        ("wildcard", &[("midWild", "barab")], None),
+    ];
+    for (domain, entries, want) in cases {
+        assert_eq!(&found(&rl, domain, entries), want, "{domain} {entries:?}");
+    }
+    // Stats names: the config path, or the request's values with detailed_metric.
+    let l = rl.find(
+        "messaging",
+        &desc(&[("message_type", "marketing"), ("to_number", "1")]),
+    );
+    assert_eq!(
+        l.unwrap().stats_key,
+        "messaging.message_type_marketing.to_number"
+    );
+    let entries = desc(&[("key1", "unspecified_value")]).entries;
+    let l = rl
+        .find("example8", &desc(&[("key1", "unspecified_value")]))
+        .unwrap();
+    assert_eq!(
+        l.metric_key("example8", &entries),
+        "example8.key1_unspecified_value"
+    );
+    let l = rl.find("example9", &desc(&[("key1", "value7")])).unwrap();
+    assert_eq!(l.stats_key, "example9.key1_value*");
+    // A request's own limit wins where the domain is known, and nowhere else.
+    let mut o = desc(&[("key1", "value1"), ("subkey1", "something")]);
+    o.limit_override = Some((10, Unit::Day));
+    let l = rl.find("test-domain", &o).unwrap();
+    assert_eq!((l.rate.requests_per_unit, l.rate.unit), (10, Unit::Day));
+    assert!(rl.find("foo_domain", &o).is_none());
+}
+
+#[tokio::test]
+async fn decisions_follow_the_documented_examples() {
+    let rl = limits(&[
+        r#"
+domain: edge_proxy_per_ip
+descriptors:
+  - key: remote_address
+    rate_limit: {unit: second, requests_per_unit: 10}
+  - key: remote_address
+    value: 50.0.0.5
+    rate_limit: {unit: second, requests_per_unit: 0}
+"#,
+        r#"
+domain: internal
+descriptors:
+  - key: ldap
+    rate_limit: {unlimited: true}
+"#,
+        r#"
+domain: example7
+descriptors:
+  - key: key_1
+    value: value_1
+    descriptors:
+      - key: user
+        value: bkthomps
+        rate_limit: {name: specific_limit, requests_per_unit: 5, unit: second}
+  - key: key_2
+    value: value_2
+    descriptors:
+      - key: user
+        value: bkthomps
+        rate_limit:
+          replaces: [{name: specific_limit}]
+          requests_per_unit: 10
+          unit: second
+"#,
+    ]);
+    let store = QuotaBackend::Memory(MemoryStore::new(1000));
+    let req = |domain: &str, descs: Vec<RequestDescriptor>| RateLimitRequest {
+        domain: domain.into(),
+        descriptors: descs,
+        hits_addend: 0,
+    };
+    // Example 3: the blocked address is always over; the others get 10 each per second.
+    let blocked = rl
+        .decide(
+            &req(
+                "edge_proxy_per_ip",
+                vec![desc(&[("remote_address", "50.0.0.5")])],
+            ),
+            &store,
+        )
+        .await
+        .unwrap();
+    assert!(blocked.over_limit);
+    // Example 5: unlimited is OK with the most remaining and no limit to report.
+    let ldap = rl
+        .decide(&req("internal", vec![desc(&[("ldap", "x")])]), &store)
+        .await
+        .unwrap();
+    assert!(!ldap.over_limit);
+    assert_eq!(ldap.statuses[0].remaining, u32::MAX);
+    // Example 7: both descriptors in one request: the named limit is replaced.
+    let both = req(
+        "example7",
+        vec![
+            desc(&[("key_1", "value_1"), ("user", "bkthomps")]),
+            desc(&[("key_2", "value_2"), ("user", "bkthomps")]),
+        ],
+    );
+    let d = rl.decide(&both, &store).await.unwrap();
+    assert!(d.statuses[0].limit.is_none());
+    assert_eq!(
+        d.statuses[1].limit.as_ref().unwrap().rate.requests_per_unit,
+        10
+    );
+    assert_eq!(
+        d.statuses[1].remaining, 9,
+        "the request's hits_addend 0 counts as 1"
+    );
+    // A descriptor's explicit hits_addend 0 only looks.
+    let mut look = desc(&[("key_2", "value_2"), ("user", "bkthomps")]);
+    look.hits_addend = Some(0);
+    let d = rl
+        .decide(&req("example7", vec![look]), &store)
+        .await
+        .unwrap();
+    assert_eq!(d.statuses[0].remaining, 9);
+}
