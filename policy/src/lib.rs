@@ -5,6 +5,8 @@
 //! boundary.
 #![forbid(unsafe_code)]
 
+pub mod authz;
+pub mod engine;
 pub mod limit;
 pub mod quota;
 pub mod ratelimit;
@@ -12,6 +14,7 @@ pub mod ratelimit;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use engine::{Backend, FailureMode, PolicyEngine, PolicySettings, ReloadOutcome};
 pub use limit::{Algorithm, Rate, Unit, Usage};
 
 /// Why a config file was refused: the file, and the reason (with its line where known).

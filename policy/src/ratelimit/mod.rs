@@ -147,10 +147,7 @@ impl RateLimits {
     /// order. Names starting with a dot are skipped, so a Kubernetes ConfigMap mount (with its
     /// `..data` links) is read once.
     pub fn load_dir(dir: &Path) -> Result<RateLimits, ConfigError> {
-        let mut paths = Vec::new();
-        collect_yaml(dir, &mut paths, 0)?;
-        paths.sort();
-        RateLimits::load_files(&paths)
+        RateLimits::load_files(&config_files(dir)?)
     }
 
     pub fn load_files(paths: &[PathBuf]) -> Result<RateLimits, ConfigError> {
@@ -303,6 +300,14 @@ impl RateLimits {
             statuses,
         })
     }
+}
+
+/// The config files `load_dir` reads, in order.
+pub fn config_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let mut paths = Vec::new();
+    collect_yaml(dir, &mut paths, 0)?;
+    paths.sort();
+    Ok(paths)
 }
 
 fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) -> Result<(), ConfigError> {

@@ -1,0 +1,180 @@
+use super::*;
+use crate::quota::MemoryStore;
+
+const POLICY: &str = r#"
+rules:
+  - name: no-admin
+    action: DENY
+    destinations: [work]
+    operation: {paths: ["/admin*"]}
+  - name: no-bots
+    action: DENY
+    headers: {user-agent: ["*bot"]}
+  - name: blocked-net
+    action: DENY
+    source: {ip_blocks: [10.9.0.0/16]}
+  - name: ingress-to-work
+    action: ALLOW
+    destinations: [work]
+    source: {services: [ingress]}
+    operation: {methods: [GET, POST]}
+    add_headers: {x-policy: ingress-to-work}
+  - name: mesh-to-meet
+    action: ALLOW
+    destinations: [meet]
+    source: {namespaces: [shop]}
+  - name: watch-deletes
+    action: AUDIT
+    operation: {methods: [DELETE]}
+quotas:
+  - name: per-user
+    destinations: [work]
+    key: [source.service, destination.service, "header:x-user"]
+    requests_per_unit: 2
+    unit: minute
+"#;
+
+fn call(src: Option<&str>, dst: &str, method: &str, path: &str) -> CheckAttributes {
+    CheckAttributes {
+        source_service: src.map(str::to_string),
+        destination: Some(dst.to_string()),
+        host: "work.local".into(),
+        method: method.into(),
+        path: path.into(),
+        ..Default::default()
+    }
+}
+
+fn outcome(v: &Verdict) -> String {
+    match v {
+        Verdict::Allow { rule, .. } => format!("allow {}", rule.as_deref().unwrap_or("-")),
+        Verdict::Deny { rule, .. } => format!("deny {}", rule.as_deref().unwrap_or("-")),
+        Verdict::RateLimited { quota, .. } => format!("429 {quota}"),
+    }
+}
+
+#[test]
+fn deny_rules_first_then_allow_rules_then_deny_by_default_where_allow_rules_guard() {
+    let p = AuthzPolicy::parse(POLICY).unwrap();
+    let mut bot = call(Some("ingress"), "work", "GET", "/x");
+    bot.headers.push(("user-agent".into(), "crawlbot".into()));
+    let mut from_blocked = call(Some("ingress"), "work", "GET", "/x");
+    from_blocked.source_ip = Some("10.9.3.4".parse().unwrap());
+    let mut from_other = call(Some("ingress"), "work", "GET", "/x");
+    from_other.source_ip = Some("10.8.3.4".parse().unwrap());
+    let mut shop = call(Some("anyone"), "meet", "GET", "/");
+    shop.source_namespace = Some("shop".into());
+    let cases = [
+        (
+            call(Some("ingress"), "work", "GET", "/api/orders"),
+            "allow ingress-to-work",
+        ),
+        (
+            call(Some("ingress"), "work", "GET", "/admin/users"),
+            "deny no-admin",
+        ),
+        (call(Some("ingress"), "work", "DELETE", "/api"), "deny -"),
+        (call(Some("other"), "work", "GET", "/api"), "deny -"),
+        (call(None, "work", "GET", "/api"), "deny -"),
+        (call(Some("other"), "unguarded", "GET", "/admin"), "allow -"),
+        (bot, "deny no-bots"),
+        (from_blocked, "deny blocked-net"),
+        (from_other, "allow ingress-to-work"),
+        (shop, "allow mesh-to-meet"),
+        (call(Some("anyone"), "meet", "GET", "/"), "deny -"),
+    ];
+    for (attrs, want) in cases {
+        assert_eq!(outcome(&p.evaluate(&attrs).0), want, "{attrs:?}");
+    }
+    let (_, audited) = p.evaluate(&call(Some("x"), "elsewhere", "DELETE", "/"));
+    assert_eq!(audited, vec![Arc::<str>::from("watch-deletes")]);
+    let (allowed, _) = p.evaluate(&call(Some("ingress"), "work", "POST", "/"));
+    assert_eq!(
+        allowed,
+        Verdict::Allow {
+            rule: Some("ingress-to-work".into()),
+            headers: vec![("x-policy".into(), "ingress-to-work".into())],
+        }
+    );
+}
+
+#[tokio::test]
+async fn quotas_count_per_key_and_refuse_with_429_when_spent() {
+    let p = AuthzPolicy::parse(POLICY).unwrap();
+    let store = QuotaBackend::Memory(MemoryStore::new(100));
+    let user = |u: &str| {
+        let mut a = call(Some("ingress"), "work", "GET", "/api");
+        a.headers.push(("x-user".into(), u.into()));
+        a
+    };
+    let mut got = Vec::new();
+    for u in ["ann", "ann", "ann", "bob"] {
+        got.push(outcome(&p.check(&user(u), &store).await.unwrap().verdict));
+    }
+    assert_eq!(
+        got,
+        [
+            "allow ingress-to-work",
+            "allow ingress-to-work",
+            "429 per-user",
+            "allow ingress-to-work"
+        ]
+    );
+    // No x-user header: the quota's key is incomplete, so it does not apply.
+    let plain = call(Some("ingress"), "work", "GET", "/api");
+    for _ in 0..5 {
+        let d = p.check(&plain, &store).await.unwrap();
+        assert!(matches!(d.verdict, Verdict::Allow { .. }) && d.quotas.is_empty());
+    }
+}
+
+#[test]
+fn bad_policies_are_refused_with_the_reason() {
+    let bad = [
+        (
+            "rules: [{name: a, action: MAYBE}]",
+            "invalid action 'MAYBE'",
+        ),
+        (
+            "rules: [{name: a, action: DENY, source: {ip_blocks: [10.0.0/8]}}]",
+            "invalid ip_block '10.0.0/8'",
+        ),
+        (
+            "rules: [{name: a, action: ALLOW}, {name: a, action: DENY}]",
+            "duplicate name 'a'",
+        ),
+        (
+            "rules: [{name: a, action: DENY, add_headers: {x: y}}]",
+            "add_headers is for ALLOW rules only",
+        ),
+        (
+            "quotas: [{name: q, key: [cookie], requests_per_unit: 1, unit: second}]",
+            "invalid key part 'cookie'",
+        ),
+        (
+            "quotas: [{name: q, key: [source.ip], requests_per_unit: 1, unit: fortnight}]",
+            "invalid rate limit unit 'fortnight'",
+        ),
+        (
+            "rules:\n  - name: a\n    action: DENY\n    colour: red\n",
+            "unknown field `colour`",
+        ),
+    ];
+    for (yaml, want) in bad {
+        let e = AuthzPolicy::parse(yaml).expect_err(yaml);
+        assert!(e.contains(want), "{yaml}: {e}");
+    }
+    let e =
+        AuthzPolicy::parse("rules:\n  - name: a\n    action: DENY\n    colour: red\n").unwrap_err();
+    assert!(e.contains("line 4"), "{e}");
+}
+
+#[test]
+fn spiffe_namespaces() {
+    assert_eq!(
+        spiffe_namespace("spiffe://cluster.local/ns/shop/sa/work"),
+        Some("shop")
+    );
+    assert_eq!(spiffe_namespace("spiffe://cluster.local/sa/work"), None);
+    assert_eq!(spiffe_namespace("work"), None);
+}

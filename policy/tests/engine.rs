@@ -1,0 +1,244 @@
+//! The engine against real files and the real Redis on 127.0.0.1:6379.
+
+use std::time::{Duration, Instant};
+
+use meshlens_policy::authz::{CheckAttributes, Verdict};
+use meshlens_policy::quota::{QuotaBackend, QuotaHit, RedisConfig, RedisStore};
+use meshlens_policy::ratelimit::{RateLimitRequest, RequestDescriptor};
+use meshlens_policy::{
+    Algorithm, Backend, FailureMode, PolicyEngine, PolicySettings, Rate, ReloadOutcome, Unit,
+};
+
+const RLS: &str =
+    "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: minute, requests_per_unit: 3}\n";
+
+fn request(value: &str) -> RateLimitRequest {
+    RateLimitRequest {
+        domain: "d".into(),
+        descriptors: vec![RequestDescriptor {
+            entries: vec![("k".into(), value.into())],
+            ..Default::default()
+        }],
+        hits_addend: 1,
+    }
+}
+
+fn redis(prefix: &str, url: &str) -> RedisConfig {
+    RedisConfig {
+        url: url.into(),
+        key_prefix: prefix.into(),
+        timeout: Duration::from_millis(200),
+    }
+}
+
+/// A key prefix of its own, so runs never share counters.
+fn unique_prefix(test: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("meshlens_test_{test}_{nanos}_")
+}
+
+#[tokio::test]
+async fn a_bad_reload_keeps_the_previous_config_and_a_good_one_replaces_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let rl = dir.path().join("ratelimit");
+    std::fs::create_dir(&rl).unwrap();
+    std::fs::write(rl.join("d.yaml"), RLS).unwrap();
+    let engine = PolicyEngine::new(PolicySettings {
+        ratelimit_dir: Some(rl.clone()),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(engine.reload_if_changed(), ReloadOutcome::Unchanged);
+    std::fs::write(
+        rl.join("d.yaml"),
+        "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: lightyear}\n",
+    )
+    .unwrap();
+    match engine.reload_if_changed() {
+        ReloadOutcome::Failed(e) => {
+            assert!(e.file.ends_with("d.yaml"), "{e}");
+            assert!(
+                e.reason.contains("invalid rate limit unit 'lightyear'")
+                    && e.reason.contains("line 3"),
+                "{e}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Not retried until the files change again; the old limits still apply.
+    assert_eq!(engine.reload_if_changed(), ReloadOutcome::Unchanged);
+    assert!(engine.last_error().is_some());
+    let over = |n: usize| {
+        let engine = &engine;
+        async move {
+            let mut last = false;
+            for _ in 0..n {
+                last = engine.rate_limit(&request("a")).await.decision.over_limit;
+            }
+            last
+        }
+    };
+    assert!(!over(3).await && over(1).await, "3 per minute still holds");
+    std::fs::write(rl.join("d.yaml"), RLS.replace("3}", "300}")).unwrap();
+    assert_eq!(engine.reload_if_changed(), ReloadOutcome::Reloaded);
+    assert!(engine.last_error().is_none());
+    assert!(!over(10).await, "300 per minute now");
+    // A new file is a change too.
+    std::fs::write(rl.join("e.yaml"), "domain: e\n").unwrap();
+    assert_eq!(engine.reload_if_changed(), ReloadOutcome::Reloaded);
+    assert_eq!(engine.current().ratelimits.domains().count(), 2);
+}
+
+#[tokio::test]
+async fn replicas_on_redis_share_one_quota_and_admit_what_memory_admits() {
+    let prefix = unique_prefix("share");
+    let a = RedisStore::new(&redis(&prefix, "redis://127.0.0.1:6379")).unwrap();
+    let b = RedisStore::new(&redis(&prefix, "redis://127.0.0.1:6379")).unwrap();
+    let (a, b) = (QuotaBackend::Redis(a), QuotaBackend::Redis(b));
+    for algorithm in [Algorithm::FixedWindow, Algorithm::Gcra] {
+        let rate = Rate {
+            requests_per_unit: 10,
+            unit: Unit::Hour,
+            algorithm,
+        };
+        let hit = QuotaHit {
+            key: "d_k_v",
+            rate,
+            hits: 1,
+        };
+        let memory = QuotaBackend::Memory(meshlens_policy::quota::MemoryStore::new(10));
+        let (mut admitted, mut remaining) = (Vec::new(), Vec::new());
+        let mut in_memory = Vec::new();
+        for i in 0..16 {
+            let store = if i % 2 == 0 { &a } else { &b };
+            let u = store.charge(&[hit]).await.unwrap()[0];
+            admitted.push(!u.over_limit);
+            remaining.push(u.remaining);
+            let m = memory.charge(&[hit]).await.unwrap()[0];
+            in_memory.push((!m.over_limit, m.remaining));
+        }
+        assert_eq!(
+            admitted.iter().filter(|a| **a).count(),
+            10,
+            "{algorithm:?}: two replicas, one quota"
+        );
+        let on_redis: Vec<_> = admitted.into_iter().zip(remaining).collect();
+        assert_eq!(on_redis, in_memory, "{algorithm:?}");
+        let look = a.charge(&[QuotaHit { hits: 0, ..hit }]).await.unwrap()[0];
+        assert_eq!(look.remaining, 0, "{algorithm:?}");
+    }
+    let mut conn = redis::Client::open("redis://127.0.0.1:6379")
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut shapes: Vec<String> = keys.iter().map(|k| k[prefix.len()..].to_string()).collect();
+    shapes.sort();
+    assert_eq!(shapes.len(), 2, "{shapes:?}");
+    assert_eq!(
+        shapes[0],
+        "d_k_v_".to_string() + &shapes[0]["d_k_v_".len()..]
+    );
+    assert!(
+        shapes[0]["d_k_v_".len()..].parse::<u64>().unwrap() % 3600 == 0,
+        "window start"
+    );
+    assert_eq!(shapes[1], "gcra_d_k_v");
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&keys[0])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 0, "every key expires");
+    let _: () = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// Two engines on one Redis: one envoyproxy/ratelimit config, one quota between them.
+#[tokio::test]
+async fn two_engines_on_redis_share_a_rate_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("d.yaml"), RLS).unwrap();
+    let prefix = unique_prefix("engines");
+    let engine = || {
+        PolicyEngine::new(PolicySettings {
+            ratelimit_dir: Some(dir.path().to_path_buf()),
+            backend: Backend::Redis(redis(&prefix, "redis://127.0.0.1:6379")),
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    let (one, two) = (engine(), engine());
+    let mut over = Vec::new();
+    for i in 0..5 {
+        let e = if i % 2 == 0 { &one } else { &two };
+        let out = e.rate_limit(&request("shared")).await;
+        assert_eq!(out.backend_error, None);
+        over.push(out.decision.over_limit);
+    }
+    assert_eq!(over, [false, false, false, true, true]);
+    assert_eq!(
+        one.recent_denials(10).len() + two.recent_denials(10).len(),
+        2
+    );
+}
+
+/// Redis that does not answer: each check ends within its deadline, open or closed as set.
+#[tokio::test]
+async fn an_unreachable_redis_fails_open_or_closed_within_the_deadline() {
+    // A listener that accepts and never answers, so the deadline, not a refusal, ends the wait.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}", silent.local_addr().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("d.yaml"), RLS).unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let policy = other.path().join("policy.yaml");
+    std::fs::write(&policy, "quotas:\n  - name: q\n    key: [source.service]\n    requests_per_unit: 5\n    unit: second\n").unwrap();
+    for mode in [FailureMode::Open, FailureMode::Closed] {
+        let engine = PolicyEngine::new(PolicySettings {
+            ratelimit_dir: Some(dir.path().to_path_buf()),
+            policy_files: vec![policy.clone()],
+            backend: Backend::Redis(redis("x_", &url)),
+            failure_mode: mode,
+            ..Default::default()
+        })
+        .unwrap();
+        for _ in 0..3 {
+            let t = Instant::now();
+            let out = engine.rate_limit(&request("a")).await;
+            assert!(
+                t.elapsed() < Duration::from_millis(1500),
+                "{:?}",
+                t.elapsed()
+            );
+            assert!(out.backend_error.is_some());
+            assert_eq!(out.decision.over_limit, mode == FailureMode::Closed);
+            let attrs = CheckAttributes {
+                source_service: Some("web".into()),
+                ..Default::default()
+            };
+            let t = Instant::now();
+            let out = engine.authorize(&attrs).await;
+            assert!(
+                t.elapsed() < Duration::from_millis(1500),
+                "{:?}",
+                t.elapsed()
+            );
+            assert!(out.backend_error.is_some());
+            let allowed = matches!(out.decision.verdict, Verdict::Allow { .. });
+            assert_eq!(allowed, mode == FailureMode::Open);
+        }
+    }
+    drop(silent);
+}
