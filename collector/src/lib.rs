@@ -7,6 +7,7 @@ pub mod graph;
 pub mod metrics;
 pub mod otlp;
 pub mod pipeline;
+pub mod policy;
 pub mod zipkin;
 
 pub mod body;

@@ -1,8 +1,12 @@
 //! The catalogue of meshlens' own metrics: every `meshlens_*` name is defined here and nowhere else.
 
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
+use std::sync::Mutex;
+
 use prometheus::{
-    exponential_buckets, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry,
+    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, Opts, Registry,
 };
 
 /// meshlens' own metrics, registered in one registry that `/metrics` renders.
@@ -44,6 +48,27 @@ pub struct Metrics {
     pub topology_unplaced_points: IntCounter,
     /// Label sets not exported because a product metric reached its series cap, by metric.
     pub topology_series_dropped: IntCounterVec,
+    /// Policy checks by API (`ext_authz`, `ratelimit`) and decision (`allow`, `deny`,
+    /// `rate_limited`; `ok`, `over_limit`; `invalid` for malformed requests).
+    pub policy_checks: IntCounterVec,
+    /// Server-side decision time of a check, by API.
+    pub policy_check_seconds: HistogramVec,
+    /// Hits on each limit or quota rule, by outcome (`within`, `over`, `shadow_over`).
+    pub policy_quota_hits: IntCounterVec,
+    /// Refused requests by API and by what refused them (rule, quota, or limit).
+    pub policy_denials: IntCounterVec,
+    /// Requests matched by AUDIT rules, by rule.
+    pub policy_audits: IntCounterVec,
+    /// Quota backend failures (the check then failed open or closed), by backend and kind.
+    pub policy_backend_errors: IntCounterVec,
+    /// Config reloads by result (`success`, `failure`).
+    pub policy_config_reloads: IntCounterVec,
+    /// Unix time of the last config load that succeeded.
+    pub policy_config_last_success: IntGauge,
+    /// 1 if the last config load succeeded, else 0.
+    pub policy_config_last_successful: IntGauge,
+    /// Label sets not exported because a policy metric reached its series cap, by metric.
+    pub policy_series_dropped: IntCounterVec,
 }
 
 /// Every metric name in the catalogue, for tests that check dashboards and docs against it.
@@ -64,7 +89,21 @@ pub const METRIC_NAMES: &[&str] = &[
     "meshlens_topology_virtual_calls_total",
     "meshlens_topology_series_dropped_total",
     "meshlens_topology_unplaced_points_total",
+    "meshlens_policy_checks_total",
+    "meshlens_policy_check_duration_seconds",
+    "meshlens_policy_quota_hits_total",
+    "meshlens_policy_denials_total",
+    "meshlens_policy_audits_total",
+    "meshlens_policy_backend_errors_total",
+    "meshlens_policy_config_reloads_total",
+    "meshlens_policy_config_last_reload_success_timestamp_seconds",
+    "meshlens_policy_config_last_reload_successful",
+    "meshlens_policy_series_dropped_total",
 ];
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+}
 
 impl Metrics {
     pub fn new() -> Self {
@@ -177,6 +216,60 @@ impl Metrics {
                 &["metric"],
             )
             .expect("valid metric"),
+            policy_checks: counter_vec(
+                "meshlens_policy_checks_total",
+                "Policy checks by API and decision.",
+                &["api", "decision"],
+            ),
+            policy_check_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "meshlens_policy_check_duration_seconds",
+                    "Server-side decision time of a policy check.",
+                )
+                .buckets(exponential_buckets(0.000_002, 2.0, 16).expect("valid buckets")),
+                &["api"],
+            )
+            .expect("valid metric"),
+            policy_quota_hits: counter_vec(
+                "meshlens_policy_quota_hits_total",
+                "Hits on each rate limit or quota rule, by outcome.",
+                &["limit", "outcome"],
+            ),
+            policy_denials: counter_vec(
+                "meshlens_policy_denials_total",
+                "Refused requests by API and by the rule, quota or limit that refused them.",
+                &["api", "by"],
+            ),
+            policy_audits: counter_vec(
+                "meshlens_policy_audits_total",
+                "Requests matched by AUDIT rules.",
+                &["rule"],
+            ),
+            policy_backend_errors: counter_vec(
+                "meshlens_policy_backend_errors_total",
+                "Quota backend failures, by backend and kind.",
+                &["backend", "kind"],
+            ),
+            policy_config_reloads: counter_vec(
+                "meshlens_policy_config_reloads_total",
+                "Policy config reloads by result.",
+                &["result"],
+            ),
+            policy_config_last_success: IntGauge::new(
+                "meshlens_policy_config_last_reload_success_timestamp_seconds",
+                "Unix time of the last policy config load that succeeded.",
+            )
+            .expect("valid metric"),
+            policy_config_last_successful: IntGauge::new(
+                "meshlens_policy_config_last_reload_successful",
+                "1 if the last policy config load succeeded.",
+            )
+            .expect("valid metric"),
+            policy_series_dropped: counter_vec(
+                "meshlens_policy_series_dropped_total",
+                "Label sets not exported because a policy metric reached its series cap.",
+                &["metric"],
+            ),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -196,6 +289,16 @@ impl Metrics {
             Box::new(m.topology_virtual_calls.clone()),
             Box::new(m.topology_series_dropped.clone()),
             Box::new(m.topology_unplaced_points.clone()),
+            Box::new(m.policy_checks.clone()),
+            Box::new(m.policy_check_seconds.clone()),
+            Box::new(m.policy_quota_hits.clone()),
+            Box::new(m.policy_denials.clone()),
+            Box::new(m.policy_audits.clone()),
+            Box::new(m.policy_backend_errors.clone()),
+            Box::new(m.policy_config_reloads.clone()),
+            Box::new(m.policy_config_last_success.clone()),
+            Box::new(m.policy_config_last_successful.clone()),
+            Box::new(m.policy_series_dropped.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");
@@ -209,6 +312,37 @@ impl Metrics {
         encoder
             .encode_to_string(&self.registry.gather())
             .unwrap_or_default()
+    }
+}
+
+/// A cap on the label sets of a metric: the first `limit` sets are exported, later new ones are
+/// refused (the caller counts them).
+pub struct SeriesCap {
+    limit: usize,
+    seen: Mutex<HashSet<u64>>,
+}
+
+impl SeriesCap {
+    pub fn new(limit: usize) -> Self {
+        SeriesCap {
+            limit,
+            seen: Mutex::new(HashSet::new()),
+        }
+    }
+
+    pub fn admit(&self, labels: &[&str]) -> bool {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        labels.hash(&mut h);
+        let key = h.finish();
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.contains(&key) {
+            return true;
+        }
+        if seen.len() >= self.limit {
+            return false;
+        }
+        seen.insert(key);
+        true
     }
 }
 
@@ -243,6 +377,26 @@ mod tests {
         m.topology_series_dropped
             .with_label_values(&["traces_spanmetrics"])
             .inc();
+        m.policy_checks
+            .with_label_values(&["ratelimit", "ok"])
+            .inc();
+        m.policy_check_seconds
+            .with_label_values(&["ratelimit"])
+            .observe(0.0);
+        m.policy_quota_hits
+            .with_label_values(&["d.k", "within"])
+            .inc();
+        m.policy_denials
+            .with_label_values(&["ext_authz", "r"])
+            .inc();
+        m.policy_audits.with_label_values(&["r"]).inc();
+        m.policy_backend_errors
+            .with_label_values(&["redis", "timeout"])
+            .inc();
+        m.policy_config_reloads
+            .with_label_values(&["success"])
+            .inc();
+        m.policy_series_dropped.with_label_values(&["x"]).inc();
         let mut names: Vec<String> = m
             .registry
             .gather()

@@ -21,7 +21,7 @@ pub struct Cli {
     pub overrides: Overrides,
 }
 
-#[derive(Debug, Subcommand, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Subcommand, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Migrate the database and serve every listener (the default).
     Serve,
@@ -29,6 +29,21 @@ pub enum Command {
     Migrate,
     /// Print the effective configuration as TOML and exit.
     Config,
+    /// Policy configs.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand, Clone, PartialEq, Eq)]
+pub enum PolicyCommand {
+    /// Check policy files and envoyproxy/ratelimit configs (files or directories) offline;
+    /// exits 1 at the first one refused, with its file, line and reason.
+    Validate {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args, Default)]
@@ -75,6 +90,26 @@ pub struct Overrides {
     /// Most spans waiting to be paired; when full the oldest is settled first [default: 100000]
     #[arg(long, env = "MESHLENS_MAX_PENDING", global = true)]
     pub max_pending: Option<usize>,
+    /// envoyproxy/ratelimit config directory for the rate limit service
+    #[arg(long, env = "MESHLENS_RATELIMIT_DIR", global = true)]
+    pub ratelimit_dir: Option<PathBuf>,
+    /// meshlens policy file (ext_authz rules and quotas); repeat for several
+    #[arg(
+        long = "policy-file",
+        env = "MESHLENS_POLICY_FILES",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub policy_files: Vec<PathBuf>,
+    /// Where quotas are counted [default: memory]
+    #[arg(long, env = "MESHLENS_QUOTA_BACKEND", global = true)]
+    pub quota_backend: Option<crate::config::QuotaBackendKind>,
+    /// Redis for the redis quota backend [default: redis://127.0.0.1:6379]
+    #[arg(long, env = "MESHLENS_REDIS_URL", global = true)]
+    pub redis_url: Option<String>,
+    /// When the quota backend cannot answer: open (allow) or closed (refuse) [default: open]
+    #[arg(long, env = "MESHLENS_POLICY_FAILURE_MODE", global = true)]
+    pub policy_failure_mode: Option<crate::config::FailureModeSetting>,
     /// Log format [default: text]
     #[arg(long, env = "MESHLENS_LOG_FORMAT", global = true)]
     pub log_format: Option<LogFormat>,
@@ -85,7 +120,7 @@ pub struct Overrides {
 
 impl Cli {
     pub fn command(&self) -> Command {
-        self.command.unwrap_or(Command::Serve)
+        self.command.clone().unwrap_or(Command::Serve)
     }
 
     /// The effective configuration: file (or defaults), then environment and flags.
@@ -119,6 +154,15 @@ impl Overrides {
         set(&mut c.ingest.writers, &self.writers);
         set(&mut c.graph.pairing_ttl, &self.pairing_ttl);
         set(&mut c.graph.max_pending, &self.max_pending);
+        if self.ratelimit_dir.is_some() {
+            c.policy.ratelimit_dir = self.ratelimit_dir.clone();
+        }
+        if !self.policy_files.is_empty() {
+            c.policy.policy_files = self.policy_files.clone();
+        }
+        set(&mut c.policy.backend, &self.quota_backend);
+        set(&mut c.policy.redis_url, &self.redis_url);
+        set(&mut c.policy.failure_mode, &self.policy_failure_mode);
         set(&mut c.log.format, &self.log_format);
         set(&mut c.log.level, &self.log_level);
     }

@@ -2,7 +2,7 @@
 //! environment variables and flags on top. Unknown keys are errors.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use meshlens_collector::GraphConfig;
@@ -18,6 +18,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub ingest: IngestConfig,
     pub graph: GraphSettings,
+    pub policy: PolicyConfig,
     pub log: LogConfig,
 }
 
@@ -31,7 +32,7 @@ pub struct ListenConfig {
     pub otlp_http: SocketAddr,
     /// Zipkin v2: `POST /api/v2/spans`.
     pub zipkin: SocketAddr,
-    /// Policy gRPC: gRPC health (ext_authz and rate limit to come).
+    /// Policy gRPC: ext_authz Check, rate limit ShouldRateLimit, gRPC health.
     pub policy: SocketAddr,
     /// Web UI, JSON API, `/metrics`, `/healthz`, `/readyz`.
     pub web: SocketAddr,
@@ -160,6 +161,96 @@ impl GraphSettings {
                 grpc_errors: self.health.grpc_errors.into(),
             },
             max_series: self.max_series,
+        }
+    }
+}
+
+/// The policy server: ext_authz rules and quotas, and envoyproxy/ratelimit configs.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// envoyproxy/ratelimit config directory (every `.yaml`/`.yml` under it, dot names skipped).
+    pub ratelimit_dir: Option<PathBuf>,
+    /// meshlens policy files: authorization rules and quotas for ext_authz.
+    pub policy_files: Vec<PathBuf>,
+    /// Where quotas are counted: `memory` (this process) or `redis` (shared by replicas).
+    pub backend: QuotaBackendKind,
+    /// Redis for the `redis` backend.
+    pub redis_url: String,
+    /// Prefix of every Redis key meshlens writes.
+    pub redis_key_prefix: String,
+    /// Longest wait for Redis in one check; then the check fails open or closed.
+    #[serde(with = "humantime_serde")]
+    pub redis_timeout: Duration,
+    /// When the quota backend cannot answer: `open` (allow) or `closed` (refuse).
+    pub failure_mode: FailureModeSetting,
+    /// Rate limit service answers OK even when over a limit (decisions are still counted).
+    pub shadow_mode: bool,
+    /// Memory backend: most quota keys held at once.
+    pub max_keys: usize,
+    /// How often the config files are checked for changes.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+    /// Most label sets of the per-limit and per-rule policy metrics.
+    pub max_series: usize,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum QuotaBackendKind {
+    Memory,
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureModeSetting {
+    Open,
+    Closed,
+}
+
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(15);
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            ratelimit_dir: None,
+            policy_files: Vec::new(),
+            backend: QuotaBackendKind::Memory,
+            redis_url: "redis://127.0.0.1:6379".into(),
+            redis_key_prefix: "meshlens_".into(),
+            redis_timeout: DEFAULT_REDIS_TIMEOUT,
+            failure_mode: FailureModeSetting::Open,
+            shadow_mode: false,
+            max_keys: meshlens_policy::engine::DEFAULT_MAX_KEYS,
+            reload_interval: Duration::from_secs(2),
+            max_series: meshlens_collector::policy::DEFAULT_MAX_POLICY_SERIES,
+        }
+    }
+}
+
+impl PolicyConfig {
+    pub fn to_settings(&self) -> meshlens_policy::PolicySettings {
+        use meshlens_policy::{quota::RedisConfig, Backend, FailureMode};
+        meshlens_policy::PolicySettings {
+            ratelimit_dir: self.ratelimit_dir.clone(),
+            policy_files: self.policy_files.clone(),
+            backend: match self.backend {
+                QuotaBackendKind::Memory => Backend::Memory {
+                    max_keys: self.max_keys,
+                },
+                QuotaBackendKind::Redis => Backend::Redis(RedisConfig {
+                    url: self.redis_url.clone(),
+                    key_prefix: self.redis_key_prefix.clone(),
+                    timeout: self.redis_timeout,
+                }),
+            },
+            failure_mode: match self.failure_mode {
+                FailureModeSetting::Open => FailureMode::Open,
+                FailureModeSetting::Closed => FailureMode::Closed,
+            },
+            shadow_mode: self.shadow_mode,
+            ..Default::default()
         }
     }
 }
@@ -301,6 +392,10 @@ mod tests {
         assert_eq!(c.graph.pairing_ttl, Duration::from_secs(10));
         assert_eq!(c.graph.max_pending, 100_000);
         assert_eq!(c.graph.max_series, 10_000);
+        assert_eq!(c.policy.backend, QuotaBackendKind::Memory);
+        assert_eq!(c.policy.failure_mode, FailureModeSetting::Open);
+        assert_eq!(c.policy.redis_timeout, Duration::from_millis(15));
+        assert_eq!(c.policy.reload_interval, Duration::from_secs(2));
         let h = c.graph.to_graph_config().health;
         assert_eq!(
             (h.server_errors.degraded_pct, h.server_errors.failure_pct),

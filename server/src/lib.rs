@@ -54,6 +54,13 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     tracing::info!(dialect = store.dialect(), "store migrated");
 
     let metrics = Metrics::new();
+    let engine = meshlens_policy::PolicyEngine::new(config.policy.to_settings())
+        .map_err(|e| anyhow::anyhow!("policy config: {e}"))?;
+    let policy = meshlens_collector::policy::PolicyServer::new(
+        Arc::new(engine),
+        metrics.clone(),
+        config.policy.max_series,
+    );
     let graph = GraphFeed::new(&config.graph.to_graph_config(), &metrics);
     let (pipeline, writers) = Pipeline::start(
         store.clone(),
@@ -70,13 +77,29 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let addrs = servers::spawn_all(
         config,
         &mut servers,
-        pipeline,
-        store.clone(),
-        metrics.clone(),
-        ready.clone(),
+        servers::Parts {
+            pipeline,
+            store: store.clone(),
+            metrics: metrics.clone(),
+            policy: policy.clone(),
+            ready: ready.clone(),
+        },
         cancel.clone(),
     )
     .await?;
+    // Config files are watched by polling their sizes and times: it also sees the symlink swaps
+    // of a Kubernetes ConfigMap mount.
+    spawn_every(
+        &mut servers,
+        config
+            .policy
+            .reload_interval
+            .max(std::time::Duration::from_millis(100)),
+        cancel.clone(),
+        move || {
+            policy.reload();
+        },
+    );
     retention::spawn(
         &mut servers,
         store.clone(),
@@ -118,6 +141,37 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         servers,
         writers,
     })
+}
+
+/// `meshlens policy validate`: checks a policy file, an envoyproxy/ratelimit config file, or a
+/// directory of them, and says what it holds.
+pub fn validate_policy(path: &std::path::Path) -> Result<String, meshlens_policy::ConfigError> {
+    use meshlens_policy::{authz::AuthzPolicy, ratelimit::RateLimits, ConfigError};
+    if path.is_dir() {
+        let rl = RateLimits::load_dir(path)?;
+        return Ok(format!(
+            "{} rate limit domain(s) in {} file(s)",
+            rl.domains().count(),
+            rl.files.len()
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::new(path, e.to_string()))?;
+    // envoyproxy/ratelimit files have a `domain`; meshlens policy files never do.
+    let is_ratelimit = text.lines().any(|l| l.starts_with("domain:"));
+    if is_ratelimit {
+        let rl = RateLimits::load_files(&[path.to_path_buf()])?;
+        Ok(format!(
+            "rate limit domain {}",
+            rl.domains().next().unwrap_or("")
+        ))
+    } else {
+        let p = AuthzPolicy::load_files(&[path])?;
+        Ok(format!(
+            "{} rule(s), {} quota(s)",
+            p.rule_count(),
+            p.quota_rules().len()
+        ))
+    }
 }
 
 /// Every 10 s, writes the graph's minutes that have ended since the last write to the store, so

@@ -1,7 +1,7 @@
 //! The `meshlens` binary: parse the command line, start logging, run the command.
 
 use clap::Parser;
-use meshlens::cli::{Cli, Command};
+use meshlens::cli::{Cli, Command, PolicyCommand};
 use meshlens::config::{Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
@@ -27,6 +27,20 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Config => {
             print!("{}", toml::to_string(&config)?);
+            Ok(())
+        }
+        Command::Policy {
+            action: PolicyCommand::Validate { paths },
+        } => {
+            for path in &paths {
+                match meshlens::validate_policy(path) {
+                    Ok(summary) => println!("ok {}: {summary}", path.display()),
+                    Err(e) => {
+                        eprintln!("meshlens: {e}");
+                        std::process::exit(1);
+                    }
+                }
+            }
             Ok(())
         }
     }

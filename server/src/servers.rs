@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use meshlens_collector::otlp::grpc::{normalize_decode_errors, trace_service, ExportDeadline};
+use meshlens_collector::policy::PolicyServer;
 use meshlens_collector::{otlp, zipkin, Metrics, Pipeline};
 use meshlens_storage::Store;
 use tokio::net::TcpListener;
@@ -20,15 +21,28 @@ use crate::{Addrs, Config};
 
 type Set = JoinSet<anyhow::Result<()>>;
 
+/// What the listeners serve.
+pub struct Parts {
+    pub pipeline: Pipeline,
+    pub store: Arc<Store>,
+    pub metrics: Metrics,
+    pub policy: Arc<PolicyServer>,
+    pub ready: Arc<AtomicBool>,
+}
+
 pub async fn spawn_all(
     config: &Config,
     set: &mut Set,
-    pipeline: Pipeline,
-    store: Arc<Store>,
-    metrics: Metrics,
-    ready: Arc<AtomicBool>,
+    parts: Parts,
     cancel: CancellationToken,
 ) -> anyhow::Result<Addrs> {
+    let Parts {
+        pipeline,
+        store,
+        metrics,
+        policy,
+        ready,
+    } = parts;
     let listen = &config.listen;
     let graph_cache = Arc::new(meshlens_web::GraphCache::new(pipeline.graph().topology()));
     // Rebuilds the snapshots clients ask for each second, so `/api/graph` answers from memory.
@@ -80,13 +94,15 @@ pub async fn spawn_all(
     let zipkin = zipkin::router(pipeline, body).layer(concurrency);
     let zipkin = serve_http(set, listen.zipkin, "zipkin", zipkin, &cancel).await?;
 
-    let policy = serve_policy(set, listen.policy, &cancel).await?;
+    let web_policy = policy.engine().clone();
+    let policy = serve_policy(set, listen.policy, policy, &cancel).await?;
 
     let web = meshlens_web::app(meshlens_web::WebState {
         store,
         registry: metrics.registry.clone(),
         ready,
         graph: graph_cache,
+        policy: web_policy,
     });
     let web = serve_http(set, listen.web, "web", web, &cancel).await?;
 
@@ -143,24 +159,35 @@ async fn serve_http(
     Ok(local)
 }
 
-/// The policy listener. Today it serves gRPC health; the Check APIs join it.
+/// The policy listener: ext_authz Check, rate limit ShouldRateLimit and gRPC health (the
+/// server, and each API by its service name).
 async fn serve_policy(
     set: &mut Set,
     addr: SocketAddr,
+    policy: Arc<PolicyServer>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
     let listener = bind(addr, "policy").await?;
     let local = listener.local_addr()?;
     let (reporter, health) = tonic_health::server::health_reporter();
-    reporter
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
+    for service in [
+        "",
+        "envoy.service.auth.v3.Authorization",
+        "envoy.service.ratelimit.v3.RateLimitService",
+    ] {
+        reporter
+            .set_service_status(service, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    let (authz, ratelimit) = (policy.authorization(), policy.rate_limit());
     let c = cancel.clone();
     set.spawn(async move {
         // The reporter must outlive the server, or health watches end early.
         let _reporter = reporter;
         tonic::transport::Server::builder()
             .add_service(health)
+            .add_service(authz)
+            .add_service(ratelimit)
             .serve_with_incoming_shutdown(no_delay(listener), c.cancelled_owned())
             .await
             .context("policy server")

@@ -158,6 +158,7 @@ async fn api_latency(services: usize, edges: usize) {
         registry: prometheus::Registry::new(),
         ready: Arc::new(AtomicBool::new(true)),
         graph: cache.clone(),
+        policy: Arc::new(meshlens_policy::PolicyEngine::new(Default::default()).unwrap()),
     });
     // What the refresher pays each second for a window someone watches: the whole snapshot and
     // its JSON.

@@ -29,6 +29,8 @@ pub struct WebState {
     pub ready: Arc<AtomicBool>,
     /// Snapshots of the live service graph (fed by the ingest pipeline).
     pub graph: Arc<GraphCache>,
+    /// The policy engine, for `/api/policy`.
+    pub policy: Arc<meshlens_policy::PolicyEngine>,
 }
 
 /// The whole web router; tests call it in-process with `oneshot`.

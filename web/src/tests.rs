@@ -46,6 +46,7 @@ async fn state(ready: bool) -> (WebState, tempfile::TempDir) {
         registry: prometheus::Registry::new(),
         ready: Arc::new(AtomicBool::new(ready)),
         graph: Default::default(),
+        policy: Arc::new(meshlens_policy::PolicyEngine::new(Default::default()).unwrap()),
     };
     (st, dir)
 }

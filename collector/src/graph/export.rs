@@ -3,15 +3,13 @@
 //! They are kept apart from meshlens' own `meshlens_*` catalogue, and every family has a cap on
 //! its label sets so a burst of new span names cannot grow `/metrics` without bound.
 
-use std::collections::{HashMap, HashSet};
-use std::hash::{Hash, Hasher};
-use std::sync::Mutex;
+use std::collections::HashMap;
 
 use meshlens_topology::graph::{EdgeObservation, NodeKey};
 use meshlens_topology::{Span, SpanKind, StatusCode};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SeriesCap};
 
 /// Every product metric name (histograms without their `_bucket`/`_sum`/`_count` suffixes).
 pub const PRODUCT_METRIC_NAMES: &[&str] = &[
@@ -43,35 +41,6 @@ const EDGE_LABELS: &[&str] = &[
 const SPAN_LABELS: &[&str] = &["service", "span_name", "span_kind", "status_code"];
 
 /// Admits label sets up to a limit; past it, new ones are refused (and counted by the caller).
-struct SeriesCap {
-    limit: usize,
-    seen: Mutex<HashSet<u64>>,
-}
-
-impl SeriesCap {
-    fn new(limit: usize) -> Self {
-        SeriesCap {
-            limit,
-            seen: Mutex::new(HashSet::new()),
-        }
-    }
-
-    fn admit(&self, labels: &[&str]) -> bool {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        labels.hash(&mut h);
-        let key = h.finish();
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.contains(&key) {
-            return true;
-        }
-        if seen.len() >= self.limit {
-            return false;
-        }
-        seen.insert(key);
-        true
-    }
-}
-
 pub struct ProductMetrics {
     request_total: IntCounterVec,
     request_failed_total: IntCounterVec,

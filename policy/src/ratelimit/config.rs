@@ -126,18 +126,46 @@ impl TryFrom<RawRateLimit> for RateLimitConfig {
 
 impl<'de> Deserialize<'de> for Descriptors {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let list = Option::<Vec<DescriptorConfig>>::deserialize(d)?.unwrap_or_default();
+        d.deserialize_option(DescriptorsVisitor)
+    }
+}
+
+/// Checks siblings while reading them, so a duplicate is reported where it is (with its line).
+struct DescriptorsVisitor;
+
+impl<'de> serde::de::Visitor<'de> for DescriptorsVisitor {
+    type Value = Descriptors;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a list of descriptors")
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<Descriptors, E> {
+        Ok(Descriptors::default())
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Descriptors, E> {
+        Ok(Descriptors::default())
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Descriptors, D::Error> {
+        d.deserialize_seq(self)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Descriptors, A::Error> {
+        let mut list = Vec::new();
         let mut seen = HashSet::new();
-        for desc in &list {
-            let composite = match &desc.value {
-                Some(v) => format!("{}_{}", desc.key, v),
-                None => desc.key.clone(),
+        while let Some(desc) = seq.next_element::<DescriptorConfig>()? {
+            let composite = match desc.value.as_deref() {
+                Some(v) if !v.is_empty() => format!("{}_{}", desc.key, v),
+                _ => desc.key.clone(),
             };
             if !seen.insert(composite.clone()) {
-                return Err(D::Error::custom(format!(
+                return Err(A::Error::custom(format!(
                     "duplicate descriptor composite key '{composite}'"
                 )));
             }
+            list.push(desc);
         }
         Ok(Descriptors(list))
     }

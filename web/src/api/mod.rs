@@ -2,6 +2,7 @@
 
 mod graph;
 mod jaeger;
+mod policy;
 mod traces;
 
 use axum::routing::get;
@@ -20,6 +21,7 @@ pub fn router() -> Router<WebState> {
         )
         .route("/api/operations", get(traces::operations))
         .route("/api/graph", get(graph::get_graph))
+        .route("/api/policy", get(policy::get_policy))
 }
 
 pub use graph::graph_json;

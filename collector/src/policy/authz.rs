@@ -1,0 +1,231 @@
+//! `envoy.service.auth.v3.Authorization/Check`: Envoy's `AttributeContext` in, an OK or denied
+//! `CheckResponse` out. A denial is 403 with the reason as body; an exhausted quota is 429
+//! with `x-ratelimit-*` and `retry-after` (a bare non-OK status would become 403 in Envoy).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use envoy_types::pb::envoy::config::core::v3::{address, HeaderValue, HeaderValueOption};
+use envoy_types::pb::envoy::r#type::v3::HttpStatus;
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
+    Authorization, AuthorizationServer,
+};
+use envoy_types::pb::envoy::service::auth::v3::{
+    attribute_context, check_response, CheckRequest, CheckResponse, DeniedHttpResponse,
+    OkHttpResponse,
+};
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use meshlens_policy::authz::{spiffe_namespace, AuthzDecision, CheckAttributes, Verdict};
+use tonic::{Request, Response, Status};
+
+use super::{ratelimit_headers, PolicyServer};
+
+const API: &str = "ext_authz";
+/// google.rpc codes.
+const PERMISSION_DENIED: i32 = 7;
+const RESOURCE_EXHAUSTED: i32 = 8;
+/// Longest header value or path kept from a request; policies match on prefixes of these.
+const MAX_VALUE: usize = 8 * 1024;
+
+pub struct AuthzService {
+    pub(super) server: Arc<PolicyServer>,
+}
+
+impl AuthzService {
+    pub fn server(server: Arc<PolicyServer>) -> AuthorizationServer<AuthzService> {
+        AuthorizationServer::new(AuthzService { server })
+    }
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+fn peer_ip(peer: &attribute_context::Peer) -> Option<IpAddr> {
+    match peer.address.as_ref()?.address.as_ref()? {
+        address::Address::SocketAddress(s) => s.address.parse().ok(),
+        _ => None,
+    }
+}
+
+fn cut(mut s: String) -> String {
+    if s.len() > MAX_VALUE {
+        let mut end = MAX_VALUE;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+/// The call as the policy engine sees it. The destination is the route's
+/// `context_extensions` (`destination` or `destination_service`), else the destination's
+/// `app` or `service` label, else `destination.service`.
+pub fn attributes(req: &CheckRequest) -> CheckAttributes {
+    let Some(a) = req.attributes.as_ref() else {
+        return CheckAttributes::default();
+    };
+    let mut out = CheckAttributes::default();
+    if let Some(src) = &a.source {
+        out.source_service = non_empty(&src.service);
+        out.source_principal = non_empty(&src.principal);
+        out.source_ip = peer_ip(src);
+    }
+    let ext = |k: &str| a.context_extensions.get(k).and_then(|v| non_empty(v));
+    out.source_namespace = ext("source_namespace").or_else(|| {
+        out.source_principal
+            .as_deref()
+            .and_then(spiffe_namespace)
+            .map(str::to_string)
+    });
+    out.destination = ext("destination")
+        .or_else(|| ext("destination_service"))
+        .or_else(|| {
+            let d = a.destination.as_ref()?;
+            d.labels
+                .get("app")
+                .or_else(|| d.labels.get("service"))
+                .and_then(|v| non_empty(v))
+                .or_else(|| non_empty(&d.service))
+        });
+    if let Some(http) = a.request.as_ref().and_then(|r| r.http.as_ref()) {
+        out.method = http.method.clone();
+        out.host = cut(http.host.clone());
+        let path = http.path.split(['?', '#']).next().unwrap_or("");
+        out.path = cut(path.to_string());
+        out.headers = http
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), cut(v.clone())))
+            .collect();
+        // With `encode_raw_headers`, headers come as a map of raw values instead.
+        if let Some(map) = &http.header_map {
+            out.headers.extend(map.headers.iter().map(|h| {
+                let v = if h.raw_value.is_empty() {
+                    h.value.clone()
+                } else {
+                    String::from_utf8_lossy(&h.raw_value).into_owned()
+                };
+                (h.key.to_ascii_lowercase(), cut(v))
+            }));
+        }
+        if out.source_service.is_none() {
+            out.source_service = out
+                .header("x-envoy-downstream-service-cluster")
+                .and_then(non_empty);
+        }
+    }
+    out
+}
+
+fn header(key: &str, value: impl Into<String>) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.to_string(),
+            value: value.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn denied(code: i32, http: u16, message: String, headers: Vec<HeaderValueOption>) -> CheckResponse {
+    CheckResponse {
+        status: Some(RpcStatus {
+            code,
+            message: message.clone(),
+            details: Vec::new(),
+        }),
+        http_response: Some(check_response::HttpResponse::DeniedResponse(
+            DeniedHttpResponse {
+                status: Some(HttpStatus { code: http.into() }),
+                headers,
+                body: message,
+            },
+        )),
+        ..Default::default()
+    }
+}
+
+/// The response Envoy needs for a decision.
+pub fn response(d: &AuthzDecision) -> CheckResponse {
+    match &d.verdict {
+        Verdict::Allow { headers, .. } => {
+            // The tightest quota, if any, is reported to the client.
+            let tightest = d
+                .quotas
+                .iter()
+                .min_by_key(|(_, _, u)| u.remaining)
+                .map(|(_, rate, u)| ratelimit_headers(*rate, u));
+            CheckResponse {
+                status: Some(RpcStatus::default()),
+                http_response: Some(check_response::HttpResponse::OkResponse(OkHttpResponse {
+                    headers: headers.iter().map(|(k, v)| header(k, v)).collect(),
+                    response_headers_to_add: tightest
+                        .into_iter()
+                        .flatten()
+                        .map(|(k, v)| header(k, v))
+                        .collect(),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }
+        }
+        Verdict::Deny { reason, .. } => denied(PERMISSION_DENIED, 403, reason.clone(), Vec::new()),
+        Verdict::RateLimited { quota, rate, usage } => {
+            let mut headers: Vec<_> = ratelimit_headers(*rate, usage)
+                .into_iter()
+                .map(|(k, v)| header(k, v))
+                .collect();
+            headers.push(header(
+                "retry-after",
+                usage.reset_ms.div_ceil(1000).max(1).to_string(),
+            ));
+            denied(
+                RESOURCE_EXHAUSTED,
+                429,
+                format!("rate limited by quota {quota}"),
+                headers,
+            )
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for AuthzService {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        let started = Instant::now();
+        let s = &self.server;
+        let attrs = attributes(request.get_ref());
+        let outcome = s.engine.authorize(&attrs).await;
+        if let Some(e) = &outcome.backend_error {
+            s.backend_error(e);
+        }
+        let d = &outcome.decision;
+        for (name, _, usage) in &d.quotas {
+            s.quota_hit(name, if usage.over_limit { "over" } else { "within" });
+        }
+        for rule in &d.audited {
+            s.metrics.policy_audits.with_label_values(&[rule]).inc();
+        }
+        let decision = match &d.verdict {
+            Verdict::Allow { .. } => "allow",
+            Verdict::Deny { rule, reason } => {
+                s.denial(API, rule.as_deref().unwrap_or(reason));
+                "deny"
+            }
+            Verdict::RateLimited { quota, .. } => {
+                s.denial(API, quota);
+                "rate_limited"
+            }
+        };
+        let resp = response(d);
+        s.finish(API, decision, started);
+        Ok(Response::new(resp))
+    }
+}

@@ -1,0 +1,165 @@
+//! The policy gRPC services Envoy calls: `envoy.service.auth.v3.Authorization/Check`
+//! (`authz.rs`) and `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`
+//! (`ratelimit.rs`). Each converts Envoy's protobuf to the engine's types and back; the
+//! decisions are made by `meshlens_policy::PolicyEngine`. Both record the same metrics.
+
+pub mod authz;
+pub mod ratelimit;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use meshlens_policy::{PolicyEngine, ReloadOutcome};
+
+use crate::metrics::{Metrics, SeriesCap};
+
+/// Default cap on label sets of the per-limit and per-rule policy metrics.
+pub const DEFAULT_MAX_POLICY_SERIES: usize = 1_000;
+
+/// What both services share: the engine and the metrics.
+pub struct PolicyServer {
+    engine: Arc<PolicyEngine>,
+    metrics: Metrics,
+    cap: SeriesCap,
+}
+
+impl PolicyServer {
+    pub fn new(engine: Arc<PolicyEngine>, metrics: Metrics, max_series: usize) -> Arc<Self> {
+        let server = PolicyServer {
+            engine,
+            metrics,
+            cap: SeriesCap::new(max_series),
+        };
+        let loaded = server.engine.current();
+        server
+            .metrics
+            .policy_config_last_success
+            .set(loaded.loaded_at as i64);
+        server.metrics.policy_config_last_successful.set(1);
+        Arc::new(server)
+    }
+
+    pub fn engine(&self) -> &Arc<PolicyEngine> {
+        &self.engine
+    }
+
+    pub fn authorization(
+        self: &Arc<Self>,
+    ) -> envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer<
+        authz::AuthzService,
+    > {
+        authz::AuthzService::server(self.clone())
+    }
+
+    pub fn rate_limit(
+        self: &Arc<Self>,
+    ) -> envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer<
+        ratelimit::RlsService,
+    >{
+        ratelimit::RlsService::server(self.clone())
+    }
+
+    /// Reloads the configs if their files changed, and records the outcome.
+    pub fn reload(&self) -> ReloadOutcome {
+        let outcome = self.engine.reload_if_changed();
+        match &outcome {
+            ReloadOutcome::Unchanged => {}
+            ReloadOutcome::Reloaded => {
+                let loaded = self.engine.current();
+                self.metrics
+                    .policy_config_reloads
+                    .with_label_values(&["success"])
+                    .inc();
+                self.metrics
+                    .policy_config_last_success
+                    .set(loaded.loaded_at as i64);
+                self.metrics.policy_config_last_successful.set(1);
+                tracing::info!(
+                    domains = loaded.ratelimits.domains().count(),
+                    rules = loaded.authz.rule_count(),
+                    quotas = loaded.authz.quota_rules().len(),
+                    "policy config reloaded"
+                );
+            }
+            ReloadOutcome::Failed(e) => {
+                self.metrics
+                    .policy_config_reloads
+                    .with_label_values(&["failure"])
+                    .inc();
+                self.metrics.policy_config_last_successful.set(0);
+                tracing::error!(error = %e, "policy config refused; the previous one stays active");
+            }
+        }
+        outcome
+    }
+
+    fn finish(&self, api: &str, decision: &str, started: Instant) {
+        self.metrics
+            .policy_check_seconds
+            .with_label_values(&[api])
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .policy_checks
+            .with_label_values(&[api, decision])
+            .inc();
+    }
+
+    fn quota_hit(&self, limit: &str, outcome: &str) {
+        if self.cap.admit(&["quota", limit, outcome]) {
+            self.metrics
+                .policy_quota_hits
+                .with_label_values(&[limit, outcome])
+                .inc();
+        } else {
+            self.metrics
+                .policy_series_dropped
+                .with_label_values(&["meshlens_policy_quota_hits_total"])
+                .inc();
+        }
+    }
+
+    fn denial(&self, api: &str, by: &str) {
+        if self.cap.admit(&["denial", api, by]) {
+            self.metrics
+                .policy_denials
+                .with_label_values(&[api, by])
+                .inc();
+        } else {
+            self.metrics
+                .policy_series_dropped
+                .with_label_values(&["meshlens_policy_denials_total"])
+                .inc();
+        }
+    }
+
+    fn backend_error(&self, e: &meshlens_policy::quota::QuotaError) {
+        self.metrics
+            .policy_backend_errors
+            .with_label_values(&[self.engine.backend_name(), e.kind()])
+            .inc();
+        tracing::warn!(error = %e, backend = self.engine.backend_name(), mode = ?self.engine.settings().failure_mode, "quota backend failed; check answered per the failure mode");
+    }
+}
+
+/// `x-ratelimit-*` values in the IETF draft 03 form Envoy writes: limit `N, N;w=<seconds>`,
+/// remaining, reset in whole seconds.
+pub fn ratelimit_headers(
+    rate: meshlens_policy::Rate,
+    usage: &meshlens_policy::Usage,
+) -> [(&'static str, String); 3] {
+    let n = rate.requests_per_unit;
+    [
+        (
+            "x-ratelimit-limit",
+            format!("{n}, {n};w={}", rate.unit.seconds()),
+        ),
+        ("x-ratelimit-remaining", usage.remaining.to_string()),
+        (
+            "x-ratelimit-reset",
+            usage.reset_ms.div_ceil(1000).to_string(),
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,243 @@
+//! The services called in-process with Envoy's own message types.
+
+use std::path::PathBuf;
+
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::{
+    rate_limit_descriptor, RateLimitDescriptor,
+};
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::{
+    attribute_context, AttributeContext, CheckRequest,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
+use meshlens_policy::{PolicyEngine, PolicySettings};
+use tonic::Request;
+
+use super::*;
+
+fn server(dir: &tempfile::TempDir) -> Arc<PolicyServer> {
+    let rl = dir.path().join("rl");
+    std::fs::create_dir_all(&rl).unwrap();
+    std::fs::write(
+        rl.join("edge.yaml"),
+        "domain: edge\ndescriptors:\n  - key: path\n    rate_limit: {unit: minute, requests_per_unit: 2, name: per-path}\n",
+    )
+    .unwrap();
+    let policy: PathBuf = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "rules:\n  - {name: no-admin, action: DENY, operation: {paths: ['/admin*']}}\nquotas:\n  - {name: per-user, key: ['header:x-user'], requests_per_unit: 1, unit: hour}\n",
+    )
+    .unwrap();
+    let engine = PolicyEngine::new(PolicySettings {
+        ratelimit_dir: Some(rl),
+        policy_files: vec![policy],
+        ..Default::default()
+    })
+    .unwrap();
+    PolicyServer::new(Arc::new(engine), Metrics::new(), 100)
+}
+
+fn check(path: &str, user: Option<&str>) -> CheckRequest {
+    let mut headers = std::collections::HashMap::new();
+    headers.insert(":path".to_string(), path.to_string());
+    if let Some(u) = user {
+        headers.insert("x-user".to_string(), u.to_string());
+    }
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(attribute_context::Request {
+                http: Some(attribute_context::HttpRequest {
+                    method: "GET".into(),
+                    path: format!("{path}?q=1"),
+                    host: "work".into(),
+                    headers,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+#[tokio::test]
+async fn check_answers_ok_403_and_429_with_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(&dir);
+    let svc = authz::AuthzService { server: s.clone() };
+    let ok = svc
+        .check(Request::new(check("/api", Some("ann"))))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ok.status.as_ref().unwrap().code, 0);
+    let Some(HttpResponse::OkResponse(okr)) = ok.http_response else {
+        panic!("{ok:?}")
+    };
+    let added: Vec<_> = okr
+        .response_headers_to_add
+        .iter()
+        .map(|h| {
+            let h = h.header.as_ref().unwrap();
+            (h.key.as_str(), h.value.as_str())
+        })
+        .collect();
+    assert_eq!(
+        &added[..2],
+        &[
+            ("x-ratelimit-limit", "1, 1;w=3600"),
+            ("x-ratelimit-remaining", "0")
+        ]
+    );
+    let admin = svc
+        .check(Request::new(check("/admin/x", None)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(admin.status.as_ref().unwrap().code, 7);
+    let Some(HttpResponse::DeniedResponse(d)) = admin.http_response else {
+        panic!()
+    };
+    assert_eq!(d.status.unwrap().code, 403);
+    assert_eq!(d.body, "denied by rule no-admin");
+    let spent = svc
+        .check(Request::new(check("/api", Some("ann"))))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(HttpResponse::DeniedResponse(d)) = spent.http_response else {
+        panic!()
+    };
+    assert_eq!(d.status.unwrap().code, 429);
+    let names: Vec<_> = d
+        .headers
+        .iter()
+        .map(|h| h.header.as_ref().unwrap().key.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "x-ratelimit-limit",
+            "x-ratelimit-remaining",
+            "x-ratelimit-reset",
+            "retry-after"
+        ]
+    );
+    let text = s.metrics.render();
+    assert!(
+        text.contains(r#"meshlens_policy_checks_total{api="ext_authz",decision="allow"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains(r#"meshlens_policy_checks_total{api="ext_authz",decision="deny"} 1"#));
+    assert!(
+        text.contains(r#"meshlens_policy_checks_total{api="ext_authz",decision="rate_limited"} 1"#)
+    );
+    assert!(text.contains(r#"meshlens_policy_denials_total{api="ext_authz",by="no-admin"} 1"#));
+    assert!(text.contains(r#"meshlens_policy_quota_hits_total{limit="per-user",outcome="over"} 1"#));
+}
+
+fn rls(
+    domain: &str,
+    entries: &[(&str, &str)],
+) -> envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest {
+    envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest {
+        domain: domain.into(),
+        descriptors: vec![RateLimitDescriptor {
+            entries: entries
+                .iter()
+                .map(|(k, v)| rate_limit_descriptor::Entry {
+                    key: k.to_string(),
+                    value: v.to_string(),
+                })
+                .collect(),
+            ..Default::default()
+        }],
+        hits_addend: 1,
+    }
+}
+
+#[tokio::test]
+async fn should_rate_limit_answers_like_envoyproxy_ratelimit() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(&dir);
+    let svc = ratelimit::RlsService { server: s.clone() };
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        let r = svc
+            .should_rate_limit(Request::new(rls("edge", &[("path", "/a")])))
+            .await
+            .unwrap()
+            .into_inner();
+        codes.push(r.overall_code);
+        let st = &r.statuses[0];
+        let limit = st.current_limit.as_ref().unwrap();
+        assert_eq!(
+            (limit.requests_per_unit, limit.unit, limit.name.as_str()),
+            (2, 2, "per-path")
+        );
+        let reset = st.duration_until_reset.unwrap().seconds;
+        assert!((1..=60).contains(&reset), "{reset}");
+    }
+    assert_eq!(codes, [1, 1, 2]);
+    let none = svc
+        .should_rate_limit(Request::new(rls("edge", &[("other", "x")])))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(none.overall_code, 1);
+    assert!(
+        none.statuses[0].current_limit.is_none() && none.statuses[0].duration_until_reset.is_none()
+    );
+    let err = svc
+        .should_rate_limit(Request::new(rls("", &[("a", "b")])))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(err.message(), "rate limit domain must not be empty");
+    let mut empty = rls("edge", &[]);
+    empty.descriptors.clear();
+    let err = svc
+        .should_rate_limit(Request::new(empty))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.message(),
+        "rate limit descriptor list must not be empty"
+    );
+    let text = s.metrics.render();
+    assert!(
+        text.contains(r#"meshlens_policy_checks_total{api="ratelimit",decision="over_limit"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains(r#"meshlens_policy_checks_total{api="ratelimit",decision="invalid"} 2"#));
+    assert!(
+        text.contains(r#"meshlens_policy_quota_hits_total{limit="edge.path",outcome="within"} 2"#)
+    );
+}
+
+#[test]
+fn reload_outcomes_are_counted_and_a_bad_file_keeps_the_old_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(&dir);
+    std::fs::write(
+        dir.path().join("policy.yaml"),
+        "rules: [{name: x, action: PERHAPS}]\n",
+    )
+    .unwrap();
+    assert!(matches!(
+        s.reload(),
+        meshlens_policy::ReloadOutcome::Failed(_)
+    ));
+    let text = s.metrics.render();
+    assert!(text.contains(r#"meshlens_policy_config_reloads_total{result="failure"} 1"#));
+    assert!(text.contains("meshlens_policy_config_last_reload_successful 0"));
+    assert_eq!(s.engine().current().authz.rule_count(), 1);
+    std::fs::write(dir.path().join("policy.yaml"), "rules: []\n").unwrap();
+    assert_eq!(s.reload(), meshlens_policy::ReloadOutcome::Reloaded);
+    assert!(s
+        .metrics
+        .render()
+        .contains("meshlens_policy_config_last_reload_successful 1"));
+}

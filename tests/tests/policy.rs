@@ -1,0 +1,291 @@
+//! The policy listener over real gRPC: ext_authz Check, ShouldRateLimit, health, hot reload,
+//! `/api/policy`, and two instances sharing quotas on the real Redis.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::{
+    rate_limit_descriptor, RateLimitDescriptor,
+};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::{
+    attribute_context, AttributeContext, CheckRequest,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+use meshlens::config::{Config, QuotaBackendKind};
+use meshlens_tests::TestEnv;
+use serde_json::Value;
+use tonic::transport::Channel;
+
+const OVER_LIMIT: i32 = 2;
+const OK: i32 = 1;
+
+fn write_configs(dir: &Path, per_minute: u32) {
+    let rl = dir.join("ratelimit");
+    std::fs::create_dir_all(&rl).unwrap();
+    std::fs::write(
+        rl.join("edge.yaml"),
+        format!(
+            "domain: edge\ndescriptors:\n  - key: user\n    rate_limit: {{unit: minute, requests_per_unit: {per_minute}}}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("policy.yaml"),
+        "rules:\n  - name: no-admin\n    action: DENY\n    destinations: [work]\n    operation: {paths: ['/admin*']}\n",
+    )
+    .unwrap();
+}
+
+fn policy_config(dir: &Path) -> impl FnOnce(&mut Config) + '_ {
+    move |c: &mut Config| {
+        c.policy.ratelimit_dir = Some(dir.join("ratelimit"));
+        c.policy.policy_files = vec![dir.join("policy.yaml")];
+        c.policy.reload_interval = Duration::from_millis(100);
+    }
+}
+
+async fn channel(env: &TestEnv) -> Channel {
+    Channel::from_shared(format!("http://{}", env.running().addrs.policy))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn rls(user: &str) -> RateLimitRequest {
+    RateLimitRequest {
+        domain: "edge".into(),
+        descriptors: vec![RateLimitDescriptor {
+            entries: vec![rate_limit_descriptor::Entry {
+                key: "user".into(),
+                value: user.into(),
+            }],
+            ..Default::default()
+        }],
+        hits_addend: 1,
+    }
+}
+
+fn check(destination: &str, path: &str) -> CheckRequest {
+    let mut ext = HashMap::new();
+    ext.insert("destination".to_string(), destination.to_string());
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            context_extensions: ext,
+            request: Some(attribute_context::Request {
+                http: Some(attribute_context::HttpRequest {
+                    method: "GET".into(),
+                    path: path.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+async fn codes(client: &mut RateLimitServiceClient<Channel>, user: &str, n: usize) -> Vec<i32> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let r = client
+            .should_rate_limit(rls(user))
+            .await
+            .unwrap()
+            .into_inner();
+        out.push(r.overall_code);
+    }
+    out
+}
+
+async fn policy_json(env: &TestEnv) -> Value {
+    env.http
+        .get(env.web("/api/policy"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Polls until `f` holds, for at most 10 s.
+async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn the_policy_listener_serves_both_apis_and_health() {
+    let cfg = tempfile::tempdir().unwrap();
+    write_configs(cfg.path(), 2);
+    let env = TestEnv::start_with(policy_config(cfg.path())).await;
+    let ch = channel(&env).await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+    for service in [
+        "",
+        "envoy.service.auth.v3.Authorization",
+        "envoy.service.ratelimit.v3.RateLimitService",
+    ] {
+        let r = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.status, 1, "{service} serving");
+    }
+    let mut rl = RateLimitServiceClient::new(ch.clone());
+    assert_eq!(codes(&mut rl, "ann", 3).await, [OK, OK, OVER_LIMIT]);
+    assert_eq!(codes(&mut rl, "bob", 1).await, [OK], "a counter per value");
+    let mut authz = AuthorizationClient::new(ch);
+    let denied = authz
+        .check(check("work", "/admin/x"))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(HttpResponse::DeniedResponse(d)) = denied.http_response else {
+        panic!("{denied:?}")
+    };
+    assert_eq!(d.status.unwrap().code, 403);
+    let other = authz
+        .check(check("meet", "/admin/x"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(other.status.unwrap().code, 0, "the rule guards work only");
+
+    let p = policy_json(&env).await;
+    assert_eq!(p["backend"], "memory");
+    assert_eq!(p["domains"], serde_json::json!(["edge"]));
+    assert_eq!(p["rules"], 1);
+    let denials = p["denials"].as_array().unwrap();
+    assert_eq!(denials.len(), 2, "{p}");
+    assert_eq!(denials[0]["api"], "ext_authz");
+    assert_eq!(denials[0]["status"], 403);
+    assert_eq!(denials[0]["destination"], "work");
+    assert_eq!(denials[1]["api"], "ratelimit");
+    assert_eq!(denials[1]["status"], 429);
+    assert_eq!(denials[1]["by"], "edge.user");
+    let metrics = env
+        .http
+        .get(env.web("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"meshlens_policy_checks_total{api="ratelimit",decision="ok"} 3"#,
+        r#"meshlens_policy_checks_total{api="ratelimit",decision="over_limit"} 1"#,
+        r#"meshlens_policy_checks_total{api="ext_authz",decision="deny"} 1"#,
+        r#"meshlens_policy_checks_total{api="ext_authz",decision="allow"} 1"#,
+        r#"meshlens_policy_denials_total{api="ratelimit",by="edge.user"} 1"#,
+        r#"meshlens_policy_check_duration_seconds_count{api="ratelimit"} 4"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn configs_reload_when_changed_and_a_bad_one_keeps_the_last_good() {
+    let cfg = tempfile::tempdir().unwrap();
+    write_configs(cfg.path(), 1);
+    let env = TestEnv::start_with(policy_config(cfg.path())).await;
+    let mut rl = RateLimitServiceClient::new(channel(&env).await);
+    assert_eq!(codes(&mut rl, "ann", 2).await, [OK, OVER_LIMIT]);
+
+    write_configs(cfg.path(), 100);
+    eventually("the new limit", || {
+        let mut rl = rl.clone();
+        async move { codes(&mut rl, "ann", 1).await == [OK] }
+    })
+    .await;
+
+    let file = cfg.path().join("ratelimit/edge.yaml");
+    std::fs::write(&file, "domain: edge\ndescriptors:\n  - key: user\n    rate_limit: {unit: minute, requests_per_unit: 1}\n  - key: user\n    rate_limit: {unit: hour, requests_per_unit: 1}\n").unwrap();
+    eventually("the refusal", || async {
+        !policy_json(&env).await["last_error"].is_null()
+    })
+    .await;
+    let p = policy_json(&env).await;
+    assert_eq!(p["last_error"]["file"], file.display().to_string());
+    let reason = p["last_error"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("duplicate descriptor composite key 'user'") && reason.contains("line"),
+        "{reason}"
+    );
+    assert_eq!(
+        codes(&mut rl, "carl", 3).await,
+        [OK, OK, OK],
+        "100 per minute still"
+    );
+    let metrics = env
+        .http
+        .get(env.web("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"meshlens_policy_config_reloads_total{result="success"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"meshlens_policy_config_reloads_total{result="failure"} 1"#));
+    assert!(metrics.contains("meshlens_policy_config_last_reload_successful 0"));
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn two_instances_on_redis_share_one_quota() {
+    let cfg = tempfile::tempdir().unwrap();
+    write_configs(cfg.path(), 4);
+    let prefix = format!(
+        "meshlens_it_{}_",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let dir = cfg.path().to_path_buf();
+    let start = || {
+        let (prefix, dir) = (prefix.clone(), dir.clone());
+        TestEnv::start_with(move |c| {
+            policy_config(&dir)(c);
+            c.policy.backend = QuotaBackendKind::Redis;
+            c.policy.redis_key_prefix = prefix;
+            c.policy.redis_timeout = Duration::from_millis(500);
+        })
+    };
+    let (one, two) = (start().await, start().await);
+    let mut a = RateLimitServiceClient::new(channel(&one).await);
+    let mut b = RateLimitServiceClient::new(channel(&two).await);
+    let mut got = Vec::new();
+    for i in 0..6 {
+        let c = if i % 2 == 0 { &mut a } else { &mut b };
+        got.extend(codes(c, "shared", 1).await);
+    }
+    assert_eq!(got, [OK, OK, OK, OK, OVER_LIMIT, OVER_LIMIT]);
+    assert_eq!(policy_json(&one).await["backend"], "redis");
+    one.stop().await;
+    two.stop().await;
+}
