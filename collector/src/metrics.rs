@@ -101,6 +101,34 @@ pub const METRIC_NAMES: &[&str] = &[
     "meshlens_policy_series_dropped_total",
 ];
 
+/// Decision-time buckets, fine where checks should be (a few to tens of microseconds).
+const CHECK_BUCKETS: [f64; 24] = [
+    0.000_001,
+    0.000_002,
+    0.000_003,
+    0.000_005,
+    0.000_007_5,
+    0.000_01,
+    0.000_015,
+    0.000_02,
+    0.000_03,
+    0.000_05,
+    0.000_075,
+    0.000_1,
+    0.000_2,
+    0.000_5,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+];
+
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
 }
@@ -226,7 +254,7 @@ impl Metrics {
                     "meshlens_policy_check_duration_seconds",
                     "Server-side decision time of a policy check.",
                 )
-                .buckets(exponential_buckets(0.000_002, 2.0, 16).expect("valid buckets")),
+                .buckets(CHECK_BUCKETS.to_vec()),
                 &["api"],
             )
             .expect("valid metric"),

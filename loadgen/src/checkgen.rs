@@ -1,0 +1,311 @@
+//! Policy check load generator: Envoy's ext_authz `Check` or `ShouldRateLimit` calls over one
+//! HTTP/2 connection (as one Envoy sends them). Closed loop (`--rate 0`: a fixed number in
+//! flight, as fast as answered) or open loop at a fixed rate, where latency counts from when each
+//! call was due, so a stall is not hidden. Prints checks/s and latency percentiles, and, given
+//! meshlens' web address, the server-side decision time from its own histogram.
+#![forbid(unsafe_code)]
+
+mod proc_stats;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::{
+    rate_limit_descriptor, RateLimitDescriptor,
+};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::{
+    attribute_context, AttributeContext, CheckRequest,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+use tokio::sync::Mutex;
+use tonic::transport::Channel;
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Api {
+    Ratelimit,
+    Authz,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "meshlens-checkgen")]
+struct Args {
+    /// Which Check API.
+    #[arg(long, default_value = "ratelimit")]
+    api: Api,
+    /// meshlens' policy listener.
+    #[arg(long, default_value = "127.0.0.1:9091")]
+    endpoint: String,
+    /// Calls per second (0: closed loop, `--in-flight` at once).
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Calls in flight at once in a closed loop.
+    #[arg(long, default_value_t = 32)]
+    in_flight: usize,
+    /// How long to measure, in seconds, after the warm-up.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    #[arg(long, default_value_t = 2.0)]
+    warmup_seconds: f64,
+    /// Distinct users (descriptor values, quota keys).
+    #[arg(long, default_value_t = 1000)]
+    keys: usize,
+    /// Rate limit domain to ask about.
+    #[arg(long, default_value = "bench")]
+    domain: String,
+    /// meshlens' web listener, to read the server-side decision time from /metrics.
+    #[arg(long)]
+    web: Option<String>,
+    /// Server process to measure (CPU).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+#[derive(Clone)]
+enum Client {
+    Rls(RateLimitServiceClient<Channel>),
+    Authz(AuthorizationClient<Channel>),
+}
+
+impl Client {
+    /// One call; true if answered (any decision), false on a gRPC error.
+    async fn call(&mut self, args: &Args, i: usize) -> bool {
+        let user = format!("u{}", i % args.keys.max(1));
+        match self {
+            Client::Rls(c) => {
+                let req = RateLimitRequest {
+                    domain: args.domain.clone(),
+                    descriptors: vec![RateLimitDescriptor {
+                        entries: vec![rate_limit_descriptor::Entry {
+                            key: "user".into(),
+                            value: user,
+                        }],
+                        ..Default::default()
+                    }],
+                    hits_addend: 1,
+                };
+                c.should_rate_limit(req).await.is_ok()
+            }
+            Client::Authz(c) => {
+                let mut headers = HashMap::new();
+                headers.insert(":method".to_string(), "GET".to_string());
+                headers.insert(":path".to_string(), "/api/orders".to_string());
+                headers.insert("x-user".to_string(), user);
+                headers.insert("user-agent".to_string(), "checkgen".to_string());
+                let mut ext = HashMap::new();
+                ext.insert("destination".to_string(), "work".to_string());
+                let req = CheckRequest {
+                    attributes: Some(AttributeContext {
+                        context_extensions: ext,
+                        source: Some(attribute_context::Peer {
+                            service: "ingress".into(),
+                            ..Default::default()
+                        }),
+                        request: Some(attribute_context::Request {
+                            http: Some(attribute_context::HttpRequest {
+                                method: "GET".into(),
+                                path: "/api/orders".into(),
+                                host: "work".into(),
+                                headers,
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                };
+                c.check(req).await.is_ok()
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    ok: u64,
+    failed: u64,
+    latencies_us: Vec<u64>,
+}
+
+async fn closed_loop(client: &Client, args: &Arc<Args>, seconds: f64) -> Tally {
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let end = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut tasks = Vec::new();
+    for w in 0..args.in_flight {
+        let (mut client, args, tally) = (client.clone(), args.clone(), tally.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut local = Tally::default();
+            let mut i = w;
+            while Instant::now() < end {
+                let t = Instant::now();
+                if client.call(&args, i).await {
+                    local.ok += 1;
+                    local.latencies_us.push(t.elapsed().as_micros() as u64);
+                } else {
+                    local.failed += 1;
+                }
+                i += args.in_flight;
+            }
+            let mut all = tally.lock().await;
+            all.ok += local.ok;
+            all.failed += local.failed;
+            all.latencies_us.extend(local.latencies_us);
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    Arc::try_unwrap(tally)
+        .map(|m| m.into_inner())
+        .unwrap_or_default()
+}
+
+/// Calls due at a fixed rate. A thread keeps the schedule (tokio's timers tick in whole
+/// milliseconds, which would bunch calls and add up to a millisecond of lateness); each call is
+/// started when due, and its latency counts from then.
+async fn open_loop(client: &Client, args: &Arc<Args>, seconds: f64) -> Tally {
+    let tally = Arc::new(std::sync::Mutex::new(Tally::default()));
+    let total = (args.rate * seconds) as usize;
+    let interval = Duration::from_secs_f64(1.0 / args.rate);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    let pacer = std::thread::spawn(move || {
+        let start = Instant::now();
+        for i in 0..total {
+            let due = start + interval.mul_f64(i as f64);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            if tx.send((i, due)).is_err() {
+                return;
+            }
+        }
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    while let Some((i, due)) = rx.recv().await {
+        let (mut client, args, tally) = (client.clone(), args.clone(), tally.clone());
+        tasks.spawn(async move {
+            let ok = client.call(&args, i).await;
+            let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
+            if ok {
+                t.ok += 1;
+                t.latencies_us.push(due.elapsed().as_micros() as u64);
+            } else {
+                t.failed += 1;
+            }
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    let _ = pacer.join();
+    while tasks.join_next().await.is_some() {}
+    let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
+    std::mem::take(&mut *t)
+}
+
+/// The p-quantile of the server's `meshlens_policy_check_duration_seconds` histogram (the
+/// upper bound of the bucket that holds it), in microseconds.
+async fn server_quantile(web: &str, api: &str, q: f64) -> Option<f64> {
+    let text = reqwest::get(format!("http://{web}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let prefix = "meshlens_policy_check_duration_seconds_bucket{";
+    let want = format!("api=\"{api}\"");
+    let mut buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter(|l| l.starts_with(prefix) && l.contains(&want))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            let count: f64 = l.rsplit(' ').next()?.parse().ok()?;
+            Some((le, count))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last()?.1;
+    let target = total * q;
+    buckets
+        .iter()
+        .find(|(_, c)| *c >= target)
+        .map(|(le, _)| le * 1e6)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Arc::new(Args::parse());
+    let channel = Channel::from_shared(format!("http://{}", args.endpoint))?
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    let client = match args.api {
+        Api::Ratelimit => Client::Rls(RateLimitServiceClient::new(channel)),
+        Api::Authz => Client::Authz(AuthorizationClient::new(channel)),
+    };
+    let run = |seconds: f64| {
+        let (client, args) = (client.clone(), args.clone());
+        async move {
+            if args.rate > 0.0 {
+                open_loop(&client, &args, seconds).await
+            } else {
+                closed_loop(&client, &args, seconds).await
+            }
+        }
+    };
+    run(args.warmup_seconds).await;
+    let cpu0 = args.server_pid.and_then(proc_stats::cpu_seconds);
+    let started = Instant::now();
+    let mut t = run(args.seconds).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu1 = args.server_pid.and_then(proc_stats::cpu_seconds);
+    t.latencies_us.sort_unstable();
+    let pct = |p: f64| {
+        let l = &t.latencies_us;
+        l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
+    let api = match args.api {
+        Api::Ratelimit => "ratelimit",
+        Api::Authz => "ext_authz",
+    };
+    let server = match &args.web {
+        Some(web) => match server_quantile(web, api, 0.99).await {
+            Some(us) => format!(" server_decision_p99_us<={us:.1}"),
+            None => String::new(),
+        },
+        None => String::new(),
+    };
+    let rss = args
+        .server_pid
+        .and_then(proc_stats::peak_rss_mb)
+        .map(|m| format!(" server_peak_rss_mb={m:.0}"))
+        .unwrap_or_default();
+    println!(
+        "{label}api={api} mode={} seconds={elapsed:.1} checks_per_s={:.0} ok={} failed={} p50_ms={:.3} p99_ms={:.3} p999_ms={:.3}{}{server}{rss}",
+        if args.rate > 0.0 { format!("rate:{}", args.rate) } else { format!("closed:{}", args.in_flight) },
+        t.ok as f64 / elapsed,
+        t.ok,
+        t.failed,
+        pct(0.50),
+        pct(0.99),
+        pct(0.999),
+        match (cpu0, cpu1) {
+            (Some(a), Some(b)) => format!(" server_cpu_cores={:.2}", (b - a) / elapsed),
+            _ => String::new(),
+        },
+        label = if args.label.is_empty() { String::new() } else { format!("{} ", args.label) },
+    );
+    Ok(())
+}

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The policy check benchmark, side by side in one run: meshlens' rate limit service and ext_authz
+# Check on the memory backend and on Redis (127.0.0.1:6379), each closed loop (maximum) and open
+# loop at a fixed rate (latency from when each call was due). The client is
+# target/release/meshlens-checkgen on the same 2 cores (unpinned; the last two cases pinned). Each case gets a fresh meshlens, so the
+# server-side decision time read from its histogram is that case's alone.
+# Usage: scripts/bench-policy.sh [seconds per case]   (default 10)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS="${1:-10}"
+REDIS_URL="${MESHLENS_BENCH_REDIS_URL:-redis://127.0.0.1:6379}"
+
+cargo build --release -q -p meshlens -p meshlens-loadgen
+BIN=target/release/meshlens
+GEN=target/release/meshlens-checkgen
+WORK="$(mktemp -d)"
+SERVER_PID=""
+cleanup() { [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+mkdir -p "$WORK/ratelimit"
+# Limits high enough that the benchmark measures deciding, not refusing.
+cat >"$WORK/ratelimit/bench.yaml" <<'YAML'
+domain: bench
+descriptors:
+  - key: user
+    rate_limit: {unit: second, requests_per_unit: 1000000}
+YAML
+cat >"$WORK/policy.yaml" <<'YAML'
+rules:
+  - {name: no-admin, action: DENY, destinations: [work], operation: {paths: ["/admin*"]}}
+  - {name: no-bots, action: DENY, headers: {user-agent: ["*bot"]}}
+  - {name: ingress-to-work, action: ALLOW, destinations: [work], source: {services: [ingress]}}
+quotas:
+  - {name: per-user, destinations: [work], key: [source.service, "header:x-user"], requests_per_unit: 1000000, unit: second}
+YAML
+
+wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; return 1; }
+
+start() { # $1 = backend, $2 = cpu list or ""
+  local pin=(); [ -n "${2:-}" ] && pin=(taskset -c "$2")
+  "${pin[@]}" "$BIN" serve --database-url "sqlite://$WORK/m.db" --otlp-grpc-addr 127.0.0.1:14317 --otlp-http-addr 127.0.0.1:14318 \
+    --zipkin-addr 127.0.0.1:19411 --policy-addr 127.0.0.1:19091 --web-addr 127.0.0.1:20101 --log-level warn \
+    --ratelimit-dir "$WORK/ratelimit" --policy-file "$WORK/policy.yaml" --quota-backend "$1" --redis-url "$REDIS_URL" \
+    >"$WORK/server.log" 2>&1 &
+  SERVER_PID=$!
+  wait_port 19091
+}
+
+stop() { kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""; rm -f "$WORK"/m.db*; }
+
+case_() { # $1 = backend, $2 = api, $3 = rate (0 = closed loop), $4 = "pinned" or ""
+  local server_cpu="" client=()
+  [ "${4:-}" = pinned ] && { server_cpu=0; client=(taskset -c 1); }
+  start "$1" "$server_cpu"
+  "${client[@]}" "$GEN" --api "$2" --endpoint 127.0.0.1:19091 --rate "$3" --in-flight 32 --seconds "$SECS" \
+    --web 127.0.0.1:20101 --server-pid "$SERVER_PID" --label "backend=$1${4:+ $4}"
+  stop
+}
+
+echo "# $(date -u +%FT%TZ) $(nproc) cores, $SECS s per case"
+case_ memory ratelimit 0
+case_ memory authz 0
+case_ memory ratelimit 10000
+case_ memory authz 10000
+case_ redis ratelimit 0
+case_ redis authz 0
+case_ redis ratelimit 5000
+case_ redis authz 5000
+# Server on core 0, client on core 1: the decision time without the client preempting it.
+case_ memory ratelimit 10000 pinned
+case_ memory authz 10000 pinned
