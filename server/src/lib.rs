@@ -87,6 +87,14 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         cancel.clone(),
     )
     .await?;
+    // The policy server's refusals between services go to their edges on the graph.
+    let (refusals, feed) = (policy.clone(), graph.clone());
+    spawn_every(
+        &mut servers,
+        std::time::Duration::from_secs(1),
+        cancel.clone(),
+        move || feed.observe_policy(&refusals.take_refusals()),
+    );
     // Config files are watched by polling their sizes and times: it also sees the symlink swaps
     // of a Kubernetes ConfigMap mount.
     spawn_every(

@@ -18,7 +18,7 @@ pub struct EdgeMinute {
     pub stats: Stats,
 }
 
-type Row = (i64, String, String, String, Vec<u8>, Vec<u8>);
+type Row = (i64, String, String, String, String, Vec<u8>, Vec<u8>);
 
 fn endpoint_json(e: &Endpoint) -> Value {
     json!([
@@ -100,7 +100,7 @@ fn sketch_from(bytes: &[u8]) -> Option<LatencySketch> {
 }
 
 fn decode(row: Row) -> Result<EdgeMinute, StoreError> {
-    let (minute, edge, counts, metric_counts, server, client) = row;
+    let (minute, edge, counts, metric_counts, policy_counts, server, client) = row;
     let corrupt = || StoreError::Corrupt(format!("edge_minutes row {minute} {edge}"));
     Ok(EdgeMinute {
         minute,
@@ -108,6 +108,11 @@ fn decode(row: Row) -> Result<EdgeMinute, StoreError> {
         stats: Stats {
             counts: counts_from(&counts).ok_or_else(corrupt)?,
             metric_counts: counts_from(&metric_counts).ok_or_else(corrupt)?,
+            // Empty in rows written before the policy server counted.
+            policy_counts: match policy_counts.as_str() {
+                "" => Counts::default(),
+                text => counts_from(text).ok_or_else(corrupt)?,
+            },
             server_latency: sketch_from(&server).ok_or_else(corrupt)?,
             client_latency: sketch_from(&client).ok_or_else(corrupt)?,
         },
@@ -124,16 +129,18 @@ impl Store {
             let mut tx = p.begin().await?;
             for r in rows {
                 sqlx::query(
-                    "INSERT INTO edge_minutes (minute, edge, counts, metric_counts, server_latency, client_latency)
-                     VALUES ($1, $2, $3, $4, $5, $6)
+                    "INSERT INTO edge_minutes (minute, edge, counts, metric_counts, policy_counts,
+                       server_latency, client_latency)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)
                      ON CONFLICT (minute, edge) DO UPDATE SET counts = excluded.counts,
-                       metric_counts = excluded.metric_counts, server_latency = excluded.server_latency,
-                       client_latency = excluded.client_latency",
+                       metric_counts = excluded.metric_counts, policy_counts = excluded.policy_counts,
+                       server_latency = excluded.server_latency, client_latency = excluded.client_latency",
                 )
                 .bind(r.minute)
                 .bind(edge_text(&r.key))
                 .bind(counts_text(&r.stats.counts))
                 .bind(counts_text(&r.stats.metric_counts))
+                .bind(counts_text(&r.stats.policy_counts))
                 .bind(sketch_bytes(&r.stats.server_latency))
                 .bind(sketch_bytes(&r.stats.client_latency))
                 .execute(&mut *tx)
@@ -148,7 +155,7 @@ impl Store {
     pub async fn edge_minutes(&self, from: i64, to: i64) -> Result<Vec<EdgeMinute>, StoreError> {
         let rows: Vec<Row> = on_pool!(&self.pool, |p| {
             sqlx::query_as(
-                "SELECT minute, edge, counts, metric_counts, server_latency, client_latency
+                "SELECT minute, edge, counts, metric_counts, policy_counts, server_latency, client_latency
                  FROM edge_minutes WHERE minute >= $1 AND minute < $2 ORDER BY minute, edge",
             )
             .bind(from)

@@ -456,6 +456,11 @@ async fn edge_minutes_round_trip(store: &Store) {
             retries: 3,
             ..Counts::default()
         },
+        policy_counts: Counts {
+            denied: requests,
+            rate_limited: 4,
+            ..Counts::default()
+        },
         server_latency: server.clone(),
         client_latency: LatencySketch::new(),
     };

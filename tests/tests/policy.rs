@@ -289,3 +289,96 @@ async fn two_instances_on_redis_share_one_quota() {
     one.stop().await;
     two.stop().await;
 }
+
+/// Refusals with a known source and destination show on that edge of the graph: ext_authz from
+/// the request's source service and destination, the rate limit service from Envoy's
+/// `source_cluster` and `destination_cluster` descriptor entries (an Istio cluster names its
+/// service).
+#[tokio::test]
+async fn refusals_between_known_services_show_on_the_graph() {
+    let cfg = tempfile::tempdir().unwrap();
+    write_configs(cfg.path(), 1);
+    std::fs::write(
+        cfg.path().join("ratelimit/mesh.yaml"),
+        "domain: mesh\ndescriptors:\n  - key: source_cluster\n    descriptors:\n      - key: destination_cluster\n        rate_limit: {unit: minute, requests_per_unit: 1}\n",
+    )
+    .unwrap();
+    let env = TestEnv::start_with(policy_config(cfg.path())).await;
+    let ch = channel(&env).await;
+    let mut authz = AuthorizationClient::new(ch.clone());
+    let mut denied = check("work", "/admin");
+    if let Some(a) = denied.attributes.as_mut() {
+        a.source = Some(attribute_context::Peer {
+            service: "ingress".into(),
+            ..Default::default()
+        });
+    }
+    for _ in 0..2 {
+        authz.check(denied.clone()).await.unwrap();
+    }
+    let mut rl = RateLimitServiceClient::new(ch);
+    let mesh = RateLimitRequest {
+        domain: "mesh".into(),
+        descriptors: vec![RateLimitDescriptor {
+            entries: vec![
+                rate_limit_descriptor::Entry {
+                    key: "source_cluster".into(),
+                    value: "work".into(),
+                },
+                rate_limit_descriptor::Entry {
+                    key: "destination_cluster".into(),
+                    value: "outbound|80|v2|meet.shop.svc.cluster.local".into(),
+                },
+            ],
+            ..Default::default()
+        }],
+        hits_addend: 1,
+    };
+    let mut codes = Vec::new();
+    for _ in 0..4 {
+        codes.push(
+            rl.should_rate_limit(mesh.clone())
+                .await
+                .unwrap()
+                .into_inner()
+                .overall_code,
+        );
+    }
+    assert_eq!(codes, [OK, OVER_LIMIT, OVER_LIMIT, OVER_LIMIT]);
+    let edge = |g: &Value, src: &str, dst: &str| {
+        g["edges"].as_array().and_then(|edges| {
+            edges
+                .iter()
+                .find(|e| e["source"] == src && e["target"] == dst)
+                .map(|e| {
+                    (
+                        e["stats"]["denied"].as_u64(),
+                        e["stats"]["rate_limited"].as_u64(),
+                    )
+                })
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let last: Value = env
+            .http
+            .get(env.web("/api/graph?window=1m"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let a = edge(&last, "service:ingress", "service:work");
+        let b = edge(&last, "service:work", "service:meet");
+        if a == Some((Some(2), Some(0))) && b == Some((Some(0), Some(3))) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "refusals never reached the graph: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    env.stop().await;
+}

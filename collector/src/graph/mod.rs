@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use meshlens_storage::EdgeMinute;
 use meshlens_topology::graph::{
-    EdgeObservation, HealthConfig, PairingConfig, PairingCounters, Topology,
+    EdgeObservation, HealthConfig, PairingConfig, PairingCounters, PolicyDecision, Topology,
 };
 use meshlens_topology::{MetricBatch, Span};
 
@@ -126,6 +126,18 @@ impl GraphFeed {
                 TrySendError::Full(_) => IngestError::Overloaded,
                 TrySendError::Disconnected(_) => IngestError::ShuttingDown,
             })
+    }
+
+    /// Adds the policy server's refusals between services to their edges (from a blocking
+    /// thread: it takes the engine's lock).
+    pub fn observe_policy(&self, decisions: &[PolicyDecision]) {
+        if decisions.is_empty() {
+            return;
+        }
+        let now = now_ns();
+        let mut t = self.core.lock();
+        t.observe_policy(decisions, now);
+        self.core.metrics.topology_edges.set(t.edge_count() as i64);
     }
 
     /// Settles spans whose time ran out and forgets long-idle edges; call about once a second.

@@ -217,10 +217,20 @@ impl Authorization for AuthzService {
             Verdict::Allow { .. } => "allow",
             Verdict::Deny { rule, reason } => {
                 s.denial(API, rule.as_deref().unwrap_or(reason));
+                s.refused(
+                    attrs.source_service.as_deref(),
+                    attrs.destination.as_deref(),
+                    false,
+                );
                 "deny"
             }
             Verdict::RateLimited { quota, .. } => {
                 s.denial(API, quota);
+                s.refused(
+                    attrs.source_service.as_deref(),
+                    attrs.destination.as_deref(),
+                    true,
+                );
                 "rate_limited"
             }
         };

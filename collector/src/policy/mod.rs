@@ -6,8 +6,11 @@
 pub mod authz;
 pub mod ratelimit;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+use meshlens_topology::graph::PolicyDecision;
 
 use meshlens_policy::{PolicyEngine, ReloadOutcome};
 
@@ -21,7 +24,13 @@ pub struct PolicyServer {
     engine: Arc<PolicyEngine>,
     metrics: Metrics,
     cap: SeriesCap,
+    /// Refusals between known services since the graph last took them: (source, destination)
+    /// → (denied, rate limited).
+    refusals: Mutex<HashMap<(String, String), (u64, u64)>>,
 }
+
+/// Most service pairs whose refusals wait for the graph's next take.
+const MAX_REFUSAL_PAIRS: usize = 10_000;
 
 impl PolicyServer {
     pub fn new(engine: Arc<PolicyEngine>, metrics: Metrics, max_series: usize) -> Arc<Self> {
@@ -29,6 +38,7 @@ impl PolicyServer {
             engine,
             metrics,
             cap: SeriesCap::new(max_series),
+            refusals: Mutex::new(HashMap::new()),
         };
         let loaded = server.engine.current();
         server
@@ -91,6 +101,40 @@ impl PolicyServer {
             }
         }
         outcome
+    }
+
+    /// A refusal between two named services, for the graph.
+    fn refused(&self, source: Option<&str>, destination: Option<&str>, rate_limited: bool) {
+        let (Some(src), Some(dst)) = (source, destination) else {
+            return;
+        };
+        let mut r = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (src.to_string(), dst.to_string());
+        if r.len() >= MAX_REFUSAL_PAIRS && !r.contains_key(&key) {
+            return;
+        }
+        let e = r.entry(key).or_default();
+        if rate_limited {
+            e.1 += 1;
+        } else {
+            e.0 += 1;
+        }
+    }
+
+    /// The refusals since the last take, for `GraphFeed::observe_policy`.
+    pub fn take_refusals(&self) -> Vec<PolicyDecision> {
+        let taken = std::mem::take(&mut *self.refusals.lock().unwrap_or_else(|p| p.into_inner()));
+        taken
+            .into_iter()
+            .map(
+                |((source, destination), (denied, rate_limited))| PolicyDecision {
+                    source,
+                    destination,
+                    denied,
+                    rate_limited,
+                },
+            )
+            .collect()
     }
 
     fn finish(&self, api: &str, decision: &str, started: Instant) {

@@ -146,6 +146,21 @@ impl RateLimitService for RlsService {
             let key = limit.metric_key(&req.domain, &desc.entries);
             let outcome = if status.over_limit {
                 s.denial(API, &key);
+                // Envoy's `source_cluster` and `destination_cluster` actions name the services.
+                let entry = |k: &str| {
+                    desc.entries
+                        .iter()
+                        .find(|(key, _)| key == k)
+                        .map(|(_, v)| v.as_str())
+                };
+                // An Istio-style cluster (`outbound|80|v2|work.shop.svc.cluster.local`) names
+                // its service.
+                let destination = entry("destination_cluster").map(|c| {
+                    meshlens_topology::graph::istio_cluster(c)
+                        .map(|e| e.node.name.to_string())
+                        .unwrap_or_else(|| c.to_string())
+                });
+                s.refused(entry("source_cluster"), destination.as_deref(), true);
                 "over"
             } else if status.shadow_over_limit {
                 "shadow_over"

@@ -26,6 +26,15 @@ pub use snapshot::{
 };
 pub use window::{Counts, Series, Stats, Window};
 
+/// Refusals the policy server decided between two services in a short interval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyDecision {
+    pub source: String,
+    pub destination: String,
+    pub denied: u64,
+    pub rate_limited: u64,
+}
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -115,6 +124,79 @@ impl Topology {
             }
         }
         out
+    }
+
+    /// Adds the policy server's refusals between two services, named as the proxies name them
+    /// (no namespace, no version). They go to the edge already seen between those services (the
+    /// most recently active one when versions differ), or to a new versionless HTTP edge; a name
+    /// that several namespaces use is placed in none of them. Returns the decisions placed.
+    pub fn observe_policy(&mut self, decisions: &[PolicyDecision], now_ns: u64) -> usize {
+        let mut placed = 0;
+        for d in decisions {
+            let counts = Counts {
+                denied: d.denied,
+                rate_limited: d.rate_limited,
+                ..Default::default()
+            };
+            let same = |e: &Endpoint, name: &str| {
+                e.node.kind == NodeKind::Service && &*e.node.name == name
+            };
+            let existing = self
+                .edges
+                .iter()
+                .filter(|(k, _)| same(&k.client, &d.source) && same(&k.server, &d.destination))
+                .max_by_key(|(_, s)| s.last_seen_ns())
+                .map(|(k, _)| k.clone());
+            let key = match existing {
+                Some(k) => k,
+                None => {
+                    let (Some(client), Some(server)) = (
+                        self.service_named(&d.source),
+                        self.service_named(&d.destination),
+                    ) else {
+                        continue;
+                    };
+                    EdgeKey {
+                        client: Endpoint {
+                            node: client,
+                            version: None,
+                        },
+                        server: Endpoint {
+                            node: server,
+                            version: None,
+                        },
+                        connection: ConnectionType::Http,
+                    }
+                }
+            };
+            self.edges
+                .entry(key)
+                .or_default()
+                .record_policy(&counts, now_ns);
+            placed += 1;
+        }
+        placed
+    }
+
+    /// The service node with this name: the one known in a namespace, or one without a namespace
+    /// when none is known; `None` when several namespaces have it.
+    fn service_named(&self, name: &str) -> Option<NodeKey> {
+        let mut found: Option<&NodeKey> = None;
+        for k in self.edges.keys() {
+            for e in [&k.client, &k.server] {
+                if e.node.kind == NodeKind::Service && &*e.node.name == name {
+                    match found {
+                        Some(f) if f.namespace != e.node.namespace => return None,
+                        _ => found = Some(&e.node),
+                    }
+                }
+            }
+        }
+        Some(
+            found
+                .cloned()
+                .unwrap_or_else(|| NodeKey::service(None, name)),
+        )
     }
 
     /// Metric points that named no edge meshlens could place.

@@ -67,7 +67,7 @@ pub struct Summary {
 impl Summary {
     fn of(s: &Stats) -> Summary {
         Summary {
-            counts: effective(&s.counts, &s.metric_counts),
+            counts: effective(&s.counts, &s.metric_counts, &s.policy_counts),
             latency: s.latency().quantiles(),
             client_latency: s.client_latency.quantiles(),
         }
@@ -76,14 +76,15 @@ impl Summary {
     /// The sum of many windows' stats, percentiles of their merged latencies.
     fn sum<'a>(stats: impl Iterator<Item = &'a Stats>, sums: &mut Sums) -> Summary {
         let mut out = Summary::default();
-        let mut from_metrics = Counts::default();
+        let (mut from_metrics, mut from_policy) = (Counts::default(), Counts::default());
         for s in stats {
             out.counts.add(&s.counts);
             from_metrics.add(&s.metric_counts);
+            from_policy.add(&s.policy_counts);
             sums.server.add(&s.server_latency);
             sums.client.add(&s.client_latency);
         }
-        out.counts = effective(&out.counts, &from_metrics);
+        out.counts = effective(&out.counts, &from_metrics, &from_policy);
         let server = sums.server.take_quantiles();
         out.client_latency = sums.client.take_quantiles();
         out.latency = server.or(out.client_latency);
@@ -98,18 +99,24 @@ impl Summary {
 /// One edge seen through spans and through metrics is one edge. Where the proxies' metrics
 /// counted calls in the window, their counts win (they are not sampled); the spans' bytes stand
 /// where metrics have none. Latencies always come from spans.
-fn effective(spans: &Counts, metrics: &Counts) -> Counts {
-    if metrics.requests == 0 && metrics.retries == 0 && metrics.overflows == 0 {
-        return *spans;
-    }
-    Counts {
-        bytes: if metrics.bytes == 0 {
-            spans.bytes
-        } else {
-            metrics.bytes
-        },
-        ..*metrics
-    }
+/// The policy server's own count of the denials and rate limits it decided for an edge stands
+/// where it is higher (the same refusals seen by spans or metrics are not added twice).
+fn effective(spans: &Counts, metrics: &Counts, policy: &Counts) -> Counts {
+    let mut out = if metrics.requests == 0 && metrics.retries == 0 && metrics.overflows == 0 {
+        *spans
+    } else {
+        Counts {
+            bytes: if metrics.bytes == 0 {
+                spans.bytes
+            } else {
+                metrics.bytes
+            },
+            ..*metrics
+        }
+    };
+    out.denied = out.denied.max(policy.denied);
+    out.rate_limited = out.rate_limited.max(policy.rate_limited);
+    out
 }
 
 /// Reused accumulators for summing latency sketches.
@@ -346,4 +353,25 @@ fn kept_nodes(
         }
     }
     near
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Spans (or metrics) that saw the same refusals as the policy server do not double them:
+    /// the higher count stands.
+    #[test]
+    fn policy_counts_stand_where_higher_and_are_not_added() {
+        let c = |requests, denied, rate_limited| Counts {
+            requests,
+            denied,
+            rate_limited,
+            ..Default::default()
+        };
+        let got = effective(&c(10, 3, 0), &Counts::default(), &c(0, 2, 4));
+        assert_eq!((got.requests, got.denied, got.rate_limited), (10, 3, 4));
+        let got = effective(&c(1, 0, 0), &c(50, 1, 0), &c(0, 5, 0));
+        assert_eq!((got.requests, got.denied), (50, 5));
+    }
 }

@@ -315,3 +315,54 @@ fn closed_minutes_are_given_once_each_has_ended() {
         "given once"
     );
 }
+
+#[test]
+fn policy_refusals_land_on_the_edge_between_the_services_they_name() {
+    let mut t = topology();
+    let mut spans = Vec::new();
+    spans.extend(call(
+        1,
+        10,
+        None,
+        ("ingress", None),
+        ("work", Some("v1")),
+        200,
+    ));
+    spans.extend(call(
+        2,
+        20,
+        None,
+        ("ingress", None),
+        ("work", Some("v2")),
+        200,
+    ));
+    t.observe(&spans, NOW);
+    let d = |src: &str, dst: &str, denied, rate_limited| PolicyDecision {
+        source: src.into(),
+        destination: dst.into(),
+        denied,
+        rate_limited,
+    };
+    let placed = t.observe_policy(
+        &[d("ingress", "work", 2, 1), d("web", "cart", 0, 4)],
+        NOW + 1_000,
+    );
+    assert_eq!(placed, 2);
+    let snap = t.whole(Window::M1, NOW + 2_000);
+    let edge = |c: &str, s: &str| {
+        snap.edges
+            .iter()
+            .find(|e| e.client.id() == c && e.server.id() == s)
+            .unwrap_or_else(|| panic!("{c} -> {s} in {:?}", edges(&snap)))
+            .stats
+            .counts
+    };
+    let work = edge("service:ingress", "service:work");
+    assert_eq!((work.requests, work.denied, work.rate_limited), (2, 2, 1));
+    let cart = edge("service:web", "service:cart");
+    assert_eq!(
+        (cart.requests, cart.rate_limited),
+        (0, 4),
+        "a pair not yet seen by spans"
+    );
+}

@@ -150,6 +150,8 @@ pub struct Stats {
     pub counts: Counts,
     /// Calls counted by the proxies' metrics (unsampled, so they win where present).
     pub metric_counts: Counts,
+    /// Denials and rate limits decided by meshlens' policy server for this edge.
+    pub policy_counts: Counts,
     pub server_latency: LatencySketch,
     pub client_latency: LatencySketch,
 }
@@ -188,6 +190,7 @@ impl Stats {
     pub fn merge(&mut self, other: &Stats) {
         self.counts.add(&other.counts);
         self.metric_counts.add(&other.metric_counts);
+        self.policy_counts.add(&other.policy_counts);
         self.server_latency.merge(&other.server_latency);
         self.client_latency.merge(&other.client_latency);
     }
@@ -196,6 +199,7 @@ impl Stats {
     pub fn subtract(&mut self, other: &Stats) {
         self.counts.subtract(&other.counts);
         self.metric_counts.subtract(&other.metric_counts);
+        self.policy_counts.subtract(&other.policy_counts);
         self.server_latency.subtract(&other.server_latency);
         self.client_latency.subtract(&other.client_latency);
     }
@@ -240,6 +244,11 @@ impl Series {
     /// Adds increments counted by a proxy's metrics.
     pub fn record_metric(&mut self, counts: &Counts, now_ns: u64) {
         self.each_current(now_ns, |stats| stats.metric_counts.add(counts));
+    }
+
+    /// Adds denials and rate limits decided by the policy server.
+    pub fn record_policy(&mut self, counts: &Counts, now_ns: u64) {
+        self.each_current(now_ns, |stats| stats.policy_counts.add(counts));
     }
 
     /// Applies `f` to the current slots and every window total.
