@@ -2,7 +2,8 @@
 # Runs every meshlens test on a fresh machine, installing what the tests need first:
 #   formatting and clippy, every Rust test (the #[ignore]d ones too), and the Python
 #   end-to-end suite (the real OpenTelemetry SDK and exporters) against the built binary.
-# Needs: Rust stable, python3, PostgreSQL on 127.0.0.1:5432 (trust auth, database `test`).
+# Needs: Rust stable, python3, PostgreSQL on 127.0.0.1:5432 (trust auth, database `test`),
+# Redis on 127.0.0.1:6379.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

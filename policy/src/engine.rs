@@ -206,7 +206,7 @@ impl PolicyEngine {
                 (d, Some(e))
             }
         };
-        if decision.over_limit && backend_error.is_none() {
+        if decision.over_limit && backend_error.is_none() && !self.settings.shadow_mode {
             let by = decision
                 .statuses
                 .iter()

@@ -144,7 +144,8 @@ impl RateLimitService for RlsService {
                 continue;
             };
             let key = limit.metric_key(&req.domain, &desc.entries);
-            let outcome = if status.over_limit {
+            let global_shadow = s.engine.settings().shadow_mode;
+            let outcome = if status.over_limit && !global_shadow {
                 s.denial(API, &key);
                 // Envoy's `source_cluster` and `destination_cluster` actions name the services.
                 let entry = |k: &str| {
@@ -162,7 +163,7 @@ impl RateLimitService for RlsService {
                 });
                 s.refused(entry("source_cluster"), destination.as_deref(), true);
                 "over"
-            } else if status.shadow_over_limit {
+            } else if status.shadow_over_limit || status.over_limit {
                 "shadow_over"
             } else {
                 "within"

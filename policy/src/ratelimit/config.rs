@@ -39,8 +39,8 @@ pub struct DescriptorConfig {
     /// Accepted for compatibility; meshlens' metrics do not use it.
     #[serde(default)]
     pub value_to_metric: bool,
-    /// Accepted for compatibility: a wildcard's values share one quota, which is what meshlens
-    /// always does for wildcards.
+    /// On a wildcard (`value: files/*`): every value it matches counts in one quota, instead of
+    /// one quota per value.
     #[serde(default)]
     pub share_threshold: bool,
 }
@@ -187,6 +187,15 @@ fn check_keys(level: &Descriptors) -> Result<(), String> {
     for d in &level.0 {
         if d.key.is_empty() {
             return Err("descriptor has empty key".into());
+        }
+        if d.share_threshold && !d.value.as_deref().is_some_and(|v| v.ends_with('*')) {
+            let key = match d.value.as_deref() {
+                Some(v) if !v.is_empty() => format!("{}_{v}", d.key),
+                _ => d.key.clone(),
+            };
+            return Err(format!(
+                "share_threshold can only be used with wildcard values (ending with '*'), but found key '{key}'"
+            ));
         }
         check_keys(&d.descriptors)?;
     }

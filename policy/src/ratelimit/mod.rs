@@ -64,6 +64,9 @@ impl RateLimitRequest {
 #[derive(Debug, Default)]
 struct Node {
     limit: Option<Arc<Limit>>,
+    /// A wildcard with `share_threshold`: every value it matches counts in one quota, keyed by
+    /// this pattern instead of the request's value.
+    share_pattern: Option<String>,
     children: HashMap<String, KeyLevel, RandomState>,
 }
 
@@ -170,9 +173,20 @@ impl RateLimits {
     /// that does not match ends the walk. The limit is the one at the level of the last entry.
     /// A request's own limit wins over the config's when the domain is known.
     pub fn find(&self, domain: &str, d: &RequestDescriptor) -> Option<Arc<Limit>> {
+        self.find_with_key(domain, d).map(|(limit, _)| limit)
+    }
+
+    /// The limit and the quota key to count it under: `domain_key_value…` with the request's
+    /// values, or a shared wildcard's pattern where the config says `share_threshold`.
+    pub fn find_with_key(
+        &self,
+        domain: &str,
+        d: &RequestDescriptor,
+    ) -> Option<(Arc<Limit>, String)> {
         let root = self.domains.get(domain)?;
         if let Some((requests_per_unit, unit)) = d.limit_override {
-            return Some(Arc::new(Limit {
+            let key = quota_key(domain, &d.entries);
+            let limit = Arc::new(Limit {
                 name: None,
                 rate: Rate {
                     requests_per_unit,
@@ -183,13 +197,16 @@ impl RateLimits {
                 shadow_mode: false,
                 replaces: Vec::new(),
                 detailed_metric: false,
-                stats_key: quota_key(domain, &d.entries),
-            }));
+                stats_key: key.clone(),
+            });
+            return Some((limit, key));
         }
         let mut node = root;
         let last = d.entries.len().checked_sub(1)?;
-        for (i, (key, value)) in d.entries.iter().enumerate() {
-            let next = node.children.get(key).and_then(|level| {
+        let mut key = String::with_capacity(domain.len() + d.entries.len() * 16);
+        key.push_str(domain);
+        for (i, (k, value)) in d.entries.iter().enumerate() {
+            let next = node.children.get(k).and_then(|level| {
                 level
                     .by_value
                     .get(value)
@@ -202,8 +219,12 @@ impl RateLimits {
                     })
                     .or(level.key_only.as_ref())
             })?;
+            key.push('_');
+            key.push_str(k);
+            key.push('_');
+            key.push_str(next.share_pattern.as_deref().unwrap_or(value));
             if i == last {
-                return next.limit.clone();
+                return next.limit.clone().map(|l| (l, key));
             }
             if !next.has_children() {
                 return None;
@@ -220,11 +241,14 @@ impl RateLimits {
         req: &RateLimitRequest,
         quotas: &QuotaBackend,
     ) -> Result<RateLimitDecision, QuotaError> {
-        let mut limits: Vec<Option<Arc<Limit>>> = req
+        let (mut limits, keys): (Vec<Option<Arc<Limit>>>, Vec<Option<String>>) = req
             .descriptors
             .iter()
-            .map(|d| self.find(&req.domain, d))
-            .collect();
+            .map(|d| match self.find_with_key(&req.domain, d) {
+                Some((l, k)) => (Some(l), Some(k)),
+                None => (None, None),
+            })
+            .unzip();
         let replaced: Vec<&str> = limits
             .iter()
             .flatten()
@@ -240,14 +264,11 @@ impl RateLimits {
                 }
             }
         }
-        let keys: Vec<Option<String>> = limits
-            .iter()
-            .zip(&req.descriptors)
-            .map(|(l, d)| {
-                l.as_ref()
-                    .filter(|l| !l.unlimited)
-                    .map(|_| quota_key(&req.domain, &d.entries))
-            })
+        // Replaced and unlimited limits count nothing.
+        let keys: Vec<Option<String>> = keys
+            .into_iter()
+            .zip(&limits)
+            .map(|(k, l)| k.filter(|_| l.as_ref().is_some_and(|l| !l.unlimited)))
             .collect();
         let hits: Vec<QuotaHit<'_>> = keys
             .iter()
@@ -377,6 +398,7 @@ fn build(node: &mut Node, path: &str, level: &Descriptors) {
                     stats_key: stats_key.clone(),
                 })
             }),
+            share_pattern: d.share_threshold.then(|| value.unwrap_or("").to_string()),
             children: Default::default(),
         };
         build(&mut child, &stats_key, &d.descriptors);

@@ -419,3 +419,51 @@ descriptors:
         .unwrap();
     assert_eq!(d.statuses[0].remaining, 9);
 }
+
+/// A wildcard counts each value apart unless `share_threshold` says they share one quota; an
+/// exact sibling keeps its own.
+#[tokio::test]
+async fn share_threshold_makes_a_wildcard_one_quota() {
+    let rl = limits(&[r#"
+domain: files
+descriptors:
+  - key: file
+    value: test1
+    rate_limit: {unit: minute, requests_per_unit: 50}
+  - key: file
+    value: "test*"
+    share_threshold: true
+    rate_limit: {unit: minute, requests_per_unit: 2}
+  - key: path
+    value: "/api/*"
+    rate_limit: {unit: minute, requests_per_unit: 2}
+"#]);
+    let store = QuotaBackend::Memory(MemoryStore::new(100));
+    let over = |k: &str, v: &str| {
+        let req = RateLimitRequest {
+            domain: "files".into(),
+            descriptors: vec![desc(&[(k, v)])],
+            hits_addend: 1,
+        };
+        let (rl, store) = (&rl, &store);
+        async move { rl.decide(&req, store).await.unwrap().over_limit }
+    };
+    assert!(!over("file", "test2").await);
+    assert!(!over("file", "test3").await);
+    assert!(
+        over("file", "test4").await,
+        "test2, test3 and test4 share 2 a minute"
+    );
+    assert!(!over("file", "test1").await, "the exact value has its own");
+    for v in ["/api/a", "/api/b", "/api/c"] {
+        assert!(
+            !over("path", v).await,
+            "without share_threshold, a quota per value"
+        );
+    }
+    let e = DomainFile::parse(
+        "domain: d\ndescriptors:\n  - key: k\n    value: v\n    share_threshold: true\n",
+    )
+    .unwrap_err();
+    assert!(e.contains("share_threshold can only be used with wildcard values (ending with '*'), but found key 'k_v'"), "{e}");
+}
