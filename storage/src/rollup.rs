@@ -4,7 +4,8 @@
 //! `EdgeKey`s and `Stats`.
 
 use meshlens_topology::graph::{
-    ConnectionType, Counts, EdgeKey, Endpoint, LatencySketch, NodeKey, NodeKind, Stats,
+    ConnectionType, Counts, EdgeKey, Endpoint, LatencySketch, NodeKey, NodeKind, PolicyCounts,
+    Stats,
 };
 use serde_json::{json, Value};
 
@@ -73,6 +74,19 @@ fn counts_from(text: &str) -> Option<Counts> {
     Some(Counts::from_array(a.try_into().ok()?))
 }
 
+/// `[denied, rate_limited]`.
+fn policy_counts_text(c: &PolicyCounts) -> String {
+    json!([c.denied, c.rate_limited]).to_string()
+}
+
+fn policy_counts_from(text: &str) -> Option<PolicyCounts> {
+    let [denied, rate_limited]: [u64; 2] = serde_json::from_str(text).ok()?;
+    Some(PolicyCounts {
+        denied,
+        rate_limited,
+    })
+}
+
 /// Six bytes a bucket: key (i16) and count (u32), little endian.
 fn sketch_bytes(s: &LatencySketch) -> Vec<u8> {
     let mut out = Vec::with_capacity(s.bins_in_use().len() * 6);
@@ -110,8 +124,8 @@ fn decode(row: Row) -> Result<EdgeMinute, StoreError> {
             metric_counts: counts_from(&metric_counts).ok_or_else(corrupt)?,
             // Empty in rows written before the policy server counted.
             policy_counts: match policy_counts.as_str() {
-                "" => Counts::default(),
-                text => counts_from(text).ok_or_else(corrupt)?,
+                "" => PolicyCounts::default(),
+                text => policy_counts_from(text).ok_or_else(corrupt)?,
             },
             server_latency: sketch_from(&server).ok_or_else(corrupt)?,
             client_latency: sketch_from(&client).ok_or_else(corrupt)?,
@@ -140,7 +154,7 @@ impl Store {
                 .bind(edge_text(&r.key))
                 .bind(counts_text(&r.stats.counts))
                 .bind(counts_text(&r.stats.metric_counts))
-                .bind(counts_text(&r.stats.policy_counts))
+                .bind(policy_counts_text(&r.stats.policy_counts))
                 .bind(sketch_bytes(&r.stats.server_latency))
                 .bind(sketch_bytes(&r.stats.client_latency))
                 .execute(&mut *tx)

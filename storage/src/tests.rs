@@ -434,7 +434,8 @@ async fn data_errors_are_told_from_transient_ones() {
 async fn edge_minutes_round_trip(store: &Store) {
     use crate::EdgeMinute;
     use meshlens_topology::graph::{
-        ConnectionType, Counts, EdgeKey, Endpoint, LatencySketch, NodeKey, NodeKind, Stats,
+        ConnectionType, Counts, EdgeKey, Endpoint, LatencySketch, NodeKey, NodeKind, PolicyCounts,
+        Stats,
     };
     let end = |node: NodeKey, version: Option<&str>| Endpoint {
         node,
@@ -456,10 +457,9 @@ async fn edge_minutes_round_trip(store: &Store) {
             retries: 3,
             ..Counts::default()
         },
-        policy_counts: Counts {
+        policy_counts: PolicyCounts {
             denied: requests,
             rate_limited: 4,
-            ..Counts::default()
         },
         server_latency: server.clone(),
         client_latency: LatencySketch::new(),

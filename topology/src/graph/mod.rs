@@ -24,7 +24,7 @@ pub use snapshot::{
     build as build_snapshot, EdgeSnapshot, EdgeVersionSnapshot, GraphQuery, GraphSnapshot,
     NodeSnapshot, Summary, VersionSnapshot,
 };
-pub use window::{Counts, Series, Stats, Window};
+pub use window::{Counts, PolicyCounts, Series, Stats, Window};
 
 /// Refusals the policy server decided between two services in a short interval.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,10 +133,9 @@ impl Topology {
     pub fn observe_policy(&mut self, decisions: &[PolicyDecision], now_ns: u64) -> usize {
         let mut placed = 0;
         for d in decisions {
-            let counts = Counts {
+            let counts = PolicyCounts {
                 denied: d.denied,
                 rate_limited: d.rate_limited,
-                ..Default::default()
             };
             let same = |e: &Endpoint, name: &str| {
                 e.node.kind == NodeKind::Service && &*e.node.name == name

@@ -10,7 +10,7 @@ use petgraph::graph::{NodeIndex, UnGraph};
 use crate::graph::health::{Health, HealthConfig};
 use crate::graph::node::{ConnectionType, EdgeKey, NodeKey, NodeKind};
 use crate::graph::sketch::{Quantiles, SketchSum};
-use crate::graph::window::{Counts, Stats, Window};
+use crate::graph::window::{Counts, PolicyCounts, Stats, Window};
 
 /// What part of the graph to show.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,7 +76,7 @@ impl Summary {
     /// The sum of many windows' stats, percentiles of their merged latencies.
     fn sum<'a>(stats: impl Iterator<Item = &'a Stats>, sums: &mut Sums) -> Summary {
         let mut out = Summary::default();
-        let (mut from_metrics, mut from_policy) = (Counts::default(), Counts::default());
+        let (mut from_metrics, mut from_policy) = (Counts::default(), PolicyCounts::default());
         for s in stats {
             out.counts.add(&s.counts);
             from_metrics.add(&s.metric_counts);
@@ -101,7 +101,7 @@ impl Summary {
 /// where metrics have none. Latencies always come from spans.
 /// The policy server's own count of the denials and rate limits it decided for an edge stands
 /// where it is higher (the same refusals seen by spans or metrics are not added twice).
-fn effective(spans: &Counts, metrics: &Counts, policy: &Counts) -> Counts {
+fn effective(spans: &Counts, metrics: &Counts, policy: &PolicyCounts) -> Counts {
     let mut out = if metrics.requests == 0 && metrics.retries == 0 && metrics.overflows == 0 {
         *spans
     } else {
@@ -369,9 +369,13 @@ mod tests {
             rate_limited,
             ..Default::default()
         };
-        let got = effective(&c(10, 3, 0), &Counts::default(), &c(0, 2, 4));
+        let p = |denied, rate_limited| PolicyCounts {
+            denied,
+            rate_limited,
+        };
+        let got = effective(&c(10, 3, 0), &Counts::default(), &p(2, 4));
         assert_eq!((got.requests, got.denied, got.rate_limited), (10, 3, 4));
-        let got = effective(&c(1, 0, 0), &c(50, 1, 0), &c(0, 5, 0));
+        let got = effective(&c(1, 0, 0), &c(50, 1, 0), &p(5, 0));
         assert_eq!((got.requests, got.denied), (50, 5));
     }
 }

@@ -143,6 +143,25 @@ impl Counts {
     }
 }
 
+/// The policy server's refusals on an edge: two counters, kept small since every slot has them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PolicyCounts {
+    pub denied: u64,
+    pub rate_limited: u64,
+}
+
+impl PolicyCounts {
+    pub fn add(&mut self, o: &PolicyCounts) {
+        self.denied += o.denied;
+        self.rate_limited += o.rate_limited;
+    }
+
+    pub fn subtract(&mut self, o: &PolicyCounts) {
+        self.denied = self.denied.saturating_sub(o.denied);
+        self.rate_limited = self.rate_limited.saturating_sub(o.rate_limited);
+    }
+}
+
 /// Counts and latencies of calls on one edge over some time.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -151,7 +170,7 @@ pub struct Stats {
     /// Calls counted by the proxies' metrics (unsampled, so they win where present).
     pub metric_counts: Counts,
     /// Denials and rate limits decided by meshlens' policy server for this edge.
-    pub policy_counts: Counts,
+    pub policy_counts: PolicyCounts,
     pub server_latency: LatencySketch,
     pub client_latency: LatencySketch,
 }
@@ -247,7 +266,7 @@ impl Series {
     }
 
     /// Adds denials and rate limits decided by the policy server.
-    pub fn record_policy(&mut self, counts: &Counts, now_ns: u64) {
+    pub fn record_policy(&mut self, counts: &PolicyCounts, now_ns: u64) {
         self.each_current(now_ns, |stats| stats.policy_counts.add(counts));
     }
 
