@@ -16,6 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from envoyhelpers import app_server  # noqa: E402
 from mlhelpers import Meshlens, meshlens_binary  # noqa: E402
 
 # Clients in this suite must never reach a proxy: every address is loopback.
@@ -72,3 +73,10 @@ def meshlens_factory(request, tmp_path):
 @pytest.fixture
 def meshlens(meshlens_factory) -> Meshlens:
     return meshlens_factory()
+
+
+@pytest.fixture
+def app_port():
+    """A small upstream app (503 on /fail) on a free loopback port, for Envoy tests."""
+    with app_server() as port:
+        yield port

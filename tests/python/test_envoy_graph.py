@@ -8,34 +8,14 @@ Envoy's own ext_authz calls as calls to the policy node."""
 from __future__ import annotations
 
 import contextlib
-import http.server
-import subprocess
-import threading
-from pathlib import Path
 
-import envoy
 import pytest
 import requests
 
+from envoyhelpers import cluster, run_envoy
 from mlhelpers import LOOPBACK, free_ports, get_json, metric, poll
 
-ENVOY = str(Path(envoy.__file__).parent / "_bin" / "envoy")
 OK, FAIL = 20, 5
-
-
-class App(http.server.BaseHTTPRequestHandler):
-    """meet's app: 503 on /fail, 200 otherwise."""
-
-    def do_GET(self):  # noqa: N802 (http.server's naming)
-        status = 503 if self.path.startswith("/fail") else 200
-        body = b"meet\n"
-        self.send_response(status)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
 
 
 def tracer(service: str, version: str, sampling: int) -> str:
@@ -96,33 +76,6 @@ def listener(name: str, port: int, direction: str, cluster: str, service: str, v
             typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}"""
 
 
-def cluster(name: str, port: int, http2: bool = False) -> str:
-    options = """
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {http2_protocol_options: {}}""" if http2 else ""
-    return f"""
-  - name: "{name}"
-    type: STATIC
-    connect_timeout: 1s{options}
-    load_assignment:
-      cluster_name: "{name}"
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: {LOOPBACK}, port_value: {port}}}}}}}"""
-
-
-@pytest.fixture
-def app_port():
-    server = http.server.ThreadingHTTPServer((LOOPBACK, 0), App)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
-
-
 # Envoy's OpenTelemetry stat sink: cluster stats (requests by status class, retries, overflows)
 # to meshlens every half second, with work's identity (without resource detectors the sink sends no
 # service name at all).
@@ -160,36 +113,14 @@ static_resources:
   listeners:{listener("work_outbound", outbound, "OUTBOUND", "outbound|80|v2|meet.shop.svc.cluster.local", "work", "v1", EXT_AUTHZ, sampling)}{listener("meet_inbound", inbound, "INBOUND", "inbound|80||", "meet", "v2")}
   clusters:{cluster("meshlens_otlp", grpc_port, http2=True)}{cluster("policy", policy_port, http2=True)}{cluster("outbound|80|v2|meet.shop.svc.cluster.local", inbound)}{cluster("inbound|80||", app_port)}
 """
-    path = tmp_path / "envoy.yaml"
-    path.write_text(config)
-    log = open(tmp_path / "envoy.log", "w")
-    proc = subprocess.Popen([ENVOY, "-c", str(path), "--disable-hot-restart", "--log-level", "warn"],
-                            stdout=log, stderr=subprocess.STDOUT)
-    try:
-        poll(lambda: _ready(admin) or proc.poll() is not None, timeout=20, what="envoy to start")
-        assert proc.poll() is None, (tmp_path / "envoy.log").read_text()
+    with run_envoy(config, admin, tmp_path):
         yield f"http://{LOOPBACK}:{outbound}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 @pytest.fixture
 def sidecars(meshlens, app_port, tmp_path):
     with start_sidecars(meshlens, app_port, tmp_path) as base:
         yield base
-
-
-def _ready(admin: int) -> bool:
-    try:
-        return requests.get(f"http://{LOOPBACK}:{admin}/ready", timeout=1).status_code == 200
-    except requests.RequestException:
-        return False
 
 
 def send_and_wait_for_edge(meshlens, base: str) -> dict:

@@ -6,16 +6,13 @@ client sees; from memory and from the real Redis."""
 from __future__ import annotations
 
 import contextlib
-import http.server
-import subprocess
-import threading
 import time
 
 import pytest
 import requests
 
-from mlhelpers import LOOPBACK, free_ports, get_json, metric, poll
-from test_envoy_graph import ENVOY, App, _ready, cluster
+from envoyhelpers import cluster, run_envoy
+from mlhelpers import LOOPBACK, free_ports, get_json, metric
 
 RATELIMIT_CONFIG = """\
 domain: edge
@@ -97,33 +94,8 @@ static_resources:
 def envoy(meshlens, app_port, tmp_path):
     port, admin = free_ports(2)
     policy_port = int(meshlens.policy.rsplit(":", 1)[1])
-    path = tmp_path / "envoy-policy.yaml"
-    path.write_text(envoy_config(admin, port, app_port, policy_port))
-    log = open(tmp_path / "envoy-policy.log", "w")
-    proc = subprocess.Popen([ENVOY, "-c", str(path), "--disable-hot-restart", "--log-level", "warn"],
-                            stdout=log, stderr=subprocess.STDOUT)
-    try:
-        poll(lambda: _ready(admin) or proc.poll() is not None, timeout=20, what="envoy to start")
-        assert proc.poll() is None, (tmp_path / "envoy-policy.log").read_text()
+    with run_envoy(envoy_config(admin, port, app_port, policy_port), admin, tmp_path, "envoy-policy"):
         yield f"http://{LOOPBACK}:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-
-
-@pytest.fixture
-def app_port():
-    server = http.server.ThreadingHTTPServer((LOOPBACK, 0), App)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
 
 
 def start_meshlens(meshlens_factory, tmp_path, backend: str):

@@ -84,17 +84,21 @@ impl TestEnv {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
-    /// One metric's value from `/metrics`, summed over series whose labels contain `labels`.
-    pub async fn metric(&self, name: &str, labels: &str) -> f64 {
-        let text = self
-            .http
+    /// The whole `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        self.http
             .get(self.web("/metrics"))
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// One metric's value from `/metrics`, summed over series whose labels contain `labels`.
+    pub async fn metric(&self, name: &str, labels: &str) -> f64 {
+        let text = self.metrics_text().await;
         text.lines()
             .filter(|l| !l.starts_with('#'))
             .filter(|l| l.split(['{', ' ']).next() == Some(name) && l.contains(labels))

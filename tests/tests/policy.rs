@@ -182,15 +182,7 @@ async fn the_policy_listener_serves_both_apis_and_health() {
     assert_eq!(denials[1]["api"], "ratelimit");
     assert_eq!(denials[1]["status"], 429);
     assert_eq!(denials[1]["by"], "edge.user");
-    let metrics = env
-        .http
-        .get(env.web("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = env.metrics_text().await;
     for line in [
         r#"meshlens_policy_checks_total{api="ratelimit",decision="ok"} 3"#,
         r#"meshlens_policy_checks_total{api="ratelimit",decision="over_limit"} 1"#,
@@ -237,15 +229,7 @@ async fn configs_reload_when_changed_and_a_bad_one_keeps_the_last_good() {
         [OK, OK, OK],
         "100 per minute still"
     );
-    let metrics = env
-        .http
-        .get(env.web("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = env.metrics_text().await;
     assert!(
         metrics.contains(r#"meshlens_policy_config_reloads_total{result="success"} 1"#),
         "{metrics}"

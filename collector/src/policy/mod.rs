@@ -149,29 +149,32 @@ impl PolicyServer {
     }
 
     fn quota_hit(&self, limit: &str, outcome: &str) {
-        if self.cap.admit(&["quota", limit, outcome]) {
-            self.metrics
-                .policy_quota_hits
-                .with_label_values(&[limit, outcome])
-                .inc();
-        } else {
-            self.metrics
-                .policy_series_dropped
-                .with_label_values(&["meshlens_policy_quota_hits_total"])
-                .inc();
-        }
+        self.capped(
+            &self.metrics.policy_quota_hits,
+            "meshlens_policy_quota_hits_total",
+            &[limit, outcome],
+        );
     }
 
     fn denial(&self, api: &str, by: &str) {
-        if self.cap.admit(&["denial", api, by]) {
-            self.metrics
-                .policy_denials
-                .with_label_values(&[api, by])
-                .inc();
+        self.capped(
+            &self.metrics.policy_denials,
+            "meshlens_policy_denials_total",
+            &[api, by],
+        );
+    }
+
+    /// Counts under labels from configs, unless the family has its most label sets.
+    fn capped(&self, family: &prometheus::IntCounterVec, name: &str, labels: &[&str]) {
+        let mut key = Vec::with_capacity(labels.len() + 1);
+        key.push(name);
+        key.extend_from_slice(labels);
+        if self.cap.admit(&key) {
+            family.with_label_values(labels).inc();
         } else {
             self.metrics
                 .policy_series_dropped
-                .with_label_values(&["meshlens_policy_denials_total"])
+                .with_label_values(&[name])
                 .inc();
         }
     }

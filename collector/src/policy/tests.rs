@@ -39,6 +39,14 @@ fn server(dir: &tempfile::TempDir) -> Arc<PolicyServer> {
     PolicyServer::new(Arc::new(engine), Metrics::new(), 100)
 }
 
+/// Every line is in the metrics text.
+fn assert_metrics(s: &PolicyServer, lines: &[&str]) {
+    let text = s.metrics.render();
+    for line in lines {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
+}
+
 fn check(path: &str, user: Option<&str>) -> CheckRequest {
     let mut headers = std::collections::HashMap::new();
     headers.insert(":path".to_string(), path.to_string());
@@ -125,17 +133,16 @@ async fn check_answers_ok_403_and_429_with_headers() {
             "retry-after"
         ]
     );
-    let text = s.metrics.render();
-    assert!(
-        text.contains(r#"meshlens_policy_checks_total{api="ext_authz",decision="allow"} 1"#),
-        "{text}"
+    assert_metrics(
+        &s,
+        &[
+            r#"meshlens_policy_checks_total{api="ext_authz",decision="allow"} 1"#,
+            r#"meshlens_policy_checks_total{api="ext_authz",decision="deny"} 1"#,
+            r#"meshlens_policy_checks_total{api="ext_authz",decision="rate_limited"} 1"#,
+            r#"meshlens_policy_denials_total{api="ext_authz",by="no-admin"} 1"#,
+            r#"meshlens_policy_quota_hits_total{limit="per-user",outcome="over"} 1"#,
+        ],
     );
-    assert!(text.contains(r#"meshlens_policy_checks_total{api="ext_authz",decision="deny"} 1"#));
-    assert!(
-        text.contains(r#"meshlens_policy_checks_total{api="ext_authz",decision="rate_limited"} 1"#)
-    );
-    assert!(text.contains(r#"meshlens_policy_denials_total{api="ext_authz",by="no-admin"} 1"#));
-    assert!(text.contains(r#"meshlens_policy_quota_hits_total{limit="per-user",outcome="over"} 1"#));
 }
 
 fn rls(
@@ -206,14 +213,13 @@ async fn should_rate_limit_answers_like_envoyproxy_ratelimit() {
         err.message(),
         "rate limit descriptor list must not be empty"
     );
-    let text = s.metrics.render();
-    assert!(
-        text.contains(r#"meshlens_policy_checks_total{api="ratelimit",decision="over_limit"} 1"#),
-        "{text}"
-    );
-    assert!(text.contains(r#"meshlens_policy_checks_total{api="ratelimit",decision="invalid"} 2"#));
-    assert!(
-        text.contains(r#"meshlens_policy_quota_hits_total{limit="edge.path",outcome="within"} 2"#)
+    assert_metrics(
+        &s,
+        &[
+            r#"meshlens_policy_checks_total{api="ratelimit",decision="over_limit"} 1"#,
+            r#"meshlens_policy_checks_total{api="ratelimit",decision="invalid"} 2"#,
+            r#"meshlens_policy_quota_hits_total{limit="edge.path",outcome="within"} 2"#,
+        ],
     );
 }
 
@@ -230,9 +236,13 @@ fn reload_outcomes_are_counted_and_a_bad_file_keeps_the_old_config() {
         s.reload(),
         meshlens_policy::ReloadOutcome::Failed(_)
     ));
-    let text = s.metrics.render();
-    assert!(text.contains(r#"meshlens_policy_config_reloads_total{result="failure"} 1"#));
-    assert!(text.contains("meshlens_policy_config_last_reload_successful 0"));
+    assert_metrics(
+        &s,
+        &[
+            r#"meshlens_policy_config_reloads_total{result="failure"} 1"#,
+            "meshlens_policy_config_last_reload_successful 0",
+        ],
+    );
     assert_eq!(s.engine().current().authz.rule_count(), 1);
     std::fs::write(dir.path().join("policy.yaml"), "rules: []\n").unwrap();
     assert_eq!(s.reload(), meshlens_policy::ReloadOutcome::Reloaded);

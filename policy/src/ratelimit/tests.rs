@@ -101,6 +101,27 @@ descriptors:
     assert_eq!(d.statuses[1].remaining, 96);
 }
 
+/// envoyproxy/ratelimit's README example 3: a default per address, and one address blocked.
+const EXAMPLE_3: &str = r#"
+domain: edge_proxy_per_ip
+descriptors:
+  - key: remote_address
+    rate_limit: {unit: second, requests_per_unit: 10}
+  - key: remote_address
+    value: 50.0.0.5
+    rate_limit: {unit: second, requests_per_unit: 0}
+"#;
+
+/// Example 5: unlimited beside a limit.
+const EXAMPLE_5: &str = r#"
+domain: internal
+descriptors:
+  - key: ldap
+    rate_limit: {unlimited: true}
+  - key: azure
+    rate_limit: {unit: minute, requests_per_unit: 100}
+"#;
+
 /// A domain, a descriptor's entries, and the limit it gets.
 type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], Option<String>);
 
@@ -141,15 +162,7 @@ descriptors:
   - key: to_number
     rate_limit: {unit: day, requests_per_unit: 100}
 "#,
-        r#"
-domain: edge_proxy_per_ip
-descriptors:
-  - key: remote_address
-    rate_limit: {unit: second, requests_per_unit: 10}
-  - key: remote_address
-    value: 50.0.0.5
-    rate_limit: {unit: second, requests_per_unit: 0}
-"#,
+        EXAMPLE_3,
         r#"
 domain: example4a
 descriptors:
@@ -166,14 +179,7 @@ descriptors:
       - key: subkey
         rate_limit: {requests_per_unit: 300, unit: second}
 "#,
-        r#"
-domain: internal
-descriptors:
-  - key: ldap
-    rate_limit: {unlimited: true}
-  - key: azure
-    rate_limit: {unit: minute, requests_per_unit: 100}
-"#,
+        EXAMPLE_5,
         r#"
 domain: example6
 descriptors:
@@ -332,21 +338,8 @@ descriptors:
 #[tokio::test]
 async fn decisions_follow_the_documented_examples() {
     let rl = limits(&[
-        r#"
-domain: edge_proxy_per_ip
-descriptors:
-  - key: remote_address
-    rate_limit: {unit: second, requests_per_unit: 10}
-  - key: remote_address
-    value: 50.0.0.5
-    rate_limit: {unit: second, requests_per_unit: 0}
-"#,
-        r#"
-domain: internal
-descriptors:
-  - key: ldap
-    rate_limit: {unlimited: true}
-"#,
+        EXAMPLE_3,
+        EXAMPLE_5,
         r#"
 domain: example7
 descriptors:
