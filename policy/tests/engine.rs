@@ -242,3 +242,119 @@ async fn an_unreachable_redis_fails_open_or_closed_within_the_deadline() {
     }
     drop(silent);
 }
+
+/// Many checks at once on one Redis key: the limit is admitted exactly, whatever the interleaving.
+#[tokio::test]
+async fn concurrent_checks_on_redis_admit_exactly_the_limit() {
+    let prefix = unique_prefix("concurrent");
+    let store = std::sync::Arc::new(QuotaBackend::Redis(
+        RedisStore::new(&redis(&prefix, "redis://127.0.0.1:6379")).unwrap(),
+    ));
+    for algorithm in [Algorithm::FixedWindow, Algorithm::Gcra] {
+        let mut tasks = Vec::new();
+        for _ in 0..40 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let hit = QuotaHit {
+                    key: "hot",
+                    rate: Rate {
+                        requests_per_unit: 100,
+                        unit: Unit::Hour,
+                        algorithm,
+                    },
+                    hits: 1,
+                };
+                let mut admitted = 0;
+                for _ in 0..5 {
+                    admitted += !store.charge(&[hit]).await.unwrap()[0].over_limit as u32;
+                }
+                admitted
+            }));
+        }
+        let mut admitted = 0;
+        for t in tasks {
+            admitted += t.await.unwrap();
+        }
+        assert_eq!(admitted, 100, "{algorithm:?}: 200 checks, 100 allowed");
+    }
+}
+
+/// Redis going away and coming back: checks fail (within the deadline) while it is away, and
+/// succeed again once it is back, on the same store (it reconnects by itself).
+#[tokio::test]
+async fn the_redis_store_reconnects_after_redis_comes_back() {
+    let proxy = Forwarder::start("127.0.0.1:6379").await;
+    let url = format!("redis://{}", proxy.addr);
+    let store =
+        QuotaBackend::Redis(RedisStore::new(&redis(&unique_prefix("reconnect"), &url)).unwrap());
+    let hit = QuotaHit {
+        key: "k",
+        rate: Rate {
+            requests_per_unit: 1000,
+            unit: Unit::Hour,
+            algorithm: Algorithm::FixedWindow,
+        },
+        hits: 1,
+    };
+    assert!(store.charge(&[hit]).await.is_ok());
+    let addr = proxy.addr;
+    proxy.stop().await;
+    let t = Instant::now();
+    assert!(store.charge(&[hit]).await.is_err(), "Redis is away");
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+    let _back = Forwarder::start_on(addr, "127.0.0.1:6379").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if store.charge(&[hit]).await.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never reconnected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A TCP forwarder to Redis that the test can stop (closing every connection) and restart.
+struct Forwarder {
+    addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Forwarder {
+    async fn start(target: &'static str) -> Forwarder {
+        Self::start_on("127.0.0.1:0".parse().unwrap(), target).await
+    }
+
+    async fn start_on(addr: std::net::SocketAddr, target: &'static str) -> Forwarder {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> =
+            Default::default();
+        let held = conns.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                held.lock().unwrap().push(conn);
+            }
+        });
+        Forwarder { addr, task, conns }
+    }
+
+    async fn stop(self) {
+        self.task.abort();
+        let _ = self.task.await;
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+        // Let the aborted tasks drop their sockets.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

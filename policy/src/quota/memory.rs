@@ -165,6 +165,37 @@ mod tests {
         assert_eq!(admitted.load(Ordering::Relaxed), 1000);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// However many threads hit one window at once, it admits exactly the limit (or every
+        /// hit, if there are fewer), for either algorithm.
+        #[test]
+        fn concurrent_callers_never_get_more_than_the_limit(
+            limit in 1u32..400,
+            threads in 2usize..8,
+            per_thread in 1usize..150,
+            gcra in proptest::bool::ANY,
+        ) {
+            let algorithm = if gcra { Algorithm::Gcra } else { Algorithm::FixedWindow };
+            let store = MemoryStore::new(16);
+            let admitted = AtomicU64::new(0);
+            let now = 3_600 * US_PER_S;
+            std::thread::scope(|s| {
+                for _ in 0..threads {
+                    s.spawn(|| {
+                        for _ in 0..per_thread {
+                            if !store.hit("k", rate(limit, algorithm), 1, now).unwrap().over_limit {
+                                admitted.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    });
+                }
+            });
+            let total = (threads * per_thread) as u64;
+            proptest::prop_assert_eq!(admitted.load(Ordering::Relaxed), total.min(u64::from(limit)));
+        }
+    }
+
     #[test]
     fn a_changed_algorithm_starts_the_key_afresh() {
         let store = MemoryStore::new(100);
