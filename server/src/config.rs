@@ -87,6 +87,9 @@ pub struct GraphSettings {
     pub max_series: usize,
     /// Health thresholds, in percent of the window's calls (Kiali's defaults).
     pub health: HealthSettings,
+    /// Plain Envoy cluster names and the services they lead to, `[namespace/]service[:version]`
+    /// (Istio's `outbound|port|subset|service` names need none).
+    pub clusters: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -144,13 +147,19 @@ impl Default for GraphSettings {
             max_pending: DEFAULT_MAX_PENDING,
             max_series: meshlens_collector::graph::DEFAULT_MAX_SERIES,
             health: HealthSettings::default(),
+            clusters: Default::default(),
         }
     }
 }
 
 impl GraphSettings {
-    pub fn to_graph_config(&self) -> GraphConfig {
-        GraphConfig {
+    /// The graph's config; a malformed cluster target is an error naming it.
+    pub fn to_graph_config(&self) -> Result<GraphConfig, String> {
+        let clusters = meshlens_topology::graph::ClusterMap::from_pairs(
+            self.clusters.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        )
+        .map_err(|e| format!("graph.clusters: {e}"))?;
+        Ok(GraphConfig {
             pairing: PairingConfig {
                 ttl_ns: self.pairing_ttl.as_nanos().min(u64::MAX as u128) as u64,
                 max_pending: self.max_pending.max(1),
@@ -161,7 +170,8 @@ impl GraphSettings {
                 grpc_errors: self.health.grpc_errors.into(),
             },
             max_series: self.max_series,
-        }
+            clusters,
+        })
     }
 }
 
@@ -396,7 +406,7 @@ mod tests {
         assert_eq!(c.policy.failure_mode, FailureModeSetting::Open);
         assert_eq!(c.policy.redis_timeout, Duration::from_millis(15));
         assert_eq!(c.policy.reload_interval, Duration::from_secs(2));
-        let h = c.graph.to_graph_config().health;
+        let h = c.graph.to_graph_config().unwrap().health;
         assert_eq!(
             (h.server_errors.degraded_pct, h.server_errors.failure_pct),
             (0.0, 10.0)
@@ -416,12 +426,28 @@ mod tests {
         let c =
             Config::from_toml("[graph.health.http_4xx]\ndegraded_pct = 5.0\nfailure_pct = 50.0\n")
                 .unwrap();
-        let h = c.graph.to_graph_config().health;
+        let h = c.graph.to_graph_config().unwrap().health;
         assert_eq!(
             (h.http_4xx.degraded_pct, h.http_4xx.failure_pct),
             (5.0, 50.0)
         );
         assert_eq!(h.server_errors.failure_pct, 10.0);
+    }
+
+    #[test]
+    fn plain_cluster_names_map_to_services() {
+        let c = Config::from_toml("[graph.clusters]\nmeet_cluster = \"shop/meet:v2\"\n").unwrap();
+        let g = c.graph.to_graph_config().unwrap();
+        assert_eq!(
+            g.clusters.resolve("meet_cluster").unwrap().node.id(),
+            "service:shop/meet"
+        );
+        let bad = Config::from_toml("[graph.clusters]\nx = \"a:b:c\"\n").unwrap();
+        let e = bad.graph.to_graph_config().unwrap_err();
+        assert!(
+            e.contains("graph.clusters") && e.contains("\"a:b:c\""),
+            "{e}"
+        );
     }
 
     #[test]

@@ -61,7 +61,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         metrics.clone(),
         config.policy.max_series,
     );
-    let graph = GraphFeed::new(&config.graph.to_graph_config(), &metrics);
+    let graph_config = config
+        .graph
+        .to_graph_config()
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let graph = GraphFeed::new(&graph_config, &metrics);
     let (pipeline, writers) = Pipeline::start(
         store.clone(),
         &PipelineConfig {

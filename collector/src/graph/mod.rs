@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use meshlens_storage::EdgeMinute;
 use meshlens_topology::graph::{
-    EdgeObservation, HealthConfig, PairingConfig, PairingCounters, PolicyDecision, Topology,
+    ClusterMap, EdgeObservation, HealthConfig, PairingConfig, PairingCounters, PolicyDecision,
+    Topology,
 };
 use meshlens_topology::{MetricBatch, Span};
 
@@ -26,6 +27,8 @@ pub struct GraphConfig {
     pub health: HealthConfig,
     /// Most label sets per product metric family.
     pub max_series: usize,
+    /// Plain Envoy cluster names and their services.
+    pub clusters: ClusterMap,
 }
 
 impl Default for GraphConfig {
@@ -34,6 +37,7 @@ impl Default for GraphConfig {
             pairing: PairingConfig::default(),
             health: HealthConfig::default(),
             max_series: DEFAULT_MAX_SERIES,
+            clusters: ClusterMap::default(),
         }
     }
 }
@@ -78,7 +82,9 @@ impl GraphFeed {
     /// Creates the graph and starts its thread, which ends when every clone of the feed is gone.
     pub fn new(config: &GraphConfig, metrics: &Metrics) -> Self {
         let core = Arc::new(FeedCore {
-            topology: Arc::new(Mutex::new(Topology::new(config.pairing, config.health))),
+            topology: Arc::new(Mutex::new(
+                Topology::new(config.pairing, config.health).with_clusters(config.clusters.clone()),
+            )),
             export: ProductMetrics::new(metrics, config.max_series),
             metrics: metrics.clone(),
             reported: Mutex::new(PairingCounters::default()),

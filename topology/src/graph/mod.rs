@@ -18,7 +18,7 @@ pub use pairing::{
     DEFAULT_PAIRING_TTL_NS,
 };
 pub use proxy::{MetricObservation, ProxyMetrics};
-pub use side::{endpoint_of, istio_cluster, Outcome, Peer, Role, SpanSide};
+pub use side::{endpoint_of, istio_cluster, ClusterMap, Outcome, Peer, Role, SpanSide};
 pub use sketch::{LatencySketch, Quantiles, SketchSum, RELATIVE_ACCURACY};
 pub use snapshot::{
     build as build_snapshot, EdgeSnapshot, EdgeVersionSnapshot, GraphQuery, GraphSnapshot,
@@ -78,6 +78,12 @@ impl Topology {
         }
     }
 
+    /// Plain Envoy cluster names to place (metrics' clusters, unpaired Envoy client spans).
+    pub fn with_clusters(mut self, clusters: ClusterMap) -> Self {
+        self.proxies.clusters = clusters;
+        self
+    }
+
     /// Takes spans that arrived at `now_ns`. Returns the calls they completed (for exporters).
     pub fn observe<'a>(
         &mut self,
@@ -105,7 +111,7 @@ impl Topology {
                 self.pairer.observe(side, now_ns, &mut out);
             }
         }
-        self.record(&out, now_ns);
+        self.record(&mut out, now_ns);
         out
     }
 
@@ -208,7 +214,7 @@ impl Topology {
     pub fn tick(&mut self, now_ns: u64) -> Vec<EdgeObservation> {
         let mut out = Vec::new();
         self.pairer.expire(now_ns, &mut out);
-        self.record(&out, now_ns);
+        self.record(&mut out, now_ns);
         self.edges
             .retain(|_, s| s.last_seen_ns().saturating_add(EDGE_IDLE_NS) > now_ns);
         out
@@ -218,12 +224,13 @@ impl Topology {
     pub fn flush(&mut self, now_ns: u64) -> Vec<EdgeObservation> {
         let mut out = Vec::new();
         self.pairer.flush(&mut out);
-        self.record(&out, now_ns);
+        self.record(&mut out, now_ns);
         out
     }
 
-    fn record(&mut self, observations: &[EdgeObservation], now_ns: u64) {
-        for o in observations {
+    fn record(&mut self, observations: &mut [EdgeObservation], now_ns: u64) {
+        self.proxies.clusters.apply(observations);
+        for o in observations.iter() {
             match self.edges.get_mut(&o.key) {
                 Some(series) => series.record(o, now_ns),
                 None => {

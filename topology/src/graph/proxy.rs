@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::attr::Attributes;
 use crate::graph::node::{ConnectionType, EdgeKey, Endpoint, NodeKey};
-use crate::graph::side::{endpoint_of, istio_cluster};
+use crate::graph::side::{endpoint_of, ClusterMap};
 use crate::graph::window::Counts;
 use crate::metric::{MetricBatch, MetricPoint, PointValue};
 use crate::resource::UNKNOWN_SERVICE;
@@ -36,6 +36,8 @@ pub struct ProxyMetrics {
     proxies: HashSet<u64, foldhash::fast::FixedState>,
     /// Points that named no edge meshlens can place (no service name, an unknown cluster form).
     pub unplaced: u64,
+    /// Plain cluster names meshlens can place.
+    pub clusters: ClusterMap,
 }
 
 /// What one point adds to an edge.
@@ -69,8 +71,13 @@ impl ProxyMetrics {
         let known = !self.proxies.insert(hash_of(who));
         let source = endpoint_of(&batch.resource);
         for point in &batch.points {
-            let Some((key, effect)) = classify(&source, point) else {
-                continue;
+            let (key, effect) = match classify(&source, point, &self.clusters) {
+                Classified::Edge(key, effect) => (key, effect),
+                Classified::UnknownCluster => {
+                    self.unplaced += 1;
+                    continue;
+                }
+                Classified::Ignored => continue,
             };
             let Some(n) = self.increment(who, known, point) else {
                 continue;
@@ -152,39 +159,65 @@ fn text<'a>(a: &'a Attributes, keys: &[&str]) -> Option<&'a str> {
         .find(|s| !s.is_empty() && *s != "unknown")
 }
 
-/// The edge and effect of a point, for the metrics meshlens reads; `None` for the rest.
-fn classify(source: &Endpoint, p: &MetricPoint) -> Option<(EdgeKey, Effect)> {
+enum Classified {
+    Edge(EdgeKey, Effect),
+    /// An Envoy cluster stat of a cluster that is neither Istio-named nor mapped.
+    UnknownCluster,
+    /// Not a metric the graph reads.
+    Ignored,
+}
+
+/// The edge and effect of a point, for the metrics meshlens reads.
+fn classify(source: &Endpoint, p: &MetricPoint, clusters: &ClusterMap) -> Classified {
     let a = &p.attributes;
     if p.name == "istio_requests_total" {
-        return istio(a).map(|(key, class, grpc_error, flags)| {
-            (
+        return match istio(a) {
+            Some((key, class, grpc_error, flags)) => Classified::Edge(
                 key,
                 Effect::Requests {
                     class,
                     grpc_error,
                     flags,
                 },
-            )
-        });
+            ),
+            None => Classified::Ignored,
+        };
     }
-    let (cluster, stat) = envoy_cluster_stat(&p.name, text(a, &["envoy.cluster_name"])?)?;
+    let Some((cluster, stat)) =
+        text(a, &["envoy.cluster_name"]).and_then(|tagged| envoy_cluster_stat(&p.name, tagged))
+    else {
+        return Classified::Ignored;
+    };
     let effect = match stat {
-        "upstream_rq_xx" => Effect::Requests {
-            class: text(a, &["envoy.response_code_class"])?.parse().ok()?,
-            grpc_error: false,
-            flags: Flags::default(),
-        },
+        "upstream_rq_xx" => {
+            let Some(class) = text(a, &["envoy.response_code_class"]).and_then(|c| c.parse().ok())
+            else {
+                return Classified::Ignored;
+            };
+            Effect::Requests {
+                class,
+                grpc_error: false,
+                flags: Flags::default(),
+            }
+        }
         "upstream_rq_retry" => Effect::Retries,
         "upstream_rq_pending_overflow" | "upstream_cx_overflow" => Effect::Overflows,
         _ => Effect::Ejections,
     };
-    let server = istio_cluster(&cluster)?;
+    let Some(server) = clusters.resolve(&cluster) else {
+        // The proxy's own app (`inbound|…`) is not a peer.
+        return if cluster.starts_with("inbound|") {
+            Classified::Ignored
+        } else {
+            Classified::UnknownCluster
+        };
+    };
     let key = EdgeKey {
         client: source.clone(),
         server,
         connection: ConnectionType::Http,
     };
-    Some((key, effect))
+    Classified::Edge(key, effect)
 }
 
 /// The Envoy cluster stats the graph reads.
@@ -314,6 +347,37 @@ mod tests {
                 (o.key.server.node.id(), v, o.counts)
             })
             .collect()
+    }
+
+    #[test]
+    fn plain_cluster_names_are_placed_through_the_map_or_counted_as_unplaced() {
+        let mut m = ProxyMetrics {
+            clusters: ClusterMap::from_pairs([("meet_cluster", "shop/meet:v2")]).unwrap(),
+            ..Default::default()
+        };
+        let xx = |cluster: &'static str, v| {
+            sum(
+                "cluster.upstream_rq_xx",
+                &[
+                    ("envoy.cluster_name", cluster),
+                    ("envoy.response_code_class", "2"),
+                ],
+                v,
+            )
+        };
+        let points = |v| vec![xx("meet_cluster", v), xx("other", v), xx("inbound|80||", v)];
+        assert!(run(&mut m, points(10.0)).is_empty(), "baselines");
+        let got = run(&mut m, points(15.0));
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            (got[0].0.as_str(), got[0].1.as_str()),
+            ("service:shop/meet", "v2")
+        );
+        assert_eq!(got[0].2.requests, 5);
+        assert_eq!(
+            m.unplaced, 2,
+            "`other` in each export; the proxy's own app is not a peer"
+        );
     }
 
     #[test]

@@ -249,6 +249,71 @@ fn virtual_peer(node: NodeKey, connection: ConnectionType, immediate: bool) -> P
     }
 }
 
+/// Plain Envoy cluster names and the services they lead to, for proxies that do not use Istio's
+/// `outbound|port|subset|service` names. Targets are written `[namespace/]service[:version]`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClusterMap(std::collections::HashMap<String, Endpoint>);
+
+impl ClusterMap {
+    /// From (cluster, target) pairs; an empty or malformed target is an error naming it.
+    pub fn from_pairs<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<ClusterMap, String> {
+        let mut map = std::collections::HashMap::new();
+        for (cluster, target) in pairs {
+            let (namespace, rest) = match target.split_once('/') {
+                Some((ns, rest)) => (Some(ns), rest),
+                None => (None, target),
+            };
+            let (name, version) = match rest.split_once(':') {
+                Some((n, v)) => (n, Some(v)),
+                None => (rest, None),
+            };
+            let bad =
+                |part: Option<&str>| part.is_some_and(|p| p.is_empty() || p.contains(['/', ':']));
+            if name.is_empty() || bad(Some(name)) || bad(namespace) || bad(version) {
+                return Err(format!(
+                    "cluster {cluster:?}: target {target:?} is not [namespace/]service[:version]"
+                ));
+            }
+            map.insert(
+                cluster.to_string(),
+                Endpoint {
+                    node: NodeKey::service(namespace, name),
+                    version: version.map(Arc::from),
+                },
+            );
+        }
+        Ok(ClusterMap(map))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The destination a cluster name gives: Istio's form, else this map.
+    pub fn resolve(&self, cluster: &str) -> Option<Endpoint> {
+        istio_cluster(cluster).or_else(|| self.0.get(cluster).cloned())
+    }
+
+    /// Calls settled to an external node named like a mapped cluster (an Envoy client span with
+    /// that `upstream_cluster` and no other side) go to the cluster's service instead.
+    pub fn apply(&self, observations: &mut [crate::graph::EdgeObservation]) {
+        if self.0.is_empty() {
+            return;
+        }
+        for o in observations {
+            let server = &mut o.key.server;
+            if server.node.kind == NodeKind::External {
+                if let Some(e) = self.0.get(&*server.node.name) {
+                    *server = e.clone();
+                    o.key.connection = ConnectionType::Http;
+                }
+            }
+        }
+    }
+}
+
 /// The destination an Istio-style cluster name gives: `outbound|<port>|<subset>|<service>`, where
 /// the service may be a Kubernetes FQDN (`work.shop.svc.cluster.local`) and the subset, when set,
 /// is the destination version. `inbound|…` is the proxy's own app, not a peer.
@@ -359,6 +424,27 @@ mod tests {
         assert!(!o(|o| o.http_status = Some(404)));
         assert!(o(|o| o.grpc_status = Some(14)));
         assert!(!o(|o| o.grpc_status = Some(0)));
+    }
+
+    #[test]
+    fn cluster_maps_name_services_for_plain_clusters() {
+        let m =
+            ClusterMap::from_pairs([("meet_cluster", "shop/meet:v2"), ("db_cluster", "orders")])
+                .unwrap();
+        let e = m.resolve("meet_cluster").unwrap();
+        assert_eq!(
+            (e.node.id(), e.version.as_deref()),
+            ("service:shop/meet".into(), Some("v2"))
+        );
+        assert_eq!(m.resolve("db_cluster").unwrap().node.id(), "service:orders");
+        assert_eq!(
+            m.resolve("outbound|80|v1|work").unwrap().version.as_deref(),
+            Some("v1")
+        );
+        assert_eq!(m.resolve("other"), None);
+        for bad in ["", "a/", "/b", "a:b:c", "ns/a/b", "svc:"] {
+            assert!(ClusterMap::from_pairs([("c", bad)]).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

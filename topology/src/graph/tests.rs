@@ -366,3 +366,42 @@ fn policy_refusals_land_on_the_edge_between_the_services_they_name() {
         "a pair not yet seen by spans"
     );
 }
+
+#[test]
+fn an_unpaired_envoy_client_span_to_a_mapped_cluster_reaches_its_service() {
+    let mut t = Topology::new(
+        PairingConfig {
+            ttl_ns: 1_000,
+            max_pending: 10,
+        },
+        HealthConfig::default(),
+    )
+    .with_clusters(ClusterMap::from_pairs([("meet_cluster", "shop/meet:v2")]).unwrap());
+    let span = |id, cluster: &str| {
+        SpanBuilder::new(1, id, "work", "egress meet", 10)
+            .kind(SpanKind::Client)
+            .attr("upstream_cluster", cluster)
+            .build()
+    };
+    t.observe([&span(1, "meet_cluster"), &span(2, "elsewhere")], NOW);
+    let mut settled = t.tick(NOW + 1_000);
+    settled.sort_by_key(|o| o.key.server.node.id());
+    let servers: Vec<_> = settled
+        .iter()
+        .map(|o| {
+            (
+                o.key.server.node.id(),
+                o.key.server.version.as_deref().map(str::to_string),
+            )
+        })
+        .collect();
+    assert_eq!(
+        servers,
+        [
+            ("external:elsewhere".to_string(), None),
+            ("service:shop/meet".to_string(), Some("v2".to_string())),
+        ]
+    );
+    let snap = t.whole(Window::M1, NOW + 2_000);
+    assert!(edges(&snap).contains(&("service:work".into(), "service:shop/meet".into(), 1, 0)));
+}
