@@ -69,8 +69,12 @@ fn counts_text(c: &Counts) -> String {
     json!(c.to_array()).to_string()
 }
 
+/// Rows written before the mTLS counts have 11 numbers; the missing ones are 0.
 fn counts_from(text: &str) -> Option<Counts> {
-    let a: Vec<u64> = serde_json::from_str(text).ok()?;
+    let mut a: Vec<u64> = serde_json::from_str(text).ok()?;
+    if a.len() == 11 {
+        a.extend([0, 0]);
+    }
     Some(Counts::from_array(a.try_into().ok()?))
 }
 
@@ -189,5 +193,26 @@ impl Store {
                 .await?
                 .rows_affected()
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_written_before_the_mtls_counts_read_back() {
+        let old = counts_from("[5,1,0,1,0,0,0,0,42,3,0]").unwrap();
+        assert_eq!(
+            (old.requests, old.bytes, old.retries, old.mtls),
+            (5, 42, 3, 0)
+        );
+        let c = Counts {
+            mtls: 7,
+            tls_known: 9,
+            ..old
+        };
+        assert_eq!(counts_from(&counts_text(&c)), Some(c));
+        assert_eq!(counts_from("[1,2]"), None);
     }
 }

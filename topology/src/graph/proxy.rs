@@ -58,6 +58,8 @@ struct Flags {
     denied: bool,
     rate_limited: bool,
     overflow: bool,
+    /// Over mutual TLS (`Some(true)`), not (`Some(false)`), or not reported.
+    mtls: Option<bool>,
 }
 
 impl ProxyMetrics {
@@ -101,6 +103,8 @@ impl ProxyMetrics {
                     counts.denied = if flags.denied { n } else { 0 };
                     counts.rate_limited = if flags.rate_limited { n } else { 0 };
                     counts.overflows = if flags.overflow { n } else { 0 };
+                    counts.tls_known = if flags.mtls.is_some() { n } else { 0 };
+                    counts.mtls = if flags.mtls == Some(true) { n } else { 0 };
                 }
                 Effect::Retries => counts.retries = n,
                 Effect::Overflows => counts.overflows = n,
@@ -309,6 +313,11 @@ fn istio(a: &Attributes) -> Option<(EdgeKey, u8, bool, Flags)> {
             denied: has("UAEX"),
             rate_limited: has("RL"),
             overflow: has("UO"),
+            mtls: match text(a, &["connection_security_policy"]) {
+                Some("mutual_tls") => Some(true),
+                Some("none") => Some(false),
+                _ => None,
+            },
         },
     ))
 }
@@ -507,6 +516,10 @@ mod tests {
                 ("destination_service_namespace", "shop"),
                 ("response_code", code),
                 ("response_flags", "-"),
+                (
+                    "connection_security_policy",
+                    if code == "200" { "mutual_tls" } else { "none" },
+                ),
             ]
         };
         let point = |reporter, code, v| MetricPoint {
@@ -537,5 +550,11 @@ mod tests {
         );
         assert_eq!(got[0].2.requests, 8);
         assert_eq!((got[1].2.requests, got[1].2.http_5xx), (2, 2));
+        let tls = |c: &Counts| (c.mtls, c.tls_known);
+        assert_eq!(
+            (tls(&got[0].2), tls(&got[1].2)),
+            ((8, 8), (0, 2)),
+            "mTLS where reported"
+        );
     }
 }

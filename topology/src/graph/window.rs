@@ -78,6 +78,10 @@ pub struct Counts {
     /// Retries and outlier ejections, which only proxies' metrics report.
     pub retries: u64,
     pub ejections: u64,
+    /// Requests over mutual TLS, of `tls_known` whose connection security was reported (Istio's
+    /// `connection_security_policy`).
+    pub mtls: u64,
+    pub tls_known: u64,
 }
 
 impl Counts {
@@ -95,7 +99,7 @@ impl Counts {
     }
 
     /// The counts in a fixed order (for storage).
-    pub fn to_array(self) -> [u64; 11] {
+    pub fn to_array(self) -> [u64; 13] {
         [
             self.requests,
             self.failures,
@@ -108,11 +112,13 @@ impl Counts {
             self.bytes,
             self.retries,
             self.ejections,
+            self.mtls,
+            self.tls_known,
         ]
     }
 
-    pub fn from_array(a: [u64; 11]) -> Counts {
-        let [requests, failures, http_4xx, http_5xx, grpc_errors, denied, rate_limited, overflows, bytes, retries, ejections] =
+    pub fn from_array(a: [u64; 13]) -> Counts {
+        let [requests, failures, http_4xx, http_5xx, grpc_errors, denied, rate_limited, overflows, bytes, retries, ejections, mtls, tls_known] =
             a;
         Counts {
             requests,
@@ -126,6 +132,8 @@ impl Counts {
             bytes,
             retries,
             ejections,
+            mtls,
+            tls_known,
         }
     }
 

@@ -83,6 +83,8 @@ pub struct StatsDto {
     /// Retries and outlier ejections (from proxies' metrics).
     pub retries: u64,
     pub ejections: u64,
+    /// Share of requests over mutual TLS, in percent, where proxies reported it (Istio).
+    pub mtls_pct: Option<f64>,
     /// Server-side latency where known, else client-side (virtual nodes).
     pub latency_ms: Option<Percentiles>,
     pub client_latency_ms: Option<Percentiles>,
@@ -123,6 +125,7 @@ pub fn stats_dto(s: &Summary, window: Window) -> StatsDto {
         bytes: c.bytes,
         retries: c.retries,
         ejections: c.ejections,
+        mtls_pct: (c.tls_known > 0).then(|| c.mtls as f64 * 100.0 / c.tls_known as f64),
         latency_ms: percentiles(s.latency),
         client_latency_ms: percentiles(s.client_latency),
     }
