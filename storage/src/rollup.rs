@@ -19,7 +19,16 @@ pub struct EdgeMinute {
     pub stats: Stats,
 }
 
-type Row = (i64, String, String, String, String, Vec<u8>, Vec<u8>);
+type Row = (
+    i64,
+    String,
+    String,
+    String,
+    String,
+    Vec<u8>,
+    Vec<u8>,
+    Vec<u8>,
+);
 
 fn endpoint_json(e: &Endpoint) -> Value {
     json!([
@@ -118,7 +127,7 @@ fn sketch_from(bytes: &[u8]) -> Option<LatencySketch> {
 }
 
 fn decode(row: Row) -> Result<EdgeMinute, StoreError> {
-    let (minute, edge, counts, metric_counts, policy_counts, server, client) = row;
+    let (minute, edge, counts, metric_counts, policy_counts, server, client, metric) = row;
     let corrupt = || StoreError::Corrupt(format!("edge_minutes row {minute} {edge}"));
     Ok(EdgeMinute {
         minute,
@@ -133,6 +142,7 @@ fn decode(row: Row) -> Result<EdgeMinute, StoreError> {
             },
             server_latency: sketch_from(&server).ok_or_else(corrupt)?,
             client_latency: sketch_from(&client).ok_or_else(corrupt)?,
+            metric_latency: sketch_from(&metric).ok_or_else(corrupt)?,
         },
     })
 }
@@ -148,11 +158,12 @@ impl Store {
             for r in rows {
                 sqlx::query(
                     "INSERT INTO edge_minutes (minute, edge, counts, metric_counts, policy_counts,
-                       server_latency, client_latency)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)
+                       server_latency, client_latency, metric_latency)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                      ON CONFLICT (minute, edge) DO UPDATE SET counts = excluded.counts,
                        metric_counts = excluded.metric_counts, policy_counts = excluded.policy_counts,
-                       server_latency = excluded.server_latency, client_latency = excluded.client_latency",
+                       server_latency = excluded.server_latency, client_latency = excluded.client_latency,
+                       metric_latency = excluded.metric_latency",
                 )
                 .bind(r.minute)
                 .bind(edge_text(&r.key))
@@ -161,6 +172,7 @@ impl Store {
                 .bind(policy_counts_text(&r.stats.policy_counts))
                 .bind(sketch_bytes(&r.stats.server_latency))
                 .bind(sketch_bytes(&r.stats.client_latency))
+                .bind(sketch_bytes(&r.stats.metric_latency))
                 .execute(&mut *tx)
                 .await?;
             }
@@ -173,7 +185,8 @@ impl Store {
     pub async fn edge_minutes(&self, from: i64, to: i64) -> Result<Vec<EdgeMinute>, StoreError> {
         let rows: Vec<Row> = on_pool!(&self.pool, |p| {
             sqlx::query_as(
-                "SELECT minute, edge, counts, metric_counts, policy_counts, server_latency, client_latency
+                "SELECT minute, edge, counts, metric_counts, policy_counts, server_latency, client_latency,
+                   metric_latency
                  FROM edge_minutes WHERE minute >= $1 AND minute < $2 ORDER BY minute, edge",
             )
             .bind(from)

@@ -463,6 +463,7 @@ async fn edge_minutes_round_trip(store: &Store) {
         },
         server_latency: server.clone(),
         client_latency: LatencySketch::new(),
+        metric_latency: server.clone(),
     };
     let keys = [
         EdgeKey {

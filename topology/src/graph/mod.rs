@@ -121,10 +121,10 @@ impl Topology {
         self.proxies.observe(batch, &mut out);
         for o in &out {
             match self.edges.get_mut(&o.key) {
-                Some(series) => series.record_metric(&o.counts, now_ns),
+                Some(series) => series.record_metric(&o.counts, o.latency.as_ref(), now_ns),
                 None => {
                     let mut series = Series::default();
-                    series.record_metric(&o.counts, now_ns);
+                    series.record_metric(&o.counts, o.latency.as_ref(), now_ns);
                     self.edges.insert(o.key.clone(), series);
                 }
             }

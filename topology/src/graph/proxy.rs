@@ -13,6 +13,7 @@ use std::sync::Arc;
 use crate::attr::Attributes;
 use crate::graph::node::{ConnectionType, EdgeKey, Endpoint, NodeKey};
 use crate::graph::side::{endpoint_of, ClusterMap};
+use crate::graph::sketch::{key_of, LatencySketch};
 use crate::graph::window::Counts;
 use crate::metric::{MetricBatch, MetricPoint, PointValue};
 use crate::resource::UNKNOWN_SERVICE;
@@ -22,6 +23,8 @@ use crate::resource::UNKNOWN_SERVICE;
 pub struct MetricObservation {
     pub key: EdgeKey,
     pub counts: Counts,
+    /// Latencies a histogram added (in its buckets' resolution).
+    pub latency: Option<LatencySketch>,
 }
 
 /// Most series whose last value is remembered; past it, the memory starts afresh (every series
@@ -32,6 +35,8 @@ const MAX_SERIES: usize = 200_000;
 #[derive(Default)]
 pub struct ProxyMetrics {
     last: HashMap<u64, f64, foldhash::fast::FixedState>,
+    /// Last bucket counts of cumulative histograms.
+    last_buckets: HashMap<u64, Vec<u64>, foldhash::fast::FixedState>,
     /// Proxies (resources) heard from before.
     proxies: HashSet<u64, foldhash::fast::FixedState>,
     /// Points that named no edge meshlens can place (no service name, an unknown cluster form).
@@ -51,6 +56,8 @@ enum Effect {
     Retries,
     Overflows,
     Ejections,
+    /// A latency histogram in milliseconds.
+    Latency,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -65,8 +72,9 @@ struct Flags {
 impl ProxyMetrics {
     /// The increments this batch adds, per edge.
     pub fn observe(&mut self, batch: &MetricBatch, out: &mut Vec<MetricObservation>) {
-        if self.last.len() > MAX_SERIES {
+        if self.last.len() + self.last_buckets.len() > MAX_SERIES {
             self.last.clear();
+            self.last_buckets.clear();
             self.proxies.clear();
         }
         let who = &batch.resource.service;
@@ -81,6 +89,19 @@ impl ProxyMetrics {
                 }
                 Classified::Ignored => continue,
             };
+            if let Effect::Latency = effect {
+                if key.client.node.name.as_ref() == UNKNOWN_SERVICE {
+                    continue;
+                }
+                if let Some(latency) = self.histogram_increment(who, known, point) {
+                    out.push(MetricObservation {
+                        key,
+                        counts: Counts::default(),
+                        latency: Some(latency),
+                    });
+                }
+                continue;
+            }
             let Some(n) = self.increment(who, known, point) else {
                 continue;
             };
@@ -109,9 +130,14 @@ impl ProxyMetrics {
                 Effect::Retries => counts.retries = n,
                 Effect::Overflows => counts.overflows = n,
                 Effect::Ejections => counts.ejections = n,
+                Effect::Latency => {}
             }
             if n > 0 {
-                out.push(MetricObservation { key, counts });
+                out.push(MetricObservation {
+                    key,
+                    counts,
+                    latency: None,
+                });
             }
         }
     }
@@ -153,6 +179,67 @@ impl ProxyMetrics {
     }
 }
 
+impl ProxyMetrics {
+    /// The latencies a histogram point adds since the proxy's last export (all of a delta
+    /// point; for cumulative ones the difference per bucket, the whole point after a reset, and
+    /// nothing for a series' first point from a proxy not heard from before). Each bucket's
+    /// values are placed at its middle (geometric, for buckets that start above zero).
+    fn histogram_increment(
+        &mut self,
+        who: &crate::ServiceIdentity,
+        known: bool,
+        p: &MetricPoint,
+    ) -> Option<LatencySketch> {
+        let PointValue::Histogram {
+            bounds,
+            counts,
+            delta,
+            ..
+        } = &p.value
+        else {
+            return None;
+        };
+        if counts.len() != bounds.len() + 1 || bounds.iter().any(|b| !b.is_finite() || *b < 0.0) {
+            return None;
+        }
+        let added: Vec<u64> = if *delta {
+            counts.clone()
+        } else {
+            let mut h = foldhash::fast::FixedState::default().build_hasher();
+            (who, &p.name).hash(&mut h);
+            for (k, v) in p.attributes.iter() {
+                k.hash(&mut h);
+                v.to_text().hash(&mut h);
+            }
+            match self.last_buckets.insert(h.finish(), counts.clone()) {
+                None if !known => return None,
+                None => counts.clone(),
+                Some(prev)
+                    if prev.len() == counts.len()
+                        && prev.iter().zip(counts).all(|(a, b)| b >= a) =>
+                {
+                    counts.iter().zip(&prev).map(|(c, p)| c - p).collect()
+                }
+                // Fewer in some bucket, or other bounds: the proxy started afresh.
+                Some(_) => counts.clone(),
+            }
+        };
+        let mut sketch = LatencySketch::new();
+        for (i, n) in added.iter().enumerate().filter(|(_, n)| **n > 0) {
+            let upper = bounds.get(i).copied();
+            let lower = if i == 0 { 0.0 } else { bounds[i - 1] };
+            let ms = match upper {
+                Some(u) if lower > 0.0 => (lower * u).sqrt(),
+                Some(u) => u / 2.0,
+                None => lower,
+            };
+            let ns = (ms * 1e6).clamp(0.0, u64::MAX as f64) as u64;
+            sketch.add_key(key_of(ns), (*n).min(u64::from(u32::MAX)) as u32);
+        }
+        (!sketch.is_empty()).then_some(sketch)
+    }
+}
+
 fn hash_of(v: &impl Hash) -> u64 {
     foldhash::fast::FixedState::default().hash_one(v)
 }
@@ -187,6 +274,12 @@ fn classify(source: &Endpoint, p: &MetricPoint, clusters: &ClusterMap) -> Classi
             None => Classified::Ignored,
         };
     }
+    if p.name == "istio_request_duration_milliseconds" {
+        return match istio(a) {
+            Some((key, ..)) => Classified::Edge(key, Effect::Latency),
+            None => Classified::Ignored,
+        };
+    }
     let Some((cluster, stat)) =
         text(a, &["envoy.cluster_name"]).and_then(|tagged| envoy_cluster_stat(&p.name, tagged))
     else {
@@ -206,6 +299,7 @@ fn classify(source: &Endpoint, p: &MetricPoint, clusters: &ClusterMap) -> Classi
         }
         "upstream_rq_retry" => Effect::Retries,
         "upstream_rq_pending_overflow" | "upstream_cx_overflow" => Effect::Overflows,
+        "upstream_rq_time" => Effect::Latency,
         _ => Effect::Ejections,
     };
     let Some(server) = clusters.resolve(&cluster) else {
@@ -227,6 +321,7 @@ fn classify(source: &Endpoint, p: &MetricPoint, clusters: &ClusterMap) -> Classi
 /// The Envoy cluster stats the graph reads.
 const ENVOY_STATS: &[&str] = &[
     "upstream_rq_xx",
+    "upstream_rq_time",
     "upstream_rq_retry",
     "upstream_rq_pending_overflow",
     "upstream_cx_overflow",
@@ -556,5 +651,49 @@ mod tests {
             ((8, 8), (0, 2)),
             "mTLS where reported"
         );
+    }
+
+    #[test]
+    fn latency_histograms_become_sketches_of_their_increments() {
+        let hist = |counts: Vec<u64>| MetricPoint {
+            value: PointValue::Histogram {
+                count: counts.iter().sum(),
+                sum: 0.0,
+                bounds: vec![0.5, 1.0, 5.0, 10.0],
+                counts,
+                delta: false,
+            },
+            ..sum(
+                "cluster.upstream_rq_time",
+                &[("envoy.cluster_name", "outbound|80|v2|meet")],
+                0.0,
+            )
+        };
+        let mut m = ProxyMetrics::default();
+        let batch = |p| MetricBatch {
+            resource: resource("work", Some("v1")),
+            points: vec![p],
+        };
+        let mut out = Vec::new();
+        m.observe(&batch(hist(vec![5, 0, 0, 0, 0])), &mut out);
+        assert!(out.is_empty(), "a baseline");
+        m.observe(&batch(hist(vec![5, 10, 0, 90, 1])), &mut out);
+        assert_eq!(out.len(), 1);
+        let o = &out[0];
+        assert_eq!(o.key.server.node.id(), "service:meet");
+        assert_eq!(o.counts, Counts::default(), "latency only, no requests");
+        let l = o.latency.as_ref().unwrap();
+        assert_eq!(l.count(), 101);
+        let q = l.quantiles().unwrap();
+        // 90 of 101 in (5, 10] ms: the median is that bucket's middle, about 7.1 ms.
+        assert!((q.p50_ns / 1e6 - 50f64.sqrt()).abs() < 0.2, "{q:?}");
+        // Bad bounds are skipped.
+        let mut bad = hist(vec![1, 1, 1, 1, 1]);
+        if let PointValue::Histogram { bounds, .. } = &mut bad.value {
+            bounds.pop();
+        }
+        out.clear();
+        m.observe(&batch(bad), &mut out);
+        assert!(out.is_empty());
     }
 }

@@ -83,11 +83,13 @@ impl Summary {
             from_policy.add(&s.policy_counts);
             sums.server.add(&s.server_latency);
             sums.client.add(&s.client_latency);
+            sums.metric.add(&s.metric_latency);
         }
         out.counts = effective(&out.counts, &from_metrics, &from_policy);
         let server = sums.server.take_quantiles();
         out.client_latency = sums.client.take_quantiles();
-        out.latency = server.or(out.client_latency);
+        let metric = sums.metric.take_quantiles();
+        out.latency = server.or(out.client_latency).or(metric);
         out
     }
 
@@ -124,6 +126,7 @@ fn effective(spans: &Counts, metrics: &Counts, policy: &PolicyCounts) -> Counts 
 struct Sums {
     server: SketchSum,
     client: SketchSum,
+    metric: SketchSum,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -405,3 +405,35 @@ fn an_unpaired_envoy_client_span_to_a_mapped_cluster_reaches_its_service() {
     let snap = t.whole(Window::M1, NOW + 2_000);
     assert!(edges(&snap).contains(&("service:work".into(), "service:shop/meet".into(), 1, 0)));
 }
+
+#[test]
+fn an_edge_seen_only_by_metrics_takes_its_latency_from_their_histograms() {
+    use crate::metric::{MetricBatch, MetricPoint, PointValue};
+    let mut t = topology();
+    let mut attrs = crate::attr::Attributes::new();
+    attrs.push("envoy.cluster_name", "outbound|80|v2|meet");
+    let point = |counts: Vec<u64>| MetricPoint {
+        name: "cluster.upstream_rq_time".into(),
+        attributes: attrs.clone(),
+        value: PointValue::Histogram {
+            count: counts.iter().sum(),
+            sum: 0.0,
+            bounds: vec![1.0, 10.0, 100.0],
+            counts,
+            delta: true,
+        },
+    };
+    let batch = MetricBatch {
+        resource: resource("work", Some("v1")),
+        points: vec![point(vec![0, 0, 40, 0])],
+    };
+    t.observe_metrics(&batch, NOW);
+    let snap = t.whole(Window::M1, NOW + 1_000);
+    let e = &snap.edges[0];
+    let p50_ms = e.stats.latency.unwrap().p50_ns / 1e6;
+    assert!(
+        (p50_ms - 1000f64.sqrt()).abs() < 1.0,
+        "the (10, 100] ms bucket: {p50_ms}"
+    );
+    assert!(e.stats.client_latency.is_none(), "no spans");
+}

@@ -181,6 +181,9 @@ pub struct Stats {
     pub policy_counts: PolicyCounts,
     pub server_latency: LatencySketch,
     pub client_latency: LatencySketch,
+    /// Latencies from proxies' histograms (Istio's request duration, Envoy's upstream request
+    /// time): coarse, within the proxy's bucket, so used only where spans gave none.
+    pub metric_latency: LatencySketch,
 }
 
 /// An observation's latency buckets, computed once for every slot and total it goes into.
@@ -220,6 +223,7 @@ impl Stats {
         self.policy_counts.add(&other.policy_counts);
         self.server_latency.merge(&other.server_latency);
         self.client_latency.merge(&other.client_latency);
+        self.metric_latency.merge(&other.metric_latency);
     }
 
     /// Takes out what `other` added before (a slot leaving a window).
@@ -229,20 +233,25 @@ impl Stats {
         self.policy_counts.subtract(&other.policy_counts);
         self.server_latency.subtract(&other.server_latency);
         self.client_latency.subtract(&other.client_latency);
+        self.metric_latency.subtract(&other.metric_latency);
     }
 
     /// The latency to show for this edge: the server's where known (what the callee spent), else
     /// the client's (virtual nodes have only that side).
     pub fn latency(&self) -> &LatencySketch {
-        if self.server_latency.is_empty() {
+        if !self.server_latency.is_empty() {
+            &self.server_latency
+        } else if !self.client_latency.is_empty() {
             &self.client_latency
         } else {
-            &self.server_latency
+            &self.metric_latency
         }
     }
 
     pub fn heap_bytes(&self) -> usize {
-        self.server_latency.heap_bytes() + self.client_latency.heap_bytes()
+        self.server_latency.heap_bytes()
+            + self.client_latency.heap_bytes()
+            + self.metric_latency.heap_bytes()
     }
 }
 
@@ -268,9 +277,14 @@ impl Series {
         self.each_current(now_ns, |stats| stats.record_keyed(o, keys));
     }
 
-    /// Adds increments counted by a proxy's metrics.
-    pub fn record_metric(&mut self, counts: &Counts, now_ns: u64) {
-        self.each_current(now_ns, |stats| stats.metric_counts.add(counts));
+    /// Adds increments counted by a proxy's metrics, and the latencies of its histograms.
+    pub fn record_metric(&mut self, counts: &Counts, latency: Option<&LatencySketch>, now_ns: u64) {
+        self.each_current(now_ns, |stats| {
+            stats.metric_counts.add(counts);
+            if let Some(l) = latency {
+                stats.metric_latency.merge(l);
+            }
+        });
     }
 
     /// Adds denials and rate limits decided by the policy server.
