@@ -108,7 +108,11 @@ impl Topology {
                 e
             });
             if let Some(side) = side {
+                let forwarded = side.as_forwarder(span, &self.proxies.clusters);
                 self.pairer.observe(side, now_ns, &mut out);
+                if let Some(client) = forwarded {
+                    self.pairer.observe(client, now_ns, &mut out);
+                }
             }
         }
         self.record(&mut out, now_ns);

@@ -110,20 +110,22 @@ impl Pairer {
         match self.pending.get(&key).map(|(waiting, _)| waiting.role) {
             Some(role) if role != side.role => {
                 if let Some((waiting, _)) = self.pending.remove(&key) {
-                    self.counters.paired += 2;
+                    self.counters.paired += 2 - waiting.inferred as u64 - side.inferred as u64;
                     out.push(pair(&waiting, &side));
                 }
             }
             Some(_) => {
                 // Two spans claim one key (a retried export, or two servers under one client):
                 // the first keeps its place, the second is counted and goes.
-                self.counters.unpaired += 1;
+                self.counters.unpaired += !side.inferred as u64;
             }
             None => {
                 if self.pending.len() >= self.config.max_pending.max(1) {
                     if let Some((_, (oldest, _))) = self.pending.pop_front() {
-                        self.counters.evicted += 1;
-                        self.settle_alone(oldest, out);
+                        if !oldest.inferred {
+                            self.counters.evicted += 1;
+                            self.settle_alone(oldest, out);
+                        }
                     }
                 }
                 self.pending.insert(key, (side, now_ns));
@@ -138,8 +140,11 @@ impl Pairer {
                 break;
             }
             if let Some((_, (side, _))) = self.pending.pop_front() {
-                self.counters.expired += 1;
-                self.settle_alone(side, out);
+                // An inferred side is no span of its own: unmatched, it just goes.
+                if !side.inferred {
+                    self.counters.expired += 1;
+                    self.settle_alone(side, out);
+                }
             }
         }
     }

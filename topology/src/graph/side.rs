@@ -69,6 +69,9 @@ pub struct SpanSide {
     pub bytes: u64,
     /// For client spans: the peer the span names, if any.
     pub peer: Option<Peer>,
+    /// A client side inferred from a proxy's SERVER span that forwarded to another service
+    /// (`as_forwarder`): it makes an edge only if that service's server span pairs with it.
+    pub inferred: bool,
 }
 
 /// Span names Envoy gives its own calls to the policy server.
@@ -112,6 +115,30 @@ impl SpanSide {
             } else {
                 None
             },
+            inferred: false,
+        })
+    }
+
+    /// An Envoy ingress without `spawn_upstream_span` writes one SERVER span and forwards the
+    /// request; the next service's SERVER span is then its child. For such a server side (its
+    /// `upstream_cluster` names another service), the client side of that hop; `None` otherwise.
+    pub fn as_forwarder(&self, span: &Span, clusters: &ClusterMap) -> Option<SpanSide> {
+        if self.role != Role::Server {
+            return None;
+        }
+        let target = clusters.resolve(text(span, &["upstream_cluster"])?)?;
+        if target.node == self.endpoint.node {
+            return None;
+        }
+        Some(SpanSide {
+            role: Role::Client,
+            peer: Some(Peer {
+                endpoint: target,
+                connection: self.protocol.unwrap_or(ConnectionType::Http),
+                immediate: false,
+            }),
+            inferred: true,
+            ..self.clone()
         })
     }
 }

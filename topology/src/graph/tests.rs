@@ -437,3 +437,69 @@ fn an_edge_seen_only_by_metrics_takes_its_latency_from_their_histograms() {
     );
     assert!(e.stats.client_latency.is_none(), "no spans");
 }
+
+/// An Envoy ingress without `spawn_upstream_span`: its SERVER span (naming the next service in
+/// `upstream_cluster`) is the parent of that service's SERVER span. In either order the hop is
+/// one edge; with `spawn_upstream_span` (a CLIENT span in between) it is still one.
+#[test]
+fn an_ingress_server_span_that_forwarded_is_the_client_of_the_next_hop() {
+    let ingress = |id| {
+        SpanBuilder::new(5, id, "ingress", "ingress work", 10)
+            .kind(SpanKind::Server)
+            .resource(resource("ingress", None))
+            .attr("upstream_cluster", "outbound|80|v1|work")
+            .duration_ns(4_000_000)
+            .build()
+    };
+    let work = |id, parent| {
+        SpanBuilder::new(5, id, "work", "GET /", 11)
+            .kind(SpanKind::Server)
+            .resource(resource("work", Some("v1")))
+            .parent(parent)
+            .duration_ns(2_000_000)
+            .build()
+    };
+    for reversed in [false, true] {
+        let mut t = topology();
+        let (a, b) = (ingress(1), work(2, 1));
+        let spans = if reversed { [&b, &a] } else { [&a, &b] };
+        t.observe(spans, NOW);
+        t.tick(NOW + 60 * 1_000_000_000);
+        let snap = t.whole(Window::M5, NOW + 60 * 1_000_000_000);
+        let mut got = edges(&snap);
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                ("service:ingress".into(), "service:work".into(), 1, 0),
+                ("user:user".into(), "service:ingress".into(), 1, 0),
+            ],
+            "reversed: {reversed}"
+        );
+        let c = t.counters();
+        assert_eq!(
+            (c.paired, c.expired, c.unpaired),
+            (1, 0, 0),
+            "the work span paired"
+        );
+    }
+    // With spawn_upstream_span: ingress SERVER 1 → CLIENT 2 → work SERVER 3.
+    let mut t = topology();
+    let client = SpanBuilder::new(5, 2, "ingress", "router work egress", 10)
+        .kind(SpanKind::Client)
+        .resource(resource("ingress", None))
+        .parent(1)
+        .attr("upstream_cluster", "outbound|80|v1|work")
+        .build();
+    t.observe([&ingress(1), &client, &work(3, 2)], NOW);
+    t.tick(NOW + 60 * 1_000_000_000);
+    let snap = t.whole(Window::M5, NOW + 60 * 1_000_000_000);
+    let hop = edges(&snap)
+        .into_iter()
+        .filter(|e| e.0 == "service:ingress")
+        .collect::<Vec<_>>();
+    assert_eq!(
+        hop,
+        [("service:ingress".into(), "service:work".into(), 1, 0)]
+    );
+}

@@ -347,6 +347,12 @@ impl Series {
         while self.coarse.front().is_some_and(|(s, _)| *s < coarse_lowest) {
             self.coarse.pop_front();
         }
+        // An idle edge keeps no slot buffers (it may stay idle for up to an hour).
+        for ring in [&mut self.fine, &mut self.coarse] {
+            if ring.is_empty() && ring.capacity() > 0 {
+                *ring = VecDeque::new();
+            }
+        }
     }
 
     /// The window's statistics as of the last `advance` or `record`.
