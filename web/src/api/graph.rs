@@ -316,7 +316,11 @@ pub async fn get_graph(
         return Ok(json_bytes(cached.json.clone()));
     }
     // Same filters, same snapshot, same answer: a polling UI gets it from memory.
-    Ok(json_bytes(cached.filtered_json(&query)))
+    Ok(json_bytes(st.graph.filtered_json(
+        query.window,
+        &cached,
+        &query,
+    )))
 }
 
 fn json_bytes(body: Bytes) -> Response {
