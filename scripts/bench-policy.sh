@@ -47,7 +47,11 @@ start() { # $1 = backend, $2 = cpu list or ""
   wait_port 19091
 }
 
-stop() { kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""; rm -f "$WORK"/m.db*; }
+stop() {
+  kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""; rm -f "$WORK"/m.db*
+  # The next case starts only once this one's ports are closed.
+  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/19091) 2>/dev/null || return 0; sleep 0.1; done
+}
 
 case_() { # $1 = backend, $2 = api, $3 = rate (0 = closed loop), $4 = "pinned" or ""
   local server_cpu="" client=()

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
-use std::sync::Mutex;
+use std::sync::RwLock;
 
 use prometheus::{
     exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
@@ -347,14 +347,16 @@ impl Metrics {
 /// refused (the caller counts them).
 pub struct SeriesCap {
     limit: usize,
-    seen: Mutex<HashSet<u64>>,
+    /// Read-mostly: a label set is admitted once, then only looked up (checks on the hot path
+    /// share the read lock instead of queueing on a mutex).
+    seen: RwLock<HashSet<u64>>,
 }
 
 impl SeriesCap {
     pub fn new(limit: usize) -> Self {
         SeriesCap {
             limit,
-            seen: Mutex::new(HashSet::new()),
+            seen: RwLock::new(HashSet::new()),
         }
     }
 
@@ -362,7 +364,15 @@ impl SeriesCap {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         labels.hash(&mut h);
         let key = h.finish();
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if self
+            .seen
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&key)
+        {
+            return true;
+        }
+        let mut seen = self.seen.write().unwrap_or_else(|e| e.into_inner());
         if seen.contains(&key) {
             return true;
         }
