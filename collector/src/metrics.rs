@@ -49,7 +49,8 @@ pub struct Metrics {
     /// Label sets not exported because a product metric reached its series cap, by metric.
     pub topology_series_dropped: IntCounterVec,
     /// Policy checks by API (`ext_authz`, `ratelimit`) and decision (`allow`, `deny`,
-    /// `rate_limited`; `ok`, `over_limit`; `invalid` for malformed requests).
+    /// `rate_limited`, `unavailable` (failing closed); `ok`, `over_limit`; `invalid` for
+    /// malformed requests).
     pub policy_checks: IntCounterVec,
     /// Server-side decision time of a check, by API.
     pub policy_check_seconds: HistogramVec,

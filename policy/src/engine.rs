@@ -249,8 +249,7 @@ impl PolicyEngine {
                 let (verdict, audited) = loaded.authz.evaluate(attrs);
                 let verdict = match verdict {
                     Verdict::Allow { .. } if self.settings.failure_mode == FailureMode::Closed => {
-                        Verdict::Deny {
-                            rule: None,
+                        Verdict::Unavailable {
                             reason: "quota store unavailable".into(),
                         }
                     }
@@ -273,6 +272,7 @@ impl PolicyEngine {
                     .unwrap_or(reason.clone()),
             )),
             Verdict::RateLimited { quota, .. } => Some((429, quota.to_string())),
+            Verdict::Unavailable { reason } => Some((503, reason.clone())),
         };
         if let Some((status, by)) = refused {
             self.record(Denial {

@@ -238,6 +238,13 @@ async fn an_unreachable_redis_fails_open_or_closed_within_the_deadline() {
             assert!(out.backend_error.is_some());
             let allowed = matches!(out.decision.verdict, Verdict::Allow { .. });
             assert_eq!(allowed, mode == FailureMode::Open);
+            if mode == FailureMode::Closed {
+                assert!(
+                    matches!(out.decision.verdict, Verdict::Unavailable { .. }),
+                    "closed is a retryable refusal: {:?}",
+                    out.decision.verdict
+                );
+            }
         }
     }
     drop(silent);

@@ -1,6 +1,7 @@
 //! `envoy.service.auth.v3.Authorization/Check`: Envoy's `AttributeContext` in, an OK or denied
 //! `CheckResponse` out. A denial is 403 with the reason as body; an exhausted quota is 429
-//! with `x-ratelimit-*` and `retry-after` (a bare non-OK status would become 403 in Envoy).
+//! with `x-ratelimit-*` and `retry-after` (a bare non-OK status would become 403 in Envoy); a
+//! quota store that cannot answer, when failing closed, is 503 with `retry-after`.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ const API: &str = "ext_authz";
 /// google.rpc codes.
 const PERMISSION_DENIED: i32 = 7;
 const RESOURCE_EXHAUSTED: i32 = 8;
+const UNAVAILABLE: i32 = 14;
 /// Longest header value or path kept from a request; policies match on prefixes of these.
 const MAX_VALUE: usize = 8 * 1024;
 
@@ -174,6 +176,13 @@ pub fn response(d: &AuthzDecision) -> CheckResponse {
             }
         }
         Verdict::Deny { reason, .. } => denied(PERMISSION_DENIED, 403, reason.clone(), Vec::new()),
+        // Fail closed, but as a retryable answer: the request may pass once quotas count again.
+        Verdict::Unavailable { reason } => denied(
+            UNAVAILABLE,
+            503,
+            reason.clone(),
+            vec![header("retry-after", "1")],
+        ),
         Verdict::RateLimited { quota, rate, usage } => {
             let mut headers: Vec<_> = ratelimit_headers(*rate, usage)
                 .into_iter()
@@ -233,6 +242,7 @@ impl Authorization for AuthzService {
                 );
                 "rate_limited"
             }
+            Verdict::Unavailable { .. } => "unavailable",
         };
         let resp = response(d);
         s.finish(API, decision, started);

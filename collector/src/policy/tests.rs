@@ -251,3 +251,23 @@ fn reload_outcomes_are_counted_and_a_bad_file_keeps_the_old_config() {
         .render()
         .contains("meshlens_policy_config_last_reload_successful 1"));
 }
+
+/// Failing closed is a retryable refusal: 503 with `retry-after`, not a 403.
+#[test]
+fn an_unavailable_quota_store_failing_closed_answers_503() {
+    use meshlens_policy::authz::{AuthzDecision, Verdict};
+    let r = authz::response(&AuthzDecision {
+        verdict: Verdict::Unavailable {
+            reason: "quota store unavailable".into(),
+        },
+        audited: Vec::new(),
+        quotas: Vec::new(),
+    });
+    assert_eq!(r.status.as_ref().unwrap().code, 14);
+    let Some(HttpResponse::DeniedResponse(d)) = r.http_response else {
+        panic!("{r:?}")
+    };
+    assert_eq!(d.status.unwrap().code, 503);
+    let h = d.headers[0].header.as_ref().unwrap();
+    assert_eq!((h.key.as_str(), h.value.as_str()), ("retry-after", "1"));
+}

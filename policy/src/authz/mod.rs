@@ -241,6 +241,8 @@ pub enum Verdict {
         rate: Rate,
         usage: Usage,
     },
+    /// HTTP 503, retryable: the quotas could not be counted and the engine fails closed.
+    Unavailable { reason: String },
 }
 
 #[derive(Debug, Clone, PartialEq)]

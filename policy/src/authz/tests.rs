@@ -50,6 +50,7 @@ fn outcome(v: &Verdict) -> String {
         Verdict::Allow { rule, .. } => format!("allow {}", rule.as_deref().unwrap_or("-")),
         Verdict::Deny { rule, .. } => format!("deny {}", rule.as_deref().unwrap_or("-")),
         Verdict::RateLimited { quota, .. } => format!("429 {quota}"),
+        Verdict::Unavailable { reason } => format!("503 {reason}"),
     }
 }
 
