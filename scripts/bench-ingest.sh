@@ -16,12 +16,8 @@ VENV="$(scripts/python-env.sh)"
 ROTEL="$("$VENV/bin/python" -c 'import rotel, os; print(os.path.join(os.path.dirname(rotel.__file__), "rotel-agent"))')"
 BIN=target/release/meshlens
 LOADGEN=target/release/meshlens-loadgen
-WORK="$(mktemp -d)"
-SERVER_PID=""
-cleanup() { [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"; }
-trap cleanup EXIT
+source scripts/bench-lib.sh
 
-wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; return 1; }
 
 start_meshlens() { # $1 = database url, $2 = cpu list or ""
   local pin=(); [ -n "$2" ] && pin=(taskset -c "$2")

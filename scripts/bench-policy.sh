@@ -13,10 +13,7 @@ REDIS_URL="${MESHLENS_BENCH_REDIS_URL:-redis://127.0.0.1:6379}"
 cargo build --release -q -p meshlens -p meshlens-loadgen
 BIN=target/release/meshlens
 GEN=target/release/meshlens-checkgen
-WORK="$(mktemp -d)"
-SERVER_PID=""
-cleanup() { [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"; }
-trap cleanup EXIT
+source scripts/bench-lib.sh
 
 mkdir -p "$WORK/ratelimit"
 # Limits high enough that the benchmark measures deciding, not refusing.
@@ -35,7 +32,6 @@ quotas:
   - {name: per-user, destinations: [work], key: [source.service, "header:x-user"], requests_per_unit: 1000000, unit: second}
 YAML
 
-wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; return 1; }
 
 start() { # $1 = backend, $2 = cpu list or ""
   local pin=(); [ -n "${2:-}" ] && pin=(taskset -c "$2")
@@ -49,8 +45,7 @@ start() { # $1 = backend, $2 = cpu list or ""
 
 stop() {
   kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""; rm -f "$WORK"/m.db*
-  # The next case starts only once this one's ports are closed.
-  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/19091) 2>/dev/null || return 0; sleep 0.1; done
+  wait_port_closed 19091 # the next case starts once this one's ports are closed
 }
 
 case_() { # $1 = backend, $2 = api, $3 = rate (0 = closed loop), $4 = "pinned" or ""

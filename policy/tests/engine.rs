@@ -365,3 +365,47 @@ impl Forwarder {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Global shadow mode: over-limit requests are answered OK (the statuses still say over) and are
+/// not listed as denials.
+#[tokio::test]
+async fn global_shadow_mode_counts_but_never_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("d.yaml"), RLS).unwrap();
+    let engine = PolicyEngine::new(PolicySettings {
+        ratelimit_dir: Some(dir.path().to_path_buf()),
+        shadow_mode: true,
+        ..Default::default()
+    })
+    .unwrap();
+    for i in 0..5 {
+        let out = engine.rate_limit(&request("a")).await;
+        assert!(!out.decision.over_limit);
+        assert_eq!(out.decision.statuses[0].over_limit, i >= 3, "call {i}");
+    }
+    assert!(engine.recent_denials(10).is_empty());
+}
+
+/// A config directory is read whole, subdirectories included, skipping names that start with a
+/// dot (a Kubernetes ConfigMap mount's `..data` link and timestamped directory) and files that
+/// are not YAML.
+#[test]
+fn config_directories_are_read_like_a_configmap_mount() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("team/a")).unwrap();
+    std::fs::create_dir_all(root.join("..2026_11_22")).unwrap();
+    std::fs::write(root.join("team/a/one.yaml"), "domain: one\n").unwrap();
+    std::fs::write(root.join("two.yml"), "domain: two\n").unwrap();
+    std::fs::write(root.join("..2026_11_22/one.yaml"), "domain: one\n").unwrap();
+    std::fs::write(root.join(".hidden.yaml"), "domain: hidden\n").unwrap();
+    std::fs::write(root.join("README.md"), "not a config\n").unwrap();
+    let rl = meshlens_policy::ratelimit::RateLimits::load_dir(root).unwrap();
+    let mut domains: Vec<&str> = rl.domains().collect();
+    domains.sort();
+    assert_eq!(
+        domains,
+        ["one", "two"],
+        "the dot directory's copy is not read twice"
+    );
+}

@@ -17,6 +17,10 @@ use tonic::Request;
 use super::*;
 
 fn server(dir: &tempfile::TempDir) -> Arc<PolicyServer> {
+    server_capped(dir, 100)
+}
+
+fn server_capped(dir: &tempfile::TempDir, max_series: usize) -> Arc<PolicyServer> {
     let rl = dir.path().join("rl");
     std::fs::create_dir_all(&rl).unwrap();
     std::fs::write(
@@ -36,7 +40,7 @@ fn server(dir: &tempfile::TempDir) -> Arc<PolicyServer> {
         ..Default::default()
     })
     .unwrap();
-    PolicyServer::new(Arc::new(engine), Metrics::new(), 100)
+    PolicyServer::new(Arc::new(engine), Metrics::new(), max_series)
 }
 
 /// Every line is in the metrics text.
@@ -270,4 +274,44 @@ fn an_unavailable_quota_store_failing_closed_answers_503() {
     assert_eq!(d.status.unwrap().code, 503);
     let h = d.headers[0].header.as_ref().unwrap();
     assert_eq!((h.key.as_str(), h.value.as_str()), ("retry-after", "1"));
+}
+
+/// Per-limit metrics stop at the cap; what is left out is counted.
+#[tokio::test]
+async fn per_limit_metrics_are_capped_and_the_overflow_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server_capped(&dir, 1);
+    let svc = ratelimit::RlsService { server: s.clone() };
+    for _ in 0..3 {
+        svc.should_rate_limit(Request::new(rls("edge", &[("path", "/a")])))
+            .await
+            .unwrap();
+    }
+    // Two answers within the limit took the one label set; the third, over, is left out.
+    assert_metrics(
+        &s,
+        &[
+            r#"meshlens_policy_quota_hits_total{limit="edge.path",outcome="within"} 2"#,
+            r#"meshlens_policy_series_dropped_total{metric="meshlens_policy_quota_hits_total"} 1"#,
+        ],
+    );
+    assert!(!s.metrics.render().contains(r#"outcome="over""#));
+}
+
+/// A request's limit override with a unit Envoy does not define is refused, not guessed.
+#[tokio::test]
+async fn an_override_with_an_unknown_unit_is_invalid() {
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::RateLimitOverride;
+    let dir = tempfile::tempdir().unwrap();
+    let svc = ratelimit::RlsService {
+        server: server(&dir),
+    };
+    let mut req = rls("edge", &[("path", "/a")]);
+    req.descriptors[0].limit = Some(RateLimitOverride {
+        requests_per_unit: 5,
+        unit: 0,
+    });
+    let err = svc.should_rate_limit(Request::new(req)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("unknown unit"), "{}", err.message());
 }

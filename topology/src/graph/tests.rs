@@ -503,3 +503,39 @@ fn an_ingress_server_span_that_forwarded_is_the_client_of_the_next_hop() {
         [("service:ingress".into(), "service:work".into(), 1, 0)]
     );
 }
+
+/// A service name two namespaces use says nothing about which edge a refusal belongs to: it is
+/// left off the graph rather than guessed.
+#[test]
+fn policy_refusals_naming_an_ambiguous_service_are_not_placed() {
+    let mut t = topology();
+    let ns = |service: &str, namespace: &str| {
+        let mut a = crate::attr::Attributes::new();
+        a.push("service.name", service);
+        a.push("service.namespace", namespace);
+        std::sync::Arc::new(crate::Resource::new(a))
+    };
+    let span = |id, service: &str, namespace: &str| {
+        SpanBuilder::new(9, id, service, "GET", 10)
+            .kind(SpanKind::Server)
+            .resource(ns(service, namespace))
+            .build()
+    };
+    t.observe(
+        [
+            &span(1, "work", "a"),
+            &span(2, "work", "b"),
+            &span(3, "web", "a"),
+        ],
+        NOW,
+    );
+    let d = PolicyDecision {
+        source: "web".into(),
+        destination: "work".into(),
+        denied: 1,
+        rate_limited: 0,
+    };
+    assert_eq!(t.observe_policy(&[d], NOW + 1), 0);
+    let snap = t.whole(Window::M1, NOW + 2);
+    assert!(snap.edges.iter().all(|e| e.stats.counts.denied == 0));
+}
