@@ -62,7 +62,7 @@ pub struct Metrics {
     pub policy_audits: IntCounterVec,
     /// Quota backend failures (the check then failed open or closed), by backend and kind.
     pub policy_backend_errors: IntCounterVec,
-    /// Config reloads by result (`success`, `failure`).
+    /// Config loads, the first one included, by result (`success`, `failure`).
     pub policy_config_reloads: IntCounterVec,
     /// Unix time of the last config load that succeeded.
     pub policy_config_last_success: IntGauge,
@@ -100,6 +100,17 @@ pub const METRIC_NAMES: &[&str] = &[
     "meshlens_policy_config_last_reload_success_timestamp_seconds",
     "meshlens_policy_config_last_reload_successful",
     "meshlens_policy_series_dropped_total",
+];
+
+/// The standard process metrics exported beside the catalogue (Linux), read from /proc.
+pub const PROCESS_METRIC_NAMES: &[&str] = &[
+    "process_cpu_seconds_total",
+    "process_open_fds",
+    "process_max_fds",
+    "process_virtual_memory_bytes",
+    "process_resident_memory_bytes",
+    "process_start_time_seconds",
+    "process_threads",
 ];
 
 /// Decision-time buckets, fine where checks should be (a few to tens of microseconds).
@@ -281,7 +292,7 @@ impl Metrics {
             ),
             policy_config_reloads: counter_vec(
                 "meshlens_policy_config_reloads_total",
-                "Policy config reloads by result.",
+                "Policy config loads (the first included) by result.",
                 &["result"],
             ),
             policy_config_last_success: IntGauge::new(
@@ -332,6 +343,13 @@ impl Metrics {
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");
         }
+        // Memory, CPU, threads and file descriptors of the process, read from /proc.
+        #[cfg(target_os = "linux")]
+        m.registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("process metric names are unique");
         m
     }
 
@@ -443,7 +461,11 @@ mod tests {
             .map(|f| f.name().to_string())
             .collect();
         names.sort();
-        let mut want: Vec<String> = METRIC_NAMES.iter().map(|s| s.to_string()).collect();
+        let mut want: Vec<String> = METRIC_NAMES
+            .iter()
+            .chain(PROCESS_METRIC_NAMES)
+            .map(|s| s.to_string())
+            .collect();
         want.sort();
         assert_eq!(names, want);
     }

@@ -52,6 +52,12 @@ struct Args {
     /// Distinct users (descriptor values, quota keys).
     #[arg(long, default_value_t = 1000)]
     keys: usize,
+    /// HTTP method of the ext_authz requests.
+    #[arg(long, default_value = "GET")]
+    method: String,
+    /// HTTP path of the ext_authz requests.
+    #[arg(long, default_value = "/api/orders")]
+    path: String,
     /// Rate limit domain to ask about.
     #[arg(long, default_value = "bench")]
     domain: String,
@@ -98,7 +104,7 @@ impl Client {
             .map(|i| {
                 let message = match args.api {
                     Api::Ratelimit => rls_request(args, i).encode_to_vec(),
-                    Api::Authz => check_request(i).encode_to_vec(),
+                    Api::Authz => check_request(args, i).encode_to_vec(),
                 };
                 let mut framed = Vec::with_capacity(message.len() + 5);
                 framed.push(0);
@@ -163,10 +169,10 @@ fn rls_request(args: &Args, i: usize) -> RateLimitRequest {
     }
 }
 
-fn check_request(i: usize) -> CheckRequest {
+fn check_request(args: &Args, i: usize) -> CheckRequest {
     let mut headers = HashMap::new();
-    headers.insert(":method".to_string(), "GET".to_string());
-    headers.insert(":path".to_string(), "/api/orders".to_string());
+    headers.insert(":method".to_string(), args.method.clone());
+    headers.insert(":path".to_string(), args.path.clone());
     headers.insert("x-user".to_string(), format!("u{i}"));
     headers.insert("user-agent".to_string(), "checkgen".to_string());
     let mut ext = HashMap::new();
@@ -180,8 +186,8 @@ fn check_request(i: usize) -> CheckRequest {
             }),
             request: Some(attribute_context::Request {
                 http: Some(attribute_context::HttpRequest {
-                    method: "GET".into(),
-                    path: "/api/orders".into(),
+                    method: args.method.clone(),
+                    path: args.path.clone(),
                     host: "work".into(),
                     headers,
                     ..Default::default()

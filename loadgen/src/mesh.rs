@@ -42,9 +42,17 @@ fn i(key: &str, v: i64) -> KeyValue {
     kv(key, any_value::Value::IntValue(v))
 }
 
-fn resource(service: usize) -> Resource {
+/// svc-01 runs a canary: 20% of its calls go to its v2, which fails 20% more often.
+const CANARY_SERVICE: usize = 1;
+const CANARY_SHARE: f64 = 0.2;
+const CANARY_EXTRA_FAILURES: f64 = 0.2;
+
+/// The resource of a batch slot: one per service, and one more (the last) for the canary.
+fn resource(slot: usize, services: usize) -> Resource {
+    let canary = slot == services;
+    let service = if canary { CANARY_SERVICE } else { slot };
     let name = format!("svc-{service:02}");
-    let version = if service.is_multiple_of(4) {
+    let version = if canary || (service.is_multiple_of(4) && service != CANARY_SERVICE) {
         "v2"
     } else {
         "v1"
@@ -77,7 +85,7 @@ pub fn encoded_batches(count: usize, batch: usize, services: usize, error_rate: 
         .as_nanos() as u64;
     (0..count)
         .map(|_| {
-            let mut by_service: Vec<Vec<Span>> = vec![Vec::new(); services];
+            let mut by_service: Vec<Vec<Span>> = vec![Vec::new(); services + 1];
             let mut n = 0;
             while n < batch {
                 n += trace(
@@ -94,8 +102,8 @@ pub fn encoded_batches(count: usize, batch: usize, services: usize, error_rate: 
                     .into_iter()
                     .enumerate()
                     .filter(|(_, spans)| !spans.is_empty())
-                    .map(|(svc, spans)| ResourceSpans {
-                        resource: Some(resource(svc)),
+                    .map(|(slot, spans)| ResourceSpans {
+                        resource: Some(resource(slot, services)),
                         scope_spans: vec![ScopeSpans {
                             scope: Some(InstrumentationScope {
                                 name: "io.opentelemetry.http".into(),
@@ -114,7 +122,8 @@ pub fn encoded_batches(count: usize, batch: usize, services: usize, error_rate: 
         .collect()
 }
 
-/// One trace: a chain of up to four hops, each a CLIENT span and its SERVER child.
+/// One trace: a chain of up to four hops, each a CLIENT span and its SERVER child. `out` has a
+/// slot per service and one for the canary.
 fn trace(
     rng: &mut Rng,
     services: usize,
@@ -131,6 +140,7 @@ fn trace(
         .collect();
     let hops = (1 + rng.below(4) as usize).min(room.div_ceil(2)).max(1);
     let mut caller = rng.below(services as u64) as usize;
+    let mut caller_slot = caller;
     let mut start = now - rng.below(1_000_000_000);
     // The root SERVER span of the entry service.
     let root = Call {
@@ -142,14 +152,16 @@ fn trace(
         failed: false,
     };
     let mut parent = root.id.clone();
-    out[caller].push(server_span(rng, root));
+    out[caller_slot].push(server_span(rng, root));
     let mut made = 1;
     for _ in 0..hops {
         if made + 2 > room {
             break;
         }
         let callee = (caller + 1 + rng.below(services as u64 - 1) as usize) % services;
-        let failed = rng.chance(error_rate);
+        let canary = callee == CANARY_SERVICE && rng.chance(CANARY_SHARE);
+        let callee_slot = if canary { services } else { callee };
+        let failed = rng.chance(error_rate) || (canary && rng.chance(CANARY_EXTRA_FAILURES));
         let dur = 200_000 + rng.below(20_000_000);
         start += 50_000;
         let client = Call {
@@ -169,10 +181,11 @@ fn trace(
             failed,
         };
         parent = server.id.clone();
-        out[caller].push(client_span(client, callee));
-        out[callee].push(server_span(rng, server));
+        out[caller_slot].push(client_span(client, callee));
+        out[callee_slot].push(server_span(rng, server));
         made += 2;
         caller = callee;
+        caller_slot = callee_slot;
     }
     made
 }

@@ -31,14 +31,26 @@ const LATENCY_BUCKETS: &[f64] = &[
     5.0, 10.0, 30.0,
 ];
 
+/// Tempo's service graph labels, with `service.namespace` and `service.version` as dimensions
+/// (named as Tempo names dimensions: `client_`/`server_` and the attribute with `_` for `.`), so
+/// a dashboard can compare a canary's versions.
 const EDGE_LABELS: &[&str] = &[
     "client",
     "server",
     "connection_type",
     "client_service_namespace",
     "server_service_namespace",
+    "client_service_version",
+    "server_service_version",
 ];
-const SPAN_LABELS: &[&str] = &["service", "span_name", "span_kind", "status_code"];
+/// Tempo's span metrics labels, with `service.version` as a dimension.
+const SPAN_LABELS: &[&str] = &[
+    "service",
+    "span_name",
+    "span_kind",
+    "status_code",
+    "service_version",
+];
 
 /// Admits label sets up to a limit; past it, new ones are refused (and counted by the caller).
 pub struct ProductMetrics {
@@ -129,6 +141,8 @@ impl ProductMetrics {
                 o.key.connection.as_str(),
                 client_ns.as_str(),
                 server_ns.as_str(),
+                o.key.client.version.as_deref().unwrap_or(""),
+                o.key.server.version.as_deref().unwrap_or(""),
             ];
             if !self.edge_cap.admit(&labels) {
                 self.dropped("traces_service_graph");
@@ -154,15 +168,17 @@ impl ProductMetrics {
     /// Counts spans by service, name, kind and status. Spans of one batch that share labels are
     /// counted together, so each label set is looked up once per batch.
     pub fn record_spans(&self, spans: &[Span]) {
-        let mut groups: HashMap<(&str, &str, SpanKind, StatusCode), Vec<f64>> = HashMap::new();
+        type Group<'a> = (&'a str, &'a str, SpanKind, StatusCode, &'a str);
+        let mut groups: HashMap<Group, Vec<f64>> = HashMap::new();
         for s in spans {
+            let version = s.resource.service.version.as_deref().unwrap_or("");
             groups
-                .entry((s.service(), &s.name, s.kind, s.status.code))
+                .entry((s.service(), &s.name, s.kind, s.status.code, version))
                 .or_default()
                 .push(s.duration_ns() as f64 / 1e9);
         }
-        for ((service, name, kind, status), durations) in groups {
-            let labels = [service, name, span_kind(kind), status_code(status)];
+        for ((service, name, kind, status, version), durations) in groups {
+            let labels = [service, name, span_kind(kind), status_code(status), version];
             if !self.span_cap.admit(&labels) {
                 self.dropped("traces_spanmetrics");
                 continue;
@@ -237,6 +253,7 @@ mod tests {
                     name,
                     "SPAN_KIND_SERVER",
                     "STATUS_CODE_UNSET",
+                    "",
                 ])
                 .map(|c| c.get())
                 .unwrap_or(0)

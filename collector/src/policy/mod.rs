@@ -46,6 +46,11 @@ impl PolicyServer {
             .policy_config_last_success
             .set(loaded.loaded_at as i64);
         server.metrics.policy_config_last_successful.set(1);
+        // The first load counts as a successful one; failures start at 0 so that an alert on
+        // their increase has a series from the start.
+        let reloads = &server.metrics.policy_config_reloads;
+        reloads.with_label_values(&["success"]).inc();
+        reloads.with_label_values(&["failure"]);
         Arc::new(server)
     }
 

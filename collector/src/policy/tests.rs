@@ -254,6 +254,11 @@ fn reload_outcomes_are_counted_and_a_bad_file_keeps_the_old_config() {
         .metrics
         .render()
         .contains("meshlens_policy_config_last_reload_successful 1"));
+    // The first load and this reload.
+    assert_metrics(
+        &s,
+        &[r#"meshlens_policy_config_reloads_total{result="success"} 2"#],
+    );
 }
 
 /// Failing closed is a retryable refusal: 503 with `retry-after`, not a 403.
