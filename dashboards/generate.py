@@ -160,11 +160,16 @@ def mesh_overview() -> dict:
         "nodeGraph", "Service graph",
         [dict(target(nodes, ref="nodes", instant=True, table=True)),
          dict(target(edges, ref="edges", instant=True, table=True))],
-        (0, 17, 24, 12), unit="reqps",
+        (0, 17, 24, 12), unit="none",
         description="Nodes and edges from traces_service_graph_request_total; main stat: requests/s.",
-        transformations=[{"id": "organize", "options": {
-            "excludeByName": {"Time": True, "client": True, "server": True},
-            "renameByName": {"Value #nodes": "mainstat", "Value #edges": "mainstat"}}}],
+        # The node graph reads field names, which a rename does not change (it sets a display
+        # name), so `mainstat` is made as a new field; timeSeries false keeps the frames apart.
+        transformations=[
+            {"id": "calculateField", "options": {"mode": "reduceRow", "reduce": {"reducer": "sum"},
+                                                 "alias": "mainstat", "timeSeries": False}},
+            {"id": "organize", "options": {"excludeByName": {
+                "Time": True, "client": True, "server": True, "Value #nodes": True, "Value #edges": True}}},
+        ],
     )
     panels = [
         panel("stat", "Requests/s", [target(f"sum(rate({req}[$window]))", "requests/s")], (0, 0, 6, 5), "reqps",
@@ -213,6 +218,8 @@ def service() -> dict:
         target(quantile(0.95, bucket, by_v), ref="p95", instant=True, table=True),
         target(quantile(0.99, bucket, by_v), ref="p99", instant=True, table=True),
     ]
+    columns = {"Value #rps": ("requests/s", "reqps"), "Value #errors": ("error ratio", "percentunit"),
+               "Value #p50": ("p50", "s"), "Value #p95": ("p95", "s"), "Value #p99": ("p99", "s")}
     canary_table = panel(
         "table", "Versions side by side", canary, (0, 5, 24, 6), "short",
         "The canary comparison: each version's rate, error ratio and latency over the window.",
@@ -220,10 +227,13 @@ def service() -> dict:
             {"id": "merge", "options": {}},
             {"id": "organize", "options": {
                 "excludeByName": {"Time": True},
-                "renameByName": {by_v: "version", "Value #rps": "requests/s", "Value #errors": "error ratio",
-                                 "Value #p50": "p50 (s)", "Value #p95": "p95 (s)", "Value #p99": "p99 (s)"}}},
+                "renameByName": {by_v: "version", **{k: name for k, (name, _) in columns.items()}}}},
         ],
     )
+    canary_table["fieldConfig"]["overrides"] = [
+        {"matcher": {"id": "byName", "options": name}, "properties": [{"id": "unit", "value": unit}]}
+        for name, unit in columns.values()
+    ]
     traces = {
         "type": "table", "title": "Recent traces of $service",
         "description": "From meshlens' Jaeger API; a trace ID opens the trace.",

@@ -1,20 +1,18 @@
 #!/usr/bin/env bash
 # Builds and runs meshlens on the embedded SQLite default (./data/meshlens.db), on the default
-# ports, with the example policy (examples/policy/), and feeds it a small synthetic mesh (20
-# services, OTLP/gRPC) and a trickle of ext_authz checks, so there is something to look at.
-# Ctrl-C stops everything.
+# ports, with the example policy (examples/policy/), as `meshlens demo`: it feeds itself a small
+# synthetic mesh over OTLP (ingress → work v1 and a canary v2 at 80/20, Chrome users on v2, v2
+# failing 1 call in 5 → meet → the orders database). A trickle of ext_authz checks from ingress
+# to work runs beside it, so there is something to look at. Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p meshlens -p meshlens-loadgen
-target/release/meshlens serve --ratelimit-dir examples/policy/ratelimit \
+target/release/meshlens demo --ratelimit-dir examples/policy/ratelimit \
   --policy-file examples/policy/policy.yaml "$@" &
 SERVER=$!
-LOAD="" CHECKS=""
-trap 'kill $LOAD $CHECKS $SERVER 2>/dev/null; wait' EXIT INT TERM
+CHECKS=""
+trap 'kill $CHECKS $SERVER 2>/dev/null; wait' EXIT INT TERM
 for _ in $(seq 1 100); do curl -sf http://127.0.0.1:20001/readyz >/dev/null 2>&1 && break; sleep 0.1; done
-target/release/meshlens-loadgen --endpoint 127.0.0.1:4317 --rate 2 --batch 50 --in-flight 1 \
-  --warmup 0s --duration 24h >/dev/null &
-LOAD=$!
 # Two checks a second from ingress to work for five users: their 1-a-minute quota soon refuses.
 target/release/meshlens-checkgen --api authz --endpoint 127.0.0.1:9091 --rate 2 --keys 5 \
   --warmup-seconds 0 --seconds 86400 >/dev/null &
@@ -22,9 +20,9 @@ CHECKS=$!
 cat <<MSG
 
 meshlens is running. Try:
-  curl -s http://127.0.0.1:20001/api/services
-  curl -s 'http://127.0.0.1:20001/api/traces?service=svc-01&limit=2'
   curl -s 'http://127.0.0.1:20001/api/graph?window=1m'
+  curl -s 'http://127.0.0.1:20001/api/services?window=1m'
+  curl -s 'http://127.0.0.1:20001/api/traces?service=work&limit=2'
   curl -s http://127.0.0.1:20001/api/policy
   curl -s http://127.0.0.1:20001/metrics | grep -E '^(meshlens_|traces_service_graph_request_total)'
 Send your own OTLP to 127.0.0.1:4317 (gRPC) or http://127.0.0.1:4318/v1/traces, Zipkin to

@@ -25,6 +25,14 @@ pub struct Cli {
 pub enum Command {
     /// Migrate the database and serve every listener (the default).
     Serve,
+    /// Serve, and feed this meshlens a small synthetic mesh over OTLP (ingress → work v1 and a
+    /// canary v2 at 80/20, Chrome users always on v2, v2 failing 1 call in 5 → meet → a
+    /// database), so there is a live graph and traces to look at.
+    Demo {
+        /// User requests a second through the demo mesh.
+        #[arg(long, default_value_t = 10)]
+        rate: u32,
+    },
     /// Apply database migrations and exit.
     Migrate,
     /// Print the effective configuration as TOML and exit.

@@ -17,7 +17,8 @@ async fn main() -> anyhow::Result<()> {
     };
     init_tracing(&config);
     match cli.command() {
-        Command::Serve => serve(&config).await,
+        Command::Serve => serve(&config, None).await,
+        Command::Demo { rate } => serve(&config, Some(rate)).await,
         Command::Migrate => {
             let store = meshlens_storage::Store::connect(&meshlens::store_config(&config)).await?;
             store.migrate().await?;
@@ -46,11 +47,23 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn serve(config: &Config) -> anyhow::Result<()> {
+/// Serves until a signal; with `demo`, also sends the demo mesh's spans at that many requests a
+/// second to this meshlens.
+async fn serve(config: &Config, demo: Option<u32>) -> anyhow::Result<()> {
     let mut running = meshlens::start(config).await?;
+    let stop_demo = tokio_util::sync::CancellationToken::new();
+    let _stop_demo_on_return = stop_demo.clone().drop_guard();
+    if let Some(rate) = demo {
+        tokio::spawn(meshlens::demo::run(
+            running.addrs.otlp_grpc,
+            f64::from(rate),
+            stop_demo.clone(),
+        ));
+    }
     tokio::select! {
         _ = shutdown_signal() => {
             tracing::info!("signal received; draining");
+            stop_demo.cancel();
             running.shutdown().await
         }
         e = running.failed() => {

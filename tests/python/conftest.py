@@ -48,8 +48,9 @@ def meshlens_factory(request, tmp_path):
     instances: list[Meshlens] = []
     request.node._meshlens_instances = instances
 
-    def start(*extra_args: str, name: str | None = None, auto_start: bool = True) -> Meshlens:
-        ml = Meshlens(tmp_path / (name or f"meshlens{len(instances)}"), extra_args)
+    def start(*extra_args: str, name: str | None = None, auto_start: bool = True,
+              command: str = "serve") -> Meshlens:
+        ml = Meshlens(tmp_path / (name or f"meshlens{len(instances)}"), extra_args, command=command)
         instances.append(ml)
         if auto_start:
             ml.start()

@@ -74,7 +74,9 @@ def child_env() -> dict[str, str]:
 class Meshlens:
     """One meshlens process (restartable on the same database), with its addresses and logs."""
 
-    def __init__(self, workdir: Path, extra_args: list[str] | tuple[str, ...] = (), db_path: Path | None = None):
+    def __init__(self, workdir: Path, extra_args: list[str] | tuple[str, ...] = (), db_path: Path | None = None,
+                 command: str = "serve"):
+        self.command = command
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.db_path = Path(db_path) if db_path else self.workdir / "meshlens.db"
@@ -128,7 +130,7 @@ class Meshlens:
         self.logs.append(log_path)
         args = [
             meshlens_binary(),
-            "serve",
+            self.command,
             "--otlp-grpc-addr", self.otlp_grpc,
             "--otlp-http-addr", self.otlp_http,
             "--zipkin-addr", self.zipkin,

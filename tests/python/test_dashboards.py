@@ -312,7 +312,8 @@ def test_compose_stack_is_wired_together():
     compose = YAML(typ="safe").load((REPO / "docker-compose.yml").read_text())
     services = compose["services"]
     assert {"meshlens", "postgres", "redis", "prometheus", "grafana"} <= set(services)
-    assert any("loadgen" in str(s.get("entrypoint")) for s in services.values()), "demo traffic"
+    assert services["meshlens"]["command"] == ["demo"], "the stack starts with the demo mesh"
+    assert any("checkgen" in str(s.get("entrypoint")) for s in services.values()), "demo checks"
     # Every bind mount and build context exists in the repo.
     for name, svc in services.items():
         build = svc.get("build")

@@ -230,8 +230,9 @@ async fn configs_reload_when_changed_and_a_bad_one_keeps_the_last_good() {
         "100 per minute still"
     );
     let metrics = env.metrics_text().await;
+    // The first load and the good reload.
     assert!(
-        metrics.contains(r#"meshlens_policy_config_reloads_total{result="success"} 1"#),
+        metrics.contains(r#"meshlens_policy_config_reloads_total{result="success"} 2"#),
         "{metrics}"
     );
     assert!(metrics.contains(r#"meshlens_policy_config_reloads_total{result="failure"} 1"#));
