@@ -17,12 +17,12 @@ pub enum WebError {
     Internal(String),
 }
 
-impl IntoResponse for WebError {
-    fn into_response(self) -> Response {
-        let (status, message) = match &self {
+impl WebError {
+    /// The status and the message a client may see; internals are logged, never echoed.
+    pub fn status_and_message(&self) -> (StatusCode, String) {
+        match self {
             WebError::BadRequest(m) => (StatusCode::BAD_REQUEST, m.clone()),
             WebError::NotFound(m) => (StatusCode::NOT_FOUND, m.clone()),
-            // Internals are logged, never echoed to the client.
             WebError::Store(e) => {
                 tracing::error!(error = %e, "store read failed");
                 (
@@ -37,7 +37,13 @@ impl IntoResponse for WebError {
                     "internal error".to_string(),
                 )
             }
-        };
+        }
+    }
+}
+
+impl IntoResponse for WebError {
+    fn into_response(self) -> Response {
+        let (status, message) = self.status_and_message();
         let body = json!({
             "data": null,
             "total": 0,

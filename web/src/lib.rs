@@ -1,10 +1,11 @@
-//! meshlens' web listener: the JSON API (Jaeger v1 shapes for traces, the service graph),
-//! `/metrics`, `/healthz` and `/readyz`. Only this crate renders JSON or HTML for people.
+//! meshlens' web listener: the web UI (`ui`), the JSON API (Jaeger v1 shapes for traces, the
+//! service graph), `/metrics`, `/healthz` and `/readyz`. Only this crate renders JSON or HTML for people.
 #![forbid(unsafe_code)]
 
 mod api;
 mod error;
 mod graph_cache;
+mod ui;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -40,6 +41,8 @@ pub fn app(state: WebState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(api::router())
+        .merge(ui::router())
+        .layer(axum::middleware::map_response(ui::security_headers))
         .with_state(state)
 }
 

@@ -17,7 +17,7 @@ use crate::{app, WebState};
 
 const T0: u64 = 1_700_000_000_000_000_000;
 
-async fn state(ready: bool) -> (WebState, tempfile::TempDir) {
+pub(crate) async fn state(ready: bool) -> (WebState, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::connect(&StoreConfig {
         url: format!("sqlite://{}", dir.path().join("w.db").display()),
@@ -203,7 +203,7 @@ fn search_parameters_parse_like_jaeger() {
     assert!(parse_search("limit=-1", 0).is_err());
 }
 
-fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

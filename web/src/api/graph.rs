@@ -131,7 +131,7 @@ pub fn stats_dto(s: &Summary, window: Window) -> StatsDto {
     }
 }
 
-fn node(n: &NodeSnapshot, w: Window) -> Node {
+pub(crate) fn node(n: &NodeSnapshot, w: Window) -> Node {
     Node {
         id: n.key.id(),
         kind: n.key.kind.as_str(),

@@ -1,8 +1,8 @@
 //! The JSON API. Jaeger v1 query shapes live in `jaeger`; the service graph in `graph`.
 
-mod graph;
+pub(crate) mod graph;
 mod jaeger;
-mod policy;
+pub(crate) mod policy;
 mod traces;
 
 use axum::routing::get;

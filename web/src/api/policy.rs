@@ -17,45 +17,45 @@ pub struct PolicyQuery {
 
 #[derive(Debug, Serialize)]
 pub struct PolicyDto {
-    backend: &'static str,
-    failure_mode: &'static str,
-    shadow_mode: bool,
+    pub(crate) backend: &'static str,
+    pub(crate) failure_mode: &'static str,
+    pub(crate) shadow_mode: bool,
     /// Unix seconds of the config now active.
-    loaded_at: u64,
+    pub(crate) loaded_at: u64,
     /// The last reload's refusal, if the files changed since into something invalid.
-    last_error: Option<ConfigErrorDto>,
-    ratelimit_files: Vec<String>,
-    domains: Vec<String>,
-    policy_files: Vec<String>,
-    rules: usize,
-    quotas: Vec<QuotaDto>,
-    denials: Vec<DenialDto>,
+    pub(crate) last_error: Option<ConfigErrorDto>,
+    pub(crate) ratelimit_files: Vec<String>,
+    pub(crate) domains: Vec<String>,
+    pub(crate) policy_files: Vec<String>,
+    pub(crate) rules: usize,
+    pub(crate) quotas: Vec<QuotaDto>,
+    pub(crate) denials: Vec<DenialDto>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct ConfigErrorDto {
-    file: String,
-    reason: String,
+    pub(crate) file: String,
+    pub(crate) reason: String,
 }
 
 #[derive(Debug, Serialize)]
 pub struct QuotaDto {
-    name: String,
-    requests_per_unit: u32,
-    unit: &'static str,
-    algorithm: &'static str,
+    pub(crate) name: String,
+    pub(crate) requests_per_unit: u32,
+    pub(crate) unit: &'static str,
+    pub(crate) algorithm: &'static str,
 }
 
 #[derive(Debug, Serialize)]
 pub struct DenialDto {
     /// Unix milliseconds.
-    at: u64,
-    api: &'static str,
-    source: Option<String>,
-    destination: Option<String>,
-    status: u16,
-    by: String,
-    path: String,
+    pub(crate) at: u64,
+    pub(crate) api: &'static str,
+    pub(crate) source: Option<String>,
+    pub(crate) destination: Option<String>,
+    pub(crate) status: u16,
+    pub(crate) by: String,
+    pub(crate) path: String,
 }
 
 impl From<Denial> for DenialDto {
@@ -83,13 +83,18 @@ pub async fn get_policy(
             .map_err(|_| WebError::BadRequest(format!("limit: not a number: {s:?}")))?
             .min(1000),
     };
+    Ok(Json(policy_dto(&st, limit)))
+}
+
+/// The active policy and the `limit` newest denials.
+pub(crate) fn policy_dto(st: &WebState, limit: usize) -> PolicyDto {
     let engine = &st.policy;
     let loaded = engine.current();
     let settings = engine.settings();
     let mut domains: Vec<String> = loaded.ratelimits.domains().map(str::to_string).collect();
     domains.sort();
     let path = |p: &std::path::PathBuf| p.display().to_string();
-    Ok(Json(PolicyDto {
+    PolicyDto {
         backend: engine.backend_name(),
         failure_mode: match settings.failure_mode {
             meshlens_policy::FailureMode::Open => "open",
@@ -121,5 +126,5 @@ pub async fn get_policy(
             .into_iter()
             .map(DenialDto::from)
             .collect(),
-    }))
+    }
 }

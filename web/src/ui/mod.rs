@@ -1,0 +1,374 @@
+//! The web UI: HTML pages rendered with askama from the same snapshots and state the JSON API
+//! serves, a stylesheet embedded in the binary (nothing is fetched from elsewhere), and strict
+//! security headers. Everything shown comes from the data plane and is untrusted: askama
+//! escapes every value, and the Content-Security-Policy allows no inline script or style.
+
+use askama::Template;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::get;
+use axum::Router;
+use meshlens_topology::graph::{NodeKind, Window};
+
+use crate::api::graph::{node, StatsDto};
+use crate::api::policy::policy_dto;
+use crate::{WebError, WebState};
+
+/// The policy every response carries: only this origin's scripts, styles and connections; no
+/// framing, no plugins, no base or form targets elsewhere.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
+     style-src 'self'; img-src 'self' data:; connect-src 'self'; object-src 'none'; \
+     base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+pub fn router() -> Router<WebState> {
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/services") }))
+        .route("/services", get(services))
+        .route("/policy", get(policy))
+        .route("/static/{file}", get(asset))
+        .route(
+            "/favicon.ico",
+            get(|| async { Redirect::permanent("/static/favicon.svg") }),
+        )
+}
+
+/// Adds the security headers to every response of the web listener.
+pub async fn security_headers(mut response: Response) -> Response {
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    response
+}
+
+/// Files embedded in the binary, by name.
+const ASSETS: &[(&str, &str, &str)] = &[
+    (
+        "app.css",
+        "text/css; charset=utf-8",
+        include_str!("../../static/app.css"),
+    ),
+    (
+        "favicon.svg",
+        "image/svg+xml",
+        include_str!("../../static/favicon.svg"),
+    ),
+];
+
+async fn asset(Path(file): Path<String>) -> Response {
+    match ASSETS.iter().find(|(name, _, _)| *name == file) {
+        Some((_, mime, body)) => (
+            [
+                (header::CONTENT_TYPE, *mime),
+                (header::CACHE_CONTROL, "public, max-age=300"),
+            ],
+            *body,
+        )
+            .into_response(),
+        None => page_error(StatusCode::NOT_FOUND, format!("no such file: {file}")),
+    }
+}
+
+struct NavItem {
+    href: &'static str,
+    label: &'static str,
+    current: bool,
+}
+
+fn nav(current: &str) -> Vec<NavItem> {
+    [("/services", "Services"), ("/policy", "Policy")]
+        .into_iter()
+        .map(|(href, label)| NavItem {
+            href,
+            label,
+            current: href == current,
+        })
+        .collect()
+}
+
+fn render(t: &impl Template) -> Response {
+    match t.render() {
+        Ok(html) => Html(html).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "rendering a page");
+            (StatusCode::INTERNAL_SERVER_ERROR, "page rendering failed\n").into_response()
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+struct ErrorPage {
+    nav: Vec<NavItem>,
+    status: String,
+    message: String,
+}
+
+fn page_error(status: StatusCode, message: String) -> Response {
+    let mut r = render(&ErrorPage {
+        nav: nav(""),
+        status: status.to_string(),
+        message,
+    });
+    *r.status_mut() = status;
+    r
+}
+
+impl WebError {
+    /// This error as an HTML page (the JSON API answers the JSON envelope instead).
+    fn page(self) -> Response {
+        let (status, message) = self.status_and_message();
+        page_error(status, message)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Services
+
+struct WindowLink {
+    name: &'static str,
+    current: bool,
+}
+
+/// One row of the RED table, formatted for people.
+struct RedRow {
+    name: String,
+    namespace: String,
+    health: &'static str,
+    rps: String,
+    errors: String,
+    p50: String,
+    p95: String,
+    p99: String,
+    outbound: u64,
+    versions: Vec<VersionRow>,
+}
+
+struct VersionRow {
+    version: String,
+    share: String,
+    health: &'static str,
+    rps: String,
+    errors: String,
+    p50: String,
+    p95: String,
+    p99: String,
+}
+
+#[derive(Template)]
+#[template(path = "services.html")]
+struct ServicesPage {
+    nav: Vec<NavItem>,
+    windows: Vec<WindowLink>,
+    window: &'static str,
+    generated_at: String,
+    rows: Vec<RedRow>,
+}
+
+struct Red {
+    rps: String,
+    errors: String,
+    p50: String,
+    p95: String,
+    p99: String,
+}
+
+fn red(s: &StatsDto) -> Red {
+    let ms = |v: Option<f64>| v.map_or_else(|| "–".to_string(), |v| format!("{v:.1}"));
+    let l = s.latency_ms.as_ref();
+    Red {
+        rps: format!("{:.2}", s.rps),
+        errors: percent(s.error_ratio),
+        p50: ms(l.map(|l| l.p50)),
+        p95: ms(l.map(|l| l.p95)),
+        p99: ms(l.map(|l| l.p99)),
+    }
+}
+
+fn percent(ratio: f64) -> String {
+    if ratio == 0.0 {
+        "0%".into()
+    } else if ratio < 0.001 {
+        "<0.1%".into()
+    } else {
+        format!("{:.1}%", ratio * 100.0)
+    }
+}
+
+fn window_param(raw: Option<&str>) -> Result<Window, WebError> {
+    let raw = raw.unwrap_or("");
+    let value = form_urlencoded::parse(raw.as_bytes())
+        .find(|(k, _)| k == "window")
+        .map(|(_, v)| v.into_owned());
+    match value.as_deref() {
+        None | Some("") => Ok(Window::M5),
+        Some(w) => Window::parse(w).ok_or_else(|| {
+            WebError::BadRequest(format!("window: expected 1m, 5m, 15m or 1h, got {w:?}"))
+        }),
+    }
+}
+
+async fn services(State(st): State<WebState>, RawQuery(q): RawQuery) -> Response {
+    let window = match window_param(q.as_deref()) {
+        Ok(w) => w,
+        Err(e) => return e.page(),
+    };
+    let graph = match st.graph.get(window).await {
+        Ok(g) => g,
+        Err(e) => return e.page(),
+    };
+    let mut rows: Vec<RedRow> = graph
+        .snapshot
+        .nodes
+        .iter()
+        .filter(|n| n.key.kind == NodeKind::Service)
+        .map(|n| {
+            let n = node(n, window);
+            let r = red(&n.stats);
+            RedRow {
+                name: n.name,
+                namespace: n.namespace.unwrap_or_default(),
+                health: n.health,
+                rps: r.rps,
+                errors: r.errors,
+                p50: r.p50,
+                p95: r.p95,
+                p99: r.p99,
+                outbound: n.outbound_requests,
+                versions: n
+                    .versions
+                    .into_iter()
+                    .map(|v| {
+                        let r = red(&v.stats);
+                        VersionRow {
+                            version: v.version,
+                            share: format!("{:.0}%", v.share * 100.0),
+                            health: v.health,
+                            rps: r.rps,
+                            errors: r.errors,
+                            p50: r.p50,
+                            p95: r.p95,
+                            p99: r.p99,
+                        }
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    rows.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    render(&ServicesPage {
+        nav: nav("/services"),
+        windows: Window::ALL
+            .iter()
+            .map(|w| WindowLink {
+                name: w.as_str(),
+                current: *w == window,
+            })
+            .collect(),
+        window: window.as_str(),
+        generated_at: humantime::format_rfc3339_seconds(graph.built_at).to_string(),
+        rows,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Policy
+
+struct DenialRow {
+    at: String,
+    api: &'static str,
+    source: String,
+    destination: String,
+    path: String,
+    status: u16,
+    by: String,
+}
+
+struct QuotaRow {
+    name: String,
+    requests_per_unit: u32,
+    unit: &'static str,
+    algorithm: &'static str,
+}
+
+struct ConfigError {
+    file: String,
+    reason: String,
+}
+
+#[derive(Template)]
+#[template(path = "policy.html")]
+struct PolicyPage {
+    nav: Vec<NavItem>,
+    loaded_at: String,
+    last_error: Option<ConfigError>,
+    backend: &'static str,
+    failure_mode: &'static str,
+    shadow_mode: bool,
+    rules: usize,
+    policy_files: Vec<String>,
+    ratelimit_files: Vec<String>,
+    domains: Vec<String>,
+    quotas: Vec<QuotaRow>,
+    denials: Vec<DenialRow>,
+}
+
+async fn policy(State(st): State<WebState>) -> Response {
+    let p = policy_dto(&st, 100);
+    let time = |unix_ms: u64| {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms);
+        humantime::format_rfc3339_seconds(t).to_string()
+    };
+    render(&PolicyPage {
+        nav: nav("/policy"),
+        loaded_at: time(p.loaded_at * 1000),
+        last_error: p.last_error.map(|e| ConfigError {
+            file: e.file,
+            reason: e.reason,
+        }),
+        backend: p.backend,
+        failure_mode: p.failure_mode,
+        shadow_mode: p.shadow_mode,
+        rules: p.rules,
+        policy_files: p.policy_files,
+        ratelimit_files: p.ratelimit_files,
+        domains: p.domains,
+        quotas: p
+            .quotas
+            .into_iter()
+            .map(|q| QuotaRow {
+                name: q.name,
+                requests_per_unit: q.requests_per_unit,
+                unit: q.unit,
+                algorithm: q.algorithm,
+            })
+            .collect(),
+        denials: p
+            .denials
+            .into_iter()
+            .map(|d| DenialRow {
+                at: time(d.at),
+                api: d.api,
+                source: d.source.unwrap_or_default(),
+                destination: d.destination.unwrap_or_default(),
+                path: d.path,
+                status: d.status,
+                by: d.by,
+            })
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,174 @@
+//! The pages in-process: what they show, that data-plane text is escaped, the headers.
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use http_body_util::BodyExt;
+use meshlens_topology::testing::{resource, SpanBuilder};
+use meshlens_topology::SpanKind;
+use tower::ServiceExt;
+
+use crate::tests::{now_ns, state};
+use crate::{app, WebState};
+
+struct Page {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: String,
+}
+
+async fn page(st: &WebState, uri: &str) -> Page {
+    let resp = app(st.clone())
+        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    Page {
+        status,
+        headers,
+        body: String::from_utf8(bytes.to_vec()).unwrap(),
+    }
+}
+
+/// `client` calls `server` (at `version`) `n` times, `failing` of them with a 503.
+fn calls(st: &WebState, client: &str, server: &str, version: &str, n: u64, failing: u64) {
+    let mut spans = Vec::new();
+    let t0 = now_ns() - 5_000_000_000;
+    for i in 0..n {
+        let status = if i < failing { 503i64 } else { 200 };
+        let trace = 1000 + i + (version.len() as u64) * 100;
+        spans.push(
+            SpanBuilder::new(trace, 1, client, "GET /x", t0)
+                .resource(resource(client, Some("v1")))
+                .kind(SpanKind::Client)
+                .duration_ns(3_000_000)
+                .attr("http.response.status_code", status)
+                .build(),
+        );
+        spans.push(
+            SpanBuilder::new(trace, 2, server, "GET /x", t0)
+                .resource(resource(server, Some(version)))
+                .parent(1)
+                .duration_ns(2_000_000)
+                .attr("http.response.status_code", status)
+                .build(),
+        );
+    }
+    st.graph
+        .topology()
+        .lock()
+        .unwrap()
+        .observe(&spans, now_ns());
+}
+
+#[tokio::test]
+async fn services_page_shows_red_per_service_and_version() {
+    let (st, _dir) = state(true).await;
+    calls(&st, "front", "work", "v1", 8, 0);
+    calls(&st, "front", "work", "v2", 2, 1);
+    let p = page(&st, "/services?window=1m").await;
+    assert_eq!(p.status, StatusCode::OK);
+    assert_eq!(p.headers[header::CONTENT_TYPE], "text/html; charset=utf-8");
+    assert!(
+        p.body
+            .contains(r#"<tr class="service" data-service="work">"#),
+        "{}",
+        p.body
+    );
+    assert!(p.body.contains(r#"data-service="work" data-version="v1""#));
+    assert!(p.body.contains(r#"data-service="work" data-version="v2""#));
+    // 1 failure in 10 calls into work: 10.0%, failing health (5xx ≥ 10%); v2 alone 50%.
+    assert!(p.body.contains(">10.0%<"), "{}", p.body);
+    assert!(p.body.contains(">50.0%<"));
+    assert!(p
+        .body
+        .contains(r#"<span class="health failure">failure</span>"#));
+    assert!(p.body.contains(">80% of calls<") && p.body.contains(">20% of calls<"));
+    // The window selector marks the current window.
+    assert!(p
+        .body
+        .contains(r#"<a href="?window=1m" aria-current="true">1m</a>"#));
+}
+
+#[tokio::test]
+async fn data_plane_text_is_escaped() {
+    let (st, _dir) = state(true).await;
+    let evil = r#"<img src=x onerror="alert(1)">"#;
+    calls(&st, "front", evil, r#"v1"><script>alert(2)</script>"#, 3, 0);
+    let p = page(&st, "/services?window=1m").await;
+    assert_eq!(p.status, StatusCode::OK);
+    assert!(!p.body.contains("<img"), "{}", p.body);
+    assert!(!p.body.contains("<script"), "{}", p.body);
+    assert!(
+        p.body
+            .contains("&#60;img src=x onerror=&#34;alert(1)&#34;&#62;"),
+        "{}",
+        p.body
+    );
+}
+
+#[tokio::test]
+async fn every_response_carries_the_security_headers() {
+    let (st, _dir) = state(true).await;
+    for uri in [
+        "/services",
+        "/policy",
+        "/static/app.css",
+        "/api/graph",
+        "/nope",
+    ] {
+        let p = page(&st, uri).await;
+        let csp = p.headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert!(
+            csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+            "{uri}"
+        );
+        assert!(!csp.contains("unsafe-inline"), "{uri}");
+        assert_eq!(
+            p.headers[header::X_CONTENT_TYPE_OPTIONS],
+            "nosniff",
+            "{uri}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn assets_redirects_and_errors() {
+    let (st, _dir) = state(true).await;
+    let css = page(&st, "/static/app.css").await;
+    assert_eq!(css.status, StatusCode::OK);
+    assert_eq!(css.headers[header::CONTENT_TYPE], "text/css; charset=utf-8");
+    assert!(css.body.contains(".health.failure"));
+    let missing = page(&st, "/static/nope.js").await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert!(missing.body.contains("no such file: nope.js"));
+    let root = page(&st, "/").await;
+    assert_eq!(root.status, StatusCode::SEE_OTHER);
+    assert_eq!(root.headers[header::LOCATION], "/services");
+    let bad = page(&st, "/services?window=2d").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.headers[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(
+        bad.body
+            .contains("window: expected 1m, 5m, 15m or 1h, got &#34;2d&#34;"),
+        "{}",
+        bad.body
+    );
+}
+
+#[tokio::test]
+async fn policy_page_without_config_says_so() {
+    let (st, _dir) = state(true).await;
+    let p = page(&st, "/policy").await;
+    assert_eq!(p.status, StatusCode::OK);
+    assert!(p.body.contains("No quota rules."));
+    assert!(p.body.contains("No denials yet."));
+    assert!(p.body.contains(r#"<span class="health healthy">ok</span>"#));
+    assert!(p
+        .body
+        .contains(r#"<a href="/policy" aria-current="page">Policy</a>"#));
+}
