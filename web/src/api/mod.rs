@@ -25,6 +25,8 @@ pub fn router() -> Router<WebState> {
 }
 
 pub use graph::graph_json;
+pub(crate) use jaeger::parse_trace_id;
+pub(crate) use traces::parse_search;
 
 #[cfg(test)]
 pub use traces::parse_search as parse_search_for_tests;

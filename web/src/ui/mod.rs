@@ -23,8 +23,11 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'
 
 pub fn router() -> Router<WebState> {
     Router::new()
-        .route("/", get(|| async { Redirect::to("/services") }))
+        .route("/", get(|| async { Redirect::to("/topology") }))
+        .route("/topology", get(topology))
         .route("/services", get(services))
+        .route("/traces", get(traces::search))
+        .route("/trace/{trace_id}", get(trace))
         .route("/policy", get(policy))
         .route("/static/{file}", get(asset))
         .route(
@@ -60,6 +63,16 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../../static/app.css"),
     ),
     (
+        "topology.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../static/topology.js"),
+    ),
+    (
+        "trace.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../static/trace.js"),
+    ),
+    (
         "favicon.svg",
         "image/svg+xml",
         include_str!("../../static/favicon.svg"),
@@ -80,24 +93,31 @@ async fn asset(Path(file): Path<String>) -> Response {
     }
 }
 
-struct NavItem {
+mod traces;
+
+pub(crate) struct NavItem {
     href: &'static str,
     label: &'static str,
     current: bool,
 }
 
-fn nav(current: &str) -> Vec<NavItem> {
-    [("/services", "Services"), ("/policy", "Policy")]
-        .into_iter()
-        .map(|(href, label)| NavItem {
-            href,
-            label,
-            current: href == current,
-        })
-        .collect()
+pub(crate) fn nav(current: &str) -> Vec<NavItem> {
+    [
+        ("/topology", "Topology"),
+        ("/traces", "Traces"),
+        ("/services", "Services"),
+        ("/policy", "Policy"),
+    ]
+    .into_iter()
+    .map(|(href, label)| NavItem {
+        href,
+        label,
+        current: href == current,
+    })
+    .collect()
 }
 
-fn render(t: &impl Template) -> Response {
+pub(crate) fn render(t: &impl Template) -> Response {
     match t.render() {
         Ok(html) => Html(html).into_response(),
         Err(e) => {
@@ -127,10 +147,60 @@ fn page_error(status: StatusCode, message: String) -> Response {
 
 impl WebError {
     /// This error as an HTML page (the JSON API answers the JSON envelope instead).
-    fn page(self) -> Response {
+    pub(crate) fn page(self) -> Response {
         let (status, message) = self.status_and_message();
         page_error(status, message)
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Topology: a shell; static/topology.js draws the graph from /api/graph.
+
+#[derive(Template)]
+#[template(path = "topology.html")]
+struct TopologyPage {
+    nav: Vec<NavItem>,
+    windows: Vec<WindowLink>,
+}
+
+async fn topology() -> Response {
+    render(&TopologyPage {
+        nav: nav("/topology"),
+        windows: window_links(Window::M5),
+    })
+}
+
+fn window_links(current: Window) -> Vec<WindowLink> {
+    Window::ALL
+        .iter()
+        .map(|w| WindowLink {
+            name: w.as_str(),
+            current: *w == current,
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// One trace: a shell; static/trace.js draws the timeline from /api/traces/{id}.
+
+#[derive(Template)]
+#[template(path = "trace.html")]
+struct TracePage {
+    nav: Vec<NavItem>,
+    trace_id: String,
+    short_id: String,
+}
+
+async fn trace(Path(trace_id): Path<String>) -> Response {
+    let Some(id) = crate::api::parse_trace_id(&trace_id) else {
+        return WebError::BadRequest(format!("malformed trace id {trace_id:?}")).page();
+    };
+    let trace_id = id.to_hex();
+    render(&TracePage {
+        nav: nav("/traces"),
+        short_id: trace_id.chars().take(7).collect(),
+        trace_id,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -269,13 +339,7 @@ async fn services(State(st): State<WebState>, RawQuery(q): RawQuery) -> Response
     rows.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     render(&ServicesPage {
         nav: nav("/services"),
-        windows: Window::ALL
-            .iter()
-            .map(|w| WindowLink {
-                name: w.as_str(),
-                current: *w == window,
-            })
-            .collect(),
+        windows: window_links(window),
         window: window.as_str(),
         generated_at: humantime::format_rfc3339_seconds(graph.built_at).to_string(),
         rows,

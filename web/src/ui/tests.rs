@@ -145,7 +145,7 @@ async fn assets_redirects_and_errors() {
     assert!(missing.body.contains("no such file: nope.js"));
     let root = page(&st, "/").await;
     assert_eq!(root.status, StatusCode::SEE_OTHER);
-    assert_eq!(root.headers[header::LOCATION], "/services");
+    assert_eq!(root.headers[header::LOCATION], "/topology");
     let bad = page(&st, "/services?window=2d").await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     assert!(bad.headers[header::CONTENT_TYPE]
