@@ -376,6 +376,77 @@ async fn past_windows_come_from_the_per_minute_history() {
 }
 
 #[tokio::test]
+async fn dependencies_sum_calls_between_services_over_the_lookback() {
+    use meshlens_storage::EdgeMinute;
+    use meshlens_topology::graph::{ConnectionType, Counts, EdgeKey, Endpoint, NodeKey, Stats};
+    let (st, _dir) = state(true).await;
+    let key = |client: &str, cv: &str, server: NodeKey, connection| EdgeKey {
+        client: Endpoint {
+            node: NodeKey::service(Some("shop"), client),
+            version: Some(cv.into()),
+        },
+        server: Endpoint {
+            node: server,
+            version: None,
+        },
+        connection,
+    };
+    let row = |minute: i64, key: &EdgeKey, requests: u64| EdgeMinute {
+        minute,
+        key: key.clone(),
+        stats: Stats {
+            counts: Counts {
+                requests,
+                ..Counts::default()
+            },
+            ..Stats::default()
+        },
+    };
+    let work = NodeKey::service(Some("shop"), "work");
+    let front_v1 = key("front", "v1", work.clone(), ConnectionType::Http);
+    let front_v2 = key("front", "v2", work, ConnectionType::Http);
+    let db = key(
+        "work",
+        "v1",
+        NodeKey::service(None, "orders"),
+        ConnectionType::Database,
+    );
+    let m0 = 29_000_000;
+    let mut rows = Vec::new();
+    for m in 0..10 {
+        rows.push(row(m0 + m, &front_v1, 4));
+        rows.push(row(m0 + m, &front_v2, 1));
+        rows.push(row(m0 + m, &db, 2));
+    }
+    st.store.write_edge_minutes(&rows).await.unwrap();
+    // The five minutes before minute m0+10: versions summed into one service pair.
+    let end_ms = (m0 + 10) * 60_000;
+    let (status, body) = get(
+        &st,
+        &format!("/api/dependencies?endTs={end_ms}&lookback=300000"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["data"],
+        serde_json::json!([
+            {"parent": "front", "child": "work", "callCount": 25},
+            {"parent": "work", "child": "orders", "callCount": 10},
+        ])
+    );
+    assert_eq!(body["total"], 2);
+    // Jaeger's default lookback is a day: all ten minutes.
+    let (_, body) = get(&st, &format!("/api/dependencies?endTs={end_ms}")).await;
+    assert_eq!(body["data"][0]["callCount"], 50);
+    let (status, body) = get(&st, "/api/dependencies?endTs=yesterday").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["errors"][0]["msg"]
+        .as_str()
+        .unwrap()
+        .contains("endTs: not a number"));
+}
+
+#[tokio::test]
 async fn filtered_answers_follow_the_refreshed_snapshot() {
     let (st, _dir) = state(true).await;
     feed_graph(&st);

@@ -283,10 +283,18 @@ async fn past_graph(st: &WebState, query: &GraphQuery, end: SystemTime) -> Resul
         .map(|d| (d.as_secs() / 60) as i64)
         .unwrap_or(0);
     let minutes = (query.window.seconds() / 60) as i64;
-    let rows = st
-        .store
-        .edge_minutes(end_minute - minutes, end_minute)
-        .await?;
+    let snapshot = history_snapshot(st, end_minute - minutes, end_minute, query.window).await?;
+    Ok(graph_json(&snapshot.filtered(query), end))
+}
+
+/// The graph of the stored minutes in `[from, to)` (unix minutes); `window` sets its rates.
+pub(crate) async fn history_snapshot(
+    st: &WebState,
+    from: i64,
+    to: i64,
+    window: Window,
+) -> Result<GraphSnapshot, WebError> {
+    let rows = st.store.edge_minutes(from, to).await?;
     let mut edges: std::collections::HashMap<EdgeKey, Stats> = std::collections::HashMap::new();
     for r in rows {
         edges.entry(r.key).or_default().merge(&r.stats);
@@ -297,8 +305,7 @@ async fn past_graph(st: &WebState, query: &GraphQuery, end: SystemTime) -> Resul
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .health();
-    let snapshot = build_snapshot(edges.iter(), query.window, &health).filtered(query);
-    Ok(graph_json(&snapshot, end))
+    Ok(build_snapshot(edges.iter(), window, &health))
 }
 
 /// `GET /api/graph?window=5m&namespace=&service=&depth=&versions=true[&end=…]`

@@ -1,5 +1,6 @@
 //! The JSON API. Jaeger v1 query shapes live in `jaeger`; the service graph in `graph`.
 
+mod dependencies;
 pub(crate) mod graph;
 mod jaeger;
 pub(crate) mod policy;
@@ -20,6 +21,7 @@ pub fn router() -> Router<WebState> {
             get(traces::service_operations),
         )
         .route("/api/operations", get(traces::operations))
+        .route("/api/dependencies", get(dependencies::dependencies))
         .route("/api/graph", get(graph::get_graph))
         .route("/api/policy", get(policy::get_policy))
 }

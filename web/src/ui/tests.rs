@@ -172,3 +172,67 @@ async fn policy_page_without_config_says_so() {
         .body
         .contains(r#"<a href="/policy" aria-current="page">Policy</a>"#));
 }
+
+#[tokio::test]
+async fn trace_search_renders_results_escaped_and_rejects_bad_tags() {
+    use meshlens_storage::encode_batch;
+    let (st, _dir) = state(true).await;
+    let evil = "<b>svc</b>";
+    let t0 = now_ns() - 60_000_000_000;
+    let spans = vec![
+        SpanBuilder::new(77, 1, evil, "GET <i>/x</i>", t0)
+            .resource(resource(evil, Some("v1")))
+            .duration_ns(5_000_000)
+            .build(),
+        SpanBuilder::new(77, 2, "db-client", "SELECT", t0 + 1_000_000)
+            .resource(resource("db-client", None))
+            .parent(1)
+            .duration_ns(2_000_000)
+            .error("boom")
+            .build(),
+    ];
+    st.store.write(&[&encode_batch(&spans)]).await.unwrap();
+    let p = page(&st, "/traces?service=%3Cb%3Esvc%3C%2Fb%3E&lookback=1h").await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.body);
+    assert!(
+        p.body
+            .contains(r#"<p class="muted" id="result-count">1 trace</p>"#),
+        "{}",
+        p.body
+    );
+    assert!(
+        !p.body.contains("<b>svc") && !p.body.contains("<i>"),
+        "{}",
+        p.body
+    );
+    assert!(p
+        .body
+        .contains("&#60;b&#62;svc&#60;/b&#62;: GET &#60;i&#62;/x&#60;/i&#62;"));
+    assert!(p.body.contains("5.00 ms"), "the trace's duration");
+    assert!(
+        p.body.contains(r#"<span class="health failure">1</span>"#),
+        "one error"
+    );
+    // The chosen service is selected in the form.
+    assert!(p
+        .body
+        .contains(r#"<option value="&#60;b&#62;svc&#60;/b&#62;" selected>"#));
+    let bad = page(&st, "/traces?tagtext=oops").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.body.contains("tags: expected key=value"));
+    let first = page(&st, "/traces").await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert!(
+        !first.body.contains("result-count"),
+        "no search before the form is sent"
+    );
+    let trace = page(&st, "/trace/4d").await;
+    assert_eq!(trace.status, StatusCode::OK);
+    assert!(trace
+        .body
+        .contains(r#"data-trace-id="0000000000000000000000000000004d""#));
+    assert_eq!(
+        page(&st, "/trace/xyz").await.status,
+        StatusCode::BAD_REQUEST
+    );
+}
