@@ -359,6 +359,9 @@
       traces.hidden = node.kind !== 'service';
       traces.href = `/traces?service=${encodeURIComponent(node.name)}`;
       traces.textContent = `Traces of ${node.name}`;
+      const service = $('panel-service');
+      service.hidden = node.kind !== 'service';
+      service.href = `/service/${encodeURIComponent(node.name)}?window=${state.window}${node.namespace ? `&namespace=${encodeURIComponent(node.namespace)}` : ''}`;
     } else {
       const name = (nid) => (graph.nodes.find((n) => n.id === nid) || { name: nid }).name;
       $('panel-title').textContent = `${name(edge.source)} → ${name(edge.target)}`;
@@ -366,6 +369,7 @@
       statsTable(edge.stats, []);
       const total = edge.stats.requests || 1;
       versionsTable(edge.versions.map((v) => [`${v.source_version || '–'} → ${v.target_version || '–'}`, v.stats.requests / total, v.stats, '']));
+      $('panel-service').hidden = true;
       const traces = $('panel-traces');
       const server = graph.nodes.find((n) => n.id === edge.target);
       traces.hidden = !server || server.kind !== 'service';

@@ -27,6 +27,7 @@ pub fn router() -> Router<WebState> {
         .route("/topology", get(topology))
         .route("/services", get(services))
         .route("/traces", get(traces::search))
+        .route("/service/{name}", get(service::page))
         .route("/trace/{trace_id}", get(trace))
         .route("/policy", get(policy))
         .route("/static/{file}", get(asset))
@@ -93,6 +94,7 @@ async fn asset(Path(file): Path<String>) -> Response {
     }
 }
 
+mod service;
 mod traces;
 
 pub(crate) struct NavItem {
@@ -170,7 +172,7 @@ async fn topology() -> Response {
     })
 }
 
-fn window_links(current: Window) -> Vec<WindowLink> {
+pub(crate) fn window_links(current: Window) -> Vec<WindowLink> {
     Window::ALL
         .iter()
         .map(|w| WindowLink {
@@ -206,7 +208,7 @@ async fn trace(Path(trace_id): Path<String>) -> Response {
 // ---------------------------------------------------------------------------------------------
 // Services
 
-struct WindowLink {
+pub(crate) struct WindowLink {
     name: &'static str,
     current: bool,
 }
@@ -246,12 +248,17 @@ struct ServicesPage {
     rows: Vec<RedRow>,
 }
 
-struct Red {
+pub(crate) struct Red {
     rps: String,
     errors: String,
     p50: String,
     p95: String,
     p99: String,
+}
+
+/// RED of a graph summary over `window`, formatted.
+pub(crate) fn red_of(s: &meshlens_topology::graph::Summary, window: Window) -> Red {
+    red(&crate::api::graph::stats_dto(s, window))
 }
 
 fn red(s: &StatsDto) -> Red {
@@ -276,7 +283,7 @@ fn percent(ratio: f64) -> String {
     }
 }
 
-fn window_param(raw: Option<&str>) -> Result<Window, WebError> {
+pub(crate) fn window_param(raw: Option<&str>) -> Result<Window, WebError> {
     let raw = raw.unwrap_or("");
     let value = form_urlencoded::parse(raw.as_bytes())
         .find(|(k, _)| k == "window")

@@ -236,3 +236,95 @@ async fn trace_search_renders_results_escaped_and_rejects_bad_tags() {
         StatusCode::BAD_REQUEST
     );
 }
+
+#[tokio::test]
+async fn service_page_shows_red_history_peers_and_versions() {
+    use meshlens_storage::EdgeMinute;
+    use meshlens_topology::graph::{ConnectionType, Counts, EdgeKey, Endpoint, NodeKey, Stats};
+    let (st, _dir) = state(true).await;
+    calls(&st, "front", "work", "v1", 8, 0);
+    calls(&st, "front", "work", "v2", 2, 1);
+    calls(&st, "work", "meet", "v1", 5, 0);
+    // Ten stored minutes of front → work in the last hour, the 4th with failures.
+    let now_minute = (now_ns() / 60_000_000_000) as i64;
+    let key = EdgeKey {
+        client: Endpoint {
+            node: NodeKey::service(None, "front"),
+            version: Some("v1".into()),
+        },
+        server: Endpoint {
+            node: NodeKey::service(None, "work"),
+            version: Some("v1".into()),
+        },
+        connection: ConnectionType::Http,
+    };
+    let rows: Vec<EdgeMinute> = (1..=10)
+        .map(|i| EdgeMinute {
+            minute: now_minute - i,
+            key: key.clone(),
+            stats: Stats {
+                counts: Counts {
+                    requests: 60 * i as u64,
+                    failures: if i == 4 { 30 } else { 0 },
+                    http_5xx: if i == 4 { 30 } else { 0 },
+                    ..Counts::default()
+                },
+                ..Stats::default()
+            },
+        })
+        .collect();
+    st.store.write_edge_minutes(&rows).await.unwrap();
+
+    let p = page(&st, "/service/work?window=1m").await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.body);
+    assert!(
+        p.body.contains(r#"<p class="big" id="stat-rps">0.17</p>"#),
+        "10 calls in a minute: {}",
+        p.body
+    );
+    assert!(p
+        .body
+        .contains(r#"<p class="big" id="stat-errors">10.0%</p>"#));
+    // Three charts of ten points each; the busiest minute (600 calls) reads 10 requests/s.
+    for chart in ["rps", "errors", "p95"] {
+        assert!(
+            p.body.contains(&format!(r#"data-chart="{chart}""#)),
+            "{chart}"
+        );
+    }
+    let points: Vec<&str> = p
+        .body
+        .split(r#"<polyline points=""#)
+        .skip(1)
+        .map(|s| s.split('"').next().unwrap())
+        .collect();
+    assert_eq!(points[0].split(' ').count(), 10, "{}", points[0]);
+    assert_eq!(points[1].split(' ').count(), 10);
+    assert!(p.body.contains("max 10.00"), "{}", p.body);
+    assert!(p.body.contains("max 12.5%"), "30 failures of 240");
+    assert_eq!(points[2], "", "no latency stored, no p95 line");
+    assert_eq!(
+        p.body.matches(r#"class="dot""#).count(),
+        20,
+        "a dot per point"
+    );
+    // Versions, callers and callees from the live window.
+    assert!(
+        p.body.contains(r#"<tr data-version="v1">"#)
+            && p.body.contains(r#"<tr data-version="v2">"#)
+    );
+    assert!(
+        p.body.contains(r#"<a href="/service/front">front</a>"#),
+        "{}",
+        p.body
+    );
+    assert!(p.body.contains(r#"<a href="/service/meet">meet</a>"#));
+    // Unknown services are a 404 page.
+    let missing = page(&st, "/service/nope").await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert!(
+        missing.body.contains("no service &#34;nope&#34;"),
+        "{}",
+        missing.body
+    );
+}

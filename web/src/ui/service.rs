@@ -1,0 +1,315 @@
+//! `/service/{name}`: one service. Its RED now and per minute over the last hour (SVG charts
+//! from the stored per-minute history), its versions, callers and callees, and its operations.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use askama::Template;
+use axum::extract::{Path, RawQuery, State};
+use axum::response::Response;
+use meshlens_storage::EdgeMinute;
+use meshlens_topology::graph::{build_snapshot, EdgeKey, NodeKind, Stats, Summary, Window};
+use meshlens_topology::SpanKind;
+
+use super::{nav, red_of, render, window_links, window_param, NavItem, Red, WindowLink};
+use crate::{WebError, WebState};
+
+/// Minutes of history the charts show.
+const HISTORY_MINUTES: i64 = 60;
+const CHART_W: f64 = 360.0;
+const CHART_H: f64 = 100.0;
+
+pub(crate) struct Chart {
+    id: &'static str,
+    title: &'static str,
+    max_label: String,
+    width: f64,
+    height: f64,
+    points: String,
+    dots: Vec<Dot>,
+    from: String,
+    to: String,
+}
+
+pub(crate) struct Dot {
+    x: String,
+    y: String,
+}
+
+pub(crate) struct Peer {
+    name: String,
+    kind: &'static str,
+    is_service: bool,
+    health: &'static str,
+    red: Red,
+}
+
+pub(crate) struct VersionRow {
+    version: String,
+    share: String,
+    health: &'static str,
+    rps: String,
+    errors: String,
+    p50: String,
+    p95: String,
+    p99: String,
+}
+
+pub(crate) struct Operation {
+    name: String,
+    kind: &'static str,
+}
+
+#[derive(Template)]
+#[template(path = "service.html")]
+struct ServicePage {
+    nav: Vec<NavItem>,
+    name: String,
+    namespace: String,
+    health: &'static str,
+    windows: Vec<WindowLink>,
+    window: &'static str,
+    red: Red,
+    charts: Vec<Chart>,
+    versions: Vec<VersionRow>,
+    upstreams: Vec<Peer>,
+    downstreams: Vec<Peer>,
+    operations: Vec<Operation>,
+}
+
+/// One series' points in chart coordinates; `None` values are left out. The top 4% is kept
+/// free so the highest point's dot shows whole.
+fn scale(values: &[(i64, Option<f64>)], from: i64, to: i64, max: f64) -> Vec<(f64, f64)> {
+    let span = (to - from).max(1) as f64;
+    values
+        .iter()
+        .filter_map(|(m, v)| {
+            let v = (*v)?;
+            let x = (m - from) as f64 / span * CHART_W;
+            let y = CHART_H
+                - if max > 0.0 {
+                    v / max * CHART_H * 0.96
+                } else {
+                    0.0
+                };
+            Some((x, y))
+        })
+        .collect()
+}
+
+fn chart(
+    id: &'static str,
+    title: &'static str,
+    values: &[(i64, Option<f64>)],
+    (from, to): (i64, i64),
+    label: impl Fn(f64) -> String,
+) -> Chart {
+    let max = values.iter().filter_map(|(_, v)| *v).fold(0.0, f64::max);
+    let points = scale(values, from, to - 1, max);
+    let minute = |m: i64| {
+        humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(m as u64 * 60))
+            .to_string()
+    };
+    Chart {
+        id,
+        title,
+        max_label: label(max),
+        width: CHART_W,
+        height: CHART_H,
+        points: points
+            .iter()
+            .map(|(x, y)| format!("{x:.1},{y:.1}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        dots: points
+            .iter()
+            .map(|(x, y)| Dot {
+                x: format!("{x:.1}"),
+                y: format!("{y:.1}"),
+            })
+            .collect(),
+        from: minute(from),
+        to: minute(to),
+    }
+}
+
+/// The service's inbound RED per stored minute in `[from, to)`.
+fn per_minute(
+    rows: Vec<EdgeMinute>,
+    name: &str,
+    namespace: Option<&str>,
+    health: &meshlens_topology::graph::HealthConfig,
+) -> Vec<(i64, Summary)> {
+    let mut minutes: BTreeMap<i64, Vec<(EdgeKey, Stats)>> = BTreeMap::new();
+    for r in rows {
+        let server = &r.key.server.node;
+        if server.kind == NodeKind::Service
+            && &*server.name == name
+            && (namespace.is_none() || server.namespace.as_deref() == namespace)
+        {
+            minutes.entry(r.minute).or_default().push((r.key, r.stats));
+        }
+    }
+    minutes
+        .into_iter()
+        .filter_map(|(m, edges)| {
+            let snap = build_snapshot(edges.iter().map(|(k, s)| (k, s)), Window::M1, health);
+            let node = snap
+                .nodes
+                .into_iter()
+                .find(|n| n.key.kind == NodeKind::Service && &*n.key.name == name)?;
+            Some((m, node.inbound))
+        })
+        .collect()
+}
+
+pub(crate) async fn page(
+    State(st): State<WebState>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let window = match window_param(raw.as_deref()) {
+        Ok(w) => w,
+        Err(e) => return e.page(),
+    };
+    let namespace = form_urlencoded::parse(raw.as_deref().unwrap_or("").as_bytes())
+        .find(|(k, v)| k == "namespace" && !v.is_empty())
+        .map(|(_, v)| v.into_owned());
+    let graph = match st.graph.get(window).await {
+        Ok(g) => g,
+        Err(e) => return e.page(),
+    };
+    let snapshot = &graph.snapshot;
+    let is_it = |k: &meshlens_topology::graph::NodeKey| {
+        k.kind == NodeKind::Service
+            && *k.name == *name
+            && (namespace.is_none() || k.namespace.as_deref() == namespace.as_deref())
+    };
+    let node = snapshot.nodes.iter().find(|n| is_it(&n.key));
+    let operations = match st.store.operations(&name, None).await {
+        Ok(ops) => ops,
+        Err(e) => return WebError::from(e).page(),
+    };
+    if node.is_none() && operations.is_empty() {
+        return WebError::NotFound(format!(
+            "no service {name:?} on the graph in the last {} or among the stored spans",
+            window.as_str()
+        ))
+        .page();
+    }
+    let now_minute = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| (d.as_secs() / 60) as i64)
+        .unwrap_or(0);
+    let (from, to) = (now_minute - HISTORY_MINUTES, now_minute);
+    let rows = match st.store.edge_minutes(from, to).await {
+        Ok(r) => r,
+        Err(e) => return WebError::from(e).page(),
+    };
+    let health = *st
+        .graph
+        .topology()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .health();
+    let history = per_minute(rows, &name, namespace.as_deref(), &health);
+    let charts = if history.is_empty() {
+        Vec::new()
+    } else {
+        let series = |f: &dyn Fn(&Summary) -> Option<f64>| -> Vec<(i64, Option<f64>)> {
+            history.iter().map(|(m, s)| (*m, f(s))).collect()
+        };
+        vec![
+            chart(
+                "rps",
+                "Requests/s",
+                &series(&|s| Some(s.counts.requests as f64 / 60.0)),
+                (from, to),
+                |v| format!("{v:.2}"),
+            ),
+            chart(
+                "errors",
+                "Error ratio",
+                &series(&|s| {
+                    (s.counts.requests > 0)
+                        .then(|| s.counts.failures as f64 / s.counts.requests as f64)
+                }),
+                (from, to),
+                |v| format!("{:.1}%", v * 100.0),
+            ),
+            chart(
+                "p95",
+                "p95 latency",
+                &series(&|s| s.latency.map(|q| q.p95_ns / 1e6)),
+                (from, to),
+                |v| format!("{v:.1} ms"),
+            ),
+        ]
+    };
+    let peer = |k: &meshlens_topology::graph::NodeKey, s: &Summary, h: &'static str| Peer {
+        name: k.name.to_string(),
+        kind: k.kind.as_str(),
+        is_service: k.kind == NodeKind::Service,
+        health: h,
+        red: red_of(s, window),
+    };
+    let upstreams = snapshot
+        .edges
+        .iter()
+        .filter(|e| is_it(&e.server))
+        .map(|e| peer(&e.client, &e.stats, e.health.as_str()))
+        .collect();
+    let downstreams = snapshot
+        .edges
+        .iter()
+        .filter(|e| is_it(&e.client))
+        .map(|e| peer(&e.server, &e.stats, e.health.as_str()))
+        .collect();
+    let empty = Summary::default();
+    let inbound = node.map_or(&empty, |n| &n.inbound);
+    render(&ServicePage {
+        nav: nav(""),
+        namespace: node
+            .and_then(|n| n.key.namespace.as_deref())
+            .unwrap_or("")
+            .to_string(),
+        health: node.map_or("idle", |n| n.health.as_str()),
+        windows: window_links(window),
+        window: window.as_str(),
+        red: red_of(inbound, window),
+        charts,
+        versions: node
+            .map(|n| {
+                n.versions
+                    .iter()
+                    .map(|v| {
+                        let r = red_of(&v.inbound, window);
+                        VersionRow {
+                            version: v.version.to_string(),
+                            share: format!("{:.0}%", v.share * 100.0),
+                            health: v.health.as_str(),
+                            rps: r.rps,
+                            errors: r.errors,
+                            p50: r.p50,
+                            p95: r.p95,
+                            p99: r.p99,
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        upstreams,
+        downstreams,
+        operations: operations
+            .into_iter()
+            .map(|o| Operation {
+                name: o.name,
+                kind: match o.kind {
+                    SpanKind::Unspecified => "",
+                    k => k.as_str(),
+                },
+            })
+            .collect(),
+        name,
+    })
+}
