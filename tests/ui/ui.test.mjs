@@ -75,6 +75,17 @@ test('policy page: config, quotas and the denials checks just got', async () => 
   await page.goto(`${ml.web}/policy`);
   assert.equal(await page.locator('#reload-status .health').textContent(), 'ok');
   assert.deepEqual(await page.locator('#quotas tbody td:first-child').allTextContents(), ['per-user']);
+  // The quota's use: the user's first check passed, the rest were over its 1 a minute.
+  const quota = await page.locator('#quotas tbody tr').first().locator('td').allTextContents();
+  assert.equal(quota[4], 'destination=work');
+  assert.equal(quota[5], 'source.service + destination.service + header:x-user');
+  assert.equal(quota[6], '1');
+  assert.ok(Number(quota[7]) >= 5, quota.join('|'));
+  assert.deepEqual(await page.locator('#rules tbody td:first-child').allTextContents(),
+    ['no-admin', 'ingress-to-work', 'watch-deletes']);
+  assert.deepEqual(await page.locator('#rules tbody .action').allTextContents(), ['DENY', 'ALLOW', 'AUDIT']);
+  const limits = await page.locator('#limits tbody td:nth-child(2) code').allTextContents();
+  assert.deepEqual(limits, ['edge.source_cluster.destination_cluster', 'edge.user', 'edge.user_scraper']);
   const denial = page.locator('#denials tbody tr').first();
   const cells = await denial.locator('td').allTextContents();
   assert.equal(cells[1], 'ext_authz');

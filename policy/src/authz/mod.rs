@@ -51,6 +51,17 @@ enum Pattern {
     Suffix(String),
 }
 
+impl std::fmt::Display for Pattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Pattern::Any => f.write_str("*"),
+            Pattern::Exact(s) => f.write_str(s),
+            Pattern::Prefix(p) => write!(f, "{p}*"),
+            Pattern::Suffix(s) => write!(f, "*{s}"),
+        }
+    }
+}
+
 impl Pattern {
     fn parse(s: &str) -> Pattern {
         if s == "*" {
@@ -93,6 +104,38 @@ struct Matcher {
 }
 
 impl Matcher {
+    /// What the matcher requires, as `field=a,b` terms (empty: matches everything).
+    fn describe(&self) -> String {
+        fn list<T: std::fmt::Display>(items: &[T]) -> String {
+            items
+                .iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        }
+        let mut terms = Vec::new();
+        for (field, items) in [
+            ("destination", &self.destinations),
+            ("source.service", &self.services),
+            ("source.principal", &self.principals),
+            ("source.namespace", &self.namespaces),
+            ("host", &self.hosts),
+            ("method", &self.methods),
+            ("path", &self.paths),
+        ] {
+            if !items.is_empty() {
+                terms.push(format!("{field}={}", list(items)));
+            }
+        }
+        if !self.ip_blocks.is_empty() {
+            terms.push(format!("source.ip={}", list(&self.ip_blocks)));
+        }
+        for (name, pats) in &self.headers {
+            terms.push(format!("header:{name}={}", list(pats)));
+        }
+        terms.join(" ")
+    }
+
     fn compile(
         destinations: &[String],
         source: &SourceConfig,
@@ -153,6 +196,48 @@ pub enum Action {
     Allow,
     Deny,
     Audit,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Allow => "ALLOW",
+            Action::Deny => "DENY",
+            Action::Audit => "AUDIT",
+        }
+    }
+}
+
+/// A rule as the policy page lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleSummary {
+    pub name: Arc<str>,
+    pub action: &'static str,
+    /// What it matches, as `field=a,b` terms.
+    pub matches: String,
+}
+
+impl QuotaRule {
+    /// What the quota applies to, as `field=a,b` terms, and the parts of its key.
+    pub fn describe(&self) -> (String, String) {
+        let key = self
+            .key
+            .iter()
+            .map(|k| match k {
+                KeyPart::SourceService => "source.service".to_string(),
+                KeyPart::SourceNamespace => "source.namespace".to_string(),
+                KeyPart::SourcePrincipal => "source.principal".to_string(),
+                KeyPart::SourceIp => "source.ip".to_string(),
+                KeyPart::Destination => "destination.service".to_string(),
+                KeyPart::Host => "request.host".to_string(),
+                KeyPart::Method => "request.method".to_string(),
+                KeyPart::Path => "request.path".to_string(),
+                KeyPart::Header(h) => format!("header:{h}"),
+            })
+            .collect::<Vec<_>>()
+            .join(" + ");
+        (self.matcher.describe(), key)
+    }
 }
 
 #[derive(Debug)]
@@ -376,6 +461,18 @@ impl AuthzPolicy {
 
     pub fn rule_count(&self) -> usize {
         self.rules.len()
+    }
+
+    /// Each rule's name, action and what it matches, in evaluation order within its action.
+    pub fn rule_summaries(&self) -> Vec<RuleSummary> {
+        self.rules
+            .iter()
+            .map(|r| RuleSummary {
+                name: r.name.clone(),
+                action: r.action.as_str(),
+                matches: r.matcher.describe(),
+            })
+            .collect()
     }
 
     pub fn quota_rules(&self) -> &[QuotaRule] {

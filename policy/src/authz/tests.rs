@@ -179,3 +179,36 @@ fn spiffe_namespaces() {
     assert_eq!(spiffe_namespace("spiffe://cluster.local/sa/work"), None);
     assert_eq!(spiffe_namespace("work"), None);
 }
+
+#[test]
+fn rules_and_quotas_describe_what_they_match() {
+    let p = AuthzPolicy::parse(POLICY).unwrap();
+    let rules: Vec<(String, &str, String)> = p
+        .rule_summaries()
+        .into_iter()
+        .map(|r| (r.name.to_string(), r.action, r.matches))
+        .collect();
+    let want = [
+        ("no-admin", "DENY", "destination=work path=/admin*"),
+        ("no-bots", "DENY", "header:user-agent=*bot"),
+        ("blocked-net", "DENY", "source.ip=10.9.0.0/16"),
+        (
+            "ingress-to-work",
+            "ALLOW",
+            "destination=work source.service=ingress method=GET,POST",
+        ),
+        (
+            "mesh-to-meet",
+            "ALLOW",
+            "destination=meet source.namespace=shop",
+        ),
+        ("watch-deletes", "AUDIT", "method=DELETE"),
+    ];
+    assert_eq!(rules.len(), want.len());
+    for ((name, action, matches), (wn, wa, wm)) in rules.iter().zip(want) {
+        assert_eq!((name.as_str(), *action, matches.as_str()), (wn, wa, wm));
+    }
+    let (applies, key) = p.quota_rules()[0].describe();
+    assert_eq!(applies, "destination=work");
+    assert_eq!(key, "source.service + destination.service + header:x-user");
+}

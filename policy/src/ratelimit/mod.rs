@@ -164,6 +164,32 @@ impl RateLimits {
         RateLimits::compile(files)
     }
 
+    /// Every configured limit, by domain and config path, sorted.
+    pub fn limits(&self) -> Vec<(String, Arc<Limit>)> {
+        fn walk(domain: &str, node: &Node, out: &mut Vec<(String, Arc<Limit>)>) {
+            if let Some(l) = &node.limit {
+                out.push((domain.to_string(), l.clone()));
+            }
+            for level in node.children.values() {
+                for n in level.by_value.values() {
+                    walk(domain, n, out);
+                }
+                for (_, n) in &level.wildcards {
+                    walk(domain, n, out);
+                }
+                if let Some(n) = &level.key_only {
+                    walk(domain, n, out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for (domain, root) in &self.domains {
+            walk(domain, root, &mut out);
+        }
+        out.sort_by(|a, b| (&a.0, &a.1.stats_key).cmp(&(&b.0, &b.1.stats_key)));
+        out
+    }
+
     pub fn domains(&self) -> impl Iterator<Item = &str> {
         self.domains.keys().map(String::as_str)
     }

@@ -460,3 +460,36 @@ descriptors:
     .unwrap_err();
     assert!(e.contains("share_threshold can only be used with wildcard values (ending with '*'), but found key 'k_v'"), "{e}");
 }
+
+#[test]
+fn every_limit_is_listed_by_domain_and_config_path() {
+    let rl = limits(&[
+        "domain: edge\ndescriptors:\n  - key: user\n    rate_limit: {unit: minute, requests_per_unit: 30}\n  - key: user\n    value: scraper\n    rate_limit: {unit: minute, requests_per_unit: 5, algorithm: gcra}\n  - key: src\n    descriptors:\n      - key: dst\n        value: db*\n        rate_limit: {unit: second, requests_per_unit: 100}\n",
+        "domain: api\ndescriptors:\n  - key: path\n    value: /health\n    rate_limit: {unlimited: true}\n",
+    ]);
+    let listed: Vec<(String, String, u32, bool)> = rl
+        .limits()
+        .into_iter()
+        .map(|(d, l)| {
+            (
+                d,
+                l.stats_key.clone(),
+                l.rate.requests_per_unit,
+                l.unlimited,
+            )
+        })
+        .collect();
+    assert_eq!(listed.len(), 4, "{listed:?}");
+    assert_eq!(listed[0].0, "api");
+    assert!(listed[0].3, "unlimited");
+    let keys: Vec<&str> = listed.iter().map(|l| l.1.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "api.path_/health",
+            "edge.src.dst_db*",
+            "edge.user",
+            "edge.user_scraper"
+        ]
+    );
+}

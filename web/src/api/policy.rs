@@ -28,8 +28,40 @@ pub struct PolicyDto {
     pub(crate) domains: Vec<String>,
     pub(crate) policy_files: Vec<String>,
     pub(crate) rules: usize,
+    /// The authorization rules in order: name, action, what they match.
+    pub(crate) rule_list: Vec<RuleDto>,
     pub(crate) quotas: Vec<QuotaDto>,
+    /// Every rate limit of the envoyproxy/ratelimit configs.
+    pub(crate) limits: Vec<LimitDto>,
     pub(crate) denials: Vec<DenialDto>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RuleDto {
+    pub(crate) name: String,
+    pub(crate) action: &'static str,
+    pub(crate) matches: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LimitDto {
+    pub(crate) domain: String,
+    /// The config path, as envoyproxy/ratelimit names its stats (`domain.key_value.key`).
+    pub(crate) key: String,
+    pub(crate) name: Option<String>,
+    pub(crate) requests_per_unit: u32,
+    pub(crate) unit: &'static str,
+    pub(crate) algorithm: &'static str,
+    pub(crate) unlimited: bool,
+    pub(crate) shadow_mode: bool,
+    pub(crate) usage: Usage,
+}
+
+/// Hits counted against a quota or limit since meshlens started (this replica).
+#[derive(Debug, Serialize, Default, Clone, Copy)]
+pub struct Usage {
+    pub(crate) within: u64,
+    pub(crate) over: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -44,6 +76,11 @@ pub struct QuotaDto {
     pub(crate) requests_per_unit: u32,
     pub(crate) unit: &'static str,
     pub(crate) algorithm: &'static str,
+    /// What the quota applies to, as `field=a,b` terms.
+    pub(crate) applies_to: String,
+    /// The request attributes its counters are keyed by.
+    pub(crate) key: String,
+    pub(crate) usage: Usage,
 }
 
 #[derive(Debug, Serialize)]
@@ -94,6 +131,8 @@ pub(crate) fn policy_dto(st: &WebState, limit: usize) -> PolicyDto {
     let mut domains: Vec<String> = loaded.ratelimits.domains().map(str::to_string).collect();
     domains.sort();
     let path = |p: &std::path::PathBuf| p.display().to_string();
+    let usage = quota_usage(&st.registry);
+    let used = |name: &str| usage.get(name).copied().unwrap_or_default();
     PolicyDto {
         backend: engine.backend_name(),
         failure_mode: match settings.failure_mode {
@@ -110,15 +149,47 @@ pub(crate) fn policy_dto(st: &WebState, limit: usize) -> PolicyDto {
         domains,
         policy_files: settings.policy_files.iter().map(path).collect(),
         rules: loaded.authz.rule_count(),
+        rule_list: loaded
+            .authz
+            .rule_summaries()
+            .into_iter()
+            .map(|r| RuleDto {
+                name: r.name.to_string(),
+                action: r.action,
+                matches: r.matches,
+            })
+            .collect(),
         quotas: loaded
             .authz
             .quota_rules()
             .iter()
-            .map(|q| QuotaDto {
-                name: q.name.to_string(),
-                requests_per_unit: q.rate.requests_per_unit,
-                unit: q.rate.unit.as_str(),
-                algorithm: q.rate.algorithm.as_str(),
+            .map(|q| {
+                let (applies_to, key) = q.describe();
+                QuotaDto {
+                    name: q.name.to_string(),
+                    requests_per_unit: q.rate.requests_per_unit,
+                    unit: q.rate.unit.as_str(),
+                    algorithm: q.rate.algorithm.as_str(),
+                    applies_to,
+                    key,
+                    usage: used(&q.name),
+                }
+            })
+            .collect(),
+        limits: loaded
+            .ratelimits
+            .limits()
+            .into_iter()
+            .map(|(domain, l)| LimitDto {
+                usage: used(&l.stats_key),
+                domain,
+                key: l.stats_key.clone(),
+                name: l.name.clone(),
+                requests_per_unit: l.rate.requests_per_unit,
+                unit: l.rate.unit.as_str(),
+                algorithm: l.rate.algorithm.as_str(),
+                unlimited: l.unlimited,
+                shadow_mode: l.shadow_mode,
             })
             .collect(),
         denials: engine
@@ -127,4 +198,30 @@ pub(crate) fn policy_dto(st: &WebState, limit: usize) -> PolicyDto {
             .map(DenialDto::from)
             .collect(),
     }
+}
+
+/// Hits per quota or limit name, read from `meshlens_policy_quota_hits_total{limit, outcome}`.
+fn quota_usage(registry: &prometheus::Registry) -> std::collections::HashMap<String, Usage> {
+    let mut out: std::collections::HashMap<String, Usage> = std::collections::HashMap::new();
+    for family in registry.gather() {
+        if family.name() != "meshlens_policy_quota_hits_total" {
+            continue;
+        }
+        for m in family.get_metric() {
+            let label = |name: &str| {
+                m.get_label()
+                    .iter()
+                    .find(|l| l.name() == name)
+                    .map(|l| l.value().to_string())
+                    .unwrap_or_default()
+            };
+            let hits = m.get_counter().get_value() as u64;
+            let u = out.entry(label("limit")).or_default();
+            match label("outcome").as_str() {
+                "within" => u.within += hits,
+                _ => u.over += hits,
+            }
+        }
+    }
+    out
 }

@@ -371,6 +371,29 @@ struct QuotaRow {
     requests_per_unit: u32,
     unit: &'static str,
     algorithm: &'static str,
+    applies_to: String,
+    key: String,
+    within: u64,
+    over: u64,
+}
+
+struct RuleRow {
+    name: String,
+    action: &'static str,
+    matches: String,
+}
+
+struct LimitRow {
+    domain: String,
+    key: String,
+    name: Option<String>,
+    requests_per_unit: u32,
+    unit: &'static str,
+    algorithm: &'static str,
+    unlimited: bool,
+    shadow_mode: bool,
+    within: u64,
+    over: u64,
 }
 
 struct ConfigError {
@@ -387,7 +410,8 @@ struct PolicyPage {
     backend: &'static str,
     failure_mode: &'static str,
     shadow_mode: bool,
-    rules: usize,
+    rule_list: Vec<RuleRow>,
+    limits: Vec<LimitRow>,
     policy_files: Vec<String>,
     ratelimit_files: Vec<String>,
     domains: Vec<String>,
@@ -411,7 +435,31 @@ async fn policy(State(st): State<WebState>) -> Response {
         backend: p.backend,
         failure_mode: p.failure_mode,
         shadow_mode: p.shadow_mode,
-        rules: p.rules,
+        rule_list: p
+            .rule_list
+            .into_iter()
+            .map(|r| RuleRow {
+                name: r.name,
+                action: r.action,
+                matches: r.matches,
+            })
+            .collect(),
+        limits: p
+            .limits
+            .into_iter()
+            .map(|l| LimitRow {
+                domain: l.domain,
+                key: l.key,
+                name: l.name,
+                requests_per_unit: l.requests_per_unit,
+                unit: l.unit,
+                algorithm: l.algorithm,
+                unlimited: l.unlimited,
+                shadow_mode: l.shadow_mode,
+                within: l.usage.within,
+                over: l.usage.over,
+            })
+            .collect(),
         policy_files: p.policy_files,
         ratelimit_files: p.ratelimit_files,
         domains: p.domains,
@@ -423,6 +471,10 @@ async fn policy(State(st): State<WebState>) -> Response {
                 requests_per_unit: q.requests_per_unit,
                 unit: q.unit,
                 algorithm: q.algorithm,
+                applies_to: q.applies_to,
+                key: q.key,
+                within: q.usage.within,
+                over: q.usage.over,
             })
             .collect(),
         denials: p
