@@ -87,6 +87,9 @@ test('clicking a node opens its panel; refresh keeps zoom and selection', async 
   assert.deepEqual(await page.locator('#panel-versions tbody tr td:first-child').allTextContents(), ['v1', 'v2']);
   assert.equal(await page.getAttribute('#panel-traces', 'href'), '/traces?service=work');
   assert.match(page.url(), /selected=service%3Ademo%2Fwork/);
+  // The last hour's charts: a new meshlens has stored no whole minute yet, and says so.
+  await poll(async () => /No stored minutes yet/.test(await page.textContent('#panel-charts')), 'the history answer');
+  assert.match(await page.getAttribute('#panel-service', 'href'), /^\/service\/work\?window=1m&namespace=demo$/);
   // Zoom in with the wheel over the graph, then wait for a live refresh.
   const box = await page.locator('#graph').boundingBox();
   await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);

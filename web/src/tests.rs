@@ -447,6 +447,90 @@ async fn dependencies_sum_calls_between_services_over_the_lookback() {
 }
 
 #[tokio::test]
+async fn history_of_a_node_or_an_edge_per_minute() {
+    use meshlens_storage::EdgeMinute;
+    use meshlens_topology::graph::{ConnectionType, Counts, EdgeKey, Endpoint, NodeKey, Stats};
+    let (st, _dir) = state(true).await;
+    let now_minute = (now_ns() / 60_000_000_000) as i64;
+    let key = |client: &str, version: &str| EdgeKey {
+        client: Endpoint {
+            node: NodeKey::service(Some("shop"), client),
+            version: Some("v1".into()),
+        },
+        server: Endpoint {
+            node: NodeKey::service(Some("shop"), "work"),
+            version: Some(version.into()),
+        },
+        connection: ConnectionType::Http,
+    };
+    let row = |minute: i64, key: EdgeKey, requests: u64, failures: u64| EdgeMinute {
+        minute,
+        key,
+        stats: Stats {
+            counts: Counts {
+                requests,
+                failures,
+                http_5xx: failures,
+                ..Counts::default()
+            },
+            ..Stats::default()
+        },
+    };
+    let mut rows = Vec::new();
+    for i in 1..=3 {
+        rows.push(row(now_minute - i, key("front", "v1"), 10, 0));
+        rows.push(row(now_minute - i, key("front", "v2"), 5, 1));
+        rows.push(row(now_minute - i, key("admin", "v1"), 2, 0));
+    }
+    rows.push(row(now_minute - 90, key("front", "v1"), 99, 0)); // outside the hour
+    st.store.write_edge_minutes(&rows).await.unwrap();
+    let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+
+    let (status, body) = get(
+        &st,
+        &format!("/api/graph/history?node={}", enc("service:shop/work")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let points = body["minutes"].as_array().unwrap();
+    assert_eq!(points.len(), 3, "{body}");
+    assert_eq!(points[0]["at"], (now_minute - 3) * 60);
+    assert_eq!(
+        points[0]["requests"], 17,
+        "all callers and versions into work"
+    );
+    assert_eq!(points[0]["failures"], 1);
+    assert_eq!(points[0]["p95_ms"], Value::Null);
+    assert_eq!(
+        body["to"].as_i64().unwrap() - body["from"].as_i64().unwrap(),
+        3600
+    );
+
+    let edge = "service:shop/admin->service:shop/work:http";
+    let (_, body) = get(&st, &format!("/api/graph/history?edge={}", enc(edge))).await;
+    let requests: Vec<u64> = body["minutes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["requests"].as_u64().unwrap())
+        .collect();
+    assert_eq!(requests, [2, 2, 2]);
+    let (_, body) = get(
+        &st,
+        &format!(
+            "/api/graph/history?node={}&minutes=120",
+            enc("service:shop/work")
+        ),
+    )
+    .await;
+    assert_eq!(body["minutes"].as_array().unwrap().len(), 4);
+    for bad in ["/api/graph/history", "/api/graph/history?node=x&minutes=0"] {
+        let (status, _) = get(&st, bad).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+}
+
+#[tokio::test]
 async fn filtered_answers_follow_the_refreshed_snapshot() {
     let (st, _dir) = state(true).await;
     feed_graph(&st);

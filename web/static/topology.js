@@ -354,6 +354,7 @@
       $('panel-title').textContent = node.name;
       $('panel-sub').textContent = `${node.kind}${node.namespace ? ` in ${node.namespace}` : ''} · ${node.health} · calls received, last ${graph.window}`;
       statsTable(node.stats, [['calls out', node.outbound_requests]]);
+      charts('node', node.id);
       versionsTable(node.versions.map((v) => [v.version, v.share, v.stats, v.health]));
       const traces = $('panel-traces');
       traces.hidden = node.kind !== 'service';
@@ -367,6 +368,7 @@
       $('panel-title').textContent = `${name(edge.source)} → ${name(edge.target)}`;
       $('panel-sub').textContent = `${edge.connection_type} · ${edge.health} · last ${graph.window}`;
       statsTable(edge.stats, []);
+      charts('edge', edge.id);
       const total = edge.stats.requests || 1;
       versionsTable(edge.versions.map((v) => [`${v.source_version || '–'} → ${v.target_version || '–'}`, v.stats.requests / total, v.stats, '']));
       $('panel-service').hidden = true;
@@ -377,6 +379,63 @@
         traces.href = `/traces?service=${encodeURIComponent(server.name)}`;
         traces.textContent = `Traces of ${server.name}`;
       }
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Small charts: the selected node's or edge's last hour, per stored minute.
+
+  const histories = new Map(); // id -> {at, body}
+
+  async function charts(kind, id) {
+    const box = $('panel-charts');
+    if (box.dataset.for !== id) {
+      box.replaceChildren();
+      box.dataset.for = id;
+    }
+    const cached = histories.get(id);
+    let body = cached && Date.now() - cached.at < 60000 ? cached.body : null;
+    if (!body) {
+      try {
+        const r = await fetch(`/api/graph/history?${kind}=${encodeURIComponent(id)}&minutes=60`);
+        if (!r.ok) return;
+        body = await r.json();
+        histories.set(id, { at: Date.now(), body });
+      } catch (e) {
+        return;
+      }
+    }
+    if (state.selected !== id) return; // the selection moved on while this loaded
+    box.replaceChildren();
+    if (!body.minutes.length) {
+      const p = document.createElement('p');
+      p.className = 'muted';
+      p.textContent = 'No stored minutes yet: the graph stores each minute as it ends.';
+      box.appendChild(p);
+      return;
+    }
+    const series = [
+      ['requests/s', (m) => m.requests / 60, (v) => v.toFixed(2), 'rps'],
+      ['errors', (m) => (m.requests ? m.failures / m.requests : null), (v) => fmt.pct(v), 'errors'],
+      ['p95', (m) => m.p95_ms, (v) => fmt.ms(v), 'p95'],
+    ];
+    for (const [title, pick, label, cls] of series) {
+      const values = body.minutes.map((m) => [m.at, pick(m)]).filter(([, v]) => v !== null && v !== undefined);
+      const fig = document.createElement('figure');
+      fig.className = `spark ${cls}`;
+      fig.dataset.chart = cls;
+      const cap = document.createElement('figcaption');
+      const max = Math.max(0, ...values.map(([, v]) => v));
+      cap.textContent = values.length ? `${title}: ${label(values[values.length - 1][1])} now, max ${label(max)}` : `${title}: –`;
+      const W = 300;
+      const H = 36;
+      const chart = el('svg', { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: 'none' });
+      const span = Math.max(1, body.to - 60 - body.from);
+      const pts = values.map(([at, v]) => [((at - body.from) / span) * W, H - (max > 0 ? (v / max) * (H - 3) : 0)]);
+      el('polyline', { points: pts.map(([x, y]) => `${x.toFixed(1)},${y.toFixed(1)}`).join(' '), class: 'series' }, chart);
+      for (const [x, y] of pts) el('circle', { cx: x.toFixed(1), cy: y.toFixed(1), r: 1.6, class: 'dot' }, chart);
+      fig.append(cap, chart);
+      box.appendChild(fig);
     }
   }
 

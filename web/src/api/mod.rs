@@ -2,6 +2,7 @@
 
 mod dependencies;
 pub(crate) mod graph;
+pub(crate) mod history;
 mod jaeger;
 pub(crate) mod policy;
 mod traces;
@@ -23,6 +24,7 @@ pub fn router() -> Router<WebState> {
         .route("/api/operations", get(traces::operations))
         .route("/api/dependencies", get(dependencies::dependencies))
         .route("/api/graph", get(graph::get_graph))
+        .route("/api/graph/history", get(history::get_history))
         .route("/api/policy", get(policy::get_policy))
 }
 

@@ -1,17 +1,16 @@
 //! `/service/{name}`: one service. Its RED now and per minute over the last hour (SVG charts
 //! from the stored per-minute history), its versions, callers and callees, and its operations.
 
-use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use askama::Template;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
-use meshlens_storage::EdgeMinute;
-use meshlens_topology::graph::{build_snapshot, EdgeKey, NodeKind, Stats, Summary, Window};
+use meshlens_topology::graph::{NodeKey, NodeKind, Summary};
 use meshlens_topology::SpanKind;
 
 use super::{nav, red_of, render, window_links, window_param, NavItem, Red, WindowLink};
+use crate::api::history::{self, Target};
 use crate::{WebError, WebState};
 
 /// Minutes of history the charts show.
@@ -133,36 +132,6 @@ fn chart(
     }
 }
 
-/// The service's inbound RED per stored minute in `[from, to)`.
-fn per_minute(
-    rows: Vec<EdgeMinute>,
-    name: &str,
-    namespace: Option<&str>,
-    health: &meshlens_topology::graph::HealthConfig,
-) -> Vec<(i64, Summary)> {
-    let mut minutes: BTreeMap<i64, Vec<(EdgeKey, Stats)>> = BTreeMap::new();
-    for r in rows {
-        let server = &r.key.server.node;
-        if server.kind == NodeKind::Service
-            && &*server.name == name
-            && (namespace.is_none() || server.namespace.as_deref() == namespace)
-        {
-            minutes.entry(r.minute).or_default().push((r.key, r.stats));
-        }
-    }
-    minutes
-        .into_iter()
-        .filter_map(|(m, edges)| {
-            let snap = build_snapshot(edges.iter().map(|(k, s)| (k, s)), Window::M1, health);
-            let node = snap
-                .nodes
-                .into_iter()
-                .find(|n| n.key.kind == NodeKind::Service && &*n.key.name == name)?;
-            Some((m, node.inbound))
-        })
-        .collect()
-}
-
 pub(crate) async fn page(
     State(st): State<WebState>,
     Path(name): Path<String>,
@@ -197,22 +166,15 @@ pub(crate) async fn page(
         ))
         .page();
     }
-    let now_minute = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| (d.as_secs() / 60) as i64)
-        .unwrap_or(0);
-    let (from, to) = (now_minute - HISTORY_MINUTES, now_minute);
-    let rows = match st.store.edge_minutes(from, to).await {
-        Ok(r) => r,
-        Err(e) => return WebError::from(e).page(),
-    };
-    let health = *st
-        .graph
-        .topology()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .health();
-    let history = per_minute(rows, &name, namespace.as_deref(), &health);
+    let node_id = node.map_or_else(
+        || NodeKey::service(namespace.as_deref(), &name).id(),
+        |n| n.key.id(),
+    );
+    let (history, (from, to)) =
+        match history::recent(&st, &Target::Node(node_id), HISTORY_MINUTES).await {
+            Ok(h) => h,
+            Err(e) => return e.page(),
+        };
     let charts = if history.is_empty() {
         Vec::new()
     } else {
