@@ -217,6 +217,33 @@ async fn trace_search_renders_results_escaped_and_rejects_bad_tags() {
     assert!(p
         .body
         .contains(r#"<option value="&#60;b&#62;svc&#60;/b&#62;" selected>"#));
+    // A custom range around the trace finds it; one before it does not; a reversed one is refused.
+    let local = |offset_s: i64| {
+        let secs = (t0 / 1_000_000_000) as i64 + offset_s;
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs as u64);
+        humantime::format_rfc3339_seconds(t)
+            .to_string()
+            .trim_end_matches('Z')
+            .to_string()
+    };
+    let custom = |from: &str, to: &str| {
+        format!("/traces?service=db-client&lookback=custom&from={from}&to={to}")
+    };
+    let around = page(&st, &custom(&local(-60), &local(60))).await;
+    assert!(
+        around.body.contains(r#"id="result-count">1 trace<"#),
+        "{}",
+        around.body
+    );
+    let before = page(&st, &custom(&local(-600), &local(-300))).await;
+    assert!(
+        before.body.contains(r#"id="result-count">0 traces<"#),
+        "{}",
+        before.body
+    );
+    let reversed = page(&st, &custom(&local(60), &local(-60))).await;
+    assert_eq!(reversed.status, StatusCode::BAD_REQUEST);
+    assert!(reversed.body.contains("to must be after from"));
     let bad = page(&st, "/traces?tagtext=oops").await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     assert!(bad.body.contains("tags: expected key=value"));

@@ -20,6 +20,7 @@ const LOOKBACKS: &[(&str, &str)] = &[
     ("24h", "day"),
     ("48h", "2 days"),
     ("168h", "week"),
+    ("custom", "from–to (UTC)"),
 ];
 const DEFAULT_LIMIT: usize = 20;
 
@@ -43,6 +44,9 @@ pub(crate) struct Form {
     max: String,
     lookback: String,
     limit: String,
+    /// With lookback `custom`: the range, as `datetime-local` inputs give it, read as UTC.
+    from: String,
+    to: String,
 }
 
 pub(crate) struct ServiceCount {
@@ -181,6 +185,8 @@ pub(crate) async fn search(State(st): State<WebState>, RawQuery(raw): RawQuery) 
             "maxDuration" => form.max = v,
             "lookback" => form.lookback = v,
             "limit" => form.limit = v,
+            "from" => form.from = v,
+            "to" => form.to = v,
             _ => {}
         }
     }
@@ -248,7 +254,32 @@ pub(crate) async fn search(State(st): State<WebState>, RawQuery(raw): RawQuery) 
     response
 }
 
+/// A `datetime-local` value (`2026-11-22T14:05`, seconds optional) read as UTC, in µs.
+pub(crate) fn parse_local_utc(what: &str, v: &str) -> Result<i64, WebError> {
+    let v = v.trim();
+    let full = if v.len() == 16 {
+        format!("{v}:00Z")
+    } else {
+        format!("{v}Z")
+    };
+    humantime::parse_rfc3339(&full)
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_micros() as i64)
+        .ok_or_else(|| WebError::BadRequest(format!("{what}: expected a date and time, got {v:?}")))
+}
+
 async fn find(st: &WebState, form: &Form) -> Result<Vec<TraceRow>, WebError> {
+    let range = if form.lookback == "custom" {
+        let from = parse_local_utc("from", &form.from)?;
+        let to = parse_local_utc("to", &form.to)?;
+        if to <= from {
+            return Err(WebError::BadRequest("to must be after from".into()));
+        }
+        Some((from.to_string(), to.to_string()))
+    } else {
+        None
+    };
     let raw = {
         let mut query = form_urlencoded::Serializer::new(String::new());
         for (k, v) in [
@@ -256,10 +287,18 @@ async fn find(st: &WebState, form: &Form) -> Result<Vec<TraceRow>, WebError> {
             ("operation", &form.operation),
             ("minDuration", &form.min),
             ("maxDuration", &form.max),
-            ("lookback", &form.lookback),
             ("limit", &form.limit),
         ] {
             query.append_pair(k, v);
+        }
+        match &range {
+            Some((from, to)) => {
+                query.append_pair("start", from);
+                query.append_pair("end", to);
+            }
+            None => {
+                query.append_pair("lookback", &form.lookback);
+            }
         }
         query.finish()
     };
@@ -301,6 +340,19 @@ mod tests {
         assert_eq!(parse_tags("  ").unwrap(), []);
         assert!(parse_tags("novalue").unwrap_err().contains("key=value"));
         assert!(parse_tags(r#"a="open"#).unwrap_err().contains("unclosed"));
+    }
+
+    #[test]
+    fn custom_range_reads_datetime_local_as_utc() {
+        assert_eq!(
+            parse_local_utc("from", "2026-11-22T14:05").unwrap(),
+            1_795_356_300_000_000
+        );
+        assert_eq!(
+            parse_local_utc("to", "2026-11-22T14:05:30").unwrap(),
+            1_795_356_330_000_000
+        );
+        assert!(parse_local_utc("from", "yesterday").is_err());
     }
 
     #[test]
