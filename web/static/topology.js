@@ -233,9 +233,9 @@
     }
     const count = `${nodes.length} nodes, ${edges.length} edges`;
     $('status').textContent = state.end ? `${count}, window ending ${new Date(graph.generated_at).toLocaleString()}` : `${count}, as of ${new Date(graph.generated_at).toLocaleTimeString()}`;
+    highlight(); // first: an open panel narrows the graph the fit is for
     if (!state.transform || !state.userMoved) fit(L);
     applyTransform();
-    highlight();
     svg.dataset.width = String(L.width);
     svg.dataset.height = String(L.height);
   }
@@ -332,7 +332,9 @@
   function select(id) {
     state.selected = id;
     syncUrl();
-    highlight();
+    // Until the user zooms or pans, the view refits when the panel opens or closes.
+    if (!state.userMoved && state.graph) draw(state.graph);
+    else highlight();
   }
 
   function highlight() {
