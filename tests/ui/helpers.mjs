@@ -1,11 +1,13 @@
 // Shared parts of the browser tests: meshlens as a child process on free loopback ports, and
 // Debian's Chromium through playwright-core. Everything started is stopped by `stop()`.
+import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { after, before } from 'node:test';
 import { chromium } from 'playwright-core';
 
 export const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -90,4 +92,20 @@ export async function launch() {
       return page;
     },
   };
+}
+
+/** For a test file: `meshlens <command> ...args` and a browser, started before its tests and
+ * stopped after them (failing if meshlens panicked). Use `env.ml` and `env.chrome` in tests. */
+export function useMeshlens(command, ...args) {
+  const env = { ml: null, chrome: null };
+  before(async () => {
+    env.ml = await startMeshlens(command, ...args);
+    env.chrome = await launch();
+  });
+  after(async () => {
+    await env.chrome?.browser.close();
+    await env.ml?.stop();
+    assert.ok(!env.ml || !env.ml.log().includes('panicked at'), 'meshlens panicked');
+  });
+  return env;
 }

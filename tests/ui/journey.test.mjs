@@ -5,33 +5,21 @@
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, before, test } from 'node:test';
-import { REPO, launch, poll, startMeshlens } from './helpers.mjs';
+import { test } from 'node:test';
+import { REPO, poll, useMeshlens } from './helpers.mjs';
 
 const ARTIFACTS = join(REPO, 'tests', 'ui', 'artifacts');
-let ml;
-let chrome;
-
-before(async () => {
-  mkdirSync(ARTIFACTS, { recursive: true });
-  ml = await startMeshlens('demo', '--rate', '30',
-    '--ratelimit-dir', join(REPO, 'examples/policy/ratelimit'),
-    '--policy-file', join(REPO, 'examples/policy/policy.yaml'));
-  chrome = await launch();
-});
-
-after(async () => {
-  await chrome?.browser.close();
-  await ml?.stop();
-  assert.ok(!ml || !ml.log().includes('panicked at'), 'meshlens panicked');
-});
+mkdirSync(ARTIFACTS, { recursive: true });
+const env = useMeshlens('demo', '--rate', '30',
+  '--ratelimit-dir', join(REPO, 'examples/policy/ratelimit'),
+  '--policy-file', join(REPO, 'examples/policy/policy.yaml'));
 
 const shot = (page, name) => page.screenshot({ path: join(ARTIFACTS, `${name}.png`), fullPage: true });
 
 test('topology → node → its traces → a trace → a span', async () => {
-  const page = await chrome.page();
+  const page = await env.chrome.page();
   await page.setViewportSize({ width: 1400, height: 900 });
-  await page.goto(`${ml.web}/`);
+  await page.goto(`${env.ml.web}/`);
   await page.waitForURL(/\/topology$/);
   await poll(async () => (await page.locator('.node[data-id="service:demo/work"]').count()) === 1, 'work on the graph');
   await shot(page, 'topology');
@@ -53,11 +41,11 @@ test('topology → node → its traces → a trace → a span', async () => {
   assert.equal(await page.isVisible('#span-panel'), true);
   assert.match(await page.textContent('#span-title'), /^ingress: GET$/);
   await shot(page, 'trace');
-  await page.goto(`${ml.web}/services`);
+  await page.goto(`${env.ml.web}/services`);
   await shot(page, 'services');
-  await page.goto(`${ml.web}/service/work`);
+  await page.goto(`${env.ml.web}/service/work`);
   await shot(page, 'service');
-  await page.goto(`${ml.web}/policy`);
+  await page.goto(`${env.ml.web}/policy`);
   await shot(page, 'policy');
   assert.deepEqual(page.problems, []);
 });
@@ -75,10 +63,10 @@ test('a hostile span and service name show as text on every page', async () => {
       events: [{ name: evil, timeUnixNano: String(now - 1000000n) }],
     }] }],
   });
-  const r = await fetch(`${ml.otlpHttp}/v1/traces`, { method: 'POST', headers: { 'content-type': 'application/json' },
+  const r = await fetch(`${env.ml.otlpHttp}/v1/traces`, { method: 'POST', headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ resourceSpans: [span('a1a1a1a1a1a1a1a1', 3, '', 'ingress'), span('b2b2b2b2b2b2b2b2', 2, 'a1a1a1a1a1a1a1a1', evil)] }) });
   assert.equal(r.status, 200);
-  const page = await chrome.page();
+  const page = await env.chrome.page();
   const pages = [
     [`/topology?window=1m&selected=${encodeURIComponent(`service:${evil}`)}`, async () => {
       const node = page.locator(`.node[data-id="service:${evil}"]`);
@@ -101,7 +89,7 @@ test('a hostile span and service name show as text on every page', async () => {
     }],
   ];
   for (const [path, check] of pages) {
-    await page.goto(`${ml.web}${path}`);
+    await page.goto(`${env.ml.web}${path}`);
     await check();
     assert.equal(await page.locator('img').count(), 0, path);
   }

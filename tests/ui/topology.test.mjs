@@ -2,22 +2,10 @@
 // right by call depth, no overlapping boxes), versions inside their service, edge labels and
 // their switch, the side panel, live refresh that keeps zoom and selection, and 500 services.
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
-import { launch, poll, startMeshlens } from './helpers.mjs';
+import { test } from 'node:test';
+import { poll, useMeshlens } from './helpers.mjs';
 
-let ml;
-let chrome;
-
-before(async () => {
-  ml = await startMeshlens('demo', '--rate', '40');
-  chrome = await launch();
-});
-
-after(async () => {
-  await chrome?.browser.close();
-  await ml?.stop();
-  assert.ok(!ml || !ml.log().includes('panicked at'), 'meshlens panicked');
-});
+const env = useMeshlens('demo', '--rate', '40');
 
 /** Every node's box in graph coordinates, by id. */
 async function boxes(page) {
@@ -44,13 +32,13 @@ function overlaps(all) {
 const DEMO = ['user:user', 'service:demo/ingress', 'service:demo/work', 'service:demo/meet', 'database:orders'];
 
 async function openDemo(page) {
-  await page.goto(`${ml.web}/topology?window=1m`);
+  await page.goto(`${env.ml.web}/topology?window=1m`);
   await poll(async () => (await page.locator('#viewport .node').count()) >= DEMO.length, 'the demo graph drawn');
   await poll(async () => (await page.locator('#viewport .edge').count()) >= 4, 'the demo edges drawn');
 }
 
 test('the demo mesh is laid out left to right by call depth, without overlaps', async () => {
-  const page = await chrome.page();
+  const page = await env.chrome.page();
   await openDemo(page);
   const b = await boxes(page);
   assert.deepEqual(Object.keys(b).sort(), [...DEMO].sort());
@@ -78,7 +66,7 @@ test('the demo mesh is laid out left to right by call depth, without overlaps', 
 });
 
 test('clicking a node opens its panel; refresh keeps zoom and selection', async () => {
-  const page = await chrome.page();
+  const page = await env.chrome.page();
   await page.setViewportSize({ width: 1400, height: 900 });
   await openDemo(page);
   await page.click('.node[data-id="service:demo/work"]');
@@ -129,13 +117,13 @@ test('500 services are all drawn, in layers, without overlaps', async () => {
       { key: 'service.namespace', value: { stringValue: 'big' } }] },
     scopeSpans: [{ spans }],
   }));
-  const r = await fetch(`${ml.otlpHttp}/v1/traces`, { method: 'POST', headers: { 'content-type': 'application/json' },
+  const r = await fetch(`${env.ml.otlpHttp}/v1/traces`, { method: 'POST', headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ resourceSpans }) });
   assert.equal(r.status, 200, await r.text());
-  const page = await chrome.page();
+  const page = await env.chrome.page();
   await page.setViewportSize({ width: 1400, height: 900 });
   await poll(async () => {
-    await page.goto(`${ml.web}/topology?window=1m&namespace=big`);
+    await page.goto(`${env.ml.web}/topology?window=1m&namespace=big`);
     await page.waitForSelector('#viewport .node', { timeout: 10000 });
     return (await page.locator('#viewport .node').count()) === 500;
   }, '500 nodes', 30000, 500);

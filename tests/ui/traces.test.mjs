@@ -1,27 +1,15 @@
 // Trace search and the trace timeline in headless Chromium: search the demo's traces, open one,
 // read a span; a 20,000-span trace keeps only the rows on screen in the page.
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
-import { launch, poll, startMeshlens } from './helpers.mjs';
+import { test } from 'node:test';
+import { poll, useMeshlens } from './helpers.mjs';
 
-let ml;
-let chrome;
-
-before(async () => {
-  ml = await startMeshlens('demo', '--rate', '20');
-  chrome = await launch();
-});
-
-after(async () => {
-  await chrome?.browser.close();
-  await ml?.stop();
-  assert.ok(!ml || !ml.log().includes('panicked at'), 'meshlens panicked');
-});
+const env = useMeshlens('demo', '--rate', '20');
 
 test('search the demo traces and open one', async () => {
-  const page = await chrome.page();
+  const page = await env.chrome.page();
   await poll(async () => {
-    await page.goto(`${ml.web}/traces`);
+    await page.goto(`${env.ml.web}/traces`);
     return (await page.locator('#f-service option').allTextContents()).includes('work');
   }, 'work among the services');
   await page.selectOption('#f-service', 'work');
@@ -71,15 +59,15 @@ test('search the demo traces and open one', async () => {
 });
 
 test('bad search input gets a clear error', async () => {
-  const page = await chrome.page();
-  const r = await page.goto(`${ml.web}/traces?tagtext=novalue`);
+  const page = await env.chrome.page();
+  const r = await page.goto(`${env.ml.web}/traces?tagtext=novalue`);
   assert.equal(r.status(), 400);
   assert.match(await page.textContent('#search-error'), /tags: expected key=value/);
-  const bad = await page.goto(`${ml.web}/trace/not-a-trace`);
+  const bad = await page.goto(`${env.ml.web}/trace/not-a-trace`);
   assert.equal(bad.status(), 400);
   assert.match(await page.textContent('main'), /malformed trace id/);
-  const missing = await chrome.page();
-  await missing.goto(`${ml.web}/trace/${'ab'.repeat(16)}`);
+  const missing = await env.chrome.page();
+  await missing.goto(`${env.ml.web}/trace/${'ab'.repeat(16)}`);
   await poll(async () => /Cannot show this trace: trace not found/.test(await missing.textContent('#trace-summary')), 'the not-found message');
 });
 
@@ -96,14 +84,14 @@ test('a 20,000-span trace keeps only the rows on screen', async () => {
         name: `op-${i}`, kind: 1, startTimeUnixNano: String(now - 60000000000n + BigInt(i) * 1000n),
         endTimeUnixNano: String(now - 60000000000n + BigInt(i) * 1000n + 500000n) });
     }
-    const r = await fetch(`${ml.otlpHttp}/v1/traces`, { method: 'POST', headers: { 'content-type': 'application/json' },
+    const r = await fetch(`${env.ml.otlpHttp}/v1/traces`, { method: 'POST', headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ resourceSpans: [{ resource: { attributes: [
         { key: 'service.name', value: { stringValue: 'bulk' } }] }, scopeSpans: [{ spans }] }] }) });
     assert.equal(r.status, 200, await r.text());
   }
-  const page = await chrome.page();
+  const page = await env.chrome.page();
   await page.setViewportSize({ width: 1400, height: 900 });
-  await page.goto(`${ml.web}/trace/${traceId}`);
+  await page.goto(`${env.ml.web}/trace/${traceId}`);
   await poll(async () => /20000 spans/.test(await page.textContent('#trace-summary')), 'the big trace loaded', 60000, 200);
   const inPage = await page.locator('#rows .row').count();
   assert.ok(inPage > 10 && inPage < 150, `${inPage} rows in the page`);

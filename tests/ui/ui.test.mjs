@@ -3,29 +3,17 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
-import { after, before, test } from 'node:test';
-import { BIN, REPO, launch, poll, startMeshlens } from './helpers.mjs';
+import { test } from 'node:test';
+import { BIN, REPO, poll, useMeshlens } from './helpers.mjs';
 
-let ml;
-let chrome;
-
-before(async () => {
-  ml = await startMeshlens('demo', '--rate', '40',
-    '--ratelimit-dir', join(REPO, 'examples/policy/ratelimit'),
-    '--policy-file', join(REPO, 'examples/policy/policy.yaml'));
-  chrome = await launch();
-});
-
-after(async () => {
-  await chrome?.browser.close();
-  await ml?.stop();
-  assert.ok(!ml || !ml.log().includes('panicked at'), 'meshlens panicked');
-});
+const env = useMeshlens('demo', '--rate', '40',
+  '--ratelimit-dir', join(REPO, 'examples/policy/ratelimit'),
+  '--policy-file', join(REPO, 'examples/policy/policy.yaml'));
 
 test('services page: the demo services with RED and both versions of work', async () => {
-  const page = await chrome.page();
+  const page = await env.chrome.page();
   const rows = await poll(async () => {
-    await page.goto(`${ml.web}/services?window=1m`);
+    await page.goto(`${env.ml.web}/services?window=1m`);
     const names = await page.locator('tr.service td.name').allTextContents();
     return ['ingress', 'meet', 'work'].every((n) => names.includes(n)) ? names : null;
   }, 'ingress, work and meet on the services page');
@@ -48,8 +36,8 @@ test('services page: the demo services with RED and both versions of work', asyn
 });
 
 test('a service page: RED, versions, callers, callees and operations', async () => {
-  const page = await chrome.page();
-  await page.goto(`${ml.web}/services?window=1m`);
+  const page = await env.chrome.page();
+  await page.goto(`${env.ml.web}/services?window=1m`);
   await page.click('tr.service[data-service="work"] td.name a');
   await page.waitForURL(/\/service\/work\?window=1m&namespace=demo$/);
   assert.equal(await page.textContent('#service-name'), 'work');
@@ -68,11 +56,11 @@ test('a service page: RED, versions, callers, callees and operations', async () 
 test('policy page: config, quotas and the denials checks just got', async () => {
   // Ten ext_authz checks from ingress to work for one user: its 1-a-minute quota refuses 9.
   const checkgen = join(BIN, '..', 'meshlens-checkgen');
-  const run = spawnSync(checkgen, ['--api', 'authz', '--endpoint', ml.policy, '--keys', '1',
+  const run = spawnSync(checkgen, ['--api', 'authz', '--endpoint', env.ml.policy, '--keys', '1',
     '--rate', '20', '--warmup-seconds', '0', '--seconds', '0.5'], { timeout: 30000 });
   assert.equal(run.status, 0, String(run.stderr));
-  const page = await chrome.page();
-  await page.goto(`${ml.web}/policy`);
+  const page = await env.chrome.page();
+  await page.goto(`${env.ml.web}/policy`);
   assert.equal(await page.locator('#reload-status .health').textContent(), 'ok');
   assert.deepEqual(await page.locator('#quotas tbody td:first-child').allTextContents(), ['per-user']);
   // The quota's use: the user's first check passed, the rest were over its 1 a minute.
@@ -107,7 +95,7 @@ test('hostile service names are shown as text, never run', async () => {
       attributes: [{ key: 'http.response.status_code', value: { intValue: '200' } }],
     }] }],
   });
-  const r = await fetch(`${ml.otlpHttp}/v1/traces`, {
+  const r = await fetch(`${env.ml.otlpHttp}/v1/traces`, {
     method: 'POST', headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ resourceSpans: [
       span('b7ad6b7169203331', 3, '', 'ingress'),
@@ -115,9 +103,9 @@ test('hostile service names are shown as text, never run', async () => {
     ] }),
   });
   assert.equal(r.status, 200);
-  const page = await chrome.page();
+  const page = await env.chrome.page();
   await poll(async () => {
-    await page.goto(`${ml.web}/services?window=1m`);
+    await page.goto(`${env.ml.web}/services?window=1m`);
     return (await page.locator('tr.service td.name').allTextContents()).includes(evil);
   }, 'the hostile name on the services page');
   assert.equal(await page.locator('img').count(), 0);
@@ -125,8 +113,8 @@ test('hostile service names are shown as text, never run', async () => {
 });
 
 test('the Content-Security-Policy blocks injected inline script', async () => {
-  const page = await chrome.page();
-  await page.goto(`${ml.web}/services`);
+  const page = await env.chrome.page();
+  await page.goto(`${env.ml.web}/services`);
   // An inline script added to the page is refused by the policy, so it never runs.
   const ran = await page.evaluate(() => {
     window.injected = false;

@@ -100,6 +100,15 @@ impl GraphCache {
         &self.topology
     }
 
+    /// The health thresholds the engine judges with (for graphs rebuilt from history).
+    pub fn health(&self) -> meshlens_topology::graph::HealthConfig {
+        *self
+            .topology
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .health()
+    }
+
     fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<Window, Entry>> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }

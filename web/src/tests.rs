@@ -203,6 +203,29 @@ fn search_parameters_parse_like_jaeger() {
     assert!(parse_search("limit=-1", 0).is_err());
 }
 
+/// One stored minute of `key`: `requests` calls, `failures` of them 5xx.
+pub(crate) fn edge_minute(
+    minute: i64,
+    key: &meshlens_topology::graph::EdgeKey,
+    requests: u64,
+    failures: u64,
+) -> meshlens_storage::EdgeMinute {
+    use meshlens_topology::graph::{Counts, Stats};
+    meshlens_storage::EdgeMinute {
+        minute,
+        key: key.clone(),
+        stats: Stats {
+            counts: Counts {
+                requests,
+                failures,
+                http_5xx: failures,
+                ..Counts::default()
+            },
+            ..Stats::default()
+        },
+    }
+}
+
 pub(crate) fn now_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -326,7 +349,7 @@ async fn services_list_keeps_jaeger_shape_and_adds_red() {
 #[tokio::test]
 async fn past_windows_come_from_the_per_minute_history() {
     use meshlens_storage::EdgeMinute;
-    use meshlens_topology::graph::{ConnectionType, Counts, EdgeKey, Endpoint, NodeKey, Stats};
+    use meshlens_topology::graph::{ConnectionType, EdgeKey, Endpoint, NodeKey};
     let (st, _dir) = state(true).await;
     let end = |name: &str, v: &str| Endpoint {
         node: NodeKey::service(Some("shop"), name),
@@ -337,19 +360,7 @@ async fn past_windows_come_from_the_per_minute_history() {
         server: end("work", "v2"),
         connection: ConnectionType::Http,
     };
-    let minute = |m: i64, requests: u64, failures: u64| EdgeMinute {
-        minute: m,
-        key: key.clone(),
-        stats: Stats {
-            counts: Counts {
-                requests,
-                failures,
-                http_5xx: failures,
-                ..Counts::default()
-            },
-            ..Stats::default()
-        },
-    };
+    let minute = |m: i64, requests: u64, failures: u64| edge_minute(m, &key, requests, failures);
     // 29,000,000 is a minute of 2025; the window ending at 29,000,060 holds minutes 29,000,000..=59.
     let rows: Vec<EdgeMinute> = (0..61)
         .map(|i| minute(29_000_000 + i, 10, i as u64 % 2))
@@ -377,8 +388,7 @@ async fn past_windows_come_from_the_per_minute_history() {
 
 #[tokio::test]
 async fn dependencies_sum_calls_between_services_over_the_lookback() {
-    use meshlens_storage::EdgeMinute;
-    use meshlens_topology::graph::{ConnectionType, Counts, EdgeKey, Endpoint, NodeKey, Stats};
+    use meshlens_topology::graph::{ConnectionType, EdgeKey, Endpoint, NodeKey};
     let (st, _dir) = state(true).await;
     let key = |client: &str, cv: &str, server: NodeKey, connection| EdgeKey {
         client: Endpoint {
@@ -391,17 +401,7 @@ async fn dependencies_sum_calls_between_services_over_the_lookback() {
         },
         connection,
     };
-    let row = |minute: i64, key: &EdgeKey, requests: u64| EdgeMinute {
-        minute,
-        key: key.clone(),
-        stats: Stats {
-            counts: Counts {
-                requests,
-                ..Counts::default()
-            },
-            ..Stats::default()
-        },
-    };
+    let row = |minute: i64, key: &EdgeKey, requests: u64| edge_minute(minute, key, requests, 0);
     let work = NodeKey::service(Some("shop"), "work");
     let front_v1 = key("front", "v1", work.clone(), ConnectionType::Http);
     let front_v2 = key("front", "v2", work, ConnectionType::Http);
@@ -448,8 +448,7 @@ async fn dependencies_sum_calls_between_services_over_the_lookback() {
 
 #[tokio::test]
 async fn history_of_a_node_or_an_edge_per_minute() {
-    use meshlens_storage::EdgeMinute;
-    use meshlens_topology::graph::{ConnectionType, Counts, EdgeKey, Endpoint, NodeKey, Stats};
+    use meshlens_topology::graph::{ConnectionType, EdgeKey, Endpoint, NodeKey};
     let (st, _dir) = state(true).await;
     let now_minute = (now_ns() / 60_000_000_000) as i64;
     let key = |client: &str, version: &str| EdgeKey {
@@ -463,18 +462,8 @@ async fn history_of_a_node_or_an_edge_per_minute() {
         },
         connection: ConnectionType::Http,
     };
-    let row = |minute: i64, key: EdgeKey, requests: u64, failures: u64| EdgeMinute {
-        minute,
-        key,
-        stats: Stats {
-            counts: Counts {
-                requests,
-                failures,
-                http_5xx: failures,
-                ..Counts::default()
-            },
-            ..Stats::default()
-        },
+    let row = |minute: i64, key: EdgeKey, requests: u64, failures: u64| {
+        edge_minute(minute, &key, requests, failures)
     };
     let mut rows = Vec::new();
     for i in 1..=3 {

@@ -299,12 +299,7 @@ pub(crate) async fn history_snapshot(
     for r in rows {
         edges.entry(r.key).or_default().merge(&r.stats);
     }
-    let health = *st
-        .graph
-        .topology()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .health();
+    let health = st.graph.health();
     Ok(build_snapshot(edges.iter(), window, &health))
 }
 

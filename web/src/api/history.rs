@@ -73,12 +73,7 @@ pub(crate) async fn recent(
         .unwrap_or(0);
     let (from, to) = (now - minutes, now);
     let rows = st.store.edge_minutes(from, to).await?;
-    let health = *st
-        .graph
-        .topology()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .health();
+    let health = st.graph.health();
     Ok((per_minute(rows, target, &health), (from, to)))
 }
 

@@ -218,24 +218,33 @@ struct RedRow {
     name: String,
     namespace: String,
     health: &'static str,
-    rps: String,
-    errors: String,
-    p50: String,
-    p95: String,
-    p99: String,
+    red: Red,
     outbound: u64,
     versions: Vec<VersionRow>,
 }
 
-struct VersionRow {
+/// One version of a service: its share of the service's calls, health and RED.
+pub(crate) struct VersionRow {
     version: String,
     share: String,
     health: &'static str,
-    rps: String,
-    errors: String,
-    p50: String,
-    p95: String,
-    p99: String,
+    red: Red,
+}
+
+/// A node's versions as rows.
+pub(crate) fn version_rows(
+    n: &meshlens_topology::graph::NodeSnapshot,
+    window: Window,
+) -> Vec<VersionRow> {
+    n.versions
+        .iter()
+        .map(|v| VersionRow {
+            version: v.version.to_string(),
+            share: format!("{:.0}%", v.share * 100.0),
+            health: v.health.as_str(),
+            red: red_of(&v.inbound, window),
+        })
+        .collect()
 }
 
 #[derive(Template)]
@@ -310,36 +319,15 @@ async fn services(State(st): State<WebState>, RawQuery(q): RawQuery) -> Response
         .nodes
         .iter()
         .filter(|n| n.key.kind == NodeKind::Service)
-        .map(|n| {
-            let n = node(n, window);
-            let r = red(&n.stats);
+        .map(|snap| {
+            let n = node(snap, window);
             RedRow {
                 name: n.name,
                 namespace: n.namespace.unwrap_or_default(),
                 health: n.health,
-                rps: r.rps,
-                errors: r.errors,
-                p50: r.p50,
-                p95: r.p95,
-                p99: r.p99,
+                red: red(&n.stats),
                 outbound: n.outbound_requests,
-                versions: n
-                    .versions
-                    .into_iter()
-                    .map(|v| {
-                        let r = red(&v.stats);
-                        VersionRow {
-                            version: v.version,
-                            share: format!("{:.0}%", v.share * 100.0),
-                            health: v.health,
-                            rps: r.rps,
-                            errors: r.errors,
-                            p50: r.p50,
-                            p95: r.p95,
-                            p99: r.p99,
-                        }
-                    })
-                    .collect(),
+                versions: version_rows(snap, window),
             }
         })
         .collect();

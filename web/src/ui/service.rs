@@ -9,7 +9,10 @@ use axum::response::Response;
 use meshlens_topology::graph::{NodeKey, NodeKind, Summary};
 use meshlens_topology::SpanKind;
 
-use super::{nav, red_of, render, window_links, window_param, NavItem, Red, WindowLink};
+use super::{
+    nav, red_of, render, version_rows, window_links, window_param, NavItem, Red, VersionRow,
+    WindowLink,
+};
 use crate::api::history::{self, Target};
 use crate::{WebError, WebState};
 
@@ -41,17 +44,6 @@ pub(crate) struct Peer {
     is_service: bool,
     health: &'static str,
     red: Red,
-}
-
-pub(crate) struct VersionRow {
-    version: String,
-    share: String,
-    health: &'static str,
-    rps: String,
-    errors: String,
-    p50: String,
-    p95: String,
-    p99: String,
 }
 
 pub(crate) struct Operation {
@@ -240,26 +232,7 @@ pub(crate) async fn page(
         window: window.as_str(),
         red: red_of(inbound, window),
         charts,
-        versions: node
-            .map(|n| {
-                n.versions
-                    .iter()
-                    .map(|v| {
-                        let r = red_of(&v.inbound, window);
-                        VersionRow {
-                            version: v.version.to_string(),
-                            share: format!("{:.0}%", v.share * 100.0),
-                            health: v.health.as_str(),
-                            rps: r.rps,
-                            errors: r.errors,
-                            p50: r.p50,
-                            p95: r.p95,
-                            p99: r.p99,
-                        }
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
+        versions: node.map(|n| version_rows(n, window)).unwrap_or_default(),
         upstreams,
         downstreams,
         operations: operations

@@ -7,7 +7,7 @@ use meshlens_topology::testing::{resource, SpanBuilder};
 use meshlens_topology::SpanKind;
 use tower::ServiceExt;
 
-use crate::tests::{now_ns, state};
+use crate::tests::{edge_minute, now_ns, state};
 use crate::{app, WebState};
 
 struct Page {
@@ -266,8 +266,7 @@ async fn trace_search_renders_results_escaped_and_rejects_bad_tags() {
 
 #[tokio::test]
 async fn service_page_shows_red_history_peers_and_versions() {
-    use meshlens_storage::EdgeMinute;
-    use meshlens_topology::graph::{ConnectionType, Counts, EdgeKey, Endpoint, NodeKey, Stats};
+    use meshlens_topology::graph::{ConnectionType, EdgeKey, Endpoint, NodeKey};
     let (st, _dir) = state(true).await;
     calls(&st, "front", "work", "v1", 8, 0);
     calls(&st, "front", "work", "v2", 2, 1);
@@ -285,19 +284,10 @@ async fn service_page_shows_red_history_peers_and_versions() {
         },
         connection: ConnectionType::Http,
     };
-    let rows: Vec<EdgeMinute> = (1..=10)
-        .map(|i| EdgeMinute {
-            minute: now_minute - i,
-            key: key.clone(),
-            stats: Stats {
-                counts: Counts {
-                    requests: 60 * i as u64,
-                    failures: if i == 4 { 30 } else { 0 },
-                    http_5xx: if i == 4 { 30 } else { 0 },
-                    ..Counts::default()
-                },
-                ..Stats::default()
-            },
+    let rows: Vec<_> = (1..=10)
+        .map(|i| {
+            let failures = if i == 4 { 30 } else { 0 };
+            edge_minute(now_minute - i, &key, 60 * i as u64, failures)
         })
         .collect();
     st.store.write_edge_minutes(&rows).await.unwrap();
