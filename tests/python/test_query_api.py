@@ -14,6 +14,7 @@ from mlhelpers import (
     make_request,
     make_span,
     make_trace_request,
+    poll,
     post_otlp,
     rand_span_id,
     rand_trace_id,
@@ -124,3 +125,47 @@ def test_zipkin_error_span_is_flagged_error_true(meshlens):
     found = get_json(f"{meshlens.web_url}/api/traces", service="zk-pay", tags=json.dumps({"error": "true"}),
                      start=str(now_us - 60_000_000), end=str(now_us + 60_000_000))
     assert [t["traceID"] for t in found["data"]] == [trace_id], found
+
+
+def test_grafana_jaeger_data_source_calls(meshlens_factory):
+    """The calls Grafana's Jaeger data source makes, in its order and forms, against
+    `meshlens demo`: services, operations, a search with µs times and JSON tags, a trace by id
+    with start/end in milliseconds, and the dependency graph with ms times."""
+    ml = meshlens_factory("--rate", "30", command="demo")
+    web = ml.web_url
+
+    def have_work():
+        return "work" in get_json(f"{web}/api/services")["data"]
+
+    poll(have_work, timeout=20, what="work among the services")
+    services = get_json(f"{web}/api/services")
+    assert sorted(services["data"]) == ["ingress", "meet", "work"], services
+    assert {"data", "total", "limit", "offset", "errors"} <= set(services)
+    ops = get_json(f"{web}/api/services/work/operations")["data"]
+    assert "GET /orders/{id}" in ops and "GET" in ops
+
+    now_us = time.time_ns() // 1000
+    found = poll(lambda: get_json(
+        f"{web}/api/traces", service="work", operation="GET /orders/{id}",
+        tags=json.dumps({"error": "true"}), minDuration="1ms", limit="20",
+        start=str(now_us - 3_600_000_000), end=str(now_us + 1_000_000))["data"] or None,
+        timeout=20, what="failed traces of work")
+    for trace in found:
+        assert set(trace) >= {"traceID", "spans", "processes"}
+        work = [s for s in trace["spans"] if trace["processes"][s["processID"]]["serviceName"] == "work"]
+        assert work and all(any(t["key"] == "error" and t["value"] is True for t in s["tags"]) for s in work)
+        assert all({"spanID", "operationName", "references", "startTime", "duration", "tags", "logs",
+                    "processID"} <= set(s) for s in trace["spans"])
+
+    # Trace by id, with the time range Grafana adds in milliseconds.
+    tid = found[0]["traceID"]
+    now_ms = time.time_ns() // 1_000_000
+    one = get_json(f"{web}/api/traces/{tid}", start=str(now_ms - 3_600_000), end=str(now_ms))
+    assert one["data"][0]["traceID"] == tid and len(one["data"]) == 1
+    assert len(one["data"][0]["spans"]) == len(found[0]["spans"])
+
+    # The dependency graph: Jaeger's shape (the current minute is not stored yet, so it may be empty).
+    deps = get_json(f"{web}/api/dependencies", endTs=str(now_ms), lookback=str(3_600_000))
+    assert isinstance(deps["data"], list) and deps["errors"] is None
+    for d in deps["data"]:
+        assert set(d) == {"parent", "child", "callCount"}
