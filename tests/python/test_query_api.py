@@ -144,12 +144,15 @@ def test_grafana_jaeger_data_source_calls(meshlens_factory):
     ops = get_json(f"{web}/api/services/work/operations")["data"]
     assert "GET /orders/{id}" in ops and "GET" in ops
 
-    now_us = time.time_ns() // 1000
-    found = poll(lambda: get_json(
-        f"{web}/api/traces", service="work", operation="GET /orders/{id}",
-        tags=json.dumps({"error": "true"}), minDuration="1ms", limit="20",
-        start=str(now_us - 3_600_000_000), end=str(now_us + 1_000_000))["data"] or None,
-        timeout=20, what="failed traces of work")
+    def search():
+        # The time range as Grafana sends it: µs, ending now (asked again on each try).
+        now_us = time.time_ns() // 1000
+        return get_json(
+            f"{web}/api/traces", service="work", operation="GET /orders/{id}",
+            tags=json.dumps({"error": "true"}), minDuration="1ms", limit="20",
+            start=str(now_us - 3_600_000_000), end=str(now_us))["data"] or None
+
+    found = poll(search, timeout=30, interval=0.5, what="failed traces of work")
     for trace in found:
         assert set(trace) >= {"traceID", "spans", "processes"}
         work = [s for s in trace["spans"] if trace["processes"][s["processID"]]["serviceName"] == "work"]
