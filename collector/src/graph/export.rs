@@ -225,6 +225,35 @@ mod tests {
     use meshlens_topology::testing::SpanBuilder;
 
     #[test]
+    fn span_metrics_carry_the_service_version() {
+        let metrics = Metrics::new();
+        let export = ProductMetrics::new(&metrics, 10);
+        let spans: Vec<Span> = ["v1", "v2", "v2"]
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                SpanBuilder::new(1, i as u64 + 1, "work", "GET /x", 10)
+                    .resource(meshlens_topology::testing::resource("work", Some(v)))
+                    .build()
+            })
+            .collect();
+        export.record_spans(&spans);
+        let calls = |version: &str| {
+            export
+                .calls_total
+                .with_label_values(&[
+                    "work",
+                    "GET /x",
+                    "SPAN_KIND_SERVER",
+                    "STATUS_CODE_UNSET",
+                    version,
+                ])
+                .get()
+        };
+        assert_eq!((calls("v1"), calls("v2")), (1, 2));
+    }
+
+    #[test]
     fn label_sets_past_the_cap_are_dropped_and_counted() {
         let metrics = Metrics::new();
         let export = ProductMetrics::new(&metrics, 2);
