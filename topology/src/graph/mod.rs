@@ -22,7 +22,7 @@ pub use side::{endpoint_of, istio_cluster, ClusterMap, Outcome, Peer, Role, Span
 pub use sketch::{LatencySketch, Quantiles, SketchSum, RELATIVE_ACCURACY};
 pub use snapshot::{
     build as build_snapshot, EdgeSnapshot, EdgeVersionSnapshot, GraphQuery, GraphSnapshot,
-    NodeSnapshot, Summary, VersionSnapshot,
+    NodeSnapshot, Sources, Summary, VersionSnapshot,
 };
 pub use window::{Counts, PolicyCounts, Series, Stats, Window};
 

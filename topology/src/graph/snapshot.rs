@@ -58,7 +58,10 @@ pub struct GraphSnapshot {
 /// A window's counts and percentiles for one edge, node or version.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Summary {
+    /// What the graph shows: the sources below, combined (`effective`).
     pub counts: Counts,
+    /// The same calls as each source counted them.
+    pub sources: Sources,
     /// Server-side latency where any is known, else client-side (virtual nodes have only that).
     pub latency: Option<Quantiles>,
     pub client_latency: Option<Quantiles>,
@@ -68,6 +71,11 @@ impl Summary {
     fn of(s: &Stats) -> Summary {
         Summary {
             counts: effective(&s.counts, &s.metric_counts, &s.policy_counts),
+            sources: Sources {
+                spans: s.counts,
+                metrics: s.metric_counts,
+                policy: s.policy_counts,
+            },
             latency: s.latency().quantiles(),
             client_latency: s.client_latency.quantiles(),
         }
@@ -76,16 +84,16 @@ impl Summary {
     /// The sum of many windows' stats, percentiles of their merged latencies.
     fn sum<'a>(stats: impl Iterator<Item = &'a Stats>, sums: &mut Sums) -> Summary {
         let mut out = Summary::default();
-        let (mut from_metrics, mut from_policy) = (Counts::default(), PolicyCounts::default());
+        let src = &mut out.sources;
         for s in stats {
-            out.counts.add(&s.counts);
-            from_metrics.add(&s.metric_counts);
-            from_policy.add(&s.policy_counts);
+            src.spans.add(&s.counts);
+            src.metrics.add(&s.metric_counts);
+            src.policy.add(&s.policy_counts);
             sums.server.add(&s.server_latency);
             sums.client.add(&s.client_latency);
             sums.metric.add(&s.metric_latency);
         }
-        out.counts = effective(&out.counts, &from_metrics, &from_policy);
+        out.counts = effective(&src.spans, &src.metrics, &src.policy);
         let server = sums.server.take_quantiles();
         out.client_latency = sums.client.take_quantiles();
         let metric = sums.metric.take_quantiles();
@@ -119,6 +127,16 @@ fn effective(spans: &Counts, metrics: &Counts, policy: &PolicyCounts) -> Counts 
     out.denied = out.denied.max(policy.denied);
     out.rate_limited = out.rate_limited.max(policy.rate_limited);
     out
+}
+
+/// One summary's calls as each source counted them: spans, the proxies' metrics, and the policy
+/// server's refusals. Where spans are sampled, metrics count more; where both see every call,
+/// they agree.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sources {
+    pub spans: Counts,
+    pub metrics: Counts,
+    pub policy: PolicyCounts,
 }
 
 /// Reused accumulators for summing latency sketches.

@@ -7,8 +7,8 @@ use axum::extract::{RawQuery, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use meshlens_topology::graph::{
-    build_snapshot, EdgeKey, EdgeSnapshot, GraphQuery, GraphSnapshot, NodeKind, NodeSnapshot,
-    Quantiles, Stats, Summary, Window,
+    build_snapshot, Counts, EdgeKey, EdgeSnapshot, GraphQuery, GraphSnapshot, NodeKind,
+    NodeSnapshot, Quantiles, Sources, Stats, Summary, Window,
 };
 use serde::Serialize;
 
@@ -55,7 +55,59 @@ pub struct Edge {
     pub connection_type: &'static str,
     pub health: &'static str,
     pub stats: StatsDto,
+    /// The edge's calls as spans, proxy metrics and the policy server each counted them (`stats`
+    /// combines them: metrics win where present, refusals take the larger count).
+    pub sources: SourcesDto,
     pub versions: Vec<EdgeVersion>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SourcesDto {
+    pub spans: SourceCounts,
+    pub metrics: SourceCounts,
+    pub policy: PolicySourceCounts,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SourceCounts {
+    pub requests: u64,
+    pub failures: u64,
+    pub http_4xx: u64,
+    pub http_5xx: u64,
+    pub denied: u64,
+    pub rate_limited: u64,
+    pub overflows: u64,
+    pub retries: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PolicySourceCounts {
+    pub denied: u64,
+    pub rate_limited: u64,
+}
+
+fn source_counts(c: &Counts) -> SourceCounts {
+    SourceCounts {
+        requests: c.requests,
+        failures: c.failures,
+        http_4xx: c.http_4xx,
+        http_5xx: c.http_5xx,
+        denied: c.denied,
+        rate_limited: c.rate_limited,
+        overflows: c.overflows,
+        retries: c.retries,
+    }
+}
+
+fn sources_dto(s: &Sources) -> SourcesDto {
+    SourcesDto {
+        spans: source_counts(&s.spans),
+        metrics: source_counts(&s.metrics),
+        policy: PolicySourceCounts {
+            denied: s.policy.denied,
+            rate_limited: s.policy.rate_limited,
+        },
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -162,6 +214,7 @@ fn edge(e: &EdgeSnapshot, w: Window) -> Edge {
         connection_type: e.connection.as_str(),
         health: e.health.as_str(),
         stats: stats_dto(&e.stats, w),
+        sources: sources_dto(&e.stats.sources),
         versions: e
             .versions
             .iter()
