@@ -539,7 +539,7 @@ def main(argv: list[str] | None = None) -> None:
     u.add_argument("--state-dir", default=default_state, help="configs, logs and pids of the running mesh")
     for q in (u, t := sub.add_parser("traffic", help="send traffic through the ingress")):
         q.add_argument("--requests", type=int, default=600, help="how many (0: until interrupted)")
-        q.add_argument("--rate", type=float, default=10.0, help="requests per second")
+        q.add_argument("--rate", type=float, default=20.0, help="requests per second")
         q.add_argument("--concurrency", type=int, default=4)
     t.add_argument("--ingress", default="http://127.0.0.1:10000")
 

@@ -222,3 +222,39 @@ def test_the_example_mesh_end_to_end(mesh_up):
     out = run_mesh("traffic", "--ingress", base, "--requests", "60", "--rate", "60")
     assert out.startswith("sent 60 requests in "), out
     wait_for(ml, "user:user", INGRESS, lambda e: e["stats"]["requests"] == users + 60, "the traffic command's 60")
+
+
+def test_compose_runs_the_same_mesh(tmp_path):
+    """docker-compose.yml runs this example: its Envoy configs are the ones `mesh.py render
+    --compose` writes, a real Envoy accepts each, and the services are wired as the configs say."""
+    from ruamel.yaml import YAML
+
+    run_mesh("render", "--compose", str(tmp_path))
+    committed = EXAMPLE / "compose"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in committed.iterdir())
+    for path in sorted(tmp_path.iterdir()):
+        assert path.read_text() == (committed / path.name).read_text(), \
+            f"{path.name} is stale: run `python3 examples/envoy-mesh/mesh.py render --compose examples/envoy-mesh/compose`"
+        done = subprocess.run([ENVOY, "--mode", "validate", "-c", str(path), "--disable-hot-restart"],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and "OK" in done.stdout + done.stderr, done.stdout + done.stderr
+
+    services = YAML(typ="safe").load((REPO / "docker-compose.yml").read_text())["services"]
+    version = subprocess.run([ENVOY, "--version"], capture_output=True, text=True, timeout=30).stdout
+    image = f"envoyproxy/envoy:v{version.split('version: ')[1].split('/')[1]}"  # "<sha>/1.40.0/Clean/..."
+    m = mesh.compose_mesh()
+    assert services["ingress"]["image"] == image, "compose runs the Envoy the tests run"
+    assert "./examples/envoy-mesh/compose/envoy-ingress.yaml:/etc/envoy/envoy.yaml:ro" in services["ingress"]["volumes"]
+    assert f"{m.ingress.port}:{m.ingress.port}" in services["ingress"]["ports"]
+    for s in m.sidecars:
+        assert services[s.name]["command"] == mesh.app_args(m, s), s.name
+        assert services[s.name]["build"] == "./examples/envoy-mesh"
+        side = services[f"{s.name}-sidecar"]
+        assert side["image"] == image and side["network_mode"] == f"service:{s.name}"
+        assert side["volumes"] == [f"./examples/envoy-mesh/compose/envoy-{s.name}.yaml:/etc/envoy/envoy.yaml:ro"]
+    # The Envoys reach meshlens where it listens, and the traffic reaches the ingress.
+    env = services["meshlens"]["environment"]
+    assert env["MESHLENS_OTLP_GRPC_ADDR"] == f"0.0.0.0:{m.otlp[1]}" and m.otlp[0] == "meshlens"
+    assert env["MESHLENS_POLICY_ADDR"] == f"0.0.0.0:{m.policy[1]}" and m.policy[0] == "meshlens"
+    assert services["traffic"]["command"][:3] == ["traffic", "--ingress", m.ingress.url]
+    assert (EXAMPLE / "Dockerfile").is_file()

@@ -280,6 +280,10 @@ async fn graph_api_shows_edges_versions_and_health() {
     assert_eq!(e["stats"]["requests"], 4);
     assert_eq!(e["stats"]["failures"], 1);
     assert_eq!(e["stats"]["http_5xx"], 1);
+    assert_eq!(e["sources"]["spans"]["requests"], 4);
+    assert_eq!(e["sources"]["spans"]["failures"], 1);
+    assert_eq!(e["sources"]["metrics"]["requests"], 0);
+    assert_eq!(e["sources"]["policy"]["denied"], 0);
     assert_eq!(e["health"], "failure");
     let p99 = e["stats"]["latency_ms"]["p99"].as_f64().unwrap();
     assert!((p99 - 1.5).abs() < 0.015, "{p99}");

@@ -355,11 +355,20 @@ fn policy_refusals_land_on_the_edge_between_the_services_they_name() {
             .find(|e| e.client.id() == c && e.server.id() == s)
             .unwrap_or_else(|| panic!("{c} -> {s} in {:?}", edges(&snap)))
             .stats
-            .counts
+            .clone()
     };
-    let work = edge("service:ingress", "service:work");
+    let stats = edge("service:ingress", "service:work");
+    let work = stats.counts;
     assert_eq!((work.requests, work.denied, work.rate_limited), (2, 2, 1));
-    let cart = edge("service:web", "service:cart");
+    // Each source's own count stays visible beside the combined one.
+    assert_eq!(stats.sources.spans.requests, 2);
+    assert_eq!(stats.sources.spans.denied, 0);
+    assert_eq!(stats.sources.metrics, Counts::default());
+    assert_eq!(
+        (stats.sources.policy.denied, stats.sources.policy.rate_limited),
+        (2, 1)
+    );
+    let cart = edge("service:web", "service:cart").counts;
     assert_eq!(
         (cart.requests, cart.rate_limited),
         (0, 4),
@@ -436,6 +445,7 @@ fn an_edge_seen_only_by_metrics_takes_its_latency_from_their_histograms() {
         "the (10, 100] ms bucket: {p50_ms}"
     );
     assert!(e.stats.client_latency.is_none(), "no spans");
+    assert_eq!(e.stats.sources.spans, Counts::default());
 }
 
 /// An Envoy ingress without `spawn_upstream_span`: its SERVER span (naming the next service in
