@@ -365,7 +365,10 @@ fn policy_refusals_land_on_the_edge_between_the_services_they_name() {
     assert_eq!(stats.sources.spans.denied, 0);
     assert_eq!(stats.sources.metrics, Counts::default());
     assert_eq!(
-        (stats.sources.policy.denied, stats.sources.policy.rate_limited),
+        (
+            stats.sources.policy.denied,
+            stats.sources.policy.rate_limited
+        ),
         (2, 1)
     );
     let cart = edge("service:web", "service:cart").counts;
