@@ -141,3 +141,51 @@ test('500 services are all drawn, in layers, without overlaps', async () => {
   assert.equal(await page.textContent('#panel-title'), 'svc-0');
   assert.deepEqual(page.problems, []);
 });
+
+test('an edge that skips a layer goes around the boxes in between', async () => {
+  // In namespace skip: a calls b, b calls c, and a calls c too (as every sidecar calls the
+  // policy server): a → c spans two layers, with b in between on the same row.
+  const now = BigInt(Date.now()) * 1000000n;
+  const hex = (n, len) => n.toString(16).padStart(len, '0');
+  const spans = new Map();
+  const call = (n, from, to) => {
+    const base = { traceId: hex(1000 + n, 32), name: 'GET /x', startTimeUnixNano: String(now - 2000000n),
+      endTimeUnixNano: String(now), attributes: [{ key: 'http.response.status_code', value: { intValue: '200' } }] };
+    for (const [svc, span] of [[from, { ...base, spanId: hex(2 * n, 16), kind: 3 }],
+      [to, { ...base, spanId: hex(2 * n + 1, 16), parentSpanId: hex(2 * n, 16), kind: 2 }]]) {
+      if (!spans.has(svc)) spans.set(svc, []);
+      spans.get(svc).push(span);
+    }
+  };
+  call(1, 'a', 'b');
+  call(2, 'b', 'c');
+  call(3, 'a', 'c');
+  const resourceSpans = [...spans].map(([svc, list]) => ({
+    resource: { attributes: [{ key: 'service.name', value: { stringValue: svc } },
+      { key: 'service.namespace', value: { stringValue: 'skip' } }] },
+    scopeSpans: [{ spans: list }],
+  }));
+  const r = await fetch(`${env.ml.otlpHttp}/v1/traces`, { method: 'POST', headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ resourceSpans }) });
+  assert.equal(r.status, 200, await r.text());
+  const page = await env.chrome.page();
+  await poll(async () => {
+    await page.goto(`${env.ml.web}/topology?window=1m&namespace=skip`);
+    await page.waitForSelector('#viewport .node', { timeout: 10000 });
+    return (await page.locator('#viewport .edge').count()) === 3;
+  }, 'a, b and c with three edges', 20000, 500);
+  const b = await boxes(page);
+  assert.ok(b['service:skip/a'].x < b['service:skip/b'].x && b['service:skip/b'].x < b['service:skip/c'].x);
+  const box = b['service:skip/b'];
+  const points = await page.locator('.edge[data-source="service:skip/a"][data-target="service:skip/c"] path.line')
+    .evaluate((path) => {
+      const len = path.getTotalLength();
+      return Array.from({ length: 201 }, (_, i) => { const p = path.getPointAtLength((len * i) / 200); return [p.x, p.y]; });
+    });
+  const inside = points.filter(([x, y]) => x > box.x && x < box.x + box.w && y > box.y && y < box.y + box.h);
+  assert.deepEqual(inside, [], `a → c crosses b's box ${JSON.stringify(box)}`);
+  // It still starts at a and ends at c.
+  assert.ok(Math.abs(points[0][0] - (b['service:skip/a'].x + b['service:skip/a'].w)) < 2, JSON.stringify(points[0]));
+  assert.ok(Math.abs(points[200][0] - b['service:skip/c'].x) < 2, JSON.stringify(points[200]));
+  assert.deepEqual(page.problems, []);
+});

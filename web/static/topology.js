@@ -134,6 +134,19 @@
     return { boxes, index, width: layers.length * (NODE_W + COL_GAP) - COL_GAP, height: tallest };
   }
 
+  /** For an edge from box a to box b two or more layers on: null when a curve between them
+   * crosses no box of the layers in between, else the y of a lane just above or just below those
+   * boxes, whichever is nearer. */
+  function corridor(boxes, a, b, y1, y2) {
+    const between = boxes.filter((c) => c.layer > a.layer && c.layer < b.layer);
+    const [lo, hi] = [Math.min(y1, y2) - 12, Math.max(y1, y2) + 12];
+    if (!between.some((c) => c.y < hi && c.y + c.h > lo)) return null;
+    const above = Math.min(...between.map((c) => c.y)) - 18;
+    const below = Math.max(...between.map((c) => c.y + c.h)) + 18;
+    const middle = (y1 + y2) / 2;
+    return middle - above <= below - middle ? above : below;
+  }
+
   function kindRank(kind) {
     return { user: 0, service: 1, external: 2, messaging: 3, database: 4, policy: 5 }[kind] ?? 6;
   }
@@ -192,11 +205,20 @@
         const x2 = b.x;
         const y2 = b.y + b.h / 2;
         const forward = b.layer > a.layer;
-        const dx = forward ? Math.max(40, (x2 - x1) / 2) : 90;
-        const dy = forward ? 0 : Math.max(a.h, b.h) + 30;
-        const [c1, c2] = [[x1 + dx, y1 + dy], [x2 - dx, y2 + dy]];
-        d = `M ${x1} ${y1} C ${c1[0]} ${c1[1]}, ${c2[0]} ${c2[1]}, ${x2} ${y2}`;
-        mid = { x: (x1 + 3 * c1[0] + 3 * c2[0] + x2) / 8, y: (y1 + 3 * c1[1] + 3 * c2[1] + y2) / 8 };
+        const lane = forward ? corridor(L.boxes, a, b, y1, y2) : null;
+        if (lane !== null) {
+          // An edge that skips layers goes around the boxes in between, through a lane above or
+          // below them, instead of straight through them.
+          d = `M ${x1} ${y1} C ${x1 + 40} ${y1}, ${x1 + 40} ${lane}, ${x1 + 80} ${lane} L ${x2 - 80} ${lane} ` +
+            `C ${x2 - 40} ${lane}, ${x2 - 40} ${y2}, ${x2} ${y2}`;
+          mid = { x: (x1 + x2) / 2, y: lane };
+        } else {
+          const dx = forward ? Math.max(40, (x2 - x1) / 2) : 90;
+          const dy = forward ? 0 : Math.max(a.h, b.h) + 30;
+          const [c1, c2] = [[x1 + dx, y1 + dy], [x2 - dx, y2 + dy]];
+          d = `M ${x1} ${y1} C ${c1[0]} ${c1[1]}, ${c2[0]} ${c2[1]}, ${x2} ${y2}`;
+          mid = { x: (x1 + 3 * c1[0] + 3 * c2[0] + x2) / 8, y: (y1 + 3 * c1[1] + 3 * c2[1] + y2) / 8 };
+        }
       }
       el('path', { d, class: 'hit' }, g);
       el('path', { d, class: 'line', 'marker-end': 'url(#arrow)' }, g);
