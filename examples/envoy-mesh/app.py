@@ -10,6 +10,7 @@ trace context so the sidecars' spans join one trace. `meet` answers 200, except:
 
   /slow?ms=N   sleeps N ms first (default 1000): many at once overflow a circuit breaker
   /flaky       503 on a request's first attempt, 200 on the retry (Envoy's x-envoy-attempt-count)
+  /fail        503 always: five in a row and work's sidecar ejects meet for 30 s
 
 Both answer /healthz. Neither app knows about meshlens: the sidecars report everything.
 """
@@ -71,6 +72,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             time.sleep(min(max(float(ms), 0.0), 30_000.0) / 1000)
         if url.path.startswith("/flaky") and self.headers.get("x-envoy-attempt-count", "1") == "1":
             return self.reply(503, f"{self.server.app.name} failed the first attempt\n")
+        if url.path.startswith("/fail"):
+            return self.reply(503, f"{self.server.app.name} failed, as asked\n")
         self.reply(200, f"{self.server.app.name} ok\n")
 
     def call_meet(self) -> tuple[int, str]:

@@ -299,7 +299,8 @@ def sidecar_config(mesh: Mesh, s: Sidecar) -> str:
         meet = mesh.sidecar("meet-v1")
         to_meet = cluster_name("meet", meet.version)
         # Outbound to meet: two retries on 5xx; at most 100 connections, 100 pending and 100
-        # concurrent requests; a host that fails 5 times in a row is ejected for 30 s.
+        # concurrent requests; a host that fails 5 times in a row is ejected for 30 s, even the
+        # only one (Envoy's default of at most 10% ejected would never eject it).
         route = f"""
               - match: {{prefix: "/"}}
                 route:
@@ -313,7 +314,7 @@ def sidecar_config(mesh: Mesh, s: Sidecar) -> str:
     circuit_breakers:
       thresholds:
       - {priority: DEFAULT, max_connections: 100, max_pending_requests: 100, max_requests: 100, max_retries: 3}
-    outlier_detection: {consecutive_5xx: 5, interval: 5s, base_ejection_time: 30s}"""
+    outlier_detection: {consecutive_5xx: 5, interval: 5s, base_ejection_time: 30s, max_ejection_percent: 100}"""
         clusters += cluster(to_meet, meet.inbound.reach, meet.inbound.port, extra=breaker)
     return bootstrap(s.name, s.service, s.version, s.admin, mesh) + f"""static_resources:
   listeners:{listeners}

@@ -2,7 +2,7 @@
 apps, started and stopped by the example's own commands against a running meshlens, and every
 claim checked through meshlens' APIs: the graph and its version split, the v2 failures and
 health, one trace across every sidecar, spans and metrics agreeing, policy refusals on the
-ingress → work edge, retries and circuit-breaker overflows on work → meet."""
+ingress → work edge, retries, circuit-breaker overflows and an outlier ejection on work → meet."""
 
 from __future__ import annotations
 
@@ -169,9 +169,10 @@ def test_the_example_mesh_end_to_end(mesh_up):
     now = poll(chrome_counted, timeout=20, what="50 Chrome requests on work")
     assert now == {"v1": before["v1"], "v2": before["v2"] + 50}, (before, now)
 
-    # 4. Retries: meet fails each /flaky request's first attempt; work's sidecar retries it.
+    # 4. Retries: meet fails each /flaky request's first attempt; work's sidecar retries it. One
+    # at a time: concurrent first attempts could fail 5 in a row and have meet ejected (step 8).
     meet_edge = edge(ml, WORK, MEET)["stats"]
-    flaky = send(base, "/flaky", 30, CURL)
+    flaky = send(base, "/flaky", 30, CURL, workers=1)
     retried = [r.status_code for r in flaky].count(200)
     assert retried > 0 and all(r.status_code in (200, 503) for r in flaky)
     e = wait_for(ml, WORK, MEET, lambda e: e["stats"]["retries"] >= meet_edge["retries"] + retried, "retries")
@@ -222,6 +223,14 @@ def test_the_example_mesh_end_to_end(mesh_up):
     out = run_mesh("traffic", "--ingress", base, "--requests", "60", "--rate", "60")
     assert out.startswith("sent 60 requests in "), out
     wait_for(ml, "user:user", INGRESS, lambda e: e["stats"]["requests"] == users + 60, "the traffic command's 60")
+
+    # 8. Outlier detection: meet fails every attempt at /fail; after 5 in a row (two requests
+    # with their retries) work v2's sidecar ejects it, and the ejection shows on work → meet.
+    ejections = edge(ml, WORK, MEET)["stats"]["ejections"]
+    with http_session() as session:
+        for _ in range(4):
+            assert session.get(f"{base}/fail", headers=CHROME, timeout=10).status_code == 503
+    wait_for(ml, WORK, MEET, lambda e: e["stats"]["ejections"] == ejections + 1, "meet ejected once")
 
 
 def test_compose_runs_the_same_mesh(tmp_path):
