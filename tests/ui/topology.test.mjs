@@ -35,6 +35,13 @@ async function openDemo(page) {
   await page.goto(`${env.ml.web}/topology?window=1m`);
   await poll(async () => (await page.locator('#viewport .node').count()) >= DEMO.length, 'the demo graph drawn');
   await poll(async () => (await page.locator('#viewport .edge').count()) >= 4, 'the demo edges drawn');
+  // The first refresh may come before the canary's first call: wait for both versions.
+  await poll(async () => {
+    if ((await page.locator('.node[data-id="service:demo/work"] .version').count()) >= 2) return true;
+    await page.reload();
+    await page.waitForSelector('#viewport .node', { timeout: 10000 });
+    return false;
+  }, 'work v1 and v2 drawn', 20000, 500);
 }
 
 test('the demo mesh is laid out left to right by call depth, without overlaps', async () => {
@@ -91,6 +98,12 @@ test('clicking a node opens its panel; refresh keeps zoom and selection', async 
   // An edge's panel.
   await page.locator('.edge[data-source="service:demo/work"][data-target="service:demo/meet"] .hit').dispatchEvent('click');
   assert.equal(await page.textContent('#panel-title'), 'work → meet');
+  // The demo sends spans only: every request in spans, none in proxy metrics.
+  const rows = Object.fromEntries(await page.locator('#panel-stats tbody tr').evaluateAll(
+    (trs) => trs.map((tr) => [tr.cells[0].textContent, tr.cells[1].textContent])));
+  assert.equal(rows['requests in proxy metrics'], '0');
+  assert.equal(rows['requests in spans'], rows.requests);
+  assert.ok(Number(rows.requests) > 0, JSON.stringify(rows));
   await page.click('#panel-close');
   assert.equal(await page.isVisible('#panel'), false);
   assert.deepEqual(page.problems, []);

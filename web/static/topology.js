@@ -173,7 +173,7 @@
 
   function badges(s) {
     const out = [];
-    if (s.denied + s.rate_limited > 0) out.push(['policy', `⛔ ${s.denied + s.rate_limited}`, `${s.denied} denied, ${s.rate_limited} rate limited`]);
+    if (s.denied + s.rate_limited > 0) out.push(['policy', `⊘ ${s.denied + s.rate_limited}`, `${s.denied} denied, ${s.rate_limited} rate limited`]);
     if (s.retries > 0) out.push(['retry', `↻ ${s.retries}`, `${s.retries} retries`]);
     if (s.overflows + s.ejections > 0) out.push(['breaker', `⚡ ${s.overflows + s.ejections}`, `${s.overflows} circuit-breaker overflows, ${s.ejections} ejections`]);
     return out;
@@ -391,7 +391,10 @@
       const name = (nid) => (graph.nodes.find((n) => n.id === nid) || { name: nid }).name;
       $('panel-title').textContent = `${name(edge.source)} → ${name(edge.target)}`;
       $('panel-sub').textContent = `${edge.connection_type} · ${edge.health} · last ${graph.window}`;
-      statsTable(edge.stats, []);
+      // Each source's own count, where a number above may come from (docs/api.md, `sources`).
+      const src = edge.sources;
+      statsTable(edge.stats, [['requests in spans', src.spans.requests], ['requests in proxy metrics', src.metrics.requests],
+        ['refused by meshlens policy', src.policy.denied + src.policy.rate_limited]]);
       charts('edge', edge.id);
       const total = edge.stats.requests || 1;
       versionsTable(edge.versions.map((v) => [`${v.source_version || '–'} → ${v.target_version || '–'}`, v.stats.requests / total, v.stats, '']));
