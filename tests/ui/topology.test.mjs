@@ -62,7 +62,12 @@ test('the demo mesh is laid out left to right by call depth, without overlaps', 
   assert.equal(await page.locator('.node.service rect.shape').count(), 3);
   // v2's failures colour the ingress → work edge.
   const edge = page.locator('.edge[data-source="service:demo/ingress"][data-target="service:demo/work"]');
-  assert.match(await edge.getAttribute('class'), /\b(degraded|failure)\b/);
+  await poll(async () => {
+    if (/\b(degraded|failure)\b/.test(await edge.getAttribute('class'))) return true;
+    await page.reload();
+    await page.waitForSelector('#viewport .edge', { timeout: 10000 });
+    return false;
+  }, "v2's first failure on ingress → work", 20000, 500);
   assert.match(await edge.locator('.edge-label').textContent(), /^[\d.]+ rps$/);
   await page.selectOption('#labels', 'errors');
   assert.match(await edge.locator('.edge-label').textContent(), /^[\d.]+%$/);
