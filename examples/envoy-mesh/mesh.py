@@ -166,11 +166,11 @@ def indent(text: str, by: int) -> str:
     return "\n".join((" " * by + line) if line else line for line in text.split("\n"))
 
 
-def tracing(service: str, version: str, upstream_span: bool = False) -> str:
+def tracing(service: str, version: str, upstream_span: bool = False, sampling: int = 100) -> str:
     spawn = "\n            spawn_upstream_span: true" if upstream_span else ""
     return f"""
           tracing:
-            random_sampling: {{value: 100}}{spawn}
+            random_sampling: {{value: {sampling}}}{spawn}
             provider:
               name: envoy.tracers.opentelemetry
               typed_config:
@@ -223,11 +223,36 @@ def listener(name: str, addr: Addr, direction: str, trace: str, routes: str, fil
             typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}"""
 
 
-MESHLENS_CLUSTERS = "meshlens_otlp", "meshlens_policy"
-
-
 def meshlens_clusters(mesh: Mesh) -> str:
     return cluster("meshlens_otlp", *mesh.otlp, http2=True) + cluster("meshlens_policy", *mesh.policy, http2=True)
+
+
+def ext_authz_filter(cluster: str = "meshlens_policy", timeout: str = "0.5s", failure_mode_allow: bool = False) -> str:
+    """Envoy's ext_authz filter asking meshlens' Check; when meshlens cannot answer, it refuses
+    (403) unless `failure_mode_allow`."""
+    return f"""
+          - name: envoy.filters.http.ext_authz
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+              transport_api_version: V3
+              failure_mode_allow: {str(failure_mode_allow).lower()}
+              grpc_service: {{envoy_grpc: {{cluster_name: {cluster}}}, timeout: {timeout}}}"""
+
+
+def ratelimit_filter(domain: str, cluster: str = "meshlens_policy", timeout: str = "0.5s",
+                     failure_mode_deny: bool = False) -> str:
+    """Envoy's rate limit filter asking meshlens, with the `x-ratelimit-*` headers on answers."""
+    return f"""
+          - name: envoy.filters.http.ratelimit
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit
+              domain: {domain}
+              timeout: {timeout}
+              failure_mode_deny: {str(failure_mode_deny).lower()}
+              enable_x_ratelimit_headers: DRAFT_VERSION_03
+              rate_limit_service:
+                transport_api_version: V3
+                grpc_service: {{envoy_grpc: {{cluster_name: {cluster}}}}}"""
 
 
 def ingress_config(mesh: Mesh) -> str:
@@ -252,17 +277,7 @@ def ingress_config(mesh: Mesh) -> str:
                     clusters:
                     - {{name: "{v1}", weight: 80}}
                     - {{name: "{v2}", weight: 20}}{limits}"""
-    ratelimit = """
-          - name: envoy.filters.http.ratelimit
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit
-              domain: mesh
-              timeout: 0.5s
-              failure_mode_deny: false
-              enable_x_ratelimit_headers: DRAFT_VERSION_03
-              rate_limit_service:
-                transport_api_version: V3
-                grpc_service: {envoy_grpc: {cluster_name: meshlens_policy}}"""
+    ratelimit = ratelimit_filter("mesh")
     # `add_user_agent` sends `x-envoy-downstream-service-cluster: ingress`: how work's ext_authz
     # Check learns its caller.
     hcm = "\n          add_user_agent: true"
@@ -285,15 +300,8 @@ def sidecar_config(mesh: Mesh, s: Sidecar) -> str:
                   envoy.filters.http.ext_authz:
                     "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
                     check_settings: {{context_extensions: {{destination: {s.service}}}}}"""
-    ext_authz = """
-          - name: envoy.filters.http.ext_authz
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
-              transport_api_version: V3
-              failure_mode_allow: false
-              grpc_service: {envoy_grpc: {cluster_name: meshlens_policy}, timeout: 0.5s}"""
     listeners = listener(f"{s.name}_inbound", s.inbound, "INBOUND", tracing(s.service, s.version), authz_route,
-                         ext_authz)
+                         ext_authz_filter())
     clusters = cluster(local_cluster, s.app.reach, s.app.port)
     if s.outbound is not None:
         meet = mesh.sidecar("meet-v1")

