@@ -69,7 +69,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         url = urllib.parse.urlsplit(self.path)
         if url.path.startswith("/slow"):
             ms = urllib.parse.parse_qs(url.query).get("ms", ["1000"])[0]
-            time.sleep(min(max(float(ms), 0.0), 30_000.0) / 1000)
+            try:
+                delay = min(max(float(ms), 0.0), 30_000.0) / 1000
+            except ValueError:
+                return self.reply(400, f"ms must be a number of milliseconds, got {ms!r}\n")
+            time.sleep(delay if delay == delay else 0.0)  # NaN sleeps not at all
         if url.path.startswith("/flaky") and self.headers.get("x-envoy-attempt-count", "1") == "1":
             return self.reply(503, f"{self.server.app.name} failed the first attempt\n")
         if url.path.startswith("/fail"):
@@ -130,6 +134,8 @@ def main() -> None:
     a = p.parse_args()
     if a.service == "work" and not a.meet:
         p.error("work needs --meet")
+    if not 0.0 <= a.fail_share <= 1.0:
+        p.error(f"--fail-share must be within 0..1, got {a.fail_share}")
     server = AppServer((a.host, a.port), App(a.service, a.version, a.fail_share, a.meet))
     try:
         server.serve_forever()

@@ -483,17 +483,15 @@ def traffic(base: str, requests: int, rate: float, concurrency: int) -> collecti
     they were answered."""
     counts: collections.Counter = collections.Counter()
     lock = threading.Lock()
-    next_i = iter(range(requests) if requests else iter(int, 1))
     start = time.monotonic()
     sent = [0]
 
     def worker():
         while True:
             with lock:
-                try:
-                    i = next(next_i) if requests else sent[0]
-                except StopIteration:
+                if requests and sent[0] >= requests:
                     return
+                i = sent[0]
                 sent[0] += 1
                 due = start + sent[0] / rate
             delay = due - time.monotonic()
@@ -561,6 +559,10 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--base-port", type=int, default=10000)
 
     a = p.parse_args(argv)
+    if a.command == "up" and not 0.0 <= a.v2_fail_share <= 1.0:
+        p.error(f"--v2-fail-share must be within 0..1, got {a.v2_fail_share}")
+    if a.command in ("up", "traffic") and (a.requests < 0 or a.rate <= 0 or a.concurrency < 1):
+        p.error("--requests must be 0 or more, --rate above 0, --concurrency 1 or more")
     if a.command == "up":
         up(a)
     elif a.command == "traffic":

@@ -269,3 +269,32 @@ def test_compose_runs_the_same_mesh(tmp_path):
     assert env["MESHLENS_POLICY_ADDR"] == f"0.0.0.0:{m.policy[1]}" and m.policy[0] == "meshlens"
     assert services["traffic"]["command"][:3] == ["traffic", "--ingress", m.ingress.url]
     assert (EXAMPLE / "Dockerfile").is_file()
+
+
+def test_the_example_refuses_bad_input(tmp_path):
+    """The example's commands and apps answer bad input with a clear error, not a traceback."""
+    def run(*argv):
+        return subprocess.run([sys.executable, *map(str, argv)], capture_output=True, text=True, timeout=30)
+    bad = run(EXAMPLE / "mesh.py", "up", "--v2-fail-share", "2", "--state-dir", tmp_path / "mesh")
+    assert bad.returncode == 2 and "--v2-fail-share must be within 0..1, got 2.0" in bad.stderr, bad.stderr
+    assert not (tmp_path / "mesh").exists(), "nothing started"
+    bad = run(EXAMPLE / "mesh.py", "traffic", "--rate", "0")
+    assert bad.returncode == 2 and "--rate above 0" in bad.stderr, bad.stderr
+    bad = run(EXAMPLE / "app.py", "meet", "--port", "1", "--fail-share", "-1")
+    assert bad.returncode == 2 and "--fail-share must be within 0..1" in bad.stderr, bad.stderr
+
+    port = free_base_port(1)
+    app = subprocess.Popen([sys.executable, str(EXAMPLE / "app.py"), "meet", "--port", str(port)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        with http_session() as s:
+            url = f"http://{LOOPBACK}:{port}"
+            poll(lambda: mesh.get(url + "/healthz") == 200, timeout=10, what="the app")
+            r = s.get(url + "/slow?ms=soon", timeout=5)
+            assert (r.status_code, r.text) == (400, "ms must be a number of milliseconds, got 'soon'\n")
+            assert s.get(url + "/slow?ms=nan", timeout=5).status_code == 200
+            assert s.get(url + "/flaky", headers={"x-envoy-attempt-count": "2"}, timeout=5).status_code == 200
+    finally:
+        app.terminate()
+        app.wait(timeout=10)
+    assert "Traceback" not in app.stderr.read()

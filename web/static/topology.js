@@ -134,10 +134,11 @@
     return { boxes, index, width: layers.length * (NODE_W + COL_GAP) - COL_GAP, height: tallest };
   }
 
-  /** For an edge from box a to box b two or more layers on: null when a curve between them
+  /** For an edge from box a to box b further on: null when a curve between them
    * crosses no box of the layers in between, else the y of a lane just above or just below those
    * boxes, whichever is nearer. */
   function corridor(boxes, a, b, y1, y2) {
+    if (b.layer - a.layer < 2) return null; // adjacent layers: nothing in between
     const between = boxes.filter((c) => c.layer > a.layer && c.layer < b.layer);
     const [lo, hi] = [Math.min(y1, y2) - 12, Math.max(y1, y2) + 12];
     if (!between.some((c) => c.y < hi && c.y + c.h > lo)) return null;
