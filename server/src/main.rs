@@ -5,6 +5,11 @@ use meshlens::cli::{Cli, Command, PolicyCommand};
 use meshlens::config::{Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of the system allocator: spans are decoded on one thread and freed on another
+/// (the writer, the graph), which glibc's arenas handle with locks and consolidation.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

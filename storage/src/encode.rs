@@ -10,11 +10,12 @@ use serde::Serialize;
 
 use crate::json::{attrs_to_string, nul_free, AttrsJson};
 
-/// Spans ready to insert, with the resources and operations they refer to.
+/// Spans ready to insert, with the resources and operations they refer to. Cloning is cheap (the
+/// rows are shared), so the SQLite writer thread can hold a batch without copying it.
 #[derive(Debug, Default, Clone)]
 pub struct EncodedBatch {
-    pub(crate) spans: Vec<SpanRow>,
-    pub(crate) resources: Vec<ResourceRow>,
+    pub(crate) spans: Arc<Vec<SpanRow>>,
+    pub(crate) resources: Arc<Vec<ResourceRow>>,
 }
 
 impl EncodedBatch {
@@ -96,10 +97,8 @@ fn is_zero(n: &u32) -> bool {
 
 /// Encodes spans for the writer. Resources shared by spans are encoded once.
 pub fn encode_batch(spans: &[Span]) -> EncodedBatch {
-    let mut batch = EncodedBatch {
-        spans: Vec::with_capacity(spans.len()),
-        resources: Vec::new(),
-    };
+    let mut rows = Vec::with_capacity(spans.len());
+    let mut resources: Vec<ResourceRow> = Vec::new();
     let mut last: Option<(*const Resource, i64)> = None;
     for span in spans {
         let ptr = Arc::as_ptr(&span.resource);
@@ -108,16 +107,19 @@ pub fn encode_batch(spans: &[Span]) -> EncodedBatch {
             _ => {
                 let row = encode_resource(&span.resource);
                 let id = row.id;
-                if !batch.resources.iter().any(|r| r.id == id) {
-                    batch.resources.push(row);
+                if !resources.iter().any(|r| r.id == id) {
+                    resources.push(row);
                 }
                 last = Some((ptr, id));
                 id
             }
         };
-        batch.spans.push(encode_span(span, resource_id));
+        rows.push(encode_span(span, resource_id));
     }
-    batch
+    EncodedBatch {
+        spans: Arc::new(rows),
+        resources: Arc::new(resources),
+    }
 }
 
 fn encode_resource(r: &Resource) -> ResourceRow {

@@ -23,6 +23,8 @@ mod json;
 mod query;
 mod read;
 mod rollup;
+mod sqlite_writer;
+mod trace_runs;
 mod write;
 pub use query::{Operation, TraceQuery};
 pub use rollup::EdgeMinute;
@@ -36,6 +38,10 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database url {url:?}: {reason}")]
     Url { url: String, reason: String },
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("store: {0}")]
+    Io(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
 }
@@ -55,6 +61,11 @@ impl StoreError {
                     || matches!(code.parse::<i32>().map(|c| c & 0xff), Ok(18 | 19))
             }
             StoreError::Database(sqlx::Error::Encode(_)) => true,
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.code,
+                rusqlite::ErrorCode::TooBig | rusqlite::ErrorCode::ConstraintViolation
+            ),
+            StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(_)) => true,
             _ => false,
         }
     }
@@ -109,6 +120,8 @@ pub struct Store {
     known: Mutex<Known>,
     /// SQLite: set by `checkpoint` when the write-ahead log should be started over.
     wal_restart: AtomicBool,
+    /// SQLite: the thread that writes spans.
+    sqlite_writer: Option<Mutex<sqlite_writer::SqliteWriter>>,
 }
 
 #[derive(Default)]
@@ -123,6 +136,7 @@ const KNOWN_LIMIT: usize = 100_000;
 impl Store {
     pub async fn connect(config: &StoreConfig) -> Result<Store, StoreError> {
         let url = config.url.as_str();
+        let mut sqlite_writer = None;
         let pool = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let opts = PgConnectOptions::from_str(url).map_err(|e| bad_url(url, e))?;
             let pool = PgPoolOptions::new()
@@ -132,7 +146,9 @@ impl Store {
                 .await?;
             Pool::Postgres(pool)
         } else if url.starts_with("sqlite:") {
-            Pool::Sqlite(connect_sqlite(config).await?)
+            let (pool, settings) = connect_sqlite(config).await?;
+            sqlite_writer = Some(Mutex::new(sqlite_writer::SqliteWriter::start(settings)?));
+            Pool::Sqlite(pool)
         } else {
             return Err(StoreError::Url {
                 url: url.to_string(),
@@ -143,6 +159,7 @@ impl Store {
             pool,
             known: Mutex::new(Known::default()),
             wal_restart: AtomicBool::new(false),
+            sqlite_writer,
         })
     }
 
@@ -163,6 +180,14 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        let writer = self
+            .sqlite_writer
+            .as_ref()
+            .and_then(|w| w.lock().unwrap_or_else(|e| e.into_inner()).close());
+        if let Some(thread) = writer {
+            // It finishes the jobs already queued, then closes its connection.
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
         match &self.pool {
             Pool::Sqlite(p) => p.close().await,
             Pool::Postgres(p) => p.close().await,
@@ -170,7 +195,9 @@ impl Store {
     }
 }
 
-async fn connect_sqlite(config: &StoreConfig) -> Result<SqlitePool, StoreError> {
+async fn connect_sqlite(
+    config: &StoreConfig,
+) -> Result<(SqlitePool, sqlite_writer::WriterSettings), StoreError> {
     let url = config.url.as_str();
     let opts = SqliteConnectOptions::from_str(url).map_err(|e| bad_url(url, e))?;
     if let Some(dir) = opts.get_filename().parent() {
@@ -178,6 +205,15 @@ async fn connect_sqlite(config: &StoreConfig) -> Result<SqlitePool, StoreError> 
             std::fs::create_dir_all(dir).map_err(|e| bad_url(url, e))?;
         }
     }
+    let settings = sqlite_writer::WriterSettings {
+        path: opts.get_filename().to_path_buf(),
+        synchronous: if config.sqlite_synchronous == "full" {
+            "FULL"
+        } else {
+            "NORMAL"
+        },
+        busy_timeout: SQLITE_BUSY_TIMEOUT,
+    };
     let synchronous = match config.sqlite_synchronous.as_str() {
         "full" => SqliteSynchronous::Full,
         "normal" => SqliteSynchronous::Normal,
@@ -192,18 +228,22 @@ async fn connect_sqlite(config: &StoreConfig) -> Result<SqlitePool, StoreError> 
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(synchronous)
-        .busy_timeout(Duration::from_secs(10))
+        .busy_timeout(SQLITE_BUSY_TIMEOUT)
         .pragma("cache_size", "-32768")
         .pragma("temp_store", "memory")
         .pragma("mmap_size", "268435456")
         // Checkpoints run in the background (`Store::checkpoint`); this is only a safety net.
         .pragma("wal_autocheckpoint", "65536");
-    Ok(SqlitePoolOptions::new()
+    let pool = SqlitePoolOptions::new()
         .max_connections(config.max_connections.max(2))
         .test_before_acquire(false)
         .connect_with(opts)
-        .await?)
+        .await?;
+    Ok((pool, settings))
 }
+
+/// How long a connection waits for another's write lock before giving up.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn bad_url(url: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Url {

@@ -24,14 +24,21 @@ impl Store {
         }
         let raw: Vec<RawSpan> = match &self.pool {
             Pool::Sqlite(p) => {
+                // Through the trace index's runs (trace_runs.rs).
                 let mut qb = QueryBuilder::<Sqlite>::new(format!(
-                    "SELECT {SPAN_COLUMNS_SQLITE} FROM spans WHERE trace_id IN ("
+                    "SELECT {SPAN_COLUMNS_SQLITE} FROM {} AND i.trace_key IN (",
+                    crate::trace_runs::LOOKUP_FROM
                 ));
+                let mut sep = qb.separated(", ");
+                for id in ids {
+                    sep.push_bind(crate::trace_runs::trace_key(id.as_bytes()).to_vec());
+                }
+                qb.push(") AND s.trace_id IN (");
                 let mut sep = qb.separated(", ");
                 for id in ids {
                     sep.push_bind(id.as_bytes().to_vec());
                 }
-                qb.push(") ORDER BY start_ns");
+                qb.push(") ORDER BY s.start_ns");
                 qb.build_query_as().fetch_all(p).await?
             }
             Pool::Postgres(p) => {

@@ -427,6 +427,72 @@ async fn data_errors_are_told_from_transient_ones() {
         .unwrap_err()
         .into();
     assert!(err.is_data_error(), "{err}");
+    // The same from the SQLite writer's own connection (rusqlite); a busy database is not.
+    let raw = rusqlite::Connection::open_in_memory().unwrap();
+    raw.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY); INSERT INTO t VALUES (1);")
+        .unwrap();
+    let err: StoreError = raw
+        .execute("INSERT INTO t VALUES (1)", [])
+        .unwrap_err()
+        .into();
+    assert!(err.is_data_error(), "{err}");
+    let busy: StoreError =
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY), None)
+            .into();
+    assert!(!busy.is_data_error(), "{busy}");
+}
+
+/// Lookups by trace id stay whole while the SQLite writer merges its trace index between
+/// commits (each read sees some committed state of the merges), and after it settles.
+#[tokio::test]
+async fn sqlite_trace_lookups_while_the_index_merges() {
+    let (store, _dir) = sqlite_store().await;
+    let mut expected = std::collections::BTreeMap::<u64, usize>::new();
+    for c in 0..120u64 {
+        // Six traces per commit, each spanning two commits; trace c*3 has two spans here.
+        let spans: Vec<Span> = (c * 3..c * 3 + 6)
+            .chain([c * 3])
+            .enumerate()
+            .map(|(i, t)| {
+                *expected.entry(t + 1).or_default() += 1;
+                SpanBuilder::new(t + 1, c * 10 + i as u64 + 1, "svc", "op", T0 + c).build()
+            })
+            .collect();
+        store.write(&[&encode_batch(&spans)]).await.unwrap();
+        if c % 10 == 9 {
+            check_traces(&store, &expected).await;
+        }
+    }
+    let steps = store.settle_trace_index().await.unwrap();
+    check_traces(&store, &expected).await;
+    assert_eq!(
+        store.settle_trace_index().await.unwrap(),
+        0,
+        "settled after {steps} steps"
+    );
+    let Pool::Sqlite(p) = &store.pool else {
+        unreachable!()
+    };
+    let per_level: Vec<(i64, i64)> =
+        sqlx::query_as("SELECT level, COUNT(*) FROM trace_runs GROUP BY level ORDER BY level")
+            .fetch_all(p)
+            .await
+            .unwrap();
+    // 120 commits = 1×64 + 7×8 + 0×1 runs.
+    assert_eq!(per_level, vec![(1, 7), (2, 1)]);
+}
+
+async fn check_traces(store: &Store, expected: &std::collections::BTreeMap<u64, usize>) {
+    let ids: Vec<_> = expected.keys().map(|t| trace_id(*t)).collect();
+    for chunk in ids.chunks(50) {
+        let found = store.traces(chunk).await.unwrap();
+        assert_eq!(found.len(), chunk.len());
+        for (id, spans) in chunk.iter().zip(&found) {
+            let t = expected.iter().find(|(k, _)| trace_id(**k) == *id).unwrap();
+            assert_eq!(spans.len(), *t.1, "trace {}", t.0);
+            assert!(spans.iter().all(|s| s.trace_id == *id));
+        }
+    }
 }
 
 /// Edge minutes round-trip exactly (keys of every node kind, both count sets, sketches), a rewrite

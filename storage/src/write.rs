@@ -2,15 +2,11 @@
 
 use std::collections::HashSet;
 
-use sqlx::{Postgres, QueryBuilder, Sqlite};
+use sqlx::Postgres;
 
 use crate::encode::{EncodedBatch, ResourceRow, SpanRow};
+use crate::sqlite_writer::{Job, WriteJob};
 use crate::{on_pool, Known, Pool, Store, StoreError, KNOWN_LIMIT};
-
-/// Rows per multi-row INSERT on SQLite. A few fixed sizes keep every statement in sqlx's
-/// per-connection cache: preparing a new 13-column × N-row statement costs more than running it.
-/// (SQLite allows 32,766 bound values per statement; 13 × 2,048 stays under it.)
-const SQLITE_INSERT_SIZES: [usize; 6] = [2048, 512, 128, 32, 8, 1];
 
 /// How far in the future a span may start and still count for its block's time range. A clock
 /// far ahead would otherwise stretch an old block over every later search.
@@ -52,14 +48,7 @@ fn operation_key(service: &str, name: &str, kind: i16) -> u64 {
 }
 
 /// (service, span name, kind, last seen) for the operations list.
-type OperationRow = (String, String, i16, i64);
-
-fn sqlite_chunk(remaining: usize) -> usize {
-    SQLITE_INSERT_SIZES
-        .into_iter()
-        .find(|&n| n <= remaining)
-        .unwrap_or(1)
-}
+pub(crate) type OperationRow = (String, String, i16, i64);
 
 impl Store {
     /// Writes every batch in one transaction. On `Ok` the spans are committed.
@@ -72,58 +61,30 @@ impl Store {
         let (resources, operations) = self.unknown_keys(batches, committed_ns);
         let (min_start, max_start) = start_range(&spans, committed_ns);
         match &self.pool {
-            Pool::Sqlite(pool) => {
-                let started = std::time::Instant::now();
-                // IMMEDIATE takes the write lock up front (waiting out busy_timeout): a deferred
-                // transaction that reads first could not upgrade while retention deletes.
-                let mut conn = pool.acquire().await?;
-                if self
-                    .wal_restart
-                    .swap(false, std::sync::atomic::Ordering::AcqRel)
-                {
-                    // Between transactions, this connection can start the log over at no one's expense.
-                    sqlx::query("PRAGMA wal_checkpoint(RESTART)")
-                        .execute(&mut *conn)
-                        .await?;
-                }
-                let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
-                // One writer at a time holds SQLite's write lock, so the new rows take the seq
-                // numbers right after the last one ever given (AUTOINCREMENT keeps it there).
-                let before: i64 = sqlx::query_scalar(
-                    "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'spans'), 0)",
-                )
-                .fetch_one(&mut *tx)
-                .await?;
-                let mut rest = &spans[..];
-                while !rest.is_empty() {
-                    let n = sqlite_chunk(rest.len());
-                    sqlite_insert_spans(&rest[..n])
-                        .build()
-                        .execute(&mut *tx)
-                        .await?;
-                    rest = &rest[n..];
-                }
-                let inserted = started.elapsed();
-                sqlx::query("INSERT INTO blocks (first_seq, last_seq, min_start_ns, max_start_ns, committed_ns) VALUES (?, ?, ?, ?, ?)")
-                    .bind(before + 1)
-                    .bind(before + spans.len() as i64)
-                    .bind(min_start)
-                    .bind(max_start)
-                    .bind(committed_ns)
-                    .execute(&mut *tx)
-                    .await?;
-                for r in &resources {
-                    sqlx::query("INSERT INTO resources (id, service, attributes) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING")
-                        .bind(r.id).bind(&r.service).bind(&r.attributes)
-                        .execute(&mut *tx).await?;
-                }
-                for (service, name, kind, seen) in &operations {
-                    sqlx::query("INSERT INTO operations (service, name, kind, last_seen_ns) VALUES (?, ?, ?, ?) ON CONFLICT (service, name, kind) DO UPDATE SET last_seen_ns = MAX(last_seen_ns, excluded.last_seen_ns)")
-                        .bind(service).bind(name).bind(kind).bind(seen)
-                        .execute(&mut *tx).await?;
-                }
-                tx.commit().await?;
-                tracing::trace!(spans = spans.len(), ?inserted, total = ?started.elapsed(), "sqlite write");
+            Pool::Sqlite(_) => {
+                let writer = self
+                    .sqlite_writer
+                    .as_ref()
+                    .ok_or_else(|| StoreError::Io("the SQLite store has no writer".into()))?;
+                let (reply, outcome) = tokio::sync::oneshot::channel();
+                let job = WriteJob {
+                    batches: batches.iter().map(|b| (*b).clone()).collect(),
+                    resources: resources.clone(),
+                    operations: operations.clone(),
+                    committed_ns,
+                    start_range: (min_start, max_start),
+                    restart_wal: self
+                        .wal_restart
+                        .swap(false, std::sync::atomic::Ordering::AcqRel),
+                    reply,
+                };
+                writer
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .send(Job::Write(job))?;
+                outcome
+                    .await
+                    .map_err(|_| StoreError::Io("the SQLite writer stopped".into()))??;
             }
             Pool::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
@@ -167,12 +128,12 @@ impl Store {
         let mut operations = Vec::new();
         let mut seen_ops = HashSet::new();
         for batch in batches {
-            for r in &batch.resources {
+            for r in batch.resources.iter() {
                 if !known.resources.contains(&r.id) && seen_res.insert(r.id) {
                     resources.push(r.clone());
                 }
             }
-            for s in &batch.spans {
+            for s in batch.spans.iter() {
                 let key = operation_key(&s.service, &s.name, s.kind);
                 if !known.operations.contains(&key) && seen_ops.insert(key) {
                     operations.push((s.service.clone(), s.name.clone(), s.kind, committed_ns));
@@ -255,6 +216,23 @@ impl Store {
         Ok(())
     }
 
+    /// SQLite: merges the trace index's runs and drops those of deleted spans until nothing is
+    /// left to do, and returns the steps taken. The writer does this between commits anyway;
+    /// this is for tests and tools that want it done now. No-op on PostgreSQL.
+    pub async fn settle_trace_index(&self) -> Result<u64, StoreError> {
+        let Some(writer) = &self.sqlite_writer else {
+            return Ok(0);
+        };
+        let (reply, outcome) = tokio::sync::oneshot::channel();
+        writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(Job::Settle(reply))?;
+        outcome
+            .await
+            .map_err(|_| StoreError::Io("the SQLite writer stopped".into()))?
+    }
+
     /// Forgets operations not seen since `cutoff_ns`, so the lists follow retention.
     pub async fn delete_operations_before(&self, cutoff_ns: i64) -> Result<u64, StoreError> {
         let done = on_pool!(&self.pool, |p| {
@@ -268,28 +246,6 @@ impl Store {
         *self.known.lock().unwrap_or_else(|e| e.into_inner()) = Known::default();
         Ok(done)
     }
-}
-
-fn sqlite_insert_spans<'a>(rows: &'a [&'a SpanRow]) -> QueryBuilder<'a, Sqlite> {
-    let mut qb = QueryBuilder::new(
-        "INSERT INTO spans (trace_id, span_id, parent_span_id, service, name, kind, start_ns, duration_ns, status_code, is_error, resource_id, attributes, extra) ",
-    );
-    qb.push_values(rows, |mut b, r| {
-        b.push_bind(&r.trace_id[..])
-            .push_bind(&r.span_id[..])
-            .push_bind(r.parent_span_id.as_ref().map(|p| &p[..]))
-            .push_bind(&r.service)
-            .push_bind(&r.name)
-            .push_bind(r.kind)
-            .push_bind(r.start_ns)
-            .push_bind(r.duration_ns)
-            .push_bind(r.status_code)
-            .push_bind(r.is_error)
-            .push_bind(r.resource_id)
-            .push_bind(&r.attributes)
-            .push_bind(r.extra.as_deref());
-    });
-    qb
 }
 
 /// One statement for any number of rows: PostgreSQL unnests one array per column. Returns the

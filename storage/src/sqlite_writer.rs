@@ -1,0 +1,222 @@
+//! SQLite's writes of spans, on a thread of their own with a connection of their own.
+//!
+//! One transaction per group of batches runs start to end on this thread: a prepared one-row
+//! INSERT per span, with no hand-off between the async runtime and a connection worker per
+//! statement. Readers, retention and rollups keep using the sqlx pool; SQLite's write lock (with
+//! the busy timeout) orders them against this writer.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, TransactionBehavior};
+use tokio::sync::oneshot;
+
+use crate::encode::{EncodedBatch, ResourceRow, SpanRow};
+use crate::trace_runs::{self, Step};
+use crate::write::OperationRow;
+use crate::StoreError;
+
+/// One group of batches to commit, with what the rows refer to and a place for the outcome.
+pub(crate) struct WriteJob {
+    pub batches: Vec<EncodedBatch>,
+    pub resources: Vec<ResourceRow>,
+    pub operations: Vec<OperationRow>,
+    pub committed_ns: i64,
+    pub start_range: (i64, i64),
+    /// Start the write-ahead log over before this transaction.
+    pub restart_wal: bool,
+    pub reply: oneshot::Sender<Result<u64, StoreError>>,
+}
+
+/// The connection settings the writer shares with the pool's connections.
+#[derive(Debug, Clone)]
+pub(crate) struct WriterSettings {
+    pub path: PathBuf,
+    /// `FULL` or `NORMAL`.
+    pub synchronous: &'static str,
+    pub busy_timeout: Duration,
+}
+
+/// What the writer thread is asked to do.
+pub(crate) enum Job {
+    Write(WriteJob),
+    /// Trace-index maintenance until nothing is left; replies with the steps taken.
+    Settle(oneshot::Sender<Result<u64, StoreError>>),
+}
+
+/// The handle: a queue to the writer thread. Dropping it (or `close`) ends the thread once the
+/// jobs already sent are done.
+pub(crate) struct SqliteWriter {
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SqliteWriter {
+    pub fn start(settings: WriterSettings) -> Result<SqliteWriter, StoreError> {
+        let conn = open(&settings.path, &settings)?;
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let thread = std::thread::Builder::new()
+            .name("meshlens-sqlite-writer".into())
+            .spawn(move || run(conn, rx))
+            .map_err(|e| StoreError::Io(e.to_string()))?;
+        Ok(SqliteWriter {
+            jobs: Some(jobs),
+            thread: Some(thread),
+        })
+    }
+
+    /// Sends a job; the reply comes on the job's channel.
+    pub fn send(&self, job: Job) -> Result<(), StoreError> {
+        self.jobs
+            .as_ref()
+            .and_then(|j| j.send(job).ok())
+            .ok_or_else(|| StoreError::Io("the SQLite writer has stopped".into()))
+    }
+
+    /// Stops taking jobs and waits for the thread (and its connection) to finish.
+    pub fn close(&mut self) -> Option<JoinHandle<()>> {
+        self.jobs = None;
+        self.thread.take()
+    }
+}
+
+/// How long the writer waits for a job before it takes a step of trace-index maintenance alone.
+const IDLE: Duration = Duration::from_millis(50);
+
+/// The thread: each job, then one step of trace-index maintenance; when no job comes, more steps.
+fn run(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
+    let mut maintenance_due = true;
+    loop {
+        let job = if maintenance_due {
+            match jobs.recv_timeout(IDLE) {
+                Ok(job) => Some(job),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        } else {
+            match jobs.recv() {
+                Ok(job) => Some(job),
+                Err(_) => return,
+            }
+        };
+        match job {
+            Some(Job::Write(job)) => {
+                let result = write(&mut conn, &job);
+                let _ = job.reply.send(result);
+            }
+            Some(Job::Settle(reply)) => {
+                let _ = reply.send(settle(&mut conn));
+                continue;
+            }
+            None => {}
+        }
+        maintenance_due = match trace_runs::step(&mut conn, trace_runs::STEP_ENTRIES) {
+            Ok(Step::Idle) => false,
+            Ok(step) => {
+                tracing::trace!(?step, "trace index");
+                true
+            }
+            Err(e) => {
+                // Retried after the next commit (a busy database, most likely).
+                tracing::warn!(error = %e, "trace index maintenance failed");
+                false
+            }
+        };
+    }
+}
+
+fn settle(conn: &mut Connection) -> Result<u64, StoreError> {
+    let mut steps = 0;
+    while trace_runs::step(conn, trace_runs::STEP_ENTRIES)? != Step::Idle {
+        steps += 1;
+    }
+    Ok(steps)
+}
+
+fn open(path: &Path, settings: &WriterSettings) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(settings.busy_timeout)?;
+    // The pool's settings (lib.rs, `connect_sqlite`) but for mmap: mapped pages that the writer
+    // touches would count in the process's resident memory, and the writer reads few pages.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", settings.synchronous)?;
+    conn.pragma_update(None, "cache_size", -32768)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.pragma_update(None, "mmap_size", 0)?;
+    conn.pragma_update(None, "wal_autocheckpoint", 65_536)?;
+    conn.set_prepared_statement_cache_capacity(16);
+    Ok(conn)
+}
+
+const INSERT_SPAN: &str = "INSERT INTO spans (trace_id, span_id, parent_span_id, service, name, kind, start_ns, duration_ns, status_code, is_error, resource_id, attributes, extra) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+
+/// One transaction: the spans, their block, new resources and operations. Returns spans written.
+fn write(conn: &mut Connection, job: &WriteJob) -> Result<u64, StoreError> {
+    let started = std::time::Instant::now();
+    if job.restart_wal {
+        // Between transactions, this connection can start the log over at no one's expense.
+        conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))?;
+    }
+    // IMMEDIATE takes the write lock up front (waiting out the busy timeout): a deferred
+    // transaction that reads first could not upgrade while retention deletes.
+    // Sorted by trace id, so that each trace's spans in this commit get consecutive seqs and one
+    // trace-index entry (stable: a trace's spans keep the order they came in).
+    let mut rows: Vec<&SpanRow> = job.batches.iter().flat_map(|b| b.spans.iter()).collect();
+    rows.sort_by_key(|r| r.trace_id);
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut first_seq = None;
+    let mut written = 0u64;
+    {
+        let mut insert = tx.prepare_cached(INSERT_SPAN)?;
+        for r in &rows {
+            {
+                insert.execute(params![
+                    &r.trace_id[..],
+                    &r.span_id[..],
+                    r.parent_span_id.as_ref().map(|p| &p[..]),
+                    r.service,
+                    r.name,
+                    r.kind,
+                    r.start_ns,
+                    r.duration_ns,
+                    r.status_code,
+                    r.is_error,
+                    r.resource_id,
+                    r.attributes,
+                    r.extra,
+                ])?;
+                // One writer holds the lock and seq is AUTOINCREMENT: the rows are consecutive.
+                first_seq.get_or_insert_with(|| tx.last_insert_rowid());
+                written += 1;
+            }
+        }
+    }
+    let Some(first_seq) = first_seq else {
+        return Ok(0);
+    };
+    let last_seq = tx.last_insert_rowid();
+    let inserted = started.elapsed();
+    if last_seq - first_seq + 1 != written as i64 {
+        // Only if something else inserted spans inside this transaction: the index would be wrong.
+        return Err(StoreError::Corrupt(format!(
+            "spans {first_seq}..={last_seq} are not the {written} rows just written"
+        )));
+    }
+    let entries = trace_runs::entries_of(rows.iter().map(|r| &r.trace_id), first_seq);
+    trace_runs::append_run(&tx, &entries, first_seq, last_seq)?;
+    tx.prepare_cached("INSERT INTO blocks (first_seq, last_seq, min_start_ns, max_start_ns, committed_ns) VALUES (?1, ?2, ?3, ?4, ?5)")?
+        .execute(params![first_seq, last_seq, job.start_range.0, job.start_range.1, job.committed_ns])?;
+    for r in &job.resources {
+        tx.prepare_cached("INSERT INTO resources (id, service, attributes) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO NOTHING")?
+            .execute(params![r.id, r.service, r.attributes])?;
+    }
+    for (service, name, kind, seen) in &job.operations {
+        tx.prepare_cached("INSERT INTO operations (service, name, kind, last_seen_ns) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (service, name, kind) DO UPDATE SET last_seen_ns = MAX(last_seen_ns, excluded.last_seen_ns)")?
+            .execute(params![service, name, kind, seen])?;
+    }
+    tx.commit()?;
+    tracing::trace!(spans = written, ?inserted, total = ?started.elapsed(), "sqlite write");
+    Ok(written)
+}
