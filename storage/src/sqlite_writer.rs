@@ -150,7 +150,49 @@ fn open(path: &Path, settings: &WriterSettings) -> Result<Connection, StoreError
     Ok(conn)
 }
 
-const INSERT_SPAN: &str = "INSERT INTO spans (trace_id, span_id, parent_span_id, service, name, kind, start_ns, duration_ns, status_code, is_error, resource_id, attributes, extra) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+/// Rows per multi-row INSERT (the rest go one by one): fewer statements to step, and SQLite
+/// updates AUTOINCREMENT's `sqlite_sequence` row once per statement, not per row.
+const ROWS_PER_INSERT: usize = 64;
+const SPAN_COLUMNS: usize = 13;
+
+/// The INSERT of `n` rows (two sizes are used; each is built once).
+fn insert_spans_sql(n: usize) -> &'static str {
+    static MANY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static ONE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let build = || {
+        let row = format!("({})", vec!["?"; SPAN_COLUMNS].join(", "));
+        format!(
+            "INSERT INTO spans (trace_id, span_id, parent_span_id, service, name, kind, start_ns, duration_ns, status_code, is_error, resource_id, attributes, extra) VALUES {}",
+            vec![row; n].join(", ")
+        )
+    };
+    if n == 1 {
+        ONE.get_or_init(build)
+    } else {
+        debug_assert_eq!(n, ROWS_PER_INSERT);
+        MANY.get_or_init(build)
+    }
+}
+
+fn bind_rows(stmt: &mut rusqlite::CachedStatement, rows: &[&SpanRow]) -> rusqlite::Result<()> {
+    for (i, r) in rows.iter().enumerate() {
+        let at = i * SPAN_COLUMNS;
+        stmt.raw_bind_parameter(at + 1, &r.trace_id[..])?;
+        stmt.raw_bind_parameter(at + 2, &r.span_id[..])?;
+        stmt.raw_bind_parameter(at + 3, r.parent_span_id.as_ref().map(|p| &p[..]))?;
+        stmt.raw_bind_parameter(at + 4, &r.service)?;
+        stmt.raw_bind_parameter(at + 5, &r.name)?;
+        stmt.raw_bind_parameter(at + 6, r.kind)?;
+        stmt.raw_bind_parameter(at + 7, r.start_ns)?;
+        stmt.raw_bind_parameter(at + 8, r.duration_ns)?;
+        stmt.raw_bind_parameter(at + 9, r.status_code)?;
+        stmt.raw_bind_parameter(at + 10, r.is_error)?;
+        stmt.raw_bind_parameter(at + 11, r.resource_id)?;
+        stmt.raw_bind_parameter(at + 12, &r.attributes)?;
+        stmt.raw_bind_parameter(at + 13, &r.extra)?;
+    }
+    Ok(())
+}
 
 /// One transaction: the spans, their block, new resources and operations. Returns spans written.
 fn write(conn: &mut Connection, job: &WriteJob) -> Result<u64, StoreError> {
@@ -159,43 +201,36 @@ fn write(conn: &mut Connection, job: &WriteJob) -> Result<u64, StoreError> {
         // Between transactions, this connection can start the log over at no one's expense.
         conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))?;
     }
-    // IMMEDIATE takes the write lock up front (waiting out the busy timeout): a deferred
-    // transaction that reads first could not upgrade while retention deletes.
     // Sorted by trace id, so that each trace's spans in this commit get consecutive seqs and one
     // trace-index entry (stable: a trace's spans keep the order they came in).
     let mut rows: Vec<&SpanRow> = job.batches.iter().flat_map(|b| b.spans.iter()).collect();
     rows.sort_by_key(|r| r.trace_id);
+    // IMMEDIATE takes the write lock up front (waiting out the busy timeout): a deferred
+    // transaction that reads first could not upgrade while retention deletes.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut first_seq = None;
-    let mut written = 0u64;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    // One writer holds the lock and seq is AUTOINCREMENT: the rows take the next seqs in order.
+    let first_seq: i64 = tx.query_row(
+        "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'spans'), 0) + 1",
+        [],
+        |r| r.get(0),
+    )?;
+    let written = rows.len() as u64;
     {
-        let mut insert = tx.prepare_cached(INSERT_SPAN)?;
-        for r in &rows {
-            {
-                insert.execute(params![
-                    &r.trace_id[..],
-                    &r.span_id[..],
-                    r.parent_span_id.as_ref().map(|p| &p[..]),
-                    r.service,
-                    r.name,
-                    r.kind,
-                    r.start_ns,
-                    r.duration_ns,
-                    r.status_code,
-                    r.is_error,
-                    r.resource_id,
-                    r.attributes,
-                    r.extra,
-                ])?;
-                // One writer holds the lock and seq is AUTOINCREMENT: the rows are consecutive.
-                first_seq.get_or_insert_with(|| tx.last_insert_rowid());
-                written += 1;
-            }
+        let mut chunks = rows.chunks_exact(ROWS_PER_INSERT);
+        let mut insert = tx.prepare_cached(insert_spans_sql(ROWS_PER_INSERT))?;
+        for chunk in &mut chunks {
+            bind_rows(&mut insert, chunk)?;
+            insert.raw_execute()?;
+        }
+        let mut insert = tx.prepare_cached(insert_spans_sql(1))?;
+        for row in chunks.remainder() {
+            bind_rows(&mut insert, std::slice::from_ref(row))?;
+            insert.raw_execute()?;
         }
     }
-    let Some(first_seq) = first_seq else {
-        return Ok(0);
-    };
     let last_seq = tx.last_insert_rowid();
     let inserted = started.elapsed();
     if last_seq - first_seq + 1 != written as i64 {

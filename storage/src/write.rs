@@ -41,10 +41,9 @@ const WAL_RESTART_FRAMES: i64 = 16_384;
 /// A 64-bit key for an operation: the cache of known operations holds these, not the strings, so
 /// its memory does not grow with the length of span names (and the writer clones nothing per span).
 fn operation_key(service: &str, name: &str, kind: i16) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (service, name, kind).hash(&mut h);
-    h.finish()
+    use std::hash::BuildHasher;
+    // A fixed seed: the same operation gets the same key for the life of the process.
+    foldhash::quality::FixedState::with_seed(0x6d65_7368).hash_one((service, name, kind))
 }
 
 /// (service, span name, kind, last seen) for the operations list.

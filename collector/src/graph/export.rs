@@ -169,7 +169,7 @@ impl ProductMetrics {
     /// counted together, so each label set is looked up once per batch.
     pub fn record_spans(&self, spans: &[Span]) {
         type Group<'a> = (&'a str, &'a str, SpanKind, StatusCode, &'a str);
-        let mut groups: HashMap<Group, Vec<f64>> = HashMap::new();
+        let mut groups: HashMap<Group, Vec<f64>, foldhash::fast::RandomState> = HashMap::default();
         for s in spans {
             let version = s.resource.service.version.as_deref().unwrap_or("");
             groups
