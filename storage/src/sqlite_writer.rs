@@ -82,6 +82,21 @@ impl SqliteWriter {
     }
 }
 
+/// Sends the job `make` builds around a reply channel, and waits for the reply.
+pub(crate) async fn ask(
+    writer: &std::sync::Mutex<SqliteWriter>,
+    make: impl FnOnce(oneshot::Sender<Result<u64, StoreError>>) -> Job,
+) -> Result<u64, StoreError> {
+    let (reply, outcome) = oneshot::channel();
+    writer
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send(make(reply))?;
+    outcome
+        .await
+        .map_err(|_| StoreError::Io("the SQLite writer stopped".into()))?
+}
+
 /// How long the writer waits for a job before it takes a step of trace-index maintenance alone.
 const IDLE: Duration = Duration::from_millis(50);
 

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use sqlx::Postgres;
 
 use crate::encode::{EncodedBatch, ResourceRow, SpanRow};
-use crate::sqlite_writer::{Job, WriteJob};
+use crate::sqlite_writer::{self, Job, WriteJob};
 use crate::{on_pool, Known, Pool, Store, StoreError, KNOWN_LIMIT};
 
 /// How far in the future a span may start and still count for its block's time range. A clock
@@ -65,25 +65,21 @@ impl Store {
                     .sqlite_writer
                     .as_ref()
                     .ok_or_else(|| StoreError::Io("the SQLite store has no writer".into()))?;
-                let (reply, outcome) = tokio::sync::oneshot::channel();
-                let job = WriteJob {
-                    batches: batches.iter().map(|b| (*b).clone()).collect(),
-                    resources: resources.clone(),
-                    operations: operations.clone(),
-                    committed_ns,
-                    start_range: (min_start, max_start),
-                    restart_wal: self
-                        .wal_restart
-                        .swap(false, std::sync::atomic::Ordering::AcqRel),
-                    reply,
-                };
-                writer
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .send(Job::Write(job))?;
-                outcome
-                    .await
-                    .map_err(|_| StoreError::Io("the SQLite writer stopped".into()))??;
+                let restart_wal = self
+                    .wal_restart
+                    .swap(false, std::sync::atomic::Ordering::AcqRel);
+                sqlite_writer::ask(writer, |reply| {
+                    Job::Write(WriteJob {
+                        batches: batches.iter().map(|b| (*b).clone()).collect(),
+                        resources: resources.clone(),
+                        operations: operations.clone(),
+                        committed_ns,
+                        start_range: (min_start, max_start),
+                        restart_wal,
+                        reply,
+                    })
+                })
+                .await?;
             }
             Pool::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
@@ -222,14 +218,7 @@ impl Store {
         let Some(writer) = &self.sqlite_writer else {
             return Ok(0);
         };
-        let (reply, outcome) = tokio::sync::oneshot::channel();
-        writer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send(Job::Settle(reply))?;
-        outcome
-            .await
-            .map_err(|_| StoreError::Io("the SQLite writer stopped".into()))?
+        sqlite_writer::ask(writer, Job::Settle).await
     }
 
     /// Forgets operations not seen since `cutoff_ns`, so the lists follow retention.
