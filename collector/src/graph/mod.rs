@@ -70,6 +70,10 @@ struct FeedCore {
 /// from the graph (never from the store) and counted.
 const QUEUE_BATCHES: usize = 1024;
 
+/// The graph thread's priority on thread-priority's 0–99 scale (50 is a normal thread's; below
+/// 50 is a positive nice value on Linux).
+const GRAPH_PRIORITY: u8 = 30;
+
 /// Wall-clock nanoseconds: windows follow arrival time, not the senders' clocks.
 pub fn now_ns() -> u64 {
     std::time::SystemTime::now()
@@ -94,6 +98,19 @@ impl GraphFeed {
         let spawned = std::thread::Builder::new()
             .name("meshlens-graph".into())
             .spawn(move || {
+                // Below the receivers and the writer, which acknowledge exports: when the cores
+                // are short, the graph (never on the ack path) waits first.
+                let lowered = thread_priority::ThreadPriorityValue::try_from(GRAPH_PRIORITY)
+                    .map_err(|e| format!("{e:?}"))
+                    .and_then(|p| {
+                        thread_priority::set_current_thread_priority(
+                            thread_priority::ThreadPriority::Crossplatform(p),
+                        )
+                        .map_err(|e| format!("{e:?}"))
+                    });
+                if let Err(e) = lowered {
+                    tracing::debug!(error = %e, "graph thread priority unchanged");
+                }
                 for input in rx {
                     match input {
                         Input::Spans(spans) => worker.observe(&spans),

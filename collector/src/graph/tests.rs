@@ -78,3 +78,38 @@ fn shop_mesh_from_the_python_sdk() {
     check("shop", &[3, 2, 1, 0]);
     check("shop", &[2, 0, 3, 1]);
 }
+
+/// The graph thread runs below a normal thread's priority (a positive nice value on Linux), so
+/// that the receivers and the writer, which acknowledge exports, get the cores first.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_graph_thread_yields_to_the_ack_path() {
+    let metrics = crate::metrics::Metrics::new();
+    let _feed = super::GraphFeed::new(&super::GraphConfig::default(), &metrics);
+    // Field 19 of /proc/<pid>/task/<tid>/stat is the nice value; the thread sets it as it starts.
+    let nice_of_graph_threads = || -> Vec<i64> {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| {
+                let dir = t.ok()?.path();
+                let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+                if comm.trim() != "meshlens-graph" {
+                    return None;
+                }
+                let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+                // The fields after the parenthesised name, from field 3 (state) on.
+                let rest = &stat[stat.rfind(')')? + 2..];
+                rest.split(' ').nth(16)?.parse().ok()
+            })
+            .collect()
+    };
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        seen = nice_of_graph_threads();
+        if !seen.is_empty() && seen.iter().all(|n| *n > 0) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("graph threads' nice values: {seen:?}");
+}
