@@ -205,24 +205,21 @@ async fn connect_sqlite(
             std::fs::create_dir_all(dir).map_err(|e| bad_url(url, e))?;
         }
     }
-    let settings = sqlite_writer::WriterSettings {
-        path: opts.get_filename().to_path_buf(),
-        synchronous: if config.sqlite_synchronous == "full" {
-            "FULL"
-        } else {
-            "NORMAL"
-        },
-        busy_timeout: SQLITE_BUSY_TIMEOUT,
-    };
-    let synchronous = match config.sqlite_synchronous.as_str() {
-        "full" => SqliteSynchronous::Full,
-        "normal" => SqliteSynchronous::Normal,
+    // The pool's level, and the same by name for the writer's own connection.
+    let (synchronous, synchronous_name) = match config.sqlite_synchronous.as_str() {
+        "full" => (SqliteSynchronous::Full, "FULL"),
+        "normal" => (SqliteSynchronous::Normal, "NORMAL"),
         other => {
             return Err(StoreError::Url {
                 url: url.into(),
                 reason: format!("sqlite_synchronous must be full or normal, not {other:?}"),
             })
         }
+    };
+    let settings = sqlite_writer::WriterSettings {
+        path: opts.get_filename().to_path_buf(),
+        synchronous: synchronous_name,
+        busy_timeout: SQLITE_BUSY_TIMEOUT,
     };
     let opts = opts
         .create_if_missing(true)

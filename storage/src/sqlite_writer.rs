@@ -1,8 +1,8 @@
 //! SQLite's writes of spans, on a thread of their own with a connection of their own.
 //!
-//! One transaction per group of batches runs start to end on this thread: a prepared one-row
-//! INSERT per span, with no hand-off between the async runtime and a connection worker per
-//! statement. Readers, retention and rollups keep using the sqlx pool; SQLite's write lock (with
+//! One transaction per group of batches runs start to end on this thread (prepared 64-row
+//! INSERTs), with no hand-off between the async runtime and a connection worker per statement.
+//! Between commits it takes steps of trace-index maintenance (`trace_runs`). Readers, retention and rollups keep using the sqlx pool; SQLite's write lock (with
 //! the busy timeout) orders them against this writer.
 
 use std::path::{Path, PathBuf};
@@ -219,13 +219,13 @@ fn write(conn: &mut Connection, job: &WriteJob) -> Result<u64, StoreError> {
     // Sorted by trace id, so that each trace's spans in this commit get consecutive seqs and one
     // trace-index entry (stable: a trace's spans keep the order they came in).
     let mut rows: Vec<&SpanRow> = job.batches.iter().flat_map(|b| b.spans.iter()).collect();
+    if rows.is_empty() {
+        return Ok(0);
+    }
     rows.sort_by_key(|r| r.trace_id);
     // IMMEDIATE takes the write lock up front (waiting out the busy timeout): a deferred
     // transaction that reads first could not upgrade while retention deletes.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    if rows.is_empty() {
-        return Ok(0);
-    }
     // One writer holds the lock and seq is AUTOINCREMENT: the rows take the next seqs in order.
     let first_seq: i64 = tx.query_row(
         "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'spans'), 0) + 1",
@@ -269,4 +269,39 @@ fn write(conn: &mut Connection, job: &WriteJob) -> Result<u64, StoreError> {
     tx.commit()?;
     tracing::trace!(spans = written, ?inserted, total = ?started.elapsed(), "sqlite write");
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The writer's connection gets the pool's settings: WAL, the configured synchronous level,
+    /// the busy timeout; and no mmap.
+    #[test]
+    fn the_writer_connection_has_the_store_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        for (synchronous, level) in [("FULL", 2i64), ("NORMAL", 1)] {
+            let settings = WriterSettings {
+                path: dir.path().join("w.db"),
+                synchronous,
+                busy_timeout: Duration::from_millis(1234),
+            };
+            let conn = open(&settings.path, &settings).unwrap();
+            let get = |pragma: &str| -> String {
+                conn.query_row(&format!("PRAGMA {pragma}"), [], |r| {
+                    r.get::<_, rusqlite::types::Value>(0)
+                })
+                .map(|v| match v {
+                    rusqlite::types::Value::Integer(i) => i.to_string(),
+                    rusqlite::types::Value::Text(t) => t,
+                    other => format!("{other:?}"),
+                })
+                .unwrap()
+            };
+            assert_eq!(get("journal_mode"), "wal");
+            assert_eq!(get("synchronous"), level.to_string());
+            assert_eq!(get("busy_timeout"), "1234");
+            assert_eq!(get("mmap_size"), "0");
+        }
+    }
 }
