@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use meshlens_topology::graph::{EdgeObservation, NodeKey};
+use meshlens_topology::graph::{EdgeKey, EdgeObservation, NodeKey};
 use meshlens_topology::{Span, SpanKind, StatusCode};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
@@ -130,37 +130,60 @@ impl ProductMetrics {
         }
     }
 
-    /// Counts calls on the service graph's edges.
+    /// Counts calls on the service graph's edges. Calls of one batch on the same edge are counted
+    /// together, so each edge's label set is looked up once per batch.
     pub fn record_calls(&self, observations: &[EdgeObservation]) {
+        #[derive(Default)]
+        struct Calls {
+            requests: u64,
+            failed: u64,
+            server_seconds: Vec<f64>,
+            client_seconds: Vec<f64>,
+        }
+        let mut edges: HashMap<&EdgeKey, Calls, foldhash::fast::RandomState> = HashMap::default();
         for o in observations {
+            let calls = edges.entry(&o.key).or_default();
+            calls.requests += 1;
+            calls.failed += o.failed() as u64;
+            if let Some(ns) = o.server_latency_ns {
+                calls.server_seconds.push(ns as f64 / 1e9);
+            }
+            if let Some(ns) = o.client_latency_ns {
+                calls.client_seconds.push(ns as f64 / 1e9);
+            }
+        }
+        for (key, calls) in edges {
             let ns = |n: &NodeKey| n.namespace.as_deref().unwrap_or("").to_string();
-            let (client_ns, server_ns) = (ns(&o.key.client.node), ns(&o.key.server.node));
+            let (client_ns, server_ns) = (ns(&key.client.node), ns(&key.server.node));
             let labels = [
-                &*o.key.client.node.name,
-                &*o.key.server.node.name,
-                o.key.connection.as_str(),
+                &*key.client.node.name,
+                &*key.server.node.name,
+                key.connection.as_str(),
                 client_ns.as_str(),
                 server_ns.as_str(),
-                o.key.client.version.as_deref().unwrap_or(""),
-                o.key.server.version.as_deref().unwrap_or(""),
+                key.client.version.as_deref().unwrap_or(""),
+                key.server.version.as_deref().unwrap_or(""),
             ];
             if !self.edge_cap.admit(&labels) {
                 self.dropped("traces_service_graph");
                 continue;
             }
-            self.request_total.with_label_values(&labels).inc();
-            if o.failed() {
-                self.request_failed_total.with_label_values(&labels).inc();
-            }
-            if let Some(ns) = o.server_latency_ns {
-                self.request_server_seconds
+            self.request_total
+                .with_label_values(&labels)
+                .inc_by(calls.requests);
+            if calls.failed > 0 {
+                self.request_failed_total
                     .with_label_values(&labels)
-                    .observe(ns as f64 / 1e9);
+                    .inc_by(calls.failed);
             }
-            if let Some(ns) = o.client_latency_ns {
-                self.request_client_seconds
-                    .with_label_values(&labels)
-                    .observe(ns as f64 / 1e9);
+            for (histogram, seconds) in [
+                (&self.request_server_seconds, calls.server_seconds),
+                (&self.request_client_seconds, calls.client_seconds),
+            ] {
+                if !seconds.is_empty() {
+                    let h = histogram.with_label_values(&labels);
+                    seconds.into_iter().for_each(|s| h.observe(s));
+                }
             }
         }
     }
