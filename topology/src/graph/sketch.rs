@@ -108,26 +108,37 @@ impl LatencySketch {
             self.clone_from(other);
             return;
         }
-        let (a, b) = (&self.bins, &other.bins);
-        let mut out = Vec::with_capacity(a.len().max(b.len()));
-        let (mut i, mut j) = (0, 0);
-        while i < a.len() && j < b.len() {
-            let (x, y) = (a[i], b[j]);
-            if x.0 == y.0 {
-                out.push((x.0, x.1.saturating_add(y.1)));
-                i += 1;
-                j += 1;
-            } else if x.0 < y.0 {
-                out.push(x);
-                i += 1;
+        // Merged in place from the back, after making room for the keys `self` lacks: no
+        // allocation when `other`'s keys are already here (the usual case for a window total).
+        let b = &other.bins;
+        let new_keys = {
+            let (mut i, mut n) = (0, 0);
+            for &(key, _) in b {
+                while i < self.bins.len() && self.bins[i].0 < key {
+                    i += 1;
+                }
+                n += (i == self.bins.len() || self.bins[i].0 != key) as usize;
+            }
+            n
+        };
+        let old_len = self.bins.len();
+        self.bins.resize(old_len + new_keys, (0, 0));
+        let a = &mut self.bins;
+        let (mut i, mut j, mut k) = (old_len, b.len(), old_len + new_keys);
+        while j > 0 {
+            k -= 1;
+            if i > 0 && a[i - 1].0 > b[j - 1].0 {
+                a[k] = a[i - 1];
+                i -= 1;
+            } else if i > 0 && a[i - 1].0 == b[j - 1].0 {
+                a[k] = (b[j - 1].0, a[i - 1].1.saturating_add(b[j - 1].1));
+                i -= 1;
+                j -= 1;
             } else {
-                out.push(y);
-                j += 1;
+                a[k] = b[j - 1];
+                j -= 1;
             }
         }
-        out.extend_from_slice(&a[i..]);
-        out.extend_from_slice(&b[j..]);
-        self.bins = out;
         self.count += other.count;
     }
 

@@ -270,8 +270,9 @@ pub struct Series {
     now_ns: u64,
     last_seen_ns: u64,
     /// What was recorded since the last fold, all in one fine slot, not yet in `fine`, `coarse`
-    /// or `totals`.
-    pending: Option<(i64, Stats)>,
+    /// or `totals`. Boxed: an edge is read far more often than it is folded, and most of the
+    /// graph's edges are idle.
+    pending: Option<Box<(i64, Stats)>>,
 }
 
 fn slot_of(now_ns: u64, width: u64) -> i64 {
@@ -303,22 +304,25 @@ impl Series {
     /// totals by the next `advance`).
     fn each_current(&mut self, now_ns: u64, f: impl Fn(&mut Stats)) {
         let slot = slot_of(self.now_ns.max(now_ns), FINE_SLOT_NS);
-        if self.pending.as_ref().is_some_and(|(s, _)| *s == slot) {
+        if self.pending.as_ref().is_some_and(|p| p.0 == slot) {
             self.now_ns = self.now_ns.max(now_ns);
         } else {
             self.advance(now_ns);
         }
         self.last_seen_ns = self.now_ns;
-        let (_, stats) = self.pending.get_or_insert_with(|| (slot, Stats::default()));
+        let (_, stats) = &mut **self
+            .pending
+            .get_or_insert_with(|| Box::new((slot, Stats::default())));
         f(stats);
     }
 
     /// Adds the pending statistics to their fine and coarse slots and to every window total, as
     /// of the time they were recorded (their slot is then the newest of every window).
     fn fold_pending(&mut self) {
-        let Some((slot, pending)) = self.pending.take() else {
+        let Some(pending) = self.pending.take() else {
             return;
         };
+        let (slot, pending) = *pending;
         let coarse = slot_of(slot as u64 * FINE_SLOT_NS, COARSE_SLOT_NS);
         for total in &mut self.totals {
             total.merge(&pending);
@@ -403,7 +407,11 @@ impl Series {
             .chain(&self.coarse)
             .map(|(_, s)| s.heap_bytes())
             .chain(self.totals.iter().map(Stats::heap_bytes))
-            .chain(self.pending.iter().map(|(_, s)| s.heap_bytes()))
+            .chain(
+                self.pending
+                    .iter()
+                    .map(|p| p.1.heap_bytes() + std::mem::size_of::<(i64, Stats)>()),
+            )
             .sum();
         std::mem::size_of::<Self>() + rings + sketches
     }
