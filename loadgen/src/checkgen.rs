@@ -2,7 +2,10 @@
 //! HTTP/2 connection (as one Envoy sends them), pre-encoded, on a plain HTTP/2 client. Closed loop (`--rate 0`: a fixed number in
 //! flight, as fast as answered) or open loop at a fixed rate, where latency counts from when each
 //! call was due, so a stall is not hidden. Prints checks/s and latency percentiles, and, given
-//! meshlens' web address, the server-side decision time from its own histogram.
+//! meshlens' web address, the server-side decision time from its own histogram. To tell where a
+//! slow call's time went, an open loop also prints how late the client itself sent calls, how
+//! many separate stalls there were (calls over 5 ms, grouped into 10 ms periods), and the
+//! hypervisor's steal time over the run.
 #![forbid(unsafe_code)]
 
 mod proc_stats;
@@ -204,7 +207,12 @@ struct Tally {
     ok: u64,
     failed: u64,
     latencies_us: Vec<u64>,
+    /// Open loop: per call, when it was due (µs from the start) and how late the client sent it.
+    sent_late_us: Vec<(u64, u64)>,
 }
+
+/// Latency from which a call counts as stalled.
+const STALL_US: u64 = 5_000;
 
 async fn closed_loop(client: &Client, args: &Arc<Args>, seconds: f64) -> Tally {
     let tally = Arc::new(Mutex::new(Tally::default()));
@@ -246,7 +254,7 @@ async fn open_loop(client: &Client, args: &Arc<Args>, seconds: f64) -> Tally {
     let tally = Arc::new(std::sync::Mutex::new(Tally::default()));
     let total = (args.rate * seconds) as usize;
     let interval = Duration::from_secs_f64(1.0 / args.rate);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant, Duration)>();
     let pacer = std::thread::spawn(move || {
         let start = Instant::now();
         for i in 0..total {
@@ -255,20 +263,23 @@ async fn open_loop(client: &Client, args: &Arc<Args>, seconds: f64) -> Tally {
             if due > now {
                 std::thread::sleep(due - now);
             }
-            if tx.send((i, due)).is_err() {
+            if tx.send((i, due, due - start)).is_err() {
                 return;
             }
         }
     });
     let mut tasks = tokio::task::JoinSet::new();
-    while let Some((i, due)) = rx.recv().await {
+    while let Some((i, due, offset)) = rx.recv().await {
         let (mut client, tally) = (client.clone(), tally.clone());
         tasks.spawn(async move {
+            let late = due.elapsed();
             let ok = client.call(i).await;
             let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
             if ok {
                 t.ok += 1;
                 t.latencies_us.push(due.elapsed().as_micros() as u64);
+                t.sent_late_us
+                    .push((offset.as_micros() as u64, late.as_micros() as u64));
             } else {
                 t.failed += 1;
             }
@@ -279,6 +290,36 @@ async fn open_loop(client: &Client, args: &Arc<Args>, seconds: f64) -> Tally {
     while tasks.join_next().await.is_some() {}
     let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
     std::mem::take(&mut *t)
+}
+
+/// Where an open loop's slow calls came from: the client's own lateness in sending (its p99), the
+/// number of stalls (10 ms periods, by when calls were due, holding a call slower than 5 ms) and
+/// of those in which the client itself had sent a call over 5 ms late, and the host's steal time.
+fn open_loop_diagnosis(t: &Tally, steal_s: Option<f64>) -> String {
+    let mut late: Vec<u64> = t.sent_late_us.iter().map(|(_, l)| *l).collect();
+    late.sort_unstable();
+    let late_at = |q: f64| {
+        late.get((late.len() as f64 * q) as usize)
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
+    let mut stalls = std::collections::BTreeMap::<u64, bool>::new();
+    for ((offset, late), latency) in t.sent_late_us.iter().zip(&t.latencies_us) {
+        if *latency > STALL_US {
+            *stalls.entry(offset / 10_000).or_default() |= *late > STALL_US;
+        }
+    }
+    let client_side = stalls.values().filter(|c| **c).count();
+    format!(
+        " client_send_late_p99_ms={:.3} client_send_late_p999_ms={:.3} stalls={} stalls_client_late={client_side}{}",
+        late_at(0.99),
+        late_at(0.999),
+        stalls.len(),
+        steal_s
+            .map(|s| format!(" host_steal_ms={:.0}", s * 1000.0))
+            .unwrap_or_default()
+    )
 }
 
 /// The p-quantile of the server's `meshlens_policy_check_duration_seconds` histogram (the
@@ -331,10 +372,17 @@ async fn main() -> anyhow::Result<()> {
     };
     run(args.warmup_seconds).await;
     let cpu0 = args.server_pid.and_then(proc_stats::cpu_seconds);
+    let steal0 = proc_stats::host_steal_seconds();
     let started = Instant::now();
     let mut t = run(args.seconds).await;
     let elapsed = started.elapsed().as_secs_f64();
     let cpu1 = args.server_pid.and_then(proc_stats::cpu_seconds);
+    let steal1 = proc_stats::host_steal_seconds();
+    let diagnosis = if args.rate > 0.0 {
+        open_loop_diagnosis(&t, steal0.zip(steal1).map(|(a, b)| b - a))
+    } else {
+        String::new()
+    };
     t.latencies_us.sort_unstable();
     let pct = |p: f64| {
         let l = &t.latencies_us;
@@ -360,7 +408,7 @@ async fn main() -> anyhow::Result<()> {
         .map(|m| format!(" server_peak_rss_mb={m:.0}"))
         .unwrap_or_default();
     println!(
-        "{label}api={api} mode={} seconds={elapsed:.1} checks_per_s={:.0} ok={} failed={} p50_ms={:.3} p99_ms={:.3} p999_ms={:.3}{}{server}{rss}",
+        "{label}api={api} mode={} seconds={elapsed:.1} checks_per_s={:.0} ok={} failed={} p50_ms={:.3} p99_ms={:.3} p999_ms={:.3}{}{server}{rss}{diagnosis}",
         if args.rate > 0.0 { format!("rate:{}", args.rate) } else { format!("closed:{}", args.in_flight) },
         t.ok as f64 / elapsed,
         t.ok,
@@ -375,4 +423,33 @@ async fn main() -> anyhow::Result<()> {
         label = if args.label.is_empty() { String::new() } else { format!("{} ", args.label) },
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stalls_are_grouped_by_period_and_client_lateness_is_told_apart() {
+        let mut t = Tally::default();
+        // (due µs from start, sent late µs, latency µs)
+        let calls = [
+            (0, 10, 200),
+            (1_000, 6_000, 7_000), // a stall the client caused (sent 6 ms late)
+            (2_000, 100, 6_500),   // same 10 ms period
+            (25_000, 50, 9_000),   // a second stall, server side
+            (26_000, 50, 300),
+            (100_000, 20, 4_999), // under the threshold
+        ];
+        for (due, late, latency) in calls {
+            t.ok += 1;
+            t.latencies_us.push(latency);
+            t.sent_late_us.push((due, late));
+        }
+        let d = open_loop_diagnosis(&t, Some(0.02));
+        assert!(d.contains(" stalls=2 "), "{d}");
+        assert!(d.contains(" stalls_client_late=1"), "{d}");
+        assert!(d.contains(" client_send_late_p999_ms=6.000"), "{d}");
+        assert!(d.ends_with(" host_steal_ms=20"), "{d}");
+    }
 }

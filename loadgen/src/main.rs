@@ -75,10 +75,12 @@ async fn main() -> anyhow::Result<()> {
         (args.rate > 0.0).then(|| Duration::from_secs_f64(args.in_flight as f64 / args.rate));
     send::run(&sender, &batches, args.in_flight, args.warmup, pace).await;
     let cpu0 = args.server_pid.and_then(proc_stats::cpu_seconds);
+    let steal0 = proc_stats::host_steal_seconds();
     let started = Instant::now();
     let result = send::run(&sender, &batches, args.in_flight, args.duration, pace).await;
     let elapsed = started.elapsed().as_secs_f64();
     let cpu1 = args.server_pid.and_then(proc_stats::cpu_seconds);
+    let steal1 = proc_stats::host_steal_seconds();
 
     let spans = result.ok_exports * args.batch as u64;
     let mut lat = result.latencies_us;
@@ -89,7 +91,7 @@ async fn main() -> anyhow::Result<()> {
             .unwrap_or(0)
     };
     println!(
-        "{label}protocol={:?} batch={} in_flight={} seconds={elapsed:.1} spans_per_s={:.0} exports_ok={} exports_rejected={} exports_failed={} p50_ms={:.2} p99_ms={:.2}{}{}",
+        "{label}protocol={:?} batch={} in_flight={} seconds={elapsed:.1} spans_per_s={:.0} exports_ok={} exports_rejected={} exports_failed={} p50_ms={:.2} p99_ms={:.2}{}{}{}",
         args.protocol,
         args.batch,
         args.in_flight,
@@ -106,6 +108,11 @@ async fn main() -> anyhow::Result<()> {
         args.server_pid
             .and_then(proc_stats::peak_rss_mb)
             .map(|m| format!(" server_peak_rss_mb={m:.0}"))
+            .unwrap_or_default(),
+        // The machine is a VM: time the hypervisor ran other guests instead (summed over CPUs).
+        steal0
+            .zip(steal1)
+            .map(|(a, b)| format!(" host_steal_ms={:.0}", (b - a) * 1000.0))
             .unwrap_or_default(),
         label = if args.label.is_empty() { String::new() } else { format!("{} ", args.label) },
     );

@@ -23,3 +23,12 @@ pub fn peak_rss_mb(pid: u32) -> Option<f64> {
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
 }
+
+/// CPU time the hypervisor gave to other guests while this machine's CPUs wanted to run
+/// (`steal`, summed over CPUs), in seconds since boot.
+pub fn host_steal_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let steal: f64 = cpu.split_whitespace().nth(8)?.parse().ok()?;
+    Some(steal / clock_ticks())
+}
