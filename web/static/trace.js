@@ -115,7 +115,9 @@
 
   /** Draws the rows in view (and a margin); `force` after the tree or the selection changed. */
   function renderRows(force) {
-    const top = rowsEl.scrollTop;
+    // The browser may clamp scrollTop only at the next layout: after a collapse from far down,
+    // the old offset would draw no row at all for a frame.
+    const top = Math.min(rowsEl.scrollTop, Math.max(0, state.visible.length * ROW_H - rowsEl.clientHeight));
     const first = Math.max(0, Math.floor(top / ROW_H) - OVERSCAN);
     const last = Math.min(state.visible.length, Math.ceil((top + rowsEl.clientHeight) / ROW_H) + OVERSCAN);
     const critical = $('critical').checked;
