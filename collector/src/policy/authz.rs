@@ -40,8 +40,8 @@ impl AuthzService {
     }
 }
 
-fn non_empty(s: &str) -> Option<String> {
-    (!s.is_empty()).then(|| s.to_string())
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
 }
 
 fn peer_ip(peer: &attribute_context::Peer) -> Option<IpAddr> {
@@ -64,18 +64,22 @@ fn cut(mut s: String) -> String {
 
 /// The call as the policy engine sees it. The destination is the route's
 /// `context_extensions` (`destination` or `destination_service`), else the destination's
-/// `app` or `service` label, else `destination.service`.
-pub fn attributes(req: &CheckRequest) -> CheckAttributes {
-    let Some(a) = req.attributes.as_ref() else {
+/// `app` or `service` label, else `destination.service`. The request's strings are taken, not
+/// copied (a check is on every proxied request's path); what is left of it is freed by the
+/// caller, after the decision.
+pub fn attributes(req: &mut CheckRequest) -> CheckAttributes {
+    let Some(a) = req.attributes.as_mut() else {
         return CheckAttributes::default();
     };
+    let take = std::mem::take::<String>;
     let mut out = CheckAttributes::default();
-    if let Some(src) = &a.source {
-        out.source_service = non_empty(&src.service);
-        out.source_principal = non_empty(&src.principal);
+    if let Some(src) = a.source.as_mut() {
         out.source_ip = peer_ip(src);
+        out.source_service = non_empty(take(&mut src.service));
+        out.source_principal = non_empty(take(&mut src.principal));
     }
-    let ext = |k: &str| a.context_extensions.get(k).and_then(|v| non_empty(v));
+    let ext = &mut a.context_extensions;
+    let mut ext = |k: &str| ext.get_mut(k).map(take).and_then(non_empty);
     out.source_namespace = ext("source_namespace").or_else(|| {
         out.source_principal
             .as_deref()
@@ -85,38 +89,48 @@ pub fn attributes(req: &CheckRequest) -> CheckAttributes {
     out.destination = ext("destination")
         .or_else(|| ext("destination_service"))
         .or_else(|| {
-            let d = a.destination.as_ref()?;
-            d.labels
-                .get("app")
-                .or_else(|| d.labels.get("service"))
-                .and_then(|v| non_empty(v))
-                .or_else(|| non_empty(&d.service))
+            let d = a.destination.as_mut()?;
+            ["app", "service"]
+                .into_iter()
+                .find_map(|k| d.labels.get_mut(k).map(take))
+                .and_then(non_empty)
+                .or_else(|| non_empty(take(&mut d.service)))
         });
-    if let Some(http) = a.request.as_ref().and_then(|r| r.http.as_ref()) {
-        out.method = http.method.clone();
-        out.host = cut(http.host.clone());
-        let path = http.path.split(['?', '#']).next().unwrap_or("");
-        out.path = cut(path.to_string());
+    if let Some(http) = a.request.as_mut().and_then(|r| r.http.as_mut()) {
+        out.method = take(&mut http.method);
+        out.host = cut(take(&mut http.host));
+        let mut path = take(&mut http.path);
+        if let Some(end) = path.find(['?', '#']) {
+            path.truncate(end);
+        }
+        out.path = cut(path);
         out.headers = http
             .headers
-            .iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), cut(v.clone())))
+            .drain()
+            .map(|(mut k, v)| {
+                k.make_ascii_lowercase();
+                (k, cut(v))
+            })
             .collect();
         // With `encode_raw_headers`, headers come as a map of raw values instead.
-        if let Some(map) = &http.header_map {
-            out.headers.extend(map.headers.iter().map(|h| {
+        if let Some(map) = http.header_map.as_mut() {
+            out.headers.extend(map.headers.drain(..).map(|h| {
                 let v = if h.raw_value.is_empty() {
-                    h.value.clone()
+                    h.value
                 } else {
-                    String::from_utf8_lossy(&h.raw_value).into_owned()
+                    String::from_utf8(h.raw_value)
+                        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
                 };
-                (h.key.to_ascii_lowercase(), cut(v))
+                let mut k = h.key;
+                k.make_ascii_lowercase();
+                (k, cut(v))
             }));
         }
         if out.source_service.is_none() {
             out.source_service = out
                 .header("x-envoy-downstream-service-cluster")
-                .and_then(non_empty);
+                .filter(|v| !v.is_empty())
+                .map(str::to_string);
         }
     }
     out
@@ -210,7 +224,8 @@ impl Authorization for AuthzService {
     ) -> Result<Response<CheckResponse>, Status> {
         let started = Instant::now();
         let s = &self.server;
-        let attrs = attributes(request.get_ref());
+        let mut request = request.into_inner();
+        let attrs = attributes(&mut request);
         let outcome = s.engine.authorize(&attrs).await;
         if let Some(e) = &outcome.backend_error {
             s.backend_error(e);

@@ -320,3 +320,128 @@ async fn an_override_with_an_unknown_unit_is_invalid() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("unknown unit"), "{}", err.message());
 }
+
+/// Envoy's request as the policy engine sees it: every field and fallback of `attributes`.
+#[test]
+fn attributes_read_every_field_and_fallback() {
+    use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+    let http = |path: &str, headers: &[(&str, &str)], raw: &[(&str, &[u8])]| {
+        attribute_context::HttpRequest {
+            method: "POST".into(),
+            host: "work.mesh".into(),
+            path: path.into(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            header_map: (!raw.is_empty()).then(|| HeaderMap {
+                headers: raw
+                    .iter()
+                    .map(|(k, v)| HeaderValue {
+                        key: k.to_string(),
+                        raw_value: v.to_vec(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            }),
+            ..Default::default()
+        }
+    };
+    let request = |ctx: AttributeContext| CheckRequest {
+        attributes: Some(ctx),
+    };
+    let with_http = |h| {
+        Some(attribute_context::Request {
+            http: Some(h),
+            ..Default::default()
+        })
+    };
+
+    // Source from the peer, namespace from its SPIFFE id, destination from the route.
+    let a = authz::attributes(&mut request(AttributeContext {
+        source: Some(attribute_context::Peer {
+            service: "ingress".into(),
+            principal: "spiffe://cluster.local/ns/edge/sa/ingress".into(),
+            ..Default::default()
+        }),
+        context_extensions: [("destination".to_string(), "work".to_string())].into(),
+        request: with_http(http(
+            "/api/x?token=1#f",
+            &[("X-User", "ann")],
+            &[("X-Raw", b"r\xffw")],
+        )),
+        ..Default::default()
+    }));
+    assert_eq!(a.source_service.as_deref(), Some("ingress"));
+    assert_eq!(a.source_namespace.as_deref(), Some("edge"));
+    assert_eq!(a.destination.as_deref(), Some("work"));
+    assert_eq!(
+        (a.method.as_str(), a.host.as_str(), a.path.as_str()),
+        ("POST", "work.mesh", "/api/x")
+    );
+    assert_eq!(a.header("x-user"), Some("ann"), "names are lowercased");
+    assert_eq!(
+        a.header("x-raw"),
+        Some("r\u{fffd}w"),
+        "raw values are read, invalid UTF-8 replaced"
+    );
+
+    // Namespace from the route; destination from `destination_service`; source from the header
+    // Envoy's `add_user_agent` sets; an over-long value is cut on a character boundary.
+    let long = "é".repeat(5000);
+    let a = authz::attributes(&mut request(AttributeContext {
+        context_extensions: [
+            ("source_namespace".to_string(), "front".to_string()),
+            ("destination".to_string(), String::new()),
+            ("destination_service".to_string(), "orders".to_string()),
+        ]
+        .into(),
+        request: with_http(http(
+            "/",
+            &[
+                ("x-envoy-downstream-service-cluster", "web"),
+                ("x-long", &long),
+            ],
+            &[],
+        )),
+        ..Default::default()
+    }));
+    assert_eq!(a.source_service.as_deref(), Some("web"));
+    assert_eq!(a.source_namespace.as_deref(), Some("front"));
+    assert_eq!(
+        a.destination.as_deref(),
+        Some("orders"),
+        "an empty `destination` is skipped"
+    );
+    let cut = a.header("x-long").unwrap();
+    assert_eq!(cut.len(), 8192);
+    assert!(long.starts_with(cut));
+
+    // Destination from the peer's labels: `app`, else `service`; an empty `app` falls to the
+    // peer's service name.
+    let dest = |labels: &[(&str, &str)], service: &str| {
+        authz::attributes(&mut request(AttributeContext {
+            destination: Some(attribute_context::Peer {
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                service: service.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+        .destination
+    };
+    assert_eq!(
+        dest(&[("app", "a"), ("service", "s")], "p").as_deref(),
+        Some("a")
+    );
+    assert_eq!(dest(&[("service", "s")], "p").as_deref(), Some("s"));
+    assert_eq!(dest(&[("app", "")], "p").as_deref(), Some("p"));
+    assert_eq!(dest(&[], "").as_deref(), None);
+    assert_eq!(
+        authz::attributes(&mut CheckRequest { attributes: None }),
+        meshlens_policy::authz::CheckAttributes::default()
+    );
+}

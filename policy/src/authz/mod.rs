@@ -5,6 +5,7 @@
 
 pub mod config;
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::Path;
@@ -277,17 +278,17 @@ impl KeyPart {
         })
     }
 
-    fn value(&self, a: &CheckAttributes) -> Option<String> {
+    fn value<'a>(&self, a: &'a CheckAttributes) -> Option<Cow<'a, str>> {
         match self {
-            KeyPart::SourceService => a.source_service.clone(),
-            KeyPart::SourceNamespace => a.source_namespace.clone(),
-            KeyPart::SourcePrincipal => a.source_principal.clone(),
-            KeyPart::SourceIp => a.source_ip.map(|ip| ip.to_string()),
-            KeyPart::Destination => a.destination.clone(),
-            KeyPart::Host => Some(a.host.clone()),
-            KeyPart::Method => Some(a.method.clone()),
-            KeyPart::Path => Some(a.path.clone()),
-            KeyPart::Header(h) => a.header(h).map(str::to_string),
+            KeyPart::SourceService => a.source_service.as_deref().map(Cow::Borrowed),
+            KeyPart::SourceNamespace => a.source_namespace.as_deref().map(Cow::Borrowed),
+            KeyPart::SourcePrincipal => a.source_principal.as_deref().map(Cow::Borrowed),
+            KeyPart::SourceIp => a.source_ip.map(|ip| Cow::Owned(ip.to_string())),
+            KeyPart::Destination => a.destination.as_deref().map(Cow::Borrowed),
+            KeyPart::Host => Some(Cow::Borrowed(&a.host)),
+            KeyPart::Method => Some(Cow::Borrowed(&a.method)),
+            KeyPart::Path => Some(Cow::Borrowed(&a.path)),
+            KeyPart::Header(h) => a.header(h).map(Cow::Borrowed),
         }
     }
 }
@@ -545,7 +546,9 @@ impl AuthzPolicy {
         }
         let mut applied: Vec<(&QuotaRule, String)> = Vec::new();
         for q in self.quotas.iter().filter(|q| q.matcher.matches(a)) {
-            let mut key = format!("authz_{}", q.name);
+            let mut key = String::with_capacity(64);
+            key.push_str("authz_");
+            key.push_str(&q.name);
             let complete = q.key.iter().all(|part| match part.value(a) {
                 Some(v) => {
                     key.push('_');
