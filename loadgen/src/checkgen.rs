@@ -292,10 +292,10 @@ async fn open_loop(client: &Client, args: &Arc<Args>, seconds: f64) -> Tally {
     std::mem::take(&mut *t)
 }
 
-/// Where an open loop's slow calls came from: the client's own lateness in sending (its p99), the
+/// Where an open loop's slow calls came from: the client's own lateness in sending (p99, p99.9), the
 /// number of stalls (10 ms periods, by when calls were due, holding a call slower than 5 ms) and
 /// of those in which the client itself had sent a call over 5 ms late, and the host's steal time.
-fn open_loop_diagnosis(t: &Tally, steal_s: Option<f64>) -> String {
+fn open_loop_diagnosis(t: &Tally, steal: String) -> String {
     let mut late: Vec<u64> = t.sent_late_us.iter().map(|(_, l)| *l).collect();
     late.sort_unstable();
     let late_at = |q: f64| {
@@ -316,9 +316,7 @@ fn open_loop_diagnosis(t: &Tally, steal_s: Option<f64>) -> String {
         late_at(0.99),
         late_at(0.999),
         stalls.len(),
-        steal_s
-            .map(|s| format!(" host_steal_ms={:.0}", s * 1000.0))
-            .unwrap_or_default()
+        steal
     )
 }
 
@@ -378,10 +376,11 @@ async fn main() -> anyhow::Result<()> {
     let elapsed = started.elapsed().as_secs_f64();
     let cpu1 = args.server_pid.and_then(proc_stats::cpu_seconds);
     let steal1 = proc_stats::host_steal_seconds();
+    let steal = proc_stats::host_steal_field(steal0, steal1);
     let diagnosis = if args.rate > 0.0 {
-        open_loop_diagnosis(&t, steal0.zip(steal1).map(|(a, b)| b - a))
+        open_loop_diagnosis(&t, steal)
     } else {
-        String::new()
+        steal
     };
     t.latencies_us.sort_unstable();
     let pct = |p: f64| {
@@ -446,10 +445,23 @@ mod tests {
             t.latencies_us.push(latency);
             t.sent_late_us.push((due, late));
         }
-        let d = open_loop_diagnosis(&t, Some(0.02));
+        let d = open_loop_diagnosis(&t, proc_stats::host_steal_field(Some(1.5), Some(1.52)));
         assert!(d.contains(" stalls=2 "), "{d}");
         assert!(d.contains(" stalls_client_late=1"), "{d}");
         assert!(d.contains(" client_send_late_p999_ms=6.000"), "{d}");
         assert!(d.ends_with(" host_steal_ms=20"), "{d}");
+    }
+
+    /// The steal column is read from /proc/stat (a VM's hypervisor fills it; elsewhere it is 0).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn host_steal_is_read() {
+        let (a, b) = (
+            proc_stats::host_steal_seconds(),
+            proc_stats::host_steal_seconds(),
+        );
+        assert!(a.is_some_and(|s| s >= 0.0), "{a:?}");
+        assert!(proc_stats::host_steal_field(a, b).starts_with(" host_steal_ms="));
+        assert_eq!(proc_stats::host_steal_field(None, b), "");
     }
 }

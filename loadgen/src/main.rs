@@ -110,10 +110,7 @@ async fn main() -> anyhow::Result<()> {
             .map(|m| format!(" server_peak_rss_mb={m:.0}"))
             .unwrap_or_default(),
         // The machine is a VM: time the hypervisor ran other guests instead (summed over CPUs).
-        steal0
-            .zip(steal1)
-            .map(|(a, b)| format!(" host_steal_ms={:.0}", (b - a) * 1000.0))
-            .unwrap_or_default(),
+        proc_stats::host_steal_field(steal0, steal1),
         label = if args.label.is_empty() { String::new() } else { format!("{} ", args.label) },
     );
     Ok(())

@@ -32,3 +32,11 @@ pub fn host_steal_seconds() -> Option<f64> {
     let steal: f64 = cpu.split_whitespace().nth(8)?.parse().ok()?;
     Some(steal / clock_ticks())
 }
+
+/// ` host_steal_ms=N` for the steal time between two readings of `host_steal_seconds`, or nothing
+/// where /proc/stat could not be read.
+pub fn host_steal_field(from: Option<f64>, to: Option<f64>) -> String {
+    from.zip(to)
+        .map(|(a, b)| format!(" host_steal_ms={:.0}", (b - a) * 1000.0))
+        .unwrap_or_default()
+}

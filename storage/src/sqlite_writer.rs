@@ -2,8 +2,9 @@
 //!
 //! One transaction per group of batches runs start to end on this thread (prepared 64-row
 //! INSERTs), with no hand-off between the async runtime and a connection worker per statement.
-//! Between commits it takes steps of trace-index maintenance (`trace_runs`). Readers, retention and rollups keep using the sqlx pool; SQLite's write lock (with
-//! the busy timeout) orders them against this writer.
+//! Between commits it takes steps of trace-index maintenance (`trace_runs`). Readers, retention
+//! and rollups keep using the sqlx pool; SQLite's write lock (with the busy timeout) orders them
+//! against this writer.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;

@@ -579,3 +579,52 @@ async fn postgres_edge_minutes() {
     let store = postgres_store().await;
     edge_minutes_round_trip(&store).await;
 }
+
+/// One SQLite commit of 64 + 64 + 3 spans goes through the 64-row INSERT twice and the one-row
+/// INSERT three times: every span reads back with its own fields, none shifted to a neighbour.
+#[tokio::test]
+async fn sqlite_multi_row_inserts_keep_every_field_in_its_row() {
+    let (store, _dir) = sqlite_store().await;
+    let spans: Vec<Span> = (0..131u64)
+        .map(|i| {
+            let mut b = SpanBuilder::new(
+                i % 7 + 1,
+                i + 1,
+                &format!("svc-{}", i % 5),
+                &format!("op-{i}"),
+                T0 + i * 1_000,
+            )
+            .resource(resource(&format!("svc-{}", i % 5), Some("v1")))
+            .kind(if i % 2 == 0 {
+                SpanKind::Server
+            } else {
+                SpanKind::Client
+            })
+            .duration_ns(1_000 + i)
+            .attr("i", i as i64);
+            if i > 0 {
+                b = b.parent(i);
+            }
+            if i % 3 == 0 {
+                b = b.error(&format!("failed {i}"));
+            }
+            b.build()
+        })
+        .collect();
+    assert_eq!(store.write(&[&encode_batch(&spans)]).await.unwrap(), 131);
+    let mut got = Vec::new();
+    for t in 1..=7u64 {
+        got.extend(store.trace(trace_id(t)).await.unwrap());
+    }
+    assert_eq!(got.len(), spans.len());
+    for want in &spans {
+        let g = got
+            .iter()
+            .find(|s| s.span_id == want.span_id)
+            .unwrap_or_else(|| panic!("span {:?} missing", want.span_id));
+        assert_eq!(g.resource.service, want.resource.service);
+        let mut g = g.clone();
+        g.resource = want.resource.clone();
+        assert_eq!(&g, want, "span {}", want.name);
+    }
+}
