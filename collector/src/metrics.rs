@@ -1,7 +1,6 @@
 //! The catalogue of meshlens' own metrics: every `meshlens_*` name is defined here and nowhere else.
 
-use std::collections::HashSet;
-use std::hash::{Hash, Hasher};
+use std::collections::{HashMap, HashSet};
 use std::sync::RwLock;
 
 use prometheus::{
@@ -371,6 +370,17 @@ pub struct SeriesCap {
     seen: RwLock<HashSet<u64>>,
 }
 
+/// The key of a label set of a family: a 64-bit hash of the family's name and the values, in
+/// order.
+fn label_key(family: &str, labels: &[&str]) -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    static STATE: std::sync::OnceLock<foldhash::fast::RandomState> = std::sync::OnceLock::new();
+    let mut h = STATE.get_or_init(Default::default).build_hasher();
+    family.hash(&mut h);
+    labels.hash(&mut h);
+    h.finish()
+}
+
 impl SeriesCap {
     pub fn new(limit: usize) -> Self {
         SeriesCap {
@@ -380,9 +390,7 @@ impl SeriesCap {
     }
 
     pub fn admit(&self, labels: &[&str]) -> bool {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        labels.hash(&mut h);
-        let key = h.finish();
+        let key = label_key("", labels);
         if self
             .seen
             .read()
@@ -399,6 +407,47 @@ impl SeriesCap {
             return false;
         }
         seen.insert(key);
+        true
+    }
+}
+
+/// Counters under label sets from configs, at most `limit` sets across the families given: a
+/// set's counter is looked up in its family once, then found by the set's key under a shared
+/// read lock (the hot path of a check takes no other lock and hashes once).
+pub struct CappedCounters {
+    limit: usize,
+    counters: RwLock<HashMap<u64, IntCounter>>,
+}
+
+impl CappedCounters {
+    pub fn new(limit: usize) -> Self {
+        CappedCounters {
+            limit,
+            counters: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Counts one under `labels` in `family` (named `name`); false if the cap refused a new
+    /// label set.
+    pub fn inc(&self, family: &IntCounterVec, name: &str, labels: &[&str]) -> bool {
+        let key = label_key(name, labels);
+        if let Some(c) = self
+            .counters
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            c.inc();
+            return true;
+        }
+        let mut counters = self.counters.write().unwrap_or_else(|e| e.into_inner());
+        if !counters.contains_key(&key) && counters.len() >= self.limit {
+            return false;
+        }
+        counters
+            .entry(key)
+            .or_insert_with(|| family.with_label_values(labels))
+            .inc();
         true
     }
 }

@@ -22,7 +22,9 @@ use tonic::{Request, Response, Status};
 
 use super::{ratelimit_headers, PolicyServer};
 
-const API: &str = "ext_authz";
+pub(super) const API: &str = "ext_authz";
+/// Every decision a check ends in (the `decision` label).
+pub(super) const DECISIONS: &[&str] = &["allow", "deny", "rate_limited", "unavailable"];
 /// google.rpc codes.
 const PERMISSION_DENIED: i32 = 7;
 const RESOURCE_EXHAUSTED: i32 = 8;
@@ -35,8 +37,13 @@ pub struct AuthzService {
 }
 
 impl AuthzService {
+    /// The service alone, to call in process (tests, `policy_bench`).
+    pub fn new(server: Arc<PolicyServer>) -> Self {
+        AuthzService { server }
+    }
+
     pub fn server(server: Arc<PolicyServer>) -> AuthorizationServer<AuthzService> {
-        AuthorizationServer::new(AuthzService { server })
+        AuthorizationServer::new(AuthzService::new(server))
     }
 }
 
@@ -78,24 +85,31 @@ pub fn attributes(req: &mut CheckRequest) -> CheckAttributes {
         out.source_service = non_empty(take(&mut src.service));
         out.source_principal = non_empty(take(&mut src.principal));
     }
-    let ext = &mut a.context_extensions;
-    let mut ext = |k: &str| ext.get_mut(k).map(take).and_then(non_empty);
-    out.source_namespace = ext("source_namespace").or_else(|| {
+    // One pass over the route's extensions (no hashing of the names looked for).
+    let (mut namespace, mut destination, mut destination_service) = (None, None, None);
+    for (k, v) in a.context_extensions.iter_mut() {
+        let slot = match k.as_str() {
+            "source_namespace" => &mut namespace,
+            "destination" => &mut destination,
+            "destination_service" => &mut destination_service,
+            _ => continue,
+        };
+        *slot = non_empty(take(v));
+    }
+    out.source_namespace = namespace.or_else(|| {
         out.source_principal
             .as_deref()
             .and_then(spiffe_namespace)
             .map(str::to_string)
     });
-    out.destination = ext("destination")
-        .or_else(|| ext("destination_service"))
-        .or_else(|| {
-            let d = a.destination.as_mut()?;
-            ["app", "service"]
-                .into_iter()
-                .find_map(|k| d.labels.get_mut(k).map(take))
-                .and_then(non_empty)
-                .or_else(|| non_empty(take(&mut d.service)))
-        });
+    out.destination = destination.or(destination_service).or_else(|| {
+        let d = a.destination.as_mut()?;
+        ["app", "service"]
+            .into_iter()
+            .find_map(|k| d.labels.get_mut(k).map(take))
+            .and_then(non_empty)
+            .or_else(|| non_empty(take(&mut d.service)))
+    });
     if let Some(http) = a.request.as_mut().and_then(|r| r.http.as_mut()) {
         out.method = take(&mut http.method);
         out.host = cut(take(&mut http.host));

@@ -14,7 +14,7 @@ use meshlens_topology::graph::PolicyDecision;
 
 use meshlens_policy::{PolicyEngine, ReloadOutcome};
 
-use crate::metrics::{Metrics, SeriesCap};
+use crate::metrics::{CappedCounters, Metrics};
 
 /// Default cap on label sets of the per-limit and per-rule policy metrics.
 pub const DEFAULT_MAX_POLICY_SERIES: usize = 1_000;
@@ -23,7 +23,9 @@ pub const DEFAULT_MAX_POLICY_SERIES: usize = 1_000;
 pub struct PolicyServer {
     engine: Arc<PolicyEngine>,
     metrics: Metrics,
-    cap: SeriesCap,
+    /// Each API's decision-time histogram and decision counters, looked up once.
+    checks: [ApiMetrics; 2],
+    cap: CappedCounters,
     /// Refusals between known services since the graph last took them: (source, destination)
     /// → (denied, rate limited).
     refusals: Mutex<HashMap<(String, String), (u64, u64)>>,
@@ -36,8 +38,12 @@ impl PolicyServer {
     pub fn new(engine: Arc<PolicyEngine>, metrics: Metrics, max_series: usize) -> Arc<Self> {
         let server = PolicyServer {
             engine,
+            checks: [
+                ApiMetrics::new(&metrics, authz::API, authz::DECISIONS),
+                ApiMetrics::new(&metrics, ratelimit::API, ratelimit::DECISIONS),
+            ],
             metrics,
-            cap: SeriesCap::new(max_series),
+            cap: CappedCounters::new(max_series),
             refusals: Mutex::new(HashMap::new()),
         };
         let loaded = server.engine.current();
@@ -143,14 +149,27 @@ impl PolicyServer {
     }
 
     fn finish(&self, api: &str, decision: &str, started: Instant) {
-        self.metrics
-            .policy_check_seconds
-            .with_label_values(&[api])
-            .observe(started.elapsed().as_secs_f64());
-        self.metrics
-            .policy_checks
-            .with_label_values(&[api, decision])
-            .inc();
+        let elapsed = started.elapsed().as_secs_f64();
+        match self.checks.iter().find(|c| c.api == api) {
+            Some(c) => {
+                c.seconds.observe(elapsed);
+                match c.decisions.iter().find(|(d, _)| *d == decision) {
+                    Some((_, counter)) => counter.inc(),
+                    None => self
+                        .metrics
+                        .policy_checks
+                        .with_label_values(&[api, decision])
+                        .inc(),
+                }
+            }
+            None => {
+                let m = &self.metrics;
+                m.policy_check_seconds
+                    .with_label_values(&[api])
+                    .observe(elapsed);
+                m.policy_checks.with_label_values(&[api, decision]).inc();
+            }
+        }
     }
 
     fn quota_hit(&self, limit: &str, outcome: &str) {
@@ -171,9 +190,7 @@ impl PolicyServer {
 
     /// Counts under two labels from configs, unless the family has its most label sets.
     fn capped(&self, family: &prometheus::IntCounterVec, name: &str, labels: [&str; 2]) {
-        if self.cap.admit(&[name, labels[0], labels[1]]) {
-            family.with_label_values(&labels).inc();
-        } else {
+        if !self.cap.inc(family, name, &labels) {
             self.metrics
                 .policy_series_dropped
                 .with_label_values(&[name])
@@ -187,6 +204,26 @@ impl PolicyServer {
             .with_label_values(&[self.engine.backend_name(), e.kind()])
             .inc();
         tracing::warn!(error = %e, backend = self.engine.backend_name(), mode = ?self.engine.settings().failure_mode, "quota backend failed; check answered per the failure mode");
+    }
+}
+
+/// One API's decision-time histogram and its counter per known decision.
+struct ApiMetrics {
+    api: &'static str,
+    seconds: prometheus::Histogram,
+    decisions: Vec<(&'static str, prometheus::IntCounter)>,
+}
+
+impl ApiMetrics {
+    fn new(m: &Metrics, api: &'static str, decisions: &[&'static str]) -> Self {
+        ApiMetrics {
+            api,
+            seconds: m.policy_check_seconds.with_label_values(&[api]),
+            decisions: decisions
+                .iter()
+                .map(|d| (*d, m.policy_checks.with_label_values(&[api, d])))
+                .collect(),
+        }
     }
 }
 

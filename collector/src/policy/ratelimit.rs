@@ -20,15 +20,22 @@ use tonic::{Request, Response, Status};
 
 use super::PolicyServer;
 
-const API: &str = "ratelimit";
+pub(super) const API: &str = "ratelimit";
+/// Every decision a call ends in (the `decision` label).
+pub(super) const DECISIONS: &[&str] = &["ok", "over_limit", "invalid"];
 
 pub struct RlsService {
     pub(super) server: Arc<PolicyServer>,
 }
 
 impl RlsService {
+    /// The service alone, to call in process (tests, `policy_bench`).
+    pub fn new(server: Arc<PolicyServer>) -> Self {
+        RlsService { server }
+    }
+
     pub fn server(server: Arc<PolicyServer>) -> RateLimitServiceServer<RlsService> {
-        RateLimitServiceServer::new(RlsService { server })
+        RateLimitServiceServer::new(RlsService::new(server))
     }
 }
 

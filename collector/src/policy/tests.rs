@@ -303,6 +303,44 @@ async fn per_limit_metrics_are_capped_and_the_overflow_counted() {
     assert!(!s.metrics.render().contains(r#"outcome="over""#));
 }
 
+/// Every decision's series exists from the start at 0 (an alert on its increase has a series
+/// before the first denial), and each check counts under its own decision and API.
+#[tokio::test]
+async fn decision_series_start_at_zero_and_count_each_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(&dir);
+    let zero: Vec<String> = [
+        ("ext_authz", authz::DECISIONS),
+        ("ratelimit", ratelimit::DECISIONS),
+    ]
+    .iter()
+    .flat_map(|(api, ds)| {
+        ds.iter().map(move |d| {
+            format!(r#"meshlens_policy_checks_total{{api="{api}",decision="{d}"}} 0"#)
+        })
+    })
+    .collect();
+    assert_metrics(&s, &zero.iter().map(String::as_str).collect::<Vec<_>>());
+    let svc = authz::AuthzService::new(s.clone());
+    svc.check(Request::new(check("/admin/x", None)))
+        .await
+        .unwrap();
+    svc.check(Request::new(check("/a", None))).await.unwrap();
+    svc.check(Request::new(check("/admin/y", None)))
+        .await
+        .unwrap();
+    assert_metrics(
+        &s,
+        &[
+            r#"meshlens_policy_checks_total{api="ext_authz",decision="deny"} 2"#,
+            r#"meshlens_policy_checks_total{api="ext_authz",decision="allow"} 1"#,
+            r#"meshlens_policy_checks_total{api="ratelimit",decision="ok"} 0"#,
+            r#"meshlens_policy_check_duration_seconds_count{api="ext_authz"} 3"#,
+            r#"meshlens_policy_check_duration_seconds_count{api="ratelimit"} 0"#,
+        ],
+    );
+}
+
 /// A request's limit override with a unit Envoy does not define is refused, not guessed.
 #[tokio::test]
 async fn an_override_with_an_unknown_unit_is_invalid() {
