@@ -46,6 +46,9 @@ struct Args {
     /// Calls in flight at once in a closed loop.
     #[arg(long, default_value_t = 32)]
     in_flight: usize,
+    /// HTTP/2 connections, calls spread over them in turn (Envoy opens one per worker thread).
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
     /// How long to measure, in seconds, after the warm-up.
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
@@ -71,6 +74,10 @@ struct Args {
     server_pid: Option<u32>,
     #[arg(long, default_value = "")]
     label: String,
+    /// Open loop: list each stall on stderr (when, how many slow calls, the slowest, whether the
+    /// client sent late), to tell periodic work from noise.
+    #[arg(long)]
+    list_stalls: bool,
 }
 
 /// A gRPC client on one HTTP/2 connection, with every request encoded before the clock starts:
@@ -78,7 +85,8 @@ struct Args {
 /// is, so less of the shared CPU goes to the load generator.
 #[derive(Clone)]
 struct Client {
-    send: h2::client::SendRequest<Bytes>,
+    /// One per connection; call `i` goes on connection `i % len`.
+    sends: Arc<[h2::client::SendRequest<Bytes>]>,
     uri: http::Uri,
     /// Length-prefixed request messages, one per key.
     bodies: Arc<Vec<Bytes>>,
@@ -86,18 +94,23 @@ struct Client {
 
 impl Client {
     async fn connect(args: &Args) -> anyhow::Result<Client> {
-        let tcp = tokio::net::TcpStream::connect(&args.endpoint).await?;
-        tcp.set_nodelay(true)?;
-        // h2 closes a connection that buffers many small DATA frames unread (a flood guard);
-        // under open-loop load on two shared cores, answers can wait that long for this
-        // process's turn on a CPU. The budget is the guard's, raised for a benchmark client.
-        let (send, connection) = h2::client::Builder::new()
-            .data_frame_budget(64 << 20)
-            .handshake(tcp)
-            .await?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
+        let mut sends = Vec::new();
+        for _ in 0..args.connections.max(1) {
+            let tcp = tokio::net::TcpStream::connect(&args.endpoint).await?;
+            tcp.set_nodelay(true)?;
+            // h2 closes a connection that buffers many small DATA frames unread (a flood
+            // guard); under open-loop load on two shared cores, answers can wait that long for
+            // this process's turn on a CPU. The budget is the guard's, raised for a benchmark
+            // client.
+            let (send, connection) = h2::client::Builder::new()
+                .data_frame_budget(64 << 20)
+                .handshake(tcp)
+                .await?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            sends.push(send);
+        }
         let path = match args.api {
             Api::Ratelimit => "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
             Api::Authz => "/envoy.service.auth.v3.Authorization/Check",
@@ -116,7 +129,7 @@ impl Client {
             })
             .collect();
         Ok(Client {
-            send,
+            sends: sends.into(),
             uri: format!("http://{}{path}", args.endpoint).parse()?,
             bodies: Arc::new(bodies),
         })
@@ -141,7 +154,7 @@ impl Client {
             .header("te", "trailers")
             .body(())
             .expect("a valid request");
-        let mut send = self.send.clone().ready().await?;
+        let mut send = self.sends[i % self.sends.len()].clone().ready().await?;
         let (response, mut stream) = send.send_request(request, false)?;
         stream.send_data(self.bodies[i % self.bodies.len()].clone(), true)?;
         let mut body = response.await?.into_body();
@@ -334,7 +347,7 @@ async fn open_loop(client: &Client, args: &Arc<Args>, seconds: f64) -> Tally {
 /// Where an open loop's slow calls came from: the client's own lateness in sending (p99, p99.9), the
 /// number of stalls (10 ms periods, by when calls were due, holding a call slower than 5 ms) and
 /// of those in which the client itself had sent a call over 5 ms late, and the host's steal time.
-fn open_loop_diagnosis(t: &Tally, steal: String) -> String {
+fn open_loop_diagnosis(t: &Tally, steal: String, list_stalls: bool) -> String {
     let mut late: Vec<u64> = t.sent_late_us.iter().map(|(_, l)| *l).collect();
     late.sort_unstable();
     let late_at = |q: f64| {
@@ -350,6 +363,24 @@ fn open_loop_diagnosis(t: &Tally, steal: String) -> String {
         }
     }
     let client_side = stalls.values().filter(|c| **c).count();
+    if list_stalls {
+        let mut detail = std::collections::BTreeMap::<u64, (u32, u64)>::new();
+        for ((offset, _), latency) in t.sent_late_us.iter().zip(&t.latencies_us) {
+            if *latency > STALL_US {
+                let e = detail.entry(offset / 10_000).or_default();
+                e.0 += 1;
+                e.1 = e.1.max(*latency);
+            }
+        }
+        for (period, (calls, worst)) in detail {
+            eprintln!(
+                "stall at_ms={} slow_calls={calls} worst_ms={:.1} client_late={}",
+                period * 10,
+                worst as f64 / 1000.0,
+                stalls[&period]
+            );
+        }
+    }
     format!(
         " client_send_late_p99_ms={:.3} client_send_late_p999_ms={:.3} stalls={} stalls_client_late={client_side}{}",
         late_at(0.99),
@@ -419,7 +450,7 @@ async fn main() -> anyhow::Result<()> {
     let steal1 = proc_stats::host_steal_seconds();
     let steal = proc_stats::host_steal_field(steal0, steal1);
     let diagnosis = if args.rate > 0.0 {
-        open_loop_diagnosis(&t, steal)
+        open_loop_diagnosis(&t, steal, args.list_stalls)
     } else {
         steal
     };
@@ -511,7 +542,11 @@ mod tests {
             t.latencies_us.push(latency);
             t.sent_late_us.push((due, late));
         }
-        let d = open_loop_diagnosis(&t, proc_stats::host_steal_field(Some(1.5), Some(1.52)));
+        let d = open_loop_diagnosis(
+            &t,
+            proc_stats::host_steal_field(Some(1.5), Some(1.52)),
+            false,
+        );
         assert!(d.contains(" stalls=2 "), "{d}");
         assert!(d.contains(" stalls_client_late=1"), "{d}");
         assert!(d.contains(" client_send_late_p999_ms=6.000"), "{d}");
