@@ -1,6 +1,6 @@
 //! The catalogue of meshlens' own metrics: every `meshlens_*` name is defined here and nowhere else.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::RwLock;
 
 use prometheus::{
@@ -361,13 +361,13 @@ impl Metrics {
     }
 }
 
-/// A cap on the label sets of a metric: the first `limit` sets are exported, later new ones are
-/// refused (the caller counts them).
-pub struct SeriesCap {
+/// A cap on the label sets of a metric family: the first `limit` sets are exported, later new
+/// ones are refused (the caller counts them). Each admitted set may keep a value made once (a
+/// counter looked up in its family), found again by one hash of the labels under a shared read
+/// lock: checks and exports on the hot path never queue on a mutex.
+pub struct SeriesCap<T = ()> {
     limit: usize,
-    /// Read-mostly: a label set is admitted once, then only looked up (checks on the hot path
-    /// share the read lock instead of queueing on a mutex).
-    seen: RwLock<HashSet<u64>>,
+    seen: RwLock<HashMap<u64, T>>,
 }
 
 /// The key of a label set of a family: a 64-bit hash of the family's name and the values, in
@@ -381,74 +381,44 @@ fn label_key(family: &str, labels: &[&str]) -> u64 {
     h.finish()
 }
 
-impl SeriesCap {
+impl<T> SeriesCap<T> {
     pub fn new(limit: usize) -> Self {
         SeriesCap {
             limit,
-            seen: RwLock::new(HashSet::new()),
+            seen: RwLock::new(HashMap::new()),
         }
     }
 
-    pub fn admit(&self, labels: &[&str]) -> bool {
-        let key = label_key("", labels);
-        if self
+    /// Runs `use_` on the value kept for `labels` of `family`, made by `make` the first time;
+    /// `None` (and neither runs) if the set is new and the cap is reached.
+    pub fn with<R>(
+        &self,
+        family: &str,
+        labels: &[&str],
+        make: impl FnOnce() -> T,
+        use_: impl FnOnce(&T) -> R,
+    ) -> Option<R> {
+        let key = label_key(family, labels);
+        if let Some(v) = self
             .seen
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&key)
-        {
-            return true;
-        }
-        let mut seen = self.seen.write().unwrap_or_else(|e| e.into_inner());
-        if seen.contains(&key) {
-            return true;
-        }
-        if seen.len() >= self.limit {
-            return false;
-        }
-        seen.insert(key);
-        true
-    }
-}
-
-/// Counters under label sets from configs, at most `limit` sets across the families given: a
-/// set's counter is looked up in its family once, then found by the set's key under a shared
-/// read lock (the hot path of a check takes no other lock and hashes once).
-pub struct CappedCounters {
-    limit: usize,
-    counters: RwLock<HashMap<u64, IntCounter>>,
-}
-
-impl CappedCounters {
-    pub fn new(limit: usize) -> Self {
-        CappedCounters {
-            limit,
-            counters: RwLock::new(HashMap::new()),
-        }
-    }
-
-    /// Counts one under `labels` in `family` (named `name`); false if the cap refused a new
-    /// label set.
-    pub fn inc(&self, family: &IntCounterVec, name: &str, labels: &[&str]) -> bool {
-        let key = label_key(name, labels);
-        if let Some(c) = self
-            .counters
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
         {
-            c.inc();
-            return true;
+            return Some(use_(v));
         }
-        let mut counters = self.counters.write().unwrap_or_else(|e| e.into_inner());
-        if !counters.contains_key(&key) && counters.len() >= self.limit {
-            return false;
+        let mut seen = self.seen.write().unwrap_or_else(|e| e.into_inner());
+        if !seen.contains_key(&key) && seen.len() >= self.limit {
+            return None;
         }
-        counters
-            .entry(key)
-            .or_insert_with(|| family.with_label_values(labels))
-            .inc();
-        true
+        Some(use_(seen.entry(key).or_insert_with(make)))
+    }
+}
+
+impl SeriesCap {
+    /// Whether `labels` may be exported: admitted before, or new with room left.
+    pub fn admit(&self, labels: &[&str]) -> bool {
+        self.with("", labels, || (), |_| ()).is_some()
     }
 }
 

@@ -395,6 +395,29 @@ async fn open_loop(client: &Client, args: &Arc<Args>, seconds: f64) -> Tally {
     std::mem::take(&mut *t)
 }
 
+/// Calls over `STALL_US` within one 10 ms period (by when they were due).
+#[derive(Debug, Default, PartialEq)]
+struct Stall {
+    calls: u32,
+    worst_us: u64,
+    /// The client itself sent one of them over `STALL_US` late.
+    client_late: bool,
+}
+
+/// An open loop's stalls by the start of their period, in ms from the start of the run.
+fn stalls(t: &Tally) -> std::collections::BTreeMap<u64, Stall> {
+    let mut stalls = std::collections::BTreeMap::<u64, Stall>::new();
+    for ((offset, late), latency) in t.sent_late_us.iter().zip(&t.latencies_us) {
+        if *latency > STALL_US {
+            let s = stalls.entry(offset / 10_000 * 10).or_default();
+            s.calls += 1;
+            s.worst_us = s.worst_us.max(*latency);
+            s.client_late |= *late > STALL_US;
+        }
+    }
+    stalls
+}
+
 /// Where an open loop's slow calls came from: the client's own lateness in sending (p99, p99.9), the
 /// number of stalls (10 ms periods, by when calls were due, holding a call slower than 5 ms) and
 /// of those in which the client itself had sent a call over 5 ms late, and the host's steal time.
@@ -407,28 +430,15 @@ fn open_loop_diagnosis(t: &Tally, steal: String, list_stalls: bool) -> String {
             .unwrap_or(0) as f64
             / 1000.0
     };
-    let mut stalls = std::collections::BTreeMap::<u64, bool>::new();
-    for ((offset, late), latency) in t.sent_late_us.iter().zip(&t.latencies_us) {
-        if *latency > STALL_US {
-            *stalls.entry(offset / 10_000).or_default() |= *late > STALL_US;
-        }
-    }
-    let client_side = stalls.values().filter(|c| **c).count();
+    let stalls = stalls(t);
+    let client_side = stalls.values().filter(|s| s.client_late).count();
     if list_stalls {
-        let mut detail = std::collections::BTreeMap::<u64, (u32, u64)>::new();
-        for ((offset, _), latency) in t.sent_late_us.iter().zip(&t.latencies_us) {
-            if *latency > STALL_US {
-                let e = detail.entry(offset / 10_000).or_default();
-                e.0 += 1;
-                e.1 = e.1.max(*latency);
-            }
-        }
-        for (period, (calls, worst)) in detail {
+        for (at_ms, s) in &stalls {
             eprintln!(
-                "stall at_ms={} slow_calls={calls} worst_ms={:.1} client_late={}",
-                period * 10,
-                worst as f64 / 1000.0,
-                stalls[&period]
+                "stall at_ms={at_ms} slow_calls={} worst_ms={:.1} client_late={}",
+                s.calls,
+                s.worst_us as f64 / 1000.0,
+                s.client_late
             );
         }
     }
@@ -575,6 +585,31 @@ mod tests {
         assert!(e > 2 * p, "{e} against {p}");
     }
 
+    /// `--connections N` opens N HTTP/2 connections to the endpoint (calls go on them in turn).
+    #[tokio::test(flavor = "current_thread")]
+    async fn connections_opens_that_many() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let args = Args::parse_from(["checkgen", "--endpoint", &addr, "--connections", "3"]);
+        let accept = async {
+            let mut open = Vec::new();
+            while open.len() < 4 {
+                match tokio::time::timeout(Duration::from_millis(500), listener.accept()).await {
+                    Ok(conn) => open.push(conn.unwrap().0),
+                    Err(_) => break, // no more connections come
+                }
+            }
+            open
+        };
+        let (client, open) = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(Client::connect(&args), accept)
+        })
+        .await
+        .expect("connected in time");
+        assert_eq!(client.unwrap().sends.len(), 3);
+        assert_eq!(open.len(), 3);
+    }
+
     /// The pacer wakes at each due time, never before it, including dues closer together than
     /// tokio's millisecond timer and dues already past; a lost timer would hang, so the whole
     /// run is bounded.
@@ -619,6 +654,16 @@ mod tests {
             false,
         );
         assert!(d.contains(" stalls=2 "), "{d}");
+        let listed: Vec<_> = stalls(&t).into_iter().collect();
+        let stall = |calls, worst_us, client_late| Stall {
+            calls,
+            worst_us,
+            client_late,
+        };
+        assert_eq!(
+            listed,
+            [(0, stall(2, 7_000, true)), (20, stall(1, 9_000, false))]
+        );
         assert!(d.contains(" stalls_client_late=1"), "{d}");
         assert!(d.contains(" client_send_late_p999_ms=6.000"), "{d}");
         assert!(d.ends_with(" host_steal_ms=20"), "{d}");

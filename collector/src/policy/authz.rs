@@ -274,7 +274,7 @@ impl Authorization for AuthzService {
             Verdict::Unavailable { .. } => "unavailable",
         };
         let resp = response(d);
-        s.finish(API, decision, started);
+        s.finish(&s.authz_metrics, decision, started);
         Ok(Response::new(resp))
     }
 }

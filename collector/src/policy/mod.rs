@@ -14,7 +14,7 @@ use meshlens_topology::graph::PolicyDecision;
 
 use meshlens_policy::{PolicyEngine, ReloadOutcome};
 
-use crate::metrics::{CappedCounters, Metrics};
+use crate::metrics::{Metrics, SeriesCap};
 
 /// Default cap on label sets of the per-limit and per-rule policy metrics.
 pub const DEFAULT_MAX_POLICY_SERIES: usize = 1_000;
@@ -24,8 +24,10 @@ pub struct PolicyServer {
     engine: Arc<PolicyEngine>,
     metrics: Metrics,
     /// Each API's decision-time histogram and decision counters, looked up once.
-    checks: [ApiMetrics; 2],
-    cap: CappedCounters,
+    authz_metrics: ApiMetrics,
+    ratelimit_metrics: ApiMetrics,
+    /// Per-limit and per-rule counters, capped across their families.
+    cap: SeriesCap<prometheus::IntCounter>,
     /// Refusals between known services since the graph last took them: (source, destination)
     /// → (denied, rate limited).
     refusals: Mutex<HashMap<(String, String), (u64, u64)>>,
@@ -38,12 +40,10 @@ impl PolicyServer {
     pub fn new(engine: Arc<PolicyEngine>, metrics: Metrics, max_series: usize) -> Arc<Self> {
         let server = PolicyServer {
             engine,
-            checks: [
-                ApiMetrics::new(&metrics, authz::API, authz::DECISIONS),
-                ApiMetrics::new(&metrics, ratelimit::API, ratelimit::DECISIONS),
-            ],
+            authz_metrics: ApiMetrics::new(&metrics, authz::API, authz::DECISIONS),
+            ratelimit_metrics: ApiMetrics::new(&metrics, ratelimit::API, ratelimit::DECISIONS),
             metrics,
-            cap: CappedCounters::new(max_series),
+            cap: SeriesCap::new(max_series),
             refusals: Mutex::new(HashMap::new()),
         };
         let loaded = server.engine.current();
@@ -148,27 +148,16 @@ impl PolicyServer {
             .collect()
     }
 
-    fn finish(&self, api: &str, decision: &str, started: Instant) {
-        let elapsed = started.elapsed().as_secs_f64();
-        match self.checks.iter().find(|c| c.api == api) {
-            Some(c) => {
-                c.seconds.observe(elapsed);
-                match c.decisions.iter().find(|(d, _)| *d == decision) {
-                    Some((_, counter)) => counter.inc(),
-                    None => self
-                        .metrics
-                        .policy_checks
-                        .with_label_values(&[api, decision])
-                        .inc(),
-                }
-            }
-            None => {
-                let m = &self.metrics;
-                m.policy_check_seconds
-                    .with_label_values(&[api])
-                    .observe(elapsed);
-                m.policy_checks.with_label_values(&[api, decision]).inc();
-            }
+    /// Records a check's decision time and its decision (one of the API's `DECISIONS`).
+    fn finish(&self, api: &ApiMetrics, decision: &str, started: Instant) {
+        api.seconds.observe(started.elapsed().as_secs_f64());
+        match api.decisions.iter().find(|(d, _)| *d == decision) {
+            Some((_, counter)) => counter.inc(),
+            None => self
+                .metrics
+                .policy_checks
+                .with_label_values(&[api.api, decision])
+                .inc(),
         }
     }
 
@@ -190,7 +179,13 @@ impl PolicyServer {
 
     /// Counts under two labels from configs, unless the family has its most label sets.
     fn capped(&self, family: &prometheus::IntCounterVec, name: &str, labels: [&str; 2]) {
-        if !self.cap.inc(family, name, &labels) {
+        let counted = self.cap.with(
+            name,
+            &labels,
+            || family.with_label_values(&labels),
+            |c| c.inc(),
+        );
+        if counted.is_none() {
             self.metrics
                 .policy_series_dropped
                 .with_label_values(&[name])

@@ -137,7 +137,7 @@ impl RateLimitService for RlsService {
         let req = match self::request(request.into_inner()) {
             Ok(r) => r,
             Err(status) => {
-                s.finish(API, "invalid", started);
+                s.finish(&s.ratelimit_metrics, "invalid", started);
                 return Err(status);
             }
         };
@@ -178,7 +178,11 @@ impl RateLimitService for RlsService {
             s.quota_hit(&key, outcome);
         }
         let resp = response(d);
-        s.finish(API, if d.over_limit { "over_limit" } else { "ok" }, started);
+        s.finish(
+            &s.ratelimit_metrics,
+            if d.over_limit { "over_limit" } else { "ok" },
+            started,
+        );
         Ok(Response::new(resp))
     }
 }
