@@ -15,29 +15,14 @@ BIN=target/release/meshlens
 GEN=target/release/meshlens-checkgen
 source scripts/bench-lib.sh
 
-mkdir -p "$WORK/ratelimit"
-# Limits high enough that the benchmark measures deciding, not refusing.
-cat >"$WORK/ratelimit/bench.yaml" <<'YAML'
-domain: bench
-descriptors:
-  - key: user
-    rate_limit: {unit: second, requests_per_unit: 1000000}
-YAML
-cat >"$WORK/policy.yaml" <<'YAML'
-rules:
-  - {name: no-admin, action: DENY, destinations: [work], operation: {paths: ["/admin*"]}}
-  - {name: no-bots, action: DENY, headers: {user-agent: ["*bot"]}}
-  - {name: ingress-to-work, action: ALLOW, destinations: [work], source: {services: [ingress]}}
-quotas:
-  - {name: per-user, destinations: [work], key: [source.service, "header:x-user"], requests_per_unit: 1000000, unit: second}
-YAML
-
+# The configs, shared with the in-process policy_bench.
+CONF=loadgen/bench
 
 start() { # $1 = backend, $2 = cpu list or ""
   local pin=(); [ -n "${2:-}" ] && pin=(taskset -c "$2")
   "${pin[@]}" "$BIN" serve --database-url "sqlite://$WORK/m.db" --otlp-grpc-addr 127.0.0.1:14317 --otlp-http-addr 127.0.0.1:14318 \
     --zipkin-addr 127.0.0.1:19411 --policy-addr 127.0.0.1:19091 --web-addr 127.0.0.1:20101 --log-level warn \
-    --ratelimit-dir "$WORK/ratelimit" --policy-file "$WORK/policy.yaml" --quota-backend "$1" --redis-url "$REDIS_URL" \
+    --ratelimit-dir "$CONF/ratelimit" --policy-file "$CONF/policy.yaml" --quota-backend "$1" --redis-url "$REDIS_URL" \
     >"$WORK/server.log" 2>&1 &
   SERVER_PID=$!
   wait_port 19091

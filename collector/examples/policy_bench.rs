@@ -1,8 +1,8 @@
 //! What one policy check costs meshlens in process: the ext_authz `Check` and `ShouldRateLimit`
 //! handlers called directly (no HTTP/2, no protobuf decoding; the time includes freeing the
-//! request and the response), with the configs and requests of
-//! `scripts/bench-policy.sh` and `meshlens-checkgen` (three rules and a quota keyed by source
-//! and user; one rate limit descriptor; 1,000 users).
+//! request and the response), with the configs of `scripts/bench-policy.sh` (`loadgen/bench/`)
+//! and the requests of `meshlens-checkgen` (`meshlens_loadgen::requests`): three rules and a
+//! quota keyed by source and user; one rate limit descriptor; 1,000 users.
 //!
 //! Two figures per API, each the median of five rounds:
 //! - warm: checks back to back, as in a tight loop (caches hold the handler's data);
@@ -13,23 +13,18 @@
 //!
 //! `taskset -c 0 cargo run --release -p meshlens-collector --example policy_bench`
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::{
-    rate_limit_descriptor, RateLimitDescriptor,
-};
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
-use envoy_types::pb::envoy::service::auth::v3::{
-    attribute_context, AttributeContext, CheckRequest,
-};
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use meshlens_collector::policy::authz::AuthzService;
 use meshlens_collector::policy::ratelimit::RlsService;
 use meshlens_collector::policy::PolicyServer;
 use meshlens_collector::Metrics;
+use meshlens_loadgen::requests;
 use meshlens_policy::{PolicyEngine, PolicySettings};
 
 /// The server's allocator, so that allocation costs what it costs there.
@@ -42,72 +37,24 @@ const COLD_CHECKS: usize = 3_000;
 const ROUNDS: usize = 5;
 
 fn check_request(i: usize) -> CheckRequest {
-    let user = format!("u{}", i % USERS);
-    let headers = HashMap::from([
-        (":method".to_string(), "GET".to_string()),
-        (":path".to_string(), "/api/orders".to_string()),
-        ("x-user".to_string(), user),
-        ("user-agent".to_string(), "checkgen".to_string()),
-    ]);
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            context_extensions: HashMap::from([("destination".to_string(), "work".to_string())]),
-            source: Some(attribute_context::Peer {
-                service: "ingress".into(),
-                ..Default::default()
-            }),
-            request: Some(attribute_context::Request {
-                http: Some(attribute_context::HttpRequest {
-                    method: "GET".into(),
-                    path: "/api/orders".into(),
-                    host: "work".into(),
-                    headers,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
+    let shape = requests::CheckShape {
+        method: "GET",
+        path: "/api/orders",
+        envoy: false,
+    };
+    requests::check_request(&shape, i % USERS)
 }
 
 fn rls_request(i: usize) -> RateLimitRequest {
-    RateLimitRequest {
-        domain: "bench".into(),
-        descriptors: vec![RateLimitDescriptor {
-            entries: vec![rate_limit_descriptor::Entry {
-                key: "user".into(),
-                value: format!("u{}", i % USERS),
-            }],
-            ..Default::default()
-        }],
-        hits_addend: 1,
-    }
+    requests::rls_request("bench", i % USERS)
 }
 
-fn server(dir: &std::path::Path) -> Arc<PolicyServer> {
-    let rl = dir.join("ratelimit");
-    std::fs::create_dir_all(&rl).expect("a config directory");
-    std::fs::write(
-        rl.join("bench.yaml"),
-        "domain: bench\ndescriptors:\n  - key: user\n    rate_limit: {unit: second, requests_per_unit: 1000000000}\n",
-    )
-    .expect("the rate limit config");
-    let policy = dir.join("policy.yaml");
-    std::fs::write(
-        &policy,
-        r#"rules:
-  - {name: no-admin, action: DENY, destinations: [work], operation: {paths: ["/admin*"]}}
-  - {name: no-bots, action: DENY, headers: {user-agent: ["*bot"]}}
-  - {name: ingress-to-work, action: ALLOW, destinations: [work], source: {services: [ingress]}}
-quotas:
-  - {name: per-user, destinations: [work], key: [source.service, "header:x-user"], requests_per_unit: 1000000000, unit: second}
-"#,
-    )
-    .expect("the policy file");
+/// The benchmark's own configs, as `scripts/bench-policy.sh` serves them.
+fn server() -> Arc<PolicyServer> {
+    let conf = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../loadgen/bench");
     let engine = PolicyEngine::new(PolicySettings {
-        ratelimit_dir: Some(rl),
-        policy_files: vec![policy],
+        ratelimit_dir: Some(conf.join("ratelimit")),
+        policy_files: vec![conf.join("policy.yaml")],
         ..Default::default()
     })
     .expect("the configs load");
@@ -167,8 +114,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let dir = std::env::temp_dir().join(format!("meshlens-policy-bench-{}", std::process::id()));
-    let s = server(&dir);
+    let s = server();
     let authz = AuthzService::new(s.clone());
     let rls = RlsService::new(s.clone());
     println!("# policy_bench: ns per check, median of {ROUNDS} rounds ({WARM_CHECKS} warm checks, {COLD_CHECKS} cold)");
@@ -184,5 +130,4 @@ async fn main() {
     })
     .await;
     println!("api=ratelimit warm_ns={warm:.0} cold_p50_ns={p50:.0} cold_p99_ns={p99:.0}");
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -9,19 +9,13 @@
 
 mod proc_stats;
 
-use std::collections::HashMap;
+use meshlens_loadgen::requests;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Parser;
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::{
-    rate_limit_descriptor, RateLimitDescriptor,
-};
-use envoy_types::pb::envoy::service::auth::v3::{
-    attribute_context, AttributeContext, CheckRequest,
-};
-use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use prost::Message;
 use tokio::sync::Mutex;
 
@@ -84,6 +78,16 @@ struct Args {
     list_stalls: bool,
 }
 
+impl Args {
+    fn check_shape(&self) -> requests::CheckShape<'_> {
+        requests::CheckShape {
+            method: &self.method,
+            path: &self.path,
+            envoy: self.envoy_request,
+        }
+    }
+}
+
 /// A gRPC client on one HTTP/2 connection, with every request encoded before the clock starts:
 /// lighter than a tonic `Channel` (no buffer task between caller and connection), as a proxy
 /// is, so less of the shared CPU goes to the load generator.
@@ -122,8 +126,8 @@ impl Client {
         let bodies = (0..args.keys.max(1))
             .map(|i| {
                 let message = match args.api {
-                    Api::Ratelimit => rls_request(args, i).encode_to_vec(),
-                    Api::Authz => check_request(args, i).encode_to_vec(),
+                    Api::Ratelimit => requests::rls_request(&args.domain, i).encode_to_vec(),
+                    Api::Authz => requests::check_request(&args.check_shape(), i).encode_to_vec(),
                 };
                 let mut framed = Vec::with_capacity(message.len() + 5);
                 framed.push(0);
@@ -171,97 +175,6 @@ impl Client {
             .as_ref()
             .and_then(|t| t.get("grpc-status"))
             .is_some_and(|s| s == "0"))
-    }
-}
-
-fn rls_request(args: &Args, i: usize) -> RateLimitRequest {
-    RateLimitRequest {
-        domain: args.domain.clone(),
-        descriptors: vec![RateLimitDescriptor {
-            entries: vec![rate_limit_descriptor::Entry {
-                key: "user".into(),
-                value: format!("u{i}"),
-            }],
-            ..Default::default()
-        }],
-        hits_addend: 1,
-    }
-}
-
-fn check_request(args: &Args, i: usize) -> CheckRequest {
-    let mut headers = HashMap::new();
-    headers.insert(":method".to_string(), args.method.clone());
-    headers.insert(":path".to_string(), args.path.clone());
-    headers.insert("x-user".to_string(), format!("u{i}"));
-    headers.insert("user-agent".to_string(), "checkgen".to_string());
-    let mut ext = HashMap::new();
-    ext.insert("destination".to_string(), "work".to_string());
-    let mut http = attribute_context::HttpRequest {
-        method: args.method.clone(),
-        path: args.path.clone(),
-        host: "work".into(),
-        headers,
-        ..Default::default()
-    };
-    let mut source = attribute_context::Peer {
-        service: "ingress".into(),
-        ..Default::default()
-    };
-    let mut destination = None;
-    let mut time = None;
-    if args.envoy_request {
-        let id = format!("{:08x}-1f2e-4d3c-8b7a-{:012x}", i, i * 7919);
-        for (k, v) in [
-            (":authority", "work:8080"),
-            (":scheme", "http"),
-            ("accept", "*/*"),
-            ("x-forwarded-proto", "http"),
-            ("x-request-id", id.as_str()),
-            ("x-envoy-downstream-service-cluster", "ingress"),
-            (
-                "x-envoy-downstream-service-node",
-                "sidecar~10.0.0.12~ingress-7d9f8.default~default.svc.cluster.local",
-            ),
-            ("x-envoy-expected-rq-timeout-ms", "15000"),
-        ] {
-            http.headers.insert(k.to_string(), v.to_string());
-        }
-        http.id = (i as u64 * 2_654_435_761).to_string();
-        http.scheme = "http".into();
-        http.protocol = "HTTP/1.1".into();
-        let address = |ip: &str, port: u32| {
-            use envoy_types::pb::envoy::config::core::v3::{
-                address, socket_address, Address, SocketAddress,
-            };
-            Some(Address {
-                address: Some(address::Address::SocketAddress(SocketAddress {
-                    address: ip.into(),
-                    port_specifier: Some(socket_address::PortSpecifier::PortValue(port)),
-                    ..Default::default()
-                })),
-            })
-        };
-        source.address = address("10.0.0.12", 40_000 + (i % 20_000) as u32);
-        destination = Some(attribute_context::Peer {
-            address: address("10.0.0.31", 8080),
-            ..Default::default()
-        });
-        time = Some(envoy_types::pb::google::protobuf::Timestamp {
-            seconds: 1_795_000_000,
-            nanos: 0,
-        });
-    }
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            context_extensions: ext,
-            source: Some(source),
-            destination,
-            request: Some(attribute_context::Request {
-                time,
-                http: Some(http),
-            }),
-            ..Default::default()
-        }),
     }
 }
 
@@ -568,8 +481,12 @@ mod tests {
     /// `--envoy-request` adds what a sidecar sends to the default request, which it keeps.
     #[test]
     fn the_envoy_request_carries_a_sidecars_attributes() {
-        let plain = check_request(&Args::parse_from(["checkgen"]), 7);
-        let envoy = check_request(&Args::parse_from(["checkgen", "--envoy-request"]), 7);
+        let check = |args: &[&str]| {
+            let args = Args::parse_from(args);
+            requests::check_request(&args.check_shape(), 7)
+        };
+        let plain = check(&["checkgen"]);
+        let envoy = check(&["checkgen", "--envoy-request"]);
         let a = envoy.attributes.as_ref().unwrap();
         let http = a.request.as_ref().unwrap().http.as_ref().unwrap();
         assert_eq!(http.headers.len(), 12);

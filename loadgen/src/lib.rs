@@ -1,0 +1,4 @@
+//! What the load generators share with benchmarks outside this crate.
+#![forbid(unsafe_code)]
+
+pub mod requests;
