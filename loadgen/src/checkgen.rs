@@ -276,17 +276,17 @@ impl Pacer {
 
 /// Calls due at a fixed rate, on the runtime's one thread; each call is started when due, and
 /// its latency counts from then.
-async fn open_loop(client: &Client, args: &Arc<Args>, seconds: f64) -> Tally {
+async fn open_loop(client: &Client, args: &Arc<Args>, seconds: f64) -> std::io::Result<Tally> {
     let tally = Arc::new(std::sync::Mutex::new(Tally::default()));
     let total = (args.rate * seconds) as usize;
     let interval = Duration::from_secs_f64(1.0 / args.rate);
-    let pacer = Pacer::new().expect("a timerfd");
+    let pacer = Pacer::new()?;
     let mut tasks = tokio::task::JoinSet::new();
     let start = Instant::now();
     for i in 0..total {
         let offset = interval.mul_f64(i as f64);
         let due = start + offset;
-        pacer.sleep_until(due).await.expect("the timerfd answers");
+        pacer.sleep_until(due).await?;
         let (mut client, tally) = (client.clone(), tally.clone());
         tasks.spawn(async move {
             let late = due.elapsed();
@@ -305,7 +305,7 @@ async fn open_loop(client: &Client, args: &Arc<Args>, seconds: f64) -> Tally {
     }
     while tasks.join_next().await.is_some() {}
     let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
-    std::mem::take(&mut *t)
+    Ok(std::mem::take(&mut *t))
 }
 
 /// Calls over `STALL_US` within one 10 ms period (by when they were due).
@@ -408,16 +408,16 @@ async fn main() -> anyhow::Result<()> {
             if args.rate > 0.0 {
                 open_loop(&client, &args, seconds).await
             } else {
-                closed_loop(&client, &args, seconds).await
+                Ok(closed_loop(&client, &args, seconds).await)
             }
         }
     };
-    run(args.warmup_seconds).await;
+    run(args.warmup_seconds).await?;
     let cpu0 = args.server_pid.and_then(proc_stats::cpu_seconds);
     let own0 = proc_stats::cpu_seconds(std::process::id());
     let steal0 = proc_stats::host_steal_seconds();
     let started = Instant::now();
-    let mut t = run(args.seconds).await;
+    let mut t = run(args.seconds).await?;
     let elapsed = started.elapsed().as_secs_f64();
     let cpu1 = args.server_pid.and_then(proc_stats::cpu_seconds);
     let own1 = proc_stats::cpu_seconds(std::process::id());
