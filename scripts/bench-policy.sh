@@ -2,8 +2,9 @@
 # The policy check benchmark, side by side in one run: meshlens' rate limit service and ext_authz
 # Check on the memory backend and on Redis (127.0.0.1:6379), each closed loop (maximum) and open
 # loop at a fixed rate (latency from when each call was due). The client is
-# target/release/meshlens-checkgen on the same 2 cores (unpinned; the last two cases pinned). Each case gets a fresh meshlens, so the
-# server-side decision time read from its histogram is that case's alone.
+# target/release/meshlens-checkgen on the same 2 cores (unpinned; two cases pinned). Each case gets a fresh meshlens, so the
+# server-side decision time read from its histogram is that case's alone. The last two cases check
+# while the same meshlens ingests OTLP from meshlens-loadgen (its result line follows).
 # Usage: scripts/bench-policy.sh [seconds per case]   (default 10)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,7 @@ REDIS_URL="${MESHLENS_BENCH_REDIS_URL:-redis://127.0.0.1:6379}"
 cargo build --release -q -p meshlens -p meshlens-loadgen
 BIN=target/release/meshlens
 GEN=target/release/meshlens-checkgen
+LOADGEN=target/release/meshlens-loadgen
 source scripts/bench-lib.sh
 
 # The configs, shared with the in-process policy_bench.
@@ -42,6 +44,18 @@ case_() { # $1 = backend, $2 = api, $3 = rate (0 = closed loop), $4 = "pinned" o
   stop
 }
 
+busy_case() { # $1 = api, $2 = checks/s, $3 = OTLP exports/s of 512 spans (0: as fast as acknowledged)
+  start memory ""
+  "$LOADGEN" --endpoint 127.0.0.1:14317 --rate "$3" --warmup 1s --duration "$((SECS + 4))s" \
+    --server-pid "$SERVER_PID" --label "beside policy checks" >"$WORK/ingest.out" &
+  local ingest=$!
+  sleep 1
+  "$GEN" --api "$1" --endpoint 127.0.0.1:19091 --rate "$2" --seconds "$SECS" \
+    --web 127.0.0.1:20101 --server-pid "$SERVER_PID" --label "backend=memory ingest_exports_per_s=$3"
+  wait "$ingest"; tail -n 1 "$WORK/ingest.out"
+  stop
+}
+
 echo "# $(date -u +%FT%TZ) $(nproc) cores, $SECS s per case"
 case_ memory ratelimit 0
 case_ memory authz 0
@@ -54,3 +68,6 @@ case_ redis authz 5000
 # Server on core 0, client on core 1: the decision time without the client preempting it.
 case_ memory ratelimit 10000 pinned
 case_ memory authz 10000 pinned
+# Beside ingest: 40 exports/s (20,480 spans/s), then as many as meshlens acknowledges.
+busy_case authz 5000 40
+busy_case authz 5000 0

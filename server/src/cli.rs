@@ -118,6 +118,9 @@ pub struct Overrides {
     /// When the quota backend cannot answer: open (allow) or closed (refuse) [default: open]
     #[arg(long, env = "MESHLENS_POLICY_FAILURE_MODE", global = true)]
     pub policy_failure_mode: Option<crate::config::FailureModeSetting>,
+    /// Threads answering policy checks, apart from ingest and the web; 0: one per core [default: 0]
+    #[arg(long, env = "MESHLENS_POLICY_THREADS", global = true)]
+    pub policy_threads: Option<usize>,
     /// Log format [default: text]
     #[arg(long, env = "MESHLENS_LOG_FORMAT", global = true)]
     pub log_format: Option<LogFormat>,
@@ -171,6 +174,7 @@ impl Overrides {
         set(&mut c.policy.backend, &self.quota_backend);
         set(&mut c.policy.redis_url, &self.redis_url);
         set(&mut c.policy.failure_mode, &self.policy_failure_mode);
+        set(&mut c.policy.threads, &self.policy_threads);
         set(&mut c.log.format, &self.log_format);
         set(&mut c.log.level, &self.log_level);
     }

@@ -203,6 +203,8 @@ pub struct PolicyConfig {
     pub reload_interval: Duration,
     /// Most label sets of the per-limit and per-rule policy metrics.
     pub max_series: usize,
+    /// Threads of the policy listener's own runtime; 0: one per core.
+    pub threads: usize,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
@@ -235,6 +237,7 @@ impl Default for PolicyConfig {
             max_keys: meshlens_policy::engine::DEFAULT_MAX_KEYS,
             reload_interval: Duration::from_secs(2),
             max_series: meshlens_collector::policy::DEFAULT_MAX_POLICY_SERIES,
+            threads: 0,
         }
     }
 }
@@ -406,6 +409,7 @@ mod tests {
         assert_eq!(c.policy.failure_mode, FailureModeSetting::Open);
         assert_eq!(c.policy.redis_timeout, Duration::from_millis(15));
         assert_eq!(c.policy.reload_interval, Duration::from_secs(2));
+        assert_eq!(c.policy.threads, 0, "one per core");
         let h = c.graph.to_graph_config().unwrap().health;
         assert_eq!(
             (h.server_errors.degraded_pct, h.server_errors.failure_pct),

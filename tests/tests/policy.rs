@@ -196,6 +196,76 @@ async fn the_policy_listener_serves_both_apis_and_health() {
     env.stop().await;
 }
 
+/// The policy listener has its own runtime: checks are answered while every worker of the main
+/// runtime (ingest, web) is held by blocking work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_are_answered_while_the_main_runtime_is_held() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Barrier};
+    let cfg = tempfile::tempdir().unwrap();
+    write_configs(cfg.path(), 100);
+    let env = TestEnv::start_with(policy_config(cfg.path())).await;
+    let addr = env.running().addrs.policy;
+    // The client has a runtime of its own too, since the test's is about to be held.
+    let (to_client, go) = std::sync::mpsc::channel::<()>();
+    let client = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let ch = Channel::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            let mut rl = RateLimitServiceClient::new(ch);
+            assert_eq!(codes(&mut rl, "ann", 1).await, [OK], "before");
+            go.recv().unwrap();
+            let mut answered = Vec::new();
+            for _ in 0..20 {
+                let r =
+                    tokio::time::timeout(Duration::from_secs(5), rl.should_rate_limit(rls("ann")))
+                        .await
+                        .expect("answered within 5 s")
+                        .unwrap();
+                answered.push(r.into_inner().overall_code);
+            }
+            answered
+        })
+    });
+    // Both workers sleep, holding their threads, until the client is done or 10 s have passed.
+    let held = Arc::new(Barrier::new(3));
+    let released = Arc::new(AtomicBool::new(false));
+    let (client_done_tx, client_done) = std::sync::mpsc::channel::<()>();
+    let client_done = Arc::new(std::sync::Mutex::new(client_done));
+    let mut holders = Vec::new();
+    for _ in 0..2 {
+        let (held, released, client_done) = (held.clone(), released.clone(), client_done.clone());
+        holders.push(tokio::spawn(async move {
+            held.wait();
+            // One holder waits for the client, the other for the first; neither yields.
+            let _ = client_done
+                .lock()
+                .unwrap()
+                .recv_timeout(Duration::from_secs(10));
+            released.store(true, Ordering::SeqCst);
+        }));
+    }
+    held.wait();
+    to_client.send(()).unwrap();
+    let answered = client.join().unwrap();
+    let while_held = !released.load(Ordering::SeqCst);
+    client_done_tx.send(()).unwrap();
+    drop(client_done_tx);
+    for h in holders {
+        h.await.unwrap();
+    }
+    assert!(while_held, "the checks waited for the main runtime");
+    assert_eq!(answered, vec![OK; 20]);
+    env.stop().await;
+}
+
 #[tokio::test]
 async fn configs_reload_when_changed_and_a_bad_one_keeps_the_last_good() {
     let cfg = tempfile::tempdir().unwrap();
