@@ -182,17 +182,29 @@ async fn serve_policy(
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .thread_name("meshlens-policy")
-        .enable_all()
-        .build()
-        .context("starting the policy runtime")?;
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let c = cancel.clone();
+    // The runtime is made, run and dropped on this thread: dropped in an async context, it would
+    // panic.
     std::thread::Builder::new()
         .name("meshlens-policy".into())
         .spawn(move || {
+            let built = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .thread_name("meshlens-policy")
+                .enable_all()
+                .build();
+            let runtime = match built {
+                Ok(r) => {
+                    let _ = started_tx.send(Ok(()));
+                    r
+                }
+                Err(e) => {
+                    let _ = started_tx.send(Err(e));
+                    return;
+                }
+            };
             let result = runtime.block_on(async move {
                 let listener = TcpListener::from_std(listener)?;
                 let (reporter, health) = tonic_health::server::health_reporter();
@@ -216,11 +228,14 @@ async fn serve_policy(
                     .await
                     .context("policy server")
             });
-            // Dropping the runtime here, off every async context, stops its threads.
             drop(runtime);
             let _ = done_tx.send(result);
         })
         .context("starting the policy thread")?;
+    started_rx
+        .await
+        .context("the policy thread ended at its start")?
+        .context("starting the policy runtime")?;
     set.spawn(async move {
         done_rx
             .await
