@@ -190,7 +190,7 @@ mod tests {
         let path = dir.path().join("m.toml");
         std::fs::write(
             &path,
-            "[storage]\nretention = \"1h\"\ndatabase_url = \"sqlite://x.db\"\n",
+            "[storage]\nretention = \"1h\"\ndatabase_url = \"sqlite://x.db\"\n[policy]\nthreads = 2\n",
         )
         .unwrap();
         let cli = Cli::try_parse_from([
@@ -200,11 +200,14 @@ mod tests {
             path.to_str().unwrap(),
             "--retention",
             "2h",
+            "--policy-threads",
+            "3",
         ])
         .unwrap();
         let c = cli.config().unwrap();
         assert_eq!(c.storage.retention, Duration::from_secs(7200));
         assert_eq!(c.storage.database_url, "sqlite://x.db");
+        assert_eq!(c.policy.threads, 3);
         assert_eq!(cli.command(), Command::Serve);
     }
 
