@@ -197,6 +197,7 @@ impl PolicyEngine {
                         remaining: 0,
                         reset_ms: 0,
                         shadow_over_limit: false,
+                        hits: Default::default(),
                     })
                     .collect();
                 let d = RateLimitDecision {

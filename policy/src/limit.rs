@@ -109,4 +109,63 @@ pub struct Usage {
     /// Fixed window: until the window ends. GCRA: until the quota is whole again, or, when
     /// refused, until the hits would be admitted.
     pub reset_ms: u64,
+    /// Requests counted after these hits (fixed window: the window's count, refused hits
+    /// included; GCRA: the limit less what is still admitted, and the limit plus the hits when
+    /// they were refused).
+    pub used: u64,
+}
+
+/// Share of a limit from which hits are near it, as envoyproxy/ratelimit's default
+/// `NEAR_LIMIT_RATIO`.
+pub const NEAR_LIMIT_RATIO_PERCENT: u64 = 80;
+
+/// A check's hits on one limit, split as envoyproxy/ratelimit's per-limit statistics split them:
+/// `over` passed the limit, `near` were admitted at or above 80% of it (or, in a check that
+/// passed the limit, fell between 80% and the limit), `within` are the rest. The three add up to
+/// the hits (envoyproxy/ratelimit's `total_hits`; its `near_limit` is `near`, its `over_limit`
+/// is `over`, and its `within_limit` is `within + near` of admitted checks).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HitSplit {
+    pub within: u64,
+    pub near: u64,
+    pub over: u64,
+}
+
+impl Usage {
+    /// How `hits` charged to a limit of `limit` requests split (see [`HitSplit`]).
+    pub fn split(&self, hits: u32, limit: u32) -> HitSplit {
+        let hits = u64::from(hits);
+        let limit = u64::from(limit);
+        let near_from = limit * NEAR_LIMIT_RATIO_PERCENT / 100;
+        let after = self.used;
+        let before = after.saturating_sub(hits);
+        let (near, over) = if self.over_limit {
+            if before >= limit {
+                (0, hits)
+            } else {
+                (
+                    limit - before.max(near_from).min(limit),
+                    after.saturating_sub(limit),
+                )
+            }
+        } else if after > near_from {
+            (
+                if before >= near_from {
+                    hits
+                } else {
+                    after - near_from
+                },
+                0,
+            )
+        } else {
+            (0, 0)
+        };
+        let over = over.min(hits);
+        let near = near.min(hits - over);
+        HitSplit {
+            within: hits - near - over,
+            near,
+            over,
+        }
+    }
 }

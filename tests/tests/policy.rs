@@ -174,6 +174,12 @@ async fn the_policy_listener_serves_both_apis_and_health() {
     assert_eq!(p["backend"], "memory");
     assert_eq!(p["domains"], serde_json::json!(["edge"]));
     assert_eq!(p["rules"], 1);
+    // 2 a minute: ann's second hit was near the limit and her third over it; bob's within.
+    assert_eq!(
+        p["limits"][0]["usage"],
+        serde_json::json!({"within": 2, "near": 1, "over": 1}),
+        "{p}"
+    );
     let denials = p["denials"].as_array().unwrap();
     assert_eq!(denials.len(), 2, "{p}");
     assert_eq!(denials[0]["api"], "ext_authz");

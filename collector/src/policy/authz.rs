@@ -245,8 +245,8 @@ impl Authorization for AuthzService {
             s.backend_error(e);
         }
         let d = &outcome.decision;
-        for (name, _, usage) in &d.quotas {
-            s.quota_hit(name, if usage.over_limit { "over" } else { "within" });
+        for (name, rate, usage) in &d.quotas {
+            s.quota_hits(name, usage.split(1, rate.requests_per_unit), "over");
         }
         for rule in &d.audited {
             s.metrics.policy_audits.with_label_values(&[rule]).inc();

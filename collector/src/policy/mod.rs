@@ -161,12 +161,23 @@ impl PolicyServer {
         }
     }
 
-    fn quota_hit(&self, limit: &str, outcome: &str) {
-        self.capped(
-            &self.metrics.policy_quota_hits,
-            "meshlens_policy_quota_hits_total",
-            [limit, outcome],
-        );
+    /// Counts a check's hits on a limit by outcome (`within`, `near`, and `over` or whatever
+    /// `over` stands for, such as `shadow_over`), each part only when it holds hits.
+    fn quota_hits(&self, limit: &str, hits: meshlens_policy::limit::HitSplit, over: &str) {
+        for (outcome, n) in [
+            ("within", hits.within),
+            ("near", hits.near),
+            (over, hits.over),
+        ] {
+            if n > 0 {
+                self.capped(
+                    &self.metrics.policy_quota_hits,
+                    "meshlens_policy_quota_hits_total",
+                    [limit, outcome],
+                    n,
+                );
+            }
+        }
     }
 
     fn denial(&self, api: &str, by: &str) {
@@ -174,16 +185,17 @@ impl PolicyServer {
             &self.metrics.policy_denials,
             "meshlens_policy_denials_total",
             [api, by],
+            1,
         );
     }
 
-    /// Counts under two labels from configs, unless the family has its most label sets.
-    fn capped(&self, family: &prometheus::IntCounterVec, name: &str, labels: [&str; 2]) {
+    /// Adds `n` under two labels from configs, unless the family has its most label sets.
+    fn capped(&self, family: &prometheus::IntCounterVec, name: &str, labels: [&str; 2], n: u64) {
         let counted = self.cap.with(
             name,
             &labels,
             || family.with_label_values(&labels),
-            |c| c.inc(),
+            |c| c.inc_by(n),
         );
         if counted.is_none() {
             self.metrics

@@ -170,12 +170,11 @@ impl RateLimitService for RlsService {
                 });
                 s.refused(entry("source_cluster"), destination.as_deref(), true);
                 "over"
-            } else if status.shadow_over_limit || status.over_limit {
-                "shadow_over"
             } else {
-                "within"
+                // Over, but in shadow mode (the limit's or the service's): allowed.
+                "shadow_over"
             };
-            s.quota_hit(&key, outcome);
+            s.quota_hits(&key, status.hits, outcome);
         }
         let resp = response(d);
         s.finish(

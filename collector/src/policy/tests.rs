@@ -192,6 +192,11 @@ async fn should_rate_limit_answers_like_envoyproxy_ratelimit() {
         assert!((1..=60).contains(&reset), "{reset}");
     }
     assert_eq!(codes, [1, 1, 2]);
+    // Three hits at once on another path: one within, one near, one over (counted in hits).
+    let mut three = rls("edge", &[("path", "/b")]);
+    three.hits_addend = 3;
+    let r = svc.should_rate_limit(Request::new(three)).await.unwrap();
+    assert_eq!(r.into_inner().overall_code, 2);
     let none = svc
         .should_rate_limit(Request::new(rls("edge", &[("other", "x")])))
         .await
@@ -220,9 +225,13 @@ async fn should_rate_limit_answers_like_envoyproxy_ratelimit() {
     assert_metrics(
         &s,
         &[
-            r#"meshlens_policy_checks_total{api="ratelimit",decision="over_limit"} 1"#,
             r#"meshlens_policy_checks_total{api="ratelimit",decision="invalid"} 2"#,
+            // 2 a minute: the second hit is past 80% of the limit, the third over it; and the
+            // same again from the three hits on /b.
+            r#"meshlens_policy_checks_total{api="ratelimit",decision="over_limit"} 2"#,
             r#"meshlens_policy_quota_hits_total{limit="edge.path",outcome="within"} 2"#,
+            r#"meshlens_policy_quota_hits_total{limit="edge.path",outcome="near"} 2"#,
+            r#"meshlens_policy_quota_hits_total{limit="edge.path",outcome="over"} 2"#,
         ],
     );
 }
@@ -292,15 +301,17 @@ async fn per_limit_metrics_are_capped_and_the_overflow_counted() {
             .await
             .unwrap();
     }
-    // Two answers within the limit took the one label set; the third, over, is left out.
+    // The first hit, within, took the one label set; the second (near) and third (over) are
+    // left out.
     assert_metrics(
         &s,
         &[
-            r#"meshlens_policy_quota_hits_total{limit="edge.path",outcome="within"} 2"#,
-            r#"meshlens_policy_series_dropped_total{metric="meshlens_policy_quota_hits_total"} 1"#,
+            r#"meshlens_policy_quota_hits_total{limit="edge.path",outcome="within"} 1"#,
+            r#"meshlens_policy_series_dropped_total{metric="meshlens_policy_quota_hits_total"} 2"#,
         ],
     );
-    assert!(!s.metrics.render().contains(r#"outcome="over""#));
+    let text = s.metrics.render();
+    assert!(!text.contains(r#"outcome="over""#) && !text.contains(r#"outcome="near""#));
 }
 
 /// Every decision's series exists from the start at 0 (an alert on its increase has a series

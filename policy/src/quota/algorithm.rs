@@ -39,6 +39,7 @@ pub fn fixed_usage(after: u64, rate: Rate, start_s: u64, now_us: u64) -> Usage {
         over_limit: after > limit,
         remaining: limit.saturating_sub(after).min(u64::from(u32::MAX)) as u32,
         reset_ms: end_us.saturating_sub(now_us).div_ceil(US_PER_MS),
+        used: after,
     }
 }
 
@@ -59,6 +60,7 @@ pub fn gcra(tat: &mut u64, rate: Rate, hits: u32, now_us: u64) -> Usage {
             over_limit: true,
             remaining: 0,
             reset_ms: period.div_ceil(US_PER_MS),
+            used: u64::from(hits),
         };
     }
     let base = (*tat).max(now_us);
@@ -76,10 +78,16 @@ pub fn gcra(tat: &mut u64, rate: Rate, hits: u32, now_us: u64) -> Usage {
     } else {
         new_tat - now_us - period
     };
+    let limit = u64::from(rate.requests_per_unit);
     Usage {
         over_limit: !allowed,
         remaining: remaining as u32,
         reset_ms: reset.div_ceil(US_PER_MS),
+        used: if allowed {
+            limit.saturating_sub(remaining)
+        } else {
+            limit.saturating_add(u64::from(hits))
+        },
     }
 }
 
@@ -95,6 +103,77 @@ mod tests {
             requests_per_unit: n,
             unit,
             algorithm,
+        }
+    }
+
+    /// (within, near, over) of each check.
+    fn splits(
+        r: Rate,
+        hits: &[u32],
+        mut charge: impl FnMut(Rate, u32) -> Usage,
+    ) -> Vec<(u64, u64, u64)> {
+        hits.iter()
+            .map(|&h| {
+                let s = charge(r, h).split(h, r.requests_per_unit);
+                (s.within, s.near, s.over)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn hits_split_within_near_and_over_as_envoyproxy_ratelimit_counts_them() {
+        let t0 = 1_000 * 60 * S;
+        for algorithm in [Algorithm::FixedWindow, Algorithm::Gcra] {
+            let r = rate(10, Unit::Minute, algorithm);
+            let (mut w, mut tat) = (Window::default(), 0u64);
+            let mut charge = |r: Rate, h: u32| match algorithm {
+                Algorithm::FixedWindow => fixed_window(&mut w, r, h, t0),
+                Algorithm::Gcra => gcra(&mut tat, r, h, t0),
+            };
+            // One hit at a time: near from the 9th (past 80% of 10), over from the 11th.
+            let got = splits(r, &[1; 12], &mut charge);
+            let mut want = vec![(1, 0, 0); 8];
+            want.extend([(0, 1, 0), (0, 1, 0), (0, 0, 1), (0, 0, 1)]);
+            assert_eq!(got, want, "{algorithm:?}");
+        }
+        // Several hits in a check (hits_addend) split at the thresholds.
+        let r = rate(10, Unit::Minute, Algorithm::FixedWindow);
+        let mut w = Window::default();
+        let got = splits(r, &[7, 2, 0], |r, h| fixed_window(&mut w, r, h, t0));
+        assert_eq!(
+            got,
+            [(7, 0, 0), (1, 1, 0), (0, 0, 0)],
+            "a check without hits counts none"
+        );
+        let mut w = Window::default();
+        let got = splits(r, &[5, 10, 3], |r, h| fixed_window(&mut w, r, h, t0));
+        // 5 → 15: envoyproxy/ratelimit counts 5 over and 2 near (8 to 10); the other 3 are within.
+        assert_eq!(got, [(5, 0, 0), (3, 2, 5), (0, 0, 3)]);
+    }
+
+    #[test]
+    fn split_hits_always_add_up_and_are_over_only_when_refused() {
+        let t0 = 1_000 * 60 * S;
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for algorithm in [Algorithm::FixedWindow, Algorithm::Gcra] {
+            for limit in [0, 1, 4, 5, 10, 1000] {
+                let r = rate(limit, Unit::Minute, algorithm);
+                let (mut w, mut tat) = (Window::default(), 0u64);
+                for i in 0..200u64 {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    let hits = (seed % 7) as u32;
+                    let now = t0 + i * S / 4;
+                    let u = match algorithm {
+                        Algorithm::FixedWindow => fixed_window(&mut w, r, hits, now),
+                        Algorithm::Gcra => gcra(&mut tat, r, hits, now),
+                    };
+                    let s = u.split(hits, limit);
+                    assert_eq!(s.within + s.near + s.over, u64::from(hits), "{u:?} {s:?}");
+                    assert_eq!(s.over > 0, u.over_limit && hits > 0, "{u:?} {s:?}");
+                }
+            }
         }
     }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use foldhash::fast::RandomState;
 
-use crate::limit::{Rate, Unit, Usage};
+use crate::limit::{HitSplit, Rate, Unit, Usage};
 use crate::quota::{QuotaBackend, QuotaError, QuotaHit};
 use crate::ConfigError;
 use config::{Descriptors, DomainFile};
@@ -119,6 +119,8 @@ pub struct DescriptorStatus {
     pub reset_ms: u64,
     /// Over the limit, but the limit is in shadow mode: allowed and counted.
     pub shadow_over_limit: bool,
+    /// This check's hits on the limit, split within, near and over it.
+    pub hits: HitSplit,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -296,7 +298,7 @@ impl RateLimits {
             .zip(&limits)
             .map(|(k, l)| k.filter(|_| l.as_ref().is_some_and(|l| !l.unlimited)))
             .collect();
-        let hits: Vec<QuotaHit<'_>> = keys
+        let charged: Vec<QuotaHit<'_>> = keys
             .iter()
             .zip(&limits)
             .zip(&req.descriptors)
@@ -309,13 +311,18 @@ impl RateLimits {
                 })
             })
             .collect();
-        let mut usages = quotas.charge(&hits).await?.into_iter();
+        let mut usages = quotas.charge(&charged).await?.into_iter();
+        let mut charged = charged.iter();
         let mut over_limit = false;
         let statuses = limits
             .into_iter()
             .zip(&keys)
             .map(|(limit, key)| {
                 let usage: Option<Usage> = key.as_ref().and_then(|_| usages.next());
+                let hits = key
+                    .as_ref()
+                    .and_then(|_| charged.next())
+                    .map_or(0, |h| h.hits);
                 match (limit, usage) {
                     (Some(limit), Some(u)) => {
                         let shadow = u.over_limit && limit.shadow_mode;
@@ -324,6 +331,7 @@ impl RateLimits {
                             over_limit: u.over_limit && !shadow,
                             remaining: u.remaining,
                             reset_ms: u.reset_ms,
+                            hits: u.split(hits, limit.rate.requests_per_unit),
                             limit: Some(limit),
                             shadow_over_limit: shadow,
                         }
@@ -337,6 +345,7 @@ impl RateLimits {
                             limit: unlimited,
                             reset_ms: 0,
                             shadow_over_limit: false,
+                            hits: HitSplit::default(),
                         }
                     }
                 }

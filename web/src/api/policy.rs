@@ -61,6 +61,7 @@ pub struct LimitDto {
 #[derive(Debug, Serialize, Default, Clone, Copy)]
 pub struct Usage {
     pub(crate) within: u64,
+    pub(crate) near: u64,
     pub(crate) over: u64,
 }
 
@@ -200,7 +201,8 @@ pub(crate) fn policy_dto(st: &WebState, limit: usize) -> PolicyDto {
     }
 }
 
-/// Hits per quota or limit name, read from `meshlens_policy_quota_hits_total{limit, outcome}`.
+/// Hits per quota or limit name, read from `meshlens_policy_quota_hits_total{limit, outcome}`
+/// (`shadow_over` counts as over).
 fn quota_usage(registry: &prometheus::Registry) -> std::collections::HashMap<String, Usage> {
     let mut out: std::collections::HashMap<String, Usage> = std::collections::HashMap::new();
     for family in registry.gather() {
@@ -219,6 +221,7 @@ fn quota_usage(registry: &prometheus::Registry) -> std::collections::HashMap<Str
             let u = out.entry(label("limit")).or_default();
             match label("outcome").as_str() {
                 "within" => u.within += hits,
+                "near" => u.near += hits,
                 _ => u.over += hits,
             }
         }

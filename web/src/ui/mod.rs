@@ -362,6 +362,7 @@ struct QuotaRow {
     applies_to: String,
     key: String,
     within: u64,
+    near: u64,
     over: u64,
 }
 
@@ -381,6 +382,7 @@ struct LimitRow {
     unlimited: bool,
     shadow_mode: bool,
     within: u64,
+    near: u64,
     over: u64,
 }
 
@@ -445,6 +447,7 @@ async fn policy(State(st): State<WebState>) -> Response {
                 unlimited: l.unlimited,
                 shadow_mode: l.shadow_mode,
                 within: l.usage.within,
+                near: l.usage.near,
                 over: l.usage.over,
             })
             .collect(),
@@ -462,6 +465,7 @@ async fn policy(State(st): State<WebState>) -> Response {
                 applies_to: q.applies_to,
                 key: q.key,
                 within: q.usage.within,
+                near: q.usage.near,
                 over: q.usage.over,
             })
             .collect(),
