@@ -69,6 +69,7 @@ pub struct Metrics {
     pub policy_config_last_successful: IntGauge,
     /// Label sets not exported because a policy metric reached its series cap, by metric.
     pub policy_series_dropped: IntCounterVec,
+    pub policy_local_over_answers: IntCounterVec,
 }
 
 /// Every metric name in the catalogue, for tests that check dashboards and docs against it.
@@ -99,6 +100,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "meshlens_policy_config_last_reload_success_timestamp_seconds",
     "meshlens_policy_config_last_reload_successful",
     "meshlens_policy_series_dropped_total",
+    "meshlens_policy_local_over_limit_answers_total",
 ];
 
 /// The standard process metrics exported beside the catalogue (Linux), read from /proc.
@@ -309,6 +311,12 @@ impl Metrics {
                 "Label sets not exported because a policy metric reached its series cap.",
                 &["metric"],
             ),
+            policy_local_over_answers: counter_vec(
+                "meshlens_policy_local_over_limit_answers_total",
+                "Quotas answered over their limit from the Redis backend's record of keys over \
+                 their limit until their window ends, without asking Redis.",
+                &["api"],
+            ),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -338,6 +346,7 @@ impl Metrics {
             Box::new(m.policy_config_last_success.clone()),
             Box::new(m.policy_config_last_successful.clone()),
             Box::new(m.policy_series_dropped.clone()),
+            Box::new(m.policy_local_over_answers.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");
@@ -473,6 +482,9 @@ mod tests {
             .with_label_values(&["success"])
             .inc();
         m.policy_series_dropped.with_label_values(&["x"]).inc();
+        m.policy_local_over_answers
+            .with_label_values(&["ratelimit"])
+            .inc();
         let mut names: Vec<String> = m
             .registry
             .gather()

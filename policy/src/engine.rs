@@ -198,6 +198,7 @@ impl PolicyEngine {
                         reset_ms: 0,
                         shadow_over_limit: false,
                         hits: Default::default(),
+                        cached: false,
                     })
                     .collect();
                 let d = RateLimitDecision {

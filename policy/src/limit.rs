@@ -113,6 +113,8 @@ pub struct Usage {
     /// included; GCRA: the limit less what is still admitted, and the limit plus the hits when
     /// they were refused).
     pub used: u64,
+    /// Answered from the Redis backend's record of keys over their limit, without Redis.
+    pub cached: bool,
 }
 
 /// Share of a limit from which hits are near it, as envoyproxy/ratelimit's default

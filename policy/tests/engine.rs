@@ -28,6 +28,7 @@ fn redis(prefix: &str, url: &str) -> RedisConfig {
         url: url.into(),
         key_prefix: prefix.into(),
         timeout: Duration::from_millis(200),
+        local_cache_keys: 0,
     }
 }
 
@@ -322,6 +323,109 @@ async fn the_redis_store_reconnects_after_redis_comes_back() {
         assert!(Instant::now() < deadline, "never reconnected");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A fixed-window key over its limit is answered over without Redis until its window ends:
+/// Redis' count stops growing, the answers hold while Redis is away, and the next window asks
+/// Redis again.
+#[tokio::test]
+async fn keys_over_their_limit_are_answered_without_redis_until_their_window_ends() {
+    let proxy = Forwarder::start("127.0.0.1:6379").await;
+    let prefix = unique_prefix("overcache");
+    let mut config = redis(&prefix, &format!("redis://{}", proxy.addr));
+    config.local_cache_keys = 100;
+    let store = QuotaBackend::Redis(RedisStore::new(&config).unwrap());
+    let hit = QuotaHit {
+        key: "k",
+        rate: Rate {
+            requests_per_unit: 2,
+            unit: Unit::Minute,
+            algorithm: Algorithm::FixedWindow,
+        },
+        hits: 1,
+    };
+    // Start early in a window, so that the run does not cross into the next one.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    if now.as_secs() % 60 > 50 {
+        tokio::time::sleep(Duration::from_secs(61 - now.as_secs() % 60)).await;
+    }
+    let mut answers = Vec::new();
+    for _ in 0..5 {
+        let u = store.charge(&[hit]).await.unwrap()[0];
+        answers.push((u.over_limit, u.cached));
+    }
+    assert_eq!(
+        answers,
+        [
+            (false, false),
+            (false, false),
+            (true, false),
+            (true, true),
+            (true, true)
+        ]
+    );
+    let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let count: u64 = redis::cmd("GET")
+        .arg(&keys[0])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(count, 3, "the answers from the record did not reach Redis");
+    // Redis away: the key is still known to be over.
+    proxy.stop().await;
+    let u = store.charge(&[hit]).await.unwrap()[0];
+    assert!(u.over_limit && u.cached && u.remaining == 0);
+    assert!((1..=60_000).contains(&u.reset_ms), "{}", u.reset_ms);
+    // Another key, or another algorithm, still needs Redis.
+    let other = QuotaHit {
+        key: "other",
+        ..hit
+    };
+    assert!(store.charge(&[hit, other]).await.is_err());
+    let _: () = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// With the record on, a window that ends lets the key through again (a 1 s window).
+#[tokio::test]
+async fn a_new_window_asks_redis_again() {
+    let prefix = unique_prefix("overcache_window");
+    let mut config = redis(&prefix, "redis://127.0.0.1:6379");
+    config.local_cache_keys = 100;
+    let store = QuotaBackend::Redis(RedisStore::new(&config).unwrap());
+    let hit = QuotaHit {
+        key: "k",
+        rate: Rate {
+            requests_per_unit: 1,
+            unit: Unit::Second,
+            algorithm: Algorithm::FixedWindow,
+        },
+        hits: 1,
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen = (false, false);
+    while Instant::now() < deadline && !(seen.0 && seen.1) {
+        let u = store.charge(&[hit]).await.unwrap()[0];
+        if u.cached {
+            seen.0 = true; // refused from the record
+        } else if seen.0 && !u.over_limit {
+            seen.1 = true; // and admitted by Redis in a later window
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen, (true, true));
 }
 
 /// A TCP forwarder to Redis that the test can stop (closing every connection) and restart.

@@ -192,6 +192,9 @@ pub struct PolicyConfig {
     /// Longest wait for Redis in one check; then the check fails open or closed.
     #[serde(with = "humantime_serde")]
     pub redis_timeout: Duration,
+    /// Fixed-window keys over their limit remembered until their window ends and answered
+    /// without Redis, as envoyproxy/ratelimit's local cache (0: off).
+    pub redis_local_cache_keys: usize,
     /// When the quota backend cannot answer: `open` (allow) or `closed` (refuse).
     pub failure_mode: FailureModeSetting,
     /// Rate limit service answers OK even when over a limit (decisions are still counted).
@@ -232,6 +235,7 @@ impl Default for PolicyConfig {
             redis_url: "redis://127.0.0.1:6379".into(),
             redis_key_prefix: "meshlens_".into(),
             redis_timeout: DEFAULT_REDIS_TIMEOUT,
+            redis_local_cache_keys: 100_000,
             failure_mode: FailureModeSetting::Open,
             shadow_mode: false,
             max_keys: meshlens_policy::engine::DEFAULT_MAX_KEYS,
@@ -256,6 +260,7 @@ impl PolicyConfig {
                     url: self.redis_url.clone(),
                     key_prefix: self.redis_key_prefix.clone(),
                     timeout: self.redis_timeout,
+                    local_cache_keys: self.redis_local_cache_keys,
                 }),
             },
             failure_mode: match self.failure_mode {
@@ -410,6 +415,7 @@ mod tests {
         assert_eq!(c.policy.redis_timeout, Duration::from_millis(15));
         assert_eq!(c.policy.reload_interval, Duration::from_secs(2));
         assert_eq!(c.policy.threads, 0, "one per core");
+        assert_eq!(c.policy.redis_local_cache_keys, 100_000);
         let h = c.graph.to_graph_config().unwrap().health;
         assert_eq!(
             (h.server_errors.degraded_pct, h.server_errors.failure_pct),

@@ -247,6 +247,9 @@ impl Authorization for AuthzService {
         let d = &outcome.decision;
         for (name, rate, usage) in &d.quotas {
             s.quota_hits(name, usage.split(1, rate.requests_per_unit), "over");
+            if usage.cached {
+                s.local_over_answer(API);
+            }
         }
         for rule in &d.audited {
             s.metrics.policy_audits.with_label_values(&[rule]).inc();

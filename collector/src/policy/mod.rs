@@ -180,6 +180,13 @@ impl PolicyServer {
         }
     }
 
+    fn local_over_answer(&self, api: &str) {
+        self.metrics
+            .policy_local_over_answers
+            .with_label_values(&[api])
+            .inc();
+    }
+
     fn denial(&self, api: &str, by: &str) {
         self.capped(
             &self.metrics.policy_denials,

@@ -175,6 +175,9 @@ impl RateLimitService for RlsService {
                 "shadow_over"
             };
             s.quota_hits(&key, status.hits, outcome);
+            if status.cached {
+                s.local_over_answer(API);
+            }
         }
         let resp = response(d);
         s.finish(

@@ -40,6 +40,7 @@ pub fn fixed_usage(after: u64, rate: Rate, start_s: u64, now_us: u64) -> Usage {
         remaining: limit.saturating_sub(after).min(u64::from(u32::MAX)) as u32,
         reset_ms: end_us.saturating_sub(now_us).div_ceil(US_PER_MS),
         used: after,
+        cached: false,
     }
 }
 
@@ -61,6 +62,7 @@ pub fn gcra(tat: &mut u64, rate: Rate, hits: u32, now_us: u64) -> Usage {
             remaining: 0,
             reset_ms: period.div_ceil(US_PER_MS),
             used: u64::from(hits),
+            cached: false,
         };
     }
     let base = (*tat).max(now_us);
@@ -88,6 +90,7 @@ pub fn gcra(tat: &mut u64, rate: Rate, hits: u32, now_us: u64) -> Usage {
         } else {
             limit.saturating_add(u64::from(hits))
         },
+        cached: false,
     }
 }
 

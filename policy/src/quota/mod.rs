@@ -3,6 +3,7 @@
 
 pub mod algorithm;
 pub mod memory;
+pub mod over_cache;
 pub mod redis;
 
 use std::time::{SystemTime, UNIX_EPOCH};

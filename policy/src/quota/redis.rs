@@ -2,12 +2,13 @@
 //! check, on Redis' clock. The connection is made lazily and remade after a failure; every call
 //! is bounded by `timeout`, so a check never waits longer for a Redis that is down.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{Client, Script, Value};
 
 use super::algorithm::{fixed_usage, gcra};
+use super::over_cache::OverLimitCache;
 use super::{QuotaError, QuotaHit};
 use crate::limit::{Algorithm, Usage};
 
@@ -19,9 +20,13 @@ pub struct RedisConfig {
     pub key_prefix: String,
     /// Longest wait for Redis in a check (connection included).
     pub timeout: Duration,
+    /// Most fixed-window keys remembered as over their limit until their window ends, answered
+    /// without Redis (0: every check asks Redis).
+    pub local_cache_keys: usize,
 }
 
 pub struct RedisStore {
+    over: OverLimitCache,
     conn: ConnectionManager,
     script: Script,
     prefix: String,
@@ -41,6 +46,7 @@ impl RedisStore {
         let conn = ConnectionManager::new_lazy_with_config(client, manager)
             .map_err(|e| QuotaError::Unavailable(e.to_string()))?;
         Ok(RedisStore {
+            over: OverLimitCache::new(config.local_cache_keys),
             conn,
             script: Script::new(include_str!("redis.lua")),
             prefix: config.key_prefix.clone(),
@@ -56,7 +62,48 @@ impl RedisStore {
         }
     }
 
+    /// Charges the hits in one round trip, except on fixed-window keys known to be over their
+    /// limit until their window ends: those are answered over here and not sent.
     pub async fn charge(&self, hits: &[QuotaHit<'_>]) -> Result<Vec<Usage>, QuotaError> {
+        let now = Instant::now();
+        let local: Vec<Option<Usage>> = hits.iter().map(|h| self.known_over(h, now)).collect();
+        let ask: Vec<QuotaHit<'_>> = hits
+            .iter()
+            .zip(&local)
+            .filter(|(_, l)| l.is_none())
+            .map(|(h, _)| *h)
+            .collect();
+        let asked = self.ask(&ask).await?;
+        for (h, u) in ask.iter().zip(&asked) {
+            if h.rate.algorithm == Algorithm::FixedWindow && u.over_limit {
+                let until = now + Duration::from_millis(u.reset_ms);
+                self.over.insert(h.key, until, now);
+            }
+        }
+        let mut asked = asked.into_iter();
+        local
+            .into_iter()
+            .map(|l| l.or_else(|| asked.next()))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| QuotaError::Unavailable("fewer answers than hits asked".into()))
+    }
+
+    /// The answer for a fixed-window key known to be over its limit: every hit over.
+    fn known_over(&self, h: &QuotaHit<'_>, now: Instant) -> Option<Usage> {
+        if h.rate.algorithm != Algorithm::FixedWindow {
+            return None;
+        }
+        let left = self.over.over_for(h.key, now)?;
+        Some(Usage {
+            over_limit: true,
+            remaining: 0,
+            reset_ms: left.as_micros().div_ceil(1000) as u64,
+            used: u64::from(h.rate.requests_per_unit).saturating_add(u64::from(h.hits)),
+            cached: true,
+        })
+    }
+
+    async fn ask(&self, hits: &[QuotaHit<'_>]) -> Result<Vec<Usage>, QuotaError> {
         if hits.is_empty() {
             return Ok(Vec::new());
         }

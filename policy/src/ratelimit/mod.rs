@@ -121,6 +121,8 @@ pub struct DescriptorStatus {
     pub shadow_over_limit: bool,
     /// This check's hits on the limit, split within, near and over it.
     pub hits: HitSplit,
+    /// Answered over from the Redis backend's record of keys over their limit, without Redis.
+    pub cached: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -332,6 +334,7 @@ impl RateLimits {
                             remaining: u.remaining,
                             reset_ms: u.reset_ms,
                             hits: u.split(hits, limit.rate.requests_per_unit),
+                            cached: u.cached,
                             limit: Some(limit),
                             shadow_over_limit: shadow,
                         }
@@ -346,6 +349,7 @@ impl RateLimits {
                             reset_ms: 0,
                             shadow_over_limit: false,
                             hits: HitSplit::default(),
+                            cached: false,
                         }
                     }
                 }
