@@ -2,6 +2,8 @@
 
 use std::time::{Duration, Instant};
 
+use redis::AsyncCommands;
+
 use meshlens_policy::authz::{CheckAttributes, Verdict};
 use meshlens_policy::quota::{QuotaBackend, QuotaHit, RedisConfig, RedisStore};
 use meshlens_policy::ratelimit::{RateLimitRequest, RequestDescriptor};
@@ -30,6 +32,21 @@ fn redis(prefix: &str, url: &str) -> RedisConfig {
         timeout: Duration::from_millis(200),
         local_cache_keys: 0,
     }
+}
+
+/// A connection to the real Redis, and the keys under `prefix` there.
+async fn redis_keys(prefix: &str) -> (redis::aio::MultiplexedConnection, Vec<String>) {
+    let mut conn = redis::Client::open("redis://127.0.0.1:6379")
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    (conn, keys)
 }
 
 /// A key prefix of its own, so runs never share counters.
@@ -131,16 +148,7 @@ async fn replicas_on_redis_share_one_quota_and_admit_what_memory_admits() {
         let look = a.charge(&[QuotaHit { hits: 0, ..hit }]).await.unwrap()[0];
         assert_eq!(look.remaining, 0, "{algorithm:?}");
     }
-    let mut conn = redis::Client::open("redis://127.0.0.1:6379")
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let (mut conn, keys) = redis_keys(&prefix).await;
     let mut shapes: Vec<String> = keys.iter().map(|k| k[prefix.len()..].to_string()).collect();
     shapes.sort();
     assert_eq!(shapes.len(), 2, "{shapes:?}");
@@ -159,11 +167,7 @@ async fn replicas_on_redis_share_one_quota_and_admit_what_memory_admits() {
         .await
         .unwrap();
     assert!(ttl > 0, "every key expires");
-    let _: () = redis::cmd("DEL")
-        .arg(&keys)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let _: () = conn.del(&keys).await.unwrap();
 }
 
 /// Two engines on one Redis: one envoyproxy/ratelimit config, one quota between them.
@@ -366,13 +370,7 @@ async fn keys_over_their_limit_are_answered_without_redis_until_their_window_end
             (true, true)
         ]
     );
-    let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let (mut conn, keys) = redis_keys(&prefix).await;
     assert_eq!(keys.len(), 1, "{keys:?}");
     let count: u64 = redis::cmd("GET")
         .arg(&keys[0])
@@ -385,17 +383,13 @@ async fn keys_over_their_limit_are_answered_without_redis_until_their_window_end
     let u = store.charge(&[hit]).await.unwrap()[0];
     assert!(u.over_limit && u.cached && u.remaining == 0);
     assert!((1..=60_000).contains(&u.reset_ms), "{}", u.reset_ms);
-    // Another key, or another algorithm, still needs Redis.
+    // Another key still needs Redis.
     let other = QuotaHit {
         key: "other",
         ..hit
     };
     assert!(store.charge(&[hit, other]).await.is_err());
-    let _: () = redis::cmd("DEL")
-        .arg(&keys)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let _: () = conn.del(&keys).await.unwrap();
 }
 
 /// With the record on, a window that ends lets the key through again (a 1 s window).
