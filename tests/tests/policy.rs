@@ -346,6 +346,18 @@ async fn two_instances_on_redis_share_one_quota() {
         got.extend(codes(c, "shared", 1).await);
     }
     assert_eq!(got, [OK, OK, OK, OK, OVER_LIMIT, OVER_LIMIT]);
+    // Each instance now knows the key is over until the minute ends, and answers without Redis.
+    assert_eq!(codes(&mut a, "shared", 1).await, [OVER_LIMIT]);
+    assert_eq!(codes(&mut b, "shared", 1).await, [OVER_LIMIT]);
+    for env in [&one, &two] {
+        let local = env
+            .metric(
+                "meshlens_policy_local_over_limit_answers_total",
+                r#"api="ratelimit""#,
+            )
+            .await;
+        assert_eq!(local, 1.0);
+    }
     assert_eq!(policy_json(&one).await["backend"], "redis");
     one.stop().await;
     two.stop().await;

@@ -171,7 +171,8 @@ impl RateLimitService for RlsService {
                 s.refused(entry("source_cluster"), destination.as_deref(), true);
                 "over"
             } else {
-                // Over, but in shadow mode (the limit's or the service's): allowed.
+                // Not refused: any hits over the limit were let through by shadow mode (the
+                // limit's or the service's).
                 "shadow_over"
             };
             s.quota_hits(&key, status.hits, outcome);

@@ -77,7 +77,7 @@ impl RedisStore {
         for (h, u) in ask.iter().zip(&asked) {
             if h.rate.algorithm == Algorithm::FixedWindow && u.over_limit {
                 let until = now + Duration::from_millis(u.reset_ms);
-                self.over.insert(h.key, until, now);
+                self.over.insert(h.key, h.rate, until, now);
             }
         }
         let mut asked = asked.into_iter();
@@ -93,7 +93,7 @@ impl RedisStore {
         if h.rate.algorithm != Algorithm::FixedWindow {
             return None;
         }
-        let left = self.over.over_for(h.key, now)?;
+        let left = self.over.over_for(h.key, h.rate, now)?;
         Some(Usage {
             over_limit: true,
             remaining: 0,
