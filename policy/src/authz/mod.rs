@@ -15,6 +15,7 @@ use ipnet::IpNet;
 
 use crate::limit::{Algorithm, Rate, Unit, Usage};
 use crate::quota::{QuotaBackend, QuotaError, QuotaHit};
+use crate::yaml_at::NodePath;
 use crate::ConfigError;
 use config::{OperationConfig, PolicyFile, SourceConfig};
 
@@ -341,9 +342,10 @@ pub struct AuthzDecision {
 }
 
 impl AuthzPolicy {
+    /// Parses a policy file's text; errors name the rule or quota and its line and column.
     pub fn parse(text: &str) -> Result<AuthzPolicy, String> {
         let file: PolicyFile = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
-        AuthzPolicy::compile(file)
+        AuthzPolicy::compile(file, text)
     }
 
     /// Reads and joins policy files in order; a name may appear once across them.
@@ -355,14 +357,26 @@ impl AuthzPolicy {
             let text =
                 std::fs::read_to_string(path).map_err(|e| ConfigError::new(path, e.to_string()))?;
             let p = AuthzPolicy::parse(&text).map_err(|e| ConfigError::new(path, e))?;
-            for name in p
+            let named = p
                 .rules
                 .iter()
-                .map(|r| &r.name)
-                .chain(p.quotas.iter().map(|q| &q.name))
-            {
+                .enumerate()
+                .map(|(i, r)| (NodePath::default().key("rules").index(i), &r.name))
+                .chain(
+                    p.quotas
+                        .iter()
+                        .enumerate()
+                        .map(|(i, q)| (NodePath::default().key("quotas").index(i), &q.name)),
+                );
+            for (at, name) in named {
                 if !names.insert(name.clone()) {
-                    return Err(ConfigError::new(path, format!("duplicate name '{name}'")));
+                    return Err(ConfigError::new(
+                        path,
+                        at.error(
+                            &text,
+                            format!("duplicate name '{name}' (in an earlier file)"),
+                        ),
+                    ));
                 }
             }
             all.rules.extend(p.rules);
@@ -371,7 +385,7 @@ impl AuthzPolicy {
         Ok(all)
     }
 
-    fn compile(file: PolicyFile) -> Result<AuthzPolicy, String> {
+    fn compile(file: PolicyFile, text: &str) -> Result<AuthzPolicy, String> {
         let mut names = HashSet::new();
         let mut check_name = |name: &str, what: &str| {
             if name.is_empty() {
@@ -383,21 +397,27 @@ impl AuthzPolicy {
             Ok(())
         };
         let mut rules = Vec::with_capacity(file.rules.len());
-        for r in file.rules {
-            check_name(&r.name, "rule")?;
+        for (i, r) in file.rules.into_iter().enumerate() {
+            let at = NodePath::default().key("rules").index(i);
+            let fail = |at: NodePath, e: String| at.error(text, e);
+            check_name(&r.name, "rule").map_err(|e| fail(at.clone(), e))?;
             let what = format!("rule '{}'", r.name);
             let action = match r.action.to_ascii_uppercase().as_str() {
                 "ALLOW" => Action::Allow,
                 "DENY" => Action::Deny,
                 "AUDIT" => Action::Audit,
                 other => {
-                    return Err(format!(
-                        "{what}: invalid action '{other}' (ALLOW, DENY or AUDIT)"
+                    return Err(fail(
+                        at.key("action"),
+                        format!("{what}: invalid action '{other}' (ALLOW, DENY or AUDIT)"),
                     ))
                 }
             };
             if action != Action::Allow && !r.add_headers.is_empty() {
-                return Err(format!("{what}: add_headers is for ALLOW rules only"));
+                return Err(fail(
+                    at.key("add_headers"),
+                    format!("{what}: add_headers is for ALLOW rules only"),
+                ));
             }
             rules.push(Rule {
                 matcher: Matcher::compile(
@@ -406,38 +426,55 @@ impl AuthzPolicy {
                     &r.operation,
                     &r.headers,
                     &what,
-                )?,
+                )
+                .map_err(|e| fail(at, e))?,
                 name: r.name.into(),
                 action,
                 add_headers: r.add_headers.into_iter().collect(),
             });
         }
         let mut quotas = Vec::with_capacity(file.quotas.len());
-        for q in file.quotas {
-            check_name(&q.name, "quota")?;
+        for (i, q) in file.quotas.into_iter().enumerate() {
+            let at = NodePath::default().key("quotas").index(i);
+            let fail = |at: NodePath, e: String| at.error(text, e);
+            check_name(&q.name, "quota").map_err(|e| fail(at.clone(), e))?;
             let what = format!("quota '{}'", q.name);
             if q.key.is_empty() {
-                return Err(format!("{what}: key must name at least one attribute"));
+                return Err(fail(
+                    at.key("key"),
+                    format!("{what}: key must name at least one attribute"),
+                ));
             }
             let key = q
                 .key
                 .iter()
-                .map(|k| {
+                .enumerate()
+                .map(|(j, k)| {
                     KeyPart::parse(k).ok_or_else(|| {
-                        format!(
-                            "{what}: invalid key part '{k}' (source.service, source.namespace, \
-                             source.principal, source.ip, destination.service, request.host, \
-                             request.method, request.path or header:<name>)"
+                        fail(
+                            at.clone().key("key").index(j),
+                            format!(
+                                "{what}: invalid key part '{k}' (source.service, source.namespace, \
+                                 source.principal, source.ip, destination.service, request.host, \
+                                 request.method, request.path or header:<name>)"
+                            ),
                         )
                     })
                 })
                 .collect::<Result<_, _>>()?;
-            let unit = Unit::parse(&q.unit)
-                .ok_or_else(|| format!("{what}: invalid rate limit unit '{}'", q.unit))?;
+            let unit = Unit::parse(&q.unit).ok_or_else(|| {
+                fail(
+                    at.clone().key("unit"),
+                    format!("{what}: invalid rate limit unit '{}'", q.unit),
+                )
+            })?;
             let algorithm = match &q.algorithm {
                 None => Algorithm::default(),
                 Some(a) => Algorithm::parse(a).ok_or_else(|| {
-                    format!("{what}: invalid algorithm '{a}' (fixed_window or gcra)")
+                    fail(
+                        at.clone().key("algorithm"),
+                        format!("{what}: invalid algorithm '{a}' (fixed_window or gcra)"),
+                    )
                 })?,
             };
             quotas.push(QuotaRule {
@@ -447,7 +484,8 @@ impl AuthzPolicy {
                     &q.operation,
                     &q.headers,
                     &what,
-                )?,
+                )
+                .map_err(|e| fail(at, e))?,
                 name: q.name.into(),
                 key,
                 rate: Rate {

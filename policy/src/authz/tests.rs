@@ -168,6 +168,42 @@ fn bad_policies_are_refused_with_the_reason() {
     let e =
         AuthzPolicy::parse("rules:\n  - name: a\n    action: DENY\n    colour: red\n").unwrap_err();
     assert!(e.contains("line 4"), "{e}");
+    // Errors found after parsing name the node, its line and its column too.
+    let located = [
+        (
+            "rules:\n  - name: a\n    action: ALLOW\n  - name: b\n    action: DENY\n    add_headers: {x: y}\n",
+            "rules[1].add_headers: rule 'b': add_headers is for ALLOW rules only at line 6 column 18",
+        ),
+        (
+            "rules:\n  - name: a\n    action: ALLOW\n  - name: a\n    action: DENY\n",
+            "rules[1]: duplicate name 'a' at line 4 column 5",
+        ),
+        (
+            "rules:\n  - name: a\n    action: PERMIT\n",
+            "rules[0].action: rule 'a': invalid action 'PERMIT' (ALLOW, DENY or AUDIT) at line 3 column 13",
+        ),
+        (
+            "rules:\n  - name: a\n    action: DENY\n    source:\n      ip_blocks: [10.0.0/8]\n",
+            "rules[0]: rule 'a': invalid ip_block '10.0.0/8' at line 2 column 5",
+        ),
+        (
+            "quotas:\n  - name: q\n    key: [source.ip, cookie]\n    requests_per_unit: 1\n    unit: second\n",
+            "quotas[0].key[1]: quota 'q': invalid key part 'cookie'",
+        ),
+        (
+            "quotas:\n  - name: q\n    key: [source.ip]\n    requests_per_unit: 1\n    unit: fortnight\n",
+            "quotas[0].unit: quota 'q': invalid rate limit unit 'fortnight' at line 5 column 11",
+        ),
+    ];
+    for (yaml, want) in located {
+        let e = AuthzPolicy::parse(yaml).expect_err(yaml);
+        assert!(e.starts_with(want), "{yaml}\ngot:  {e}\nwant: {want}");
+    }
+    let e = AuthzPolicy::parse(
+        "quotas:\n  - name: q\n    key: [source.ip, cookie]\n    requests_per_unit: 1\n    unit: second\n",
+    )
+    .unwrap_err();
+    assert!(e.ends_with("at line 3 column 22"), "{e}");
 }
 
 #[test]

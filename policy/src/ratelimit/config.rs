@@ -1,21 +1,26 @@
 //! envoyproxy/ratelimit's YAML config, read as it reads it: one domain per file, nested
 //! descriptors with `key`/`value`, `rate_limit` with `unit` and `requests_per_unit` (or
 //! `unlimited`), `name` and `replaces`, `shadow_mode`, `detailed_metric`. meshlens adds one key,
-//! `rate_limit.algorithm` (`fixed_window`, the default, or `gcra`). Unknown keys are errors.
+//! `rate_limit.algorithm` (`fixed_window`, the default, or `gcra`). Keys are checked as upstream
+//! checks them: every key in the file must be one it knows, wherever it is; a known key out of
+//! its place (`shadow_mode` inside `rate_limit`) is accepted and has no effect, as there.
 
 use std::collections::HashSet;
 
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
+use serde_yaml_ng::Value;
 
 use crate::limit::{Algorithm, Unit};
+use crate::yaml_at::NodePath;
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DomainFile {
     pub domain: String,
     #[serde(default)]
     pub descriptors: Descriptors,
+    #[serde(flatten)]
+    _out_of_place: OutOfPlace,
 }
 
 /// A level of descriptors; no two siblings share a key and value.
@@ -23,7 +28,6 @@ pub struct DomainFile {
 pub struct Descriptors(pub Vec<DescriptorConfig>);
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DescriptorConfig {
     pub key: String,
     #[serde(default)]
@@ -43,6 +47,18 @@ pub struct DescriptorConfig {
     /// one quota per value.
     #[serde(default)]
     pub share_threshold: bool,
+    #[serde(flatten)]
+    _out_of_place: OutOfPlace,
+}
+
+impl DescriptorConfig {
+    /// The name envoyproxy/ratelimit gives it among its siblings: `key`, or `key_value`.
+    pub fn final_key(&self) -> String {
+        match self.value.as_deref() {
+            Some(v) if !v.is_empty() => format!("{}_{v}", self.key),
+            _ => self.key.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -58,7 +74,6 @@ pub struct RateLimitConfig {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawRateLimit {
     #[serde(default)]
     requests_per_unit: u32,
@@ -72,12 +87,71 @@ struct RawRateLimit {
     replaces: Vec<Replaces>,
     #[serde(default)]
     algorithm: Option<String>,
+    #[serde(flatten)]
+    _out_of_place: OutOfPlace,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct Replaces {
     name: String,
+    #[serde(flatten)]
+    _out_of_place: OutOfPlace,
+}
+
+/// Every key envoyproxy/ratelimit knows (it checks each key of a file against this one set,
+/// whatever its level), and meshlens' `algorithm`.
+const KNOWN_KEYS: &[&str] = &[
+    "domain",
+    "key",
+    "value",
+    "descriptors",
+    "rate_limit",
+    "unit",
+    "requests_per_unit",
+    "unlimited",
+    "shadow_mode",
+    "name",
+    "replaces",
+    "detailed_metric",
+    "value_to_metric",
+    "share_threshold",
+    "algorithm",
+];
+
+/// The keys of a mapping that its level does not read: each, and every key beneath it, must
+/// be a known one; then they are ignored, as upstream's YAML decoder ignores them.
+#[derive(Debug, Clone, Default)]
+struct OutOfPlace;
+
+impl<'de> Deserialize<'de> for OutOfPlace {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let rest = serde_yaml_ng::Mapping::deserialize(d)?;
+        check_known(&Value::Mapping(rest)).map_err(D::Error::custom)?;
+        Ok(OutOfPlace)
+    }
+}
+
+fn check_known(v: &Value) -> Result<(), String> {
+    match v {
+        Value::Mapping(m) => {
+            for (k, v) in m {
+                let Value::String(k) = k else {
+                    return Err(format!("config error, key is not of type string: {k:?}"));
+                };
+                if !KNOWN_KEYS.contains(&k.as_str()) {
+                    return Err(format!("config error, unknown key '{k}'"));
+                }
+                check_known(v)?;
+            }
+            Ok(())
+        }
+        Value::Sequence(items) => items.iter().try_for_each(|e| match e {
+            Value::Mapping(_) => check_known(e),
+            _ => Err("config error, yaml file contains list of type other than map".into()),
+        }),
+        Value::Tagged(t) => check_known(&t.value),
+        _ => Ok(()),
+    }
 }
 
 impl TryFrom<RawRateLimit> for RateLimitConfig {
@@ -130,7 +204,7 @@ impl<'de> Deserialize<'de> for Descriptors {
     }
 }
 
-/// Checks siblings while reading them, so a duplicate is reported where it is (with its line).
+/// Reads a level; an absent or null one is empty.
 struct DescriptorsVisitor;
 
 impl<'de> serde::de::Visitor<'de> for DescriptorsVisitor {
@@ -154,17 +228,7 @@ impl<'de> serde::de::Visitor<'de> for DescriptorsVisitor {
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Descriptors, A::Error> {
         let mut list = Vec::new();
-        let mut seen = HashSet::new();
         while let Some(desc) = seq.next_element::<DescriptorConfig>()? {
-            let composite = match desc.value.as_deref() {
-                Some(v) if !v.is_empty() => format!("{}_{}", desc.key, v),
-                _ => desc.key.clone(),
-            };
-            if !seen.insert(composite.clone()) {
-                return Err(A::Error::custom(format!(
-                    "duplicate descriptor composite key '{composite}'"
-                )));
-            }
             list.push(desc);
         }
         Ok(Descriptors(list))
@@ -172,32 +236,42 @@ impl<'de> serde::de::Visitor<'de> for DescriptorsVisitor {
 }
 
 impl DomainFile {
-    /// Parses one file's text; errors carry the line and column where YAML knows them.
+    /// Parses one file's text; errors name the node and its line and column.
     pub fn parse(text: &str) -> Result<DomainFile, String> {
         let file: DomainFile = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
+        let root = NodePath::default();
         if file.domain.is_empty() {
-            return Err("config file cannot have empty domain".into());
+            return Err(root
+                .key("domain")
+                .error(text, "config file cannot have empty domain"));
         }
-        check_keys(&file.descriptors)?;
+        check_level(&file.descriptors, root.key("descriptors"), text)?;
         Ok(file)
     }
 }
 
-fn check_keys(level: &Descriptors) -> Result<(), String> {
-    for d in &level.0 {
+/// What upstream's loader refuses once the YAML is read: an empty key, two siblings with one
+/// final key, `share_threshold` off a wildcard.
+fn check_level(level: &Descriptors, at: NodePath, text: &str) -> Result<(), String> {
+    let mut seen = HashSet::new();
+    for (i, d) in level.0.iter().enumerate() {
+        let here = at.clone().index(i);
         if d.key.is_empty() {
-            return Err("descriptor has empty key".into());
+            return Err(here.error(text, "descriptor has empty key"));
         }
-        if d.share_threshold && !d.value.as_deref().is_some_and(|v| v.ends_with('*')) {
-            let key = match d.value.as_deref() {
-                Some(v) if !v.is_empty() => format!("{}_{v}", d.key),
-                _ => d.key.clone(),
-            };
-            return Err(format!(
-                "share_threshold can only be used with wildcard values (ending with '*'), but found key '{key}'"
+        let key = d.final_key();
+        if !seen.insert(key.clone()) {
+            return Err(here.error(text, format!("duplicate descriptor composite key '{key}'")));
+        }
+        if d.share_threshold && !key.ends_with('*') {
+            return Err(here.error(
+                text,
+                format!(
+                    "share_threshold can only be used with wildcard values (ending with '*'), but found key '{key}'"
+                ),
             ));
         }
-        check_keys(&d.descriptors)?;
+        check_level(&d.descriptors, here.key("descriptors"), text)?;
     }
     Ok(())
 }

@@ -61,27 +61,39 @@ impl RateLimitRequest {
     }
 }
 
+/// A level of config, as envoyproxy/ratelimit holds it: children by their final key (`key`, or
+/// `key_value`), and the final keys that end in `*` in config order. A wildcard is a prefix of
+/// the request's whole `key_value`, so a key-only `foo*` is a wildcard too.
 #[derive(Debug, Default)]
 struct Node {
     limit: Option<Arc<Limit>>,
-    /// A wildcard with `share_threshold`: every value it matches counts in one quota, keyed by
-    /// this pattern instead of the request's value.
+    /// A wildcard with `share_threshold`: its final key; every value it matches counts in one
+    /// quota, named by the pattern instead of the request's value.
     share_pattern: Option<String>,
-    children: HashMap<String, KeyLevel, RandomState>,
-}
-
-/// The config entries of one key at one level.
-#[derive(Debug, Default)]
-struct KeyLevel {
-    by_value: HashMap<String, Node, RandomState>,
-    /// Values ending in `*`, by prefix, in config order.
-    wildcards: Vec<(String, Node)>,
-    key_only: Option<Node>,
+    children: HashMap<String, Node, RandomState>,
+    /// Final keys ending in `*`, without the `*`, and the final key itself.
+    wildcards: Vec<(String, String)>,
 }
 
 impl Node {
     fn has_children(&self) -> bool {
         !self.children.is_empty()
+    }
+
+    /// The child a request entry goes to: its exact `key_value`, else the first wildcard that
+    /// prefixes it, else its key alone. Says whether a wildcard matched.
+    fn step(&self, key: &str, key_value: &str) -> Option<(&Node, bool)> {
+        if let Some(n) = self.children.get(key_value) {
+            return Some((n, false));
+        }
+        if let Some((_, fk)) = self
+            .wildcards
+            .iter()
+            .find(|(prefix, _)| key_value.starts_with(prefix.as_str()))
+        {
+            return self.children.get(fk).map(|n| (n, true));
+        }
+        self.children.get(key).map(|n| (n, false))
     }
 }
 
@@ -174,16 +186,8 @@ impl RateLimits {
             if let Some(l) = &node.limit {
                 out.push((domain.to_string(), l.clone()));
             }
-            for level in node.children.values() {
-                for n in level.by_value.values() {
-                    walk(domain, n, out);
-                }
-                for (_, n) in &level.wildcards {
-                    walk(domain, n, out);
-                }
-                if let Some(n) = &level.key_only {
-                    walk(domain, n, out);
-                }
+            for n in node.children.values() {
+                walk(domain, n, out);
             }
         }
         let mut out = Vec::new();
@@ -235,24 +239,25 @@ impl RateLimits {
         let last = d.entries.len().checked_sub(1)?;
         let mut key = String::with_capacity(domain.len() + d.entries.len() * 16);
         key.push_str(domain);
+        let mut key_value = String::with_capacity(32);
         for (i, (k, value)) in d.entries.iter().enumerate() {
-            let next = node.children.get(k).and_then(|level| {
-                level
-                    .by_value
-                    .get(value)
-                    .or_else(|| {
-                        level
-                            .wildcards
-                            .iter()
-                            .find(|(prefix, _)| value.starts_with(prefix.as_str()))
-                            .map(|(_, n)| n)
-                    })
-                    .or(level.key_only.as_ref())
-            })?;
+            key_value.clear();
+            key_value.push_str(k);
+            key_value.push('_');
+            key_value.push_str(value);
+            let (next, by_wildcard) = node.step(k, &key_value)?;
             key.push('_');
             key.push_str(k);
             key.push('_');
-            key.push_str(next.share_pattern.as_deref().unwrap_or(value));
+            match next.share_pattern.as_deref().filter(|_| by_wildcard) {
+                // envoyproxy/ratelimit names the shared quota by the pattern's value part.
+                Some(p) => key.push_str(
+                    p.strip_prefix(k.as_str())
+                        .and_then(|p| p.strip_prefix('_'))
+                        .unwrap_or(p),
+                ),
+                None => key.push_str(value),
+            }
             if i == last {
                 return next.limit.clone().map(|l| (l, key));
             }
@@ -286,10 +291,12 @@ impl RateLimits {
             .collect();
         if !replaced.is_empty() {
             let names: Vec<String> = replaced.iter().map(|s| s.to_string()).collect();
+            // An unlimited limit stays unlimited even when replaced, as envoyproxy/ratelimit
+            // sets unlimited ones aside before it drops replaced ones.
             for l in &mut limits {
-                if l.as_ref()
-                    .is_some_and(|l| l.name.as_ref().is_some_and(|n| names.contains(n)))
-                {
+                if l.as_ref().is_some_and(|l| {
+                    !l.unlimited && l.name.as_ref().is_some_and(|n| names.contains(n))
+                }) {
                     *l = None;
                 }
             }
@@ -416,10 +423,7 @@ pub fn quota_key(domain: &str, entries: &[(String, String)]) -> String {
 
 fn build(node: &mut Node, path: &str, level: &Descriptors) {
     for d in &level.0 {
-        let (step, value) = match d.value.as_deref() {
-            Some(v) if !v.is_empty() => (format!("{}_{}", d.key, v), Some(v)),
-            _ => (d.key.clone(), None),
-        };
+        let step = d.final_key();
         let stats_key = format!("{path}.{step}");
         let mut child = Node {
             limit: d.rate_limit.as_ref().map(|r| {
@@ -437,21 +441,15 @@ fn build(node: &mut Node, path: &str, level: &Descriptors) {
                     stats_key: stats_key.clone(),
                 })
             }),
-            share_pattern: d.share_threshold.then(|| value.unwrap_or("").to_string()),
+            share_pattern: d.share_threshold.then(|| step.clone()),
             children: Default::default(),
+            wildcards: Vec::new(),
         };
         build(&mut child, &stats_key, &d.descriptors);
-        let level = node.children.entry(d.key.clone()).or_default();
-        match value {
-            Some(v) if v.ends_with('*') => {
-                let prefix = v.strip_suffix('*').unwrap_or(v);
-                level.wildcards.push((prefix.to_string(), child))
-            }
-            Some(v) => {
-                level.by_value.insert(v.to_string(), child);
-            }
-            None => level.key_only = Some(child),
+        if let Some(prefix) = step.strip_suffix('*') {
+            node.wildcards.push((prefix.to_string(), step.clone()));
         }
+        node.children.insert(step, child);
     }
 }
 

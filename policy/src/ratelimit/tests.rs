@@ -35,22 +35,33 @@ fn config_errors_name_the_problem_and_its_line() {
     assert!(e.contains("invalid rate limit unit 'fortnight'"), "{e}");
     assert!(e.contains("line"), "{e}");
     let e = parse_err("domain: d\ndescriptors:\n  - key: a\n    colour: red\n");
-    assert!(
-        e.contains("unknown field `colour`") && e.contains("line 4"),
-        "{e}"
+    assert_eq!(
+        e,
+        "descriptors[0]: config error, unknown key 'colour' at line 3 column 5"
     );
-    let e =
-        parse_err("domain: d\ndescriptors:\n  - key: a\n    value: b\n  - key: a\n    value: b\n");
-    assert!(
-        e.contains("duplicate descriptor composite key 'a_b'"),
-        "{e}"
+    let e = parse_err(
+        "domain: d\ndescriptors:\n  - key: x\n  - key: a\n    value: b\n  - key: a\n    value: b\n",
+    );
+    assert_eq!(
+        e,
+        "descriptors[2]: duplicate descriptor composite key 'a_b' at line 6 column 5"
+    );
+    let e = parse_err(
+        "domain: d\ndescriptors:\n  - key: a\n    descriptors:\n      - key: ''\n        value: v\n",
+    );
+    assert_eq!(
+        e,
+        "descriptors[0].descriptors[0]: descriptor has empty key at line 5 column 9"
     );
     let e = parse_err("domain: d\ndescriptors:\n  - key: a\n    rate_limit:\n      unlimited: true\n      unit: second\n");
     assert!(
         e.contains("should not specify rate limit unit when unlimited"),
         "{e}"
     );
-    assert!(parse_err("domain: ''\n").contains("empty domain"));
+    assert_eq!(
+        parse_err("descriptors: []\ndomain: ''\n"),
+        "domain: config file cannot have empty domain at line 2 column 9"
+    );
     let dup = RateLimits::compile(vec![
         (
             PathBuf::from("a.yaml"),
@@ -68,6 +79,37 @@ fn config_errors_name_the_problem_and_its_line() {
     );
 }
 
+/// Upstream checks every key of a file against one set, whatever its level, and its YAML
+/// decoder ignores a known key out of its place; meshlens accepts and refuses the same files.
+#[test]
+fn keys_are_checked_as_upstream_checks_them() {
+    let ok = DomainFile::parse(
+        "domain: d\ndescriptors:\n  - key: a\n    name: ignored\n    domain: ignored\n    rate_limit:\n      unit: second\n      requests_per_unit: 5\n      shadow_mode: true\n      detailed_metric: true\n      replaces: [{name: b, unit: x}]\n    value: 123\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let d = &ok.descriptors.0[0];
+    assert!(
+        !d.shadow_mode,
+        "shadow_mode inside rate_limit has no effect"
+    );
+    assert_eq!(
+        d.value.as_deref(),
+        Some("123"),
+        "a number is read as its text"
+    );
+    assert_eq!(d.rate_limit.as_ref().unwrap().replaces, ["b"]);
+    // An unknown key is refused wherever it is, even under a key that is out of place.
+    let e = parse_err("domain: d\nrate_limit:\n  colour: red\n");
+    assert!(e.contains("unknown key 'colour'"), "{e}");
+    let e = parse_err("domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: second, requests_per_unit: 1, burst: 3}\n");
+    assert!(
+        e.contains("unknown key 'burst'") && e.contains("line 4"),
+        "{e}"
+    );
+    let e = parse_err("domain: d\nreplaces: [x]\n");
+    assert!(e.contains("list of type other than map"), "{e}");
+}
+
 #[tokio::test]
 async fn replaced_limits_are_not_charged_and_shadow_limits_allow() {
     let rl = limits(&[r#"
@@ -80,6 +122,10 @@ descriptors:
   - key: s
     shadow_mode: true
     rate_limit: {unit: minute, requests_per_unit: 1}
+  - key: u
+    rate_limit: {unlimited: true, name: free}
+  - key: v
+    rate_limit: {unit: minute, requests_per_unit: 5, replaces: [{name: free}]}
 "#]);
     let store = QuotaBackend::Memory(MemoryStore::new(100));
     let req = RateLimitRequest {
@@ -99,6 +145,16 @@ descriptors:
     let d = rl.decide(&req, &store).await.unwrap();
     assert!(d.statuses[2].shadow_over_limit && !d.statuses[2].over_limit);
     assert_eq!(d.statuses[1].remaining, 96);
+    // An unlimited limit that another replaces still answers unlimited, as upstream does.
+    let req = RateLimitRequest {
+        domain: "d".into(),
+        descriptors: vec![desc(&[("u", "1")]), desc(&[("v", "1")])],
+        hits_addend: 1,
+    };
+    let d = rl.decide(&req, &store).await.unwrap();
+    assert_eq!(d.statuses[0].remaining, u32::MAX);
+    assert!(d.statuses[0].limit.as_ref().is_some_and(|l| l.unlimited));
+    assert_eq!(d.statuses[1].remaining, 4);
 }
 
 /// envoyproxy/ratelimit's README example 3: a default per address, and one address blocked.
@@ -255,6 +311,36 @@ descriptors:
     value: bar*b
     rate_limit: {unit: minute, requests_per_unit: 20}
 "#,
+        // How upstream's GetLimit reads wildcards: the first final key ending in `*`, in config
+        // order, that prefixes the request's `key_value`, before the key alone; at each level.
+        r#"
+domain: order
+descriptors:
+  - key: k
+    value: "ab*"
+    rate_limit: {unit: second, requests_per_unit: 1}
+  - key: k
+    value: "a*"
+    rate_limit: {unit: second, requests_per_unit: 2}
+  - key: k
+    value: "*"
+    rate_limit: {unit: second, requests_per_unit: 3}
+  - key: k
+    rate_limit: {unit: second, requests_per_unit: 4}
+  - key: j
+    rate_limit: {unit: second, requests_per_unit: 5}
+  - key: j
+    value: "x*"
+    descriptors:
+      - key: m
+        value: "n*"
+        rate_limit: {unit: second, requests_per_unit: 6}
+  - key: "tenant*"
+    rate_limit: {unit: second, requests_per_unit: 7}
+  - key: p
+    value: "q_*"
+    rate_limit: {unit: second, requests_per_unit: 8}
+"#,
     ]);
     let s = |x: &str| Some(x.to_string());
     #[rustfmt::skip]
@@ -304,6 +390,22 @@ descriptors:
         ("wildcard", &[("wild", "bar")], None),
         ("wildcard", &[("noWild", "foo1")], None),
         ("wildcard", &[("midWild", "barab")], None),
+        // The first matching wildcard in config order wins, then `*`, then the key alone.
+        ("order", &[("k", "abc")], s("1/second")),
+        ("order", &[("k", "axe")], s("2/second")),
+        ("order", &[("k", "zzz")], s("3/second")),
+        ("order", &[("k", "")], s("3/second")),
+        // A wildcard beats the key alone, and the walk does not come back for it.
+        ("order", &[("j", "xy"), ("m", "nn")], s("6/second")),
+        ("order", &[("j", "xy"), ("m", "o")], None),
+        ("order", &[("j", "xy")], None),
+        ("order", &[("j", "y")], s("5/second")),
+        // A key-only final key ending in `*` is a wildcard on the whole `key_value`.
+        ("order", &[("tenant-7", "x")], s("7/second")),
+        ("order", &[("tenant", "")], s("7/second")),
+        // A wildcard is a prefix of `key_value`, whatever the key: `p_q_*` takes key `p_q`.
+        ("order", &[("p", "q_r")], s("8/second")),
+        ("order", &[("p_q", "anything")], s("8/second")),
     ];
     for (domain, entries, want) in cases {
         assert_eq!(&found(&rl, domain, entries), want, "{domain} {entries:?}");
@@ -458,7 +560,7 @@ descriptors:
         "domain: d\ndescriptors:\n  - key: k\n    value: v\n    share_threshold: true\n",
     )
     .unwrap_err();
-    assert!(e.contains("share_threshold can only be used with wildcard values (ending with '*'), but found key 'k_v'"), "{e}");
+    assert_eq!(e, "descriptors[0]: share_threshold can only be used with wildcard values (ending with '*'), but found key 'k_v' at line 3 column 5");
 }
 
 #[test]
@@ -492,4 +594,84 @@ fn every_limit_is_listed_by_domain_and_config_path() {
             "edge.user_scraper"
         ]
     );
+}
+
+/// An independent reading of envoyproxy/ratelimit's `GetLimit` on the parsed config: linear
+/// scans in config order, final keys compared as strings.
+fn upstream_get_limit(file: &DomainFile, entries: &[(String, String)]) -> Option<String> {
+    let mut level = &file.descriptors.0;
+    let mut found = None;
+    for (i, (k, v)) in entries.iter().enumerate() {
+        let kv = format!("{k}_{v}");
+        let next = level
+            .iter()
+            .find(|d| d.final_key() == kv)
+            .or_else(|| {
+                level.iter().find(|d| {
+                    let fk = d.final_key();
+                    fk.ends_with('*') && kv.starts_with(&fk[..fk.len() - 1])
+                })
+            })
+            .or_else(|| level.iter().find(|d| d.final_key() == *k));
+        let Some(next) = next else { break };
+        if i + 1 == entries.len() {
+            found = next
+                .rate_limit
+                .as_ref()
+                .map(|r| r.requests_per_unit.to_string());
+        }
+        if next.descriptors.0.is_empty() {
+            break;
+        }
+        level = &next.descriptors.0;
+    }
+    found
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(400))]
+    /// Random configs (keys and values chosen to collide: `a_b` against `a`+`b`, wildcards
+    /// against exact values) and random requests find what upstream's algorithm finds.
+    #[test]
+    fn matching_agrees_with_upstreams_algorithm(
+        tree in proptest::collection::vec(
+            (0usize..5, 0usize..7, proptest::collection::vec((0usize..5, 0usize..7), 0..4)),
+            1..8,
+        ),
+        requests in proptest::collection::vec(
+            proptest::collection::vec((0usize..5, 0usize..6), 1..4), 1..20,
+        ),
+    ) {
+        const KEYS: [&str; 5] = ["a", "b", "a_b", "a*", "c"];
+        const VALUES: [&str; 7] = ["", "x", "b", "b_x", "*", "x*", "b*"];
+        const REQ_VALUES: [&str; 6] = ["", "x", "b", "b_x", "xy", "x*"];
+        // Build YAML, numbering each limit so the answer names the node; siblings keep
+        // distinct final keys, as the loader requires.
+        let mut yaml = String::from("domain: p\ndescriptors:\n");
+        let mut n = 0;
+        let mut seen = std::collections::HashSet::new();
+        for (k, v, children) in &tree {
+            let fk = if VALUES[*v].is_empty() { KEYS[*k].to_string() } else { format!("{}_{}", KEYS[*k], VALUES[*v]) };
+            if !seen.insert(fk) { continue; }
+            n += 1;
+            yaml.push_str(&format!("  - key: \"{}\"\n    value: \"{}\"\n    rate_limit: {{unit: second, requests_per_unit: {n}}}\n", KEYS[*k], VALUES[*v]));
+            let mut inner = std::collections::HashSet::new();
+            let mut first = true;
+            for (ck, cv) in children {
+                let fk = if VALUES[*cv].is_empty() { KEYS[*ck].to_string() } else { format!("{}_{}", KEYS[*ck], VALUES[*cv]) };
+                if !inner.insert(fk) { continue; }
+                if first { yaml.push_str("    descriptors:\n"); first = false; }
+                n += 1;
+                yaml.push_str(&format!("      - key: \"{}\"\n        value: \"{}\"\n        rate_limit: {{unit: second, requests_per_unit: {n}}}\n", KEYS[*ck], VALUES[*cv]));
+            }
+        }
+        let file = DomainFile::parse(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        let rl = RateLimits::compile(vec![(PathBuf::from("p.yaml"), file.clone())]).unwrap();
+        for r in &requests {
+            let entries: Vec<(String, String)> = r.iter().map(|(k, v)| (KEYS[*k].to_string(), REQ_VALUES[*v].to_string())).collect();
+            let d = RequestDescriptor { entries: entries.clone(), ..Default::default() };
+            let ours = rl.find("p", &d).map(|l| l.rate.requests_per_unit.to_string());
+            proptest::prop_assert_eq!(ours, upstream_get_limit(&file, &entries), "{:?}\n{}", entries, yaml);
+        }
+    }
 }
