@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 
@@ -182,9 +182,19 @@ impl PolicyEngine {
     }
 
     pub async fn rate_limit(&self, req: &RateLimitRequest) -> RateLimitOutcome {
+        self.rate_limit_within(req, None).await
+    }
+
+    /// Decides within `budget` (the caller's deadline, less the answer's way back): a quota
+    /// backend slower than that fails open or closed as configured, before the caller gives up.
+    pub async fn rate_limit_within(
+        &self,
+        req: &RateLimitRequest,
+        budget: Option<Duration>,
+    ) -> RateLimitOutcome {
         let loaded = self.loaded.load();
-        let (mut decision, backend_error) = match loaded.ratelimits.decide(req, &self.quotas).await
-        {
+        let decided = within(budget, loaded.ratelimits.decide(req, &self.quotas)).await;
+        let (mut decision, backend_error) = match decided {
             Ok(d) => (d, None),
             Err(e) => {
                 let closed = self.settings.failure_mode == FailureMode::Closed;
@@ -243,8 +253,18 @@ impl PolicyEngine {
     }
 
     pub async fn authorize(&self, attrs: &CheckAttributes) -> AuthzOutcome {
+        self.authorize_within(attrs, None).await
+    }
+
+    /// Decides within `budget`, as `rate_limit_within`.
+    pub async fn authorize_within(
+        &self,
+        attrs: &CheckAttributes,
+        budget: Option<Duration>,
+    ) -> AuthzOutcome {
         let loaded = self.loaded.load();
-        let (decision, backend_error) = match loaded.authz.check(attrs, &self.quotas).await {
+        let decided = within(budget, loaded.authz.check(attrs, &self.quotas)).await;
+        let (decision, backend_error) = match decided {
             Ok(d) => (d, None),
             Err(e) => {
                 // The rules decided; only the quotas could not be counted.
@@ -352,4 +372,18 @@ pub fn load(s: &PolicySettings) -> Result<Loaded, ConfigError> {
         loaded_at: now_ms() / 1000,
         fingerprint,
     })
+}
+
+/// The answer of `decide`, or a timeout once `budget` has passed. The in-memory backend never
+/// waits, and a future is polled before its timer, so only a waiting backend can time out.
+async fn within<T>(
+    budget: Option<Duration>,
+    decide: impl std::future::Future<Output = Result<T, QuotaError>>,
+) -> Result<T, QuotaError> {
+    match budget {
+        Some(b) => tokio::time::timeout(b, decide)
+            .await
+            .unwrap_or(Err(QuotaError::Timeout)),
+        None => decide.await,
+    }
 }

@@ -238,9 +238,10 @@ impl Authorization for AuthzService {
     ) -> Result<Response<CheckResponse>, Status> {
         let started = Instant::now();
         let s = &self.server;
+        let budget = super::budget(request.metadata());
         let mut request = request.into_inner();
         let attrs = attributes(&mut request);
-        let outcome = s.engine.authorize(&attrs).await;
+        let outcome = s.engine.authorize_within(&attrs, budget).await;
         if let Some(e) = &outcome.backend_error {
             s.backend_error(e);
         }

@@ -8,7 +8,7 @@ pub mod ratelimit;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use meshlens_topology::graph::PolicyDecision;
 
@@ -239,6 +239,36 @@ impl ApiMetrics {
                 .collect(),
         }
     }
+}
+
+/// The time a caller gives a check: its `grpc-timeout` (Envoy sends the filter's `timeout`),
+/// less a fifth of it, at most 10 ms, for the answer's way back. None without a valid header.
+pub fn budget(meta: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let v = meta.get("grpc-timeout")?.to_str().ok()?;
+    // The protocol's form: up to 8 digits and a unit.
+    let (digits, unit) = v.split_at_checked(v.len().checked_sub(1)?)?;
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    let timeout = match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    };
+    Some(timeout - (timeout / 5).min(Duration::from_millis(10)))
+}
+
+/// A service named by Envoy: an Istio-style cluster (`outbound|80|v2|work.shop.svc.cluster.local`)
+/// names its service; anything else is the name.
+fn service_of(cluster: &str) -> String {
+    meshlens_topology::graph::istio_cluster(cluster)
+        .map(|e| e.node.name.to_string())
+        .unwrap_or_else(|| cluster.to_string())
 }
 
 /// `x-ratelimit-*` values in the IETF draft 03 form Envoy writes: limit `N, N;w=<seconds>`,

@@ -134,6 +134,7 @@ impl RateLimitService for RlsService {
     ) -> Result<Response<RateLimitResponse>, Status> {
         let started = Instant::now();
         let s = &self.server;
+        let budget = super::budget(request.metadata());
         let req = match self::request(request.into_inner()) {
             Ok(r) => r,
             Err(status) => {
@@ -141,7 +142,7 @@ impl RateLimitService for RlsService {
                 return Err(status);
             }
         };
-        let outcome = s.engine.rate_limit(&req).await;
+        let outcome = s.engine.rate_limit_within(&req, budget).await;
         if let Some(e) = &outcome.backend_error {
             s.backend_error(e);
         }
@@ -154,21 +155,6 @@ impl RateLimitService for RlsService {
             let global_shadow = s.engine.settings().shadow_mode;
             let outcome = if status.over_limit && !global_shadow {
                 s.denial(API, &key);
-                // Envoy's `source_cluster` and `destination_cluster` actions name the services.
-                let entry = |k: &str| {
-                    desc.entries
-                        .iter()
-                        .find(|(key, _)| key == k)
-                        .map(|(_, v)| v.as_str())
-                };
-                // An Istio-style cluster (`outbound|80|v2|work.shop.svc.cluster.local`) names
-                // its service.
-                let destination = entry("destination_cluster").map(|c| {
-                    meshlens_topology::graph::istio_cluster(c)
-                        .map(|e| e.node.name.to_string())
-                        .unwrap_or_else(|| c.to_string())
-                });
-                s.refused(entry("source_cluster"), destination.as_deref(), true);
                 "over"
             } else {
                 // Not refused: any hits over the limit were let through by shadow mode (the
@@ -179,6 +165,19 @@ impl RateLimitService for RlsService {
             if status.cached {
                 s.local_over_answer(API);
             }
+        }
+        if d.statuses.iter().any(|s| s.over_limit && s.limit.is_some()) {
+            // A limit refused it (not a failing backend): one refused request between the services Envoy's `source_cluster` and
+            // `destination_cluster` actions name, in whichever descriptors carry them.
+            let entry = |k: &str| {
+                req.descriptors
+                    .iter()
+                    .flat_map(|d| &d.entries)
+                    .find(|(key, _)| key == k)
+                    .map(|(_, v)| super::service_of(v))
+            };
+            let (source, destination) = (entry("source_cluster"), entry("destination_cluster"));
+            s.refused(source.as_deref(), destination.as_deref(), true);
         }
         let resp = response(d);
         s.finish(

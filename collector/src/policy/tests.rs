@@ -43,11 +43,11 @@ fn server_capped(dir: &tempfile::TempDir, max_series: usize) -> Arc<PolicyServer
     PolicyServer::new(Arc::new(engine), Metrics::new(), max_series)
 }
 
-/// Every line is in the metrics text.
+/// Every line is a whole line of the metrics text.
 fn assert_metrics(s: &PolicyServer, lines: &[&str]) {
     let text = s.metrics.render();
     for line in lines {
-        assert!(text.contains(line), "{line} in\n{text}");
+        assert!(text.lines().any(|l| l == *line), "{line} in\n{text}");
     }
 }
 
@@ -492,5 +492,163 @@ fn attributes_read_every_field_and_fallback() {
     assert_eq!(
         authz::attributes(&mut CheckRequest { attributes: None }),
         meshlens_policy::authz::CheckAttributes::default()
+    );
+}
+
+#[test]
+fn a_callers_grpc_timeout_is_its_budget_less_the_way_back() {
+    let budget = |v: &str| {
+        let mut m = tonic::metadata::MetadataMap::new();
+        m.insert("grpc-timeout", v.parse().unwrap());
+        super::budget(&m)
+    };
+    let ms = Duration::from_millis;
+    assert_eq!(budget("20m"), Some(ms(16)), "Envoy's rate limit default");
+    assert_eq!(budget("200m"), Some(ms(190)), "ext_authz' default");
+    assert_eq!(budget("2S"), Some(ms(1990)));
+    assert_eq!(budget("1M"), Some(ms(59_990)));
+    assert_eq!(budget("1H"), Some(ms(3_599_990)));
+    assert_eq!(budget("5000u"), Some(Duration::from_micros(4000)));
+    assert_eq!(budget("100n"), Some(Duration::from_nanos(80)));
+    for bad in [
+        "",
+        "m",
+        "20",
+        "20x",
+        "123456789m",
+        "-5m",
+        "+5m",
+        "5.0m",
+        "20mm",
+    ] {
+        assert_eq!(budget(bad), None, "{bad:?}");
+    }
+    assert_eq!(super::budget(&tonic::metadata::MetadataMap::new()), None);
+}
+
+/// A Redis that accepts and never answers, a `redis_timeout` of 5 s, and Envoy's 200 ms
+/// deadline: the check is answered per the failure mode inside the deadline, and counted.
+#[tokio::test]
+async fn a_quota_store_slower_than_the_callers_deadline_fails_inside_it() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "quotas:\n  - {name: per-user, key: ['header:x-user'], requests_per_unit: 5, unit: minute}\n",
+    )
+    .unwrap();
+    let rl = dir.path().join("rl");
+    std::fs::create_dir_all(&rl).unwrap();
+    std::fs::write(
+        rl.join("edge.yaml"),
+        "domain: edge\ndescriptors:\n  - key: path\n    rate_limit: {unit: minute, requests_per_unit: 2}\n",
+    )
+    .unwrap();
+    let engine = PolicyEngine::new(PolicySettings {
+        ratelimit_dir: Some(rl),
+        policy_files: vec![policy],
+        backend: meshlens_policy::Backend::Redis(meshlens_policy::quota::RedisConfig {
+            url: format!("redis://{}", silent.local_addr().unwrap()),
+            key_prefix: "deadline_".into(),
+            timeout: Duration::from_secs(5),
+            local_cache_keys: 0,
+        }),
+        failure_mode: meshlens_policy::FailureMode::Open,
+        ..Default::default()
+    })
+    .unwrap();
+    let s = PolicyServer::new(Arc::new(engine), Metrics::new(), 100);
+    fn with_deadline<T>(mut r: Request<T>) -> Request<T> {
+        r.metadata_mut()
+            .insert("grpc-timeout", "200m".parse().unwrap());
+        r
+    }
+    let authz = authz::AuthzService { server: s.clone() };
+    let t = Instant::now();
+    let ok = authz
+        .check(with_deadline(Request::new(check("/api", Some("ann")))))
+        .await
+        .unwrap()
+        .into_inner();
+    let took = t.elapsed();
+    assert!(took < Duration::from_millis(1000), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(150),
+        "waited its budget: {took:?}"
+    );
+    assert_eq!(ok.status.unwrap().code, 0, "fails open");
+    let rls_svc = ratelimit::RlsService { server: s.clone() };
+    let t = Instant::now();
+    let r = rls_svc
+        .should_rate_limit(with_deadline(Request::new(rls("edge", &[("path", "/a")]))))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        t.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(r.overall_code, 1, "fails open");
+    assert_metrics(
+        &s,
+        &[
+            r#"meshlens_policy_backend_errors_total{backend="redis",kind="timeout"} 2"#,
+            r#"meshlens_policy_checks_total{api="ext_authz",decision="allow"} 1"#,
+            r#"meshlens_policy_checks_total{api="ratelimit",decision="ok"} 1"#,
+        ],
+    );
+}
+
+/// A request refused by two limits at once is one refused request on its edge; both ends are
+/// named as the graph names them (an Istio cluster by its service).
+#[tokio::test]
+async fn a_request_over_two_limits_is_one_refusal_on_the_graph() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(&dir);
+    std::fs::write(
+        dir.path().join("rl").join("mesh.yaml"),
+        "domain: mesh\ndescriptors:\n  - key: source_cluster\n    rate_limit: {unit: minute, requests_per_unit: 1}\n  - key: destination_cluster\n    rate_limit: {unit: minute, requests_per_unit: 1}\n",
+    )
+    .unwrap();
+    assert!(matches!(
+        s.reload(),
+        meshlens_policy::ReloadOutcome::Reloaded
+    ));
+    let svc = ratelimit::RlsService { server: s.clone() };
+    let mut req = rls(
+        "mesh",
+        &[(
+            "source_cluster",
+            "outbound|80|v1|web.shop.svc.cluster.local",
+        )],
+    );
+    req.descriptors.push(RateLimitDescriptor {
+        entries: vec![rate_limit_descriptor::Entry {
+            key: "destination_cluster".into(),
+            value: "outbound|8080|v2|work.shop.svc.cluster.local".into(),
+        }],
+        ..Default::default()
+    });
+    for want in [1, 2] {
+        let r = svc
+            .should_rate_limit(Request::new(req.clone()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.overall_code, want);
+    }
+    let refusals = s.take_refusals();
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    let r = &refusals[0];
+    assert_eq!(
+        (
+            r.source.as_str(),
+            r.destination.as_str(),
+            r.denied,
+            r.rate_limited
+        ),
+        ("web", "work", 0, 1)
     );
 }
