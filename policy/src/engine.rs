@@ -146,6 +146,10 @@ impl PolicyEngine {
         self.loaded.load_full()
     }
 
+    pub fn backend_error_kinds(&self) -> &'static [&'static str] {
+        self.quotas.error_kinds()
+    }
+
     pub fn backend_name(&self) -> &'static str {
         self.quotas.name()
     }

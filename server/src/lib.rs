@@ -156,35 +156,54 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     })
 }
 
-/// `meshlens policy validate`: checks a policy file, an envoyproxy/ratelimit config file, or a
-/// directory of them, and says what it holds.
-pub fn validate_policy(path: &std::path::Path) -> Result<String, meshlens_policy::ConfigError> {
-    use meshlens_policy::{authz::AuthzPolicy, ratelimit::RateLimits, ConfigError};
-    if path.is_dir() {
-        let rl = RateLimits::load_dir(path)?;
-        return Ok(format!(
-            "{} rate limit domain(s) in {} file(s)",
-            rl.domains().count(),
-            rl.files.len()
-        ));
+/// `meshlens policy validate`: checks policy files, envoyproxy/ratelimit config files and
+/// directories of them, each alone and then all together as one meshlens would load them (a
+/// domain in two places, or a rule name in two policy files, is an error), and says what each
+/// holds.
+pub fn validate_policies(
+    paths: &[std::path::PathBuf],
+) -> Result<Vec<String>, meshlens_policy::ConfigError> {
+    use meshlens_policy::{authz::AuthzPolicy, ratelimit, ratelimit::RateLimits, ConfigError};
+    let (mut rate_limit_files, mut policy_files) = (Vec::new(), Vec::new());
+    let mut said = Vec::with_capacity(paths.len());
+    for path in paths {
+        if path.is_dir() {
+            let files = ratelimit::config_files(path)?;
+            let rl = RateLimits::load_files(&files)?;
+            said.push(format!(
+                "ok {}: {} rate limit domain(s) in {} file(s)",
+                path.display(),
+                rl.domains().count(),
+                rl.files.len()
+            ));
+            rate_limit_files.extend(files);
+            continue;
+        }
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::new(path, e.to_string()))?;
+        // envoyproxy/ratelimit files have a `domain`; meshlens policy files never do.
+        if text.lines().any(|l| l.starts_with("domain:")) {
+            let rl = RateLimits::load_files(std::slice::from_ref(path))?;
+            said.push(format!(
+                "ok {}: rate limit domain {}",
+                path.display(),
+                rl.domains().next().unwrap_or("")
+            ));
+            rate_limit_files.push(path.clone());
+        } else {
+            let p = AuthzPolicy::load_files(std::slice::from_ref(path))?;
+            said.push(format!(
+                "ok {}: {} rule(s), {} quota(s)",
+                path.display(),
+                p.rule_count(),
+                p.quota_rules().len()
+            ));
+            policy_files.push(path.clone());
+        }
     }
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::new(path, e.to_string()))?;
-    // envoyproxy/ratelimit files have a `domain`; meshlens policy files never do.
-    let is_ratelimit = text.lines().any(|l| l.starts_with("domain:"));
-    if is_ratelimit {
-        let rl = RateLimits::load_files(&[path.to_path_buf()])?;
-        Ok(format!(
-            "rate limit domain {}",
-            rl.domains().next().unwrap_or("")
-        ))
-    } else {
-        let p = AuthzPolicy::load_files(&[path])?;
-        Ok(format!(
-            "{} rule(s), {} quota(s)",
-            p.rule_count(),
-            p.quota_rules().len()
-        ))
-    }
+    RateLimits::load_files(&rate_limit_files)?;
+    AuthzPolicy::load_files(&policy_files)?;
+    Ok(said)
 }
 
 /// Every 10 s, writes the graph's minutes that have ended since the last write to the store, so

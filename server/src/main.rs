@@ -37,18 +37,18 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Policy {
             action: PolicyCommand::Validate { paths },
-        } => {
-            for path in &paths {
-                match meshlens::validate_policy(path) {
-                    Ok(summary) => println!("ok {}: {summary}", path.display()),
-                    Err(e) => {
-                        eprintln!("meshlens: {e}");
-                        std::process::exit(1);
-                    }
+        } => match meshlens::validate_policies(&paths) {
+            Ok(said) => {
+                for line in said {
+                    println!("{line}");
                 }
+                Ok(())
             }
-            Ok(())
-        }
+            Err(e) => {
+                eprintln!("meshlens: {e}");
+                std::process::exit(1);
+            }
+        },
     }
 }
 

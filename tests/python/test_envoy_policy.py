@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from envoyhelpers import cluster, mesh, run_envoy
-from mlhelpers import LOOPBACK, free_ports, get_json, metric
+from mlhelpers import LOOPBACK, free_ports, fresh_minute, get_json, metric, metrics_samples
 
 RATELIMIT_CONFIG = """\
 domain: edge
@@ -109,6 +109,7 @@ def test_envoy_filters_get_the_configured_decisions(meshlens_factory, app_port, 
         assert denied.text == "denied by rule no-admin"
 
         # envoyproxy/ratelimit config: 3 per minute per user, headers from Envoy itself.
+        fresh_minute()
         got = [s.get(f"{base}/orders", headers={"x-user": "ann"}, timeout=5) for _ in range(4)]
         assert [r.status_code for r in got] == [200, 200, 200, 429]
         assert [r.headers["x-ratelimit-remaining"] for r in got] == ["2", "1", "0", "0"]
@@ -129,7 +130,10 @@ def test_envoy_filters_get_the_configured_decisions(meshlens_factory, app_port, 
     assert metric(web, "meshlens_policy_checks_total", api="ext_authz", decision="deny") == 1
     assert metric(web, "meshlens_policy_checks_total", api="ext_authz", decision="rate_limited") == 1
     assert metric(web, "meshlens_policy_checks_total", api="ratelimit", decision="over_limit") == 1
-    assert metric(web, "meshlens_policy_backend_errors_total", backend=backend, kind="timeout") == 0
+    # The backend's error series are there from the start, at 0: none failed.
+    errors = {ls["kind"]: v for n, ls, v in metrics_samples(web)
+              if n == "meshlens_policy_backend_errors_total" and ls.get("backend") == backend}
+    assert errors == ({"timeout": 0, "unavailable": 0} if backend == "redis" else {"full": 0}), errors
     policy = get_json(f"{web}/api/policy")
     assert policy["backend"] == backend
     assert [(d["api"], d["status"], d["by"]) for d in policy["denials"]] == [

@@ -16,7 +16,7 @@ use envoy_types::pb::envoy::service::auth::v3::{
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use meshlens::config::{Config, QuotaBackendKind};
-use meshlens_tests::TestEnv;
+use meshlens_tests::{fresh_minute, TestEnv};
 use serde_json::Value;
 use tonic::transport::Channel;
 
@@ -151,6 +151,7 @@ async fn the_policy_listener_serves_both_apis_and_health() {
         assert_eq!(r.status, 1, "{service} serving");
     }
     let mut rl = RateLimitServiceClient::new(ch.clone());
+    fresh_minute().await;
     assert_eq!(codes(&mut rl, "ann", 3).await, [OK, OK, OVER_LIMIT]);
     assert_eq!(codes(&mut rl, "bob", 1).await, [OK], "a counter per value");
     let mut authz = AuthorizationClient::new(ch);
@@ -278,6 +279,7 @@ async fn configs_reload_when_changed_and_a_bad_one_keeps_the_last_good() {
     write_configs(cfg.path(), 1);
     let env = TestEnv::start_with(policy_config(cfg.path())).await;
     let mut rl = RateLimitServiceClient::new(channel(&env).await);
+    fresh_minute().await;
     assert_eq!(codes(&mut rl, "ann", 2).await, [OK, OVER_LIMIT]);
 
     write_configs(cfg.path(), 100);
@@ -340,6 +342,7 @@ async fn two_instances_on_redis_share_one_quota() {
     let (one, two) = (start().await, start().await);
     let mut a = RateLimitServiceClient::new(channel(&one).await);
     let mut b = RateLimitServiceClient::new(channel(&two).await);
+    fresh_minute().await;
     let mut got = Vec::new();
     for i in 0..6 {
         let c = if i % 2 == 0 { &mut a } else { &mut b };
@@ -407,6 +410,7 @@ async fn refusals_between_known_services_show_on_the_graph() {
         }],
         hits_addend: 1,
     };
+    fresh_minute().await;
     let mut codes = Vec::new();
     for _ in 0..4 {
         codes.push(
@@ -466,7 +470,7 @@ fn policy_validate_accepts_the_examples_and_names_what_is_wrong() {
         root.join("policy.yaml"),
         root.join("ratelimit/edge.yaml"),
     ] {
-        meshlens::validate_policy(&p).unwrap_or_else(|e| panic!("{e}"));
+        meshlens::validate_policies(&[p]).unwrap_or_else(|e| panic!("{e}"));
     }
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.yaml");
@@ -475,7 +479,9 @@ fn policy_validate_accepts_the_examples_and_names_what_is_wrong() {
         "rules:\n  - name: a\n    action: DENY\n    source: {ip_blocks: [300.1.1.1/8]}\n",
     )
     .unwrap();
-    let e = meshlens::validate_policy(&bad).unwrap_err().to_string();
+    let e = meshlens::validate_policies(std::slice::from_ref(&bad))
+        .unwrap_err()
+        .to_string();
     assert!(
         e.starts_with(&bad.display().to_string()) && e.contains("invalid ip_block '300.1.1.1/8'"),
         "{e}"
@@ -485,7 +491,9 @@ fn policy_validate_accepts_the_examples_and_names_what_is_wrong() {
         "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: parsec}\n",
     )
     .unwrap();
-    let e = meshlens::validate_policy(&bad).unwrap_err().to_string();
+    let e = meshlens::validate_policies(std::slice::from_ref(&bad))
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("invalid rate limit unit 'parsec'") && e.contains("line 3"),
         "{e}"

@@ -57,6 +57,13 @@ impl PolicyServer {
         let reloads = &server.metrics.policy_config_reloads;
         reloads.with_label_values(&["success"]).inc();
         reloads.with_label_values(&["failure"]);
+        let backend = server.engine.backend_name();
+        for kind in server.engine.backend_error_kinds() {
+            server
+                .metrics
+                .policy_backend_errors
+                .with_label_values(&[backend, kind]);
+        }
         Arc::new(server)
     }
 

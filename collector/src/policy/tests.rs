@@ -10,6 +10,7 @@ use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{
     attribute_context, AttributeContext, CheckRequest,
 };
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
 use meshlens_policy::{PolicyEngine, PolicySettings};
 use tonic::Request;
@@ -368,6 +369,31 @@ async fn an_override_with_an_unknown_unit_is_invalid() {
     let err = svc.should_rate_limit(Request::new(req)).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("unknown unit"), "{}", err.message());
+    // A valid override is counted and answered under its own rate and unit: 1 an hour, not
+    // the config's 2 a minute.
+    let mut req = rls("edge", &[("path", "/override")]);
+    req.descriptors[0].limit = Some(RateLimitOverride {
+        requests_per_unit: 1,
+        unit: 3, // envoy.type.v3.RateLimitUnit.HOUR
+    });
+    let mut codes = Vec::new();
+    for _ in 0..2 {
+        let r = svc
+            .should_rate_limit(Request::new(req.clone()))
+            .await
+            .unwrap()
+            .into_inner();
+        let st = &r.statuses[0];
+        let limit = st.current_limit.as_ref().unwrap();
+        assert_eq!(
+            (limit.requests_per_unit, limit.unit),
+            (1, rate_limit::Unit::Hour as i32)
+        );
+        let reset = st.duration_until_reset.unwrap().seconds;
+        assert!((1..=3600).contains(&reset), "{reset}");
+        codes.push(r.overall_code);
+    }
+    assert_eq!(codes, [1, 2], "the second call in the hour is over");
 }
 
 /// Envoy's request as the policy engine sees it: every field and fallback of `attributes`.
@@ -650,5 +676,67 @@ async fn a_request_over_two_limits_is_one_refusal_on_the_graph() {
             r.rate_limited
         ),
         ("web", "work", 0, 1)
+    );
+}
+
+/// The caller's address reaches IP-block rules, and an ALLOW rule's headers reach the request
+/// Envoy forwards (`OkHttpResponse.headers`).
+#[tokio::test]
+async fn peer_addresses_match_ip_blocks_and_allow_rules_add_headers() {
+    use envoy_types::pb::envoy::config::core::v3::{address, Address, SocketAddress};
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "rules:\n  - {name: blocked, action: DENY, source: {ip_blocks: [10.9.0.0/16]}}\n  - {name: tagged, action: ALLOW, add_headers: {x-policy: tagged, x-checked: 'yes'}}\n",
+    )
+    .unwrap();
+    let engine = PolicyEngine::new(PolicySettings {
+        policy_files: vec![policy],
+        ..Default::default()
+    })
+    .unwrap();
+    let s = PolicyServer::new(Arc::new(engine), Metrics::new(), 100);
+    let svc = authz::AuthzService { server: s };
+    let from = |ip: &str| {
+        let mut r = check("/api", None);
+        r.attributes.as_mut().unwrap().source = Some(attribute_context::Peer {
+            address: Some(Address {
+                address: Some(address::Address::SocketAddress(SocketAddress {
+                    address: ip.into(),
+                    ..Default::default()
+                })),
+            }),
+            ..Default::default()
+        });
+        Request::new(r)
+    };
+    let denied = svc.check(from("10.9.1.2")).await.unwrap().into_inner();
+    let Some(HttpResponse::DeniedResponse(d)) = denied.http_response else {
+        panic!("{denied:?}")
+    };
+    assert_eq!(
+        (d.status.unwrap().code, d.body.as_str()),
+        (403, "denied by rule blocked")
+    );
+    let ok = svc.check(from("10.8.1.2")).await.unwrap().into_inner();
+    let Some(HttpResponse::OkResponse(okr)) = ok.http_response else {
+        panic!("{ok:?}")
+    };
+    let mut added: Vec<(String, String)> = okr
+        .headers
+        .iter()
+        .map(|h| {
+            let h = h.header.as_ref().unwrap();
+            (h.key.clone(), h.value.clone())
+        })
+        .collect();
+    added.sort();
+    assert_eq!(
+        added,
+        [
+            ("x-checked".to_string(), "yes".to_string()),
+            ("x-policy".to_string(), "tagged".to_string())
+        ]
     );
 }

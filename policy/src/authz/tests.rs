@@ -248,3 +248,104 @@ fn rules_and_quotas_describe_what_they_match() {
     assert_eq!(applies, "destination=work");
     assert_eq!(key, "source.service + destination.service + header:x-user");
 }
+
+/// Each attribute a rule can name, with each pattern form: exact, `prefix*`, `*suffix`, `*`.
+#[test]
+fn every_attribute_and_pattern_form_matches() {
+    let p = AuthzPolicy::parse(
+        r#"
+rules:
+  - {name: by-principal, action: DENY, source: {principals: ["spiffe://cluster.local/ns/bad/*"]}}
+  - {name: by-host, action: DENY, operation: {hosts: ["*.internal"]}}
+  - {name: exact-path, action: DENY, operation: {paths: [/metrics]}}
+  - {name: by-suffix, action: DENY, operation: {paths: ["*.php"]}}
+  - {name: by-header, action: DENY, headers: {x-env: [staging, "dev*"]}}
+  - {name: by-ip, action: DENY, source: {ip_blocks: [192.0.2.7, "2001:db8::/32"]}}
+  - {name: any-path, action: ALLOW, destinations: [api], operation: {paths: ["*"]}, source: {namespaces: [front]}}
+"#,
+    )
+    .unwrap();
+    let base = || {
+        let mut a = call(Some("web"), "api", "GET", "/v1/items");
+        a.host = "api.example.com".into();
+        a.source_namespace = Some("front".into());
+        a
+    };
+    let with = |f: &dyn Fn(&mut CheckAttributes)| {
+        let mut a = base();
+        f(&mut a);
+        outcome(&p.evaluate(&a).0)
+    };
+    type Change<'a> = &'a dyn Fn(&mut CheckAttributes);
+    let cases: [(&str, Change, &str); 14] = [
+        ("nothing special", &|_| {}, "allow any-path"),
+        (
+            "principal under the prefix",
+            &|a| a.source_principal = Some("spiffe://cluster.local/ns/bad/sa/x".into()),
+            "deny by-principal",
+        ),
+        (
+            "principal elsewhere",
+            &|a| a.source_principal = Some("spiffe://cluster.local/ns/good/sa/x".into()),
+            "allow any-path",
+        ),
+        (
+            "host by suffix",
+            &|a| a.host = "db.internal".into(),
+            "deny by-host",
+        ),
+        (
+            "host that ends otherwise",
+            &|a| a.host = "internal.example".into(),
+            "allow any-path",
+        ),
+        (
+            "exact path",
+            &|a| a.path = "/metrics".into(),
+            "deny exact-path",
+        ),
+        (
+            "longer than the exact path",
+            &|a| a.path = "/metrics/x".into(),
+            "allow any-path",
+        ),
+        (
+            "path by suffix",
+            &|a| a.path = "/x/index.php".into(),
+            "deny by-suffix",
+        ),
+        (
+            "header exact",
+            &|a| a.headers.push(("x-env".into(), "staging".into())),
+            "deny by-header",
+        ),
+        (
+            "header by prefix",
+            &|a| a.headers.push(("x-env".into(), "dev-7".into())),
+            "deny by-header",
+        ),
+        (
+            "header otherwise",
+            &|a| a.headers.push(("x-env".into(), "prod".into())),
+            "allow any-path",
+        ),
+        (
+            "one address",
+            &|a| a.source_ip = Some("192.0.2.7".parse().unwrap()),
+            "deny by-ip",
+        ),
+        (
+            "IPv6 block",
+            &|a| a.source_ip = Some("2001:db8::1".parse().unwrap()),
+            "deny by-ip",
+        ),
+        (
+            "namespace the ALLOW rule does not name",
+            &|a| a.source_namespace = Some("back".into()),
+            "deny -",
+        ),
+    ];
+    for (what, f, want) in cases {
+        assert_eq!(with(f), want, "{what}");
+    }
+}

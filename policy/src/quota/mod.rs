@@ -56,6 +56,14 @@ impl QuotaBackend {
         }
     }
 
+    /// The errors this backend can have (`QuotaError::kind`).
+    pub fn error_kinds(&self) -> &'static [&'static str] {
+        match self {
+            QuotaBackend::Memory(_) => &["full"],
+            QuotaBackend::Redis(_) => &["unavailable", "timeout"],
+        }
+    }
+
     /// Charges every hit and answers each, in order. With Redis, all of them in one round trip.
     pub async fn charge(&self, hits: &[QuotaHit<'_>]) -> Result<Vec<Usage>, QuotaError> {
         match self {
