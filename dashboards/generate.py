@@ -321,6 +321,11 @@ def policy() -> dict:
         panel("timeseries", "Config reloads",
               [target('sum by (result) (increase(meshlens_policy_config_reloads_total{instance=~"$instance"}[$window]))',
                       "{{result}}")], (12, 29, 12, 7), "short"),
+        panel("timeseries", "Over-limit checks answered without Redis/s",
+              [target('sum by (instance, api) (rate(meshlens_policy_local_over_limit_answers_total{instance=~"$instance"}[$window]))',
+                      "{{instance}} {{api}}")], (0, 36, 12, 7), "reqps",
+              "Fixed-window keys Redis said were over their limit, answered from the local record until their "
+              "window ends (redis_local_cache_keys)."),
     ]
     return dashboard(
         "meshlens-policy", "meshlens / Policy and quota",

@@ -40,7 +40,7 @@ pub struct PolicySettings {
     /// Rate limit service: over-limit answers become OK (counted), as envoyproxy/ratelimit's
     /// `SHADOW_MODE`.
     pub shadow_mode: bool,
-    /// Most denials kept for the API.
+    /// Most denials kept for the API (`/api/policy?limit=` asks for at most this many).
     pub recent_denials: usize,
 }
 
@@ -54,7 +54,7 @@ impl Default for PolicySettings {
             },
             failure_mode: FailureMode::Open,
             shadow_mode: false,
-            recent_denials: 200,
+            recent_denials: 1000,
         }
     }
 }

@@ -1,7 +1,7 @@
 """The Grafana dashboards, the Prometheus config and the compose file, proven on real parts.
 
-Two meshlens replicas (one counting quotas in memory, one whose Redis is unreachable, failing
-open) get synthetic mesh spans, proxy metrics, ext_authz and rate limit checks and some bad
+Three meshlens replicas (one counting quotas in memory, one whose Redis is unreachable, failing
+open, one on the real Redis) get synthetic mesh spans, proxy metrics, ext_authz and rate limit checks and some bad
 input; Debian's Prometheus scrapes both with the repo's deploy/prometheus.yml; then every
 PromQL expression of every dashboard panel and variable, with the variables substituted, is
 evaluated through Prometheus' HTTP API and must parse and return data. The Jaeger panels'
@@ -164,8 +164,15 @@ def stack(tmp_path_factory):
         a = s.meshlens("a")
         b = s.meshlens("b", "--quota-backend", "redis", "--redis-url", f"redis://{LOOPBACK}:{dead_redis}",
                        "--policy-failure-mode", "open")
+        # On the real Redis, with a key prefix of this run's own: users over their limit are then
+        # answered from the local record.
+        redis_config = s.workdir / "redis.toml"
+        redis_config.write_text(f'[policy]\nbackend = "redis"\nredis_url = "redis://{LOOPBACK}:6379"\n'
+                                f'redis_key_prefix = "meshlens_dash_{time.time_ns()}_"\nredis_timeout = "500ms"\n')
+        c = s.meshlens("c", "--config", str(redis_config))
         s.spawn(bin_path("meshlens-loadgen"), "--endpoint", a.otlp_grpc, "--rate", "20", "--batch", "50",
                 "--in-flight", "1", "--warmup", "0s", "--duration", "300s", log="loadgen.log")
+        s.checks(c, "authz")                                       # over at once: the local record
         for ml in (a, b):
             s.checks(ml, "authz")                                  # per-user quota: mostly 429
             s.checks(ml, "authz", "--method", "DELETE")            # no ALLOW rule: 403, and audited

@@ -584,13 +584,18 @@ impl AuthzPolicy {
         }
         let mut applied: Vec<(&QuotaRule, String)> = Vec::new();
         for q in self.quotas.iter().filter(|q| q.matcher.matches(a)) {
+            // `authz:` and each part length-prefixed (`authz:8:per-user:3:web:3:ann`), so no
+            // two quotas or value lists share a key (`a_b`+`c` against `a`+`b_c`).
             let mut key = String::with_capacity(64);
-            key.push_str("authz_");
-            key.push_str(&q.name);
-            let complete = q.key.iter().all(|part| match part.value(a) {
+            key.push_str("authz");
+            let mut part = |v: &str| {
+                use std::fmt::Write;
+                let _ = write!(key, ":{}:{v}", v.len());
+            };
+            part(&q.name);
+            let complete = q.key.iter().all(|k| match k.value(a) {
                 Some(v) => {
-                    key.push('_');
-                    key.push_str(&v);
+                    part(&v);
                     true
                 }
                 None => false,

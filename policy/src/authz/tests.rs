@@ -349,3 +349,24 @@ rules:
         assert_eq!(with(f), want, "{what}");
     }
 }
+
+/// Values that read alike when joined (`a_b`+`c`, `a`+`b_c`) are different quota keys.
+#[tokio::test]
+async fn quota_keys_keep_their_parts_apart() {
+    let p = AuthzPolicy::parse(
+        "quotas:\n  - {name: pair, key: ['header:x-a', 'header:x-b'], requests_per_unit: 1, unit: minute}\n",
+    )
+    .unwrap();
+    let store = QuotaBackend::Memory(MemoryStore::new(100));
+    let req = |a: &str, b: &str| {
+        let mut r = call(Some("web"), "api", "GET", "/");
+        r.headers.push(("x-a".into(), a.into()));
+        r.headers.push(("x-b".into(), b.into()));
+        r
+    };
+    let mut got = Vec::new();
+    for (a, b) in [("a_b", "c"), ("a", "b_c"), ("a:1:b", "c"), ("a_b", "c")] {
+        got.push(outcome(&p.check(&req(a, b), &store).await.unwrap().verdict));
+    }
+    assert_eq!(got, ["allow -", "allow -", "allow -", "429 pair"]);
+}
