@@ -230,13 +230,7 @@ impl PolicyEngine {
                 .and_then(|s| s.limit.as_ref())
                 .map(|l| l.stats_key.clone())
                 .unwrap_or_default();
-            let entry = |k: &str| {
-                req.descriptors
-                    .iter()
-                    .flat_map(|d| d.entries.iter())
-                    .find(|(key, _)| key == k)
-                    .map(|(_, v)| v.clone())
-            };
+            let entry = |k: &str| req.entry(k).map(str::to_string);
             self.record(Denial {
                 at_ms: now_ms(),
                 api: "ratelimit",

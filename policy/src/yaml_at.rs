@@ -10,7 +10,7 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor
 /// One step of a path into a document: a mapping's key or a sequence's index.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
-    Key(&'static str),
+    Key(String),
     Index(usize),
 }
 
@@ -19,8 +19,8 @@ pub enum Step {
 pub struct NodePath(pub Vec<Step>);
 
 impl NodePath {
-    pub fn key(mut self, k: &'static str) -> NodePath {
-        self.0.push(Step::Key(k));
+    pub fn key(mut self, k: impl Into<String>) -> NodePath {
+        self.0.push(Step::Key(k.into()));
         self
     }
 
@@ -102,7 +102,7 @@ impl<'de> Visitor<'de> for Walk<'_> {
             return Ok(());
         };
         while let Some(k) = map.next_key::<serde_yaml_ng::Value>()? {
-            if k.as_str() == Some(*want) {
+            if k.as_str() == Some(want.as_str()) {
                 return map.next_value_seed(Walk(rest));
             }
             map.next_value::<IgnoredAny>()?;

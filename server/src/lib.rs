@@ -165,6 +165,13 @@ pub fn validate_policies(
 ) -> Result<Vec<String>, meshlens_policy::ConfigError> {
     use meshlens_policy::{authz::AuthzPolicy, ratelimit, ratelimit::RateLimits, ConfigError};
     let (mut rate_limit_files, mut policy_files) = (Vec::new(), Vec::new());
+    // A file named twice (or inside a directory also named) is loaded once together.
+    let add = |files: &mut Vec<std::path::PathBuf>, path: &std::path::Path| {
+        let real = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+        if !files.contains(&real) {
+            files.push(real);
+        }
+    };
     let mut said = Vec::with_capacity(paths.len());
     for path in paths {
         if path.is_dir() {
@@ -176,7 +183,9 @@ pub fn validate_policies(
                 rl.domains().count(),
                 rl.files.len()
             ));
-            rate_limit_files.extend(files);
+            for f in &files {
+                add(&mut rate_limit_files, f);
+            }
             continue;
         }
         let text =
@@ -189,7 +198,7 @@ pub fn validate_policies(
                 path.display(),
                 rl.domains().next().unwrap_or("")
             ));
-            rate_limit_files.push(path.clone());
+            add(&mut rate_limit_files, path);
         } else {
             let p = AuthzPolicy::load_files(std::slice::from_ref(path))?;
             said.push(format!(
@@ -198,7 +207,7 @@ pub fn validate_policies(
                 p.rule_count(),
                 p.quota_rules().len()
             ));
-            policy_files.push(path.clone());
+            add(&mut policy_files, path);
         }
     }
     RateLimits::load_files(&rate_limit_files)?;

@@ -26,6 +26,11 @@ fn validate_checks_every_file_alone_and_all_together() {
     assert!(said.contains("rate limit domain(s) in 1 file(s)"), "{said}");
     assert!(said.contains("rule(s)"), "{said}");
 
+    // A file named twice, or also inside a named directory, is one file.
+    let edge = rl.join("edge.yaml");
+    let out = validate(&[&rl, &edge, &edge, &policy, &policy]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
     // Each file is valid alone; together they hold one domain twice.
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("a.yaml"), dir.path().join("b.yaml"));

@@ -2,7 +2,7 @@
 
 Three meshlens replicas (one counting quotas in memory, one whose Redis is unreachable, failing
 open, one on the real Redis) get synthetic mesh spans, proxy metrics, ext_authz and rate limit checks and some bad
-input; Debian's Prometheus scrapes both with the repo's deploy/prometheus.yml; then every
+input; Debian's Prometheus scrapes all three with the repo's deploy/prometheus.yml; then every
 PromQL expression of every dashboard panel and variable, with the variables substituted, is
 evaluated through Prometheus' HTTP API and must parse and return data. The Jaeger panels'
 queries go to meshlens' Jaeger API. promtool checks the config and meshlens' /metrics, and the

@@ -299,7 +299,7 @@ async fn configs_reload_when_changed_and_a_bad_one_keeps_the_last_good() {
     assert_eq!(p["last_error"]["file"], file.display().to_string());
     let reason = p["last_error"]["reason"].as_str().unwrap();
     assert!(
-        reason.contains("duplicate descriptor composite key 'user'") && reason.contains("line"),
+        reason.contains("duplicate descriptor composite key 'edge.user' at line 5 column 5"),
         "{reason}"
     );
     assert_eq!(

@@ -166,16 +166,11 @@ impl RateLimitService for RlsService {
                 s.local_over_answer(API);
             }
         }
-        if d.statuses.iter().any(|s| s.over_limit && s.limit.is_some()) {
-            // A limit refused it (not a failing backend): one refused request between the services Envoy's `source_cluster` and
+        if d.over_limit && d.statuses.iter().any(|s| s.over_limit && s.limit.is_some()) {
+            // Refused (not let through by shadow mode), by a limit (not a failing backend): one
+            // refused request between the services Envoy's `source_cluster` and
             // `destination_cluster` actions name, in whichever descriptors carry them.
-            let entry = |k: &str| {
-                req.descriptors
-                    .iter()
-                    .flat_map(|d| &d.entries)
-                    .find(|(key, _)| key == k)
-                    .map(|(_, v)| super::service_of(v))
-            };
+            let entry = |k: &str| req.entry(k).map(super::service_of);
             let (source, destination) = (entry("source_cluster"), entry("destination_cluster"));
             s.refused(source.as_deref(), destination.as_deref(), true);
         }

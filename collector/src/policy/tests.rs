@@ -598,7 +598,7 @@ async fn a_quota_store_slower_than_the_callers_deadline_fails_inside_it() {
         .unwrap()
         .into_inner();
     let took = t.elapsed();
-    assert!(took < Duration::from_millis(1000), "{took:?}");
+    assert!(took < Duration::from_millis(3000), "{took:?}");
     assert!(
         took >= Duration::from_millis(150),
         "waited its budget: {took:?}"
@@ -635,7 +635,7 @@ async fn a_request_over_two_limits_is_one_refusal_on_the_graph() {
     let s = server(&dir);
     std::fs::write(
         dir.path().join("rl").join("mesh.yaml"),
-        "domain: mesh\ndescriptors:\n  - key: source_cluster\n    rate_limit: {unit: minute, requests_per_unit: 1}\n  - key: destination_cluster\n    rate_limit: {unit: minute, requests_per_unit: 1}\n",
+        "domain: mesh\ndescriptors:\n  - key: source_cluster\n    rate_limit: {unit: hour, requests_per_unit: 1}\n  - key: destination_cluster\n    rate_limit: {unit: hour, requests_per_unit: 1}\n",
     )
     .unwrap();
     assert!(matches!(
@@ -677,6 +677,27 @@ async fn a_request_over_two_limits_is_one_refusal_on_the_graph() {
         ),
         ("web", "work", 0, 1)
     );
+
+    // In the service-wide shadow mode nothing is refused, so nothing shows as refused.
+    let engine = PolicyEngine::new(PolicySettings {
+        ratelimit_dir: Some(dir.path().join("rl")),
+        shadow_mode: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let shadow = PolicyServer::new(Arc::new(engine), Metrics::new(), 100);
+    let svc = ratelimit::RlsService {
+        server: shadow.clone(),
+    };
+    for _ in 0..2 {
+        let r = svc
+            .should_rate_limit(Request::new(req.clone()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.overall_code, 1);
+    }
+    assert_eq!(shadow.take_refusals(), Vec::new());
 }
 
 /// The caller's address reaches IP-block rules, and an ALLOW rule's headers reach the request

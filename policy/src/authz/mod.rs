@@ -341,6 +341,11 @@ pub struct AuthzDecision {
     pub quotas: Vec<(Arc<str>, Rate, Usage)>,
 }
 
+/// The path of a policy file's `rules` or `quotas` entry.
+fn item(section: &str, i: usize) -> NodePath {
+    NodePath::default().key(section).index(i)
+}
+
 impl AuthzPolicy {
     /// Parses a policy file's text; errors name the rule or quota and its line and column.
     pub fn parse(text: &str) -> Result<AuthzPolicy, String> {
@@ -361,12 +366,12 @@ impl AuthzPolicy {
                 .rules
                 .iter()
                 .enumerate()
-                .map(|(i, r)| (NodePath::default().key("rules").index(i), &r.name))
+                .map(|(i, r)| (item("rules", i), &r.name))
                 .chain(
                     p.quotas
                         .iter()
                         .enumerate()
-                        .map(|(i, q)| (NodePath::default().key("quotas").index(i), &q.name)),
+                        .map(|(i, q)| (item("quotas", i), &q.name)),
                 );
             for (at, name) in named {
                 if !names.insert(name.clone()) {
@@ -396,10 +401,10 @@ impl AuthzPolicy {
             }
             Ok(())
         };
+        let fail = |at: NodePath, e: String| at.error(text, e);
         let mut rules = Vec::with_capacity(file.rules.len());
         for (i, r) in file.rules.into_iter().enumerate() {
-            let at = NodePath::default().key("rules").index(i);
-            let fail = |at: NodePath, e: String| at.error(text, e);
+            let at = item("rules", i);
             check_name(&r.name, "rule").map_err(|e| fail(at.clone(), e))?;
             let what = format!("rule '{}'", r.name);
             let action = match r.action.to_ascii_uppercase().as_str() {
@@ -435,8 +440,7 @@ impl AuthzPolicy {
         }
         let mut quotas = Vec::with_capacity(file.quotas.len());
         for (i, q) in file.quotas.into_iter().enumerate() {
-            let at = NodePath::default().key("quotas").index(i);
-            let fail = |at: NodePath, e: String| at.error(text, e);
+            let at = item("quotas", i);
             check_name(&q.name, "quota").map_err(|e| fail(at.clone(), e))?;
             let what = format!("quota '{}'", q.name);
             if q.key.is_empty() {

@@ -354,7 +354,7 @@ rules:
 #[tokio::test]
 async fn quota_keys_keep_their_parts_apart() {
     let p = AuthzPolicy::parse(
-        "quotas:\n  - {name: pair, key: ['header:x-a', 'header:x-b'], requests_per_unit: 1, unit: minute}\n",
+        "quotas:\n  - {name: pair, key: ['header:x-a', 'header:x-b'], requests_per_unit: 1, unit: hour}\n",
     )
     .unwrap();
     let store = QuotaBackend::Memory(MemoryStore::new(100));

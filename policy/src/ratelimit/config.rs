@@ -7,7 +7,6 @@
 
 use std::collections::HashSet;
 
-use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 use serde_yaml_ng::Value;
 
@@ -118,39 +117,67 @@ const KNOWN_KEYS: &[&str] = &[
     "algorithm",
 ];
 
-/// The keys of a mapping that its level does not read: each, and every key beneath it, must
-/// be a known one; then they are ignored, as upstream's YAML decoder ignores them.
+/// The keys of a mapping that its level does not read: known ones (checked before, by
+/// `check_as_upstream`) out of their place, ignored as upstream's YAML decoder ignores them.
 #[derive(Debug, Clone, Default)]
 struct OutOfPlace;
 
 impl<'de> Deserialize<'de> for OutOfPlace {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let rest = serde_yaml_ng::Mapping::deserialize(d)?;
-        check_known(&Value::Mapping(rest)).map_err(D::Error::custom)?;
+        serde_yaml_ng::Mapping::deserialize(d)?;
         Ok(OutOfPlace)
     }
 }
 
-fn check_known(v: &Value) -> Result<(), String> {
+/// Upstream's `validateYamlKeys`, on the whole document: every key a string it knows, every
+/// list a list of mappings, every value a string, integer, boolean or null.
+fn check_as_upstream(text: &str) -> Result<(), String> {
+    // Text that is not YAML, or not a mapping, is refused by the typed parse, with its reason.
+    let Ok(doc @ Value::Mapping(_)) = serde_yaml_ng::from_str::<Value>(text) else {
+        return Ok(());
+    };
+    check_node(&doc, NodePath::default(), text)
+}
+
+fn check_node(v: &Value, at: NodePath, text: &str) -> Result<(), String> {
     match v {
         Value::Mapping(m) => {
             for (k, v) in m {
                 let Value::String(k) = k else {
-                    return Err(format!("config error, key is not of type string: {k:?}"));
+                    let shown = serde_yaml_ng::to_string(k).unwrap_or_default();
+                    return Err(at.error(
+                        text,
+                        format!("config error, key is not of type string: {}", shown.trim()),
+                    ));
                 };
                 if !KNOWN_KEYS.contains(&k.as_str()) {
-                    return Err(format!("config error, unknown key '{k}'"));
+                    return Err(at
+                        .key(k.as_str())
+                        .error(text, format!("config error, unknown key '{k}'")));
                 }
-                check_known(v)?;
+                check_node(v, at.clone().key(k.as_str()), text)?;
             }
             Ok(())
         }
-        Value::Sequence(items) => items.iter().try_for_each(|e| match e {
-            Value::Mapping(_) => check_known(e),
-            _ => Err("config error, yaml file contains list of type other than map".into()),
-        }),
-        Value::Tagged(t) => check_known(&t.value),
-        _ => Ok(()),
+        Value::Sequence(items) => {
+            for (i, e) in items.iter().enumerate() {
+                let here = at.clone().index(i);
+                if !e.is_mapping() {
+                    return Err(here.error(
+                        text,
+                        "config error, yaml file contains list of type other than map",
+                    ));
+                }
+                check_node(e, here, text)?;
+            }
+            Ok(())
+        }
+        Value::Null | Value::Bool(_) | Value::String(_) => Ok(()),
+        Value::Number(n) if n.is_i64() || n.is_u64() => Ok(()),
+        _ => Err(at.error(
+            text,
+            "error checking config (a value that is not a string, integer, boolean or null)",
+        )),
     }
 }
 
@@ -238,6 +265,7 @@ impl<'de> serde::de::Visitor<'de> for DescriptorsVisitor {
 impl DomainFile {
     /// Parses one file's text; errors name the node and its line and column.
     pub fn parse(text: &str) -> Result<DomainFile, String> {
+        check_as_upstream(text)?;
         let file: DomainFile = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
         let root = NodePath::default();
         if file.domain.is_empty() {
@@ -245,14 +273,16 @@ impl DomainFile {
                 .key("domain")
                 .error(text, "config file cannot have empty domain"));
         }
-        check_level(&file.descriptors, root.key("descriptors"), text)?;
+        let parent = format!("{}.", file.domain);
+        check_level(&file.descriptors, root.key("descriptors"), &parent, text)?;
         Ok(file)
     }
 }
 
 /// What upstream's loader refuses once the YAML is read: an empty key, two siblings with one
 /// final key, `share_threshold` off a wildcard.
-fn check_level(level: &Descriptors, at: NodePath, text: &str) -> Result<(), String> {
+/// `parent` is the path upstream names a descriptor by (`domain.key_value.`).
+fn check_level(level: &Descriptors, at: NodePath, parent: &str, text: &str) -> Result<(), String> {
     let mut seen = HashSet::new();
     for (i, d) in level.0.iter().enumerate() {
         let here = at.clone().index(i);
@@ -261,7 +291,10 @@ fn check_level(level: &Descriptors, at: NodePath, text: &str) -> Result<(), Stri
         }
         let key = d.final_key();
         if !seen.insert(key.clone()) {
-            return Err(here.error(text, format!("duplicate descriptor composite key '{key}'")));
+            return Err(here.error(
+                text,
+                format!("duplicate descriptor composite key '{parent}{key}'"),
+            ));
         }
         if d.share_threshold && !key.ends_with('*') {
             return Err(here.error(
@@ -271,7 +304,12 @@ fn check_level(level: &Descriptors, at: NodePath, text: &str) -> Result<(), Stri
                 ),
             ));
         }
-        check_level(&d.descriptors, here.key("descriptors"), text)?;
+        check_level(
+            &d.descriptors,
+            here.key("descriptors"),
+            &format!("{parent}{key}."),
+            text,
+        )?;
     }
     Ok(())
 }

@@ -49,6 +49,16 @@ impl Limit {
 }
 
 impl RateLimitRequest {
+    /// The value of the first entry named `key`, in any descriptor (Envoy's `source_cluster`
+    /// and `destination_cluster` actions name the services).
+    pub fn entry(&self, key: &str) -> Option<&str> {
+        self.descriptors
+            .iter()
+            .flat_map(|d| &d.entries)
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// envoyproxy/ratelimit's refusals of a malformed request.
     pub fn validate(&self) -> Result<(), &'static str> {
         if self.domain.is_empty() {
@@ -239,24 +249,22 @@ impl RateLimits {
         let last = d.entries.len().checked_sub(1)?;
         let mut key = String::with_capacity(domain.len() + d.entries.len() * 16);
         key.push_str(domain);
-        let mut key_value = String::with_capacity(32);
         for (i, (k, value)) in d.entries.iter().enumerate() {
-            key_value.clear();
-            key_value.push_str(k);
-            key_value.push('_');
-            key_value.push_str(value);
-            let (next, by_wildcard) = node.step(k, &key_value)?;
+            // The quota key grows by `_key_value`, which is also what the level is looked up by.
             key.push('_');
+            let start = key.len();
             key.push_str(k);
             key.push('_');
-            match next.share_pattern.as_deref().filter(|_| by_wildcard) {
+            key.push_str(value);
+            let (next, by_wildcard) = node.step(k, &key[start..])?;
+            if let Some(p) = next.share_pattern.as_deref().filter(|_| by_wildcard) {
                 // envoyproxy/ratelimit names the shared quota by the pattern's value part.
-                Some(p) => key.push_str(
+                key.truncate(start + k.len() + 1);
+                key.push_str(
                     p.strip_prefix(k.as_str())
                         .and_then(|p| p.strip_prefix('_'))
                         .unwrap_or(p),
-                ),
-                None => key.push_str(value),
+                );
             }
             if i == last {
                 return next.limit.clone().map(|l| (l, key));

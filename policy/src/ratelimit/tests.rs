@@ -37,14 +37,14 @@ fn config_errors_name_the_problem_and_its_line() {
     let e = parse_err("domain: d\ndescriptors:\n  - key: a\n    colour: red\n");
     assert_eq!(
         e,
-        "descriptors[0]: config error, unknown key 'colour' at line 3 column 5"
+        "descriptors[0].colour: config error, unknown key 'colour' at line 4 column 13"
     );
     let e = parse_err(
         "domain: d\ndescriptors:\n  - key: x\n  - key: a\n    value: b\n  - key: a\n    value: b\n",
     );
     assert_eq!(
         e,
-        "descriptors[2]: duplicate descriptor composite key 'a_b' at line 6 column 5"
+        "descriptors[2]: duplicate descriptor composite key 'd.a_b' at line 6 column 5"
     );
     let e = parse_err(
         "domain: d\ndescriptors:\n  - key: a\n    descriptors:\n      - key: ''\n        value: v\n",
@@ -107,7 +107,27 @@ fn keys_are_checked_as_upstream_checks_them() {
         "{e}"
     );
     let e = parse_err("domain: d\nreplaces: [x]\n");
-    assert!(e.contains("list of type other than map"), "{e}");
+    assert_eq!(
+        e,
+        "replaces[0]: config error, yaml file contains list of type other than map at line 2 column 12"
+    );
+    // Upstream's leaf types are strings, integers, booleans and null: a float is refused.
+    let e = parse_err("domain: d\ndescriptors:\n  - key: a\n    value: 1.5\n");
+    assert!(
+        e.starts_with("descriptors[0].value: error checking config")
+            && e.ends_with("line 4 column 12"),
+        "{e}"
+    );
+    let e = parse_err("domain: d\n7: x\n");
+    assert!(e.contains("key is not of type string: 7"), "{e}");
+    // A nested duplicate is named by its whole path, as upstream names it.
+    let e = parse_err(
+        "domain: d\ndescriptors:\n  - key: a\n    descriptors:\n      - key: b\n      - key: b\n",
+    );
+    assert!(
+        e.contains("duplicate descriptor composite key 'd.a.b'"),
+        "{e}"
+    );
 }
 
 #[tokio::test]
