@@ -265,22 +265,47 @@ impl<'de> serde::de::Visitor<'de> for DescriptorsVisitor {
 impl DomainFile {
     /// Parses one file's text; errors name the node and its line and column.
     pub fn parse(text: &str) -> Result<DomainFile, String> {
-        check_as_upstream(text)?;
-        let file: DomainFile = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
+        // YAML merge keys (`<<: *defaults`), which upstream's YAML decoder applies: such a file
+        // is read through its merged value, and its errors name the node without a position.
+        let merged = serde_yaml_ng::from_str::<Value>(text)
+            .ok()
+            .filter(has_merge_key);
+        let (file, located): (DomainFile, &str) = match merged {
+            Some(mut doc) => {
+                doc.apply_merge().map_err(|e| e.to_string())?;
+                check_node(&doc, NodePath::default(), "")?;
+                let file = DomainFile::deserialize(doc).map_err(|e| e.to_string())?;
+                (file, "")
+            }
+            None => {
+                check_as_upstream(text)?;
+                let file = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
+                (file, text)
+            }
+        };
         let root = NodePath::default();
         if file.domain.is_empty() {
             return Err(root
                 .key("domain")
-                .error(text, "config file cannot have empty domain"));
+                .error(located, "config file cannot have empty domain"));
         }
         let parent = format!("{}.", file.domain);
-        check_level(&file.descriptors, root.key("descriptors"), &parent, text)?;
+        check_level(&file.descriptors, root.key("descriptors"), &parent, located)?;
         Ok(file)
     }
 }
 
-/// What upstream's loader refuses once the YAML is read: an empty key, two siblings with one
-/// final key, `share_threshold` off a wildcard.
+fn has_merge_key(v: &Value) -> bool {
+    match v {
+        Value::Mapping(m) => m
+            .iter()
+            .any(|(k, v)| k.as_str() == Some("<<") || has_merge_key(v)),
+        Value::Sequence(items) => items.iter().any(has_merge_key),
+        Value::Tagged(t) => has_merge_key(&t.value),
+        _ => false,
+    }
+}
+
 /// `parent` is the path upstream names a descriptor by (`domain.key_value.`).
 fn check_level(level: &Descriptors, at: NodePath, parent: &str, text: &str) -> Result<(), String> {
     let mut seen = HashSet::new();

@@ -120,6 +120,20 @@ fn keys_are_checked_as_upstream_checks_them() {
     );
     let e = parse_err("domain: d\n7: x\n");
     assert!(e.contains("key is not of type string: 7"), "{e}");
+    // Merge keys are applied, as upstream's YAML decoder applies them; what they bring in is
+    // checked like the rest.
+    let merged = DomainFile::parse(
+        "domain: m\ndescriptors:\n  - key: a\n    rate_limit: &base {unit: minute, requests_per_unit: 5}\n  - key: b\n    rate_limit:\n      <<: *base\n      requests_per_unit: 7\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let b = merged.descriptors.0[1].rate_limit.as_ref().unwrap();
+    assert_eq!((b.requests_per_unit, b.unit), (7, Some(Unit::Minute)));
+    let e = parse_err(
+        "domain: m\ndescriptors:\n  - key: a\n    rate_limit: &base {unit: minute, burst: 5}\n  - key: b\n    rate_limit: {<<: *base}\n",
+    );
+    assert!(e.contains("unknown key 'burst'"), "{e}");
+    let e = parse_err("domain: m\nx: &d {key: a}\ndescriptors:\n  - <<: *d\n  - <<: *d\n");
+    assert!(e.contains("unknown key 'x'"), "{e}");
     // A nested duplicate is named by its whole path, as upstream names it.
     let e = parse_err(
         "domain: d\ndescriptors:\n  - key: a\n    descriptors:\n      - key: b\n      - key: b\n",
