@@ -457,6 +457,21 @@ async fn refusals_between_known_services_show_on_the_graph() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The API lists the rate limit service's denials with both ends named as the graph names
+    // them.
+    let p = policy_json(&env).await;
+    let rl_denial = p["denials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["api"] == "ratelimit")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (&rl_denial["source"], &rl_denial["destination"]),
+        (&Value::from("work"), &Value::from("meet")),
+        "{p}"
+    );
     env.stop().await;
 }
 

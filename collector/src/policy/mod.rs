@@ -270,14 +270,6 @@ pub fn budget(meta: &tonic::metadata::MetadataMap) -> Option<Duration> {
     Some(timeout - (timeout / 5).min(Duration::from_millis(10)))
 }
 
-/// A service named by Envoy: an Istio-style cluster (`outbound|80|v2|work.shop.svc.cluster.local`)
-/// names its service; anything else is the name.
-fn service_of(cluster: &str) -> String {
-    meshlens_topology::graph::istio_cluster(cluster)
-        .map(|e| e.node.name.to_string())
-        .unwrap_or_else(|| cluster.to_string())
-}
-
 /// `x-ratelimit-*` values in the IETF draft 03 form Envoy writes: limit `N, N;w=<seconds>`,
 /// remaining, reset in whole seconds.
 pub fn ratelimit_headers(

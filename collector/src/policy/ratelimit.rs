@@ -170,7 +170,10 @@ impl RateLimitService for RlsService {
             // Refused (not let through by shadow mode), by a limit (not a failing backend): one
             // refused request between the services Envoy's `source_cluster` and
             // `destination_cluster` actions name, in whichever descriptors carry them.
-            let entry = |k: &str| req.entry(k).map(super::service_of);
+            let entry = |k: &str| {
+                req.entry(k)
+                    .map(meshlens_topology::graph::service_of_cluster)
+            };
             let (source, destination) = (entry("source_cluster"), entry("destination_cluster"));
             s.refused(source.as_deref(), destination.as_deref(), true);
         }

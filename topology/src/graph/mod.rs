@@ -18,7 +18,9 @@ pub use pairing::{
     DEFAULT_PAIRING_TTL_NS,
 };
 pub use proxy::{MetricObservation, ProxyMetrics};
-pub use side::{endpoint_of, istio_cluster, ClusterMap, Outcome, Peer, Role, SpanSide};
+pub use side::{
+    endpoint_of, istio_cluster, service_of_cluster, ClusterMap, Outcome, Peer, Role, SpanSide,
+};
 pub use sketch::{LatencySketch, Quantiles, SketchSum, RELATIVE_ACCURACY};
 pub use snapshot::{
     build as build_snapshot, EdgeSnapshot, EdgeVersionSnapshot, GraphQuery, GraphSnapshot,

@@ -368,6 +368,14 @@ pub fn istio_cluster(cluster: &str) -> Option<Endpoint> {
     })
 }
 
+/// The service a cluster name names, as the graph names it: an Istio-style cluster gives its
+/// service (`outbound|80|v2|work.shop.svc.cluster.local` → `work`); any other name is itself.
+pub fn service_of_cluster(cluster: &str) -> String {
+    istio_cluster(cluster)
+        .map(|e| e.node.name.to_string())
+        .unwrap_or_else(|| cluster.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@
 use axum::extract::{Query, State};
 use axum::Json;
 use meshlens_policy::engine::Denial;
+use meshlens_topology::graph::service_of_cluster;
 use serde::{Deserialize, Serialize};
 
 use crate::error::WebError;
@@ -101,8 +102,9 @@ impl From<Denial> for DenialDto {
         DenialDto {
             at: d.at_ms,
             api: d.api,
-            source: d.source,
-            destination: d.destination,
+            // Named as the graph names them (an Istio cluster by its service).
+            source: d.source.as_deref().map(service_of_cluster),
+            destination: d.destination.as_deref().map(service_of_cluster),
             status: d.status,
             by: d.by,
             path: d.path,
