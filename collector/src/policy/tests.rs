@@ -21,20 +21,22 @@ fn server(dir: &tempfile::TempDir) -> Arc<PolicyServer> {
     server_capped(dir, 100)
 }
 
-fn server_capped(dir: &tempfile::TempDir, max_series: usize) -> Arc<PolicyServer> {
+/// Under `dir`: a policy file and a rate limit directory holding `edge.yaml`; their paths.
+fn configs(dir: &tempfile::TempDir, policy: &str, edge: &str) -> (PathBuf, PathBuf) {
     let rl = dir.path().join("rl");
     std::fs::create_dir_all(&rl).unwrap();
-    std::fs::write(
-        rl.join("edge.yaml"),
-        "domain: edge\ndescriptors:\n  - key: path\n    rate_limit: {unit: minute, requests_per_unit: 2, name: per-path}\n",
-    )
-    .unwrap();
-    let policy: PathBuf = dir.path().join("policy.yaml");
-    std::fs::write(
-        &policy,
+    std::fs::write(rl.join("edge.yaml"), edge).unwrap();
+    let file = dir.path().join("policy.yaml");
+    std::fs::write(&file, policy).unwrap();
+    (file, rl)
+}
+
+fn server_capped(dir: &tempfile::TempDir, max_series: usize) -> Arc<PolicyServer> {
+    let (policy, rl) = configs(
+        dir,
         "rules:\n  - {name: no-admin, action: DENY, operation: {paths: ['/admin*']}}\nquotas:\n  - {name: per-user, key: ['header:x-user'], requests_per_unit: 1, unit: hour}\n",
-    )
-    .unwrap();
+        "domain: edge\ndescriptors:\n  - key: path\n    rate_limit: {unit: minute, requests_per_unit: 2, name: per-path}\n",
+    );
     let engine = PolicyEngine::new(PolicySettings {
         ratelimit_dir: Some(rl),
         policy_files: vec![policy],
@@ -558,19 +560,11 @@ fn a_callers_grpc_timeout_is_its_budget_less_the_way_back() {
 async fn a_quota_store_slower_than_the_callers_deadline_fails_inside_it() {
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy.yaml");
-    std::fs::write(
-        &policy,
+    let (policy, rl) = configs(
+        &dir,
         "quotas:\n  - {name: per-user, key: ['header:x-user'], requests_per_unit: 5, unit: minute}\n",
-    )
-    .unwrap();
-    let rl = dir.path().join("rl");
-    std::fs::create_dir_all(&rl).unwrap();
-    std::fs::write(
-        rl.join("edge.yaml"),
         "domain: edge\ndescriptors:\n  - key: path\n    rate_limit: {unit: minute, requests_per_unit: 2}\n",
-    )
-    .unwrap();
+    );
     let engine = PolicyEngine::new(PolicySettings {
         ratelimit_dir: Some(rl),
         policy_files: vec![policy],
@@ -706,12 +700,11 @@ async fn a_request_over_two_limits_is_one_refusal_on_the_graph() {
 async fn peer_addresses_match_ip_blocks_and_allow_rules_add_headers() {
     use envoy_types::pb::envoy::config::core::v3::{address, Address, SocketAddress};
     let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy.yaml");
-    std::fs::write(
-        &policy,
+    let (policy, _) = configs(
+        &dir,
         "rules:\n  - {name: blocked, action: DENY, source: {ip_blocks: [10.9.0.0/16]}}\n  - {name: tagged, action: ALLOW, add_headers: {x-policy: tagged, x-checked: 'yes'}}\n",
-    )
-    .unwrap();
+        "domain: edge\n",
+    );
     let engine = PolicyEngine::new(PolicySettings {
         policy_files: vec![policy],
         ..Default::default()
