@@ -339,15 +339,7 @@ async fn keys_over_their_limit_are_answered_without_redis_until_their_window_end
     let mut config = redis(&prefix, &format!("redis://{}", proxy.addr));
     config.local_cache_keys = 100;
     let store = QuotaBackend::Redis(RedisStore::new(&config).unwrap());
-    let hit = QuotaHit {
-        key: "k",
-        rate: Rate {
-            requests_per_unit: 2,
-            unit: Unit::Minute,
-            algorithm: Algorithm::FixedWindow,
-        },
-        hits: 1,
-    };
+    let hit = fixed_window_hit(2, Unit::Minute);
     // Start early in a window, so that the run does not cross into the next one.
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -399,15 +391,7 @@ async fn a_new_window_asks_redis_again() {
     let mut config = redis(&prefix, "redis://127.0.0.1:6379");
     config.local_cache_keys = 100;
     let store = QuotaBackend::Redis(RedisStore::new(&config).unwrap());
-    let hit = QuotaHit {
-        key: "k",
-        rate: Rate {
-            requests_per_unit: 1,
-            unit: Unit::Second,
-            algorithm: Algorithm::FixedWindow,
-        },
-        hits: 1,
-    };
+    let hit = fixed_window_hit(1, Unit::Second);
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut seen = (false, false);
     while Instant::now() < deadline && !(seen.0 && seen.1) {
@@ -420,6 +404,19 @@ async fn a_new_window_asks_redis_again() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(seen, (true, true));
+}
+
+/// One hit on key `k` under a fixed-window limit.
+fn fixed_window_hit(requests_per_unit: u32, unit: Unit) -> QuotaHit<'static> {
+    QuotaHit {
+        key: "k",
+        rate: Rate {
+            requests_per_unit,
+            unit,
+            algorithm: Algorithm::FixedWindow,
+        },
+        hits: 1,
+    }
 }
 
 /// A TCP forwarder to Redis that the test can stop (closing every connection) and restart.

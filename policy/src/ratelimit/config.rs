@@ -118,7 +118,7 @@ const KNOWN_KEYS: &[&str] = &[
 ];
 
 /// The keys of a mapping that its level does not read: known ones (checked before, by
-/// `check_as_upstream`) out of their place, ignored as upstream's YAML decoder ignores them.
+/// `check_node`) out of their place, ignored as upstream's YAML decoder ignores them.
 #[derive(Debug, Clone, Default)]
 struct OutOfPlace;
 
@@ -129,16 +129,8 @@ impl<'de> Deserialize<'de> for OutOfPlace {
     }
 }
 
-/// Upstream's `validateYamlKeys`, on the whole document: every key a string it knows, every
-/// list a list of mappings, every value a string, integer, boolean or null.
-fn check_as_upstream(text: &str) -> Result<(), String> {
-    // Text that is not YAML, or not a mapping, is refused by the typed parse, with its reason.
-    let Ok(doc @ Value::Mapping(_)) = serde_yaml_ng::from_str::<Value>(text) else {
-        return Ok(());
-    };
-    check_node(&doc, NodePath::default(), text)
-}
-
+/// Upstream's `validateYamlKeys`, from a node down: every key a string it knows, every list a
+/// list of mappings, every value a string, integer, boolean or null.
 fn check_node(v: &Value, at: NodePath, text: &str) -> Result<(), String> {
     match v {
         Value::Mapping(m) => {
@@ -267,18 +259,21 @@ impl DomainFile {
     pub fn parse(text: &str) -> Result<DomainFile, String> {
         // YAML merge keys (`<<: *defaults`), which upstream's YAML decoder applies: such a file
         // is read through its merged value, and its errors name the node without a position.
-        let merged = serde_yaml_ng::from_str::<Value>(text)
+        // Text that is not YAML, or not a mapping, is refused by the typed parse, with its reason.
+        let doc = serde_yaml_ng::from_str::<Value>(text)
             .ok()
-            .filter(has_merge_key);
-        let (file, located): (DomainFile, &str) = match merged {
-            Some(mut doc) => {
+            .filter(Value::is_mapping);
+        let (file, located): (DomainFile, &str) = match doc {
+            Some(mut doc) if has_merge_key(&doc) => {
                 doc.apply_merge().map_err(|e| e.to_string())?;
                 check_node(&doc, NodePath::default(), "")?;
                 let file = DomainFile::deserialize(doc).map_err(|e| e.to_string())?;
                 (file, "")
             }
-            None => {
-                check_as_upstream(text)?;
+            doc => {
+                if let Some(doc) = &doc {
+                    check_node(doc, NodePath::default(), text)?;
+                }
                 let file = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
                 (file, text)
             }
