@@ -592,9 +592,12 @@ impl AuthzPolicy {
             // two quotas or value lists share a key (`a_b`+`c` against `a`+`b_c`).
             let mut key = String::with_capacity(64);
             key.push_str("authz");
+            let mut len = itoa::Buffer::new();
             let mut part = |v: &str| {
-                use std::fmt::Write;
-                let _ = write!(key, ":{}:{v}", v.len());
+                key.push(':');
+                key.push_str(len.format(v.len()));
+                key.push(':');
+                key.push_str(v);
             };
             part(&q.name);
             let complete = q.key.iter().all(|k| match k.value(a) {
