@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod config;
 pub mod demo;
+mod policy_listener;
 mod retention;
 mod servers;
 

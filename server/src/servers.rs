@@ -19,7 +19,7 @@ use tower::util::MapResponseLayer;
 
 use crate::{Addrs, Config};
 
-type Set = JoinSet<anyhow::Result<()>>;
+pub(crate) type Set = JoinSet<anyhow::Result<()>>;
 
 /// What the listeners serve.
 pub struct Parts {
@@ -95,7 +95,14 @@ pub async fn spawn_all(
     let zipkin = serve_http(set, listen.zipkin, "zipkin", zipkin, &cancel).await?;
 
     let web_policy = policy.engine().clone();
-    let policy = serve_policy(set, listen.policy, config.policy.threads, policy, &cancel).await?;
+    let policy = crate::policy_listener::serve_policy(
+        set,
+        listen.policy,
+        config.policy.threads,
+        policy,
+        &cancel,
+    )
+    .await?;
 
     let web = meshlens_web::app(meshlens_web::WebState {
         store,
@@ -155,91 +162,6 @@ async fn serve_http(
         .with_graceful_shutdown(c.cancelled_owned())
         .await
         .with_context(|| format!("{name} server"))
-    });
-    Ok(local)
-}
-
-/// The policy listener: ext_authz Check, rate limit ShouldRateLimit and gRPC health (the
-/// server, and each API by its service name).
-///
-/// It runs on a runtime of its own (threads named `meshlens-policy`): a check is on the path of
-/// every request a proxy forwards, so decoding a burst of spans or rendering a page on the main
-/// runtime must not queue it. Measured: ext_authz p99 at 5,000 checks/s beside 20,000 spans/s of
-/// OTLP ingest was 4.8 ms on the shared runtime.
-async fn serve_policy(
-    set: &mut Set,
-    addr: SocketAddr,
-    threads: usize,
-    policy: Arc<PolicyServer>,
-    cancel: &CancellationToken,
-) -> anyhow::Result<SocketAddr> {
-    // Bound here so that a taken port fails the start, as every other listener does.
-    let listener = std::net::TcpListener::bind(addr)
-        .with_context(|| format!("binding the policy listener on {addr}"))?;
-    listener.set_nonblocking(true)?;
-    let local = listener.local_addr()?;
-    let threads = match threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
-    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    let c = cancel.clone();
-    // The runtime is made, run and dropped on this thread: dropped in an async context, it would
-    // panic.
-    std::thread::Builder::new()
-        .name("meshlens-policy".into())
-        .spawn(move || {
-            let built = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(threads)
-                .thread_name("meshlens-policy")
-                .enable_all()
-                .build();
-            let runtime = match built {
-                Ok(r) => {
-                    let _ = started_tx.send(Ok(()));
-                    r
-                }
-                Err(e) => {
-                    let _ = started_tx.send(Err(e));
-                    return;
-                }
-            };
-            let result = runtime.block_on(async move {
-                let listener = TcpListener::from_std(listener)?;
-                let (reporter, health) = tonic_health::server::health_reporter();
-                for service in [
-                    "",
-                    "envoy.service.auth.v3.Authorization",
-                    "envoy.service.ratelimit.v3.RateLimitService",
-                ] {
-                    reporter
-                        .set_service_status(service, tonic_health::ServingStatus::Serving)
-                        .await;
-                }
-                let (authz, ratelimit) = (policy.authorization(), policy.rate_limit());
-                // The reporter must outlive the server, or health watches end early.
-                let _reporter = reporter;
-                tonic::transport::Server::builder()
-                    .add_service(health)
-                    .add_service(authz)
-                    .add_service(ratelimit)
-                    .serve_with_incoming_shutdown(no_delay(listener), c.cancelled_owned())
-                    .await
-                    .context("policy server")
-            });
-            drop(runtime);
-            let _ = done_tx.send(result);
-        })
-        .context("starting the policy thread")?;
-    started_rx
-        .await
-        .context("the policy thread ended at its start")?
-        .context("starting the policy runtime")?;
-    set.spawn(async move {
-        done_rx
-            .await
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("the policy thread ended without a result")))
     });
     Ok(local)
 }

@@ -203,6 +203,87 @@ async fn the_policy_listener_serves_both_apis_and_health() {
     env.stop().await;
 }
 
+/// One gRPC call over plain HTTP/2 to any path: (HTTP status, grpc-status, grpc-message), read
+/// from the trailers or, for a trailers-only answer, the headers.
+async fn raw_call(addr: std::net::SocketAddr, path: &str) -> (u16, String, String) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    let req = http::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut stream) = send.send_request(req, false).unwrap();
+    // An empty message: length-prefixed, zero bytes.
+    stream
+        .send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+        .unwrap();
+    let response = response.await.unwrap();
+    let status = response.status().as_u16();
+    let mut headers = response.headers().clone();
+    let mut body = response.into_body();
+    while let Some(chunk) = body.data().await {
+        chunk.unwrap();
+    }
+    if let Some(trailers) = body.trailers().await.unwrap() {
+        headers.extend(trailers);
+    }
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    (status, get("grpc-status"), get("grpc-message"))
+}
+
+/// Calls to a service or method the listener does not serve are answered UNIMPLEMENTED (12),
+/// beside working ones; shutdown ends with a health Watch still open, and the port closes.
+#[tokio::test]
+async fn the_policy_listener_refuses_unknown_calls_and_stops_with_watches_open() {
+    let cfg = tempfile::tempdir().unwrap();
+    write_configs(cfg.path(), 2);
+    let env = TestEnv::start_with(policy_config(cfg.path())).await;
+    let addr = env.running().addrs.policy;
+    let (http, code, message) = raw_call(addr, "/no.such.Service/Check").await;
+    assert_eq!((http, code.as_str()), (200, "12"), "{message}");
+    assert!(message.contains("no.such.Service"), "{message}");
+    let (_, code, _) = raw_call(addr, "/envoy.service.auth.v3.Authorization/Nope").await;
+    assert_eq!(code, "12");
+    let (_, code, _) = raw_call(addr, "/").await;
+    assert_eq!(code, "12");
+    // A known method still answers: an empty CheckRequest is allowed (no rule guards it).
+    let (_, code, message) = raw_call(addr, "/envoy.service.auth.v3.Authorization/Check").await;
+    assert_eq!(code, "0", "{message}");
+
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel(&env).await);
+    let mut watch = health
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.status, 1, "serving");
+    let stopping = Instant::now();
+    tokio::time::timeout(Duration::from_secs(20), env.stop())
+        .await
+        .expect("shutdown ends with a Watch open");
+    assert!(stopping.elapsed() < Duration::from_secs(15));
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the policy port is closed"
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(5), watch.message()).await;
+    assert!(
+        matches!(ended, Ok(Ok(None)) | Ok(Err(_))),
+        "the Watch ended: {ended:?}"
+    );
+}
+
 /// The policy listener has its own runtime: checks are answered while every worker of the main
 /// runtime (ingest, web) is held by blocking work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
