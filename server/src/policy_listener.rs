@@ -101,16 +101,11 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 /// Serves HTTP/2 connections from `listener` until `cancel`, then stops accepting, asks each
 /// connection to finish (GOAWAY) and waits for their calls in flight to end, at most
 /// [`SHUTDOWN_GRACE`].
-pub async fn serve_grpc<H, A, R>(
+pub async fn serve_grpc<H: GrpcService, A: GrpcService, R: GrpcService>(
     listener: TcpListener,
     routes: Routes<H, A, R>,
     cancel: CancellationToken,
-) -> anyhow::Result<()>
-where
-    H: GrpcService + Sync,
-    A: GrpcService + Sync,
-    R: GrpcService + Sync,
-{
+) -> anyhow::Result<()> {
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder.timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
