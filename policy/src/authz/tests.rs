@@ -194,6 +194,10 @@ fn bad_policies_are_refused_with_the_reason() {
             "quotas:\n  - name: q\n    key: [source.ip]\n    requests_per_unit: 1\n    unit: fortnight\n",
             "quotas[0].unit: quota 'q': invalid rate limit unit 'fortnight' at line 5 column 11",
         ),
+        (
+            "quotas:\n  - name: q\n    key: [source.ip]\n    requests_per_unit: 1\n    unit: second\n    algorithm: leaky\n",
+            "quotas[0].algorithm: quota 'q': invalid algorithm 'leaky' (fixed_window or gcra) at line 6 column 16",
+        ),
     ];
     for (yaml, want) in located {
         let e = AuthzPolicy::parse(yaml).expect_err(yaml);
@@ -204,6 +208,27 @@ fn bad_policies_are_refused_with_the_reason() {
     )
     .unwrap_err();
     assert!(e.ends_with("at line 3 column 22"), "{e}");
+}
+
+#[test]
+fn a_quota_counts_with_the_algorithm_its_rule_names() {
+    let p = AuthzPolicy::parse(
+        "quotas:\n  - {name: even, key: [source.ip], requests_per_unit: 5, unit: minute, algorithm: gcra}\n  - {name: plain, key: [source.ip], requests_per_unit: 5, unit: minute}\n  - {name: named, key: [source.ip], requests_per_unit: 5, unit: minute, algorithm: fixed_window}\n",
+    )
+    .unwrap();
+    let got: Vec<(&str, Algorithm)> = p
+        .quota_rules()
+        .iter()
+        .map(|q| (&*q.name, q.rate.algorithm))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("even", Algorithm::Gcra),
+            ("plain", Algorithm::FixedWindow),
+            ("named", Algorithm::FixedWindow)
+        ]
+    );
 }
 
 #[test]

@@ -1,6 +1,7 @@
 use std::path::PathBuf;
 
 use super::*;
+use crate::limit::Algorithm;
 use crate::quota::MemoryStore;
 
 fn limits(yaml: &[&str]) -> RateLimits {
@@ -603,7 +604,7 @@ fn every_limit_is_listed_by_domain_and_config_path() {
         "domain: edge\ndescriptors:\n  - key: user\n    rate_limit: {unit: minute, requests_per_unit: 30}\n  - key: user\n    value: scraper\n    rate_limit: {unit: minute, requests_per_unit: 5, algorithm: gcra}\n  - key: src\n    descriptors:\n      - key: dst\n        value: db*\n        rate_limit: {unit: second, requests_per_unit: 100}\n",
         "domain: api\ndescriptors:\n  - key: path\n    value: /health\n    rate_limit: {unlimited: true}\n",
     ]);
-    let listed: Vec<(String, String, u32, bool)> = rl
+    let listed: Vec<(String, String, u32, bool, Algorithm)> = rl
         .limits()
         .into_iter()
         .map(|(d, l)| {
@@ -612,6 +613,7 @@ fn every_limit_is_listed_by_domain_and_config_path() {
                 l.stats_key.clone(),
                 l.rate.requests_per_unit,
                 l.unlimited,
+                l.rate.algorithm,
             )
         })
         .collect();
@@ -627,6 +629,21 @@ fn every_limit_is_listed_by_domain_and_config_path() {
             "edge.user",
             "edge.user_scraper"
         ]
+    );
+    // Only the limit that names GCRA counts with it; fixed windows are the default.
+    let gcra: Vec<&str> = listed
+        .iter()
+        .filter(|l| l.4 == Algorithm::Gcra)
+        .map(|l| l.1.as_str())
+        .collect();
+    assert_eq!(gcra, ["edge.user_scraper"]);
+    let e = DomainFile::parse(
+        "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 1, algorithm: sliding}\n",
+    )
+    .unwrap_err();
+    assert_eq!(
+        e,
+        "descriptors[0]: invalid rate limit algorithm 'sliding' (fixed_window or gcra) at line 3 column 5"
     );
 }
 
