@@ -358,17 +358,34 @@ async fn checks_are_answered_while_the_main_runtime_is_held() {
 async fn configs_reload_when_changed_and_a_bad_one_keeps_the_last_good() {
     let cfg = tempfile::tempdir().unwrap();
     write_configs(cfg.path(), 1);
+    let started_s = unix_s();
     let env = TestEnv::start_with(policy_config(cfg.path())).await;
+    let last_good = || {
+        env.metric(
+            "meshlens_policy_config_last_reload_success_timestamp_seconds",
+            "",
+        )
+    };
+    let first_load = last_good().await;
+    assert!((started_s..=unix_s()).contains(&first_load), "{first_load}");
     let mut rl = RateLimitServiceClient::new(channel(&env).await);
     fresh_minute().await;
     assert_eq!(codes(&mut rl, "ann", 2).await, [OK, OVER_LIMIT]);
 
+    // A second later, so the good reload's time differs from the first load's.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let rewritten_s = unix_s();
     write_configs(cfg.path(), 100);
     eventually("the new limit", || {
         let mut rl = rl.clone();
         async move { codes(&mut rl, "ann", 1).await == [OK] }
     })
     .await;
+    let good_reload = last_good().await;
+    assert!(
+        good_reload >= rewritten_s && good_reload > first_load,
+        "{first_load} then {good_reload}"
+    );
 
     let file = cfg.path().join("ratelimit/edge.yaml");
     std::fs::write(&file, "domain: edge\ndescriptors:\n  - key: user\n    rate_limit: {unit: minute, requests_per_unit: 1}\n  - key: user\n    rate_limit: {unit: hour, requests_per_unit: 1}\n").unwrap();
@@ -396,7 +413,20 @@ async fn configs_reload_when_changed_and_a_bad_one_keeps_the_last_good() {
     );
     assert!(metrics.contains(r#"meshlens_policy_config_reloads_total{result="failure"} 1"#));
     assert!(metrics.contains("meshlens_policy_config_last_reload_successful 0"));
+    assert_eq!(
+        last_good().await,
+        good_reload,
+        "a refused config is no good load"
+    );
     env.stop().await;
+}
+
+/// Now in whole Unix seconds, as the last-good-load gauge has it.
+fn unix_s() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as f64
 }
 
 #[tokio::test]
@@ -448,13 +478,18 @@ async fn two_instances_on_redis_share_one_quota() {
 }
 
 /// Refusals with a known source and destination show on that edge of the graph: ext_authz from
-/// the request's source service and destination, the rate limit service from Envoy's
-/// `source_cluster` and `destination_cluster` descriptor entries (an Istio cluster names its
-/// service).
+/// the request's source service and destination (a DENY as denied, a spent quota as rate
+/// limited), the rate limit service from Envoy's `source_cluster` and `destination_cluster`
+/// descriptor entries (an Istio cluster names its service).
 #[tokio::test]
 async fn refusals_between_known_services_show_on_the_graph() {
     let cfg = tempfile::tempdir().unwrap();
     write_configs(cfg.path(), 1);
+    std::fs::write(
+        cfg.path().join("policy.yaml"),
+        "rules:\n  - name: no-admin\n    action: DENY\n    destinations: [work]\n    operation: {paths: ['/admin*']}\nquotas:\n  - {name: cart-per-caller, destinations: [cart], key: [source.service], requests_per_unit: 1, unit: minute}\n",
+    )
+    .unwrap();
     std::fs::write(
         cfg.path().join("ratelimit/mesh.yaml"),
         "domain: mesh\ndescriptors:\n  - key: source_cluster\n    descriptors:\n      - key: destination_cluster\n        rate_limit: {unit: minute, requests_per_unit: 1}\n",
@@ -503,6 +538,22 @@ async fn refusals_between_known_services_show_on_the_graph() {
         );
     }
     assert_eq!(codes, [OK, OVER_LIMIT, OVER_LIMIT, OVER_LIMIT]);
+    let mut to_cart = check("cart", "/items");
+    if let Some(a) = to_cart.attributes.as_mut() {
+        a.source = Some(attribute_context::Peer {
+            service: "web".into(),
+            ..Default::default()
+        });
+    }
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let r = authz.check(to_cart.clone()).await.unwrap().into_inner();
+        statuses.push(match r.http_response {
+            Some(HttpResponse::DeniedResponse(d)) => d.status.map_or(0, |s| s.code),
+            _ => 200,
+        });
+    }
+    assert_eq!(statuses, [200, 429, 429], "one a minute per caller");
     let edge = |g: &Value, src: &str, dst: &str| {
         g["edges"].as_array().and_then(|edges| {
             edges
@@ -529,7 +580,11 @@ async fn refusals_between_known_services_show_on_the_graph() {
             .unwrap();
         let a = edge(&last, "service:ingress", "service:work");
         let b = edge(&last, "service:work", "service:meet");
-        if a == Some((Some(2), Some(0))) && b == Some((Some(0), Some(3))) {
+        let c = edge(&last, "service:web", "service:cart");
+        if a == Some((Some(2), Some(0)))
+            && b == Some((Some(0), Some(3)))
+            && c == Some((Some(0), Some(2)))
+        {
             break;
         }
         assert!(
