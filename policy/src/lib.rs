@@ -10,6 +10,7 @@ pub mod engine;
 pub mod limit;
 pub mod quota;
 pub mod ratelimit;
+pub mod testing;
 pub mod yaml_at;
 
 use std::fmt;

@@ -99,6 +99,7 @@ async fn a_bad_reload_keeps_the_previous_config_and_a_good_one_replaces_it() {
             last
         }
     };
+    meshlens_policy::testing::fresh_minute().await;
     assert!(!over(3).await && over(1).await, "3 per minute still holds");
     std::fs::write(rl.join("d.yaml"), RLS.replace("3}", "300}")).unwrap();
     assert_eq!(engine.reload_if_changed(), ReloadOutcome::Reloaded);
@@ -185,6 +186,7 @@ async fn two_engines_on_redis_share_a_rate_limit() {
         .unwrap()
     };
     let (one, two) = (engine(), engine());
+    meshlens_policy::testing::fresh_minute().await;
     let mut over = Vec::new();
     for i in 0..5 {
         let e = if i % 2 == 0 { &one } else { &two };
@@ -340,13 +342,7 @@ async fn keys_over_their_limit_are_answered_without_redis_until_their_window_end
     config.local_cache_keys = 100;
     let store = QuotaBackend::Redis(RedisStore::new(&config).unwrap());
     let hit = fixed_window_hit(2, Unit::Minute);
-    // Start early in a window, so that the run does not cross into the next one.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
-    if now.as_secs() % 60 > 50 {
-        tokio::time::sleep(Duration::from_secs(61 - now.as_secs() % 60)).await;
-    }
+    meshlens_policy::testing::fresh_minute().await;
     let mut answers = Vec::new();
     for _ in 0..5 {
         let u = store.charge(&[hit]).await.unwrap()[0];
@@ -473,6 +469,7 @@ async fn global_shadow_mode_counts_but_never_refuses() {
         ..Default::default()
     })
     .unwrap();
+    meshlens_policy::testing::fresh_minute().await;
     for i in 0..5 {
         let out = engine.rate_limit(&request("a")).await;
         assert!(!out.decision.over_limit);

@@ -206,15 +206,4 @@ pub fn trace_hex(n: u64) -> String {
     hex::encode(trace_bytes(n))
 }
 
-/// Waits, when fewer than 5 s are left in the current minute, for the next one to start, so a
-/// test's hits on a per-minute fixed window (aligned to the epoch) fall in one window.
-pub async fn fresh_minute() {
-    let into = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64()
-        % 60.0;
-    if into > 55.0 {
-        tokio::time::sleep(std::time::Duration::from_secs_f64(60.05 - into)).await;
-    }
-}
+pub use meshlens_policy::testing::fresh_minute;

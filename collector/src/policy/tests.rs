@@ -177,6 +177,7 @@ async fn should_rate_limit_answers_like_envoyproxy_ratelimit() {
     let dir = tempfile::tempdir().unwrap();
     let s = server(&dir);
     let svc = ratelimit::RlsService { server: s.clone() };
+    meshlens_policy::testing::fresh_minute().await;
     let mut codes = Vec::new();
     for _ in 0..3 {
         let r = svc
