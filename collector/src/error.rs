@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+use axum::response::{IntoResponse, Response};
+use http::{header, HeaderValue};
+use prost::Message;
 use tonic_types::{ErrorDetails, StatusExt};
 
 /// How long an overloaded client is told to wait before retrying.
@@ -103,5 +106,66 @@ impl From<IngestError> for tonic::Status {
         } else {
             tonic::Status::new(code, e.to_string())
         }
+    }
+}
+
+/// How an HTTP receiver words its refusals: OTLP/HTTP answers a `google.rpc.Status` in the
+/// request's own encoding; Zipkin and Prometheus remote write answer a line of text, which their
+/// clients log.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ErrorBody {
+    Text,
+    OtlpProtobuf,
+    OtlpJson,
+}
+
+/// A refused HTTP export: the status for its error, the body its protocol expects, and
+/// `Retry-After` when retrying helps (OTLP exporters and Prometheus both honour it).
+#[derive(Debug)]
+pub struct HttpIngestError {
+    pub error: IngestError,
+    pub body: ErrorBody,
+}
+
+impl IntoResponse for HttpIngestError {
+    fn into_response(self) -> Response {
+        let e = &self.error;
+        let message = e.to_string();
+        let (content_type, body) = match self.body {
+            ErrorBody::Text => (
+                "text/plain; charset=utf-8",
+                format!("{message}\n").into_bytes(),
+            ),
+            ErrorBody::OtlpProtobuf => (
+                "application/x-protobuf",
+                tonic_types::Status {
+                    code: e.grpc_code() as i32,
+                    message,
+                    details: Vec::new(),
+                }
+                .encode_to_vec(),
+            ),
+            ErrorBody::OtlpJson => (
+                "application/json",
+                serde_json::to_vec(&serde_json::json!({
+                    "code": e.grpc_code() as i32,
+                    "message": message,
+                }))
+                .unwrap_or_default(),
+            ),
+        };
+        let mut resp = (
+            e.http_status(),
+            [(header::CONTENT_TYPE, content_type)],
+            body,
+        )
+            .into_response();
+        if e.is_retryable() {
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(RETRY_AFTER.as_secs()),
+            );
+        }
+        resp
     }
 }

@@ -65,7 +65,7 @@ pub async fn spawn_all(
     let grpc = bind(listen.otlp_grpc, "otlp_grpc").await?;
     let otlp_grpc = grpc.local_addr()?;
     let svc = trace_service(pipeline.clone(), limit);
-    let metrics_svc = meshlens_collector::otlp::metrics::metrics_service(pipeline.clone(), limit);
+    let metrics_svc = meshlens_collector::otlp::grpc::metrics_service(pipeline.clone(), limit);
     // The deadline starts once a permit is held: waiting for one is not the client's doing.
     let layer = tower::ServiceBuilder::new()
         .layer(concurrency.clone())

@@ -10,45 +10,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::trace::v1 as otlp;
 
-/// The valid spans of a request and an account of the invalid ones.
-#[derive(Debug, Default)]
-pub struct Converted {
-    pub spans: Vec<Span>,
-    pub rejected: Rejected,
-}
-
-/// Spans dropped from an otherwise good request, as OTLP's partial success reports them.
-#[derive(Debug, Default, PartialEq)]
-pub struct Rejected {
-    pub count: u64,
-    pub by_reason: Vec<(InvalidSpan, u64)>,
-    /// The first problem, with where it was, for the client's `error_message`.
-    pub first: Option<String>,
-}
-
-impl Rejected {
-    pub fn add(&mut self, reason: InvalidSpan, at: impl FnOnce() -> String) {
-        self.count += 1;
-        match self.by_reason.iter_mut().find(|(r, _)| *r == reason) {
-            Some((_, n)) => *n += 1,
-            None => self.by_reason.push((reason, 1)),
-        }
-        if self.first.is_none() {
-            self.first = Some(format!("{}: {reason}", at()));
-        }
-    }
-
-    /// The partial-success message: how many, and the first reason.
-    pub fn message(&self) -> String {
-        match &self.first {
-            Some(first) if self.count > 1 => {
-                format!("{} spans rejected; first: {first}", self.count)
-            }
-            Some(first) => format!("1 span rejected: {first}"),
-            None => String::new(),
-        }
-    }
-}
+use crate::pipeline::Converted;
 
 pub fn convert_traces(req: ExportTraceServiceRequest) -> Converted {
     let mut out = Converted::default();

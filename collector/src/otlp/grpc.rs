@@ -1,5 +1,11 @@
-//! OTLP/gRPC `TraceService/Export`.
+//! OTLP/gRPC `TraceService/Export` and `MetricsService/Export`.
 
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -17,6 +23,7 @@ use tonic::{Request, Response, Status};
 use crate::error::IngestError;
 use crate::metrics::Metrics;
 use crate::otlp::convert::convert_traces;
+use crate::otlp::convert_metrics::{convert_metrics, partial_success};
 use crate::pipeline::Pipeline;
 use crate::Protocol;
 
@@ -53,6 +60,40 @@ impl TraceService for OtlpGrpc {
         Ok(Response::new(ExportTraceServiceResponse {
             partial_success,
         }))
+    }
+}
+
+pub struct OtlpMetricsGrpc {
+    pipeline: Pipeline,
+}
+
+/// The gRPC service, accepting gzip and refusing messages over `max_message_bytes`.
+pub fn metrics_service(
+    pipeline: Pipeline,
+    max_message_bytes: usize,
+) -> MetricsServiceServer<OtlpMetricsGrpc> {
+    MetricsServiceServer::new(OtlpMetricsGrpc { pipeline })
+        .accept_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(max_message_bytes)
+}
+
+#[tonic::async_trait]
+impl MetricsService for OtlpMetricsGrpc {
+    async fn export(
+        &self,
+        request: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        let converted = convert_metrics(request.into_inner());
+        match self.pipeline.ingest_metrics(Protocol::OtlpGrpc, converted) {
+            Ok(done) => Ok(Response::new(ExportMetricsServiceResponse {
+                partial_success: partial_success(&done),
+            })),
+            Err(e) => {
+                self.pipeline.reject_request(Protocol::OtlpGrpc, &e);
+                Err(e.into())
+            }
+        }
     }
 }
 

@@ -6,16 +6,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, StatusCode};
+use http::{header, HeaderMap, StatusCode};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use prost::Message;
 
 use crate::body::{read_body, BodyLimits};
-use crate::error::{IngestError, RETRY_AFTER};
+use crate::error::{ErrorBody, HttpIngestError, IngestError};
 use crate::otlp::convert::convert_traces;
-use crate::otlp::metrics::convert_metrics;
+use crate::otlp::convert_metrics::{convert_metrics, partial_success};
 use crate::pipeline::Pipeline;
 use crate::Protocol;
 use opentelemetry_proto::tonic::collector::metrics::v1::{
@@ -75,7 +75,7 @@ async fn traces(State(st): State<HttpState>, headers: HeaderMap, body: Body) -> 
         Ok(resp) => encode(format, StatusCode::OK, &resp),
         Err(e) => {
             st.pipeline.reject_request(Protocol::OtlpHttp, &e);
-            error_response(format, &e)
+            error_response(format, e)
         }
     }
 }
@@ -101,12 +101,12 @@ async fn metrics(State(st): State<HttpState>, headers: HeaderMap, body: Body) ->
             format,
             StatusCode::OK,
             &ExportMetricsServiceResponse {
-                partial_success: done.partial_success(),
+                partial_success: partial_success(&done),
             },
         ),
         Err(e) => {
             st.pipeline.reject_request(Protocol::OtlpHttp, &e);
-            error_response(format, &e)
+            error_response(format, e)
         }
     }
 }
@@ -157,32 +157,11 @@ fn encode<M: Message + serde::Serialize>(format: Format, status: StatusCode, msg
         .into_response()
 }
 
-/// The OTLP/HTTP error answer: a `google.rpc.Status` body, and Retry-After when retrying helps.
-pub fn error_response(format: Format, e: &IngestError) -> Response {
-    let status = tonic_types::Status {
-        code: e.grpc_code() as i32,
-        message: e.to_string(),
-        details: Vec::new(),
-    };
+/// The OTLP/HTTP error answer: a `google.rpc.Status` in the request's encoding.
+pub fn error_response(format: Format, error: IngestError) -> Response {
     let body = match format {
-        Format::Protobuf => status.encode_to_vec(),
-        Format::Json => serde_json::to_vec(&serde_json::json!({
-            "code": status.code,
-            "message": status.message,
-        }))
-        .unwrap_or_default(),
+        Format::Protobuf => ErrorBody::OtlpProtobuf,
+        Format::Json => ErrorBody::OtlpJson,
     };
-    let mut resp = (
-        e.http_status(),
-        [(header::CONTENT_TYPE, format.content_type())],
-        body,
-    )
-        .into_response();
-    if e.is_retryable() {
-        resp.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(RETRY_AFTER.as_secs()),
-        );
-    }
-    resp
+    HttpIngestError { error, body }.into_response()
 }

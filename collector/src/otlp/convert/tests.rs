@@ -3,6 +3,7 @@ use meshlens_topology::{AttrValue, InvalidSpan, SpanKind, StatusCode};
 use proptest::prelude::*;
 
 use super::*;
+use crate::pipeline::Rejected;
 use crate::otlp::http::{decode_request, Format};
 
 fn fixture(name: &str) -> Bytes {

@@ -9,6 +9,11 @@ use meshlens_topology::Span;
 use tokio::sync::{mpsc, oneshot, Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
+mod converted;
+mod metrics;
+
+pub use converted::{Converted, ConvertedMetrics, Rejected};
+
 use crate::error::IngestError;
 use crate::graph::GraphFeed;
 use crate::metrics::Metrics;
@@ -256,8 +261,8 @@ impl Pipeline {
     pub async fn ingest(
         &self,
         protocol: crate::Protocol,
-        converted: crate::otlp::convert::Converted,
-    ) -> Result<crate::otlp::convert::Rejected, IngestError> {
+        converted: Converted,
+    ) -> Result<Rejected, IngestError> {
         let p = protocol.as_str();
         for (reason, n) in &converted.rejected.by_reason {
             self.metrics

@@ -1,58 +1,21 @@
-//! OTLP metrics (`MetricsService/Export` over gRPC, `POST /v1/metrics` over HTTP): proxies'
-//! metrics for the service graph. They are converted to the domain's metric points and handed to
-//! the graph thread; they are not stored (the graph's per-minute history will keep what they add).
+//! OTLP metrics to the domain's metric points: proxies' metrics for the service graph (the gRPC
+//! service is in `grpc.rs`, the HTTP handler in `http.rs`, the way to the graph in the pipeline).
 
 use std::sync::Arc;
 
 use meshlens_topology::{MetricBatch, MetricPoint, PointValue, Resource};
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
-    MetricsService, MetricsServiceServer,
-};
 use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+    ExportMetricsPartialSuccess, ExportMetricsServiceRequest,
 };
 use opentelemetry_proto::tonic::metrics::v1::{
     metric::Data, number_data_point, Metric, NumberDataPoint,
 };
-use tonic::codec::CompressionEncoding;
-use tonic::{Request, Response, Status};
 
-use crate::error::IngestError;
 use crate::otlp::convert::attributes;
-use crate::pipeline::Pipeline;
-use crate::Protocol;
+use crate::pipeline::ConvertedMetrics;
 
 /// OTLP's AggregationTemporality: 1 is DELTA (2 is CUMULATIVE).
 const DELTA: i32 = 1;
-
-/// The points of a request, and how many were refused with the first reason.
-#[derive(Debug, Default)]
-pub struct ConvertedMetrics {
-    pub batches: Vec<MetricBatch>,
-    pub points: u64,
-    pub rejected: u64,
-    pub first_problem: Option<String>,
-}
-
-impl ConvertedMetrics {
-    fn reject(&mut self, n: u64, why: impl FnOnce() -> String) {
-        self.rejected += n;
-        if self.first_problem.is_none() {
-            self.first_problem = Some(why());
-        }
-    }
-
-    pub fn partial_success(&self) -> Option<ExportMetricsPartialSuccess> {
-        (self.rejected > 0).then(|| ExportMetricsPartialSuccess {
-            rejected_data_points: self.rejected as i64,
-            error_message: format!(
-                "{} data points rejected; first: {}",
-                self.rejected,
-                self.first_problem.as_deref().unwrap_or("")
-            ),
-        })
-    }
-}
 
 pub fn convert_metrics(req: ExportMetricsServiceRequest) -> ConvertedMetrics {
     let mut out = ConvertedMetrics::default();
@@ -158,75 +121,10 @@ fn numbers(
     }
 }
 
-impl Pipeline {
-    /// Hands converted metrics to the graph and counts them. A full graph queue refuses the
-    /// export with a retryable error: metrics have no other buffer.
-    pub fn ingest_metrics(
-        &self,
-        protocol: Protocol,
-        converted: ConvertedMetrics,
-    ) -> Result<ConvertedMetrics, IngestError> {
-        let p = protocol.as_str();
-        let m = self.metrics();
-        if converted.rejected > 0 {
-            m.ingest_rejected_metric_points
-                .with_label_values(&[p, "invalid"])
-                .inc_by(converted.rejected);
-        }
-        let ConvertedMetrics {
-            batches,
-            points,
-            rejected,
-            first_problem,
-        } = converted;
-        if let Err(e) = self.graph().offer_metrics(batches) {
-            m.ingest_rejected_metric_points
-                .with_label_values(&[p, e.reason()])
-                .inc_by(points);
-            return Err(e);
-        }
-        m.ingest_metric_points
-            .with_label_values(&[p])
-            .inc_by(points);
-        Ok(ConvertedMetrics {
-            batches: Vec::new(),
-            points,
-            rejected,
-            first_problem,
-        })
-    }
-}
-
-pub struct OtlpMetricsGrpc {
-    pipeline: Pipeline,
-}
-
-/// The gRPC service, accepting gzip and refusing messages over `max_message_bytes`.
-pub fn metrics_service(
-    pipeline: Pipeline,
-    max_message_bytes: usize,
-) -> MetricsServiceServer<OtlpMetricsGrpc> {
-    MetricsServiceServer::new(OtlpMetricsGrpc { pipeline })
-        .accept_compressed(CompressionEncoding::Gzip)
-        .send_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(max_message_bytes)
-}
-
-#[tonic::async_trait]
-impl MetricsService for OtlpMetricsGrpc {
-    async fn export(
-        &self,
-        request: Request<ExportMetricsServiceRequest>,
-    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        let converted = convert_metrics(request.into_inner());
-        match self.pipeline.ingest_metrics(Protocol::OtlpGrpc, converted) {
-            Ok(done) => Ok(Response::new(ExportMetricsServiceResponse {
-                partial_success: done.partial_success(),
-            })),
-            Err(e) => {
-                self.pipeline.reject_request(Protocol::OtlpGrpc, &e);
-                Err(e.into())
-            }
-        }
-    }
+/// OTLP's partial success for a metrics export, when points were refused.
+pub fn partial_success(converted: &ConvertedMetrics) -> Option<ExportMetricsPartialSuccess> {
+    (converted.rejected > 0).then(|| ExportMetricsPartialSuccess {
+        rejected_data_points: converted.rejected as i64,
+        error_message: converted.message(),
+    })
 }

@@ -1,32 +1,19 @@
-//! Zipkin v2 JSON `POST /api/v2/spans`, answering 202 as Zipkin does.
-//!
-//! A batch whose spans are all invalid is refused with 400; otherwise the valid spans are stored,
-//! the invalid ones counted, and the answer is 202 (Zipkin's API has no partial-success reply).
+//! Zipkin v2 JSON spans to the domain span model.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::extract::State;
-use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::Router;
-use http::{header, HeaderMap, HeaderValue, StatusCode};
 use meshlens_topology::{
     AttrValue, Attributes, Event, InvalidSpan, Resource, Scope, Span, SpanId, SpanKind, Status,
     StatusCode as SpanStatus, TraceId,
 };
 use serde::{Deserialize, Deserializer};
 
-use crate::body::{read_body, BodyLimits};
-use crate::error::{IngestError, RETRY_AFTER};
-use crate::otlp::convert::Converted;
-use crate::pipeline::Pipeline;
-use crate::Protocol;
+use crate::pipeline::Converted;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct ZipkinSpan {
+pub(super) struct ZipkinSpan {
     #[serde(default)]
     trace_id: String,
     #[serde(default)]
@@ -88,64 +75,7 @@ fn number_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     }
 }
 
-#[derive(Clone)]
-struct ZipkinState {
-    pipeline: Pipeline,
-    limits: BodyLimits,
-}
-
-pub fn router(pipeline: Pipeline, limits: BodyLimits) -> Router {
-    Router::new()
-        .route("/api/v2/spans", post(spans))
-        .with_state(ZipkinState { pipeline, limits })
-}
-
-async fn spans(State(st): State<ZipkinState>, headers: HeaderMap, body: Body) -> Response {
-    match accept(&st, &headers, body).await {
-        Ok(()) => StatusCode::ACCEPTED.into_response(),
-        Err(e) => {
-            st.pipeline.reject_request(Protocol::Zipkin, &e);
-            let mut resp = (e.http_status(), format!("{e}\n")).into_response();
-            if e.is_retryable() {
-                resp.headers_mut().insert(
-                    header::RETRY_AFTER,
-                    HeaderValue::from(RETRY_AFTER.as_secs()),
-                );
-            }
-            resp
-        }
-    }
-}
-
-async fn accept(st: &ZipkinState, headers: &HeaderMap, body: Body) -> Result<(), IngestError> {
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json");
-    if !ct
-        .trim()
-        .to_ascii_lowercase()
-        .starts_with("application/json")
-    {
-        return Err(IngestError::UnsupportedMediaType(ct.to_string()));
-    }
-    let bytes = read_body(headers, body, st.limits).await?;
-    let spans: Vec<ZipkinSpan> =
-        serde_json::from_slice(&bytes).map_err(|e| IngestError::Malformed(format!("json: {e}")))?;
-    let total = spans.len();
-    let converted = convert(spans);
-    if total > 0 && converted.spans.is_empty() {
-        let msg = converted.rejected.message();
-        st.pipeline.ingest(Protocol::Zipkin, converted).await?;
-        return Err(IngestError::Malformed(msg));
-    }
-    st.pipeline
-        .ingest(Protocol::Zipkin, converted)
-        .await
-        .map(|_| ())
-}
-
-fn convert(spans: Vec<ZipkinSpan>) -> Converted {
+pub(super) fn convert(spans: Vec<ZipkinSpan>) -> Converted {
     let mut out = Converted::default();
     let mut resources: HashMap<String, Arc<Resource>> = HashMap::new();
     let scope = Arc::new(Scope {
