@@ -47,8 +47,22 @@ pub async fn read_body(
     match encoding.as_str() {
         "" | "identity" => Ok(raw),
         "gzip" | "x-gzip" => gunzip(&raw, limit),
+        "snappy" => unsnappy(&raw, limit),
         other => Err(IngestError::UnsupportedEncoding(other.to_string())),
     }
+}
+
+/// Decompresses a snappy block (remote write's encoding) whose stated length is at most `limit`.
+pub fn unsnappy(data: &[u8], limit: usize) -> Result<Bytes, IngestError> {
+    let len = snap::raw::decompress_len(data)
+        .map_err(|e| IngestError::Malformed(format!("snappy: {e}")))?;
+    if len > limit {
+        return Err(IngestError::TooLarge { limit });
+    }
+    snap::raw::Decoder::new()
+        .decompress_vec(data)
+        .map(Bytes::from)
+        .map_err(|e| IngestError::Malformed(format!("snappy: {e}")))
 }
 
 fn is_length_limit(e: &axum::Error) -> bool {

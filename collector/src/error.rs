@@ -21,7 +21,7 @@ pub enum IngestError {
     TooManySpans { spans: usize, capacity: usize },
     #[error("unsupported content type {0:?}; use application/x-protobuf or application/json")]
     UnsupportedMediaType(String),
-    #[error("unsupported content encoding {0:?}; use gzip or none")]
+    #[error("unsupported content encoding {0:?}; use gzip (snappy for remote write) or none")]
     UnsupportedEncoding(String),
     #[error("the request body did not arrive within {0:?}")]
     BodyTimeout(Duration),

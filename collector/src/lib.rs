@@ -1,4 +1,4 @@
-//! meshlens receivers (OTLP gRPC and HTTP, Zipkin v2), the ingest pipeline in front of the store,
+//! meshlens receivers (OTLP gRPC and HTTP, Zipkin v2, Prometheus remote write), the ingest pipeline in front of the store,
 //! the feed from committed spans to the service graph, and the catalogue of meshlens' own metrics.
 #![forbid(unsafe_code)]
 
@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod otlp;
 pub mod pipeline;
 pub mod policy;
+pub mod prom;
 pub mod zipkin;
 
 pub mod body;
@@ -24,6 +25,7 @@ pub enum Protocol {
     OtlpGrpc,
     OtlpHttp,
     Zipkin,
+    PromRemoteWrite,
 }
 
 impl Protocol {
@@ -32,6 +34,7 @@ impl Protocol {
             Protocol::OtlpGrpc => "otlp_grpc",
             Protocol::OtlpHttp => "otlp_http",
             Protocol::Zipkin => "zipkin",
+            Protocol::PromRemoteWrite => "prom_remote_write",
         }
     }
 }

@@ -20,6 +20,10 @@ pub struct Metrics {
     pub ingest_metric_points: IntCounterVec,
     /// Metric data points refused, by protocol and reason.
     pub ingest_rejected_metric_points: IntCounterVec,
+    /// Series received by a receiver that sends them (Prometheus remote write), by protocol.
+    pub ingest_metric_series: IntCounterVec,
+    /// Prometheus staleness markers received (a series ended; not a value), by protocol.
+    pub ingest_stale_markers: IntCounterVec,
     /// Whole requests refused, by protocol and reason (malformed, too large, unsupported media type…).
     pub ingest_rejected_requests: IntCounterVec,
     /// Spans waiting in the queue between receivers and the writer.
@@ -45,6 +49,9 @@ pub struct Metrics {
     /// Proxy metric points the graph could not place: their resource names no service (an
     /// Envoy stat sink without resource detectors sends no `service.name`).
     pub topology_unplaced_points: IntCounter,
+    /// Samples of a cumulative series at or before its last one (a retried remote write, or out
+    /// of order): left out of the graph, never counted twice.
+    pub topology_late_points: IntCounter,
     /// Label sets not exported because a product metric reached its series cap, by metric.
     pub topology_series_dropped: IntCounterVec,
     /// Policy checks by API (`ext_authz`, `ratelimit`) and decision (`allow`, `deny`,
@@ -79,6 +86,8 @@ pub const METRIC_NAMES: &[&str] = &[
     "meshlens_ingest_rejected_requests_total",
     "meshlens_ingest_metric_points_total",
     "meshlens_ingest_rejected_metric_points_total",
+    "meshlens_ingest_metric_series_total",
+    "meshlens_ingest_stale_markers_total",
     "meshlens_ingest_queue_depth",
     "meshlens_store_commit_seconds",
     "meshlens_store_spans_written_total",
@@ -90,6 +99,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "meshlens_topology_virtual_calls_total",
     "meshlens_topology_series_dropped_total",
     "meshlens_topology_unplaced_points_total",
+    "meshlens_topology_late_points_total",
     "meshlens_policy_checks_total",
     "meshlens_policy_check_duration_seconds",
     "meshlens_policy_quota_hits_total",
@@ -190,6 +200,16 @@ impl Metrics {
                 &["protocol", "reason"],
             )
             .expect("valid metric"),
+            ingest_metric_series: counter_vec(
+                "meshlens_ingest_metric_series_total",
+                "Series received (Prometheus remote write), by protocol.",
+                &["protocol"],
+            ),
+            ingest_stale_markers: counter_vec(
+                "meshlens_ingest_stale_markers_total",
+                "Prometheus staleness markers received (a series ended; not a value), by protocol.",
+                &["protocol"],
+            ),
             ingest_queue_depth: IntGauge::new(
                 "meshlens_ingest_queue_depth",
                 "Spans queued between the receivers and the store writer.",
@@ -247,6 +267,11 @@ impl Metrics {
             topology_unplaced_points: IntCounter::new(
                 "meshlens_topology_unplaced_points_total",
                 "Proxy metric points whose resource names no service.",
+            )
+            .expect("valid metric"),
+            topology_late_points: IntCounter::new(
+                "meshlens_topology_late_points_total",
+                "Samples at or before their series' last one (retried or out of order), left out of the graph.",
             )
             .expect("valid metric"),
             topology_series_dropped: IntCounterVec::new(
@@ -325,6 +350,8 @@ impl Metrics {
             Box::new(m.ingest_rejected_requests.clone()),
             Box::new(m.ingest_metric_points.clone()),
             Box::new(m.ingest_rejected_metric_points.clone()),
+            Box::new(m.ingest_metric_series.clone()),
+            Box::new(m.ingest_stale_markers.clone()),
             Box::new(m.ingest_queue_depth.clone()),
             Box::new(m.store_commit_seconds.clone()),
             Box::new(m.store_spans_written.clone()),
@@ -336,6 +363,7 @@ impl Metrics {
             Box::new(m.topology_virtual_calls.clone()),
             Box::new(m.topology_series_dropped.clone()),
             Box::new(m.topology_unplaced_points.clone()),
+            Box::new(m.topology_late_points.clone()),
             Box::new(m.policy_checks.clone()),
             Box::new(m.policy_check_seconds.clone()),
             Box::new(m.policy_quota_hits.clone()),

@@ -8,7 +8,7 @@ use anyhow::Context;
 use axum::serve::ListenerExt;
 use meshlens_collector::otlp::grpc::{normalize_decode_errors, trace_service, ExportDeadline};
 use meshlens_collector::policy::PolicyServer;
-use meshlens_collector::{otlp, zipkin, Metrics, Pipeline};
+use meshlens_collector::{otlp, prom, zipkin, Metrics, Pipeline};
 use meshlens_storage::Store;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -88,7 +88,11 @@ pub async fn spawn_all(
             .context("otlp grpc server")
     });
 
-    let http = otlp::http::router(pipeline.clone(), body).layer(concurrency.clone());
+    // OTLP/HTTP and Prometheus remote write share the port, as OTLP receivers and Prometheus'
+    // own receiver each answer on theirs.
+    let http = otlp::http::router(pipeline.clone(), body)
+        .merge(prom::router(pipeline.clone(), body))
+        .layer(concurrency.clone());
     let otlp_http = serve_http(set, listen.otlp_http, "otlp_http", http, &cancel).await?;
 
     let zipkin = zipkin::router(pipeline, body).layer(concurrency);

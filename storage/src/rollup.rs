@@ -5,7 +5,7 @@
 
 use meshlens_topology::graph::{
     ConnectionType, Counts, EdgeKey, Endpoint, LatencySketch, NodeKey, NodeKind, PolicyCounts,
-    Stats,
+    Stats, COUNTS_LEN,
 };
 use serde_json::{json, Value};
 
@@ -78,12 +78,14 @@ fn counts_text(c: &Counts) -> String {
     json!(c.to_array()).to_string()
 }
 
-/// Rows written before the mTLS counts have 11 numbers; the missing ones are 0.
+/// Rows written before later counts were added (mTLS, TCP) have fewer numbers; the missing ones
+/// are 0.
 fn counts_from(text: &str) -> Option<Counts> {
     let mut a: Vec<u64> = serde_json::from_str(text).ok()?;
-    if a.len() == 11 {
-        a.extend([0, 0]);
+    if a.len() < 11 || a.len() > COUNTS_LEN {
+        return None;
     }
+    a.resize(COUNTS_LEN, 0);
     Some(Counts::from_array(a.try_into().ok()?))
 }
 

@@ -6,6 +6,7 @@ mod attr;
 pub mod graph;
 mod ids;
 mod metric;
+pub mod prom;
 mod resource;
 mod span;
 pub mod testing;

@@ -12,6 +12,9 @@ pub struct MetricPoint {
     pub name: String,
     pub attributes: Attributes,
     pub value: PointValue,
+    /// When the value was taken (unix nanoseconds; 0 when the sender did not say). A cumulative
+    /// series' samples at or before its last one are retries or out of order and add nothing.
+    pub time_ns: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +33,13 @@ pub enum PointValue {
         bounds: Vec<f64>,
         counts: Vec<u64>,
         delta: bool,
+    },
+    /// One bucket of a Prometheus classic histogram, which remote write sends as a series of
+    /// its own (`<name>_bucket{le="…"}`): the cumulative count of values at most `le`. The
+    /// point's name is the histogram's (without `_bucket`), its attributes without `le`.
+    Bucket {
+        le: f64,
+        value: f64,
     },
 }
 

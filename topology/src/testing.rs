@@ -100,3 +100,69 @@ impl From<Span> for SpanBuilder {
         SpanBuilder(span)
     }
 }
+
+/// Parses Prometheus' text exposition format (0.0.4) into series, every sample at `timestamp_ms`
+/// (as a scrape at that time would store them). For fixtures: panics on what it cannot read.
+pub fn parse_exposition(text: &str, timestamp_ms: i64) -> Vec<crate::prom::PromSeries> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (name, rest) = match line.find(['{', ' ']) {
+            Some(i) => line.split_at(i),
+            None => panic!("line {}: no value", n + 1),
+        };
+        let mut labels = vec![("__name__".to_string(), name.to_string())];
+        let mut rest = rest;
+        if let Some(body) = rest.strip_prefix('{') {
+            let mut chars = body.char_indices();
+            let mut key = String::new();
+            let end = loop {
+                let (i, c) = chars
+                    .next()
+                    .unwrap_or_else(|| panic!("line {}: open {{", n + 1));
+                match c {
+                    '}' => break i,
+                    ',' | ' ' => {}
+                    '=' => {
+                        assert_eq!(chars.next().map(|x| x.1), Some('"'), "line {}", n + 1);
+                        let mut value = String::new();
+                        loop {
+                            match chars.next().map(|x| x.1) {
+                                Some('\\') => match chars.next().map(|x| x.1) {
+                                    Some('n') => value.push('\n'),
+                                    Some(c) => value.push(c),
+                                    None => panic!("line {}: escape", n + 1),
+                                },
+                                Some('"') => break,
+                                Some(c) => value.push(c),
+                                None => panic!("line {}: open quote", n + 1),
+                            }
+                        }
+                        labels.push((std::mem::take(&mut key), value));
+                    }
+                    c => key.push(c),
+                }
+            };
+            rest = &body[end + 1..];
+        }
+        let value = rest.split_whitespace().next().unwrap_or("");
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v
+                .parse()
+                .unwrap_or_else(|_| panic!("line {}: value {v:?}", n + 1)),
+        };
+        out.push(crate::prom::PromSeries {
+            labels,
+            samples: vec![crate::prom::PromSample {
+                value,
+                timestamp_ms,
+            }],
+        });
+    }
+    out
+}

@@ -206,13 +206,16 @@ impl FeedCore {
     fn observe_metrics(&self, batches: &[MetricBatch]) {
         let now = now_ns();
         let mut t = self.lock();
-        let unplaced = t.unplaced_points();
+        let (unplaced, late) = (t.unplaced_points(), t.late_points());
         for b in batches {
             t.observe_metrics(b, now);
         }
         self.metrics
             .topology_unplaced_points
             .inc_by(t.unplaced_points() - unplaced);
+        self.metrics
+            .topology_late_points
+            .inc_by(t.late_points() - late);
         self.metrics.topology_edges.set(t.edge_count() as i64);
     }
 

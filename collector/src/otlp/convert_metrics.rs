@@ -88,6 +88,7 @@ fn convert_metric(metric: Metric, points: &mut Vec<MetricPoint>, out: &mut Conve
                         counts: p.bucket_counts,
                         delta: h.aggregation_temporality == DELTA,
                     },
+                    time_ns: p.time_unix_nano,
                 });
             }
         }
@@ -117,6 +118,7 @@ fn numbers(
             name: name.to_string(),
             attributes: attributes(p.attributes),
             value: value(number),
+            time_ns: p.time_unix_nano,
         });
     }
 }

@@ -48,14 +48,29 @@ impl Rejected {
 pub struct ConvertedMetrics {
     pub batches: Vec<MetricBatch>,
     pub points: u64,
+    /// Series received, where the protocol sends series (Prometheus remote write), and
+    /// staleness markers among the points.
+    pub series: u64,
+    pub stale: u64,
     pub rejected: u64,
+    /// Refused points by reason (a bounded label), adding up to `rejected`.
+    pub by_reason: Vec<(&'static str, u64)>,
     pub first_problem: Option<String>,
 }
 
 impl ConvertedMetrics {
     /// Counts `n` refused points; the first reason is kept for the client.
     pub fn reject(&mut self, n: u64, why: impl FnOnce() -> String) {
+        self.reject_for("invalid", n, why);
+    }
+
+    /// Counts `n` refused points under `reason`.
+    pub fn reject_for(&mut self, reason: &'static str, n: u64, why: impl FnOnce() -> String) {
         self.rejected += n;
+        match self.by_reason.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, count)) => *count += n,
+            None => self.by_reason.push((reason, n)),
+        }
         if self.first_problem.is_none() {
             self.first_problem = Some(why());
         }

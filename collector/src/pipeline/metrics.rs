@@ -14,17 +14,24 @@ impl Pipeline {
     ) -> Result<ConvertedMetrics, IngestError> {
         let p = protocol.as_str();
         let m = self.metrics();
-        if converted.rejected > 0 {
+        for (reason, n) in &converted.by_reason {
             m.ingest_rejected_metric_points
-                .with_label_values(&[p, "invalid"])
-                .inc_by(converted.rejected);
+                .with_label_values(&[p, reason])
+                .inc_by(*n);
         }
-        let ConvertedMetrics {
-            batches,
-            points,
-            rejected,
-            first_problem,
-        } = converted;
+        if converted.series > 0 {
+            m.ingest_metric_series
+                .with_label_values(&[p])
+                .inc_by(converted.series);
+        }
+        if converted.stale > 0 {
+            m.ingest_stale_markers
+                .with_label_values(&[p])
+                .inc_by(converted.stale);
+        }
+        let mut converted = converted;
+        let batches = std::mem::take(&mut converted.batches);
+        let points = converted.points;
         if let Err(e) = self.graph().offer_metrics(batches) {
             m.ingest_rejected_metric_points
                 .with_label_values(&[p, e.reason()])
@@ -34,11 +41,6 @@ impl Pipeline {
         m.ingest_metric_points
             .with_label_values(&[p])
             .inc_by(points);
-        Ok(ConvertedMetrics {
-            batches: Vec::new(),
-            points,
-            rejected,
-            first_problem,
-        })
+        Ok(converted)
     }
 }

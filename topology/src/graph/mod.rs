@@ -3,6 +3,7 @@
 //! (`snapshot`), with health from error ratios (`health`).
 
 mod health;
+mod istio;
 mod node;
 mod pairing;
 mod proxy;
@@ -26,7 +27,7 @@ pub use snapshot::{
     build as build_snapshot, EdgeSnapshot, EdgeVersionSnapshot, GraphQuery, GraphSnapshot,
     NodeSnapshot, Sources, Summary, VersionSnapshot,
 };
-pub use window::{Counts, PolicyCounts, Series, Stats, Window};
+pub use window::{Counts, PolicyCounts, Series, Stats, Window, COUNTS_LEN};
 
 /// Refusals the policy server decided between two services in a short interval.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,6 +214,11 @@ impl Topology {
     /// Metric points that named no edge meshlens could place.
     pub fn unplaced_points(&self) -> u64 {
         self.proxies.unplaced
+    }
+
+    /// Samples of cumulative series at or before their series' last one, left out.
+    pub fn late_points(&self) -> u64 {
+        self.proxies.late
     }
 
     /// Settles spans whose time ran out and forgets edges idle for longer than the longest

@@ -19,6 +19,8 @@ pub enum NodeKind {
     User,
     /// meshlens' own policy server, which proxies call for ext_authz and rate limits.
     Policy,
+    /// An Istio ambient waypoint proxy: drawn only when asked, as Kiali does.
+    Waypoint,
 }
 
 impl NodeKind {
@@ -30,6 +32,7 @@ impl NodeKind {
             NodeKind::External => "external",
             NodeKind::User => "user",
             NodeKind::Policy => "policy",
+            NodeKind::Waypoint => "waypoint",
         }
     }
 
@@ -41,6 +44,7 @@ impl NodeKind {
             NodeKind::External,
             NodeKind::User,
             NodeKind::Policy,
+            NodeKind::Waypoint,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -105,6 +109,8 @@ pub enum ConnectionType {
     MessagingSystem,
     /// A call to a peer known only from the caller's side (no protocol known).
     VirtualNode,
+    /// Plain TCP connections (Istio's `istio_tcp_*`): bytes and connections, no requests.
+    Tcp,
 }
 
 impl ConnectionType {
@@ -116,6 +122,7 @@ impl ConnectionType {
             ConnectionType::Database => "database",
             ConnectionType::MessagingSystem => "messaging_system",
             ConnectionType::VirtualNode => "virtual_node",
+            ConnectionType::Tcp => "tcp",
         }
     }
 
@@ -126,6 +133,7 @@ impl ConnectionType {
             ConnectionType::Database,
             ConnectionType::MessagingSystem,
             ConnectionType::VirtualNode,
+            ConnectionType::Tcp,
         ]
         .into_iter()
         .find(|c| c.as_str() == s)

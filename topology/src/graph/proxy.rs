@@ -6,12 +6,12 @@
 //! before meshlens saw it is not counted. A series that first appears from a proxy already heard
 //! from is new since then (Envoy creates per-code counters on first use), so all of it counts.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::Arc;
 
 use crate::attr::Attributes;
-use crate::graph::node::{ConnectionType, EdgeKey, Endpoint, NodeKey};
+use crate::graph::istio::{self, IstioMetric, Waypoints};
+use crate::graph::node::{ConnectionType, EdgeKey, Endpoint};
 use crate::graph::side::{endpoint_of, ClusterMap};
 use crate::graph::sketch::{key_of, LatencySketch};
 use crate::graph::window::Counts;
@@ -31,16 +31,50 @@ pub struct MetricObservation {
 /// then takes one export to find its baseline again).
 const MAX_SERIES: usize = 200_000;
 
+/// A cumulative series' last value, and when it was taken (0: not said).
+#[derive(Clone, Copy)]
+struct Last {
+    value: f64,
+    time_ns: u64,
+}
+
+/// When meshlens first heard from a proxy: the time of its first sample (0: not said) and the
+/// batch it came in. A series first seen later than that is new, so all of it counts.
+#[derive(Clone, Copy)]
+struct FirstSeen {
+    time_ns: u64,
+    batch: u64,
+}
+
+/// A Prometheus classic histogram whose buckets arrive as series of their own, maybe in several
+/// remote write requests (Prometheus shards by series): the buckets of one scrape are gathered,
+/// and the histogram moves on when they are all in, or when a later scrape's bucket arrives.
+#[derive(Default)]
+struct BucketSeries {
+    /// The last complete scrape: its time and its cumulative counts by `le`, in `le` order.
+    last: Option<(u64, Vec<(f64, f64)>)>,
+    pending_ns: u64,
+    pending: Vec<(f64, f64)>,
+}
+
 /// Last values of cumulative series.
 #[derive(Default)]
 pub struct ProxyMetrics {
-    last: HashMap<u64, f64, foldhash::fast::FixedState>,
+    last: HashMap<u64, Last, foldhash::fast::FixedState>,
     /// Last bucket counts of cumulative histograms.
     last_buckets: HashMap<u64, Vec<u64>, foldhash::fast::FixedState>,
+    /// Classic histograms arriving bucket by bucket (Prometheus remote write).
+    buckets: HashMap<u64, BucketSeries, foldhash::fast::FixedState>,
     /// Proxies (resources) heard from before.
-    proxies: HashSet<u64, foldhash::fast::FixedState>,
+    proxies: HashMap<u64, FirstSeen, foldhash::fast::FixedState>,
+    /// Batches observed, to tell a proxy's first batch from later ones.
+    batches: u64,
+    waypoints: Waypoints,
     /// Points that named no edge meshlens can place (no service name, an unknown cluster form).
     pub unplaced: u64,
+    /// Samples of a cumulative series at or before its last one: a remote write retry, or out
+    /// of order. They add nothing.
+    pub late: u64,
     /// Plain cluster names meshlens can place.
     pub clusters: ClusterMap,
 }
@@ -58,6 +92,14 @@ enum Effect {
     Ejections,
     /// A latency histogram in milliseconds.
     Latency,
+    /// Bytes of HTTP requests or responses (a histogram's sum, or its `_sum` series).
+    Bytes,
+    TcpSent,
+    TcpReceived,
+    TcpOpened {
+        mtls: Option<bool>,
+    },
+    TcpClosed,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -69,19 +111,58 @@ struct Flags {
     mtls: Option<bool>,
 }
 
+/// Which number of a point a cumulative series is read from.
+#[derive(Clone, Copy, PartialEq)]
+enum Reading {
+    /// A sum's value, a histogram's count, a bucket's value.
+    Count,
+    /// A histogram's sum.
+    Sum,
+}
+
 impl ProxyMetrics {
     /// The increments this batch adds, per edge.
     pub fn observe(&mut self, batch: &MetricBatch, out: &mut Vec<MetricObservation>) {
-        if self.last.len() + self.last_buckets.len() > MAX_SERIES {
+        if self.last.len() + self.last_buckets.len() + self.buckets.len() > MAX_SERIES {
             self.last.clear();
             self.last_buckets.clear();
+            self.buckets.clear();
             self.proxies.clear();
         }
+        self.batches += 1;
         let who = &batch.resource.service;
-        let known = !self.proxies.insert(hash_of(who));
+        let proxy = hash_of(who);
+        let first_time = batch
+            .points
+            .iter()
+            .map(|p| p.time_ns)
+            .filter(|t| *t > 0)
+            .min()
+            .unwrap_or(0);
+        let seen = *self.proxies.entry(proxy).or_insert(FirstSeen {
+            time_ns: first_time,
+            batch: self.batches,
+        });
         let source = endpoint_of(&batch.resource);
         for point in &batch.points {
-            let (key, effect) = match classify(&source, point, &self.clusters) {
+            self.waypoints.learn(
+                (who.namespace.as_deref(), who.name.as_str()),
+                &point.attributes,
+            );
+        }
+        for point in &batch.points {
+            // A series first seen from a proxy heard from before (at an earlier time, or in an
+            // earlier batch when times are not given) is new since then: all of it counts.
+            let batches = self.batches;
+            let known_at = |time_ns: u64| {
+                if time_ns > 0 && seen.time_ns > 0 {
+                    time_ns > seen.time_ns
+                } else {
+                    seen.batch < batches
+                }
+            };
+            let known = known_at(point.time_ns);
+            let (key, effect) = match classify(&source, point, &self.clusters, &self.waypoints) {
                 Classified::Edge(key, effect) => (key, effect),
                 Classified::UnknownCluster => {
                     self.unplaced += 1;
@@ -93,7 +174,13 @@ impl ProxyMetrics {
                 if key.client.node.name.as_ref() == UNKNOWN_SERVICE {
                     continue;
                 }
-                if let Some(latency) = self.histogram_increment(who, known, point) {
+                let latency = match point.value {
+                    PointValue::Bucket { le, value } => {
+                        self.bucket_increment(who, known_at, point, le, value)
+                    }
+                    _ => self.histogram_increment(who, known, point),
+                };
+                if let Some(latency) = latency {
                     out.push(MetricObservation {
                         key,
                         counts: Counts::default(),
@@ -102,7 +189,11 @@ impl ProxyMetrics {
                 }
                 continue;
             }
-            let Some(n) = self.increment(who, known, point) else {
+            let reading = match effect {
+                Effect::Bytes => Reading::Sum,
+                _ => Reading::Count,
+            };
+            let Some(n) = self.increment(who, known, point, reading) else {
                 continue;
             };
             if key.client.node.name.as_ref() == UNKNOWN_SERVICE {
@@ -130,6 +221,21 @@ impl ProxyMetrics {
                 Effect::Retries => counts.retries = n,
                 Effect::Overflows => counts.overflows = n,
                 Effect::Ejections => counts.ejections = n,
+                Effect::Bytes => counts.bytes = n,
+                Effect::TcpSent => {
+                    counts.tcp_sent_bytes = n;
+                    counts.bytes = n;
+                }
+                Effect::TcpReceived => {
+                    counts.tcp_received_bytes = n;
+                    counts.bytes = n;
+                }
+                Effect::TcpOpened { mtls } => {
+                    counts.tcp_opened = n;
+                    counts.tls_known = if mtls.is_some() { n } else { 0 };
+                    counts.mtls = if mtls == Some(true) { n } else { 0 };
+                }
+                Effect::TcpClosed => counts.tcp_closed = n,
                 Effect::Latency => {}
             }
             if n > 0 {
@@ -144,17 +250,22 @@ impl ProxyMetrics {
 
     /// The increment a point stands for: its value for deltas, the difference with the last value
     /// for cumulative sums (the whole value after a reset); for a series' first value, all of it
-    /// if the proxy was heard from before (`known`), else `None` (a baseline).
+    /// if the proxy was heard from before (`known`), else `None` (a baseline). A sample at or
+    /// before the series' last one (a retried remote write, or out of order) adds nothing, and a
+    /// value that is not a number (Prometheus' staleness marker) is no value.
     fn increment(
         &mut self,
         who: &crate::ServiceIdentity,
         known: bool,
         p: &MetricPoint,
+        reading: Reading,
     ) -> Option<u64> {
-        let (value, delta) = match &p.value {
-            PointValue::Sum { value, delta, .. } => (*value, *delta),
-            PointValue::Histogram { count, delta, .. } => (*count as f64, *delta),
-            PointValue::Gauge(_) => return None,
+        let (value, delta) = match (&p.value, reading) {
+            (PointValue::Sum { value, delta, .. }, _) => (*value, *delta),
+            (PointValue::Histogram { count, delta, .. }, Reading::Count) => (*count as f64, *delta),
+            (PointValue::Histogram { sum, delta, .. }, Reading::Sum) => (*sum, *delta),
+            (PointValue::Bucket { value, .. }, _) => (*value, false),
+            (PointValue::Gauge(_), _) => return None,
         };
         if !value.is_finite() || value < 0.0 {
             return None;
@@ -162,14 +273,23 @@ impl ProxyMetrics {
         if delta {
             return Some(value as u64);
         }
-        let mut h = foldhash::fast::FixedState::default().build_hasher();
-        (who, &p.name).hash(&mut h);
-        for (k, v) in p.attributes.iter() {
-            k.hash(&mut h);
-            v.to_text().hash(&mut h);
-        }
-        let Some(previous) = self.last.insert(h.finish(), value) else {
-            return known.then_some(value as u64);
+        let key = series_hash(who, &p.name, &p.attributes, reading == Reading::Sum);
+        let new = Last {
+            value,
+            time_ns: p.time_ns,
+        };
+        let previous = match self.last.get_mut(&key) {
+            None => {
+                self.last.insert(key, new);
+                return known.then_some(value as u64);
+            }
+            Some(last) => {
+                if p.time_ns > 0 && last.time_ns > 0 && p.time_ns <= last.time_ns {
+                    self.late += 1;
+                    return None;
+                }
+                std::mem::replace(last, new).value
+            }
         };
         Some(if value >= previous {
             (value - previous) as u64
@@ -182,8 +302,7 @@ impl ProxyMetrics {
 impl ProxyMetrics {
     /// The latencies a histogram point adds since the proxy's last export (all of a delta
     /// point; for cumulative ones the difference per bucket, the whole point after a reset, and
-    /// nothing for a series' first point from a proxy not heard from before). Each bucket's
-    /// values are placed at its middle (geometric, for buckets that start above zero).
+    /// nothing for a series' first point from a proxy not heard from before).
     fn histogram_increment(
         &mut self,
         who: &crate::ServiceIdentity,
@@ -205,13 +324,8 @@ impl ProxyMetrics {
         let added: Vec<u64> = if *delta {
             counts.clone()
         } else {
-            let mut h = foldhash::fast::FixedState::default().build_hasher();
-            (who, &p.name).hash(&mut h);
-            for (k, v) in p.attributes.iter() {
-                k.hash(&mut h);
-                v.to_text().hash(&mut h);
-            }
-            match self.last_buckets.insert(h.finish(), counts.clone()) {
+            let h = series_hash(who, &p.name, &p.attributes, false);
+            match self.last_buckets.insert(h, counts.clone()) {
                 None if !known => return None,
                 None => counts.clone(),
                 Some(prev)
@@ -224,20 +338,136 @@ impl ProxyMetrics {
                 Some(_) => counts.clone(),
             }
         };
-        let mut sketch = LatencySketch::new();
-        for (i, n) in added.iter().enumerate().filter(|(_, n)| **n > 0) {
-            let upper = bounds.get(i).copied();
-            let lower = if i == 0 { 0.0 } else { bounds[i - 1] };
-            let ms = match upper {
-                Some(u) if lower > 0.0 => (lower * u).sqrt(),
-                Some(u) => u / 2.0,
-                None => lower,
-            };
-            let ns = (ms * 1e6).clamp(0.0, u64::MAX as f64) as u64;
-            sketch.add_key(key_of(ns), (*n).min(u64::from(u32::MAX)) as u32);
-        }
-        (!sketch.is_empty()).then_some(sketch)
+        sketch_of(bounds, &added)
     }
+
+    /// The latencies one bucket sample of a classic histogram completes: when the scrape it
+    /// belongs to has all its buckets (as many as the last complete one), or when a later
+    /// scrape's bucket shows the earlier one is over, the scrape's cumulative counts are
+    /// differenced with the last complete scrape's, bucket by bucket.
+    fn bucket_increment(
+        &mut self,
+        who: &crate::ServiceIdentity,
+        known_at: impl Fn(u64) -> bool,
+        p: &MetricPoint,
+        le: f64,
+        value: f64,
+    ) -> Option<LatencySketch> {
+        if le.is_nan() || !value.is_finite() || value < 0.0 {
+            return None;
+        }
+        let key = series_hash(who, &p.name, &p.attributes, false);
+        let series = self.buckets.entry(key).or_default();
+        let t = p.time_ns;
+        if series.last.as_ref().is_some_and(|(last, _)| t <= *last) {
+            self.late += 1;
+            return None;
+        }
+        let mut out = None;
+        if !series.pending.is_empty() && t != series.pending_ns {
+            if t < series.pending_ns {
+                self.late += 1;
+                return None;
+            }
+            out = series.complete(known_at(series.pending_ns));
+        }
+        if series.pending.is_empty() {
+            series.pending_ns = t;
+        }
+        match series.pending.iter_mut().find(|(l, _)| *l == le) {
+            Some(entry) => entry.1 = value,
+            None => series.pending.push((le, value)),
+        }
+        let whole = series
+            .last
+            .as_ref()
+            .is_some_and(|(_, last)| series.pending.len() >= last.len());
+        if whole {
+            let more = series.complete(known_at(series.pending_ns));
+            out = match (out, more) {
+                (Some(mut a), Some(b)) => {
+                    a.merge(&b);
+                    Some(a)
+                }
+                (a, b) => a.or(b),
+            };
+        }
+        out
+    }
+}
+
+impl BucketSeries {
+    /// Ends the pending scrape: its buckets (the last scrape's values where one is missing)
+    /// become the last complete scrape, and what they added since is returned.
+    fn complete(&mut self, known: bool) -> Option<LatencySketch> {
+        let mut now = std::mem::take(&mut self.pending);
+        if let Some((_, last)) = &self.last {
+            for (le, v) in last {
+                if !now.iter().any(|(l, _)| l == le) {
+                    now.push((*le, *v));
+                }
+            }
+        }
+        now.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let previous = self.last.replace((self.pending_ns, now.clone()));
+        let added: Vec<f64> = match previous {
+            None if !known => return None,
+            None => now.iter().map(|(_, v)| *v).collect(),
+            Some((_, prev))
+                if prev.len() == now.len()
+                    && prev.iter().zip(&now).all(|(a, b)| a.0 == b.0 && b.1 >= a.1) =>
+            {
+                now.iter().zip(&prev).map(|(n, p)| n.1 - p.1).collect()
+            }
+            Some(_) => now.iter().map(|(_, v)| *v).collect(),
+        };
+        // Cumulative by `le` to one count per bucket; the last bound is +Inf (or one is added).
+        let mut bounds: Vec<f64> = now.iter().map(|(le, _)| *le).collect();
+        let mut counts = Vec::with_capacity(added.len() + 1);
+        let mut below = 0.0;
+        for a in &added {
+            counts.push((a - below).max(0.0) as u64);
+            below = a.max(below);
+        }
+        if bounds.last().is_some_and(|b| b.is_infinite()) {
+            bounds.pop();
+        } else {
+            counts.push(0);
+        }
+        sketch_of(&bounds, &counts)
+    }
+}
+
+/// A sketch of a histogram's per-bucket counts: each bucket's values at its middle (geometric,
+/// for buckets that start above zero). `counts` has one more entry than `bounds`.
+fn sketch_of(bounds: &[f64], counts: &[u64]) -> Option<LatencySketch> {
+    if bounds.iter().any(|b| !b.is_finite() || *b < 0.0) {
+        return None;
+    }
+    let mut sketch = LatencySketch::new();
+    for (i, n) in counts.iter().enumerate().filter(|(_, n)| **n > 0) {
+        let upper = bounds.get(i).copied();
+        let lower = if i == 0 { 0.0 } else { bounds[i - 1] };
+        let ms = match upper {
+            Some(u) if lower > 0.0 => (lower * u).sqrt(),
+            Some(u) => u / 2.0,
+            None => lower,
+        };
+        let ns = (ms * 1e6).clamp(0.0, u64::MAX as f64) as u64;
+        sketch.add_key(key_of(ns), (*n).min(u64::from(u32::MAX)) as u32);
+    }
+    (!sketch.is_empty()).then_some(sketch)
+}
+
+/// The key of one series of one proxy (`sum`: a histogram's sum, apart from its count).
+fn series_hash(who: &crate::ServiceIdentity, name: &str, a: &Attributes, sum: bool) -> u64 {
+    let mut h = foldhash::fast::FixedState::default().build_hasher();
+    (who, name, sum).hash(&mut h);
+    for (k, v) in a.iter() {
+        k.hash(&mut h);
+        v.to_text().hash(&mut h);
+    }
+    h.finish()
 }
 
 fn hash_of(v: &impl Hash) -> u64 {
@@ -259,26 +489,36 @@ enum Classified {
 }
 
 /// The edge and effect of a point, for the metrics meshlens reads.
-fn classify(source: &Endpoint, p: &MetricPoint, clusters: &ClusterMap) -> Classified {
+fn classify(
+    source: &Endpoint,
+    p: &MetricPoint,
+    clusters: &ClusterMap,
+    waypoints: &Waypoints,
+) -> Classified {
     let a = &p.attributes;
-    if p.name == "istio_requests_total" {
-        return match istio(a) {
-            Some((key, class, grpc_error, flags)) => Classified::Edge(
-                key,
-                Effect::Requests {
-                    class,
-                    grpc_error,
-                    flags,
+    if let Some(metric) = IstioMetric::of(&p.name) {
+        let Some((key, call)) = istio::classify(metric, a, waypoints) else {
+            return Classified::Ignored;
+        };
+        let effect = match metric {
+            IstioMetric::Requests => Effect::Requests {
+                class: call.class,
+                grpc_error: call.grpc_error,
+                flags: Flags {
+                    denied: call.denied,
+                    rate_limited: call.rate_limited,
+                    overflow: call.overflow,
+                    mtls: call.mtls,
                 },
-            ),
-            None => Classified::Ignored,
+            },
+            IstioMetric::Duration => Effect::Latency,
+            IstioMetric::Bytes => Effect::Bytes,
+            IstioMetric::TcpSent => Effect::TcpSent,
+            IstioMetric::TcpReceived => Effect::TcpReceived,
+            IstioMetric::TcpOpened => Effect::TcpOpened { mtls: call.mtls },
+            IstioMetric::TcpClosed => Effect::TcpClosed,
         };
-    }
-    if p.name == "istio_request_duration_milliseconds" {
-        return match istio(a) {
-            Some((key, ..)) => Classified::Edge(key, Effect::Latency),
-            None => Classified::Ignored,
-        };
+        return Classified::Edge(key, effect);
     }
     let Some((cluster, stat)) =
         text(a, &["envoy.cluster_name"]).and_then(|tagged| envoy_cluster_stat(&p.name, tagged))
@@ -356,71 +596,6 @@ fn envoy_cluster_stat(name: &str, tagged: &str) -> Option<(String, &'static str)
     None
 }
 
-/// `istio_requests_total` as the destination's proxy reports it (the source's report of the same
-/// request would count it twice).
-fn istio(a: &Attributes) -> Option<(EdgeKey, u8, bool, Flags)> {
-    if a.get_str("reporter").is_some_and(|r| r != "destination") {
-        return None;
-    }
-    let end = |name: &[&str], version: &str, namespace: &[&str]| -> Option<Endpoint> {
-        Some(Endpoint {
-            node: NodeKey::service(text(a, namespace), text(a, name)?),
-            version: text(a, &[version]).map(Arc::from),
-        })
-    };
-    let client = end(
-        &["source_canonical_service", "source_workload", "source_app"],
-        "source_version",
-        &["source_workload_namespace"],
-    )
-    .unwrap_or_else(|| Endpoint {
-        node: NodeKey::user(),
-        version: None,
-    });
-    let server = end(
-        &[
-            "destination_canonical_service",
-            "destination_service_name",
-            "destination_workload",
-        ],
-        "destination_version",
-        &[
-            "destination_service_namespace",
-            "destination_workload_namespace",
-        ],
-    )?;
-    let code: u16 = text(a, &["response_code"])
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let grpc = text(a, &["grpc_response_status"]);
-    let flags = a.get_str("response_flags").unwrap_or("");
-    let has = |f: &str| flags.split(',').any(|x| x == f);
-    let key = EdgeKey {
-        client,
-        server,
-        connection: if grpc.is_some() {
-            ConnectionType::Grpc
-        } else {
-            ConnectionType::Http
-        },
-    };
-    Some((
-        key,
-        (code / 100) as u8,
-        grpc.is_some_and(|g| g != "0"),
-        Flags {
-            denied: has("UAEX"),
-            rate_limited: has("RL"),
-            overflow: has("UO"),
-            mtls: match text(a, &["connection_security_policy"]) {
-                Some("mutual_tls") => Some(true),
-                Some("none") => Some(false),
-                _ => None,
-            },
-        },
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -439,6 +614,7 @@ mod tests {
                 monotonic: true,
                 delta: false,
             },
+            time_ns: 0,
         }
     }
 
@@ -624,6 +800,7 @@ mod tests {
                 ("source_version", "v1"),
                 ("source_workload_namespace", "shop"),
                 ("destination_canonical_service", "meet"),
+                ("destination_workload", "meet-v2"),
                 ("destination_version", "v2"),
                 ("destination_service_namespace", "shop"),
                 ("response_code", code),

@@ -24,6 +24,8 @@ pub struct GraphQuery {
     pub depth: Option<usize>,
     /// Keep the per-version breakdown.
     pub versions: bool,
+    /// Draw ambient waypoints and the hops through them (off by default, as in Kiali).
+    pub waypoints: bool,
 }
 
 impl GraphQuery {
@@ -44,6 +46,7 @@ impl Default for GraphQuery {
             service: None,
             depth: None,
             versions: true,
+            waypoints: false,
         }
     }
 }
@@ -340,7 +343,11 @@ fn kept_nodes(
     edges: &[EdgeSnapshot],
     query: &GraphQuery,
 ) -> HashSet<NodeKey> {
-    let mut keep: HashSet<NodeKey> = nodes.iter().map(|n| n.key.clone()).collect();
+    let mut keep: HashSet<NodeKey> = nodes
+        .iter()
+        .map(|n| n.key.clone())
+        .filter(|k| query.waypoints || k.kind != NodeKind::Waypoint)
+        .collect();
     if let Some(ns) = &query.namespace {
         let inside = |k: &NodeKey| k.namespace.as_deref() == Some(ns.as_str());
         keep = edges
@@ -348,6 +355,7 @@ fn kept_nodes(
             .filter(|e| inside(&e.client) || inside(&e.server))
             .flat_map(|e| [e.client.clone(), e.server.clone()])
             .chain(nodes.iter().map(|n| &n.key).filter(|k| inside(k)).cloned())
+            .filter(|k| keep.contains(k))
             .collect();
     }
     let Some(service) = &query.service else {

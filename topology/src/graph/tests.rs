@@ -434,6 +434,7 @@ fn an_edge_seen_only_by_metrics_takes_its_latency_from_their_histograms() {
             counts,
             delta: true,
         },
+        time_ns: 0,
     };
     let batch = MetricBatch {
         resource: resource("work", Some("v1")),

@@ -86,7 +86,16 @@ pub struct Counts {
     /// `connection_security_policy`).
     pub mtls: u64,
     pub tls_known: u64,
+    /// TCP edges (Istio's `istio_tcp_*`): bytes the server sent back (Istio's "sent") and bytes
+    /// it received, connections opened and closed.
+    pub tcp_sent_bytes: u64,
+    pub tcp_received_bytes: u64,
+    pub tcp_opened: u64,
+    pub tcp_closed: u64,
 }
+
+/// How many numbers a stored `Counts` has.
+pub const COUNTS_LEN: usize = 17;
 
 impl Counts {
     pub fn record(&mut self, o: &EdgeObservation) {
@@ -103,7 +112,7 @@ impl Counts {
     }
 
     /// The counts in a fixed order (for storage).
-    pub fn to_array(self) -> [u64; 13] {
+    pub fn to_array(self) -> [u64; COUNTS_LEN] {
         [
             self.requests,
             self.failures,
@@ -118,11 +127,15 @@ impl Counts {
             self.ejections,
             self.mtls,
             self.tls_known,
+            self.tcp_sent_bytes,
+            self.tcp_received_bytes,
+            self.tcp_opened,
+            self.tcp_closed,
         ]
     }
 
-    pub fn from_array(a: [u64; 13]) -> Counts {
-        let [requests, failures, http_4xx, http_5xx, grpc_errors, denied, rate_limited, overflows, bytes, retries, ejections, mtls, tls_known] =
+    pub fn from_array(a: [u64; COUNTS_LEN]) -> Counts {
+        let [requests, failures, http_4xx, http_5xx, grpc_errors, denied, rate_limited, overflows, bytes, retries, ejections, mtls, tls_known, tcp_sent_bytes, tcp_received_bytes, tcp_opened, tcp_closed] =
             a;
         Counts {
             requests,
@@ -138,6 +151,10 @@ impl Counts {
             ejections,
             mtls,
             tls_known,
+            tcp_sent_bytes,
+            tcp_received_bytes,
+            tcp_opened,
+            tcp_closed,
         }
     }
 

@@ -132,6 +132,12 @@ pub struct StatsDto {
     pub rate_limited: u64,
     pub overflows: u64,
     pub bytes: u64,
+    /// TCP edges (Istio's `istio_tcp_*`): bytes the server sent back and bytes it received,
+    /// per second over the window, and connections opened and closed.
+    pub tcp_sent_bps: f64,
+    pub tcp_received_bps: f64,
+    pub tcp_connections_opened: u64,
+    pub tcp_connections_closed: u64,
     /// Retries and outlier ejections (from proxies' metrics).
     pub retries: u64,
     pub ejections: u64,
@@ -175,6 +181,10 @@ pub fn stats_dto(s: &Summary, window: Window) -> StatsDto {
         rate_limited: c.rate_limited,
         overflows: c.overflows,
         bytes: c.bytes,
+        tcp_sent_bps: c.tcp_sent_bytes as f64 / window.seconds() as f64,
+        tcp_received_bps: c.tcp_received_bytes as f64 / window.seconds() as f64,
+        tcp_connections_opened: c.tcp_opened,
+        tcp_connections_closed: c.tcp_closed,
         retries: c.retries,
         ejections: c.ejections,
         mtls_pct: (c.tls_known > 0).then(|| c.mtls as f64 * 100.0 / c.tls_known as f64),
@@ -262,6 +272,16 @@ impl ServicesResponse {
 }
 
 /// Reads `window`, `namespace`, `service`, `depth`, `versions`; anything else is ignored.
+fn flag(name: &str, v: &str) -> Result<bool, WebError> {
+    match v {
+        "true" | "1" | "" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(WebError::BadRequest(format!(
+            "{name} must be true or false; got {v:?}"
+        ))),
+    }
+}
+
 pub fn parse_query(raw: &str) -> Result<GraphQuery, WebError> {
     let mut q = GraphQuery::default();
     for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
@@ -281,17 +301,8 @@ pub fn parse_query(raw: &str) -> Result<GraphQuery, WebError> {
                 })?;
                 q.depth = Some(d);
             }
-            "versions" => {
-                q.versions = match &*v {
-                    "true" | "1" | "" => true,
-                    "false" | "0" => false,
-                    _ => {
-                        return Err(WebError::BadRequest(format!(
-                            "versions must be true or false; got {v:?}"
-                        )))
-                    }
-                }
-            }
+            "versions" => q.versions = flag("versions", &v)?,
+            "waypoints" => q.waypoints = flag("waypoints", &v)?,
             _ => {}
         }
     }

@@ -3,8 +3,8 @@ use meshlens_topology::{AttrValue, InvalidSpan, SpanKind, StatusCode};
 use proptest::prelude::*;
 
 use super::*;
-use crate::pipeline::Rejected;
 use crate::otlp::http::{decode_request, Format};
+use crate::pipeline::Rejected;
 
 fn fixture(name: &str) -> Bytes {
     let path = format!("{}/testdata/{name}", env!("CARGO_MANIFEST_DIR"));

@@ -1,0 +1,92 @@
+//! Prometheus remote write 1.0 `POST /api/v1/write` (on the OTLP/HTTP listener): a
+//! snappy-compressed protobuf `WriteRequest`, answered 204. Proxies' series go to the graph as
+//! OTLP metrics do. A bad request is answered 400 with a message (Prometheus drops it and does
+//! not retry); series refused inside a good request are counted and named in a 400 after the
+//! good ones are in, as Prometheus' own receiver does. Overload is 503 with `Retry-After`, which
+//! Prometheus retries (it retries a 429 only when told to).
+
+mod convert;
+pub mod proto;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use http::{header, HeaderMap, StatusCode};
+use prost::Message;
+
+use crate::body::{read_body, BodyLimits};
+use crate::error::{ErrorBody, HttpIngestError, IngestError};
+use crate::pipeline::Pipeline;
+use crate::Protocol;
+pub use convert::convert_write;
+use proto::WriteRequest;
+
+/// A remote write request may be this many times `max_message_bytes` (32 MiB after
+/// decompression at the default): Prometheus sends up to `max_samples_per_send` samples a
+/// request, with every label of every series written out.
+pub const SIZE_FACTOR: usize = 8;
+
+#[derive(Clone)]
+struct WriteState {
+    pipeline: Pipeline,
+    limits: BodyLimits,
+}
+
+pub fn router(pipeline: Pipeline, limits: BodyLimits) -> Router {
+    let limits = BodyLimits {
+        max_bytes: limits.max_bytes.saturating_mul(SIZE_FACTOR),
+        ..limits
+    };
+    Router::new()
+        .route("/api/v1/write", post(write))
+        .with_state(WriteState { pipeline, limits })
+}
+
+async fn write(State(st): State<WriteState>, headers: HeaderMap, body: Body) -> Response {
+    match accept(&st, &headers, body).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => {
+            st.pipeline.reject_request(Protocol::PromRemoteWrite, &e);
+            let overloaded = matches!(e, IngestError::Overloaded);
+            let mut resp = HttpIngestError {
+                error: e,
+                body: ErrorBody::Text,
+            }
+            .into_response();
+            if overloaded {
+                *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            }
+            resp
+        }
+    }
+}
+
+async fn accept(st: &WriteState, headers: &HeaderMap, body: Body) -> Result<(), IngestError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/x-protobuf");
+    let mut parts = ct.split(';').map(|p| p.trim().to_ascii_lowercase());
+    let proto_ok = parts.clone().skip(1).all(|p| {
+        p.strip_prefix("proto=")
+            .is_none_or(|v| v == "prometheus.writerequest")
+    });
+    if parts.next().as_deref() != Some("application/x-protobuf") || !proto_ok {
+        return Err(IngestError::UnsupportedMediaType(format!(
+            "{ct}; remote write 1.0 (application/x-protobuf, prometheus.WriteRequest) only"
+        )));
+    }
+    let bytes = read_body(headers, body, st.limits).await?;
+    let request = WriteRequest::decode(bytes.as_ref())
+        .map_err(|e| IngestError::Malformed(format!("protobuf: {e}")))?;
+    drop(bytes);
+    let done = st
+        .pipeline
+        .ingest_metrics(Protocol::PromRemoteWrite, convert_write(request))?;
+    if done.rejected > 0 {
+        return Err(IngestError::Malformed(done.message()));
+    }
+    Ok(())
+}
