@@ -486,6 +486,12 @@ mod tests {
         m.ingest_rejected_metric_points
             .with_label_values(&["otlp_grpc", "x"])
             .inc();
+        m.ingest_metric_series
+            .with_label_values(&["prom_remote_write"])
+            .inc();
+        m.ingest_stale_markers
+            .with_label_values(&["prom_remote_write"])
+            .inc();
         m.topology_spans.with_label_values(&["paired"]).inc();
         m.topology_series_dropped
             .with_label_values(&["traces_spanmetrics"])

@@ -355,6 +355,6 @@ mod tests {
             envoy_name("envoy_cluster_outlier_detection_ejections_enforced_total").0,
             "cluster.outlier_detection.ejections_enforced_total"
         );
-        assert_eq!(envoy_name("istio_requests_total").1, false);
+        assert!(!envoy_name("istio_requests_total").1);
     }
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Bytes;
-use meshlens_topology::graph::{GraphQuery, GraphSnapshot, Topology, Window};
+use meshlens_topology::graph::{GraphQuery, GraphSnapshot, NodeKind, Topology, Window};
 
 use crate::api::graph_json;
 use crate::WebError;
@@ -138,7 +138,16 @@ impl GraphCache {
             .unwrap_or_else(|e| e.into_inner())
             .whole(window, now_ns());
         let built_at = SystemTime::now();
-        let json = graph_json(&snapshot, built_at);
+        // Waypoints are drawn only when asked for (as in Kiali), so the whole graph leaves them out.
+        let json = if snapshot
+            .nodes
+            .iter()
+            .any(|n| n.key.kind == NodeKind::Waypoint)
+        {
+            graph_json(&snapshot.filtered(&GraphQuery::whole(window)), built_at)
+        } else {
+            graph_json(&snapshot, built_at)
+        };
         // Filtered queries someone asked lately are answered ahead, so a polling UI with filters
         // is answered from memory too.
         let warm: Vec<(String, GraphQuery)> = {

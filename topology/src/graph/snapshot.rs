@@ -115,7 +115,14 @@ impl Summary {
 /// The policy server's own count of the denials and rate limits it decided for an edge stands
 /// where it is higher (the same refusals seen by spans or metrics are not added twice).
 fn effective(spans: &Counts, metrics: &Counts, policy: &PolicyCounts) -> Counts {
-    let mut out = if metrics.requests == 0 && metrics.retries == 0 && metrics.overflows == 0 {
+    let metrics_counted = metrics.requests > 0
+        || metrics.retries > 0
+        || metrics.overflows > 0
+        || metrics.tcp_opened > 0
+        || metrics.tcp_closed > 0
+        || metrics.tcp_sent_bytes > 0
+        || metrics.tcp_received_bytes > 0;
+    let mut out = if !metrics_counted {
         *spans
     } else {
         Counts {
