@@ -15,7 +15,7 @@ from typing import Iterator
 import envoy
 import requests
 
-from mlhelpers import LOOPBACK, REPO, poll
+from mlhelpers import LOOPBACK, REPO, poll, stop_process
 
 # examples/envoy-mesh/mesh.py writes the example's Envoy configs; the tests build theirs from the
 # same pieces.
@@ -80,9 +80,4 @@ def run_envoy(config: str, admin: int, tmp_path: Path, name: str = "envoy") -> I
             assert proc.poll() is None, log_path.read_text()
             yield proc
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)

@@ -215,6 +215,16 @@ class PortRace(Exception):
 
 # HTTP / JSON helpers -----------------------------------------------------------------------------
 
+def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """Terminates a child process, killing it if it has not ended within `timeout`."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def get_json(url: str, expect: int = 200, session: requests.Session | None = None, **params) -> Any:
     r = (session or HTTP).get(url, params=params or None, timeout=10)
     assert r.status_code == expect, f"GET {r.url}: expected {expect}, got {r.status_code}: {r.text[:2000]}"

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from mlhelpers import HTTP, LOOPBACK, REPO, free_ports, metric, poll
+from mlhelpers import HTTP, LOOPBACK, REPO, free_ports, metric, poll, stop_process
 
 PROMETHEUS = shutil.which("prometheus")
 FIXTURES = REPO / "testdata" / "istio"
@@ -172,12 +172,7 @@ def run_scenario(meshlens_factory, tmp_path: Path, scenario: str) -> tuple[dict,
             pytest.fail("\n".join(last))
         return expected, ml
     finally:
-        prom.terminate()
-        try:
-            prom.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            prom.kill()
-            prom.wait()
+        stop_process(prom)
         exporter.stop()
 
 
