@@ -7,7 +7,7 @@
 //! many separate stalls there were (calls over 5 ms, grouped into 10 ms periods), and the
 //! hypervisor's steal time over the run.
 
-mod proc_stats;
+use meshlens_loadgen::proc_stats;
 
 use meshlens_loadgen::requests;
 

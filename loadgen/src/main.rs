@@ -4,7 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod mesh;
-mod proc_stats;
+use meshlens_loadgen::proc_stats;
 mod send;
 
 use std::time::{Duration, Instant};

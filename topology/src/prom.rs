@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::attr::Attributes;
+use crate::graph::reads_metric;
 use crate::metric::{MetricBatch, MetricPoint, PointValue};
 use crate::resource::Resource;
 
@@ -65,6 +66,8 @@ pub struct FromSeries {
     pub series: u64,
     pub samples: u64,
     pub stale: u64,
+    /// Samples of series the graph does not read, left aside unconverted.
+    pub unread: u64,
     /// Samples refused, by problem, and the first problem with its place.
     pub rejected: Vec<(SeriesProblem, u64)>,
     pub first_problem: Option<String>,
@@ -141,17 +144,9 @@ pub fn batches_from_series(series: impl IntoIterator<Item = PromSeries>) -> From
             None => (name.to_string(), None),
         };
         let (name, envoy) = envoy_name(&name);
-        let mut attributes = Attributes::new();
-        for (k, v) in &s.labels {
-            if k == "__name__" || (le.is_some() && k == "le") {
-                continue;
-            }
-            let key = match (envoy, k.as_str()) {
-                (true, "envoy_cluster_name") => "envoy.cluster_name",
-                (true, "envoy_response_code_class") => "envoy.response_code_class",
-                _ => k.as_str(),
-            };
-            attributes.push(key, v.as_str());
+        if !reads_metric(&name, le.is_some()) {
+            out.unread += n;
+            continue;
         }
         let target = (
             label("job").unwrap_or("").to_string(),
@@ -160,11 +155,24 @@ pub fn batches_from_series(series: impl IntoIterator<Item = PromSeries>) -> From
         let batch = *targets.entry(target).or_insert_with(|| {
             out.batches.push(MetricBatch {
                 resource: Arc::new(resource_of(&s.labels)),
-                points: Vec::new(),
+                points: Vec::with_capacity(256),
             });
             out.batches.len() - 1
         });
-        for sample in &s.samples {
+        let mut attributes = Attributes(Vec::with_capacity(s.labels.len()));
+        for (k, v) in s.labels {
+            if k == "__name__" || (le.is_some() && k == "le") {
+                continue;
+            }
+            let key = match (envoy, k.as_str()) {
+                (true, "envoy_cluster_name") => "envoy.cluster_name".to_string(),
+                (true, "envoy_response_code_class") => "envoy.response_code_class".to_string(),
+                _ => k,
+            };
+            attributes.push(key, v);
+        }
+        let last = s.samples.len().saturating_sub(1);
+        for (j, sample) in s.samples.iter().enumerate() {
             if sample.value.is_nan() {
                 out.stale += 1;
             }
@@ -179,15 +187,32 @@ pub fn batches_from_series(series: impl IntoIterator<Item = PromSeries>) -> From
                     delta: false,
                 },
             };
+            // The last sample (most often the only one) takes the attributes themselves.
+            let attributes = if j == last {
+                std::mem::take(&mut attributes)
+            } else {
+                attributes.clone()
+            };
             out.batches[batch].points.push(MetricPoint {
                 name: name.clone(),
-                attributes: attributes.clone(),
+                attributes,
                 value,
                 time_ns: (sample.timestamp_ms as u64).saturating_mul(1_000_000),
             });
         }
     }
     out
+}
+
+/// Whether the graph may read a series of this metric name, before its labels are looked at:
+/// receivers use it to leave the other series undecoded. (A `_bucket` name is read as a bucket
+/// of its histogram, or as itself where it has no `le`; either way counts.)
+pub fn series_read(name: &str) -> bool {
+    let plain = envoy_name(name).0;
+    reads_metric(&plain, false)
+        || name
+            .strip_suffix("_bucket")
+            .is_some_and(|base| reads_metric(&envoy_name(base).0, true))
 }
 
 /// `le` as Prometheus writes it (`0.5`, `1.0`, `1e+06`, `+Inf`).

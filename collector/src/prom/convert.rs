@@ -1,27 +1,26 @@
 //! A remote write request to the pipeline's metric batches (the series' meaning is
 //! `meshlens_topology::prom`'s).
 
-use meshlens_topology::prom::{batches_from_series, PromSample, PromSeries};
+use meshlens_topology::prom::{batches_from_series, series_read};
 
-use super::proto::WriteRequest;
+use super::proto::{decode_kept, WireError};
 use crate::pipeline::ConvertedMetrics;
 
-pub fn convert_write(req: WriteRequest) -> ConvertedMetrics {
-    let series = req.timeseries.into_iter().map(|ts| PromSeries {
-        labels: ts.labels.into_iter().map(|l| (l.name, l.value)).collect(),
-        samples: ts
-            .samples
-            .into_iter()
-            .map(|s| PromSample {
-                value: s.value,
-                timestamp_ms: s.timestamp,
-            })
-            .collect(),
-    });
-    let from = batches_from_series(series);
+/// Decodes a `WriteRequest` body, leaving undecoded the series the graph does not read (they are
+/// taken and counted all the same), and converts the rest.
+pub fn convert_write(body: &[u8]) -> Result<ConvertedMetrics, WireError> {
+    let (kept, unread_series, unread_samples) = decode_kept(body, series_read)?;
+    let from = batches_from_series(kept);
     let mut out = ConvertedMetrics {
-        points: from.batches.iter().map(|b| b.points.len() as u64).sum(),
-        series: from.series,
+        // Samples of series the graph does not read are taken too, and counted with the rest.
+        points: from
+            .batches
+            .iter()
+            .map(|b| b.points.len() as u64)
+            .sum::<u64>()
+            + from.unread
+            + unread_samples,
+        series: from.series + unread_series,
         stale: from.stale,
         ..ConvertedMetrics::default()
     };
@@ -31,5 +30,5 @@ pub fn convert_write(req: WriteRequest) -> ConvertedMetrics {
         });
     }
     out.batches = from.batches;
-    out
+    Ok(out)
 }

@@ -14,19 +14,20 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use http::{header, HeaderMap, StatusCode};
-use prost::Message;
 
-use crate::body::{read_body, BodyLimits};
+use crate::body::{content_encoding, read_raw, unsnappy_into, BodyLimits, BufferPool};
 use crate::error::{ErrorBody, HttpIngestError, IngestError};
 use crate::pipeline::Pipeline;
 use crate::Protocol;
 pub use convert::convert_write;
-use proto::WriteRequest;
 
 /// A remote write request may be this many times `max_message_bytes` (32 MiB after
 /// decompression at the default): Prometheus sends up to `max_samples_per_send` samples a
 /// request, with every label of every series written out.
 pub const SIZE_FACTOR: usize = 8;
+
+/// Decompressed bodies' buffers, reused between requests.
+static BUFFERS: BufferPool = BufferPool::new();
 
 #[derive(Clone)]
 struct WriteState {
@@ -78,13 +79,21 @@ async fn accept(st: &WriteState, headers: &HeaderMap, body: Body) -> Result<(), 
             "{ct}; remote write 1.0 (application/x-protobuf, prometheus.WriteRequest) only"
         )));
     }
-    let bytes = read_body(headers, body, st.limits).await?;
-    let request = WriteRequest::decode(bytes.as_ref())
-        .map_err(|e| IngestError::Malformed(format!("protobuf: {e}")))?;
-    drop(bytes);
+    let raw = read_raw(body, st.limits).await?;
+    let converted = match content_encoding(headers).as_str() {
+        "snappy" => {
+            let mut buf = BUFFERS.take(st.limits.max_bytes);
+            unsnappy_into(&raw, st.limits.max_bytes, &mut buf.buf)?;
+            drop(raw);
+            convert_write(&buf.buf)
+        }
+        "" | "identity" => convert_write(&raw),
+        other => return Err(IngestError::UnsupportedEncoding(other.to_string())),
+    }
+    .map_err(|e| IngestError::Malformed(format!("protobuf: {e}")))?;
     let done = st
         .pipeline
-        .ingest_metrics(Protocol::PromRemoteWrite, convert_write(request))?;
+        .ingest_metrics(Protocol::PromRemoteWrite, converted)?;
     if done.rejected > 0 {
         return Err(IngestError::Malformed(done.message()));
     }

@@ -18,7 +18,7 @@ pub use pairing::{
     EdgeObservation, Pairer, PairingConfig, PairingCounters, DEFAULT_MAX_PENDING,
     DEFAULT_PAIRING_TTL_NS,
 };
-pub use proxy::{MetricObservation, ProxyMetrics};
+pub use proxy::{reads_metric, MetricObservation, ProxyMetrics};
 pub use side::{
     endpoint_of, istio_cluster, service_of_cluster, ClusterMap, Outcome, Peer, Role, SpanSide,
 };

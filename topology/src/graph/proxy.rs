@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 
-use crate::attr::Attributes;
+use crate::attr::{AttrValue, Attributes};
 use crate::graph::istio::{self, IstioMetric, Waypoints};
 use crate::graph::node::{ConnectionType, EdgeKey, Endpoint};
 use crate::graph::side::{endpoint_of, ClusterMap};
@@ -465,9 +465,26 @@ fn series_hash(who: &crate::ServiceIdentity, name: &str, a: &Attributes, sum: bo
     (who, name, sum).hash(&mut h);
     for (k, v) in a.iter() {
         k.hash(&mut h);
-        v.to_text().hash(&mut h);
+        match v {
+            // Without a copy: this runs for every point of every export.
+            AttrValue::Str(text) => Some(text.as_str()).hash(&mut h),
+            other => other.to_text().as_deref().hash(&mut h),
+        }
     }
     h.finish()
+}
+
+/// Whether the graph reads a metric of this name (after a remote write series' renaming: a
+/// classic histogram's buckets under the histogram's name, `bucket`), so that receivers can
+/// leave the others aside before converting them.
+pub fn reads_metric(name: &str, bucket: bool) -> bool {
+    match IstioMetric::of(name) {
+        Some(IstioMetric::Duration) => true,
+        // Sizes are read from their sums; their buckets and counts are not needed.
+        Some(IstioMetric::Bytes) => !bucket && !name.ends_with("_count"),
+        Some(_) => !bucket,
+        None => name.starts_with("cluster."),
+    }
 }
 
 fn hash_of(v: &impl Hash) -> u64 {
@@ -512,6 +529,10 @@ fn classify(
                 },
             },
             IstioMetric::Duration => Effect::Latency,
+            // Sizes come from their sums: a bucket is not a size.
+            IstioMetric::Bytes if matches!(p.value, PointValue::Bucket { .. }) => {
+                return Classified::Ignored
+            }
             IstioMetric::Bytes => Effect::Bytes,
             IstioMetric::TcpSent => Effect::TcpSent,
             IstioMetric::TcpReceived => Effect::TcpReceived,
