@@ -104,6 +104,18 @@ const VERSION: &[&str] = &[
 const NAMESPACE: &[&str] = &["namespace", "kubernetes_namespace", "k8s_namespace"];
 const INSTANCE: &[&str] = &["pod", "kubernetes_pod_name", "pod_name", "instance"];
 
+/// The workload a scrape target's labels name, `(namespace, name)`, when a series carries them.
+pub(crate) fn scrape_target(a: &Attributes) -> Option<(Option<&str>, &str)> {
+    let first = |keys: &[&str]| {
+        keys.iter()
+            .filter_map(|k| a.get_str(k))
+            .find(|v| !v.is_empty() && *v != "unknown")
+    };
+    // `job` names the scrape job, not the workload.
+    let name = first(&SERVICE[..SERVICE.len() - 1])?;
+    Some((first(NAMESPACE), name))
+}
+
 /// Converts series to one batch per scrape target. Each series is checked alone: a bad one is
 /// refused and counted, and the rest go on.
 pub fn batches_from_series(series: impl IntoIterator<Item = PromSeries>) -> FromSeries {

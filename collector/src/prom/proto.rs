@@ -251,7 +251,11 @@ mod tests {
         }
         .encode_to_vec();
         let (kept, skipped, samples) = decode_kept(&buf, |n| n == "keep_me").unwrap();
-        assert_eq!((kept.len(), skipped, samples), (3, 1, 3), "the nameless is kept");
+        assert_eq!(
+            (kept.len(), skipped, samples),
+            (3, 1, 3),
+            "the nameless is kept"
+        );
         assert!(kept[2].labels.is_empty());
         assert_eq!(kept[0].labels[1], ("job".to_string(), "pods".to_string()));
         assert_eq!(kept[0].samples[1].value, 1.5);

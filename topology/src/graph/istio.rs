@@ -91,11 +91,14 @@ pub(crate) struct Waypoints {
 const MAX_WAYPOINTS: usize = 10_000;
 
 impl Waypoints {
-    /// Learns the proxy `(namespace, name)` as a waypoint if this series says it is one.
-    pub(crate) fn learn(&mut self, proxy: (Option<&str>, &str), a: &Attributes) {
+    /// Learns the proxy that reported this series as a waypoint if the series says it is one.
+    /// The proxy is the one its scrape target labels name (as Prometheus writes them, and as the
+    /// OpenTelemetry Collector's `prometheus` receiver keeps them), else `resource`.
+    pub(crate) fn learn(&mut self, resource: (Option<&str>, &str), a: &Attributes) {
         let says = a.get_str("reporter") == Some("waypoint")
             || a.get_str("gateway_networking_k8s_io_gateway_class_name") == Some("istio-waypoint");
         if says && self.known.len() < MAX_WAYPOINTS {
+            let proxy = crate::prom::scrape_target(a).unwrap_or(resource);
             self.known
                 .insert((proxy.0.map(Arc::from), Arc::from(proxy.1)));
         }
