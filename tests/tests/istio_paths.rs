@@ -319,3 +319,89 @@ async fn bookinfo_by_remote_write_and_by_the_collectors_otlp_draws_one_graph() {
 async fn ambient_by_remote_write_and_by_the_collectors_otlp_draws_one_graph() {
     same_graph_by_both_roads("ambient-waypoint").await;
 }
+
+/// Istio's default: 1% of calls traced. A few spans of productpage calling reviews (slow ones,
+/// 500 ms) beside the remote-written metrics of 300 calls: the edge counts the metrics' calls,
+/// takes its latency from their histograms and says so, and still shows what the spans saw.
+#[tokio::test]
+async fn sampled_spans_pair_beside_the_metrics_which_give_counts_and_latencies() {
+    use meshlens_tests::{now_ns, otlp_span, str_kv};
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, ResourceSpans, ScopeSpans};
+    let env = TestEnv::start().await;
+    for n in 0..2 {
+        let body = remote_write_body(&scrape("bookinfo-sidecar", n));
+        post(&env, "/api/v1/write", "application/x-protobuf", body).await;
+    }
+    let side = |service: &str, version: &str, kind: SpanKind, id: u64, trace: u64| {
+        let t0 = now_ns() - 2_000_000_000;
+        let mut s = otlp_span(
+            trace,
+            id,
+            (id % 2 == 0).then_some(id - 1),
+            "GET /reviews",
+            t0,
+        );
+        s.kind = kind as i32;
+        s.end_time_unix_nano = t0 + 500_000_000;
+        ResourceSpans {
+            resource: Some(opentelemetry_proto::tonic::resource::v1::Resource {
+                attributes: vec![
+                    str_kv("service.name", service),
+                    str_kv("service.version", version),
+                    str_kv("k8s.namespace.name", "bookinfo"),
+                ],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans: vec![s],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    };
+    let mut resource_spans = Vec::new();
+    for trace in 1..=3u64 {
+        resource_spans.push(side(
+            "productpage",
+            "v1",
+            SpanKind::Client,
+            2 * trace - 1,
+            trace,
+        ));
+        resource_spans.push(side("reviews", "v2", SpanKind::Server, 2 * trace, trace));
+    }
+    let req = ExportTraceServiceRequest { resource_spans };
+    post(
+        &env,
+        "/v1/traces",
+        "application/x-protobuf",
+        req.encode_to_vec(),
+    )
+    .await;
+    let id = "service:bookinfo/productpage->service:bookinfo/reviews:http";
+    let mut edge = Value::Null;
+    for _ in 0..100 {
+        let (_, g) = env.get_json("/api/graph?window=5m").await;
+        edge = g["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["id"] == id)
+            .cloned()
+            .unwrap_or(Value::Null);
+        if edge["sources"]["spans"]["requests"] == 3 && edge["stats"]["requests"] == 300 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(edge["sources"]["spans"]["requests"], 3, "{edge}");
+    assert_eq!(edge["stats"]["requests"], 300, "the metrics' count: {edge}");
+    assert_eq!(edge["stats"]["latency_source"], "metrics", "{edge}");
+    let p99 = edge["stats"]["latency_ms"]["p99"].as_f64().unwrap();
+    assert!(
+        p99 < 400.0,
+        "the histograms' latency, not the spans' 500 ms: {edge}"
+    );
+    env.stop().await;
+}

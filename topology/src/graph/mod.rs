@@ -27,7 +27,9 @@ pub use snapshot::{
     build as build_snapshot, EdgeSnapshot, EdgeVersionSnapshot, GraphQuery, GraphSnapshot,
     NodeSnapshot, Sources, Summary, VersionSnapshot,
 };
-pub use window::{Counts, PolicyCounts, Series, Stats, Window, COUNTS_LEN};
+pub use window::{
+    latency_from, Counts, LatencyFrom, PolicyCounts, Series, Stats, Window, COUNTS_LEN,
+};
 
 /// Refusals the policy server decided between two services in a short interval.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -272,6 +272,11 @@ impl SketchSum {
         self.total += s.count;
     }
 
+    /// How many values were added since the last `take_quantiles`.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
     /// The percentiles of everything added since the last call, and starts afresh.
     pub fn take_quantiles(&mut self) -> Option<Quantiles> {
         self.touched.sort_unstable();

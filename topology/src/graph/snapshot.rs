@@ -10,7 +10,7 @@ use petgraph::graph::{NodeIndex, UnGraph};
 use crate::graph::health::{Health, HealthConfig};
 use crate::graph::node::{ConnectionType, EdgeKey, NodeKey, NodeKind};
 use crate::graph::sketch::{Quantiles, SketchSum};
-use crate::graph::window::{Counts, PolicyCounts, Stats, Window};
+use crate::graph::window::{latency_from, Counts, LatencyFrom, PolicyCounts, Stats, Window};
 
 /// What part of the graph to show.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,8 +65,11 @@ pub struct Summary {
     pub counts: Counts,
     /// The same calls as each source counted them.
     pub sources: Sources,
-    /// Server-side latency where any is known, else client-side (virtual nodes have only that).
+    /// The latency to show: from spans, server side where known, else client side (virtual
+    /// nodes have only that), or from the proxies' histograms where spans are few
+    /// ([`latency_from`]).
     pub latency: Option<Quantiles>,
+    pub latency_from: Option<LatencyFrom>,
     pub client_latency: Option<Quantiles>,
 }
 
@@ -79,7 +82,8 @@ impl Summary {
                 metrics: s.metric_counts,
                 policy: s.policy_counts,
             },
-            latency: s.latency().quantiles(),
+            latency: s.latency().0.quantiles(),
+            latency_from: s.latency().1,
             client_latency: s.client_latency.quantiles(),
         }
     }
@@ -97,10 +101,20 @@ impl Summary {
             sums.metric.add(&s.metric_latency);
         }
         out.counts = effective(&src.spans, &src.metrics, &src.policy);
+        out.latency_from = latency_from(
+            sums.server.total(),
+            sums.client.total(),
+            sums.metric.total(),
+        );
         let server = sums.server.take_quantiles();
         out.client_latency = sums.client.take_quantiles();
         let metric = sums.metric.take_quantiles();
-        out.latency = server.or(out.client_latency).or(metric);
+        out.latency = match out.latency_from {
+            Some(LatencyFrom::ServerSpans) => server,
+            Some(LatencyFrom::ClientSpans) => out.client_latency,
+            Some(LatencyFrom::Metrics) => metric,
+            None => None,
+        };
         out
     }
 
@@ -111,7 +125,7 @@ impl Summary {
 
 /// One edge seen through spans and through metrics is one edge. Where the proxies' metrics
 /// counted calls in the window, their counts win (they are not sampled); the spans' bytes stand
-/// where metrics have none. Latencies always come from spans.
+/// where metrics have none. (Latencies: [`latency_from`].)
 /// The policy server's own count of the denials and rate limits it decided for an edge stands
 /// where it is higher (the same refusals seen by spans or metrics are not added twice).
 fn effective(spans: &Counts, metrics: &Counts, policy: &PolicyCounts) -> Counts {

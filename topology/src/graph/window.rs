@@ -203,7 +203,8 @@ pub struct Stats {
     pub server_latency: LatencySketch,
     pub client_latency: LatencySketch,
     /// Latencies from proxies' histograms (Istio's request duration, Envoy's upstream request
-    /// time): coarse, within the proxy's bucket, so used only where spans gave none.
+    /// time): coarse, within the proxy's bucket, so used only where spans are few
+    /// ([`latency_from`]).
     pub metric_latency: LatencySketch,
 }
 
@@ -257,16 +258,19 @@ impl Stats {
         self.metric_latency.subtract(&other.metric_latency);
     }
 
-    /// The latency to show for this edge: the server's where known (what the callee spent), else
-    /// the client's (virtual nodes have only that side).
-    pub fn latency(&self) -> &LatencySketch {
-        if !self.server_latency.is_empty() {
-            &self.server_latency
-        } else if !self.client_latency.is_empty() {
-            &self.client_latency
-        } else {
-            &self.metric_latency
-        }
+    /// The latency to show for this edge and where it comes from (see [`latency_from`]).
+    pub fn latency(&self) -> (&LatencySketch, Option<LatencyFrom>) {
+        let from = latency_from(
+            self.server_latency.count(),
+            self.client_latency.count(),
+            self.metric_latency.count(),
+        );
+        let sketch = match from {
+            Some(LatencyFrom::ServerSpans) => &self.server_latency,
+            Some(LatencyFrom::ClientSpans) => &self.client_latency,
+            _ => &self.metric_latency,
+        };
+        (sketch, from)
     }
 
     pub fn heap_bytes(&self) -> usize {
@@ -437,6 +441,38 @@ impl Series {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latencies_come_from_spans_unless_sampling_left_them_few() {
+        let sketch = |ms: u64, n: usize| {
+            let mut s = LatencySketch::new();
+            (0..n).for_each(|_| s.record_ns(ms * 1_000_000));
+            s
+        };
+        // Istio traces 1%: one span of a hundred calls stands for nothing; the histograms do.
+        let sampled = Stats {
+            server_latency: sketch(2, 1),
+            metric_latency: sketch(40, 100),
+            ..Stats::default()
+        };
+        let (l, from) = sampled.latency();
+        assert_eq!(from, Some(LatencyFrom::Metrics));
+        assert_eq!(l.count(), 100);
+        // Every call traced: the exact span latencies stand.
+        let traced = Stats {
+            server_latency: sketch(2, 100),
+            client_latency: sketch(3, 100),
+            metric_latency: sketch(40, 100),
+            ..Stats::default()
+        };
+        assert_eq!(traced.latency().1, Some(LatencyFrom::ServerSpans));
+        assert_eq!(latency_from(0, 60, 100), Some(LatencyFrom::ClientSpans));
+        assert_eq!(latency_from(0, 49, 100), Some(LatencyFrom::Metrics));
+        assert_eq!(latency_from(5, 0, 0), Some(LatencyFrom::ServerSpans));
+        assert_eq!(latency_from(0, 0, 0), None);
+        assert_eq!(LatencyFrom::ClientSpans.as_str(), "spans");
+    }
+
     use crate::graph::node::{ConnectionType, EdgeKey, Endpoint, NodeKey};
     use crate::graph::side::Outcome;
     use proptest::prelude::*;
@@ -532,5 +568,45 @@ mod tests {
                 prop_assert_eq!(s.window(w), &want, "window {}", w.as_str());
             }
         }
+    }
+}
+
+/// Where an edge's latency comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LatencyFrom {
+    /// The callee's spans (what it spent).
+    ServerSpans,
+    /// The caller's spans (virtual nodes have only that side).
+    ClientSpans,
+    /// The proxies' histograms (coarse: each bucket's values at its middle).
+    Metrics,
+}
+
+impl LatencyFrom {
+    /// As `/api/graph` names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LatencyFrom::ServerSpans | LatencyFrom::ClientSpans => "spans",
+            LatencyFrom::Metrics => "metrics",
+        }
+    }
+}
+
+/// Which latencies to show, given how many calls each source measured: spans (the server's,
+/// else the client's) are exact, so they stand where they saw at least half the calls the
+/// proxies' histograms did; where spans are sampled (Istio traces 1% of calls by default) the
+/// histograms, which see every call, stand instead.
+pub fn latency_from(server: u64, client: u64, metric: u64) -> Option<LatencyFrom> {
+    let (spans, side) = if server > 0 {
+        (server, LatencyFrom::ServerSpans)
+    } else {
+        (client, LatencyFrom::ClientSpans)
+    };
+    if metric > 0 && spans.saturating_mul(2) < metric {
+        Some(LatencyFrom::Metrics)
+    } else if spans > 0 {
+        Some(side)
+    } else {
+        None
     }
 }

@@ -7,8 +7,8 @@ use axum::extract::{RawQuery, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use meshlens_topology::graph::{
-    build_snapshot, Counts, EdgeKey, EdgeSnapshot, GraphQuery, GraphSnapshot, NodeKind,
-    NodeSnapshot, Quantiles, Sources, Stats, Summary, Window,
+    build_snapshot, Counts, EdgeKey, EdgeSnapshot, GraphQuery, GraphSnapshot, LatencyFrom,
+    NodeKind, NodeSnapshot, Quantiles, Sources, Stats, Summary, Window,
 };
 use serde::Serialize;
 
@@ -143,8 +143,11 @@ pub struct StatsDto {
     pub ejections: u64,
     /// Share of requests over mutual TLS, in percent, where proxies reported it (Istio).
     pub mtls_pct: Option<f64>,
-    /// Server-side latency where known, else client-side (virtual nodes).
+    /// Server-side latency where known, else client-side (virtual nodes); from the proxies'
+    /// histograms where spans saw fewer than half the calls.
     pub latency_ms: Option<Percentiles>,
+    /// Where `latency_ms` came from: `spans` or `metrics`.
+    pub latency_source: Option<&'static str>,
     pub client_latency_ms: Option<Percentiles>,
 }
 
@@ -189,6 +192,7 @@ pub fn stats_dto(s: &Summary, window: Window) -> StatsDto {
         ejections: c.ejections,
         mtls_pct: (c.tls_known > 0).then(|| c.mtls as f64 * 100.0 / c.tls_known as f64),
         latency_ms: percentiles(s.latency),
+        latency_source: s.latency.and(s.latency_from).map(LatencyFrom::as_str),
         client_latency_ms: percentiles(s.client_latency),
     }
 }
