@@ -23,6 +23,7 @@
     depth: params.get('depth') || '1',
     end: params.get('end') || '',
     labels: params.get('labels') || 'rps',
+    waypoints: params.get('waypoints') === 'true',
     selected: params.get('selected') || '',
     graph: null,
     transform: null, // {x, y, k}; null until the first fit
@@ -163,10 +164,20 @@
     rps: (s) => `${s.rps >= 10 ? s.rps.toFixed(0) : s.rps.toFixed(2)} rps`,
     pct: (r) => (r === 0 ? '0%' : r < 0.001 ? '<0.1%' : `${(r * 100).toFixed(1)}%`),
     ms: (v) => (v === undefined || v === null ? '–' : `${v < 10 ? v.toFixed(2) : v.toFixed(0)} ms`),
+    bytes: (b) => {
+      const units = ['B', 'kB', 'MB', 'GB', 'TB'];
+      let i = 0;
+      while (b >= 1000 && i < units.length - 1) { b /= 1000; i += 1; }
+      return `${b >= 100 || i === 0 ? b.toFixed(0) : b.toFixed(1)} ${units[i]}`;
+    },
   };
+
+  /** A TCP edge (Istio's istio_tcp_* metrics): bytes and connections, no requests. */
+  const isTcp = (e) => e.connection_type === 'tcp';
 
   function edgeLabel(e) {
     const s = e.stats;
+    if (isTcp(e)) return `${fmt.bytes(s.tcp_sent_bps + s.tcp_received_bps)}/s`;
     if (state.labels === 'errors') return fmt.pct(s.error_ratio);
     if (state.labels === 'p95') return fmt.ms(s.latency_ms && s.latency_ms.p95);
     return fmt.rps(s);
@@ -193,7 +204,7 @@
       const a = L.boxes[L.index.get(e.source)];
       const b = L.boxes[L.index.get(e.target)];
       if (!a || !b) continue;
-      const g = el('g', { class: `edge ${e.health}`, 'data-id': e.id, 'data-source': e.source, 'data-target': e.target, tabindex: 0 }, edgeLayer);
+      const g = el('g', { class: `edge ${e.health}${isTcp(e) ? ' tcp' : ''}`, 'data-id': e.id, 'data-source': e.source, 'data-target': e.target, tabindex: 0 }, edgeLayer);
       let d;
       let mid;
       if (a === b) {
@@ -238,8 +249,14 @@
       const box = L.boxes[L.index.get(n.id)];
       const g = el('g', { class: `node ${n.kind} ${n.health}`, 'data-id': n.id, transform: `translate(${box.x},${box.y})`, tabindex: 0 }, nodeLayer);
       drawShape(g, n, box);
-      const name = text(g, 12, 20, truncate(n.name, 24), 'node-name');
+      const name = text(g, 12, 20, truncate(n.name, n.gateway ? 19 : 24), 'node-name');
       el('title', {}, name).textContent = n.name;
+      if (n.gateway) {
+        // Kiali's gateway badge: where traffic enters (or leaves) the mesh.
+        const b = text(g, box.w - 12, 20, n.gateway === 'egress' ? 'GW ⇥' : '⇥ GW', 'node-badge gateway');
+        b.setAttribute('text-anchor', 'end');
+        el('title', {}, b).textContent = `Istio ${n.gateway} gateway`;
+      }
       const sub = n.kind === 'service'
         ? `${n.namespace || ''}${n.namespace ? ' · ' : ''}${fmt.rps(n.stats)} · ${fmt.pct(n.stats.error_ratio)}`
         : `${n.kind}${n.namespace ? ` · ${n.namespace}` : ''}`;
@@ -377,7 +394,7 @@
     panel.hidden = false;
     if (node) {
       $('panel-title').textContent = node.name;
-      $('panel-sub').textContent = `${node.kind}${node.namespace ? ` in ${node.namespace}` : ''} · ${node.health} · calls received, last ${graph.window}`;
+      $('panel-sub').textContent = `${node.gateway ? `${node.gateway} gateway` : node.kind}${node.namespace ? ` in ${node.namespace}` : ''} · ${node.health} · calls received, last ${graph.window}`;
       statsTable(node.stats, [['calls out', node.outbound_requests]]);
       charts('node', node.id);
       versionsTable(node.versions.map((v) => [v.version, v.share, v.stats, v.health]));
@@ -394,8 +411,8 @@
       $('panel-sub').textContent = `${edge.connection_type} · ${edge.health} · last ${graph.window}`;
       // Each source's own count, where a number above may come from (docs/api.md, `sources`).
       const src = edge.sources;
-      statsTable(edge.stats, [['requests in spans', src.spans.requests], ['requests in proxy metrics', src.metrics.requests],
-        ['refused by meshlens policy', src.policy.denied + src.policy.rate_limited]]);
+      statsTable(edge.stats, isTcp(edge) ? [] : [['requests in spans', src.spans.requests], ['requests in proxy metrics', src.metrics.requests],
+        ['refused by meshlens policy', src.policy.denied + src.policy.rate_limited]], isTcp(edge));
       charts('edge', edge.id);
       const total = edge.stats.requests || 1;
       versionsTable(edge.versions.map((v) => [`${v.source_version || '–'} → ${v.target_version || '–'}`, v.stats.requests / total, v.stats, '']));
@@ -467,15 +484,21 @@
     }
   }
 
-  function statsTable(s, extra) {
-    const rows = [
+  function statsTable(s, extra, tcp) {
+    const latencyFrom = { spans: 'spans', metrics: 'proxy histograms' }[s.latency_source] || '–';
+    const rows = tcp ? [
+      ['received', `${fmt.bytes(s.tcp_received_bps)}/s`], ['sent', `${fmt.bytes(s.tcp_sent_bps)}/s`],
+      ['bytes', fmt.bytes(s.bytes)], ['connections opened', s.tcp_connections_opened],
+      ['connections closed', s.tcp_connections_closed],
+      ['mTLS', s.mtls_pct === null ? '–' : `${s.mtls_pct.toFixed(0)}%`], ...extra,
+    ] : [
       ['requests', s.requests], ['requests/s', s.rps.toFixed(3)], ['errors', `${s.failures} (${fmt.pct(s.error_ratio)})`],
       ['HTTP 4xx', s.http_4xx], ['HTTP 5xx', s.http_5xx], ['gRPC errors', s.grpc_errors],
       ['denied', s.denied], ['rate limited', s.rate_limited], ['retries', s.retries],
       ['overflows', s.overflows], ['ejections', s.ejections],
       ['mTLS', s.mtls_pct === null ? '–' : `${s.mtls_pct.toFixed(0)}%`],
       ['p50', fmt.ms(s.latency_ms && s.latency_ms.p50)], ['p95', fmt.ms(s.latency_ms && s.latency_ms.p95)],
-      ['p99', fmt.ms(s.latency_ms && s.latency_ms.p99)], ...extra,
+      ['p99', fmt.ms(s.latency_ms && s.latency_ms.p99)], ['latency from', latencyFrom], ...extra,
     ];
     const body = $('panel-stats').tBodies[0];
     body.replaceChildren();
@@ -515,7 +538,7 @@
 
   function syncUrl() {
     const p = new URLSearchParams();
-    for (const k of ['window', 'namespace', 'service', 'depth', 'end', 'labels', 'selected']) {
+    for (const k of ['window', 'namespace', 'service', 'depth', 'end', 'labels', 'waypoints', 'selected']) {
       if (state[k] && !(k === 'window' && state[k] === '5m') && !(k === 'depth' && state[k] === '1') && !(k === 'labels' && state[k] === 'rps')) p.set(k, state[k]);
     }
     const q = p.toString();
@@ -535,6 +558,7 @@
       p.set('service', state.service);
       p.set('depth', state.depth || '1');
     }
+    if (state.waypoints) p.set('waypoints', 'true');
     if (state.end) p.set('end', String(Math.floor(new Date(state.end).getTime() / 1000)));
     try {
       const r = await fetch(`/api/graph?${p}`);
@@ -602,6 +626,8 @@
   });
   $('namespace').addEventListener('change', (ev) => { state.namespace = ev.target.value; changed(true); });
   $('service').addEventListener('change', (ev) => { state.service = ev.target.value.trim(); changed(true); });
+  $('waypoints').checked = state.waypoints;
+  $('waypoints').addEventListener('change', (ev) => { state.waypoints = ev.target.checked; changed(true); });
   $('depth').addEventListener('change', (ev) => { state.depth = ev.target.value; changed(true); });
   $('end').addEventListener('change', (ev) => { state.end = ev.target.value; changed(false); });
   $('labels').addEventListener('change', (ev) => {

@@ -83,7 +83,14 @@ impl HealthConfig {
             ..
         } = *c;
         if requests == 0 {
-            return Health::Idle;
+            // A TCP edge has no requests; bytes or connections in the window are traffic (Kiali
+            // has no error rate for TCP either).
+            let tcp = c.tcp_sent_bytes + c.tcp_received_bytes + c.tcp_opened + c.tcp_closed;
+            return if tcp > 0 {
+                Health::Healthy
+            } else {
+                Health::Idle
+            };
         }
         let server_errors = failures.saturating_sub(grpc_errors);
         [
@@ -115,6 +122,11 @@ mod tests {
     fn kiali_defaults() {
         let h = HealthConfig::default();
         assert_eq!(h.judge(&stats(0, 0, 0, 0)), Health::Idle);
+        let tcp = Counts {
+            tcp_received_bytes: 10,
+            ..Counts::default()
+        };
+        assert_eq!(h.judge(&tcp), Health::Healthy, "TCP traffic is not idle");
         assert_eq!(h.judge(&stats(100, 0, 0, 0)), Health::Healthy);
         assert_eq!(h.judge(&stats(1000, 1, 0, 0)), Health::Degraded);
         assert_eq!(h.judge(&stats(100, 9, 0, 0)), Health::Degraded);

@@ -262,3 +262,30 @@ fn waypoint(namespace: Option<&str>, name: &str) -> Endpoint {
         version: None,
     }
 }
+
+/// An Istio gateway, by the name Istio gives its workload: `ingress` for `istio-ingressgateway`
+/// (and other `*ingressgateway` deployments) and for Gateway API gateways, whose deployments
+/// Istio names `<gateway>-istio`; `egress` for `*egressgateway`.
+pub fn gateway_kind(name: &str) -> Option<&'static str> {
+    if name.ends_with("egressgateway") {
+        Some("egress")
+    } else if name.ends_with("ingressgateway") || name.ends_with("-istio") {
+        Some("ingress")
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod gateway_tests {
+    #[test]
+    fn gateways_by_their_workload_names() {
+        use super::gateway_kind as g;
+        assert_eq!(g("istio-ingressgateway"), Some("ingress"));
+        assert_eq!(g("public-ingressgateway"), Some("ingress"));
+        assert_eq!(g("bookinfo-gateway-istio"), Some("ingress"));
+        assert_eq!(g("istio-egressgateway"), Some("egress"));
+        assert_eq!(g("productpage"), None);
+        assert_eq!(g("waypoint"), None);
+    }
+}

@@ -13,6 +13,7 @@ mod snapshot;
 mod window;
 
 pub use health::{Health, HealthConfig, Threshold};
+pub use istio::gateway_kind;
 pub use node::{ConnectionType, EdgeKey, Endpoint, NodeKey, NodeKind};
 pub use pairing::{
     EdgeObservation, Pairer, PairingConfig, PairingCounters, DEFAULT_MAX_PENDING,

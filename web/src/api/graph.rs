@@ -7,8 +7,8 @@ use axum::extract::{RawQuery, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use meshlens_topology::graph::{
-    build_snapshot, Counts, EdgeKey, EdgeSnapshot, GraphQuery, GraphSnapshot, LatencyFrom,
-    NodeKind, NodeSnapshot, Quantiles, Sources, Stats, Summary, Window,
+    build_snapshot, gateway_kind, Counts, EdgeKey, EdgeSnapshot, GraphQuery, GraphSnapshot,
+    LatencyFrom, NodeKind, NodeSnapshot, Quantiles, Sources, Stats, Summary, Window,
 };
 use serde::Serialize;
 
@@ -31,6 +31,9 @@ pub struct Node {
     pub kind: &'static str,
     pub namespace: Option<String>,
     pub name: String,
+    /// An Istio gateway (`ingress` or `egress`, from its workload's name), else absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<&'static str>,
     pub health: &'static str,
     /// Calls the node received in the window.
     pub stats: StatsDto,
@@ -203,6 +206,9 @@ pub(crate) fn node(n: &NodeSnapshot, w: Window) -> Node {
         kind: n.key.kind.as_str(),
         namespace: n.key.namespace.as_deref().map(String::from),
         name: n.key.name.to_string(),
+        gateway: (n.key.kind == NodeKind::Service)
+            .then(|| gateway_kind(&n.key.name))
+            .flatten(),
         health: n.health.as_str(),
         stats: stats_dto(&n.inbound, w),
         outbound_requests: n.outbound_requests,
