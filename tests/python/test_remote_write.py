@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from mlhelpers import HTTP, LOOPBACK, REPO, free_ports, metric, poll, stop_process
+from envoyhelpers import cluster, run_envoy
+from mlhelpers import HTTP, LOOPBACK, REPO, free_ports, get_json, metric, poll, stop_process
 
 PROMETHEUS = shutil.which("prometheus")
 FIXTURES = REPO / "testdata" / "istio"
@@ -60,16 +61,16 @@ class Exporter:
         self.server.server_close()
 
 
-def start_prometheus(workdir: Path, exporter: Exporter, write_url: str) -> tuple[subprocess.Popen, str]:
+def start_prometheus(workdir: Path, scrape_config: str, write_url: str) -> tuple[subprocess.Popen, str]:
+    """Debian's Prometheus scraping every second with `scrape_config` (one scrape_configs entry)
+    and remote-writing to `write_url` in small, sharded requests."""
     assert PROMETHEUS, "prometheus is needed (Debian package prometheus)"
     config = workdir / "prometheus.yml"
     config.write_text(f"""
 global:
   scrape_interval: 1s
 scrape_configs:
-  - job_name: istio-proxies
-    honor_labels: true
-    static_configs: [{{targets: ["{LOOPBACK}:{exporter.port}"]}}]
+{scrape_config}
 remote_write:
   - url: {write_url}
     queue_config: {{min_shards: 4, max_shards: 4, max_samples_per_send: 300, batch_send_deadline: 1s}}
@@ -147,7 +148,10 @@ def mismatches(graph: dict, expected: list[dict]) -> list[str]:
 def run_scenario(meshlens_factory, tmp_path: Path, scenario: str) -> tuple[dict, object]:
     ml = meshlens_factory()
     exporter = Exporter((FIXTURES / scenario / "scrape-0.prom").read_text())
-    prom, prom_url = start_prometheus(tmp_path, exporter, f"{ml.otlp_http_url}/api/v1/write")
+    scrape = f"""  - job_name: istio-proxies
+    honor_labels: true
+    static_configs: [{{targets: ["{LOOPBACK}:{exporter.port}"]}}]"""
+    prom, prom_url = start_prometheus(tmp_path, scrape, f"{ml.otlp_http_url}/api/v1/write")
     try:
         def written(at_least: float) -> bool:
             assert prom.poll() is None, (tmp_path / "prometheus.log").read_text()[-3000:]
@@ -200,3 +204,78 @@ def test_ambient_waypoints_hidden_by_default_and_drawn_when_asked(meshlens_facto
     assert len(hops) == 4
     assert mismatches(drawn, hops + expected["edges"]) == []
     assert HTTP.get(f"{ml.web_url}/api/graph", params={"waypoints": "maybe"}, timeout=5).status_code == 400
+
+
+def test_a_real_envoys_prometheus_stats_remote_written_give_the_version_split(meshlens, app_port, tmp_path):
+    """A real Envoy plays work's sidecar (v1, namespace shop): it routes requests with `x-canary`
+    to meet v2 and the rest to v1 (Istio-style cluster names). Prometheus scrapes its admin's
+    /stats/prometheus, with the pod's target labels a Kubernetes scrape config would add, and
+    remote-writes to meshlens: Envoy's `envoy_cluster_upstream_rq_xx` and
+    `envoy_cluster_upstream_rq_time` series must give the work → meet edge, meet's version split
+    and latencies from the histogram."""
+    outbound, admin = free_ports(2)
+    v1, v2 = "outbound|80|v1|meet.shop.svc.cluster.local", "outbound|80|v2|meet.shop.svc.cluster.local"
+    config = f"""
+admin:
+  address: {{socket_address: {{address: {LOOPBACK}, port_value: {admin}}}}}
+static_resources:
+  listeners:
+  - name: work_outbound
+    address: {{socket_address: {{address: {LOOPBACK}, port_value: {outbound}}}}}
+    traffic_direction: OUTBOUND
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: work_outbound
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/", headers: [{{name: x-canary, present_match: true}}]}}
+                route: {{cluster: "{v2}"}}
+              - match: {{prefix: "/"}}
+                route: {{cluster: "{v1}"}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:{cluster(v1, app_port)}{cluster(v2, app_port)}
+"""
+    scrape = f"""  - job_name: kubernetes-pods
+    metrics_path: /stats/prometheus
+    static_configs:
+    - targets: ["{LOOPBACK}:{admin}"]
+      labels: {{namespace: shop, pod: work-v1-7d9c, app: work, version: v1}}"""
+    stable, canary = 40, 10
+    with run_envoy(config, admin, tmp_path):
+        prom, _ = start_prometheus(tmp_path, scrape, f"{meshlens.otlp_http_url}/api/v1/write")
+        try:
+            # The first remote-written scrape, before any traffic, is this proxy's baseline.
+            poll(lambda: metric(meshlens.web_url, "meshlens_ingest_metric_points_total",
+                                protocol="prom_remote_write") > 0, timeout=30, what="Envoy's first scrape written")
+            s = requests.Session()
+            for i in range(stable + canary):
+                headers = {"x-canary": "1"} if i >= stable else {}
+                assert s.get(f"http://{LOOPBACK}:{outbound}/ok/{i}", headers=headers, timeout=5).status_code == 200
+            for i in range(3):
+                assert s.get(f"http://{LOOPBACK}:{outbound}/fail/{i}", timeout=5).status_code == 503
+
+            def meet():
+                g = get_json(f"{meshlens.web_url}/api/graph", window="5m")
+                node = {n["id"]: n for n in g["nodes"]}.get("service:shop/meet")
+                edge = {(e["source"], e["target"]): e for e in g["edges"]}.get(
+                    ("service:shop/work", "service:shop/meet"))
+                done = node and edge and edge["stats"]["requests"] == stable + canary + 3 \
+                    and edge["stats"]["latency_ms"]
+                return (node, edge) if done else None
+
+            node, edge = poll(meet, timeout=40, what="work → meet from Envoy's remote-written stats")
+        finally:
+            stop_process(prom)
+    split = {v["version"]: v["stats"]["requests"] for v in node["versions"]}
+    assert split == {"v1": stable + 3, "v2": canary}, split
+    assert edge["stats"]["http_5xx"] == 3, edge["stats"]
+    assert edge["stats"]["latency_source"] == "metrics", edge["stats"]
+    assert edge["sources"]["spans"]["requests"] == 0, "no spans at all"
