@@ -9,6 +9,11 @@ use serde_json::Value;
 
 /// `istio_requests_total` as reviews' sidecar reports calls from productpage, with `code`.
 fn requests(code: &str, samples: &[(f64, i64)]) -> TimeSeries {
+    requests_flagged(code, "-", samples)
+}
+
+/// The same, with Envoy's `response_flags`.
+fn requests_flagged(code: &str, flags: &str, samples: &[(f64, i64)]) -> TimeSeries {
     let labels = [
         ("__name__", "istio_requests_total"),
         ("job", "kubernetes-pods"),
@@ -26,7 +31,7 @@ fn requests(code: &str, samples: &[(f64, i64)]) -> TimeSeries {
         ("destination_service_namespace", "bookinfo"),
         ("connection_security_policy", "mutual_tls"),
         ("response_code", code),
-        ("response_flags", "-"),
+        ("response_flags", flags),
     ];
     TimeSeries {
         labels: labels
@@ -281,6 +286,28 @@ async fn a_request_of_100000_series_is_taken_whole() {
         )
         .await,
         200_000.0
+    );
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn envoys_response_flags_are_counted_by_name() {
+    let env = TestEnv::start().await;
+    let scrape = |t: i64, uf: f64, uh: f64| {
+        body(vec![
+            requests_flagged("503", "UF", &[(uf, t)]),
+            requests_flagged("503", "UH,URX", &[(uh, t)]),
+            requests_flagged("503", "UO", &[(7.0, t)]),
+        ])
+    };
+    assert_eq!(post(&env, scrape(T, 5.0, 1.0)).await.0, 204);
+    assert_eq!(post(&env, scrape(T + 15_000, 9.0, 3.0)).await.0, 204);
+    let e = requests_settle_at(&env, 6).await;
+    assert_eq!(e["stats"]["http_5xx"], 6);
+    assert_eq!(
+        e["stats"]["response_flags"],
+        serde_json::json!({"UF": 4, "UH": 2, "URX": 2}),
+        "{e}"
     );
     env.stop().await;
 }

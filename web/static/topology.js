@@ -498,7 +498,8 @@
       ['overflows', s.overflows], ['ejections', s.ejections],
       ['mTLS', s.mtls_pct === null ? '–' : `${s.mtls_pct.toFixed(0)}%`],
       ['p50', fmt.ms(s.latency_ms && s.latency_ms.p50)], ['p95', fmt.ms(s.latency_ms && s.latency_ms.p95)],
-      ['p99', fmt.ms(s.latency_ms && s.latency_ms.p99)], ['latency from', latencyFrom], ...extra,
+      ['p99', fmt.ms(s.latency_ms && s.latency_ms.p99)], ['latency from', latencyFrom],
+      ['response flags', Object.entries(s.response_flags || {}).map(([f, n]) => `${f} ${n}`).join(', ') || '–'], ...extra,
     ];
     const body = $('panel-stats').tBodies[0];
     body.replaceChildren();

@@ -75,6 +75,8 @@ pub(crate) struct IstioCall {
     pub denied: bool,
     pub rate_limited: bool,
     pub overflow: bool,
+    /// The other response flags (`window::flag_bits`).
+    pub flags: u16,
     /// Over mutual TLS (`Some(true)`), plain (`Some(false)`), or not reported (`unknown`, as
     /// source reporters say).
     pub mtls: Option<bool>,
@@ -236,6 +238,7 @@ pub(crate) fn classify(
         denied: has("UAEX"),
         rate_limited: has("RL") || has("RLSE"),
         overflow: has("UO"),
+        flags: crate::graph::window::flag_bits(flags),
         mtls: match a.get_str("connection_security_policy") {
             Some("mutual_tls") => Some(true),
             Some("none") => Some(false),

@@ -29,7 +29,8 @@ pub use snapshot::{
     NodeSnapshot, Sources, Summary, VersionSnapshot,
 };
 pub use window::{
-    latency_from, Counts, LatencyFrom, PolicyCounts, Series, Stats, Window, COUNTS_LEN,
+    flag_bits, latency_from, Counts, FlagCounts, LatencyFrom, PolicyCounts, Series, Stats, Window,
+    COUNTS_LEN, RESPONSE_FLAGS,
 };
 
 /// Refusals the policy server decided between two services in a short interval.

@@ -217,6 +217,7 @@ fn pair(a: &SpanSide, b: &SpanSide) -> EdgeObservation {
             denied: c.denied || s.denied,
             rate_limited: c.rate_limited || s.rate_limited,
             overflow: c.overflow || s.overflow,
+            flags: c.flags | s.flags,
         },
         server_latency_ns: Some(server.duration_ns),
         client_latency_ns: Some(client.duration_ns),

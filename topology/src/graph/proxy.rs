@@ -109,6 +109,8 @@ struct Flags {
     overflow: bool,
     /// Over mutual TLS (`Some(true)`), not (`Some(false)`), or not reported.
     mtls: Option<bool>,
+    /// The other response flags (`window::flag_bits`).
+    bits: u16,
 }
 
 /// Which number of a point a cumulative series is read from.
@@ -217,6 +219,7 @@ impl ProxyMetrics {
                     counts.overflows = if flags.overflow { n } else { 0 };
                     counts.tls_known = if flags.mtls.is_some() { n } else { 0 };
                     counts.mtls = if flags.mtls == Some(true) { n } else { 0 };
+                    counts.flags.add_bits(flags.bits, n);
                 }
                 Effect::Retries => counts.retries = n,
                 Effect::Overflows => counts.overflows = n,
@@ -526,6 +529,7 @@ fn classify(
                     rate_limited: call.rate_limited,
                     overflow: call.overflow,
                     mtls: call.mtls,
+                    bits: call.flags,
                 },
             },
             IstioMetric::Duration => Effect::Latency,

@@ -31,6 +31,8 @@ pub struct Outcome {
     pub denied: bool,
     pub rate_limited: bool,
     pub overflow: bool,
+    /// The other response flags (`window::flag_bits`).
+    pub flags: u16,
 }
 
 impl Outcome {
@@ -179,6 +181,7 @@ fn outcome(span: &Span) -> Outcome {
         denied: has_flag("UAEX"),
         rate_limited: has_flag("RL"),
         overflow: has_flag("UO"),
+        flags: crate::graph::window::flag_bits(flags),
     }
 }
 

@@ -553,3 +553,21 @@ fn policy_refusals_naming_an_ambiguous_service_are_not_placed() {
     let snap = t.whole(Window::M1, NOW + 2);
     assert!(snap.edges.iter().all(|e| e.stats.counts.denied == 0));
 }
+
+/// Envoy writes its response flags on its spans too: a call with `UF` (the upstream connection
+/// failed) counts under that name, one without flags (`-`) under none.
+#[test]
+fn envoys_response_flags_on_spans_count_by_name() {
+    let mut t = topology();
+    let [c, s] = call(1, 10, None, ("work", None), ("meet", None), 503);
+    let mut c = c;
+    c.attributes.push("response_flags", "UF,URX");
+    let [c2, s2] = call(2, 20, None, ("work", None), ("meet", None), 200);
+    let mut c2 = c2;
+    c2.attributes.push("response_flags", "-");
+    t.observe([&c, &s, &c2, &s2], NOW);
+    let snap = t.whole(Window::M1, NOW + 1_000);
+    let flags: Vec<_> = snap.edges[0].stats.counts.flags.iter().collect();
+    assert_eq!(flags, [("UF", 1), ("URX", 1)]);
+    assert_eq!(snap.edges[0].stats.counts.requests, 2);
+}

@@ -92,10 +92,67 @@ pub struct Counts {
     pub tcp_received_bytes: u64,
     pub tcp_opened: u64,
     pub tcp_closed: u64,
+    /// Calls by Envoy's response flags (Istio's `response_flags`): why a proxy failed or cut a
+    /// call short.
+    pub flags: FlagCounts,
+}
+
+/// Envoy's response flags counted by name: no healthy upstream, upstream connection failure,
+/// upstream connection termination, upstream reset, retry limit exceeded, upstream timeout, no
+/// route, no cluster, downstream connection termination, local reset, stream idle timeout, fault
+/// injected. The flags with counts of their own (`UAEX` denied, `RL`/`RLSE` rate limited, `UO`
+/// overflow) are not repeated; any other flag counts as `other`.
+pub const RESPONSE_FLAGS: [&str; 12] = [
+    "UH", "UF", "UC", "UR", "URX", "UT", "NR", "NC", "DC", "LR", "SI", "FI",
+];
+const FLAG_SLOTS: usize = RESPONSE_FLAGS.len() + 1;
+
+/// The flags of one response as bits: bit `i` is `RESPONSE_FLAGS[i]`, the last bit any other.
+/// Envoy writes `-` for none, and several joined by commas.
+pub fn flag_bits(flags: &str) -> u16 {
+    let mut bits = 0u16;
+    for f in flags.split(',').map(str::trim) {
+        if matches!(f, "" | "-" | "UAEX" | "RL" | "RLSE" | "UO") {
+            continue;
+        }
+        let i = RESPONSE_FLAGS
+            .iter()
+            .position(|k| *k == f)
+            .unwrap_or(RESPONSE_FLAGS.len());
+        bits |= 1 << i;
+    }
+    bits
+}
+
+/// Calls by response flag (`RESPONSE_FLAGS`, then `other`); small, since every slot has them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlagCounts(pub [u32; FLAG_SLOTS]);
+
+impl FlagCounts {
+    /// Adds `n` calls with these flags (`flag_bits`).
+    pub fn add_bits(&mut self, bits: u16, n: u64) {
+        let n = n.min(u64::from(u32::MAX)) as u32;
+        for (i, c) in self.0.iter_mut().enumerate() {
+            if bits & (1 << i) != 0 {
+                *c = c.saturating_add(n);
+            }
+        }
+    }
+
+    /// The flags seen, by name (`other` last), with their calls.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        RESPONSE_FLAGS
+            .iter()
+            .copied()
+            .chain(["other"])
+            .zip(self.0)
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| (k, u64::from(n)))
+    }
 }
 
 /// How many numbers a stored `Counts` has.
-pub const COUNTS_LEN: usize = 17;
+pub const COUNTS_LEN: usize = 17 + FLAG_SLOTS;
 
 impl Counts {
     pub fn record(&mut self, o: &EdgeObservation) {
@@ -109,11 +166,12 @@ impl Counts {
         self.rate_limited += o.outcome.rate_limited as u64;
         self.overflows += o.outcome.overflow as u64;
         self.bytes += o.bytes;
+        self.flags.add_bits(o.outcome.flags, 1);
     }
 
     /// The counts in a fixed order (for storage).
     pub fn to_array(self) -> [u64; COUNTS_LEN] {
-        [
+        let head = [
             self.requests,
             self.failures,
             self.http_4xx,
@@ -131,12 +189,19 @@ impl Counts {
             self.tcp_received_bytes,
             self.tcp_opened,
             self.tcp_closed,
-        ]
+        ];
+        std::array::from_fn(|i| match head.get(i) {
+            Some(v) => *v,
+            None => u64::from(self.flags.0[i - head.len()]),
+        })
     }
 
     pub fn from_array(a: [u64; COUNTS_LEN]) -> Counts {
-        let [requests, failures, http_4xx, http_5xx, grpc_errors, denied, rate_limited, overflows, bytes, retries, ejections, mtls, tls_known, tcp_sent_bytes, tcp_received_bytes, tcp_opened, tcp_closed] =
+        let [requests, failures, http_4xx, http_5xx, grpc_errors, denied, rate_limited, overflows, bytes, retries, ejections, mtls, tls_known, tcp_sent_bytes, tcp_received_bytes, tcp_opened, tcp_closed, ..] =
             a;
+        let flags = FlagCounts(std::array::from_fn(|i| {
+            a[17 + i].min(u64::from(u32::MAX)) as u32
+        }));
         Counts {
             requests,
             failures,
@@ -155,6 +220,7 @@ impl Counts {
             tcp_received_bytes,
             tcp_opened,
             tcp_closed,
+            flags,
         }
     }
 
@@ -441,6 +507,25 @@ impl Series {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn response_flags_count_by_name_and_survive_storage() {
+        assert_eq!(flag_bits("-"), 0);
+        assert_eq!(flag_bits("UAEX"), 0, "denied has a count of its own");
+        assert_eq!(flag_bits("UF,URX"), 0b10010);
+        let mut c = Counts::default();
+        c.flags.add_bits(flag_bits("UF,URX"), 3);
+        c.flags.add_bits(flag_bits("NR"), 1);
+        c.flags.add_bits(flag_bits("DPE"), 2);
+        let seen: Vec<_> = c.flags.iter().collect();
+        assert_eq!(seen, [("UF", 3), ("URX", 3), ("NR", 1), ("other", 2)]);
+        c.requests = 9;
+        assert_eq!(Counts::from_array(c.to_array()), c);
+        let mut twice = c;
+        twice.add(&c);
+        twice.subtract(&c);
+        assert_eq!(twice, c);
+    }
 
     #[test]
     fn latencies_come_from_spans_unless_sampling_left_them_few() {

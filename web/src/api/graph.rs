@@ -1,5 +1,6 @@
 //! `GET /api/graph`: the live service graph of a window, as JSON (shape in docs/api.md).
 
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use axum::body::Bytes;
@@ -146,6 +147,8 @@ pub struct StatsDto {
     pub ejections: u64,
     /// Share of requests over mutual TLS, in percent, where proxies reported it (Istio).
     pub mtls_pct: Option<f64>,
+    /// Calls by Envoy's response flag (`UF`, `UH`, `NR`, …, and `other`), where any was set.
+    pub response_flags: BTreeMap<&'static str, u64>,
     /// Server-side latency where known, else client-side (virtual nodes); from the proxies'
     /// histograms where spans saw fewer than half the calls.
     pub latency_ms: Option<Percentiles>,
@@ -194,6 +197,7 @@ pub fn stats_dto(s: &Summary, window: Window) -> StatsDto {
         retries: c.retries,
         ejections: c.ejections,
         mtls_pct: (c.tls_known > 0).then(|| c.mtls as f64 * 100.0 / c.tls_known as f64),
+        response_flags: c.flags.iter().collect(),
         latency_ms: percentiles(s.latency),
         latency_source: s.latency.and(s.latency_from).map(LatencyFrom::as_str),
         client_latency_ms: percentiles(s.client_latency),
