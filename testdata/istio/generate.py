@@ -505,10 +505,13 @@ def empty_edge(src_node, dst_node, proto):
          "requests": 0, "http_4xx": 0, "http_5xx": 0, "grpc_errors": 0,
          "rate_limited": 0, "denied": 0, "overflows": 0, "mtls": 0, "tls_known": 0,
          "tcp_sent_bytes": 0, "tcp_received_bytes": 0, "tcp_connections_opened": 0,
-         "tcp_connections_closed": 0}
+         "tcp_connections_closed": 0, "response_flags": {}}
     if proto != "tcp":
         e["latency_histogram_ms"] = {"bounds": BOUNDS, "counts": [0] * NB}
     return e
+
+
+NAMED_FLAGS = ("UH", "UF", "UC", "UR", "URX", "UT", "NR", "NC", "DC", "LR", "SI", "FI")
 
 
 def count_l7(edge, n, code, grpc, flags, csp, lat_counts):
@@ -526,6 +529,12 @@ def count_l7(edge, n, code, grpc, flags, csp, lat_counts):
         edge["denied"] += n
     if "UO" in flags.split(","):
         edge["overflows"] += n
+    # Envoy's other response flags, by name (docs/api.md, `response_flags`).
+    for f in flags.split(","):
+        if f in ("", "-", "UAEX", "RL", "RLSE", "UO"):
+            continue
+        name = f if f in NAMED_FLAGS else "other"
+        edge["response_flags"][name] = edge["response_flags"].get(name, 0) + n
     if csp == "mutual_tls":
         edge["mtls"] += n
     if csp != "unknown":

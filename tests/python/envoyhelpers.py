@@ -58,6 +58,44 @@ def cluster(name: str, port: int, http2: bool = False) -> str:
     return mesh.cluster(name, LOOPBACK, port, http2=http2)
 
 
+MEET_V1 = "outbound|80|v1|meet.shop.svc.cluster.local"
+MEET_V2 = "outbound|80|v2|meet.shop.svc.cluster.local"
+
+
+def canary_router(outbound: int, admin: int, app_port: int, extra_clusters: str = "") -> str:
+    """work's sidecar without tracing: an OUTBOUND listener on `outbound` that routes requests
+    with `x-canary` to meet v2 and the rest to v1 (Istio-style cluster names, both served by the
+    app on `app_port`), its admin on `admin`."""
+    return f"""
+admin:
+  address: {{socket_address: {{address: {LOOPBACK}, port_value: {admin}}}}}
+static_resources:
+  listeners:
+  - name: work_outbound
+    address: {{socket_address: {{address: {LOOPBACK}, port_value: {outbound}}}}}
+    traffic_direction: OUTBOUND
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: work_outbound
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/", headers: [{{name: x-canary, present_match: true}}]}}
+                route: {{cluster: "{MEET_V2}"}}
+              - match: {{prefix: "/"}}
+                route: {{cluster: "{MEET_V1}"}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:{extra_clusters}{cluster(MEET_V1, app_port)}{cluster(MEET_V2, app_port)}
+"""
+
+
 def ready(admin: int) -> bool:
     try:
         return requests.get(f"http://{LOOPBACK}:{admin}/ready", timeout=1).status_code == 200

@@ -14,7 +14,7 @@ import time
 import pytest
 import requests
 
-from envoyhelpers import cluster, mesh, run_envoy
+from envoyhelpers import canary_router, cluster, mesh, run_envoy
 from mlhelpers import LOOPBACK, free_ports, get_json, metric, poll
 
 OK, FAIL = 20, 5
@@ -143,35 +143,8 @@ def test_envoy_metrics_alone_give_the_version_split_and_latency(meshlens, app_po
     `cluster.upstream_rq_time` histograms."""
     outbound, admin = free_ports(2)
     grpc_port = int(meshlens.otlp_grpc.rsplit(":", 1)[1])
-    v1, v2 = "outbound|80|v1|meet.shop.svc.cluster.local", "outbound|80|v2|meet.shop.svc.cluster.local"
-    config = STATS_SINK + f"""
-admin:
-  address: {{socket_address: {{address: {LOOPBACK}, port_value: {admin}}}}}
-static_resources:
-  listeners:
-  - name: work_outbound
-    address: {{socket_address: {{address: {LOOPBACK}, port_value: {outbound}}}}}
-    traffic_direction: OUTBOUND
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: work_outbound
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{prefix: "/", headers: [{{name: x-canary, present_match: true}}]}}
-                route: {{cluster: "{v2}"}}
-              - match: {{prefix: "/"}}
-                route: {{cluster: "{v1}"}}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-  clusters:{cluster("meshlens_otlp", grpc_port, http2=True)}{cluster(v1, app_port)}{cluster(v2, app_port)}
-"""
+    config = STATS_SINK + canary_router(outbound, admin, app_port,
+                                        cluster("meshlens_otlp", grpc_port, http2=True))
     stable, canary = 40, 10
     with run_envoy(config, admin, tmp_path):
         poll(lambda: metric(meshlens.web_url, "meshlens_ingest_metric_points_total", protocol="otlp_grpc") > 0,

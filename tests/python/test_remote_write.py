@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from envoyhelpers import cluster, run_envoy
+from envoyhelpers import canary_router, run_envoy
 from mlhelpers import HTTP, LOOPBACK, REPO, free_ports, get_json, metric, poll, stop_process
 
 PROMETHEUS = shutil.which("prometheus")
@@ -116,6 +116,7 @@ def mismatches(graph: dict, expected: list[dict]) -> list[str]:
                                   "overflows")}
         want["tcp_connections_opened"] = e["tcp_connections_opened"]
         want["tcp_connections_closed"] = e["tcp_connections_closed"]
+        want["response_flags"] = e["response_flags"]
         have = {k: s[k] for k in want}
         if have != want:
             problems.append(f"{name}: {have} != {want}")
@@ -214,35 +215,7 @@ def test_a_real_envoys_prometheus_stats_remote_written_give_the_version_split(me
     `envoy_cluster_upstream_rq_time` series must give the work → meet edge, meet's version split
     and latencies from the histogram."""
     outbound, admin = free_ports(2)
-    v1, v2 = "outbound|80|v1|meet.shop.svc.cluster.local", "outbound|80|v2|meet.shop.svc.cluster.local"
-    config = f"""
-admin:
-  address: {{socket_address: {{address: {LOOPBACK}, port_value: {admin}}}}}
-static_resources:
-  listeners:
-  - name: work_outbound
-    address: {{socket_address: {{address: {LOOPBACK}, port_value: {outbound}}}}}
-    traffic_direction: OUTBOUND
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: work_outbound
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{prefix: "/", headers: [{{name: x-canary, present_match: true}}]}}
-                route: {{cluster: "{v2}"}}
-              - match: {{prefix: "/"}}
-                route: {{cluster: "{v1}"}}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-  clusters:{cluster(v1, app_port)}{cluster(v2, app_port)}
-"""
+    config = canary_router(outbound, admin, app_port)
     scrape = f"""  - job_name: kubernetes-pods
     metrics_path: /stats/prometheus
     static_configs:

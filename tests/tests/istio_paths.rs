@@ -6,12 +6,11 @@
 //! and must draw the same graph.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use meshlens_collector::prom::proto::{Label, Sample, TimeSeries, WriteRequest};
 use meshlens_tests::TestEnv;
 use meshlens_topology::prom::PromSeries;
-use meshlens_topology::testing::parse_exposition;
+use meshlens_topology::testing::{istio_fixture, parse_exposition};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{
@@ -25,17 +24,7 @@ use serde_json::Value;
 const T0_MS: i64 = 1_780_000_000_000;
 
 fn scrape(scenario: &str, n: usize) -> Vec<PromSeries> {
-    let path: PathBuf = [
-        env!("CARGO_MANIFEST_DIR"),
-        "..",
-        "testdata",
-        "istio",
-        scenario,
-        &format!("scrape-{n}.prom"),
-    ]
-    .iter()
-    .collect();
-    let text = std::fs::read_to_string(&path).unwrap();
+    let text = istio_fixture(scenario, &format!("scrape-{n}.prom"));
     parse_exposition(&text, T0_MS + n as i64 * 15_000)
 }
 

@@ -101,6 +101,22 @@ impl From<Span> for SpanBuilder {
     }
 }
 
+/// A file of an Istio fixture scenario under `testdata/istio/` (`bookinfo-sidecar`,
+/// `ambient-waypoint`), for any crate's tests.
+pub fn istio_fixture(scenario: &str, file: &str) -> String {
+    let path: std::path::PathBuf = [
+        env!("CARGO_MANIFEST_DIR"),
+        "..",
+        "testdata",
+        "istio",
+        scenario,
+        file,
+    ]
+    .iter()
+    .collect();
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// Parses Prometheus' text exposition format (0.0.4) into series, every sample at `timestamp_ms`
 /// (as a scrape at that time would store them). For fixtures: panics on what it cannot read.
 pub fn parse_exposition(text: &str, timestamp_ms: i64) -> Vec<crate::prom::PromSeries> {

@@ -5,31 +5,17 @@
 //! in any order, and one request arrives twice (a retry): each call must count once.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use meshlens_topology::graph::{
-    ConnectionType, Counts, EdgeKey, LatencySketch, MetricObservation, NodeKind, ProxyMetrics,
+    flag_bits, ConnectionType, Counts, EdgeKey, FlagCounts, LatencySketch, MetricObservation,
+    NodeKind, ProxyMetrics,
 };
 use meshlens_topology::prom::{batches_from_series, PromSeries};
-use meshlens_topology::testing::parse_exposition;
+use meshlens_topology::testing::{istio_fixture, parse_exposition};
 use serde_json::Value;
 
 const T0_MS: i64 = 1_780_000_000_000;
 const INTERVAL_MS: i64 = 15_000;
-
-fn fixture(scenario: &str, file: &str) -> String {
-    let path: PathBuf = [
-        env!("CARGO_MANIFEST_DIR"),
-        "..",
-        "testdata",
-        "istio",
-        scenario,
-        file,
-    ]
-    .iter()
-    .collect();
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
 
 /// An edge as the fixtures name it: `kind:namespace/name@version -> … (protocol)`.
 fn edge_name(key: &EdgeKey) -> String {
@@ -89,8 +75,20 @@ fn expected_counts(e: &Value) -> Counts {
         tcp_received_bytes: n("tcp_received_bytes"),
         tcp_opened: n("tcp_connections_opened"),
         tcp_closed: n("tcp_connections_closed"),
+        flags: expected_flags(&e["response_flags"]),
         ..Counts::default()
     }
+}
+
+/// The fixture's `response_flags` (`{"UT": 3}`) as the graph counts them.
+fn expected_flags(flags: &Value) -> FlagCounts {
+    let mut out = FlagCounts::default();
+    for (name, n) in flags.as_object().unwrap() {
+        let bits = flag_bits(if name == "other" { "?" } else { name });
+        assert_ne!(bits, 0, "{name}");
+        out.add_bits(bits, n.as_u64().unwrap());
+    }
+    out
 }
 
 struct Got {
@@ -102,14 +100,17 @@ struct Got {
 fn graph_of(scenario: &str) -> BTreeMap<String, Got> {
     let mut metrics = ProxyMetrics::default();
     let mut out: Vec<MetricObservation> = Vec::new();
-    let scrape0 = parse_exposition(&fixture(scenario, "scrape-0.prom"), T0_MS);
+    let scrape0 = parse_exposition(&istio_fixture(scenario, "scrape-0.prom"), T0_MS);
     for b in batches_from_series(scrape0).batches {
         metrics.observe(&b, &mut out);
     }
     assert!(out.is_empty(), "the first scrape is every series' baseline");
     // The second scrape in three shards by series, sent last shard first; the first shard is
     // then sent again, as Prometheus retries a request whose answer it lost.
-    let scrape1 = parse_exposition(&fixture(scenario, "scrape-1.prom"), T0_MS + INTERVAL_MS);
+    let scrape1 = parse_exposition(
+        &istio_fixture(scenario, "scrape-1.prom"),
+        T0_MS + INTERVAL_MS,
+    );
     let mut shards: [Vec<PromSeries>; 3] = Default::default();
     for (i, s) in scrape1.into_iter().enumerate() {
         shards[(i * 7) % 3].push(s);
@@ -206,7 +207,7 @@ fn assert_graph(scenario: &str, got: &BTreeMap<String, Got>, expected: &[&Value]
 }
 
 fn expected(scenario: &str) -> Value {
-    serde_json::from_str(&fixture(scenario, "expected.json")).unwrap()
+    serde_json::from_str(&istio_fixture(scenario, "expected.json")).unwrap()
 }
 
 fn is_waypoint_edge(name: &str) -> bool {
