@@ -327,7 +327,7 @@ async fn sampled_spans_pair_beside_the_metrics_which_give_counts_and_latencies()
         let mut s = otlp_span(
             trace,
             id,
-            (id % 2 == 0).then_some(id - 1),
+            id.is_multiple_of(2).then_some(id - 1),
             "GET /reviews",
             t0,
         );
