@@ -225,9 +225,13 @@ def test_a_real_envoys_prometheus_stats_remote_written_give_the_version_split(me
     with run_envoy(config, admin, tmp_path):
         prom, _ = start_prometheus(tmp_path, scrape, f"{meshlens.otlp_http_url}/api/v1/write")
         try:
-            # The first remote-written scrape, before any traffic, is this proxy's baseline.
-            poll(lambda: metric(meshlens.web_url, "meshlens_ingest_metric_points_total",
-                                protocol="prom_remote_write") > 0, timeout=30, what="Envoy's first scrape written")
+            # The first remote-written scrape, before any traffic, is this proxy's baseline: wait
+            # for two scrapes' samples, so that every shard of the first has been written.
+            def written() -> float:
+                return metric(meshlens.web_url, "meshlens_ingest_metric_points_total", protocol="prom_remote_write")
+            poll(lambda: written() > 0, timeout=30, what="Envoy's first scrape written")
+            first = written()
+            poll(lambda: written() >= 2 * first, timeout=30, what="Envoy's second scrape written")
             s = requests.Session()
             for i in range(stable + canary):
                 headers = {"x-canary": "1"} if i >= stable else {}

@@ -288,6 +288,14 @@ async fn same_graph_by_both_roads(scenario: &str) {
             by_rw.keys().collect::<Vec<_>>(),
             by_otlp.keys().collect::<Vec<_>>()
         );
+        if scenario == "ambient-waypoint" {
+            let through_waypoint = by_rw.keys().filter(|id| id.contains("waypoint:")).count();
+            assert_eq!(
+                through_waypoint,
+                if waypoints { 4 } else { 0 },
+                "{by_rw:#?}"
+            );
+        }
         let requests: u64 = by_rw.values().filter_map(|s| s["requests"].as_u64()).sum();
         let latencies = by_rw
             .values()

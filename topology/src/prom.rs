@@ -119,9 +119,15 @@ pub(crate) fn scrape_target(a: &Attributes) -> Option<(Option<&str>, &str)> {
 /// Converts series to one batch per scrape target. Each series is checked alone: a bad one is
 /// refused and counted, and the rest go on.
 pub fn batches_from_series(series: impl IntoIterator<Item = PromSeries>) -> FromSeries {
+    batches_from_indexed(series.into_iter().enumerate())
+}
+
+/// The same, for series that come with their places in the request (a receiver that left some
+/// aside), which problems are reported at.
+pub fn batches_from_indexed(series: impl IntoIterator<Item = (usize, PromSeries)>) -> FromSeries {
     let mut out = FromSeries::default();
     let mut targets: HashMap<(String, String), usize> = HashMap::new();
-    for (i, s) in series.into_iter().enumerate() {
+    for (i, s) in series {
         out.series += 1;
         let n = s.samples.len() as u64;
         out.samples += n;

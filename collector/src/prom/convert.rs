@@ -1,7 +1,7 @@
 //! A remote write request to the pipeline's metric batches (the series' meaning is
 //! `meshlens_topology::prom`'s).
 
-use meshlens_topology::prom::{batches_from_series, series_read};
+use meshlens_topology::prom::{batches_from_indexed, series_read};
 
 use super::proto::{decode_kept, WireError};
 use crate::pipeline::ConvertedMetrics;
@@ -9,8 +9,9 @@ use crate::pipeline::ConvertedMetrics;
 /// Decodes a `WriteRequest` body, leaving undecoded the series the graph does not read (they are
 /// taken and counted all the same), and converts the rest.
 pub fn convert_write(body: &[u8]) -> Result<ConvertedMetrics, WireError> {
-    let (kept, unread_series, unread_samples) = decode_kept(body, series_read)?;
-    let from = batches_from_series(kept);
+    let kept = decode_kept(body, series_read)?;
+    let (unread_series, unread_samples) = (kept.unread_series, kept.unread_samples);
+    let from = batches_from_indexed(kept.series);
     let mut out = ConvertedMetrics {
         // Samples of series the graph does not read are taken too, and counted with the rest.
         points: from

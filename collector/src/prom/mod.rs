@@ -15,7 +15,7 @@ use axum::routing::post;
 use axum::Router;
 use http::{header, HeaderMap, StatusCode};
 
-use crate::body::{content_encoding, read_raw, unsnappy_into, BodyLimits, BufferPool};
+use crate::body::{content_encoding, gunzip, read_raw, unsnappy_into, BodyLimits, BufferPool};
 use crate::error::{ErrorBody, HttpIngestError, IngestError};
 use crate::pipeline::Pipeline;
 use crate::Protocol;
@@ -87,6 +87,8 @@ async fn accept(st: &WriteState, headers: &HeaderMap, body: Body) -> Result<(), 
             drop(raw);
             convert_write(&buf.buf)
         }
+        // Not what Prometheus sends, but other writers (and the OTLP receivers) take gzip.
+        "gzip" | "x-gzip" => convert_write(&gunzip(&raw, st.limits.max_bytes)?),
         "" | "identity" => convert_write(&raw),
         other => return Err(IngestError::UnsupportedEncoding(other.to_string())),
     }

@@ -33,6 +33,14 @@ pub struct Sample {
     pub timestamp: i64,
 }
 
+/// The series of a request the graph reads, each with its place in the request, and how many
+/// series and samples were left aside undecoded.
+pub struct Kept {
+    pub series: Vec<(usize, meshlens_topology::prom::PromSeries)>,
+    pub unread_series: u64,
+    pub unread_samples: u64,
+}
+
 /// Why a body is not a `WriteRequest`.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -41,14 +49,12 @@ pub struct WireError(&'static str);
 /// The series of a `WriteRequest` that `keep` wants (by metric name), decoded from the wire
 /// without a copy of the others: a scrape's remote write carries many series the graph does not
 /// read, and decoding every label of those was most of the receiver's time. Returns the kept
-/// series (and those without a name, which conversion refuses), and how many series and
-/// samples were left aside.
-pub fn decode_kept(
-    buf: &[u8],
-    keep: impl Fn(&str) -> bool,
-) -> Result<(Vec<meshlens_topology::prom::PromSeries>, u64, u64), WireError> {
+/// series (and those without a name, which conversion refuses) with their places in the
+/// request, and how many series and samples were left aside.
+pub fn decode_kept(buf: &[u8], keep: impl Fn(&str) -> bool) -> Result<Kept, WireError> {
     // Sized for Prometheus' default request (2,000 samples), so it seldom grows.
-    let mut kept = Vec::with_capacity(2048);
+    let mut kept = Vec::with_capacity(2048.min(buf.len() / 4));
+    let mut index = 0;
     let (mut skipped_series, mut skipped_samples) = (0u64, 0u64);
     let mut r = Reader(buf);
     while !r.is_empty() {
@@ -57,18 +63,23 @@ pub fn decode_kept(
             let series = r.bytes()?;
             match series_name(series)? {
                 // A nameless series is decoded so that conversion refuses it by name.
-                None => kept.push(decode_series(series)?),
-                Some(name) if keep(name) => kept.push(decode_series(series)?),
+                None => kept.push((index, decode_series(series)?)),
+                Some(name) if keep(name) => kept.push((index, decode_series(series)?)),
                 Some(_) => {
                     skipped_series += 1;
                     skipped_samples += count_samples(series)?;
                 }
             }
+            index += 1;
         } else {
             r.skip(wire)?;
         }
     }
-    Ok((kept, skipped_series, skipped_samples))
+    Ok(Kept {
+        series: kept,
+        unread_series: skipped_series,
+        unread_samples: skipped_samples,
+    })
 }
 
 const VARINT: u8 = 0;
@@ -177,8 +188,9 @@ fn count_samples(buf: &[u8]) -> Result<u64, WireError> {
 
 fn decode_series(buf: &[u8]) -> Result<meshlens_topology::prom::PromSeries, WireError> {
     let mut out = meshlens_topology::prom::PromSeries {
-        // Istio's series carry about 40 labels, one sample.
-        labels: Vec::with_capacity(48),
+        // Istio's series carry about 40 labels of 20 bytes or more on the wire, one sample; sized
+        // from the wire, so that a body of empty series cannot reserve more than it carries.
+        labels: Vec::with_capacity((buf.len() / 16).min(48)),
         samples: Vec::with_capacity(1),
     };
     let mut r = Reader(buf);
@@ -250,16 +262,32 @@ mod tests {
             ],
         }
         .encode_to_vec();
-        let (kept, skipped, samples) = decode_kept(&buf, |n| n == "keep_me").unwrap();
+        let k = decode_kept(&buf, |n| n == "keep_me").unwrap();
+        let (kept, skipped, samples) = (k.series, k.unread_series, k.unread_samples);
         assert_eq!(
             (kept.len(), skipped, samples),
             (3, 1, 3),
             "the nameless is kept"
         );
+        let places: Vec<usize> = kept.iter().map(|k| k.0).collect();
+        assert_eq!(
+            places,
+            [0, 2, 3],
+            "places in the request, skipped ones counted"
+        );
+        let kept: Vec<_> = kept.into_iter().map(|k| k.1).collect();
         assert!(kept[2].labels.is_empty());
         assert_eq!(kept[0].labels[1], ("job".to_string(), "pods".to_string()));
         assert_eq!(kept[0].samples[1].value, 1.5);
         assert_eq!(kept[0].samples[1].timestamp_ms, 1_699_999_999_999);
+        // Empty series reserve no more than they carry: 100,000 of them (2 bytes each).
+        let empty = WriteRequest {
+            timeseries: vec![TimeSeries::default(); 100_000],
+        }
+        .encode_to_vec();
+        let kept = decode_kept(&empty, |_| true).unwrap().series;
+        assert_eq!(kept.len(), 100_000);
+        assert!(kept.iter().all(|k| k.1.labels.capacity() == 0));
         // Truncated bodies and wrong wire types are errors, never a panic.
         for cut in 1..buf.len() {
             let _ = decode_kept(&buf[..cut], |_| true);

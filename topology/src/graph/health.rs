@@ -85,8 +85,13 @@ impl HealthConfig {
         if requests == 0 {
             // A TCP edge has no requests; bytes or connections in the window are traffic (Kiali
             // has no error rate for TCP either).
-            let tcp = c.tcp_sent_bytes + c.tcp_received_bytes + c.tcp_opened + c.tcp_closed;
-            return if tcp > 0 {
+            let tcp = [
+                c.tcp_sent_bytes,
+                c.tcp_received_bytes,
+                c.tcp_opened,
+                c.tcp_closed,
+            ];
+            return if tcp.iter().any(|n| *n > 0) {
                 Health::Healthy
             } else {
                 Health::Idle
@@ -127,6 +132,12 @@ mod tests {
             ..Counts::default()
         };
         assert_eq!(h.judge(&tcp), Health::Healthy, "TCP traffic is not idle");
+        let huge = Counts {
+            tcp_sent_bytes: u64::MAX,
+            tcp_received_bytes: u64::MAX,
+            ..Counts::default()
+        };
+        assert_eq!(h.judge(&huge), Health::Healthy, "no overflow");
         assert_eq!(h.judge(&stats(100, 0, 0, 0)), Health::Healthy);
         assert_eq!(h.judge(&stats(1000, 1, 0, 0)), Health::Degraded);
         assert_eq!(h.judge(&stats(100, 9, 0, 0)), Health::Degraded);

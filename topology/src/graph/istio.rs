@@ -100,7 +100,11 @@ impl Waypoints {
         let says = a.get_str("reporter") == Some("waypoint")
             || a.get_str("gateway_networking_k8s_io_gateway_class_name") == Some("istio-waypoint");
         if says && self.known.len() < MAX_WAYPOINTS {
-            let proxy = crate::prom::scrape_target(a).unwrap_or(resource);
+            // The labels may name the workload without its namespace: the resource's stands.
+            let proxy = match crate::prom::scrape_target(a) {
+                Some((namespace, name)) => (namespace.or(resource.0), name),
+                None => resource,
+            };
             self.known
                 .insert((proxy.0.map(Arc::from), Arc::from(proxy.1)));
         }
@@ -290,5 +294,18 @@ mod gateway_tests {
         assert_eq!(g("istio-egressgateway"), Some("egress"));
         assert_eq!(g("productpage"), None);
         assert_eq!(g("waypoint"), None);
+    }
+
+    /// A waypoint's series whose labels name its workload but not its namespace: the namespace
+    /// is the reporting resource's.
+    #[test]
+    fn a_waypoint_named_by_labels_keeps_the_resources_namespace() {
+        let mut a = crate::attr::Attributes::new();
+        a.push("reporter", "waypoint");
+        a.push("app", "waypoint");
+        let mut w = super::Waypoints::default();
+        w.learn((Some("shop"), "kubernetes-pods"), &a);
+        assert!(w.is(Some("shop"), &[Some("waypoint")]));
+        assert!(!w.is(None, &[Some("waypoint")]));
     }
 }

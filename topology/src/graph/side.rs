@@ -179,7 +179,7 @@ fn outcome(span: &Span) -> Outcome {
         http_status: span.http_status(),
         grpc_status: int(span, &["rpc.grpc.status_code", "grpc.status_code"]),
         denied: has_flag("UAEX"),
-        rate_limited: has_flag("RL"),
+        rate_limited: has_flag("RL") || has_flag("RLSE"),
         overflow: has_flag("UO"),
         flags: crate::graph::window::flag_bits(flags),
     }

@@ -10,7 +10,9 @@ use petgraph::graph::{NodeIndex, UnGraph};
 use crate::graph::health::{Health, HealthConfig};
 use crate::graph::node::{ConnectionType, EdgeKey, NodeKey, NodeKind};
 use crate::graph::sketch::{Quantiles, SketchSum};
-use crate::graph::window::{latency_from, Counts, LatencyFrom, PolicyCounts, Stats, Window};
+use crate::graph::window::{
+    latency_from, Counts, FlagCounts, LatencyFrom, PolicyCounts, Stats, Window,
+};
 
 /// What part of the graph to show.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,7 +127,7 @@ impl Summary {
 
 /// One edge seen through spans and through metrics is one edge. Where the proxies' metrics
 /// counted calls in the window, their counts win (they are not sampled); the spans' bytes stand
-/// where metrics have none. (Latencies: [`latency_from`].)
+/// where metrics have none, and so do their response flags. (Latencies: [`latency_from`].)
 /// The policy server's own count of the denials and rate limits it decided for an edge stands
 /// where it is higher (the same refusals seen by spans or metrics are not added twice).
 fn effective(spans: &Counts, metrics: &Counts, policy: &PolicyCounts) -> Counts {
@@ -144,6 +146,12 @@ fn effective(spans: &Counts, metrics: &Counts, policy: &PolicyCounts) -> Counts 
                 spans.bytes
             } else {
                 metrics.bytes
+            },
+            // Envoy's cluster stats carry no response flags; its spans do.
+            flags: if metrics.flags == FlagCounts::default() {
+                spans.flags
+            } else {
+                metrics.flags
             },
             ..*metrics
         }
@@ -427,5 +435,25 @@ mod tests {
         assert_eq!((got.requests, got.denied, got.rate_limited), (10, 3, 4));
         let got = effective(&c(1, 0, 0), &c(50, 1, 0), &p(5, 0));
         assert_eq!((got.requests, got.denied), (50, 5));
+    }
+
+    /// Envoy's cluster stats count the calls but carry no response flags; its spans' flags
+    /// stand beside the metrics' counts. Where metrics have flags (Istio's), theirs stand.
+    #[test]
+    fn response_flags_come_from_spans_where_metrics_have_none() {
+        let flagged = |requests, flags: &str| {
+            let mut c = Counts {
+                requests,
+                ..Default::default()
+            };
+            c.flags
+                .add_bits(crate::graph::window::flag_bits(flags), requests);
+            c
+        };
+        let none = PolicyCounts::default();
+        let got = effective(&flagged(2, "UF"), &flagged(40, "-"), &none);
+        assert_eq!((got.requests, got.flags), (40, flagged(2, "UF").flags));
+        let got = effective(&flagged(2, "UF"), &flagged(40, "UH"), &none);
+        assert_eq!(got.flags, flagged(40, "UH").flags);
     }
 }

@@ -565,9 +565,14 @@ fn envoys_response_flags_on_spans_count_by_name() {
     let [c2, s2] = call(2, 20, None, ("work", None), ("meet", None), 200);
     let mut c2 = c2;
     c2.attributes.push("response_flags", "-");
-    t.observe([&c, &s, &c2, &s2], NOW);
+    // The rate limit service failed (`RLSE`): rate limited, as Envoy's metrics count it too.
+    let [c3, s3] = call(3, 30, None, ("work", None), ("meet", None), 500);
+    let mut c3 = c3;
+    c3.attributes.push("response_flags", "RLSE");
+    t.observe([&c, &s, &c2, &s2, &c3, &s3], NOW);
     let snap = t.whole(Window::M1, NOW + 1_000);
     let flags: Vec<_> = snap.edges[0].stats.counts.flags.iter().collect();
     assert_eq!(flags, [("UF", 1), ("URX", 1)]);
-    assert_eq!(snap.edges[0].stats.counts.requests, 2);
+    assert_eq!(snap.edges[0].stats.counts.requests, 3);
+    assert_eq!(snap.edges[0].stats.counts.rate_limited, 1);
 }
