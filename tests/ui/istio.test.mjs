@@ -86,6 +86,8 @@ test('gateways wear a badge, TCP edges show bytes, waypoints appear on demand', 
   assert.equal(rows.bytes, '63.0 kB');
   assert.equal(rows.mTLS, '100%');
   assert.equal(rows.requests, undefined, 'no request rows on a TCP edge');
+  // Its one version pair carries all its bytes.
+  assert.deepEqual(await page.locator('#panel-versions tbody tr td:nth-child(2)').allTextContents(), ['100%']);
   // Waypoints: hidden, then drawn with their hops when asked (and the choice is in the URL).
   assert.equal(await page.locator('.node.waypoint').count(), 0);
   assert.equal(await page.locator('.edge[data-source="service:shop/frontend"][data-target="service:shop/cart"]').count(), 1);

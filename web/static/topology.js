@@ -414,8 +414,10 @@
       statsTable(edge.stats, isTcp(edge) ? [] : [['requests in spans', src.spans.requests], ['requests in proxy metrics', src.metrics.requests],
         ['refused by meshlens policy', src.policy.denied + src.policy.rate_limited]], isTcp(edge));
       charts('edge', edge.id);
-      const total = edge.stats.requests || 1;
-      versionsTable(edge.versions.map((v) => [`${v.source_version || '–'} → ${v.target_version || '–'}`, v.stats.requests / total, v.stats, '']));
+      // A version pair's share of the edge: of its requests, or of its bytes on a TCP edge.
+      const weight = (s) => (isTcp(edge) ? s.tcp_sent_bps + s.tcp_received_bps : s.requests);
+      const total = weight(edge.stats) || 1;
+      versionsTable(edge.versions.map((v) => [`${v.source_version || '–'} → ${v.target_version || '–'}`, weight(v.stats) / total, v.stats, '']));
       $('panel-service').hidden = true;
       const traces = $('panel-traces');
       const server = graph.nodes.find((n) => n.id === edge.target);
