@@ -16,7 +16,8 @@ pub struct Metrics {
     pub ingest_spans: IntCounterVec,
     /// Spans refused, by protocol and reason (invalid ids, bad times, overload, store failure…).
     pub ingest_rejected_spans: IntCounterVec,
-    /// Metric data points accepted for the service graph, by protocol.
+    /// Metric data points (remote write samples) accepted, by protocol; those of metrics the
+    /// graph does not read are taken and counted too.
     pub ingest_metric_points: IntCounterVec,
     /// Metric data points refused, by protocol and reason.
     pub ingest_rejected_metric_points: IntCounterVec,
@@ -187,7 +188,7 @@ impl Metrics {
             ingest_metric_points: IntCounterVec::new(
                 Opts::new(
                     "meshlens_ingest_metric_points_total",
-                    "Metric data points accepted for the service graph.",
+                    "Metric data points (remote write samples) accepted, those of metrics the graph does not read included.",
                 ),
                 &["protocol"],
             )
