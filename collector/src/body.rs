@@ -94,7 +94,11 @@ pub struct BufferPool {
     free: std::sync::Mutex<Vec<Vec<u8>>>,
 }
 
+/// At most this many buffers wait in a pool, each of at most `POOLED_MAX_BYTES`: a pool holds
+/// 64 MiB at the most. Prometheus' requests (2,000 samples) decompress to a few MiB; a larger
+/// body's buffer is freed after it.
 const POOLED: usize = 8;
+const POOLED_MAX_BYTES: usize = 8 << 20;
 
 /// A buffer taken from a pool, given back when dropped.
 pub struct Pooled<'a> {
@@ -134,7 +138,7 @@ impl Default for BufferPool {
 impl Drop for Pooled<'_> {
     fn drop(&mut self) {
         let buf = std::mem::take(&mut self.buf);
-        if buf.capacity() <= self.limit {
+        if buf.capacity() <= self.limit.min(POOLED_MAX_BYTES) {
             let mut free = self.pool.free.lock().unwrap_or_else(|e| e.into_inner());
             if free.len() < POOLED {
                 free.push(buf);
@@ -171,6 +175,26 @@ pub fn gunzip(data: &[u8], limit: usize) -> Result<Bytes, IngestError> {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn a_pool_keeps_a_few_buffers_of_a_bounded_size() {
+        let pool = BufferPool::new();
+        let taken: Vec<_> = (0..POOLED + 2)
+            .map(|_| {
+                let mut p = pool.take(64 << 20);
+                p.buf.reserve(1024);
+                p
+            })
+            .collect();
+        drop(taken);
+        assert_eq!(pool.free.lock().unwrap().len(), POOLED);
+        let mut big = pool.take(64 << 20);
+        big.buf.reserve(POOLED_MAX_BYTES + 1);
+        drop(big);
+        let free = pool.free.lock().unwrap();
+        assert_eq!(free.len(), POOLED - 1, "the big buffer was freed, not kept");
+        assert!(free.iter().all(|b| b.capacity() <= POOLED_MAX_BYTES));
+    }
 
     #[test]
     fn gunzip_caps_the_decompressed_size() {

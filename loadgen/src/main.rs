@@ -4,7 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod mesh;
-use meshlens_loadgen::proc_stats;
+use meshlens_loadgen::{parse_duration, proc_stats};
 mod send;
 
 use std::time::{Duration, Instant};
@@ -50,18 +50,6 @@ struct Args {
     /// A label printed with the result line.
     #[arg(long, default_value = "")]
     label: String,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = n.parse().map_err(|_| format!("bad duration {s:?}"))?;
-    match unit {
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "ms" => Ok(Duration::from_millis(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("bad duration unit in {s:?}")),
-    }
 }
 
 #[tokio::main(flavor = "current_thread")]

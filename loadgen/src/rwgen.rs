@@ -20,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use meshlens_loadgen::parse_duration;
 use meshlens_loadgen::proc_stats::{
     cpu_seconds, host_steal_field, host_steal_seconds, peak_rss_mb,
 };
@@ -36,9 +37,9 @@ struct Args {
     #[arg(long)]
     rounds: Option<usize>,
     /// Or send one scrape every interval, for `--duration`.
-    #[arg(long, value_parser = humantime_like)]
+    #[arg(long, value_parser = parse_duration)]
     interval: Option<Duration>,
-    #[arg(long, value_parser = humantime_like, default_value = "60s")]
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
     duration: Duration,
     /// Samples per request (Prometheus' `max_samples_per_send`).
     #[arg(long, default_value_t = 2000)]
@@ -50,17 +51,6 @@ struct Args {
     server_pid: Option<u32>,
     #[arg(long, default_value = "receiver")]
     label: String,
-}
-
-fn humantime_like(s: &str) -> Result<Duration, String> {
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = n.parse().map_err(|_| format!("bad duration {s:?}"))?;
-    Ok(match unit {
-        "ms" => Duration::from_millis(n),
-        "s" | "" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        _ => return Err(format!("bad duration {s:?}")),
-    })
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

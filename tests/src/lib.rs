@@ -167,20 +167,25 @@ pub fn otlp_span(trace: u64, id: u64, parent: Option<u64>, name: &str, start_ns:
 /// A request carrying `spans` of one service.
 pub fn request(service: &str, spans: Vec<Span>) -> ExportTraceServiceRequest {
     ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![
-                    str_kv("service.name", service),
-                    str_kv("service.version", "v1"),
-                ],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
+        resource_spans: vec![resource_spans(
+            &[("service.name", service), ("service.version", "v1")],
+            spans,
+        )],
+    }
+}
+
+/// `spans` of one resource with these attributes.
+pub fn resource_spans(resource: &[(&str, &str)], spans: Vec<Span>) -> ResourceSpans {
+    ResourceSpans {
+        resource: Some(Resource {
+            attributes: resource.iter().map(|(k, v)| str_kv(k, v)).collect(),
+            ..Default::default()
+        }),
+        scope_spans: vec![ScopeSpans {
+            spans,
             ..Default::default()
         }],
+        ..Default::default()
     }
 }
 

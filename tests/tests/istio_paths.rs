@@ -322,9 +322,9 @@ async fn ambient_by_remote_write_and_by_the_collectors_otlp_draws_one_graph() {
 /// takes its latency from their histograms and says so, and still shows what the spans saw.
 #[tokio::test]
 async fn sampled_spans_pair_beside_the_metrics_which_give_counts_and_latencies() {
-    use meshlens_tests::{now_ns, otlp_span, str_kv};
+    use meshlens_tests::{now_ns, otlp_span, resource_spans};
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-    use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, ResourceSpans, ScopeSpans};
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
     let env = TestEnv::start().await;
     for n in 0..2 {
         let body = remote_write_body(&scrape("bookinfo-sidecar", n));
@@ -341,21 +341,14 @@ async fn sampled_spans_pair_beside_the_metrics_which_give_counts_and_latencies()
         );
         s.kind = kind as i32;
         s.end_time_unix_nano = t0 + 500_000_000;
-        ResourceSpans {
-            resource: Some(opentelemetry_proto::tonic::resource::v1::Resource {
-                attributes: vec![
-                    str_kv("service.name", service),
-                    str_kv("service.version", version),
-                    str_kv("k8s.namespace.name", "bookinfo"),
-                ],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans: vec![s],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }
+        resource_spans(
+            &[
+                ("service.name", service),
+                ("service.version", version),
+                ("k8s.namespace.name", "bookinfo"),
+            ],
+            vec![s],
+        )
     };
     let mut resource_spans = Vec::new();
     for trace in 1..=3u64 {

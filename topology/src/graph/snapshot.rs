@@ -77,6 +77,7 @@ pub struct Summary {
 
 impl Summary {
     fn of(s: &Stats) -> Summary {
+        let (latency, latency_from) = s.latency();
         Summary {
             counts: effective(&s.counts, &s.metric_counts, &s.policy_counts),
             sources: Sources {
@@ -84,8 +85,8 @@ impl Summary {
                 metrics: s.metric_counts,
                 policy: s.policy_counts,
             },
-            latency: s.latency().0.quantiles(),
-            latency_from: s.latency().1,
+            latency: latency.quantiles(),
+            latency_from,
             client_latency: s.client_latency.quantiles(),
         }
     }
