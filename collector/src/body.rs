@@ -78,7 +78,8 @@ pub fn unsnappy_into(data: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(),
     if len > limit {
         return Err(IngestError::TooLarge { limit });
     }
-    out.clear();
+    // A pooled buffer is written over, not zeroed first: only its new bytes are.
+    out.truncate(len);
     out.resize(len, 0);
     let n = snap::raw::Decoder::new()
         .decompress(data, out)
@@ -111,6 +112,15 @@ impl BufferPool {
     pub const fn new() -> Self {
         BufferPool {
             free: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A buffer from elsewhere, kept by the pool after it.
+    pub fn adopt(&self, buf: Vec<u8>, limit: usize) -> Pooled<'_> {
+        Pooled {
+            buf,
+            pool: self,
+            limit,
         }
     }
 

@@ -55,6 +55,11 @@ pub struct Metrics {
     pub topology_late_points: IntCounter,
     /// Label sets not exported because a product metric reached its series cap, by metric.
     pub topology_series_dropped: IntCounterVec,
+    /// Bytes of remote write bodies waiting for the graph (bounded: past the bound, writes are
+    /// answered 503 and retried).
+    pub topology_queued_metric_bytes: IntGauge,
+    /// Proxy metric series the graph counts by id, without their labels (bounded).
+    pub topology_known_series: IntGauge,
     /// Policy checks by API (`ext_authz`, `ratelimit`) and decision (`allow`, `deny`,
     /// `rate_limited`, `unavailable` (failing closed); `ok`, `over_limit`; `invalid` for
     /// malformed requests).
@@ -101,6 +106,8 @@ pub const METRIC_NAMES: &[&str] = &[
     "meshlens_topology_series_dropped_total",
     "meshlens_topology_unplaced_points_total",
     "meshlens_topology_late_points_total",
+    "meshlens_topology_queued_metric_bytes",
+    "meshlens_topology_known_series",
     "meshlens_policy_checks_total",
     "meshlens_policy_check_duration_seconds",
     "meshlens_policy_quota_hits_total",
@@ -283,6 +290,16 @@ impl Metrics {
                 &["metric"],
             )
             .expect("valid metric"),
+            topology_queued_metric_bytes: IntGauge::new(
+                "meshlens_topology_queued_metric_bytes",
+                "Bytes of remote write bodies waiting for the graph.",
+            )
+            .expect("valid metric"),
+            topology_known_series: IntGauge::new(
+                "meshlens_topology_known_series",
+                "Proxy metric series the graph counts by id, without their labels.",
+            )
+            .expect("valid metric"),
             policy_checks: counter_vec(
                 "meshlens_policy_checks_total",
                 "Policy checks by API and decision.",
@@ -365,6 +382,8 @@ impl Metrics {
             Box::new(m.topology_series_dropped.clone()),
             Box::new(m.topology_unplaced_points.clone()),
             Box::new(m.topology_late_points.clone()),
+            Box::new(m.topology_queued_metric_bytes.clone()),
+            Box::new(m.topology_known_series.clone()),
             Box::new(m.policy_checks.clone()),
             Box::new(m.policy_check_seconds.clone()),
             Box::new(m.policy_quota_hits.clone()),

@@ -12,7 +12,10 @@
 //! - `--interval 15s --duration 60s`: one scrape every interval in real time, as Prometheus
 //!   would: the receiver's CPU and memory for that mesh.
 //!
-//! Each mode prints one result line with the receiver's CPU (from `--server-pid`).
+//! Each mode prints one result line with the receiver's CPU (from `--server-pid`). A receiver
+//! may answer before it has taken all in (meshlens' graph takes series off a queue): with
+//! `--server-pid`, a measure ends only when the server is idle again, and the interval mode
+//! starts its measure only when the baseline scrape's work is done.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -252,6 +255,7 @@ async fn send_all(
     bodies: Vec<Vec<u8>>,
     in_flight: usize,
     failures: &AtomicU64,
+    retries: &AtomicU64,
 ) -> anyhow::Result<()> {
     let queue = Arc::new(std::sync::Mutex::new(bodies.into_iter()));
     let mut tasks = Vec::new();
@@ -262,18 +266,31 @@ async fn send_all(
                 let Some(body) = queue.lock().unwrap().next() else {
                     return Ok::<u64, anyhow::Error>(0);
                 };
-                let r = client
-                    .post(&url)
-                    .header("content-type", "application/x-protobuf")
-                    .header("content-encoding", "snappy")
-                    .header("x-prometheus-remote-write-version", "0.1.0")
-                    .body(body)
-                    .send()
-                    .await?;
-                if !r.status().is_success() {
+                let body = bytes::Bytes::from(body);
+                // As Prometheus does: a 5xx or a 429 is retried, from 30 ms doubling to 5 s.
+                let mut backoff = Duration::from_millis(30);
+                for attempt in 0.. {
+                    let r = client
+                        .post(&url)
+                        .header("content-type", "application/x-protobuf")
+                        .header("content-encoding", "snappy")
+                        .header("x-prometheus-remote-write-version", "0.1.0")
+                        .body(body.clone())
+                        .send()
+                        .await?;
                     let status = r.status();
+                    if status.is_success() {
+                        break;
+                    }
                     let text = r.text().await.unwrap_or_default();
-                    bail!("{status}: {}", text.trim());
+                    let retryable = status.is_server_error()
+                        || status == reqwest::StatusCode::TOO_MANY_REQUESTS;
+                    if !retryable || attempt >= 100 {
+                        bail!("{status}: {}", text.trim());
+                    }
+                    retries.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         });
@@ -294,6 +311,23 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Waits until the server is idle (at most one clock tick of CPU in 300 ms), for at most 60 s.
+async fn settle(pid: Option<u32>) {
+    let Some(pid) = pid else { return };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = cpu_seconds(pid);
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = cpu_seconds(pid);
+        if let (Some(a), Some(b)) = (last, now) {
+            if b - a <= 0.011 {
+                return;
+            }
+        }
+        last = now;
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -303,6 +337,7 @@ async fn main() -> anyhow::Result<()> {
         .build()
         .context("http client")?;
     let failures = AtomicU64::new(0);
+    let retries = AtomicU64::new(0);
     let cpu = || args.server_pid.and_then(cpu_seconds);
     if let Some(rounds) = args.rounds {
         // Sample times 15 s apart, ending now, so a TSDB takes them in order.
@@ -320,13 +355,23 @@ async fn main() -> anyhow::Result<()> {
         let bytes: usize = bodies.iter().flatten().map(Vec::len).sum();
         let (cpu0, steal0, t0) = (cpu(), host_steal_seconds(), Instant::now());
         for round in bodies {
-            send_all(&client, &args.url, round, args.in_flight, &failures).await?;
+            send_all(
+                &client,
+                &args.url,
+                round,
+                args.in_flight,
+                &failures,
+                &retries,
+            )
+            .await?;
         }
+        // Done when the server is: a receiver may answer before it has taken all in.
+        settle(args.server_pid).await;
         let secs = t0.elapsed().as_secs_f64();
         let samples = (series.len() * rounds) as f64;
         let cpu_used = cpu().zip(cpu0).map(|(b, a)| b - a);
         println!(
-            "{}: max rate, {} workloads, {} series, {rounds} scrapes: {:.0} samples/s, server cpu {} ({}), {:.1} MB sent snappy, failed requests {}, peak rss {}{}",
+            "{}: max rate, {} workloads, {} series, {rounds} scrapes: {:.0} samples/s, server cpu {} ({}), {:.1} MB sent snappy, failed requests {}, retried {}, peak rss {}{}",
             args.label,
             args.workloads,
             series.len(),
@@ -335,6 +380,7 @@ async fn main() -> anyhow::Result<()> {
             cpu_used.map_or("?".into(), |c| format!("{:.2} µs/sample", c * 1e6 / samples)),
             bytes as f64 / 1e6,
             failures.load(Ordering::Relaxed),
+            retries.load(Ordering::Relaxed),
             args.server_pid.and_then(peak_rss_mb).map_or("?".into(), |m| format!("{m:.0} MB")),
             host_steal_field(steal0, host_steal_seconds()),
         );
@@ -348,19 +394,32 @@ async fn main() -> anyhow::Result<()> {
             scrape(&series, 0, now_ms(), args.samples_per_request),
             args.in_flight,
             &failures,
+            &retries,
         )
         .await?;
+        // The baseline's work done (a receiver may answer before it has taken all in), the
+        // measure covers each later scrape's whole work, over the time the scrapes stand for.
+        settle(args.server_pid).await;
         let (cpu0, steal0, t0) = (cpu(), host_steal_seconds(), Instant::now());
         for round in 1..=scrapes {
             let due = t0 + interval * round as u32;
             tokio::time::sleep_until(due.into()).await;
             let bodies = scrape(&series, round, now_ms(), args.samples_per_request);
-            send_all(&client, &args.url, bodies, args.in_flight, &failures).await?;
+            send_all(
+                &client,
+                &args.url,
+                bodies,
+                args.in_flight,
+                &failures,
+                &retries,
+            )
+            .await?;
         }
-        let secs = t0.elapsed().as_secs_f64();
+        settle(args.server_pid).await;
+        let secs = (interval * scrapes as u32).as_secs_f64();
         let cpu_used = cpu().zip(cpu0).map(|(b, a)| b - a);
         println!(
-            "{}: every {:?}, {} workloads, {} series ({:.0} samples/s), {scrapes} scrapes: server cpu {} of a core, failed requests {}, peak rss {}{}",
+            "{}: every {:?}, {} workloads, {} series ({:.0} samples/s), {scrapes} scrapes: server cpu {} of a core, failed requests {}, retried {}, peak rss {}{}",
             args.label,
             interval,
             args.workloads,
@@ -368,6 +427,7 @@ async fn main() -> anyhow::Result<()> {
             series.len() as f64 / interval.as_secs_f64(),
             cpu_used.map_or("?".into(), |c| format!("{:.2}%", c * 100.0 / secs)),
             failures.load(Ordering::Relaxed),
+            retries.load(Ordering::Relaxed),
             args.server_pid.and_then(peak_rss_mb).map_or("?".into(), |m| format!("{m:.0} MB")),
             host_steal_field(steal0, host_steal_seconds()),
         );

@@ -247,6 +247,40 @@ async fn bad_remote_write_bodies_get_clear_errors_and_good_series_beside_bad_one
         .await,
         1.0
     );
+    // A series whose labels were taken before is still checked: its samples' times each time,
+    // and a bad label set each time it comes.
+    let (s, t) = send(
+        "application/x-protobuf",
+        "snappy",
+        body(vec![requests("200", &[(150.0, -1)])]),
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert!(
+        t.contains("timeseries[0]: a sample with a negative timestamp"),
+        "{t}"
+    );
+    let mut twice = requests("200", &[(1.0, T)]);
+    twice.labels.push(twice.labels[1].clone());
+    for _ in 0..2 {
+        let (s, t) = send(
+            "application/x-protobuf",
+            "snappy",
+            body(vec![twice.clone()]),
+        )
+        .await;
+        assert_eq!(s, 400);
+        assert!(t.contains("a label name twice"), "{t}");
+    }
+    for (reason, n) in [("bad_timestamp", 1.0), ("duplicate_label", 2.0)] {
+        let labels = format!("protocol=\"prom_remote_write\",reason=\"{reason}\"");
+        assert_eq!(
+            env.metric("meshlens_ingest_rejected_metric_points_total", &labels)
+                .await,
+            n,
+            "{reason}"
+        );
+    }
     // A body that decompresses past the limit is refused before it is decompressed.
     let huge = snap::raw::Encoder::new()
         .compress_vec(&vec![0u8; 40 << 20])

@@ -71,6 +71,10 @@ pub struct FromSeries {
     /// Samples refused, by problem, and the first problem with its place.
     pub rejected: Vec<(SeriesProblem, u64)>,
     pub first_problem: Option<String>,
+    /// For series converted with ids (`batches_from_keyed`): each batch's points' series ids,
+    /// and the ids of the series the graph does not read.
+    pub ids: Vec<Vec<u128>>,
+    pub unread_ids: Vec<u128>,
 }
 
 impl FromSeries {
@@ -125,45 +129,75 @@ pub fn batches_from_series(series: impl IntoIterator<Item = PromSeries>) -> From
 /// The same, for series that come with their places in the request (a receiver that left some
 /// aside), which problems are reported at.
 pub fn batches_from_indexed(series: impl IntoIterator<Item = (usize, PromSeries)>) -> FromSeries {
+    convert(series.into_iter().map(|(i, s)| (i, None, s)))
+}
+
+/// The same, for series named by an id (a receiver's hash of their labels as they came): the
+/// batches' points come with their series' ids (`FromSeries::ids`), so that the graph can count
+/// the series' later samples by id alone.
+pub fn batches_from_keyed(
+    series: impl IntoIterator<Item = (usize, u128, PromSeries)>,
+) -> FromSeries {
+    convert(series.into_iter().map(|(i, id, s)| (i, Some(id), s)))
+}
+
+/// Whether a series is one conversion takes: a name, no label twice, no negative timestamp, and
+/// a number for a bucket's `le`. Receivers that count known series by id check new ones with it.
+pub fn check_series(s: &PromSeries) -> Result<(), SeriesProblem> {
+    let label = |k: &str| {
+        s.labels
+            .iter()
+            .find(|(name, _)| name == k)
+            .map(|(_, v)| v.as_str())
+    };
+    let Some(name) = label("__name__").filter(|n| !n.is_empty()) else {
+        return Err(SeriesProblem::NoName);
+    };
+    // Prometheus sends labels sorted by name: then no sort is needed to find a repeat.
+    let sorted = s.labels.windows(2).all(|w| w[0].0 < w[1].0);
+    if !sorted {
+        let mut names: Vec<&str> = s.labels.iter().map(|(k, _)| k.as_str()).collect();
+        names.sort_unstable();
+        if names.windows(2).any(|w| w[0] == w[1]) {
+            return Err(SeriesProblem::DuplicateLabel);
+        }
+    }
+    if s.samples.iter().any(|x| x.timestamp_ms < 0) {
+        return Err(SeriesProblem::BadTimestamp);
+    }
+    if name.ends_with("_bucket") && label("le").is_some_and(|le| parse_le(le).is_none()) {
+        return Err(SeriesProblem::BadBucketBound);
+    }
+    Ok(())
+}
+
+fn convert(series: impl Iterator<Item = (usize, Option<u128>, PromSeries)>) -> FromSeries {
     let mut out = FromSeries::default();
     let mut targets: HashMap<(String, String), usize> = HashMap::new();
-    for (i, s) in series {
+    for (i, id, s) in series {
         out.series += 1;
         let n = s.samples.len() as u64;
         out.samples += n;
+        if let Err(problem) = check_series(&s) {
+            out.reject(problem, n, i);
+            continue;
+        }
         let label = |k: &str| {
             s.labels
                 .iter()
                 .find(|(name, _)| name == k)
                 .map(|(_, v)| v.as_str())
         };
-        let Some(name) = label("__name__").filter(|n| !n.is_empty()) else {
-            out.reject(SeriesProblem::NoName, n, i);
-            continue;
-        };
-        let mut names: Vec<&str> = s.labels.iter().map(|(k, _)| k.as_str()).collect();
-        names.sort_unstable();
-        if names.windows(2).any(|w| w[0] == w[1]) {
-            out.reject(SeriesProblem::DuplicateLabel, n, i);
-            continue;
-        }
-        if s.samples.iter().any(|x| x.timestamp_ms < 0) {
-            out.reject(SeriesProblem::BadTimestamp, n, i);
-            continue;
-        }
+        let name = label("__name__").unwrap_or_default();
         let (name, le) = match name.strip_suffix("_bucket").zip(label("le")) {
-            Some((base, le)) => match parse_le(le) {
-                Some(le) => (base.to_string(), Some(le)),
-                None => {
-                    out.reject(SeriesProblem::BadBucketBound, n, i);
-                    continue;
-                }
-            },
+            // Checked above: a bucket's bound is a number.
+            Some((base, le)) => (base.to_string(), parse_le(le)),
             None => (name.to_string(), None),
         };
         let (name, envoy) = envoy_name(&name);
         if !reads_metric(&name, le.is_some()) {
             out.unread += n;
+            out.unread_ids.extend(id);
             continue;
         }
         let target = (
@@ -175,6 +209,9 @@ pub fn batches_from_indexed(series: impl IntoIterator<Item = (usize, PromSeries)
                 resource: Arc::new(resource_of(&s.labels)),
                 points: Vec::with_capacity(256),
             });
+            if id.is_some() {
+                out.ids.push(Vec::with_capacity(256));
+            }
             out.batches.len() - 1
         });
         let mut attributes = Attributes(Vec::with_capacity(s.labels.len()));
@@ -217,6 +254,9 @@ pub fn batches_from_indexed(series: impl IntoIterator<Item = (usize, PromSeries)
                 value,
                 time_ns: (sample.timestamp_ms as u64).saturating_mul(1_000_000),
             });
+            if let Some(id) = id {
+                out.ids[batch].push(id);
+            }
         }
     }
     out
@@ -226,15 +266,19 @@ pub fn batches_from_indexed(series: impl IntoIterator<Item = (usize, PromSeries)
 /// receivers use it to leave the other series undecoded. (A `_bucket` name is read as a bucket
 /// of its histogram, or as itself where it has no `le`; either way counts.)
 pub fn series_read(name: &str) -> bool {
-    let plain = envoy_name(name).0;
-    reads_metric(&plain, false)
+    // Without a copy of the name when it is not Envoy's: this runs for every series.
+    let read = |n: &str, bucket: bool| match n.starts_with("envoy_cluster_") {
+        true => reads_metric(&envoy_name(n).0, bucket),
+        false => reads_metric(n, bucket),
+    };
+    read(name, false)
         || name
             .strip_suffix("_bucket")
-            .is_some_and(|base| reads_metric(&envoy_name(base).0, true))
+            .is_some_and(|base| read(base, true))
 }
 
 /// `le` as Prometheus writes it (`0.5`, `1.0`, `1e+06`, `+Inf`).
-fn parse_le(le: &str) -> Option<f64> {
+pub fn parse_le(le: &str) -> Option<f64> {
     let v: f64 = match le.trim() {
         "+Inf" | "Inf" | "inf" | "+inf" => f64::INFINITY,
         other => other.parse().ok()?,

@@ -6,6 +6,7 @@ mod export;
 
 pub use export::{ProductMetrics, DEFAULT_MAX_SERIES, PRODUCT_METRIC_NAMES};
 
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -14,9 +15,11 @@ use meshlens_topology::graph::{
     ClusterMap, EdgeObservation, HealthConfig, PairingConfig, PairingCounters, PolicyDecision,
     Topology,
 };
+use meshlens_topology::prom::batches_from_keyed;
 use meshlens_topology::{MetricBatch, Span};
 
 use crate::error::IngestError;
+use crate::prom::WireBatch;
 
 use crate::metrics::Metrics;
 
@@ -55,6 +58,7 @@ pub struct GraphFeed {
 enum Input {
     Spans(Vec<Span>),
     Metrics(Vec<MetricBatch>),
+    Wire(WireBatch),
 }
 
 struct FeedCore {
@@ -63,12 +67,19 @@ struct FeedCore {
     metrics: Metrics,
     /// The engine's counters as last reported, to turn them into increments.
     reported: Mutex<PairingCounters>,
+    /// Bytes of remote write bodies in the queue.
+    queued_metric_bytes: std::sync::atomic::AtomicUsize,
 }
 
 /// Batches of spans that may wait for the graph thread. It handles over a million spans a second
 /// (BENCHMARKS.md), so this fills only if the thread is starved of CPU; then batches are dropped
 /// from the graph (never from the store) and counted.
 const QUEUE_BATCHES: usize = 1024;
+
+/// Most bytes of remote write bodies that may wait for the graph thread: past it, a write is
+/// overload (503, retried). The first scrape of a large mesh arrives faster than the graph
+/// resolves its series; this keeps it from queueing the whole scrape in memory.
+const QUEUE_METRIC_BYTES: usize = 128 << 20;
 
 /// The graph thread's priority on thread-priority's 0–99 scale (50 is a normal thread's; below
 /// 50 is a positive nice value on Linux).
@@ -92,6 +103,7 @@ impl GraphFeed {
             export: ProductMetrics::new(metrics, config.max_series),
             metrics: metrics.clone(),
             reported: Mutex::new(PairingCounters::default()),
+            queued_metric_bytes: Default::default(),
         });
         let (tx, rx) = sync_channel::<Input>(QUEUE_BATCHES);
         let worker = core.clone();
@@ -115,6 +127,12 @@ impl GraphFeed {
                     match input {
                         Input::Spans(spans) => worker.observe(&spans),
                         Input::Metrics(batches) => worker.observe_metrics(&batches),
+                        Input::Wire(wire) => {
+                            worker.observe_wire(&wire);
+                            let n = wire.bytes();
+                            drop(wire);
+                            worker.queued_bytes(|q| q.fetch_sub(n, Ordering::Relaxed));
+                        }
                     }
                 }
             });
@@ -149,6 +167,28 @@ impl GraphFeed {
                 TrySendError::Full(_) => IngestError::Overloaded,
                 TrySendError::Disconnected(_) => IngestError::ShuttingDown,
             })
+    }
+
+    /// Hands remote-written series to the graph thread; a full queue is overload.
+    pub fn offer_wire(&self, wire: WireBatch) -> Result<(), IngestError> {
+        let n = wire.bytes();
+        let before = self
+            .core
+            .queued_bytes(|q| q.fetch_add(n, Ordering::Relaxed));
+        // One batch is taken however large, so that a body under the size limit always fits.
+        if before > 0 && before + n > QUEUE_METRIC_BYTES {
+            self.core
+                .queued_bytes(|q| q.fetch_sub(n, Ordering::Relaxed));
+            return Err(IngestError::Overloaded);
+        }
+        self.tx.try_send(Input::Wire(wire)).map_err(|e| {
+            self.core
+                .queued_bytes(|q| q.fetch_sub(n, Ordering::Relaxed));
+            match e {
+                TrySendError::Full(_) => IngestError::Overloaded,
+                TrySendError::Disconnected(_) => IngestError::ShuttingDown,
+            }
+        })
     }
 
     /// Adds the policy server's refusals between services to their edges (from a blocking
@@ -192,6 +232,15 @@ impl GraphFeed {
 }
 
 impl FeedCore {
+    /// Changes the queued bytes with `f` (which returns the bytes before) and reports them.
+    fn queued_bytes(&self, f: impl FnOnce(&std::sync::atomic::AtomicUsize) -> usize) -> usize {
+        let before = f(&self.queued_metric_bytes);
+        self.metrics
+            .topology_queued_metric_bytes
+            .set(self.queued_metric_bytes.load(Ordering::Relaxed) as i64);
+        before
+    }
+
     fn lock(&self) -> MutexGuard<'_, Topology> {
         self.topology.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -204,12 +253,44 @@ impl FeedCore {
     }
 
     fn observe_metrics(&self, batches: &[MetricBatch]) {
+        self.with_metrics_engine(|t, now| {
+            for b in batches {
+                t.observe_metrics(b, now);
+            }
+        });
+    }
+
+    /// Remote-written series: those the graph resolved before by their samples alone, the rest
+    /// (decoded from the body) by their labels.
+    fn observe_wire(&self, wire: &WireBatch) {
+        self.with_metrics_engine(|t, now| {
+            let mut misses = Vec::new();
+            for s in &wire.series {
+                if !t.observe_known(s.id, wire.samples(s), now) {
+                    misses.push(s);
+                }
+            }
+            if misses.is_empty() {
+                return;
+            }
+            let from = batches_from_keyed(
+                misses
+                    .into_iter()
+                    .filter_map(|s| Some((s.index, s.id, wire.decode(s)?))),
+            );
+            for (batch, ids) in from.batches.iter().zip(&from.ids) {
+                t.observe_keyed(batch, ids, now);
+            }
+            t.ignore_series(&from.unread_ids);
+        });
+    }
+
+    /// Runs `f` on the engine with metrics, then brings the self-metrics up to date.
+    fn with_metrics_engine(&self, f: impl FnOnce(&mut Topology, u64)) {
         let now = now_ns();
         let mut t = self.lock();
         let (unplaced, late) = (t.unplaced_points(), t.late_points());
-        for b in batches {
-            t.observe_metrics(b, now);
-        }
+        f(&mut t, now);
         self.metrics
             .topology_unplaced_points
             .inc_by(t.unplaced_points() - unplaced);
@@ -217,6 +298,9 @@ impl FeedCore {
             .topology_late_points
             .inc_by(t.late_points() - late);
         self.metrics.topology_edges.set(t.edge_count() as i64);
+        self.metrics
+            .topology_known_series
+            .set(t.resolved_series() as i64);
     }
 
     /// Runs `f` on the engine, then brings the self-metrics up to date.

@@ -47,6 +47,8 @@ impl Rejected {
 #[derive(Debug, Default)]
 pub struct ConvertedMetrics {
     pub batches: Vec<MetricBatch>,
+    /// Or, from Prometheus remote write, series by reference into their request's body.
+    pub wire: Option<crate::prom::WireBatch>,
     pub points: u64,
     /// Series received, where the protocol sends series (Prometheus remote write), and
     /// staleness markers among the points.

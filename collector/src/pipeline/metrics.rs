@@ -32,7 +32,11 @@ impl Pipeline {
         let mut converted = converted;
         let batches = std::mem::take(&mut converted.batches);
         let points = converted.points;
-        if let Err(e) = self.graph().offer_metrics(batches) {
+        let offered = match converted.wire.take() {
+            Some(wire) => self.graph().offer_wire(wire),
+            None => self.graph().offer_metrics(batches),
+        };
+        if let Err(e) = offered {
             m.ingest_rejected_metric_points
                 .with_label_values(&[p, e.reason()])
                 .inc_by(points);

@@ -19,7 +19,8 @@ use crate::body::{content_encoding, gunzip, read_raw, unsnappy_into, BodyLimits,
 use crate::error::{ErrorBody, HttpIngestError, IngestError};
 use crate::pipeline::Pipeline;
 use crate::Protocol;
-pub use convert::convert_write;
+pub use convert::{convert_write, CheckedLabels, WireBatch};
+use std::sync::Arc;
 
 /// A remote write request may be this many times `max_message_bytes` (32 MiB after
 /// decompression at the default): Prometheus sends up to `max_samples_per_send` samples a
@@ -33,6 +34,7 @@ static BUFFERS: BufferPool = BufferPool::new();
 struct WriteState {
     pipeline: Pipeline,
     limits: BodyLimits,
+    checked: Arc<CheckedLabels>,
 }
 
 pub fn router(pipeline: Pipeline, limits: BodyLimits) -> Router {
@@ -42,7 +44,11 @@ pub fn router(pipeline: Pipeline, limits: BodyLimits) -> Router {
     };
     Router::new()
         .route("/api/v1/write", post(write))
-        .with_state(WriteState { pipeline, limits })
+        .with_state(WriteState {
+            pipeline,
+            limits,
+            checked: Arc::default(),
+        })
 }
 
 async fn write(State(st): State<WriteState>, headers: HeaderMap, body: Body) -> Response {
@@ -80,19 +86,21 @@ async fn accept(st: &WriteState, headers: &HeaderMap, body: Body) -> Result<(), 
         )));
     }
     let raw = read_raw(body, st.limits).await?;
-    let converted = match content_encoding(headers).as_str() {
+    let max = st.limits.max_bytes;
+    let body = match content_encoding(headers).as_str() {
         "snappy" => {
-            let mut buf = BUFFERS.take(st.limits.max_bytes);
-            unsnappy_into(&raw, st.limits.max_bytes, &mut buf.buf)?;
-            drop(raw);
-            convert_write(&buf.buf)
+            let mut buf = BUFFERS.take(max);
+            unsnappy_into(&raw, max, &mut buf.buf)?;
+            buf
         }
         // Not what Prometheus sends, but other writers (and the OTLP receivers) take gzip.
-        "gzip" | "x-gzip" => convert_write(&gunzip(&raw, st.limits.max_bytes)?),
-        "" | "identity" => convert_write(&raw),
+        "gzip" | "x-gzip" => BUFFERS.adopt(Vec::from(gunzip(&raw, max)?), max),
+        "" | "identity" => BUFFERS.adopt(raw.to_vec(), max),
         other => return Err(IngestError::UnsupportedEncoding(other.to_string())),
-    }
-    .map_err(|e| IngestError::Malformed(format!("protobuf: {e}")))?;
+    };
+    drop(raw);
+    let converted = convert_write(body, &st.checked)
+        .map_err(|e| IngestError::Malformed(format!("protobuf: {e}")))?;
     let done = st
         .pipeline
         .ingest_metrics(Protocol::PromRemoteWrite, converted)?;

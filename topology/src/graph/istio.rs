@@ -95,19 +95,24 @@ const MAX_WAYPOINTS: usize = 10_000;
 impl Waypoints {
     /// Learns the proxy that reported this series as a waypoint if the series says it is one.
     /// The proxy is the one its scrape target labels name (as Prometheus writes them, and as the
-    /// OpenTelemetry Collector's `prometheus` receiver keeps them), else `resource`.
-    pub(crate) fn learn(&mut self, resource: (Option<&str>, &str), a: &Attributes) {
+    /// OpenTelemetry Collector's `prometheus` receiver keeps them), else `resource`. Returns
+    /// whether it is a waypoint not known before (series classified before may read otherwise).
+    pub(crate) fn learn(&mut self, resource: (Option<&str>, &str), a: &Attributes) -> bool {
         let says = a.get_str("reporter") == Some("waypoint")
             || a.get_str("gateway_networking_k8s_io_gateway_class_name") == Some("istio-waypoint");
-        if says && self.known.len() < MAX_WAYPOINTS {
-            // The labels may name the workload without its namespace: the resource's stands.
-            let proxy = match crate::prom::scrape_target(a) {
-                Some((namespace, name)) => (namespace.or(resource.0), name),
-                None => resource,
-            };
-            self.known
-                .insert((proxy.0.map(Arc::from), Arc::from(proxy.1)));
+        if !says || self.known.len() >= MAX_WAYPOINTS {
+            return false;
         }
+        // The labels may name the workload without its namespace: the resource's stands.
+        let proxy = match crate::prom::scrape_target(a) {
+            Some((namespace, name)) => (namespace.or(resource.0), name),
+            None => resource,
+        };
+        if self.is(proxy.0, &[Some(proxy.1)]) {
+            return false;
+        }
+        self.known
+            .insert((proxy.0.map(Arc::from), Arc::from(proxy.1)))
     }
 
     fn is(&self, namespace: Option<&str>, names: &[Option<&str>]) -> bool {

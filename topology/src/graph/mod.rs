@@ -46,6 +46,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::metric::MetricBatch;
+use crate::prom::PromSample;
 use crate::resource::Resource;
 use crate::span::Span;
 
@@ -67,6 +68,8 @@ pub struct Topology {
     proxies: ProxyMetrics,
     edges: EdgeMap,
     health: HealthConfig,
+    /// Observations of one known series, reused.
+    scratch: Vec<MetricObservation>,
 }
 
 impl Default for Topology {
@@ -82,6 +85,7 @@ impl Topology {
             proxies: ProxyMetrics::default(),
             edges: EdgeMap::default(),
             health,
+            scratch: Vec::new(),
         }
     }
 
@@ -128,19 +132,56 @@ impl Topology {
 
     /// Takes proxy metrics that arrived at `now_ns`. Returns what they added, per edge.
     pub fn observe_metrics(&mut self, batch: &MetricBatch, now_ns: u64) -> Vec<MetricObservation> {
+        self.observe_keyed(batch, &[], now_ns)
+    }
+
+    /// The same, for a batch whose points come with their series' ids (`ids[i]` is point `i`'s,
+    /// from `prom::batches_from_keyed`): the graph remembers each series resolved, and counts
+    /// its later samples by id alone (`observe_known`).
+    pub fn observe_keyed(
+        &mut self,
+        batch: &MetricBatch,
+        ids: &[u128],
+        now_ns: u64,
+    ) -> Vec<MetricObservation> {
         let mut out = Vec::new();
-        self.proxies.observe(batch, &mut out);
-        for o in &out {
+        self.proxies.observe_keyed(batch, ids, &mut out);
+        self.record_metrics(&out, now_ns);
+        out
+    }
+
+    /// Takes the samples of a series the graph resolved before, by its id; `false` when it does
+    /// not know the id (then give it the series' labels through `observe_keyed`).
+    pub fn observe_known(&mut self, id: u128, samples: &[PromSample], now_ns: u64) -> bool {
+        let mut out = std::mem::take(&mut self.scratch);
+        out.clear();
+        let known = self.proxies.observe_known(id, samples, &mut out);
+        self.record_metrics(&out, now_ns);
+        self.scratch = out;
+        known
+    }
+
+    /// Series the graph does not read, by id, so that they are not resolved again.
+    pub fn ignore_series(&mut self, ids: &[u128]) {
+        self.proxies.ignore(ids);
+    }
+
+    /// Series remembered by id.
+    pub fn resolved_series(&self) -> usize {
+        self.proxies.resolved_series()
+    }
+
+    fn record_metrics(&mut self, out: &[MetricObservation], now_ns: u64) {
+        for o in out {
             match self.edges.get_mut(&o.key) {
                 Some(series) => series.record_metric(&o.counts, o.latency.as_ref(), now_ns),
                 None => {
                     let mut series = Series::default();
                     series.record_metric(&o.counts, o.latency.as_ref(), now_ns);
-                    self.edges.insert(o.key.clone(), series);
+                    self.edges.insert(EdgeKey::clone(&o.key), series);
                 }
             }
         }
-        out
     }
 
     /// Adds the policy server's refusals between two services, named as the proxies name them
@@ -252,7 +293,7 @@ impl Topology {
                 None => {
                     let mut series = Series::default();
                     series.record(o, now_ns);
-                    self.edges.insert(o.key.clone(), series);
+                    self.edges.insert(EdgeKey::clone(&o.key), series);
                 }
             }
         }

@@ -6,8 +6,9 @@
 //! before meshlens saw it is not counted. A series that first appears from a proxy already heard
 //! from is new since then (Envoy creates per-code counters on first use), so all of it counts.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Arc;
 
 use crate::attr::{AttrValue, Attributes};
 use crate::graph::istio::{self, IstioMetric, Waypoints};
@@ -16,12 +17,14 @@ use crate::graph::side::{endpoint_of, ClusterMap};
 use crate::graph::sketch::{key_of, LatencySketch};
 use crate::graph::window::Counts;
 use crate::metric::{MetricBatch, MetricPoint, PointValue};
+use crate::prom::PromSample;
 use crate::resource::UNKNOWN_SERVICE;
 
 /// Increments of one edge's counts, from metrics.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricObservation {
-    pub key: EdgeKey,
+    /// Shared with the series that count on the edge.
+    pub key: Arc<EdgeKey>,
     pub counts: Counts,
     /// Latencies a histogram added (in its buckets' resolution).
     pub latency: Option<LatencySketch>,
@@ -30,6 +33,31 @@ pub struct MetricObservation {
 /// Most series whose last value is remembered; past it, the memory starts afresh (every series
 /// then takes one export to find its baseline again).
 const MAX_SERIES: usize = 200_000;
+
+/// Most series remembered by id (each bucket of a classic histogram is a series of its own);
+/// past it they are resolved from their labels again.
+const MAX_RESOLVED: usize = 1_000_000;
+
+/// What a series counts on, worked out once from its labels: the graph counts a series it has
+/// resolved before from its samples alone.
+#[derive(Clone)]
+struct Resolved {
+    target: Target,
+    /// The proxy that reports it (`hash_of` its identity).
+    proxy: u64,
+    /// The series' key among the last values (`series_hash`).
+    series: u64,
+    /// A classic histogram bucket's bound.
+    le: Option<f64>,
+}
+
+#[derive(Clone)]
+enum Target {
+    Edge(Arc<EdgeKey>, Effect),
+    /// Counted as unplaced at each point.
+    Unplaced,
+    Ignored,
+}
 
 /// A cumulative series' last value, and when it was taken (0: not said).
 #[derive(Clone, Copy)]
@@ -70,6 +98,10 @@ pub struct ProxyMetrics {
     /// Batches observed, to tell a proxy's first batch from later ones.
     batches: u64,
     waypoints: Waypoints,
+    /// Series resolved before, by the id a receiver gave them (remote write's hash of their
+    /// labels as they came), and the edges they count on (one copy of each).
+    resolved: HashMap<u128, Resolved, foldhash::fast::FixedState>,
+    edge_keys: HashSet<Arc<EdgeKey>, foldhash::fast::FixedState>,
     /// Points that named no edge meshlens can place (no service name, an unknown cluster form).
     pub unplaced: u64,
     /// Samples of a cumulative series at or before its last one: a remote write retry, or out
@@ -80,6 +112,7 @@ pub struct ProxyMetrics {
 }
 
 /// What one point adds to an edge.
+#[derive(Clone, Copy)]
 enum Effect {
     /// Requests with an HTTP status class ("2", "4", "5") or code.
     Requests {
@@ -125,12 +158,18 @@ enum Reading {
 impl ProxyMetrics {
     /// The increments this batch adds, per edge.
     pub fn observe(&mut self, batch: &MetricBatch, out: &mut Vec<MetricObservation>) {
-        if self.last.len() + self.last_buckets.len() + self.buckets.len() > MAX_SERIES {
-            self.last.clear();
-            self.last_buckets.clear();
-            self.buckets.clear();
-            self.proxies.clear();
-        }
+        self.observe_keyed(batch, &[], out);
+    }
+
+    /// The same, for a batch whose points come with their series' ids (`ids[i]` is point `i`'s;
+    /// empty: none): each series is remembered resolved, for `observe_known`.
+    pub fn observe_keyed(
+        &mut self,
+        batch: &MetricBatch,
+        ids: &[u128],
+        out: &mut Vec<MetricObservation>,
+    ) {
+        self.bound();
         self.batches += 1;
         let who = &batch.resource.service;
         let proxy = hash_of(who);
@@ -146,124 +185,270 @@ impl ProxyMetrics {
             batch: self.batches,
         });
         let source = endpoint_of(&batch.resource);
+        let mut learned = false;
         for point in &batch.points {
-            self.waypoints.learn(
+            learned |= self.waypoints.learn(
                 (who.namespace.as_deref(), who.name.as_str()),
                 &point.attributes,
             );
         }
-        for point in &batch.points {
-            // A series first seen from a proxy heard from before (at an earlier time, or in an
-            // earlier batch when times are not given) is new since then: all of it counts.
-            let batches = self.batches;
-            let known_at = |time_ns: u64| {
-                if time_ns > 0 && seen.time_ns > 0 {
-                    time_ns > seen.time_ns
-                } else {
-                    seen.batch < batches
-                }
-            };
-            let known = known_at(point.time_ns);
-            let (key, effect) = match classify(&source, point, &self.clusters, &self.waypoints) {
-                Classified::Edge(key, effect) => (key, effect),
-                Classified::UnknownCluster => {
-                    self.unplaced += 1;
-                    continue;
-                }
-                Classified::Ignored => continue,
-            };
-            if let Effect::Latency = effect {
-                if key.client.node.name.as_ref() == UNKNOWN_SERVICE {
-                    continue;
-                }
-                let latency = match point.value {
-                    PointValue::Bucket { le, value } => {
-                        self.bucket_increment(who, known_at, point, le, value)
-                    }
-                    _ => self.histogram_increment(who, known, point),
-                };
-                if let Some(latency) = latency {
-                    out.push(MetricObservation {
-                        key,
-                        counts: Counts::default(),
-                        latency: Some(latency),
-                    });
-                }
-                continue;
-            }
-            let reading = match effect {
-                Effect::Bytes => Reading::Sum,
-                _ => Reading::Count,
-            };
-            let Some(n) = self.increment(who, known, point, reading) else {
-                continue;
-            };
-            if key.client.node.name.as_ref() == UNKNOWN_SERVICE {
-                self.unplaced += 1;
-                continue;
-            }
-            let mut counts = Counts::default();
-            match effect {
-                Effect::Requests {
-                    class,
-                    grpc_error,
-                    flags,
-                } => {
-                    counts.requests = n;
-                    counts.http_4xx = if class == 4 { n } else { 0 };
-                    counts.http_5xx = if class == 5 { n } else { 0 };
-                    counts.grpc_errors = if grpc_error { n } else { 0 };
-                    counts.failures = if class == 5 || grpc_error { n } else { 0 };
-                    counts.denied = if flags.denied { n } else { 0 };
-                    counts.rate_limited = if flags.rate_limited { n } else { 0 };
-                    counts.overflows = if flags.overflow { n } else { 0 };
-                    counts.tls_known = if flags.mtls.is_some() { n } else { 0 };
-                    counts.mtls = if flags.mtls == Some(true) { n } else { 0 };
-                    counts.flags.add_bits(flags.bits, n);
-                }
-                Effect::Retries => counts.retries = n,
-                Effect::Overflows => counts.overflows = n,
-                Effect::Ejections => counts.ejections = n,
-                Effect::Bytes => counts.bytes = n,
-                Effect::TcpSent => {
-                    counts.tcp_sent_bytes = n;
-                    counts.bytes = n;
-                }
-                Effect::TcpReceived => {
-                    counts.tcp_received_bytes = n;
-                    counts.bytes = n;
-                }
-                Effect::TcpOpened { mtls } => {
-                    counts.tcp_opened = n;
-                    counts.tls_known = if mtls.is_some() { n } else { 0 };
-                    counts.mtls = if mtls == Some(true) { n } else { 0 };
-                }
-                Effect::TcpClosed => counts.tcp_closed = n,
-                Effect::Latency => {}
-            }
-            if n > 0 {
-                out.push(MetricObservation {
-                    key,
-                    counts,
-                    latency: None,
-                });
+        if learned {
+            // Series resolved before a waypoint was known may read otherwise now.
+            self.forget_resolved();
+        }
+        for (i, point) in batch.points.iter().enumerate() {
+            let resolved = self.resolve(&source, proxy, who, point);
+            self.apply(&resolved, &point.value, point.time_ns, seen, out);
+            if let Some(id) = ids.get(i) {
+                self.resolved.insert(*id, resolved);
             }
         }
     }
 
-    /// The increment a point stands for: its value for deltas, the difference with the last value
-    /// for cumulative sums (the whole value after a reset); for a series' first value, all of it
-    /// if the proxy was heard from before (`known`), else `None` (a baseline). A sample at or
-    /// before the series' last one (a retried remote write, or out of order) adds nothing, and a
-    /// value that is not a number (Prometheus' staleness marker) is no value.
+    /// The increments of a series resolved before (by `observe_keyed`), from its samples alone;
+    /// `false` when the series is not known by that id (resolve it from its labels).
+    pub fn observe_known(
+        &mut self,
+        id: u128,
+        samples: &[PromSample],
+        out: &mut Vec<MetricObservation>,
+    ) -> bool {
+        self.bound();
+        let Some(resolved) = self.resolved.get(&id).cloned() else {
+            return false;
+        };
+        match resolved.target {
+            Target::Edge(..) => {}
+            Target::Unplaced => {
+                self.unplaced += samples.len() as u64;
+                return true;
+            }
+            Target::Ignored => return true,
+        }
+        let Some(seen) = self.proxies.get(&resolved.proxy).copied() else {
+            return false;
+        };
+        for s in samples {
+            let value = match resolved.le {
+                Some(le) => PointValue::Bucket { le, value: s.value },
+                None => PointValue::Sum {
+                    value: s.value,
+                    monotonic: true,
+                    delta: false,
+                },
+            };
+            let time_ns = (s.timestamp_ms.max(0) as u64).saturating_mul(1_000_000);
+            self.apply(&resolved, &value, time_ns, seen, out);
+        }
+        true
+    }
+
+    /// Remembers series the graph does not read by their ids, so that they are not resolved again.
+    pub fn ignore(&mut self, ids: &[u128]) {
+        for id in ids {
+            self.resolved.insert(
+                *id,
+                Resolved {
+                    target: Target::Ignored,
+                    proxy: 0,
+                    series: 0,
+                    le: None,
+                },
+            );
+        }
+    }
+
+    /// Keeps the memories within their bounds.
+    fn bound(&mut self) {
+        if self.last.len() + self.last_buckets.len() + self.buckets.len() > MAX_SERIES {
+            self.last.clear();
+            self.last_buckets.clear();
+            self.buckets.clear();
+            self.proxies.clear();
+            self.forget_resolved();
+        }
+        if self.resolved.len() > MAX_RESOLVED {
+            self.forget_resolved();
+        }
+    }
+
+    fn forget_resolved(&mut self) {
+        self.resolved.clear();
+        self.edge_keys.clear();
+    }
+
+    /// Series remembered by id, and the edges they name.
+    pub fn resolved_series(&self) -> usize {
+        self.resolved.len()
+    }
+
+    /// What a point of `proxy` counts on.
+    fn resolve(
+        &mut self,
+        source: &Endpoint,
+        proxy: u64,
+        who: &crate::ServiceIdentity,
+        point: &MetricPoint,
+    ) -> Resolved {
+        let (target, reading) = match classify(source, point, &self.clusters, &self.waypoints) {
+            Classified::Edge(key, effect) => {
+                let key = match self.edge_keys.get(&key) {
+                    Some(k) => k.clone(),
+                    None => {
+                        let k = Arc::new(key);
+                        self.edge_keys.insert(k.clone());
+                        k
+                    }
+                };
+                let reading = match effect {
+                    Effect::Bytes => Reading::Sum,
+                    _ => Reading::Count,
+                };
+                (Target::Edge(key, effect), reading)
+            }
+            Classified::UnknownCluster => (Target::Unplaced, Reading::Count),
+            Classified::Ignored => (Target::Ignored, Reading::Count),
+        };
+        let series = match target {
+            Target::Edge(..) => {
+                series_hash(who, &point.name, &point.attributes, reading == Reading::Sum)
+            }
+            _ => 0,
+        };
+        let le = match point.value {
+            PointValue::Bucket { le, .. } => Some(le),
+            _ => None,
+        };
+        Resolved {
+            target,
+            proxy,
+            series,
+            le,
+        }
+    }
+
+    /// What one value of a resolved series adds.
+    fn apply(
+        &mut self,
+        resolved: &Resolved,
+        value: &PointValue,
+        time_ns: u64,
+        seen: FirstSeen,
+        out: &mut Vec<MetricObservation>,
+    ) {
+        let (key, effect) = match &resolved.target {
+            Target::Edge(key, effect) => (key, *effect),
+            Target::Unplaced => {
+                self.unplaced += 1;
+                return;
+            }
+            Target::Ignored => return,
+        };
+        // A series first seen from a proxy heard from before (at an earlier time, or in an
+        // earlier batch when times are not given) is new since then: all of it counts.
+        let batches = self.batches;
+        let known_at = |t: u64| {
+            if t > 0 && seen.time_ns > 0 {
+                t > seen.time_ns
+            } else {
+                seen.batch < batches
+            }
+        };
+        let known = known_at(time_ns);
+        let unknown_client = key.client.node.name.as_ref() == UNKNOWN_SERVICE;
+        if let Effect::Latency = effect {
+            if unknown_client {
+                return;
+            }
+            let latency = match *value {
+                PointValue::Bucket { le, value } => {
+                    self.bucket_increment(resolved.series, known_at, time_ns, le, value)
+                }
+                _ => self.histogram_increment(resolved.series, known, value),
+            };
+            if let Some(latency) = latency {
+                out.push(MetricObservation {
+                    key: key.clone(),
+                    counts: Counts::default(),
+                    latency: Some(latency),
+                });
+            }
+            return;
+        }
+        let reading = match effect {
+            Effect::Bytes => Reading::Sum,
+            _ => Reading::Count,
+        };
+        let Some(n) = self.increment(resolved.series, known, value, time_ns, reading) else {
+            return;
+        };
+        if unknown_client {
+            self.unplaced += 1;
+            return;
+        }
+        let mut counts = Counts::default();
+        match effect {
+            Effect::Requests {
+                class,
+                grpc_error,
+                flags,
+            } => {
+                counts.requests = n;
+                counts.http_4xx = if class == 4 { n } else { 0 };
+                counts.http_5xx = if class == 5 { n } else { 0 };
+                counts.grpc_errors = if grpc_error { n } else { 0 };
+                counts.failures = if class == 5 || grpc_error { n } else { 0 };
+                counts.denied = if flags.denied { n } else { 0 };
+                counts.rate_limited = if flags.rate_limited { n } else { 0 };
+                counts.overflows = if flags.overflow { n } else { 0 };
+                counts.tls_known = if flags.mtls.is_some() { n } else { 0 };
+                counts.mtls = if flags.mtls == Some(true) { n } else { 0 };
+                counts.flags.add_bits(flags.bits, n);
+            }
+            Effect::Retries => counts.retries = n,
+            Effect::Overflows => counts.overflows = n,
+            Effect::Ejections => counts.ejections = n,
+            Effect::Bytes => counts.bytes = n,
+            Effect::TcpSent => {
+                counts.tcp_sent_bytes = n;
+                counts.bytes = n;
+            }
+            Effect::TcpReceived => {
+                counts.tcp_received_bytes = n;
+                counts.bytes = n;
+            }
+            Effect::TcpOpened { mtls } => {
+                counts.tcp_opened = n;
+                counts.tls_known = if mtls.is_some() { n } else { 0 };
+                counts.mtls = if mtls == Some(true) { n } else { 0 };
+            }
+            Effect::TcpClosed => counts.tcp_closed = n,
+            Effect::Latency => {}
+        }
+        if n > 0 {
+            out.push(MetricObservation {
+                key: key.clone(),
+                counts,
+                latency: None,
+            });
+        }
+    }
+
+    /// The increment a value of series `key` stands for: the value itself for deltas, the
+    /// difference with the last value for cumulative sums (the whole value after a reset); for a
+    /// series' first value, all of it if the proxy was heard from before (`known`), else `None`
+    /// (a baseline). A sample at or before the series' last one (a retried remote write, or out
+    /// of order) adds nothing, and a value that is not a number (Prometheus' staleness marker)
+    /// is no value.
     fn increment(
         &mut self,
-        who: &crate::ServiceIdentity,
+        key: u64,
         known: bool,
-        p: &MetricPoint,
+        value: &PointValue,
+        time_ns: u64,
         reading: Reading,
     ) -> Option<u64> {
-        let (value, delta) = match (&p.value, reading) {
+        let (value, delta) = match (value, reading) {
             (PointValue::Sum { value, delta, .. }, _) => (*value, *delta),
             (PointValue::Histogram { count, delta, .. }, Reading::Count) => (*count as f64, *delta),
             (PointValue::Histogram { sum, delta, .. }, Reading::Sum) => (*sum, *delta),
@@ -276,18 +461,14 @@ impl ProxyMetrics {
         if delta {
             return Some(value as u64);
         }
-        let key = series_hash(who, &p.name, &p.attributes, reading == Reading::Sum);
-        let new = Last {
-            value,
-            time_ns: p.time_ns,
-        };
+        let new = Last { value, time_ns };
         let previous = match self.last.get_mut(&key) {
             None => {
                 self.last.insert(key, new);
                 return known.then_some(value as u64);
             }
             Some(last) => {
-                if p.time_ns > 0 && last.time_ns > 0 && p.time_ns <= last.time_ns {
+                if time_ns > 0 && last.time_ns > 0 && time_ns <= last.time_ns {
                     self.late += 1;
                     return None;
                 }
@@ -308,16 +489,16 @@ impl ProxyMetrics {
     /// nothing for a series' first point from a proxy not heard from before).
     fn histogram_increment(
         &mut self,
-        who: &crate::ServiceIdentity,
+        h: u64,
         known: bool,
-        p: &MetricPoint,
+        value: &PointValue,
     ) -> Option<LatencySketch> {
         let PointValue::Histogram {
             bounds,
             counts,
             delta,
             ..
-        } = &p.value
+        } = value
         else {
             return None;
         };
@@ -327,7 +508,6 @@ impl ProxyMetrics {
         let added: Vec<u64> = if *delta {
             counts.clone()
         } else {
-            let h = series_hash(who, &p.name, &p.attributes, false);
             match self.last_buckets.insert(h, counts.clone()) {
                 None if !known => return None,
                 None => counts.clone(),
@@ -350,18 +530,16 @@ impl ProxyMetrics {
     /// differenced with the last complete scrape's, bucket by bucket.
     fn bucket_increment(
         &mut self,
-        who: &crate::ServiceIdentity,
+        key: u64,
         known_at: impl Fn(u64) -> bool,
-        p: &MetricPoint,
+        t: u64,
         le: f64,
         value: f64,
     ) -> Option<LatencySketch> {
         if le.is_nan() || !value.is_finite() || value < 0.0 {
             return None;
         }
-        let key = series_hash(who, &p.name, &p.attributes, false);
         let series = self.buckets.entry(key).or_default();
-        let t = p.time_ns;
         if series.last.as_ref().is_some_and(|(last, _)| t <= *last) {
             self.late += 1;
             return None;
@@ -914,5 +1092,72 @@ mod tests {
         out.clear();
         m.observe(&batch(bad), &mut out);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn series_known_by_id_count_from_their_samples_until_a_waypoint_is_learned() {
+        let requests = |reporter: &'static str, v: f64| MetricPoint {
+            time_ns: 1_000_000_000,
+            ..sum(
+                "istio_requests_total",
+                &[
+                    ("reporter", reporter),
+                    ("source_canonical_service", "work"),
+                    ("source_workload_namespace", "shop"),
+                    ("destination_canonical_service", "meet"),
+                    ("destination_workload", "meet-v1"),
+                    ("destination_service_namespace", "shop"),
+                    ("response_code", "200"),
+                ],
+                v,
+            )
+        };
+        let batch = |service, points| MetricBatch {
+            resource: resource(service, None),
+            points,
+        };
+        let at = |value, timestamp_ms| {
+            [PromSample {
+                value,
+                timestamp_ms,
+            }]
+        };
+        let mut m = ProxyMetrics::default();
+        let mut out = Vec::new();
+        m.observe_keyed(
+            &batch("meet", vec![requests("destination", 10.0)]),
+            &[7],
+            &mut out,
+        );
+        assert!(out.is_empty(), "a baseline");
+        assert_eq!(m.resolved_series(), 1);
+        assert!(m.observe_known(7, &at(15.0, 2000), &mut out));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].key.server.node.id(), "service:shop/meet");
+        assert_eq!(out[0].counts.requests, 5);
+        out.clear();
+        assert!(m.observe_known(7, &at(15.0, 2000), &mut out), "a retry");
+        assert!(out.is_empty());
+        assert_eq!(m.late, 1);
+        assert!(!m.observe_known(8, &at(1.0, 2000), &mut out), "not known");
+        // Series the graph does not read are known too, and add nothing.
+        m.ignore(&[11]);
+        assert!(m.observe_known(11, &at(1.0, 2000), &mut out));
+        assert!(out.is_empty());
+        // A waypoint learned: series resolved before are resolved from their labels again.
+        m.observe_keyed(
+            &batch("wp", vec![requests("waypoint", 1.0)]),
+            &[9],
+            &mut out,
+        );
+        assert!(!m.observe_known(7, &at(20.0, 3000), &mut out));
+        assert!(m.observe_known(9, &at(2.0, 3000), &mut out));
+        // The same waypoint again forgets nothing.
+        m.observe_keyed(
+            &batch("wp", vec![requests("waypoint", 3.0)]),
+            &[9],
+            &mut out,
+        );
+        assert!(m.observe_known(9, &at(4.0, 4000), &mut out));
     }
 }
