@@ -136,22 +136,24 @@ pub fn convert_write(
             format!("timeseries[{at}]: {problem}")
         });
     }
-    let mut kept = Vec::with_capacity(scan.series.len());
-    for (s, refused) in scan.series.into_iter().zip(refused) {
-        if refused {
-            continue;
+    let mut series = scan.series;
+    let mut k = 0;
+    series.retain(|s| {
+        let keep = !refused[k];
+        k += 1;
+        if keep {
+            let samples = &scan.samples[s.samples.clone()];
+            out.points += samples.len() as u64;
+            out.stale += samples.iter().filter(|x| x.value.is_nan()).count() as u64;
         }
-        let samples = &scan.samples[s.samples.clone()];
-        out.points += samples.len() as u64;
-        out.stale += samples.iter().filter(|x| x.value.is_nan()).count() as u64;
-        kept.push(s);
-    }
+        keep
+    });
     // Samples of series the graph does not read are taken too, and counted with the rest.
     out.points += scan.unread_samples;
-    if !kept.is_empty() {
+    if !series.is_empty() {
         out.wire = Some(WireBatch {
             body,
-            series: kept,
+            series,
             samples: scan.samples,
         });
     }

@@ -213,7 +213,7 @@ impl ProxyMetrics {
         samples: &[PromSample],
         out: &mut Vec<MetricObservation>,
     ) -> bool {
-        self.bound();
+        // No series is added here, so the bounds hold (`observe_keyed` keeps them).
         let Some(resolved) = self.resolved.get(&id).cloned() else {
             return false;
         };
