@@ -63,6 +63,33 @@ pub async fn read_raw(body: Body, limits: BodyLimits) -> Result<Bytes, IngestErr
     Ok(raw)
 }
 
+/// Reads a body into `out` (a pooled buffer, its memory reused), within the size and time limits.
+pub async fn read_raw_into(
+    body: Body,
+    limits: BodyLimits,
+    out: &mut Vec<u8>,
+) -> Result<(), IngestError> {
+    use http_body_util::BodyExt;
+    out.clear();
+    let limit = limits.max_bytes;
+    let read = async {
+        let mut body = body;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| IngestError::Malformed(format!("reading body: {e}")))?;
+            if let Some(data) = frame.data_ref() {
+                if out.len() + data.len() > limit {
+                    return Err(IngestError::TooLarge { limit });
+                }
+                out.extend_from_slice(data);
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(limits.timeout, read)
+        .await
+        .map_err(|_| IngestError::BodyTimeout(limits.timeout))?
+}
+
 /// Decompresses a snappy block (remote write's encoding) whose stated length is at most `limit`.
 pub fn unsnappy(data: &[u8], limit: usize) -> Result<Bytes, IngestError> {
     let mut out = Vec::new();
@@ -95,11 +122,12 @@ pub struct BufferPool {
     free: std::sync::Mutex<Vec<Vec<u8>>>,
 }
 
-/// At most this many buffers wait in a pool, each of at most `POOLED_MAX_BYTES`: a pool holds
-/// 64 MiB at the most. Prometheus' requests (2,000 samples) decompress to a few MiB; a larger
-/// body's buffer is freed after it.
-const POOLED: usize = 8;
+/// At most this many buffers wait in a pool, each of at most `POOLED_MAX_BYTES`, and together at
+/// most `POOLED_TOTAL_BYTES`. Prometheus' requests (2,000 samples) decompress to a MiB or two,
+/// and several wait for the graph at once; a larger body's buffer is freed after it.
+const POOLED: usize = 32;
 const POOLED_MAX_BYTES: usize = 8 << 20;
+const POOLED_TOTAL_BYTES: usize = 64 << 20;
 
 /// A buffer taken from a pool, given back when dropped.
 pub struct Pooled<'a> {
@@ -150,7 +178,8 @@ impl Drop for Pooled<'_> {
         let buf = std::mem::take(&mut self.buf);
         if buf.capacity() <= self.limit.min(POOLED_MAX_BYTES) {
             let mut free = self.pool.free.lock().unwrap_or_else(|e| e.into_inner());
-            if free.len() < POOLED {
+            let held: usize = free.iter().map(Vec::capacity).sum();
+            if free.len() < POOLED && held + buf.capacity() <= POOLED_TOTAL_BYTES {
                 free.push(buf);
             }
         }
@@ -204,6 +233,20 @@ mod tests {
         let free = pool.free.lock().unwrap();
         assert_eq!(free.len(), POOLED - 1, "the big buffer was freed, not kept");
         assert!(free.iter().all(|b| b.capacity() <= POOLED_MAX_BYTES));
+        drop(free);
+        // Together they hold no more than the total.
+        let pool = BufferPool::new();
+        let taken: Vec<_> = (0..POOLED)
+            .map(|_| {
+                let mut p = pool.take(64 << 20);
+                p.buf.reserve(POOLED_MAX_BYTES);
+                p
+            })
+            .collect();
+        drop(taken);
+        let free = pool.free.lock().unwrap();
+        let held: usize = free.iter().map(Vec::capacity).sum();
+        assert!(held <= POOLED_TOTAL_BYTES && free.len() < POOLED, "{held}");
     }
 
     #[test]

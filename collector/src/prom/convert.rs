@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use meshlens_topology::prom::{check_series, series_read, PromSample, PromSeries, SeriesProblem};
 
-use super::proto::{decode_series, scan, WireError, WireSeries};
+use super::proto::{decode_series, scan_into, Scan, WireError, WireSeries};
 use crate::body::Pooled;
 use crate::pipeline::ConvertedMetrics;
 
@@ -47,6 +47,19 @@ impl CheckedLabels {
     }
 }
 
+/// The vectors of scans done, reused (at most `POOLED_SCANS`): fresh ones for every request cost
+/// the kernel's zeroing of their pages.
+static SCANS: Mutex<Vec<Scan>> = Mutex::new(Vec::new());
+const POOLED_SCANS: usize = 64;
+
+fn pooled_scan() -> Scan {
+    SCANS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .pop()
+        .unwrap_or_default()
+}
+
 /// A request's series the graph reads, in their body.
 pub struct WireBatch {
     body: Pooled<'static>,
@@ -72,6 +85,23 @@ impl WireBatch {
     }
 }
 
+impl Drop for WireBatch {
+    fn drop(&mut self) {
+        let scan = Scan {
+            series: std::mem::take(&mut self.series),
+            samples: std::mem::take(&mut self.samples),
+            ..Scan::default()
+        };
+        // Prometheus' requests are of 2,000 samples; larger vectors are freed.
+        if scan.series.capacity() <= 4096 && scan.samples.capacity() <= 16384 {
+            let mut pool = SCANS.lock().unwrap_or_else(|e| e.into_inner());
+            if pool.len() < POOLED_SCANS {
+                pool.push(scan);
+            }
+        }
+    }
+}
+
 impl std::fmt::Debug for WireBatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WireBatch")
@@ -89,7 +119,7 @@ pub fn convert_write(
     body: Pooled<'static>,
     checked: &CheckedLabels,
 ) -> Result<ConvertedMetrics, WireError> {
-    let scan = scan(&body.buf, series_read, checked.seed)?;
+    let scan = scan_into(&body.buf, series_read, checked.seed, pooled_scan())?;
     let mut problems: Vec<(usize, SeriesProblem, u64)> = Vec::new();
     let mut refused = vec![false; scan.series.len()];
     let mut new_ids = Vec::new();

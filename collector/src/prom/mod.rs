@@ -15,7 +15,7 @@ use axum::routing::post;
 use axum::Router;
 use http::{header, HeaderMap, StatusCode};
 
-use crate::body::{content_encoding, gunzip, read_raw, unsnappy_into, BodyLimits, BufferPool};
+use crate::body::{content_encoding, gunzip, read_raw_into, unsnappy_into, BodyLimits, BufferPool};
 use crate::error::{ErrorBody, HttpIngestError, IngestError};
 use crate::pipeline::Pipeline;
 use crate::Protocol;
@@ -27,8 +27,9 @@ use std::sync::Arc;
 /// request, with every label of every series written out.
 pub const SIZE_FACTOR: usize = 8;
 
-/// Decompressed bodies' buffers, reused between requests.
+/// Decompressed bodies' buffers, and the bodies' as they came, reused between requests.
 static BUFFERS: BufferPool = BufferPool::new();
+static RAW: BufferPool = BufferPool::new();
 
 #[derive(Clone)]
 struct WriteState {
@@ -85,17 +86,18 @@ async fn accept(st: &WriteState, headers: &HeaderMap, body: Body) -> Result<(), 
             "{ct}; remote write 1.0 (application/x-protobuf, prometheus.WriteRequest) only"
         )));
     }
-    let raw = read_raw(body, st.limits).await?;
+    let mut raw = RAW.take(st.limits.max_bytes);
+    read_raw_into(body, st.limits, &mut raw.buf).await?;
     let max = st.limits.max_bytes;
     let body = match content_encoding(headers).as_str() {
         "snappy" => {
             let mut buf = BUFFERS.take(max);
-            unsnappy_into(&raw, max, &mut buf.buf)?;
+            unsnappy_into(&raw.buf, max, &mut buf.buf)?;
             buf
         }
         // Not what Prometheus sends, but other writers (and the OTLP receivers) take gzip.
-        "gzip" | "x-gzip" => BUFFERS.adopt(Vec::from(gunzip(&raw, max)?), max),
-        "" | "identity" => BUFFERS.adopt(raw.to_vec(), max),
+        "gzip" | "x-gzip" => BUFFERS.adopt(Vec::from(gunzip(&raw.buf, max)?), max),
+        "" | "identity" => BUFFERS.adopt(std::mem::take(&mut raw.buf), max),
         other => return Err(IngestError::UnsupportedEncoding(other.to_string())),
     };
     drop(raw);

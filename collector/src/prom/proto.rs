@@ -65,11 +65,29 @@ pub struct Scan {
 /// before is then counted from its id and samples alone; no label is copied.
 pub fn scan(buf: &[u8], keep: impl Fn(&str) -> bool, seed: u64) -> Result<Scan, WireError> {
     // Sized for Prometheus' default request (2,000 samples), so it seldom grows.
-    let mut out = Scan {
-        series: Vec::with_capacity(2048.min(buf.len() / 4)),
-        samples: Vec::with_capacity(2048.min(buf.len() / 16)),
-        ..Scan::default()
-    };
+    scan_into(
+        buf,
+        keep,
+        seed,
+        Scan {
+            series: Vec::with_capacity(2048.min(buf.len() / 4)),
+            samples: Vec::with_capacity(2048.min(buf.len() / 16)),
+            ..Scan::default()
+        },
+    )
+}
+
+/// The same, into the vectors of an earlier scan (cleared first), so that they are reused.
+pub fn scan_into(
+    buf: &[u8],
+    keep: impl Fn(&str) -> bool,
+    seed: u64,
+    mut out: Scan,
+) -> Result<Scan, WireError> {
+    out.series.clear();
+    out.samples.clear();
+    out.unread_series = 0;
+    out.unread_samples = 0;
     let mut index = 0;
     let mut r = Reader(buf);
     while !r.is_empty() {

@@ -56,6 +56,24 @@ const RECENT_RESOURCES: usize = 4;
 /// How long an edge with no calls stays on the graph (as idle): the longest window.
 const EDGE_IDLE_NS: u64 = 3_600_000_000_000;
 
+/// Adds what metrics counted to an edge's windows.
+fn record_metric(
+    edges: &mut EdgeMap,
+    key: &EdgeKey,
+    counts: &Counts,
+    latency: Option<&LatencySketch>,
+    now_ns: u64,
+) {
+    match edges.get_mut(key) {
+        Some(series) => series.record_metric(counts, latency, now_ns),
+        None => {
+            let mut series = Series::default();
+            series.record_metric(counts, latency, now_ns);
+            edges.insert(key.clone(), series);
+        }
+    }
+}
+
 /// The graph engine: the pairing store and every edge's windowed statistics. Time is always
 /// passed in, so the engine is a pure function of what it was given and when.
 /// Edges by key. foldhash, not SipHash: every call hashes its edge's names, and no key here is
@@ -68,8 +86,6 @@ pub struct Topology {
     proxies: ProxyMetrics,
     edges: EdgeMap,
     health: HealthConfig,
-    /// Observations of one known series, reused.
-    scratch: Vec<MetricObservation>,
 }
 
 impl Default for Topology {
@@ -85,7 +101,6 @@ impl Topology {
             proxies: ProxyMetrics::default(),
             edges: EdgeMap::default(),
             health,
-            scratch: Vec::new(),
         }
     }
 
@@ -153,12 +168,11 @@ impl Topology {
     /// Takes the samples of a series the graph resolved before, by its id; `false` when it does
     /// not know the id (then give it the series' labels through `observe_keyed`).
     pub fn observe_known(&mut self, id: u128, samples: &[PromSample], now_ns: u64) -> bool {
-        let mut out = std::mem::take(&mut self.scratch);
-        out.clear();
-        let known = self.proxies.observe_known(id, samples, &mut out);
-        self.record_metrics(&out, now_ns);
-        self.scratch = out;
-        known
+        let edges = &mut self.edges;
+        self.proxies
+            .observe_known(id, samples, &mut |key, counts, latency| {
+                record_metric(edges, key, counts, latency, now_ns)
+            })
     }
 
     /// Series the graph does not read, by id, so that they are not resolved again.
@@ -173,14 +187,13 @@ impl Topology {
 
     fn record_metrics(&mut self, out: &[MetricObservation], now_ns: u64) {
         for o in out {
-            match self.edges.get_mut(&o.key) {
-                Some(series) => series.record_metric(&o.counts, o.latency.as_ref(), now_ns),
-                None => {
-                    let mut series = Series::default();
-                    series.record_metric(&o.counts, o.latency.as_ref(), now_ns);
-                    self.edges.insert(EdgeKey::clone(&o.key), series);
-                }
-            }
+            record_metric(
+                &mut self.edges,
+                &o.key,
+                &o.counts,
+                o.latency.as_ref(),
+                now_ns,
+            );
         }
     }
 

@@ -198,20 +198,33 @@ impl ProxyMetrics {
         }
         for (i, point) in batch.points.iter().enumerate() {
             let resolved = self.resolve(&source, proxy, who, point);
-            self.apply(&resolved, &point.value, point.time_ns, seen, out);
+            self.apply(
+                &resolved,
+                &point.value,
+                point.time_ns,
+                seen,
+                &mut |k, c, l| {
+                    out.push(MetricObservation {
+                        key: k.clone(),
+                        counts: *c,
+                        latency: l.cloned(),
+                    })
+                },
+            );
             if let Some(id) = ids.get(i) {
                 self.resolved.insert(*id, resolved);
             }
         }
     }
 
-    /// The increments of a series resolved before (by `observe_keyed`), from its samples alone;
-    /// `false` when the series is not known by that id (resolve it from its labels).
+    /// The increments of a series resolved before (by `observe_keyed`), from its samples alone,
+    /// each handed to `sink` (edge, counts, latencies); `false` when the series is not known by
+    /// that id (resolve it from its labels).
     pub fn observe_known(
         &mut self,
         id: u128,
         samples: &[PromSample],
-        out: &mut Vec<MetricObservation>,
+        sink: &mut impl FnMut(&Arc<EdgeKey>, &Counts, Option<&LatencySketch>),
     ) -> bool {
         // No series is added here, so the bounds hold (`observe_keyed` keeps them).
         let Some(resolved) = self.resolved.get(&id).cloned() else {
@@ -238,7 +251,7 @@ impl ProxyMetrics {
                 },
             };
             let time_ns = (s.timestamp_ms.max(0) as u64).saturating_mul(1_000_000);
-            self.apply(&resolved, &value, time_ns, seen, out);
+            self.apply(&resolved, &value, time_ns, seen, sink);
         }
         true
     }
@@ -334,7 +347,7 @@ impl ProxyMetrics {
         value: &PointValue,
         time_ns: u64,
         seen: FirstSeen,
-        out: &mut Vec<MetricObservation>,
+        sink: &mut impl FnMut(&Arc<EdgeKey>, &Counts, Option<&LatencySketch>),
     ) {
         let (key, effect) = match &resolved.target {
             Target::Edge(key, effect) => (key, *effect),
@@ -367,11 +380,7 @@ impl ProxyMetrics {
                 _ => self.histogram_increment(resolved.series, known, value),
             };
             if let Some(latency) = latency {
-                out.push(MetricObservation {
-                    key: key.clone(),
-                    counts: Counts::default(),
-                    latency: Some(latency),
-                });
+                sink(key, &Counts::default(), Some(&latency));
             }
             return;
         }
@@ -426,11 +435,7 @@ impl ProxyMetrics {
             Effect::Latency => {}
         }
         if n > 0 {
-            out.push(MetricObservation {
-                key: key.clone(),
-                counts,
-                latency: None,
-            });
+            sink(key, &counts, None);
         }
     }
 
@@ -1122,6 +1127,20 @@ mod tests {
                 timestamp_ms,
             }]
         };
+        fn known(
+            m: &mut ProxyMetrics,
+            id: u128,
+            samples: &[PromSample],
+            out: &mut Vec<MetricObservation>,
+        ) -> bool {
+            m.observe_known(id, samples, &mut |k, c, l| {
+                out.push(MetricObservation {
+                    key: k.clone(),
+                    counts: *c,
+                    latency: l.cloned(),
+                })
+            })
+        }
         let mut m = ProxyMetrics::default();
         let mut out = Vec::new();
         m.observe_keyed(
@@ -1131,18 +1150,18 @@ mod tests {
         );
         assert!(out.is_empty(), "a baseline");
         assert_eq!(m.resolved_series(), 1);
-        assert!(m.observe_known(7, &at(15.0, 2000), &mut out));
+        assert!(known(&mut m, 7, &at(15.0, 2000), &mut out));
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].key.server.node.id(), "service:shop/meet");
         assert_eq!(out[0].counts.requests, 5);
         out.clear();
-        assert!(m.observe_known(7, &at(15.0, 2000), &mut out), "a retry");
+        assert!(known(&mut m, 7, &at(15.0, 2000), &mut out), "a retry");
         assert!(out.is_empty());
         assert_eq!(m.late, 1);
-        assert!(!m.observe_known(8, &at(1.0, 2000), &mut out), "not known");
+        assert!(!known(&mut m, 8, &at(1.0, 2000), &mut out), "not known");
         // Series the graph does not read are known too, and add nothing.
         m.ignore(&[11]);
-        assert!(m.observe_known(11, &at(1.0, 2000), &mut out));
+        assert!(known(&mut m, 11, &at(1.0, 2000), &mut out));
         assert!(out.is_empty());
         // A waypoint learned: series resolved before are resolved from their labels again.
         m.observe_keyed(
@@ -1150,14 +1169,14 @@ mod tests {
             &[9],
             &mut out,
         );
-        assert!(!m.observe_known(7, &at(20.0, 3000), &mut out));
-        assert!(m.observe_known(9, &at(2.0, 3000), &mut out));
+        assert!(!known(&mut m, 7, &at(20.0, 3000), &mut out));
+        assert!(known(&mut m, 9, &at(2.0, 3000), &mut out));
         // The same waypoint again forgets nothing.
         m.observe_keyed(
             &batch("wp", vec![requests("waypoint", 3.0)]),
             &[9],
             &mut out,
         );
-        assert!(m.observe_known(9, &at(4.0, 4000), &mut out));
+        assert!(known(&mut m, 9, &at(4.0, 4000), &mut out));
     }
 }
