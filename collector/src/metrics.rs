@@ -25,6 +25,8 @@ pub struct Metrics {
     pub ingest_metric_series: IntCounterVec,
     /// Prometheus staleness markers received (a series ended; not a value), by protocol.
     pub ingest_stale_markers: IntCounterVec,
+    /// Remote write label sets checked before, known by id (bounded; past the bound, forgotten).
+    pub ingest_checked_label_sets: IntGauge,
     /// Whole requests refused, by protocol and reason (malformed, too large, unsupported media type…).
     pub ingest_rejected_requests: IntCounterVec,
     /// Spans waiting in the queue between receivers and the writer.
@@ -94,6 +96,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "meshlens_ingest_rejected_metric_points_total",
     "meshlens_ingest_metric_series_total",
     "meshlens_ingest_stale_markers_total",
+    "meshlens_ingest_checked_label_sets",
     "meshlens_ingest_queue_depth",
     "meshlens_store_commit_seconds",
     "meshlens_store_spans_written_total",
@@ -218,6 +221,11 @@ impl Metrics {
                 "Prometheus staleness markers received (a series ended; not a value), by protocol.",
                 &["protocol"],
             ),
+            ingest_checked_label_sets: IntGauge::new(
+                "meshlens_ingest_checked_label_sets",
+                "Remote write label sets checked before, known by id.",
+            )
+            .expect("valid metric"),
             ingest_queue_depth: IntGauge::new(
                 "meshlens_ingest_queue_depth",
                 "Spans queued between the receivers and the store writer.",
@@ -370,6 +378,7 @@ impl Metrics {
             Box::new(m.ingest_rejected_metric_points.clone()),
             Box::new(m.ingest_metric_series.clone()),
             Box::new(m.ingest_stale_markers.clone()),
+            Box::new(m.ingest_checked_label_sets.clone()),
             Box::new(m.ingest_queue_depth.clone()),
             Box::new(m.store_commit_seconds.clone()),
             Box::new(m.store_spans_written.clone()),

@@ -164,6 +164,12 @@ async fn remote_write_counts_each_call_once_through_retries_disorder_resets_and_
         .await,
         8.0
     );
+    // Two label sets, checked once each, and counted by id after their first request.
+    assert_eq!(
+        env.metric("meshlens_ingest_checked_label_sets", "").await,
+        2.0
+    );
+    assert_eq!(env.metric("meshlens_topology_known_series", "").await, 2.0);
     env.stop().await;
 }
 

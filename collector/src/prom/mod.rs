@@ -103,6 +103,10 @@ async fn accept(st: &WriteState, headers: &HeaderMap, body: Body) -> Result<(), 
     drop(raw);
     let converted = convert_write(body, &st.checked)
         .map_err(|e| IngestError::Malformed(format!("protobuf: {e}")))?;
+    st.pipeline
+        .metrics()
+        .ingest_checked_label_sets
+        .set(st.checked.len() as i64);
     let done = st
         .pipeline
         .ingest_metrics(Protocol::PromRemoteWrite, converted)?;
