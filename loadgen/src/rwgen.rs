@@ -311,6 +311,24 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// The end of a result line: failed and retried requests, the server's peak RSS, host steal.
+fn outcome(
+    failures: &AtomicU64,
+    retries: &AtomicU64,
+    server_pid: Option<u32>,
+    steal0: Option<f64>,
+) -> String {
+    format!(
+        "failed requests {}, retried {}, peak rss {}{}",
+        failures.load(Ordering::Relaxed),
+        retries.load(Ordering::Relaxed),
+        server_pid
+            .and_then(peak_rss_mb)
+            .map_or("?".into(), |m| format!("{m:.0} MB")),
+        host_steal_field(steal0, host_steal_seconds()),
+    )
+}
+
 /// Waits until the server is idle (at most one clock tick of CPU in 300 ms), for at most 60 s.
 async fn settle(pid: Option<u32>) {
     let Some(pid) = pid else { return };
@@ -371,7 +389,7 @@ async fn main() -> anyhow::Result<()> {
         let samples = (series.len() * rounds) as f64;
         let cpu_used = cpu().zip(cpu0).map(|(b, a)| b - a);
         println!(
-            "{}: max rate, {} workloads, {} series, {rounds} scrapes: {:.0} samples/s, server cpu {} ({}), {:.1} MB sent snappy, failed requests {}, retried {}, peak rss {}{}",
+            "{}: max rate, {} workloads, {} series, {rounds} scrapes: {:.0} samples/s, server cpu {} ({}), {:.1} MB sent snappy, {}",
             args.label,
             args.workloads,
             series.len(),
@@ -379,10 +397,7 @@ async fn main() -> anyhow::Result<()> {
             cpu_used.map_or("?".into(), |c| format!("{c:.2} s")),
             cpu_used.map_or("?".into(), |c| format!("{:.2} µs/sample", c * 1e6 / samples)),
             bytes as f64 / 1e6,
-            failures.load(Ordering::Relaxed),
-            retries.load(Ordering::Relaxed),
-            args.server_pid.and_then(peak_rss_mb).map_or("?".into(), |m| format!("{m:.0} MB")),
-            host_steal_field(steal0, host_steal_seconds()),
+            outcome(&failures, &retries, args.server_pid, steal0),
         );
     } else {
         let interval = args.interval.unwrap_or(Duration::from_secs(15));
@@ -419,17 +434,14 @@ async fn main() -> anyhow::Result<()> {
         let secs = (interval * scrapes as u32).as_secs_f64();
         let cpu_used = cpu().zip(cpu0).map(|(b, a)| b - a);
         println!(
-            "{}: every {:?}, {} workloads, {} series ({:.0} samples/s), {scrapes} scrapes: server cpu {} of a core, failed requests {}, retried {}, peak rss {}{}",
+            "{}: every {:?}, {} workloads, {} series ({:.0} samples/s), {scrapes} scrapes: server cpu {} of a core, {}",
             args.label,
             interval,
             args.workloads,
             series.len(),
             series.len() as f64 / interval.as_secs_f64(),
             cpu_used.map_or("?".into(), |c| format!("{:.2}%", c * 100.0 / secs)),
-            failures.load(Ordering::Relaxed),
-            retries.load(Ordering::Relaxed),
-            args.server_pid.and_then(peak_rss_mb).map_or("?".into(), |m| format!("{m:.0} MB")),
-            host_steal_field(steal0, host_steal_seconds()),
+            outcome(&failures, &retries, args.server_pid, steal0),
         );
     }
     if failures.load(Ordering::Relaxed) > 0 {

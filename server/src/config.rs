@@ -85,6 +85,9 @@ pub struct GraphSettings {
     pub max_pending: usize,
     /// Most label sets per exported product metric (`traces_*`); more are counted and dropped.
     pub max_series: usize,
+    /// Most bytes of remote write bodies waiting for the graph; past it, writes are answered
+    /// 503 (Prometheus retries them).
+    pub queue_metric_bytes: usize,
     /// Health thresholds, in percent of the window's calls (Kiali's defaults).
     pub health: HealthSettings,
     /// Plain Envoy cluster names and the services they lead to, `[namespace/]service[:version]`
@@ -146,6 +149,7 @@ impl Default for GraphSettings {
             pairing_ttl: Duration::from_nanos(DEFAULT_PAIRING_TTL_NS),
             max_pending: DEFAULT_MAX_PENDING,
             max_series: meshlens_collector::graph::DEFAULT_MAX_SERIES,
+            queue_metric_bytes: meshlens_collector::graph::DEFAULT_QUEUE_METRIC_BYTES,
             health: HealthSettings::default(),
             clusters: Default::default(),
         }
@@ -171,6 +175,7 @@ impl GraphSettings {
             },
             max_series: self.max_series,
             clusters,
+            queue_metric_bytes: self.queue_metric_bytes,
         })
     }
 }
@@ -410,6 +415,7 @@ mod tests {
         assert_eq!(c.graph.pairing_ttl, Duration::from_secs(10));
         assert_eq!(c.graph.max_pending, 100_000);
         assert_eq!(c.graph.max_series, 10_000);
+        assert_eq!(c.graph.queue_metric_bytes, 128 << 20);
         assert_eq!(c.policy.backend, QuotaBackendKind::Memory);
         assert_eq!(c.policy.failure_mode, FailureModeSetting::Open);
         assert_eq!(c.policy.redis_timeout, Duration::from_millis(15));

@@ -32,6 +32,8 @@ pub struct GraphConfig {
     pub max_series: usize,
     /// Plain Envoy cluster names and their services.
     pub clusters: ClusterMap,
+    /// Most bytes of remote write bodies that may wait for the graph thread.
+    pub queue_metric_bytes: usize,
 }
 
 impl Default for GraphConfig {
@@ -41,6 +43,7 @@ impl Default for GraphConfig {
             health: HealthConfig::default(),
             max_series: DEFAULT_MAX_SERIES,
             clusters: ClusterMap::default(),
+            queue_metric_bytes: DEFAULT_QUEUE_METRIC_BYTES,
         }
     }
 }
@@ -67,8 +70,9 @@ struct FeedCore {
     metrics: Metrics,
     /// The engine's counters as last reported, to turn them into increments.
     reported: Mutex<PairingCounters>,
-    /// Bytes of remote write bodies in the queue.
+    /// Bytes of remote write bodies in the queue, and their bound.
     queued_metric_bytes: std::sync::atomic::AtomicUsize,
+    queue_metric_bytes: usize,
 }
 
 /// Batches of spans that may wait for the graph thread. It handles over a million spans a second
@@ -76,10 +80,11 @@ struct FeedCore {
 /// from the graph (never from the store) and counted.
 const QUEUE_BATCHES: usize = 1024;
 
-/// Most bytes of remote write bodies that may wait for the graph thread: past it, a write is
-/// overload (503, retried). The first scrape of a large mesh arrives faster than the graph
-/// resolves its series; this keeps it from queueing the whole scrape in memory.
-const QUEUE_METRIC_BYTES: usize = 128 << 20;
+/// Most bytes of remote write bodies that may wait for the graph thread by default
+/// (`[graph] queue_metric_bytes`): past it, a write is overload (503, retried). The first scrape
+/// of a large mesh arrives faster than the graph resolves its series; this keeps it from
+/// queueing the whole scrape in memory.
+pub const DEFAULT_QUEUE_METRIC_BYTES: usize = 128 << 20;
 
 /// The graph thread's priority on thread-priority's 0–99 scale (50 is a normal thread's; below
 /// 50 is a positive nice value on Linux).
@@ -104,6 +109,7 @@ impl GraphFeed {
             metrics: metrics.clone(),
             reported: Mutex::new(PairingCounters::default()),
             queued_metric_bytes: Default::default(),
+            queue_metric_bytes: config.queue_metric_bytes,
         });
         let (tx, rx) = sync_channel::<Input>(QUEUE_BATCHES);
         let worker = core.clone();
@@ -176,7 +182,7 @@ impl GraphFeed {
             .core
             .queued_bytes(|q| q.fetch_add(n, Ordering::Relaxed));
         // One batch is taken however large, so that a body under the size limit always fits.
-        if before > 0 && before + n > QUEUE_METRIC_BYTES {
+        if before > 0 && before + n > self.core.queue_metric_bytes {
             self.core
                 .queued_bytes(|q| q.fetch_sub(n, Ordering::Relaxed));
             return Err(IngestError::Overloaded);

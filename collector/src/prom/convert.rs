@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use meshlens_topology::prom::{check_series, series_read, PromSample, PromSeries, SeriesProblem};
 
-use super::proto::{decode_series, scan_into, Scan, WireError, WireSeries};
+use super::proto::{decode_series, scan, Scan, WireError, WireSeries};
 use crate::body::Pooled;
 use crate::pipeline::ConvertedMetrics;
 
@@ -119,7 +119,7 @@ pub fn convert_write(
     body: Pooled<'static>,
     checked: &CheckedLabels,
 ) -> Result<ConvertedMetrics, WireError> {
-    let scan = scan_into(&body.buf, series_read, checked.seed, pooled_scan())?;
+    let scan = scan(&body.buf, series_read, checked.seed, pooled_scan())?;
     let mut problems: Vec<(usize, SeriesProblem, u64)> = Vec::new();
     let mut refused = vec![false; scan.series.len()];
     let mut new_ids = Vec::new();

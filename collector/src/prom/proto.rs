@@ -63,22 +63,8 @@ pub struct Scan {
 /// `keep` does not want are counted and left aside, and the rest are named by a hash of their
 /// labels' bytes (`seed` keeps clients from choosing colliding label sets). A series seen
 /// before is then counted from its id and samples alone; no label is copied.
-pub fn scan(buf: &[u8], keep: impl Fn(&str) -> bool, seed: u64) -> Result<Scan, WireError> {
-    // Sized for Prometheus' default request (2,000 samples), so it seldom grows.
-    scan_into(
-        buf,
-        keep,
-        seed,
-        Scan {
-            series: Vec::with_capacity(2048.min(buf.len() / 4)),
-            samples: Vec::with_capacity(2048.min(buf.len() / 16)),
-            ..Scan::default()
-        },
-    )
-}
-
-/// The same, into the vectors of an earlier scan (cleared first), so that they are reused.
-pub fn scan_into(
+/// `out`'s vectors (an earlier scan's, cleared first) are reused.
+pub fn scan(
     buf: &[u8],
     keep: impl Fn(&str) -> bool,
     seed: u64,
@@ -377,7 +363,7 @@ mod tests {
         }
         .encode_to_vec();
         let seed = 7;
-        let k = scan(&buf, |n| n == "keep_me", seed).unwrap();
+        let k = scan(&buf, |n| n == "keep_me", seed, Scan::default()).unwrap();
         assert_eq!(
             (k.series.len(), k.unread_series, k.unread_samples),
             (3, 1, 3),
@@ -400,7 +386,10 @@ mod tests {
         assert_ne!(k.series[0].id, k.series[2].id);
         assert_ne!(
             k.series[0].id,
-            scan(&buf, |_| true, seed + 1).unwrap().series[0].id,
+            scan(&buf, |_| true, seed + 1, Scan::default())
+                .unwrap()
+                .series[0]
+                .id,
             "the seed"
         );
         let decoded = decode_series(&buf[k.series[0].at.clone()]).unwrap();
@@ -418,7 +407,7 @@ mod tests {
         prost::encoding::message::encode(1, &run.labels[1], &mut scattered);
         let mut body = Vec::new();
         prost::encoding::bytes::encode(1, &scattered, &mut body);
-        let s = scan(&body, |_| true, seed).unwrap();
+        let s = scan(&body, |_| true, seed, Scan::default()).unwrap();
         assert_eq!(s.series.len(), 1);
         assert_eq!(s.samples.len(), 1);
         assert_eq!(
@@ -430,15 +419,18 @@ mod tests {
             timeseries: vec![TimeSeries::default(); 100_000],
         }
         .encode_to_vec();
-        let kept = scan(&empty, |_| true, seed).unwrap();
+        let kept = scan(&empty, |_| true, seed, Scan::default()).unwrap();
         assert_eq!(kept.series.len(), 100_000);
         assert!(kept.samples.is_empty());
         assert!(decode_series(&[]).unwrap().labels.capacity() == 0);
         // Truncated bodies and wrong wire types are errors, never a panic.
         for cut in 1..buf.len() {
-            let _ = scan(&buf[..cut], |_| true, seed);
+            let _ = scan(&buf[..cut], |_| true, seed, Scan::default());
         }
-        assert!(scan(&buf[..buf.len() - 1], |_| true, seed).is_err());
-        assert!(scan(&[0x0b], |_| true, seed).is_err(), "a group");
+        assert!(scan(&buf[..buf.len() - 1], |_| true, seed, Scan::default()).is_err());
+        assert!(
+            scan(&[0x0b], |_| true, seed, Scan::default()).is_err(),
+            "a group"
+        );
     }
 }
