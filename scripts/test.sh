@@ -13,11 +13,12 @@ step() { printf '\n==> %s\n' "$*"; }
 step "Python venv (pinned OpenTelemetry SDK, exporters, Envoy, pytest, check-jsonschema)"
 VENV="$(scripts/python-env.sh)"
 
-step "Debian packages (prometheus and promtool for the dashboard tests, chromium for the UI tests)"
-if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null || [ ! -x /usr/bin/chromium ]; then
+step "Debian packages (prometheus and promtool for the dashboard tests, chromium for the UI tests, openssl for the TLS tests' certificates)"
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null || [ ! -x /usr/bin/chromium ] \
+   || ! command -v openssl >/dev/null; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   export DEBIAN_FRONTEND=noninteractive
-  PKGS="prometheus chromium"
+  PKGS="prometheus chromium openssl"
   $SUDO apt-get install -y -q --no-install-recommends $PKGS >/dev/null \
     || { $SUDO apt-get update -q >/dev/null \
          && $SUDO apt-get install -y -q --no-install-recommends $PKGS >/dev/null; }

@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod graph;
+pub mod listen;
 pub mod metrics;
 pub mod otlp;
 pub mod pipeline;

@@ -5,7 +5,7 @@ use std::sync::RwLock;
 
 use prometheus::{
     exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, Opts, Registry,
+    IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 /// meshlens' own metrics, registered in one registry that `/metrics` renders.
@@ -85,6 +85,18 @@ pub struct Metrics {
     /// Label sets not exported because a policy metric reached its series cap, by metric.
     pub policy_series_dropped: IntCounterVec,
     pub policy_local_over_answers: IntCounterVec,
+    /// Connections open, by listener.
+    pub listener_open_connections: IntGaugeVec,
+    /// Connections closed before serving, by listener and reason (`limit`: the listener's cap
+    /// was reached; `tls`: the handshake failed (plaintext, no or a bad client certificate);
+    /// `handshake_timeout`).
+    pub listener_refused_connections: IntCounterVec,
+    /// Connections the server ended, by listener and reason (`idle`, `max_age`).
+    pub listener_closed_connections: IntCounterVec,
+    /// TLS certificate loads (the first included), by listener and result.
+    pub tls_reloads: IntCounterVec,
+    /// End of validity of the certificate a listener serves (Unix seconds).
+    pub tls_cert_not_after: IntGaugeVec,
 }
 
 /// Every metric name in the catalogue, for tests that check dashboards and docs against it.
@@ -122,6 +134,11 @@ pub const METRIC_NAMES: &[&str] = &[
     "meshlens_policy_config_last_reload_successful",
     "meshlens_policy_series_dropped_total",
     "meshlens_policy_local_over_limit_answers_total",
+    "meshlens_listener_open_connections",
+    "meshlens_listener_refused_connections_total",
+    "meshlens_listener_closed_connections_total",
+    "meshlens_tls_reloads_total",
+    "meshlens_tls_certificate_not_after_timestamp_seconds",
 ];
 
 /// The standard process metrics exported beside the catalogue (Linux), read from /proc.
@@ -162,6 +179,10 @@ const CHECK_BUCKETS: [f64; 24] = [
     0.5,
     1.0,
 ];
+
+fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric")
+}
 
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
@@ -368,6 +389,32 @@ impl Metrics {
                  their limit until their window ends, without asking Redis.",
                 &["api"],
             ),
+            listener_open_connections: gauge_vec(
+                "meshlens_listener_open_connections",
+                "Connections open, by listener.",
+                &["listener"],
+            ),
+            listener_refused_connections: counter_vec(
+                "meshlens_listener_refused_connections_total",
+                "Connections closed before serving, by listener and reason (limit, tls, \
+                 handshake_timeout).",
+                &["listener", "reason"],
+            ),
+            listener_closed_connections: counter_vec(
+                "meshlens_listener_closed_connections_total",
+                "Connections the server ended, by listener and reason (idle, max_age).",
+                &["listener", "reason"],
+            ),
+            tls_reloads: counter_vec(
+                "meshlens_tls_reloads_total",
+                "TLS certificate loads (the first included), by listener and result.",
+                &["listener", "result"],
+            ),
+            tls_cert_not_after: gauge_vec(
+                "meshlens_tls_certificate_not_after_timestamp_seconds",
+                "End of validity of the certificate a listener serves (Unix seconds).",
+                &["listener"],
+            ),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -404,6 +451,11 @@ impl Metrics {
             Box::new(m.policy_config_last_successful.clone()),
             Box::new(m.policy_series_dropped.clone()),
             Box::new(m.policy_local_over_answers.clone()),
+            Box::new(m.listener_open_connections.clone()),
+            Box::new(m.listener_refused_connections.clone()),
+            Box::new(m.listener_closed_connections.clone()),
+            Box::new(m.tls_reloads.clone()),
+            Box::new(m.tls_cert_not_after.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");
@@ -548,6 +600,17 @@ mod tests {
         m.policy_local_over_answers
             .with_label_values(&["ratelimit"])
             .inc();
+        m.listener_open_connections
+            .with_label_values(&["web"])
+            .inc();
+        m.listener_refused_connections
+            .with_label_values(&["web", "limit"])
+            .inc();
+        m.listener_closed_connections
+            .with_label_values(&["web", "idle"])
+            .inc();
+        m.tls_reloads.with_label_values(&["web", "success"]).inc();
+        m.tls_cert_not_after.with_label_values(&["web"]).set(1);
         let mut names: Vec<String> = m
             .registry
             .gather()

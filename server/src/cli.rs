@@ -121,6 +121,18 @@ pub struct Overrides {
     /// Threads answering policy checks, apart from ingest and the web; 0: one per core [default: 0]
     #[arg(long, env = "MESHLENS_POLICY_THREADS", global = true)]
     pub policy_threads: Option<usize>,
+    /// Server certificate chain (PEM) for every listener; with --tls-key, they all speak TLS
+    #[arg(long, env = "MESHLENS_TLS_CERT", global = true)]
+    pub tls_cert: Option<PathBuf>,
+    /// Server private key (PEM: PKCS#8, RSA or EC)
+    #[arg(long, env = "MESHLENS_TLS_KEY", global = true)]
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) whose client certificates every listener requires (mTLS)
+    #[arg(long, env = "MESHLENS_TLS_CLIENT_CA", global = true)]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Lowest TLS version offered: 1.2 or 1.3 [default: 1.2]
+    #[arg(long, env = "MESHLENS_TLS_MIN_VERSION", global = true)]
+    pub tls_min_version: Option<String>,
     /// Log format [default: text]
     #[arg(long, env = "MESHLENS_LOG_FORMAT", global = true)]
     pub log_format: Option<LogFormat>,
@@ -175,6 +187,10 @@ impl Overrides {
         set(&mut c.policy.redis_url, &self.redis_url);
         set(&mut c.policy.failure_mode, &self.policy_failure_mode);
         set(&mut c.policy.threads, &self.policy_threads);
+        set(&mut c.tls.cert, &self.tls_cert);
+        set(&mut c.tls.key, &self.tls_key);
+        set(&mut c.tls.client_ca, &self.tls_client_ca);
+        set(&mut c.tls.min_version, &self.tls_min_version);
         set(&mut c.log.format, &self.log_format);
         set(&mut c.log.level, &self.log_level);
     }

@@ -19,6 +19,8 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub graph: GraphSettings,
     pub policy: PolicyConfig,
+    pub tls: TlsConfig,
+    pub connections: ConnectionsConfig,
     pub log: LogConfig,
 }
 
@@ -36,6 +38,173 @@ pub struct ListenConfig {
     pub policy: SocketAddr,
     /// Web UI, JSON API, `/metrics`, `/healthz`, `/readyz`.
     pub web: SocketAddr,
+}
+
+/// Server TLS: the top-level files serve every listener when `cert` and `key` are set; each
+/// listener's table overrides them (`enabled = false` keeps that one plaintext). Empty strings
+/// mean unset.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain, the server's own first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, RSA or EC).
+    pub key: PathBuf,
+    /// Set: client certificates signed by this PEM CA are required (mTLS).
+    pub client_ca: PathBuf,
+    /// Lowest TLS version offered: "1.2" or "1.3".
+    pub min_version: String,
+    /// How often the files are checked for changes (rotation); a changed pair is served to new
+    /// connections, a bad one refused and the old one kept.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+    pub otlp_grpc: TlsOverride,
+    pub otlp_http: TlsOverride,
+    pub zipkin: TlsOverride,
+    pub policy: TlsOverride,
+    pub web: TlsOverride,
+}
+
+/// One listener's TLS, where it differs from the top-level `[tls]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsOverride {
+    /// `false`: this listener stays plaintext whatever `[tls]` says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// `""` here turns off a client CA set at the top.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_version: Option<String>,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            client_ca: PathBuf::new(),
+            min_version: "1.2".into(),
+            reload_interval: Duration::from_secs(10),
+            otlp_grpc: TlsOverride::default(),
+            otlp_http: TlsOverride::default(),
+            zipkin: TlsOverride::default(),
+            policy: TlsOverride::default(),
+            web: TlsOverride::default(),
+        }
+    }
+}
+
+impl TlsConfig {
+    /// The TLS of one listener (`otlp_grpc`, `otlp_http`, `zipkin`, `policy` or `web`), or none
+    /// for plaintext; half a pair, or a client CA without a pair, is an error.
+    pub fn for_listener(
+        &self,
+        name: &str,
+    ) -> Result<Option<meshlens_collector::listen::TlsSettings>, String> {
+        let o = match name {
+            "otlp_grpc" => &self.otlp_grpc,
+            "otlp_http" => &self.otlp_http,
+            "zipkin" => &self.zipkin,
+            "policy" => &self.policy,
+            "web" => &self.web,
+            other => return Err(format!("no listener named {other}")),
+        };
+        let set = |p: &Path| (!p.as_os_str().is_empty()).then(|| p.to_path_buf());
+        let pick = |o: &Option<PathBuf>, top: &PathBuf| match o {
+            Some(p) => set(p),
+            None => set(top),
+        };
+        let (cert, key) = (pick(&o.cert, &self.cert), pick(&o.key, &self.key));
+        let client_ca = pick(&o.client_ca, &self.client_ca);
+        let min_version = o
+            .min_version
+            .as_deref()
+            .unwrap_or(&self.min_version)
+            .parse()
+            .map_err(|e| format!("tls ({name}): {e}"))?;
+        if o.enabled == Some(false) {
+            return Ok(None);
+        }
+        match (cert, key) {
+            (Some(cert), Some(key)) => Ok(Some(meshlens_collector::listen::TlsSettings {
+                cert,
+                key,
+                client_ca,
+                min_version,
+            })),
+            (None, None) if client_ca.is_none() && o.enabled != Some(true) => Ok(None),
+            (None, None) if client_ca.is_some() => Err(format!(
+                "tls ({name}): client_ca needs a server cert and key"
+            )),
+            _ => Err(format!("tls ({name}): set both cert and key, or neither")),
+        }
+    }
+}
+
+/// Limits on every listener's connections (see `meshlens_collector::listen`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionsConfig {
+    /// Open connections per listener; more are closed at once.
+    pub max_per_listener: usize,
+    /// Longest TLS handshake.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Longest wait for an HTTP/1 request's headers.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A connection that reads and writes nothing this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Older connections are asked to finish (GOAWAY) so clients reconnect; 0s: never.
+    #[serde(with = "humantime_serde")]
+    pub max_connection_age: Duration,
+    /// Time a connection asked to finish has for its calls in flight.
+    #[serde(with = "humantime_serde")]
+    pub max_connection_age_grace: Duration,
+    /// HTTP/2 (gRPC) streams at once per connection.
+    pub max_concurrent_streams: u32,
+    /// The server pings an HTTP/2 peer this long quiet and drops it if no answer comes within
+    /// as long again; 0s: no pings.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+}
+
+impl Default for ConnectionsConfig {
+    fn default() -> Self {
+        let l = meshlens_collector::listen::ConnectionLimits::default();
+        ConnectionsConfig {
+            max_per_listener: l.max_connections,
+            handshake_timeout: l.handshake_timeout,
+            header_read_timeout: l.header_read_timeout,
+            idle_timeout: l.idle_timeout,
+            max_connection_age: l.max_connection_age,
+            max_connection_age_grace: l.max_connection_age_grace,
+            max_concurrent_streams: l.max_concurrent_streams,
+            keepalive_interval: l.keepalive_interval,
+        }
+    }
+}
+
+impl ConnectionsConfig {
+    pub fn limits(&self) -> meshlens_collector::listen::ConnectionLimits {
+        meshlens_collector::listen::ConnectionLimits {
+            max_connections: self.max_per_listener.max(1),
+            handshake_timeout: self.handshake_timeout,
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            max_connection_age: self.max_connection_age,
+            max_connection_age_grace: self.max_connection_age_grace,
+            max_concurrent_streams: self.max_concurrent_streams.max(1),
+            keepalive_interval: self.keepalive_interval,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -66,7 +235,8 @@ pub struct IngestConfig {
     pub max_batch_spans: usize,
     /// Store writer tasks (0: 1 for SQLite, 4 for PostgreSQL).
     pub writers: usize,
-    /// Export requests handled at once across receivers; more wait their turn.
+    /// Export requests handled at once by each receiver (OTLP/gRPC, OTLP/HTTP, Zipkin, remote
+    /// write each have this many); more wait their turn.
     pub max_concurrent_requests: usize,
     /// Longest wait for an HTTP export's whole body (OTLP/HTTP, Zipkin; then 503 + Retry-After),
     /// and for a whole OTLP/gRPC export (then DEADLINE_EXCEEDED with RetryInfo).
@@ -464,6 +634,34 @@ mod tests {
             e.contains("graph.clusters") && e.contains("\"a:b:c\""),
             "{e}"
         );
+    }
+
+    #[test]
+    fn tls_applies_to_every_listener_and_each_may_differ() {
+        let c = Config::from_toml(
+            "[tls]\ncert = \"s.crt\"\nkey = \"s.key\"\n\
+             [tls.policy]\nclient_ca = \"ca.crt\"\n[tls.web]\nenabled = false\n",
+        )
+        .unwrap();
+        let grpc = c.tls.for_listener("otlp_grpc").unwrap().unwrap();
+        assert_eq!(grpc.cert, PathBuf::from("s.crt"));
+        assert_eq!(grpc.client_ca, None);
+        let policy = c.tls.for_listener("policy").unwrap().unwrap();
+        assert_eq!(policy.client_ca, Some(PathBuf::from("ca.crt")));
+        assert_eq!(c.tls.for_listener("web").unwrap(), None);
+        assert_eq!(Config::default().tls.for_listener("web").unwrap(), None);
+        let half = Config::from_toml("[tls]\ncert = \"s.crt\"\n").unwrap();
+        let e = half.tls.for_listener("zipkin").unwrap_err();
+        assert!(e.contains("both cert and key"), "{e}");
+        let ca_alone = Config::from_toml("[tls.policy]\nclient_ca = \"ca.crt\"\n").unwrap();
+        let e = ca_alone.tls.for_listener("policy").unwrap_err();
+        assert!(e.contains("client_ca needs"), "{e}");
+        let old = Config::from_toml("[tls]\nmin_version = \"1.0\"\n").unwrap();
+        let e = old.tls.for_listener("web").unwrap_err();
+        assert!(e.contains("1.0"), "{e}");
+        // The effective config prints and reads back the same.
+        let printed = toml::to_string(&c).unwrap();
+        assert_eq!(Config::from_toml(&printed).unwrap(), c);
     }
 
     #[test]

@@ -5,7 +5,6 @@
 pub mod cli;
 pub mod config;
 pub mod demo;
-mod policy_listener;
 mod retention;
 mod servers;
 

@@ -1,18 +1,17 @@
-//! Binds and serves every listener, each stopping gracefully on the shared cancellation token.
+//! Wires what each port serves to a listener (`meshlens_collector::listen`): bound with its TLS
+//! and connection limits, stopping gracefully on the shared cancellation token.
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
+use meshlens_collector::listen::{Alpn, ConnectionLimits, Listener, Protocol, TlsSource};
 use meshlens_collector::otlp::grpc::{normalize_decode_errors, trace_service, ExportDeadline};
 use meshlens_collector::policy::PolicyServer;
 use meshlens_collector::{otlp, prom, zipkin, Metrics, Pipeline};
 use meshlens_storage::Store;
-use tokio::net::TcpListener;
 use tokio::task::JoinSet;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::util::MapResponseLayer;
@@ -44,6 +43,7 @@ pub async fn spawn_all(
         ready,
     } = parts;
     let listen = &config.listen;
+    let mut ports = Ports::new(config, &metrics)?;
     let graph_cache = Arc::new(meshlens_web::GraphCache::new(pipeline.graph().topology()));
     // Rebuilds the snapshots clients ask for each second, so `/api/graph` answers from memory.
     let refresh = graph_cache.clone();
@@ -58,17 +58,22 @@ pub async fn spawn_all(
         max_bytes: limit,
         timeout: config.ingest.body_timeout,
     };
-    // One limit across receivers: requests beyond it wait (unread) instead of buffering in memory.
-    let concurrency =
-        GlobalConcurrencyLimitLayer::new(config.ingest.max_concurrent_requests.max(1));
+    // Each receiver has its own request permits: requests beyond them wait (unread) instead of
+    // buffering in memory, and a flood on one protocol does not hold up the others.
+    let permits = config.ingest.max_concurrent_requests.max(1);
+    let concurrency = || GlobalConcurrencyLimitLayer::new(permits);
 
-    let grpc = bind(listen.otlp_grpc, "otlp_grpc").await?;
-    let otlp_grpc = grpc.local_addr()?;
-    let svc = trace_service(pipeline.clone(), limit);
-    let metrics_svc = meshlens_collector::otlp::grpc::metrics_service(pipeline.clone(), limit);
+    let grpc = ports.bind("otlp_grpc", listen.otlp_grpc, Protocol::Grpc)?;
+    let otlp_grpc = grpc.local_addr();
+    let routes = tonic::service::Routes::new(trace_service(pipeline.clone(), limit))
+        .add_service(meshlens_collector::otlp::grpc::metrics_service(
+            pipeline.clone(),
+            limit,
+        ))
+        .prepare();
     // The deadline starts once a permit is held: waiting for one is not the client's doing.
-    let layer = tower::ServiceBuilder::new()
-        .layer(concurrency.clone())
+    let grpc_service = tower::ServiceBuilder::new()
+        .layer(concurrency())
         .layer(ExportDeadline::layer(
             config.ingest.body_timeout,
             metrics.clone(),
@@ -76,37 +81,36 @@ pub async fn spawn_all(
         .layer(MapResponseLayer::new({
             let metrics = metrics.clone();
             move |res| normalize_decode_errors(&metrics, res)
-        }));
-    let c = cancel.clone();
-    set.spawn(async move {
-        tonic::transport::Server::builder()
-            .layer(layer)
-            .add_service(svc)
-            .add_service(metrics_svc)
-            .serve_with_incoming_shutdown(no_delay(grpc), c.cancelled_owned())
-            .await
-            .context("otlp grpc server")
-    });
+        }))
+        .service(routes);
+    spawn_listener(set, grpc, grpc_service, &cancel);
 
     // OTLP/HTTP and Prometheus remote write share the port, as OTLP receivers and Prometheus'
     // own receiver each answer on theirs.
     let http = otlp::http::router(pipeline.clone(), body)
-        .merge(prom::router(pipeline.clone(), body))
-        .layer(concurrency.clone());
-    let otlp_http = serve_http(set, listen.otlp_http, "otlp_http", http, &cancel).await?;
+        .layer(concurrency())
+        .merge(prom::router(pipeline.clone(), body).layer(concurrency()));
+    let http_listener = ports.bind("otlp_http", listen.otlp_http, Protocol::Http)?;
+    let otlp_http = http_listener.local_addr();
+    spawn_listener(set, http_listener, http, &cancel);
 
-    let zipkin = zipkin::router(pipeline, body).layer(concurrency);
-    let zipkin = serve_http(set, listen.zipkin, "zipkin", zipkin, &cancel).await?;
+    let zipkin = zipkin::router(pipeline, body).layer(concurrency());
+    let zipkin_listener = ports.bind("zipkin", listen.zipkin, Protocol::Http)?;
+    let zipkin_addr = zipkin_listener.local_addr();
+    spawn_listener(set, zipkin_listener, zipkin, &cancel);
 
     let web_policy = policy.engine().clone();
-    let policy = crate::policy_listener::serve_policy(
-        set,
-        listen.policy,
+    let policy_listener = ports.bind("policy", listen.policy, Protocol::Grpc)?;
+    let policy_addr = policy_listener.local_addr();
+    let policy_done = meshlens_collector::policy::listener::serve_policy(
+        policy_listener,
         config.policy.threads,
         policy,
-        &cancel,
+        cancel.clone(),
     )
-    .await?;
+    .await
+    .context("starting the policy listener")?;
+    set.spawn(async move { policy_done.await.context("policy listener") });
 
     let web = meshlens_web::app(meshlens_web::WebState {
         store,
@@ -115,57 +119,113 @@ pub async fn spawn_all(
         graph: graph_cache,
         policy: web_policy,
     });
-    let web = serve_http(set, listen.web, "web", web, &cancel).await?;
+    let web_listener = ports.bind("web", listen.web, Protocol::Http)?;
+    let web_addr = web_listener.local_addr();
+    spawn_listener(set, web_listener, web, &cancel);
+
+    // Certificates are re-read when their files change: cert-manager and Istio rotate them in
+    // place.
+    let sources = ports.sources;
+    if !sources.is_empty() {
+        crate::spawn_every(
+            set,
+            config
+                .tls
+                .reload_interval
+                .max(std::time::Duration::from_millis(100)),
+            cancel.clone(),
+            move || {
+                for source in &sources {
+                    source.reload_if_changed();
+                }
+            },
+        );
+    }
 
     Ok(Addrs {
         otlp_grpc,
         otlp_http,
-        zipkin,
-        policy,
-        web,
+        zipkin: zipkin_addr,
+        policy: policy_addr,
+        web: web_addr,
     })
 }
 
-/// Accepted connections with Nagle's algorithm off. With it on, a response smaller than a packet
-/// waits for the peer's delayed ACK (about 40 ms on Linux): measured, every export took ≥ 52 ms and
-/// one client connection could not pass about 67,000 spans/s.
-fn no_delay(
-    listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt;
-    TcpListenerStream::new(listener).map(|conn| {
-        conn.inspect(|tcp| {
-            let _ = tcp.set_nodelay(true);
+/// What every listener is bound with: its TLS (read now, so a bad file fails the start) and the
+/// connection limits.
+struct Ports<'a> {
+    config: &'a Config,
+    metrics: &'a Metrics,
+    limits: ConnectionLimits,
+    sources: Vec<Arc<TlsSource>>,
+}
+
+impl<'a> Ports<'a> {
+    fn new(config: &'a Config, metrics: &'a Metrics) -> anyhow::Result<Self> {
+        Ok(Ports {
+            config,
+            metrics,
+            limits: config.connections.limits(),
+            sources: Vec::new(),
         })
-    })
+    }
+
+    fn bind(
+        &mut self,
+        name: &'static str,
+        addr: SocketAddr,
+        protocol: Protocol,
+    ) -> anyhow::Result<Listener> {
+        let tls = match self
+            .config
+            .tls
+            .for_listener(name)
+            .map_err(anyhow::Error::msg)?
+        {
+            Some(settings) => {
+                let alpn = match protocol {
+                    Protocol::Grpc => Alpn::H2,
+                    Protocol::Http => Alpn::Http,
+                };
+                let source = TlsSource::load(name, settings, alpn, self.metrics.clone())
+                    .map_err(|e| anyhow::anyhow!("tls: {e}"))?;
+                self.sources.push(source.clone());
+                Some(source)
+            }
+            None => None,
+        };
+        Ok(Listener::bind(
+            name,
+            addr,
+            protocol,
+            tls,
+            self.limits,
+            self.metrics.clone(),
+        )?)
+    }
 }
 
-async fn bind(addr: SocketAddr, name: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the {name} listener on {addr}"))
-}
-
-async fn serve_http(
-    set: &mut Set,
-    addr: SocketAddr,
-    name: &'static str,
-    router: axum::Router,
-    cancel: &CancellationToken,
-) -> anyhow::Result<SocketAddr> {
-    let listener = bind(addr, name).await?;
-    let local = listener.local_addr()?;
-    let c = cancel.clone();
+fn spawn_listener<S, B>(set: &mut Set, listener: Listener, service: S, cancel: &CancellationToken)
+where
+    S: tower::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<B>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let name = listener.name();
+    let cancel = cancel.clone();
     set.spawn(async move {
-        axum::serve(
-            listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            }),
-            router,
-        )
-        .with_graceful_shutdown(c.cancelled_owned())
-        .await
-        .with_context(|| format!("{name} server"))
+        listener
+            .serve(service, cancel)
+            .await
+            .with_context(|| format!("{name} listener"))
     });
-    Ok(local)
 }

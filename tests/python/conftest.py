@@ -24,6 +24,10 @@ for _k in list(os.environ):
     if _k.lower() in ("http_proxy", "https_proxy", "all_proxy", "grpc_proxy"):
         del os.environ[_k]
 os.environ["no_proxy"] = os.environ["NO_PROXY"] = "127.0.0.1,localhost"
+# requests lets these override the CA a client is given (a session's `verify`): the TLS tests'
+# clients must trust only the CA each test makes.
+for _k in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+    os.environ.pop(_k, None)
 
 
 def pytest_configure(config):
@@ -49,8 +53,9 @@ def meshlens_factory(request, tmp_path):
     request.node._meshlens_instances = instances
 
     def start(*extra_args: str, name: str | None = None, auto_start: bool = True,
-              command: str = "serve") -> Meshlens:
-        ml = Meshlens(tmp_path / (name or f"meshlens{len(instances)}"), extra_args, command=command)
+              command: str = "serve", tls_ca: Path | None = None) -> Meshlens:
+        ml = Meshlens(tmp_path / (name or f"meshlens{len(instances)}"), extra_args, command=command,
+                      tls_ca=tls_ca)
         instances.append(ml)
         if auto_start:
             ml.start()

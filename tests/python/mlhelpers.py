@@ -75,8 +75,13 @@ class Meshlens:
     """One meshlens process (restartable on the same database), with its addresses and logs."""
 
     def __init__(self, workdir: Path, extra_args: list[str] | tuple[str, ...] = (), db_path: Path | None = None,
-                 command: str = "serve"):
+                 command: str = "serve", tls_ca: Path | None = None):
+        """`tls_ca`: meshlens' HTTP listeners speak TLS with a certificate from this CA."""
         self.command = command
+        self.scheme = "https" if tls_ca else "http"
+        self.http = http_session()
+        if tls_ca:
+            self.http.verify = str(tls_ca)
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.db_path = Path(db_path) if db_path else self.workdir / "meshlens.db"
@@ -89,19 +94,19 @@ class Meshlens:
     # addresses ---------------------------------------------------------------------------------
     @property
     def otlp_http_url(self) -> str:
-        return f"http://{self.otlp_http}"
+        return f"{self.scheme}://{self.otlp_http}"
 
     @property
     def traces_url(self) -> str:
-        return f"http://{self.otlp_http}/v1/traces"
+        return f"{self.scheme}://{self.otlp_http}/v1/traces"
 
     @property
     def zipkin_url(self) -> str:
-        return f"http://{self.zipkin}/api/v2/spans"
+        return f"{self.scheme}://{self.zipkin}/api/v2/spans"
 
     @property
     def web_url(self) -> str:
-        return f"http://{self.web}"
+        return f"{self.scheme}://{self.web}"
 
     @property
     def pid(self) -> int:
@@ -159,7 +164,7 @@ class Meshlens:
                     f"meshlens exited with {self.proc.returncode} before it was ready:\n{text[-4000:]}"
                 )
             try:
-                r = HTTP.get(f"{self.web_url}/readyz", timeout=1)
+                r = self.http.get(f"{self.web_url}/readyz", timeout=1)
                 if r.status_code == 200:
                     return
             except requests.RequestException:
@@ -248,8 +253,8 @@ _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 
-def metrics_samples(web_url: str) -> list[tuple[str, dict[str, str], float]]:
-    r = HTTP.get(f"{web_url}/metrics", timeout=10)
+def metrics_samples(web_url: str, session: requests.Session | None = None) -> list[tuple[str, dict[str, str], float]]:
+    r = (session or HTTP).get(f"{web_url}/metrics", timeout=10)
     assert r.status_code == 200, r.text
     out = []
     for line in r.text.splitlines():
@@ -263,11 +268,11 @@ def metrics_samples(web_url: str) -> list[tuple[str, dict[str, str], float]]:
     return out
 
 
-def metric(web_url: str, name: str, **labels: str) -> float:
+def metric(web_url: str, name: str, session: requests.Session | None = None, **labels: str) -> float:
     """The sum of the samples of `name` whose labels include `labels`; 0 when there is none yet
     (a labelled counter appears only once incremented)."""
     total = 0.0
-    for n, ls, v in metrics_samples(web_url):
+    for n, ls, v in metrics_samples(web_url, session):
         if n == name and all(ls.get(k) == want for k, want in labels.items()):
             total += v
     return total
@@ -275,7 +280,7 @@ def metric(web_url: str, name: str, **labels: str) -> float:
 
 def get_trace(ml: Meshlens, trace_id: str, session: requests.Session | None = None) -> dict:
     """The single trace of GET /api/traces/{id}, asserting the envelope's shape."""
-    body = get_json(f"{ml.web_url}/api/traces/{trace_id}", session=session)
+    body = get_json(f"{ml.web_url}/api/traces/{trace_id}", session=session or ml.http)
     assert isinstance(body["data"], list) and len(body["data"]) == 1, body
     assert not body.get("errors"), body
     return body["data"][0]

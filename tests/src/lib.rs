@@ -2,6 +2,8 @@
 //! (or a fresh PostgreSQL schema), and helpers to talk to it over real sockets.
 #![forbid(unsafe_code)]
 
+pub mod certs;
+
 use std::time::Duration;
 
 use meshlens::config::Config;
@@ -40,18 +42,34 @@ impl TestEnv {
     }
 
     pub async fn start_with(f: impl FnOnce(&mut Config)) -> TestEnv {
+        Self::start_trusting(&[], f).await
+    }
+
+    /// Starts meshlens with `f`'s config; the env's HTTP client trusts the PEM CAs `roots` (for
+    /// listeners that speak TLS).
+    pub async fn start_trusting(roots: &[&str], f: impl FnOnce(&mut Config)) -> TestEnv {
         let dir = tempfile::tempdir().unwrap();
         let mut config = test_config(dir.path());
         f(&mut config);
         let running = meshlens::start(&config).await.expect("meshlens starts");
+        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(20));
+        for root in roots {
+            http =
+                http.add_root_certificate(reqwest::Certificate::from_pem(root.as_bytes()).unwrap());
+        }
         TestEnv {
             running: Some(running),
             dir,
             config,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(20))
-                .build()
-                .unwrap(),
+            http: http.build().unwrap(),
+        }
+    }
+
+    /// `https` if the listener speaks TLS, else `http`.
+    pub fn scheme(&self, listener: &str) -> &'static str {
+        match self.config.tls.for_listener(listener) {
+            Ok(Some(_)) => "https",
+            _ => "http",
         }
     }
 
@@ -60,15 +78,27 @@ impl TestEnv {
     }
 
     pub fn web(&self, path: &str) -> String {
-        format!("http://{}{path}", self.running().addrs.web)
+        format!(
+            "{}://{}{path}",
+            self.scheme("web"),
+            self.running().addrs.web
+        )
     }
 
     pub fn otlp_http(&self, path: &str) -> String {
-        format!("http://{}{path}", self.running().addrs.otlp_http)
+        format!(
+            "{}://{}{path}",
+            self.scheme("otlp_http"),
+            self.running().addrs.otlp_http
+        )
     }
 
     pub fn zipkin(&self, path: &str) -> String {
-        format!("http://{}{path}", self.running().addrs.zipkin)
+        format!(
+            "{}://{}{path}",
+            self.scheme("zipkin"),
+            self.running().addrs.zipkin
+        )
     }
 
     pub async fn grpc(&self) -> TraceServiceClient<Channel> {

@@ -4,6 +4,7 @@
 //! decisions are made by `meshlens_policy::PolicyEngine`. Both record the same metrics.
 
 pub mod authz;
+pub mod listener;
 pub mod ratelimit;
 
 use std::collections::HashMap;

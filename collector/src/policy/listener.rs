@@ -7,20 +7,17 @@
 //! recovery and a boxed body on every request) cost a measured share of each check.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::future::Future;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use anyhow::Context;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use meshlens_collector::policy::PolicyServer;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tower::Service;
 
-use crate::servers::Set;
+use super::PolicyServer;
+use crate::listen::Listener;
 
 type GrpcResponse = http::Response<tonic::body::Body>;
 type GrpcFuture = tonic::codegen::BoxFuture<GrpcResponse, Infallible>;
@@ -83,88 +80,40 @@ impl<H: GrpcService, A: GrpcService, R: GrpcService> Routes<H, A, R> {
     }
 }
 
-impl<H: GrpcService, A: GrpcService, R: GrpcService>
-    hyper::service::Service<http::Request<Incoming>> for Routes<H, A, R>
+impl<H: GrpcService, A: GrpcService, R: GrpcService> Service<http::Request<Incoming>>
+    for Routes<H, A, R>
 {
     type Response = GrpcResponse;
     type Error = Infallible;
     type Future = GrpcFuture;
 
-    fn call(&self, req: http::Request<Incoming>) -> GrpcFuture {
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Incoming>) -> GrpcFuture {
         self.route(req)
     }
-}
-
-/// How long calls in flight may take to end once shutdown starts.
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Serves HTTP/2 connections from `listener` until `cancel`, then stops accepting, asks each
-/// connection to finish (GOAWAY) and waits for their calls in flight to end, at most
-/// [`SHUTDOWN_GRACE`].
-pub async fn serve_grpc<H: GrpcService, A: GrpcService, R: GrpcService>(
-    listener: TcpListener,
-    routes: Routes<H, A, R>,
-    cancel: CancellationToken,
-) -> anyhow::Result<()> {
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    builder.timer(TokioTimer::new());
-    let graceful = GracefulShutdown::new();
-    loop {
-        let tcp = tokio::select! {
-            _ = cancel.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
-                Err(e) => {
-                    // Out of descriptors, say: wait instead of spinning on the error.
-                    tracing::warn!(error = %e, "policy listener: accepting a connection failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = tcp.set_nodelay(true);
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(tcp), routes.clone()));
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "policy connection ended");
-            }
-        });
-    }
-    // The port closes now: new clients are refused instead of left waiting.
-    drop(listener);
-    // A health Watch never ends on its own: the wait is bounded.
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::info!("policy listener: calls still open after {SHUTDOWN_GRACE:?}, closed");
-    }
-    Ok(())
 }
 
 /// Starts the policy listener on a runtime of its own (threads named `meshlens-policy`): a check
 /// is on the path of every request a proxy forwards, so decoding a burst of spans or rendering a
 /// page on the main runtime must not queue it. Measured: ext_authz p99 at 5,000 checks/s beside
 /// 20,000 spans/s of OTLP ingest was 4.8 ms on the shared runtime.
+///
+/// Returns once the runtime is up; the future it gives resolves when the listener has stopped.
 pub async fn serve_policy(
-    set: &mut Set,
-    addr: SocketAddr,
+    listener: Listener,
     threads: usize,
     policy: Arc<PolicyServer>,
-    cancel: &CancellationToken,
-) -> anyhow::Result<SocketAddr> {
-    // Bound here so that a taken port fails the start, as every other listener does.
-    let listener = std::net::TcpListener::bind(addr)
-        .with_context(|| format!("binding the policy listener on {addr}"))?;
-    listener.set_nonblocking(true)?;
-    let local = listener.local_addr()?;
+    cancel: CancellationToken,
+) -> std::io::Result<impl Future<Output = std::io::Result<()>>> {
     let threads = match threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    let c = cancel.clone();
     // The runtime is made, run and dropped on this thread: dropped in an async context, it would
     // panic.
     std::thread::Builder::new()
@@ -186,7 +135,6 @@ pub async fn serve_policy(
                 }
             };
             let result = runtime.block_on(async move {
-                let listener = TcpListener::from_std(listener)?;
                 let (reporter, health) = tonic_health::server::health_reporter();
                 for service in [
                     "",
@@ -204,22 +152,19 @@ pub async fn serve_policy(
                 };
                 // The reporter must outlive the server, or health watches end early.
                 let _reporter = reporter;
-                serve_grpc(listener, routes, c)
-                    .await
-                    .context("policy server")
+                listener.serve(routes, cancel).await
             });
             drop(runtime);
             let _ = done_tx.send(result);
-        })
-        .context("starting the policy thread")?;
+        })?;
     started_rx
         .await
-        .context("the policy thread ended at its start")?
-        .context("starting the policy runtime")?;
-    set.spawn(async move {
-        done_rx
-            .await
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("the policy thread ended without a result")))
-    });
-    Ok(local)
+        .map_err(|_| std::io::Error::other("the policy thread ended at its start"))??;
+    Ok(async move {
+        done_rx.await.unwrap_or_else(|_| {
+            Err(std::io::Error::other(
+                "the policy thread ended without a result",
+            ))
+        })
+    })
 }

@@ -1,0 +1,324 @@
+//! TLS on every listener, with certificates made here: OTLP/gRPC, OTLP/HTTP, Zipkin and the web
+//! over TLS; the policy listener over mTLS; plaintext refused; a rotated certificate served to
+//! new connections without dropping open ones; a bad new pair refused, the old one kept.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use meshlens::config::Config;
+use meshlens_tests::certs::{serial_of_der, Ca, Pair};
+use meshlens_tests::{now_ns, trace_hex, trace_request, TestEnv};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+const SPIFFE: &str = "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway";
+
+struct Certs {
+    dir: tempfile::TempDir,
+    ca: Ca,
+}
+
+impl Certs {
+    fn new() -> Certs {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new("meshlens test CA");
+        ca.write(dir.path(), "ca");
+        ca.server(1).write(dir.path(), "server");
+        Certs { dir, ca }
+    }
+
+    /// TLS on every listener with the server pair; the policy listener requires client
+    /// certificates from the CA.
+    fn config(&self) -> impl FnOnce(&mut Config) + '_ {
+        let d = self.dir.path();
+        move |c: &mut Config| {
+            c.tls.cert = d.join("server.crt");
+            c.tls.key = d.join("server.key");
+            c.tls.policy.client_ca = Some(d.join("ca.crt"));
+            c.tls.reload_interval = Duration::from_millis(100);
+        }
+    }
+}
+
+async fn tls_channel(addr: std::net::SocketAddr, ca: &Ca, client: Option<&Pair>) -> Channel {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&ca.cert_pem))
+        .domain_name("localhost");
+    if let Some(pair) = client {
+        tls = tls.identity(Identity::from_pem(&pair.cert_pem, &pair.key_pem));
+    }
+    Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .unwrap()
+}
+
+async fn health(ch: Channel) -> Result<i32, tonic::Status> {
+    let mut client = tonic_health::pb::health_client::HealthClient::new(ch);
+    client
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "envoy.service.ratelimit.v3.RateLimitService".into(),
+        })
+        .await
+        .map(|r| r.into_inner().status)
+}
+
+#[tokio::test]
+async fn every_listener_speaks_tls_and_plaintext_is_refused() {
+    let certs = Certs::new();
+    let env = TestEnv::start_trusting(&[&certs.ca.cert_pem], certs.config()).await;
+    let addrs = env.running().addrs;
+
+    // OTLP/gRPC over TLS.
+    let ch = tls_channel(addrs.otlp_grpc, &certs.ca, None).await;
+    TraceServiceClient::new(ch)
+        .export(trace_request("tls-grpc", 1, 2))
+        .await
+        .expect("export over TLS");
+    // OTLP/HTTP over TLS (HTTP/2 or 1.1, as ALPN agrees).
+    let body = prost::Message::encode_to_vec(&trace_request("tls-http", 2, 1));
+    let r = env
+        .http
+        .post(env.otlp_http("/v1/traces"))
+        .header("content-type", "application/x-protobuf")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Zipkin over TLS.
+    let zipkin = format!(
+        r#"[{{"traceId":"463ac35c9f6413ad48485a3953bb6124","id":"a2fb4a1d1a96d312","name":"get","kind":"SERVER",
+        "timestamp":{},"duration":1500,"localEndpoint":{{"serviceName":"tls-zipkin"}}}}]"#,
+        now_ns() / 1_000
+    );
+    let r = env
+        .http
+        .post(env.zipkin("/api/v2/spans"))
+        .header("content-type", "application/json")
+        .body(zipkin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    // The web over TLS, showing what came in on each.
+    assert!(env.web("/").starts_with("https://"));
+    for trace in [
+        trace_hex(1),
+        trace_hex(2),
+        "463ac35c9f6413ad48485a3953bb6124".into(),
+    ] {
+        let (status, body) = env.get_json(&format!("/api/traces/{trace}")).await;
+        assert_eq!(status, 200, "{trace}: {body}");
+    }
+
+    // Plaintext to a TLS port: refused on every listener.
+    let plain = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    for addr in [addrs.web, addrs.otlp_http, addrs.zipkin] {
+        let r = plain.get(format!("http://{addr}/healthz")).send().await;
+        assert!(r.is_err(), "plaintext HTTP to {addr} answered: {r:?}");
+    }
+    for addr in [addrs.otlp_grpc, addrs.policy] {
+        let ch = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(5))
+            .connect_lazy();
+        let r = TraceServiceClient::new(ch)
+            .export(trace_request("plain", 3, 1))
+            .await;
+        assert!(r.is_err(), "plaintext gRPC to {addr} answered");
+    }
+
+    // The policy listener: mTLS. A client certificate from the CA is served…
+    let client = certs.ca.client(SPIFFE);
+    let ch = tls_channel(addrs.policy, &certs.ca, Some(&client)).await;
+    assert_eq!(health(ch).await.unwrap(), 1, "SERVING");
+    // …none, or one from another CA, is refused at the handshake.
+    let ch = Channel::from_shared(format!("https://{}", addrs.policy))
+        .unwrap()
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&certs.ca.cert_pem))
+                .domain_name("localhost"),
+        )
+        .unwrap()
+        .connect_lazy();
+    assert!(health(ch).await.is_err(), "no client certificate");
+    let stranger = Ca::new("another CA").client(SPIFFE);
+    let ch = Channel::from_shared(format!("https://{}", addrs.policy))
+        .unwrap()
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&certs.ca.cert_pem))
+                .identity(Identity::from_pem(&stranger.cert_pem, &stranger.key_pem))
+                .domain_name("localhost"),
+        )
+        .unwrap()
+        .connect_lazy();
+    assert!(
+        health(ch).await.is_err(),
+        "a client certificate from another CA"
+    );
+
+    // Each refusal was counted as a failed handshake on its listener.
+    assert!(
+        env.metric(
+            "meshlens_listener_refused_connections_total",
+            "listener=\"policy\",reason=\"tls\""
+        )
+        .await
+            >= 3.0
+    );
+    assert!(
+        env.metric(
+            "meshlens_listener_refused_connections_total",
+            "listener=\"web\",reason=\"tls\""
+        )
+        .await
+            >= 1.0
+    );
+    let not_after = env
+        .metric(
+            "meshlens_tls_certificate_not_after_timestamp_seconds",
+            "listener=\"web\"",
+        )
+        .await;
+    assert!(not_after > (now_ns() / 1_000_000_000) as f64, "{not_after}");
+    env.stop().await;
+}
+
+/// The serial number of the certificate a fresh TLS connection to `addr` is served.
+async fn served_serial(addr: std::net::SocketAddr, ca: &Ca) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        #[allow(deprecated)]
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let chain = tls.get_ref().1.peer_certificates().unwrap();
+    serial_of_der(&chain[0])
+}
+
+#[tokio::test]
+async fn a_rotated_certificate_is_served_without_dropping_connections_and_a_bad_one_is_refused() {
+    let certs = Certs::new();
+    let env = TestEnv::start_trusting(&[&certs.ca.cert_pem], certs.config()).await;
+    let addrs = env.running().addrs;
+    let first = Ca::server(&certs.ca, 1).serial();
+    assert_eq!(served_serial(addrs.web, &certs.ca).await, first);
+    // A connection opened before the rotation…
+    let ch = tls_channel(addrs.otlp_grpc, &certs.ca, None).await;
+    let mut open = TraceServiceClient::new(ch);
+    open.export(trace_request("before", 1, 1)).await.unwrap();
+
+    // …cert-manager writes a new pair in place.
+    let second = certs.ca.server(2);
+    second.write(certs.dir.path(), "server");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while served_serial(addrs.web, &certs.ca).await != second.serial() {
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate was not served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Every listener took it.
+    for addr in [addrs.otlp_grpc, addrs.otlp_http, addrs.zipkin] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while served_serial(addr, &certs.ca).await != second.serial() {
+            assert!(Instant::now() < deadline, "{addr} kept the old certificate");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // The open connection was not dropped.
+    open.export(trace_request("after", 2, 1)).await.unwrap();
+    assert!(
+        env.metric(
+            "meshlens_tls_reloads_total",
+            "listener=\"web\",result=\"success\""
+        )
+        .await
+            >= 2.0
+    );
+
+    // A bad pair (a key that is not the certificate's) is refused, and the last good one stays.
+    let third = certs.ca.server(3);
+    let stranger = certs.ca.server(4);
+    Pair {
+        cert_pem: third.cert_pem.clone(),
+        key_pem: stranger.key_pem.clone(),
+    }
+    .write(certs.dir.path(), "server");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while env
+        .metric(
+            "meshlens_tls_reloads_total",
+            "listener=\"web\",result=\"failure\"",
+        )
+        .await
+        < 1.0
+    {
+        assert!(Instant::now() < deadline, "the bad pair was not noticed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(served_serial(addrs.web, &certs.ca).await, second.serial());
+    open.export(trace_request("still", 3, 1)).await.unwrap();
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn a_listener_can_stay_plaintext_and_a_bad_file_stops_the_start() {
+    let certs = Certs::new();
+    let d = certs.dir.path().to_path_buf();
+    let env = TestEnv::start_trusting(&[&certs.ca.cert_pem], |c: &mut Config| {
+        c.tls.web.cert = Some(d.join("server.crt"));
+        c.tls.web.key = Some(d.join("server.key"));
+    })
+    .await;
+    assert_eq!(env.scheme("web"), "https");
+    assert_eq!(env.scheme("otlp_http"), "http");
+    let (status, _) = env.get_json("/healthz").await;
+    assert_eq!(status, 200);
+    let r = env
+        .http
+        .get(format!(
+            "http://{}/v1/traces",
+            env.running().addrs.otlp_http
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405, "plaintext OTLP/HTTP still answers");
+    env.stop().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = meshlens_tests::test_config(dir.path());
+    c.tls.cert = d.join("server.crt");
+    c.tls.key = d.join("missing.key");
+    let err = meshlens::start(&c)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("missing.key"), "{err}");
+}
