@@ -33,6 +33,8 @@ pub enum IngestError {
     Unstorable,
     #[error("meshlens is shutting down; retry later")]
     ShuttingDown,
+    #[error("{0}")]
+    Unauthenticated(&'static str),
 }
 
 impl IngestError {
@@ -48,6 +50,7 @@ impl IngestError {
             IngestError::Store => "store_error",
             IngestError::Unstorable => "unstorable",
             IngestError::ShuttingDown => "shutting_down",
+            IngestError::Unauthenticated(_) => "unauthenticated",
         }
     }
 
@@ -73,6 +76,7 @@ impl IngestError {
             IngestError::Unstorable => S::BAD_REQUEST,
             IngestError::Overloaded => S::TOO_MANY_REQUESTS,
             IngestError::Store | IngestError::ShuttingDown => S::SERVICE_UNAVAILABLE,
+            IngestError::Unauthenticated(_) => S::UNAUTHORIZED,
         }
     }
 
@@ -89,6 +93,7 @@ impl IngestError {
             }
             IngestError::BodyTimeout(_) => C::DeadlineExceeded,
             IngestError::Unstorable => C::InvalidArgument,
+            IngestError::Unauthenticated(_) => C::Unauthenticated,
         }
     }
 }
@@ -164,6 +169,12 @@ impl IntoResponse for HttpIngestError {
             resp.headers_mut().insert(
                 header::RETRY_AFTER,
                 HeaderValue::from(RETRY_AFTER.as_secs()),
+            );
+        }
+        if let IngestError::Unauthenticated(_) = e {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"meshlens\""),
             );
         }
         resp

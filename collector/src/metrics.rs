@@ -97,6 +97,8 @@ pub struct Metrics {
     pub tls_reloads: IntCounterVec,
     /// End of validity of the certificate a listener serves (Unix seconds).
     pub tls_cert_not_after: IntGaugeVec,
+    /// Tokens file loads (the first included), by file (`web`, `ingest`) and result.
+    pub auth_reloads: IntCounterVec,
 }
 
 /// Every metric name in the catalogue, for tests that check dashboards and docs against it.
@@ -139,6 +141,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "meshlens_listener_closed_connections_total",
     "meshlens_tls_reloads_total",
     "meshlens_tls_certificate_not_after_timestamp_seconds",
+    "meshlens_auth_reloads_total",
 ];
 
 /// The standard process metrics exported beside the catalogue (Linux), read from /proc.
@@ -415,6 +418,11 @@ impl Metrics {
                 "End of validity of the certificate a listener serves (Unix seconds).",
                 &["listener"],
             ),
+            auth_reloads: counter_vec(
+                "meshlens_auth_reloads_total",
+                "Tokens file loads (the first included), by file (web, ingest) and result.",
+                &["file", "result"],
+            ),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -456,6 +464,7 @@ impl Metrics {
             Box::new(m.listener_closed_connections.clone()),
             Box::new(m.tls_reloads.clone()),
             Box::new(m.tls_cert_not_after.clone()),
+            Box::new(m.auth_reloads.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");
@@ -611,6 +620,7 @@ mod tests {
             .inc();
         m.tls_reloads.with_label_values(&["web", "success"]).inc();
         m.tls_cert_not_after.with_label_values(&["web"]).set(1);
+        m.auth_reloads.with_label_values(&["web", "success"]).inc();
         let mut names: Vec<String> = m
             .registry
             .gather()

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod authz;
+pub mod credentials;
 pub mod engine;
 pub mod limit;
 pub mod quota;

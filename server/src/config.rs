@@ -20,8 +20,42 @@ pub struct Config {
     pub graph: GraphSettings,
     pub policy: PolicyConfig,
     pub tls: TlsConfig,
+    pub auth: AuthConfig,
     pub connections: ConnectionsConfig,
     pub log: LogConfig,
+}
+
+/// Who may call: tokens for the web and for ingest, or a trusted reverse proxy's user header.
+/// Unset files: no token needed (the listeners' own exposure is the only guard).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Lines `TOKEN ROLE` (`viewer` or `admin`), `#` comments.
+    pub web_tokens_file: PathBuf,
+    /// Lines `TOKEN [TENANT]`: OTLP, Zipkin and remote write need `authorization: Bearer TOKEN`.
+    pub ingest_tokens_file: PathBuf,
+    /// A reverse proxy's user header (e.g. `X-Forwarded-User` from oauth2-proxy), trusted only
+    /// from `proxy_cidrs`.
+    pub proxy_user_header: String,
+    pub proxy_cidrs: Vec<ipnet::IpNet>,
+    /// Users named by the proxy who are admins; the others are viewers.
+    pub proxy_admin_users: Vec<String>,
+    /// How often the tokens files are checked for changes.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            web_tokens_file: PathBuf::new(),
+            ingest_tokens_file: PathBuf::new(),
+            proxy_user_header: String::new(),
+            proxy_cidrs: Vec::new(),
+            proxy_admin_users: Vec::new(),
+            reload_interval: Duration::from_secs(2),
+        }
+    }
 }
 
 /// Where each listener binds. Loopback by default: exposing meshlens is a deliberate choice.

@@ -2,6 +2,7 @@
 //! down in order. `main.rs` only parses the command line and calls into here.
 #![forbid(unsafe_code)]
 
+mod auth;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -55,6 +55,19 @@ async fn main() -> anyhow::Result<()> {
 /// Serves until a signal; with `demo`, also sends the demo mesh's spans at that many requests a
 /// second to this meshlens.
 async fn serve(config: &Config, demo: Option<u32>) -> anyhow::Result<()> {
+    if demo.is_some()
+        && (config
+            .tls
+            .for_listener("otlp_grpc")
+            .map_err(anyhow::Error::msg)?
+            .is_some()
+            || !config.auth.ingest_tokens_file.as_os_str().is_empty())
+    {
+        anyhow::bail!(
+            "meshlens demo feeds itself over plaintext OTLP/gRPC without a token: set \
+             [tls.otlp_grpc] enabled = false and no [auth] ingest_tokens_file, or run `serve`"
+        );
+    }
     let mut running = meshlens::start(config).await?;
     let stop_demo = tokio_util::sync::CancellationToken::new();
     let _stop_demo_on_return = stop_demo.clone().drop_guard();

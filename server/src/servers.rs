@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::Context;
+use meshlens_collector::listen::auth::IngestAuthLayer;
 use meshlens_collector::listen::{Alpn, ConnectionLimits, Listener, Protocol, TlsSource};
 use meshlens_collector::otlp::grpc::{normalize_decode_errors, trace_service, ExportDeadline};
 use meshlens_collector::policy::PolicyServer;
@@ -44,6 +45,11 @@ pub async fn spawn_all(
     } = parts;
     let listen = &config.listen;
     let mut ports = Ports::new(config, &metrics)?;
+    let credentials = crate::auth::Credentials::load(&config.auth, &metrics)?;
+    let ingest_auth = credentials
+        .ingest
+        .clone()
+        .map(|tokens| IngestAuthLayer::new(tokens, metrics.clone()));
     let graph_cache = Arc::new(meshlens_web::GraphCache::new(pipeline.graph().topology()));
     // Rebuilds the snapshots clients ask for each second, so `/api/graph` answers from memory.
     let refresh = graph_cache.clone();
@@ -73,6 +79,8 @@ pub async fn spawn_all(
         .prepare();
     // The deadline starts once a permit is held: waiting for one is not the client's doing.
     let grpc_service = tower::ServiceBuilder::new()
+        .option_layer(ingest_auth.clone())
+        .map_response(|r: http::Response<tonic::body::Body>| r.map(axum::body::Body::new))
         .layer(concurrency())
         .layer(ExportDeadline::layer(
             config.ingest.body_timeout,
@@ -90,16 +98,32 @@ pub async fn spawn_all(
     let http = otlp::http::router(pipeline.clone(), body)
         .layer(concurrency())
         .merge(prom::router(pipeline.clone(), body).layer(concurrency()));
+    let http = match &ingest_auth {
+        Some(auth) => http.layer(auth.clone()),
+        None => http,
+    };
     let http_listener = ports.bind("otlp_http", listen.otlp_http, Protocol::Http)?;
     let otlp_http = http_listener.local_addr();
     spawn_listener(set, http_listener, http, &cancel);
 
     let zipkin = zipkin::router(pipeline, body).layer(concurrency());
+    let zipkin = match &ingest_auth {
+        Some(auth) => zipkin.layer(auth.clone()),
+        None => zipkin,
+    };
     let zipkin_listener = ports.bind("zipkin", listen.zipkin, Protocol::Http)?;
     let zipkin_addr = zipkin_listener.local_addr();
     spawn_listener(set, zipkin_listener, zipkin, &cancel);
 
     let web_policy = policy.engine().clone();
+    let reload_policy = {
+        let policy = policy.clone();
+        Arc::new(move || match policy.reload() {
+            meshlens_policy::ReloadOutcome::Unchanged => "unchanged".to_string(),
+            meshlens_policy::ReloadOutcome::Reloaded => "reloaded".to_string(),
+            meshlens_policy::ReloadOutcome::Failed(e) => format!("refused: {e}"),
+        })
+    };
     let policy_listener = ports.bind("policy", listen.policy, Protocol::Grpc)?;
     let policy_addr = policy_listener.local_addr();
     let policy_done = meshlens_collector::policy::listener::serve_policy(
@@ -118,7 +142,13 @@ pub async fn spawn_all(
         ready,
         graph: graph_cache,
         policy: web_policy,
+        reload_policy,
+        auth: credentials.web_auth(
+            &config.auth,
+            config.tls.for_listener("web").ok().flatten().is_some(),
+        )?,
     });
+    credentials.spawn_reloads(set, config.auth.reload_interval, &cancel);
     let web_listener = ports.bind("web", listen.web, Protocol::Http)?;
     let web_addr = web_listener.local_addr();
     spawn_listener(set, web_listener, web, &cancel);

@@ -68,9 +68,24 @@ def pki(tmp_path) -> Pki:
     return Pki(d, d / "ca.crt", d / "server.crt", d / "server.key", d / "client.crt", d / "client.key")
 
 
-def tls_meshlens(meshlens_factory, pki: Pki, *extra: str):
-    return meshlens_factory("--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key), *extra,
-                            tls_ca=pki.ca)
+INGEST_TOKEN = "e2e-ingest-token-0123456789abcdef"
+WEB_TOKEN = "e2e-web-token-0123456789abcdef"
+
+
+def tls_meshlens(meshlens_factory, pki: Pki, *extra: str, tokens: bool = False):
+    """meshlens with TLS on every listener; with `tokens`, ingest and the web need bearer tokens."""
+    args = ["--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)]
+    if tokens:
+        (pki.dir / "ingest-tokens").write_text(f"{INGEST_TOKEN} e2e\n")
+        (pki.dir / "web-tokens").write_text(f"{WEB_TOKEN} viewer\n")
+        (pki.dir / "auth.toml").write_text(
+            f'[auth]\ningest_tokens_file = "{pki.dir / "ingest-tokens"}"\n'
+            f'web_tokens_file = "{pki.dir / "web-tokens"}"\n')
+        args += ["--config", str(pki.dir / "auth.toml")]
+    ml = meshlens_factory(*args, *extra, tls_ca=pki.ca)
+    if tokens:
+        ml.http.headers["authorization"] = f"Bearer {WEB_TOKEN}"
+    return ml
 
 
 def export_one(exporter, service: str, name: str) -> str:
@@ -83,21 +98,27 @@ def export_one(exporter, service: str, name: str) -> str:
     return trace_id
 
 
-def test_the_otel_sdk_exports_over_tls_and_plaintext_is_refused(meshlens_factory, pki):
-    ml = tls_meshlens(meshlens_factory, pki)
+def test_the_otel_sdk_exports_over_tls_with_a_token_and_without_either_is_refused(meshlens_factory, pki):
+    ml = tls_meshlens(meshlens_factory, pki, tokens=True)
     ca = pki.ca.read_bytes()
-    grpc_id = export_one(GrpcExporter(endpoint=f"https://{ml.otlp_grpc}",
+    auth = {"authorization": f"Bearer {INGEST_TOKEN}"}
+    grpc_id = export_one(GrpcExporter(endpoint=f"https://{ml.otlp_grpc}", headers=auth,
                                       credentials=grpc.ssl_channel_credentials(root_certificates=ca)),
                          "tls-grpc", "over-grpc")
-    http_id = export_one(ProtoHttpExporter(endpoint=ml.traces_url, certificate_file=str(pki.ca)),
+    http_id = export_one(ProtoHttpExporter(endpoint=ml.traces_url, certificate_file=str(pki.ca), headers=auth),
                          "tls-http", "over-http")
     assert ml.traces_url.startswith("https://")
     for trace_id, service in [(grpc_id, "tls-grpc"), (http_id, "tls-http")]:
         body = get_json(f"{ml.web_url}/api/traces/{trace_id}", session=ml.http)
-        assert body["data"][0]["processes"]["p1"]["serviceName"] == service, body
+        process = body["data"][0]["processes"]["p1"]
+        assert process["serviceName"] == service, body
+        assert {"key": "meshlens.tenant", "type": "string", "value": "e2e"} in process["tags"], process
 
-    # The same exporters without TLS, or trusting another CA, deliver nothing.
+    # Without the token, without TLS, or trusting another CA: nothing is delivered.
     lost = [
+        export_one(GrpcExporter(endpoint=f"https://{ml.otlp_grpc}", timeout=3,
+                                credentials=grpc.ssl_channel_credentials(root_certificates=ca)), "anon", "x"),
+        export_one(ProtoHttpExporter(endpoint=ml.traces_url, certificate_file=str(pki.ca), timeout=3), "anon", "x"),
         export_one(GrpcExporter(endpoint=f"http://{ml.otlp_grpc}", insecure=True, timeout=3), "plain", "x"),
         export_one(ProtoHttpExporter(endpoint=f"http://{ml.otlp_http}/v1/traces", timeout=3), "plain", "x"),
         export_one(ProtoHttpExporter(endpoint=ml.traces_url, certificate_file=str(Path(requests.certs.where())),
@@ -107,6 +128,9 @@ def test_the_otel_sdk_exports_over_tls_and_plaintext_is_refused(meshlens_factory
         get_json(f"{ml.web_url}/api/traces/{trace_id}", expect=404, session=ml.http)
     assert metric(ml.web_url, "meshlens_listener_refused_connections_total", session=ml.http,
                   listener="otlp_http", reason="tls") >= 2
+    for protocol in ("otlp_grpc", "otlp_http"):
+        assert metric(ml.web_url, "meshlens_ingest_rejected_requests_total", session=ml.http,
+                      protocol=protocol, reason="unauthenticated") >= 1
     # The web itself: HTTPS only.
     with pytest.raises(requests.RequestException):
         requests.get(f"http://{ml.web}/healthz", timeout=3)
@@ -240,15 +264,21 @@ def test_envoy_calls_the_policy_over_mtls_and_traces_over_tls(meshlens_factory, 
     assert metric(web, "meshlens_policy_checks_total", session=ml.http) == checks_before
 
 
-def test_prometheus_scrapes_metrics_over_https(meshlens_factory, pki, tmp_path):
+def test_prometheus_scrapes_metrics_over_https_with_a_bearer_token(meshlens_factory, pki, tmp_path):
     assert PROMETHEUS, "prometheus is needed (Debian package prometheus)"
-    ml = tls_meshlens(meshlens_factory, pki)
+    ml = tls_meshlens(meshlens_factory, pki, tokens=True)
+    (tmp_path / "token").write_text(WEB_TOKEN)
     config = tmp_path / "prometheus.yml"
     config.write_text(f"""
 global:
   scrape_interval: 1s
 scrape_configs:
   - job_name: meshlens
+    scheme: https
+    tls_config: {{ca_file: "{pki.ca}", server_name: localhost}}
+    authorization: {{credentials_file: "{tmp_path / 'token'}"}}
+    static_configs: [{{targets: ["{ml.web}"]}}]
+  - job_name: anonymous
     scheme: https
     tls_config: {{ca_file: "{pki.ca}", server_name: localhost}}
     static_configs: [{{targets: ["{ml.web}"]}}]
@@ -273,6 +303,12 @@ scrape_configs:
         up = requests.get(f"http://{LOOPBACK}:{port}/api/v1/query", params={"query": 'up{job="meshlens"}'},
                           timeout=2).json()["data"]["result"]
         assert up[0]["value"][1] == "1", up
+        # The job without the token is refused (401): its target is down.
+        def anonymous_down():
+            r = requests.get(f"http://{LOOPBACK}:{port}/api/v1/query", params={"query": 'up{job="anonymous"}'},
+                             timeout=2).json()["data"]["result"]
+            return r and r[0]["value"][1] == "0"
+        poll(anonymous_down, timeout=10, interval=0.5, what="the anonymous scrape to be refused")
     finally:
         prom.terminate()
         try:

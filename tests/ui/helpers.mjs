@@ -3,6 +3,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync } from 'node:fs';
+import { get as httpsGet } from 'node:https';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -43,6 +44,21 @@ export async function poll(fn, what, timeoutMs = 20000, everyMs = 100) {
 
 /** Starts `meshlens <command> ...args` on free loopback ports with a fresh SQLite file. */
 export async function startMeshlens(command, ...args) {
+  return startMeshlensWith({}, command, ...args);
+}
+
+/** GET `url` over HTTPS trusting the PEM CA `ca`; resolves to the status code. */
+function httpsStatus(url, ca) {
+  return new Promise((ok, fail) => {
+    const req = httpsGet(url, { ca }, (res) => { res.resume(); ok(res.statusCode); });
+    req.on('error', fail);
+    req.setTimeout(2000, () => req.destroy(new Error('timeout')));
+  });
+}
+
+/** As `startMeshlens`; with `opts.ca` (PEM), the web listener speaks TLS with a certificate
+ * from that CA and `ml.web` is an https URL. */
+export async function startMeshlensWith(opts, command, ...args) {
   const dir = mkdtempSync(join(tmpdir(), 'meshlens-ui-'));
   const [grpc, http, zipkin, policy, web] = await Promise.all([1, 2, 3, 4, 5].map(freePort));
   const addr = (p) => `127.0.0.1:${p}`;
@@ -55,7 +71,7 @@ export async function startMeshlens(command, ...args) {
     '--database-url', `sqlite://${join(dir, 'meshlens.db')}`, ...args], { stdio: ['ignore', log, log] });
   const ml = {
     child, dir, logPath,
-    web: `http://${addr(web)}`, otlpHttp: `http://${addr(http)}`, policy: addr(policy),
+    web: `${opts.ca ? 'https' : 'http'}://${addr(web)}`, otlpHttp: `http://${addr(http)}`, policy: addr(policy),
     log: () => readFileSync(logPath, 'utf8'),
     async stop() {
       if (child.exitCode !== null) return;
@@ -68,6 +84,7 @@ export async function startMeshlens(command, ...args) {
   };
   await poll(async () => {
     if (child.exitCode !== null) throw new Error(`meshlens exited:\n${ml.log().slice(-3000)}`);
+    if (opts.ca) return (await httpsStatus(`${ml.web}/readyz`, opts.ca).catch(() => 0)) === 200;
     const r = await fetch(`${ml.web}/readyz`).catch(() => null);
     return r && r.status === 200;
   }, 'meshlens ready');

@@ -159,6 +159,8 @@ async fn api_latency(services: usize, edges: usize) {
         ready: Arc::new(AtomicBool::new(true)),
         graph: cache.clone(),
         policy: Arc::new(meshlens_policy::PolicyEngine::new(Default::default()).unwrap()),
+        reload_policy: Arc::new(|| "unchanged".to_string()),
+        auth: meshlens_web::auth::WebAuth::open(),
     });
     // What the refresher pays each second for a window someone watches: the whole snapshot and
     // its JSON.

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+pub mod auth;
 mod error;
 mod graph_cache;
 mod ui;
@@ -32,6 +33,10 @@ pub struct WebState {
     pub graph: Arc<GraphCache>,
     /// The policy engine, for `/api/policy`.
     pub policy: Arc<meshlens_policy::PolicyEngine>,
+    /// Checks the policy files now; returns `unchanged`, `reloaded` or the refusal.
+    pub reload_policy: Arc<dyn Fn() -> String + Send + Sync>,
+    /// Who may read what.
+    pub auth: Arc<auth::WebAuth>,
 }
 
 /// The whole web router; tests call it in-process with `oneshot`.
@@ -42,6 +47,10 @@ pub fn app(state: WebState) -> Router {
         .route("/metrics", get(metrics))
         .merge(api::router())
         .merge(ui::router())
+        .layer(axum::middleware::from_fn_with_state(
+            state.auth.clone(),
+            auth::guard,
+        ))
         .layer(axum::middleware::map_response(ui::security_headers))
         .with_state(state)
 }

@@ -47,6 +47,8 @@ pub(crate) async fn state(ready: bool) -> (WebState, tempfile::TempDir) {
         ready: Arc::new(AtomicBool::new(ready)),
         graph: Default::default(),
         policy: Arc::new(meshlens_policy::PolicyEngine::new(Default::default()).unwrap()),
+        reload_policy: Arc::new(|| "unchanged".to_string()),
+        auth: crate::auth::WebAuth::open(),
     };
     (st, dir)
 }

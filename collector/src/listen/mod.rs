@@ -15,6 +15,7 @@
 //!
 //! Handshakes run on the connection's own task: a slow one never holds up `accept`.
 
+pub mod auth;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -389,6 +390,9 @@ where
 
     fn call(&self, mut req: http::Request<Incoming>) -> Self::Future {
         req.extensions_mut().insert(self.peer.clone());
+        // The address as axum names it, for routers that know no other.
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(self.peer.addr));
         tower::util::Oneshot::new(self.inner.clone(), req)
     }
 }

@@ -21,6 +21,7 @@ use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
 use crate::error::IngestError;
+use crate::listen::auth::Tenant;
 use crate::metrics::Metrics;
 use crate::otlp::convert::convert_traces;
 use crate::otlp::convert_metrics::{convert_metrics, partial_success};
@@ -45,8 +46,13 @@ impl TraceService for OtlpGrpc {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let tenant = request.extensions().get::<Tenant>().cloned();
         let converted = convert_traces(request.into_inner());
-        let rejected = match self.pipeline.ingest(Protocol::OtlpGrpc, converted).await {
+        let ingested = self
+            .pipeline
+            .ingest(Protocol::OtlpGrpc, converted, tenant.as_ref())
+            .await;
+        let rejected = match ingested {
             Ok(r) => r,
             Err(e) => {
                 self.pipeline.reject_request(Protocol::OtlpGrpc, &e);

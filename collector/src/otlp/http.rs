@@ -14,6 +14,7 @@ use prost::Message;
 
 use crate::body::{read_body, BodyLimits};
 use crate::error::{ErrorBody, HttpIngestError, IngestError};
+use crate::listen::auth::Tenant;
 use crate::otlp::convert::convert_traces;
 use crate::otlp::convert_metrics::{convert_metrics, partial_success};
 use crate::pipeline::Pipeline;
@@ -69,9 +70,15 @@ pub fn router(pipeline: Pipeline, limits: BodyLimits) -> Router {
         .with_state(HttpState { pipeline, limits })
 }
 
-async fn traces(State(st): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
+async fn traces(
+    State(st): State<HttpState>,
+    tenant: Option<axum::Extension<Tenant>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let format = Format::from_headers(&headers).unwrap_or(Format::Protobuf);
-    match export(&st, &headers, body).await {
+    let tenant = tenant.map(|axum::Extension(t)| t);
+    match export(&st, &headers, body, tenant.as_ref()).await {
         Ok(resp) => encode(format, StatusCode::OK, &resp),
         Err(e) => {
             st.pipeline.reject_request(Protocol::OtlpHttp, &e);
@@ -115,13 +122,14 @@ async fn export(
     st: &HttpState,
     headers: &HeaderMap,
     body: Body,
+    tenant: Option<&Tenant>,
 ) -> Result<ExportTraceServiceResponse, IngestError> {
     let format = Format::from_headers(headers)?;
     let bytes = read_body(headers, body, st.limits).await?;
     let request = decode_request(format, &bytes)?;
     let rejected = st
         .pipeline
-        .ingest(Protocol::OtlpHttp, convert_traces(request))
+        .ingest(Protocol::OtlpHttp, convert_traces(request), tenant)
         .await?;
     Ok(ExportTraceServiceResponse {
         partial_success: (rejected.count > 0).then(|| ExportTracePartialSuccess {

@@ -254,15 +254,50 @@ async fn timed_write(
     }
 }
 
+/// The resource attribute a request's tenant is kept in.
+pub const TENANT_ATTRIBUTE: &str = "meshlens.tenant";
+
+/// Puts `tenant` on every span's resource (over any value the sender gave), each resource
+/// copied once however many spans share it.
+fn tag_tenant(spans: &mut [meshlens_topology::Span], tenant: &str) {
+    use meshlens_topology::AttrValue;
+    let mut done: Vec<(
+        *const meshlens_topology::Resource,
+        Arc<meshlens_topology::Resource>,
+    )> = Vec::new();
+    for span in spans {
+        let key = Arc::as_ptr(&span.resource);
+        if let Some((_, tagged)) = done.iter().find(|(k, _)| *k == key) {
+            span.resource = tagged.clone();
+            continue;
+        }
+        let mut resource = (*span.resource).clone();
+        resource.attributes.0.retain(|(k, _)| k != TENANT_ATTRIBUTE);
+        resource.attributes.0.push((
+            TENANT_ATTRIBUTE.to_string(),
+            AttrValue::Str(tenant.to_string()),
+        ));
+        let tagged = Arc::new(resource);
+        done.push((key, tagged.clone()));
+        span.resource = tagged;
+    }
+}
+
 impl Pipeline {
     /// The step every receiver shares: count what was refused, queue the rest, wait for the commit.
     /// Returns the invalid spans for the client's partial-success answer. A refused request is
     /// counted by the receiver (with `reject_request`), which also sees errors from before this step.
+    /// A `tenant` (named by the request's ingest token) is kept on each span's resource as
+    /// `meshlens.tenant`.
     pub async fn ingest(
         &self,
         protocol: crate::Protocol,
-        converted: Converted,
+        mut converted: Converted,
+        tenant: Option<&crate::listen::auth::Tenant>,
     ) -> Result<Rejected, IngestError> {
+        if let Some(t) = tenant {
+            tag_tenant(&mut converted.spans, &t.0);
+        }
         let p = protocol.as_str();
         for (reason, n) in &converted.rejected.by_reason {
             self.metrics

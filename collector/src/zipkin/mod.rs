@@ -5,6 +5,7 @@
 
 mod convert;
 
+use crate::listen::auth::Tenant;
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -30,8 +31,14 @@ pub fn router(pipeline: Pipeline, limits: BodyLimits) -> Router {
         .with_state(ZipkinState { pipeline, limits })
 }
 
-async fn spans(State(st): State<ZipkinState>, headers: HeaderMap, body: Body) -> Response {
-    match accept(&st, &headers, body).await {
+async fn spans(
+    State(st): State<ZipkinState>,
+    tenant: Option<axum::Extension<Tenant>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let tenant = tenant.map(|axum::Extension(t)| t);
+    match accept(&st, &headers, body, tenant.as_ref()).await {
         Ok(()) => StatusCode::ACCEPTED.into_response(),
         Err(e) => {
             st.pipeline.reject_request(Protocol::Zipkin, &e);
@@ -44,7 +51,12 @@ async fn spans(State(st): State<ZipkinState>, headers: HeaderMap, body: Body) ->
     }
 }
 
-async fn accept(st: &ZipkinState, headers: &HeaderMap, body: Body) -> Result<(), IngestError> {
+async fn accept(
+    st: &ZipkinState,
+    headers: &HeaderMap,
+    body: Body,
+    tenant: Option<&Tenant>,
+) -> Result<(), IngestError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -63,11 +75,13 @@ async fn accept(st: &ZipkinState, headers: &HeaderMap, body: Body) -> Result<(),
     let converted = convert(spans);
     if total > 0 && converted.spans.is_empty() {
         let msg = converted.rejected.message();
-        st.pipeline.ingest(Protocol::Zipkin, converted).await?;
+        st.pipeline
+            .ingest(Protocol::Zipkin, converted, tenant)
+            .await?;
         return Err(IngestError::Malformed(msg));
     }
     st.pipeline
-        .ingest(Protocol::Zipkin, converted)
+        .ingest(Protocol::Zipkin, converted, tenant)
         .await
         .map(|_| ())
 }

@@ -26,6 +26,7 @@ pub fn router() -> Router<WebState> {
         .route("/api/graph", get(graph::get_graph))
         .route("/api/graph/history", get(history::get_history))
         .route("/api/policy", get(policy::get_policy))
+        .route("/api/policy/reload", axum::routing::post(policy::reload))
 }
 
 pub use graph::graph_json;

@@ -114,6 +114,7 @@ impl From<Denial> for DenialDto {
 
 pub async fn get_policy(
     State(st): State<WebState>,
+    role: Option<axum::Extension<crate::auth::Role>>,
     Query(q): Query<PolicyQuery>,
 ) -> Result<Json<PolicyDto>, WebError> {
     let limit = match q.limit.as_deref() {
@@ -123,17 +124,26 @@ pub async fn get_policy(
             .map_err(|_| WebError::BadRequest(format!("limit: not a number: {s:?}")))?
             .min(1000),
     };
-    Ok(Json(policy_dto(&st, limit)))
+    Ok(Json(policy_dto(&st, limit, crate::auth::is_admin(role))))
 }
 
 /// The active policy and the `limit` newest denials.
-pub(crate) fn policy_dto(st: &WebState, limit: usize) -> PolicyDto {
+/// Viewers see config files by name and denials without their request paths; admins see the
+/// paths in full.
+pub(crate) fn policy_dto(st: &WebState, limit: usize, admin: bool) -> PolicyDto {
     let engine = &st.policy;
     let loaded = engine.current();
     let settings = engine.settings();
     let mut domains: Vec<String> = loaded.ratelimits.domains().map(str::to_string).collect();
     domains.sort();
-    let path = |p: &std::path::PathBuf| p.display().to_string();
+    let path = |p: &std::path::PathBuf| {
+        if admin {
+            p.display().to_string()
+        } else {
+            p.file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+        }
+    };
     let usage = quota_usage(&st.registry);
     let used = |name: &str| usage.get(name).copied().unwrap_or_default();
     PolicyDto {
@@ -199,8 +209,42 @@ pub(crate) fn policy_dto(st: &WebState, limit: usize) -> PolicyDto {
             .recent_denials(limit)
             .into_iter()
             .map(DenialDto::from)
+            .map(|mut d| {
+                // A request's path is raw data-plane input (it may carry ids or tokens).
+                if !admin {
+                    d.path.clear();
+                }
+                d
+            })
             .collect(),
     }
+}
+
+/// `POST /api/policy/reload` (admin): reads the policy files now if they changed, instead of
+/// at the next poll.
+pub async fn reload(
+    State(st): State<WebState>,
+    role: Option<axum::Extension<crate::auth::Role>>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if !crate::auth::same_origin(&headers, &uri) {
+        return (
+            axum::http::StatusCode::FORBIDDEN,
+            Json(serde_json::json!({"error": "cross-site request refused"})),
+        )
+            .into_response();
+    }
+    if !crate::auth::is_admin(role) {
+        return (
+            axum::http::StatusCode::FORBIDDEN,
+            Json(serde_json::json!({"error": "reloading the policy needs the admin role"})),
+        )
+            .into_response();
+    }
+    let outcome = (st.reload_policy)();
+    Json(serde_json::json!({"outcome": outcome})).into_response()
 }
 
 /// Hits per quota or limit name, read from `meshlens_policy_quota_hits_total{limit, outcome}`

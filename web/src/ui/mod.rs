@@ -30,6 +30,8 @@ pub fn router() -> Router<WebState> {
         .route("/service/{name}", get(service::page))
         .route("/trace/{trace_id}", get(trace))
         .route("/policy", get(policy))
+        .route("/login", get(login::form).post(login::login))
+        .route("/logout", axum::routing::post(login::logout))
         .route("/static/{file}", get(asset))
         .route(
             "/favicon.ico",
@@ -94,8 +96,11 @@ async fn asset(Path(file): Path<String>) -> Response {
     }
 }
 
+mod login;
 mod service;
 mod traces;
+
+pub(crate) use login::login_page;
 
 pub(crate) struct NavItem {
     href: &'static str,
@@ -409,8 +414,11 @@ struct PolicyPage {
     denials: Vec<DenialRow>,
 }
 
-async fn policy(State(st): State<WebState>) -> Response {
-    let p = policy_dto(&st, 100);
+async fn policy(
+    State(st): State<WebState>,
+    role: Option<axum::Extension<crate::auth::Role>>,
+) -> Response {
+    let p = policy_dto(&st, 100, crate::auth::is_admin(role));
     let time = |unix_ms: u64| {
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms);
         humantime::format_rfc3339_seconds(t).to_string()

@@ -1,0 +1,120 @@
+//! The tokens files of `[auth]`: read at the start (a bad file stops it), re-read when they
+//! change (a bad new file is refused with a log line and a metric; the old tokens stay).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use meshlens_collector::listen::auth::{parse_tenant, IngestTokens};
+use meshlens_collector::Metrics;
+use meshlens_policy::credentials::TokenFile;
+use meshlens_web::auth::{Role, WebAuth, WebAuthSettings, WebTokens};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::AuthConfig;
+use crate::servers::Set;
+
+pub(crate) struct Credentials {
+    pub web: Option<Arc<WebTokens>>,
+    pub ingest: Option<Arc<IngestTokens>>,
+    metrics: Metrics,
+}
+
+impl Credentials {
+    pub fn load(config: &AuthConfig, metrics: &Metrics) -> anyhow::Result<Self> {
+        fn load<V: Clone>(
+            path: &Path,
+            parse: meshlens_policy::credentials::ParseField<V>,
+            name: &str,
+            metrics: &Metrics,
+        ) -> anyhow::Result<Option<Arc<TokenFile<V>>>> {
+            if path.as_os_str().is_empty() {
+                return Ok(None);
+            }
+            let file = TokenFile::load(path, parse)
+                .map_err(|e| anyhow::anyhow!("auth: {name}_tokens_file: {e}"))?;
+            metrics
+                .auth_reloads
+                .with_label_values(&[name, "success"])
+                .inc();
+            metrics
+                .auth_reloads
+                .with_label_values(&[name, "failure"])
+                .inc_by(0);
+            tracing::info!(file = %path.display(), tokens = file.len(), "{name} tokens loaded");
+            Ok(Some(file))
+        }
+        Ok(Credentials {
+            web: load(&config.web_tokens_file, Role::parse, "web", metrics)?,
+            ingest: load(&config.ingest_tokens_file, parse_tenant, "ingest", metrics)?,
+            metrics: metrics.clone(),
+        })
+    }
+
+    pub fn web_auth(&self, config: &AuthConfig, tls: bool) -> anyhow::Result<Arc<WebAuth>> {
+        let header = match config.proxy_user_header.trim() {
+            "" => None,
+            h => Some(
+                h.parse::<axum::http::HeaderName>()
+                    .map_err(|e| anyhow::anyhow!("auth: proxy_user_header {h:?}: {e}"))?,
+            ),
+        };
+        if header.is_some() && config.proxy_cidrs.is_empty() {
+            anyhow::bail!(
+                "auth: proxy_user_header needs proxy_cidrs (the reverse proxy's addresses): \
+                 the header is trusted from nowhere else"
+            );
+        }
+        Ok(WebAuth::new(WebAuthSettings {
+            tokens: self.web.clone(),
+            proxy_user_header: header,
+            proxy_cidrs: config.proxy_cidrs.clone(),
+            proxy_admin_users: config.proxy_admin_users.clone(),
+            secure_cookie: tls,
+        }))
+    }
+
+    /// Polls the files every `period`.
+    pub fn spawn_reloads(
+        &self,
+        set: &mut Set,
+        period: std::time::Duration,
+        cancel: &CancellationToken,
+    ) {
+        fn reload<V: Clone>(file: &TokenFile<V>, name: &str, metrics: &Metrics) {
+            match file.reload_if_changed() {
+                Ok(false) => {}
+                Ok(true) => {
+                    metrics
+                        .auth_reloads
+                        .with_label_values(&[name, "success"])
+                        .inc();
+                    tracing::info!(tokens = file.len(), "{name} tokens reloaded");
+                }
+                Err(e) => {
+                    metrics
+                        .auth_reloads
+                        .with_label_values(&[name, "failure"])
+                        .inc();
+                    tracing::error!(error = %e, "{name} tokens file refused; the previous tokens stay");
+                }
+            }
+        }
+        if self.web.is_none() && self.ingest.is_none() {
+            return;
+        }
+        let (web, ingest, metrics) = (self.web.clone(), self.ingest.clone(), self.metrics.clone());
+        crate::spawn_every(
+            set,
+            period.max(std::time::Duration::from_millis(100)),
+            cancel.clone(),
+            move || {
+                if let Some(f) = &web {
+                    reload(f, "web", &metrics);
+                }
+                if let Some(f) = &ingest {
+                    reload(f, "ingest", &metrics);
+                }
+            },
+        );
+    }
+}

@@ -1,0 +1,414 @@
+//! Who may use the web listener, and as what.
+//!
+//! A caller is known by a bearer token (`Authorization: Bearer TOKEN`, as Prometheus and API
+//! clients send), by the session cookie the login page sets, or by the user header of a reverse
+//! proxy (oauth2-proxy and the like) trusted only from `proxy_cidrs`. `viewer` reads everything;
+//! `admin` also sees config file paths and raw denial details, and may reload the policy.
+//! `/healthz`, `/readyz`, the login page and the stylesheet stay open. Without a credential: 401
+//! (the login page for a browser's page, JSON for the API). With no tokens file and no proxy
+//! header configured, everyone is admin, as before there was authentication.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use meshlens_policy::credentials::{self, Digest, TokenFile};
+
+/// What a caller may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Viewer,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// A web tokens file's second field.
+    pub fn parse(field: Option<&str>) -> Result<Role, String> {
+        match field {
+            Some("viewer") => Ok(Role::Viewer),
+            Some("admin") => Ok(Role::Admin),
+            Some(_) => Err("the role is not viewer or admin".into()),
+            None => Err("a role is needed after the token (viewer or admin)".into()),
+        }
+    }
+}
+
+pub type WebTokens = TokenFile<Role>;
+
+/// The session cookie's name.
+pub const COOKIE: &str = "meshlens_session";
+/// How long a login lasts.
+pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+/// Most sessions kept; past it, the oldest is forgotten.
+const MAX_SESSIONS: usize = 10_000;
+
+#[derive(Default)]
+pub struct WebAuthSettings {
+    pub tokens: Option<Arc<WebTokens>>,
+    /// A reverse proxy's user header (`X-Forwarded-User`), trusted only from `proxy_cidrs`.
+    pub proxy_user_header: Option<HeaderName>,
+    pub proxy_cidrs: Vec<ipnet::IpNet>,
+    /// Users the proxy names who are admins; the others are viewers.
+    pub proxy_admin_users: Vec<String>,
+    /// The web listener speaks TLS: the cookie is `Secure`.
+    pub secure_cookie: bool,
+}
+
+pub struct WebAuth {
+    settings: WebAuthSettings,
+    sessions: Mutex<HashMap<String, Session>>,
+}
+
+struct Session {
+    token: Digest,
+    expires: Instant,
+}
+
+impl WebAuth {
+    pub fn new(settings: WebAuthSettings) -> Arc<Self> {
+        Arc::new(WebAuth {
+            settings,
+            sessions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// No authentication: everyone is admin.
+    pub fn open() -> Arc<Self> {
+        Self::new(WebAuthSettings::default())
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.settings.tokens.is_some() || self.settings.proxy_user_header.is_some()
+    }
+
+    pub fn tokens(&self) -> Option<&Arc<WebTokens>> {
+        self.settings.tokens.as_ref()
+    }
+
+    /// The caller's role, or `None` if no credential it brings is valid.
+    pub fn role(&self, headers: &HeaderMap, peer: Option<SocketAddr>) -> Option<Role> {
+        if !self.enabled() {
+            return Some(Role::Admin);
+        }
+        if let Some(tokens) = &self.settings.tokens {
+            if let Some(token) = bearer(headers) {
+                return tokens.check(token).map(|(_, role)| role);
+            }
+            if let Some(id) = cookie(headers, COOKIE) {
+                if let Some(role) = self.session_role(tokens, id) {
+                    return Some(role);
+                }
+            }
+        }
+        let header = self.settings.proxy_user_header.as_ref()?;
+        let user = headers.get(header)?.to_str().ok()?.trim();
+        let peer = peer?.ip();
+        if user.is_empty() || !self.settings.proxy_cidrs.iter().any(|n| n.contains(&peer)) {
+            return None;
+        }
+        Some(
+            if self.settings.proxy_admin_users.iter().any(|a| a == user) {
+                Role::Admin
+            } else {
+                Role::Viewer
+            },
+        )
+    }
+
+    /// A session's role now: its token must still be in the file (removing a token ends its
+    /// sessions) and the session not expired.
+    fn session_role(&self, tokens: &WebTokens, id: &str) -> Option<Role> {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let session = sessions.get(id)?;
+        let role = (session.expires > Instant::now())
+            .then(|| tokens.check_digest(&session.token))
+            .flatten();
+        if role.is_none() {
+            sessions.remove(id);
+        }
+        role
+    }
+
+    /// Starts a session for `token`; returns its id, or `None` if the token is not valid.
+    pub fn login(&self, token: &str) -> Option<String> {
+        let (digest, _) = self.settings.tokens.as_ref()?.check(token)?;
+        let id = credentials::random_id();
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        sessions.retain(|_, s| s.expires > now);
+        if sessions.len() >= MAX_SESSIONS {
+            if let Some(oldest) = sessions
+                .iter()
+                .min_by_key(|(_, s)| s.expires)
+                .map(|(k, _)| k.clone())
+            {
+                sessions.remove(&oldest);
+            }
+        }
+        sessions.insert(
+            id.clone(),
+            Session {
+                token: digest,
+                expires: now + SESSION_TTL,
+            },
+        );
+        Some(id)
+    }
+
+    pub fn logout(&self, headers: &HeaderMap) {
+        if let Some(id) = cookie(headers, COOKIE) {
+            self.sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(id);
+        }
+    }
+
+    /// The `Set-Cookie` value for a session (`None`: one that ends it).
+    pub fn set_cookie(&self, session: Option<&str>) -> HeaderValue {
+        let secure = if self.settings.secure_cookie {
+            "; Secure"
+        } else {
+            ""
+        };
+        let value = match session {
+            Some(id) => format!(
+                "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+                SESSION_TTL.as_secs()
+            ),
+            None => format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}"),
+        };
+        HeaderValue::from_str(&value).expect("a session id is hex")
+    }
+}
+
+/// Whether the request's caller is an admin (the guard put its role in the extensions).
+pub fn is_admin(role: Option<axum::Extension<Role>>) -> bool {
+    matches!(role, Some(axum::Extension(Role::Admin)))
+}
+
+/// The token of an `Authorization: Bearer TOKEN` header.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// A cookie's value from the request's `Cookie` headers.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// Paths anyone may reach: probes, the login page and what it needs to render.
+fn is_public(path: &str) -> bool {
+    matches!(
+        path,
+        "/healthz" | "/readyz" | "/login" | "/logout" | "/favicon.ico"
+    ) || path.starts_with("/static/")
+}
+
+/// The middleware in front of every web route: puts the caller's [`Role`] in the request's
+/// extensions, or answers 401.
+pub async fn guard(State(auth): State<Arc<WebAuth>>, mut req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    if is_public(path) {
+        return next.run(req).await;
+    }
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    match auth.role(req.headers(), peer) {
+        Some(role) => {
+            req.extensions_mut().insert(role);
+            next.run(req).await
+        }
+        None => unauthorized(&req),
+    }
+}
+
+/// 401: JSON for the API, text for `/metrics`, the login page for anything else.
+fn unauthorized(req: &Request) -> Response {
+    let path = req.uri().path();
+    let mut resp = if path.starts_with("/api/") {
+        (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(serde_json::json!({
+                "error": "a bearer token or a login is required",
+            })),
+        )
+            .into_response()
+    } else if path == "/metrics" {
+        (
+            StatusCode::UNAUTHORIZED,
+            "a bearer token is required (authorization: Bearer TOKEN)\n",
+        )
+            .into_response()
+    } else {
+        let next = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        let mut r = crate::ui::login_page(&next, "");
+        *r.status_mut() = StatusCode::UNAUTHORIZED;
+        r
+    };
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"meshlens\""),
+    );
+    resp
+}
+
+/// Where a login may send the browser next: a path on this site, nothing else.
+pub fn safe_next(next: &str) -> &str {
+    if next.starts_with('/') && !next.starts_with("//") && !next.contains('\\') {
+        next
+    } else {
+        "/"
+    }
+}
+
+/// Whether a browser's write comes from this site: an `Origin` (sent with every cross-site POST)
+/// whose host is not the host asked for (`Host`, or HTTP/2's `:authority` in the URI) is refused.
+pub fn same_origin(headers: &HeaderMap, uri: &axum::http::Uri) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    let origin_host = origin.split_once("://").map_or("", |(_, h)| h);
+    !host.is_empty() && origin_host.eq_ignore_ascii_case(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens(dir: &std::path::Path, text: &str) -> Arc<WebTokens> {
+        let path = dir.join("web-tokens");
+        std::fs::write(&path, text).unwrap();
+        TokenFile::load(&path, Role::parse).unwrap()
+    }
+
+    fn with(k: HeaderName, v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(k, HeaderValue::from_str(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn roles_come_from_tokens_sessions_and_trusted_proxies() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = WebAuth::new(WebAuthSettings {
+            tokens: Some(tokens(
+                dir.path(),
+                "viewer-token-000000000 viewer\nadmin-token-0000000000 admin\n",
+            )),
+            proxy_user_header: Some(HeaderName::from_static("x-forwarded-user")),
+            proxy_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
+            proxy_admin_users: vec!["alice".into()],
+            secure_cookie: true,
+        });
+        let bearer = |t: &str| with(header::AUTHORIZATION, &format!("Bearer {t}"));
+        assert_eq!(
+            auth.role(&bearer("viewer-token-000000000"), None),
+            Some(Role::Viewer)
+        );
+        assert_eq!(
+            auth.role(&bearer("admin-token-0000000000"), None),
+            Some(Role::Admin)
+        );
+        assert_eq!(auth.role(&bearer("nope-nope-nope-nope"), None), None);
+        assert_eq!(auth.role(&HeaderMap::new(), None), None);
+
+        let id = auth.login("admin-token-0000000000").unwrap();
+        assert!(auth.login("wrong").is_none());
+        let cookies = with(header::COOKIE, &format!("a=b; {COOKIE}={id}"));
+        assert_eq!(auth.role(&cookies, None), Some(Role::Admin));
+        let set = auth.set_cookie(Some(&id));
+        let set = set.to_str().unwrap();
+        for flag in ["HttpOnly", "SameSite=Strict", "Secure", "Path=/"] {
+            assert!(set.contains(flag), "{set}");
+        }
+        auth.logout(&cookies);
+        assert_eq!(auth.role(&cookies, None), None, "logged out");
+
+        let user = |u: &str| with(HeaderName::from_static("x-forwarded-user"), u);
+        let proxy = Some("10.1.2.3:5000".parse().unwrap());
+        let stranger = Some("192.168.1.1:5000".parse().unwrap());
+        assert_eq!(auth.role(&user("alice"), proxy), Some(Role::Admin));
+        assert_eq!(auth.role(&user("bob"), proxy), Some(Role::Viewer));
+        assert_eq!(auth.role(&user("alice"), stranger), None, "untrusted peer");
+        assert_eq!(auth.role(&user("alice"), None), None);
+    }
+
+    #[test]
+    fn a_removed_token_ends_its_sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = tokens(dir.path(), "viewer-token-000000000 viewer\n");
+        let auth = WebAuth::new(WebAuthSettings {
+            tokens: Some(file.clone()),
+            ..Default::default()
+        });
+        let id = auth.login("viewer-token-000000000").unwrap();
+        let cookies = with(header::COOKIE, &format!("{COOKIE}={id}"));
+        assert_eq!(auth.role(&cookies, None), Some(Role::Viewer));
+        std::fs::write(file.path(), "other-token-0000000000 admin\n").unwrap();
+        file.reload_if_changed().unwrap();
+        assert_eq!(auth.role(&cookies, None), None);
+    }
+
+    #[test]
+    fn without_settings_everyone_is_admin_and_redirects_stay_here() {
+        assert_eq!(
+            WebAuth::open().role(&HeaderMap::new(), None),
+            Some(Role::Admin)
+        );
+        assert_eq!(safe_next("/traces?service=a"), "/traces?service=a");
+        for bad in ["//evil.example/", "https://evil.example/", "/\\evil", ""] {
+            assert_eq!(safe_next(bad), "/", "{bad}");
+        }
+        let mut h = with(header::ORIGIN, "https://evil.example");
+        h.insert(header::HOST, HeaderValue::from_static("meshlens:20001"));
+        let uri = axum::http::Uri::from_static("/login");
+        assert!(!same_origin(&h, &uri));
+        let mut h = with(header::ORIGIN, "https://meshlens:20001");
+        h.insert(header::HOST, HeaderValue::from_static("meshlens:20001"));
+        assert!(same_origin(&h, &uri));
+        assert!(
+            same_origin(&HeaderMap::new(), &uri),
+            "no Origin: not a browser's cross-site write"
+        );
+        // HTTP/2 names the host in the URI, not in a header.
+        let h2 = with(header::ORIGIN, "https://127.0.0.1:20001");
+        let uri = axum::http::Uri::from_static("https://127.0.0.1:20001/login");
+        assert!(same_origin(&h2, &uri));
+    }
+}
