@@ -126,8 +126,8 @@ def test_the_otel_sdk_exports_over_tls_with_a_token_and_without_either_is_refuse
     ]
     for trace_id in lost:
         get_json(f"{ml.web_url}/api/traces/{trace_id}", expect=404, session=ml.http)
-    assert metric(ml.web_url, "meshlens_listener_refused_connections_total", session=ml.http,
-                  listener="otlp_http", reason="tls") >= 2
+    poll(lambda: metric(ml.web_url, "meshlens_listener_refused_connections_total", session=ml.http,
+                        listener="otlp_http", reason="tls") >= 2, timeout=10, what="the refused handshakes counted")
     for protocol in ("otlp_grpc", "otlp_http"):
         assert metric(ml.web_url, "meshlens_ingest_rejected_requests_total", session=ml.http,
                       protocol=protocol, reason="unauthenticated") >= 1
@@ -259,8 +259,9 @@ def test_envoy_calls_the_policy_over_mtls_and_traces_over_tls(meshlens_factory, 
     with envoy(ml, app_port, pki, tmp_path, with_client_cert=False) as base:
         r = requests.get(f"{base}/orders", timeout=5)
         assert r.status_code == 403, r.text
-    assert metric(web, "meshlens_listener_refused_connections_total", session=ml.http,
-                  listener="policy", reason="tls") > refused_before
+    poll(lambda: metric(web, "meshlens_listener_refused_connections_total", session=ml.http,
+                        listener="policy", reason="tls") > refused_before,
+         timeout=10, what="the refused handshakes counted")
     assert metric(web, "meshlens_policy_checks_total", session=ml.http) == checks_before
 
 
