@@ -91,7 +91,8 @@ pub struct Metrics {
     /// was reached; `tls`: the handshake failed (plaintext, no or a bad client certificate);
     /// `handshake_timeout`).
     pub listener_refused_connections: IntCounterVec,
-    /// Connections the server ended, by listener and reason (`idle`, `max_age`).
+    /// Connections the server ended, by listener and reason (`idle`: no request in flight for
+    /// the idle timeout; `no_request`: none began within the header timeout; `max_age`).
     pub listener_closed_connections: IntCounterVec,
     /// TLS certificate loads (the first included), by listener and result.
     pub tls_reloads: IntCounterVec,
@@ -405,7 +406,7 @@ impl Metrics {
             ),
             listener_closed_connections: counter_vec(
                 "meshlens_listener_closed_connections_total",
-                "Connections the server ended, by listener and reason (idle, max_age).",
+                "Connections the server ended, by listener and reason (idle, no_request, max_age).",
                 &["listener", "reason"],
             ),
             tls_reloads: counter_vec(

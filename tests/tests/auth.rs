@@ -5,8 +5,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use meshlens::config::Config;
-use meshlens_tests::{trace_hex, trace_request, TestEnv};
+use meshlens_tests::{now_ns, otlp_span, resource_spans, trace_hex, trace_request, TestEnv};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use serde_json::Value;
 
 const VIEWER: &str = "viewer-token-0123456789abcdef";
@@ -274,6 +275,22 @@ async fn every_receiver_needs_an_ingest_token_and_a_tenant_stays_on_its_spans() 
     .await
     .unwrap();
     assert_eq!(r.status(), 200);
+    // A token without a tenant: a `meshlens.tenant` the sender set itself is taken away.
+    let forged = ExportTraceServiceRequest {
+        resource_spans: vec![resource_spans(
+            &[("service.name", "forger"), ("meshlens.tenant", "shop")],
+            vec![otlp_span(4, 1, None, "op", now_ns())],
+        )],
+    };
+    let r = http
+        .post(env.otlp_http("/v1/traces"))
+        .header("content-type", "application/x-protobuf")
+        .bearer_auth(INGEST)
+        .body(prost::Message::encode_to_vec(&forged))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 
     let http_ok = |path: &str| http.get(env.web(path)).bearer_auth(VIEWER).send();
     // Only what came with a token was stored; the tenant of the token rides on the spans.
@@ -296,6 +313,19 @@ async fn every_receiver_needs_an_ingest_token_and_a_tenant_stays_on_its_spans() 
     assert!(
         tags.iter()
             .any(|t| t["key"] == "meshlens.tenant" && t["value"] == "shop"),
+        "{tags:?}"
+    );
+    let forged: Value = http_ok(&format!("/api/traces/{}", trace_hex(4)))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let process = &forged["data"][0]["processes"]["p1"];
+    assert_eq!(process["serviceName"], "forger", "{forged}");
+    let tags = process["tags"].as_array().cloned().unwrap_or_default();
+    assert!(
+        !tags.iter().any(|t| t["key"] == "meshlens.tenant"),
         "{tags:?}"
     );
     let text = http_ok("/metrics").await.unwrap().text().await.unwrap();

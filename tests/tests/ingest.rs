@@ -261,6 +261,15 @@ async fn zipkin_post_is_accepted_with_202() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+    // No content type at all is refused: a browser page can post that without a preflight.
+    let r = env
+        .http
+        .post(env.zipkin("/api/v2/spans"))
+        .body("[]")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
     env.stop().await;
 }
 

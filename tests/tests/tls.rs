@@ -321,3 +321,68 @@ async fn a_listener_can_stay_plaintext_and_a_bad_file_stops_the_start() {
         .to_string();
     assert!(err.contains("missing.key"), "{err}");
 }
+
+/// A connection that never starts a request is closed once the header timeout has passed (it
+/// would otherwise hold one of the listener's slots), and counted; a slow request in flight is
+/// not idle.
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_and_counted() {
+    use tokio::io::AsyncReadExt;
+    let env = TestEnv::start_with(|c: &mut Config| {
+        c.connections.header_read_timeout = Duration::from_millis(300);
+        c.connections.idle_timeout = Duration::from_millis(400);
+    })
+    .await;
+    let addrs = env.running().addrs;
+    let started = Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(addrs.otlp_grpc)
+        .await
+        .unwrap();
+    let mut buf = [0u8; 256];
+    // The server closes it: reading (past its HTTP/2 settings) ends in EOF or a reset well
+    // before the test's own bound.
+    let closed = async {
+        loop {
+            match silent.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    };
+    let read = tokio::time::timeout(Duration::from_secs(10), closed).await;
+    assert!(read.is_ok(), "the silent connection stayed open");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while env
+        .metric(
+            "meshlens_listener_closed_connections_total",
+            "listener=\"otlp_grpc\",reason=\"no_request\"",
+        )
+        .await
+        < 1.0
+    {
+        assert!(Instant::now() < deadline, "not counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A gRPC channel that exports, then rests past the idle timeout, is closed as idle; a new
+    // export reconnects.
+    let mut client = env.grpc().await;
+    client.export(trace_request("idle", 1, 1)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while env
+        .metric(
+            "meshlens_listener_closed_connections_total",
+            "listener=\"otlp_grpc\",reason=\"idle\"",
+        )
+        .await
+        < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the idle connection was not closed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    client.export(trace_request("idle", 2, 1)).await.unwrap();
+    env.stop().await;
+}

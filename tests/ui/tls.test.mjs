@@ -76,7 +76,7 @@ test('over HTTPS: no page without a login; a token login gives a Secure HttpOnly
   await page.fill('input[name="token"]', TOKEN);
   await Promise.all([page.waitForURL(/\/services$/), page.click('button[type="submit"]')]);
   const cookies = await context.cookies();
-  const session = cookies.find((c) => c.name === 'meshlens_session');
+  const session = cookies.find((c) => c.name === '__Host-meshlens_session');
   assert.ok(session, JSON.stringify(cookies));
   assert.equal(session.httpOnly, true);
   assert.equal(session.secure, true);

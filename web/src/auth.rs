@@ -47,8 +47,11 @@ impl Role {
 
 pub type WebTokens = TokenFile<Role>;
 
-/// The session cookie's name.
+/// The session cookie's name over plaintext; over TLS it is `__Host-meshlens_session`, which
+/// browsers accept only from this host, over HTTPS, for the whole site (a sibling domain cannot
+/// plant one).
 pub const COOKIE: &str = "meshlens_session";
+const SECURE_COOKIE: &str = "__Host-meshlens_session";
 /// How long a login lasts.
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 /// Most sessions kept; past it, the oldest is forgotten.
@@ -106,7 +109,7 @@ impl WebAuth {
             if let Some(token) = bearer(headers) {
                 return tokens.check(token).map(|(_, role)| role);
             }
-            if let Some(id) = cookie(headers, COOKIE) {
+            if let Some(id) = cookie(headers, self.cookie_name()) {
                 if let Some(role) = self.session_role(tokens, id) {
                     return Some(role);
                 }
@@ -167,8 +170,17 @@ impl WebAuth {
         Some(id)
     }
 
+    /// The session cookie's name: `__Host-` prefixed over TLS.
+    pub fn cookie_name(&self) -> &'static str {
+        if self.settings.secure_cookie {
+            SECURE_COOKIE
+        } else {
+            COOKIE
+        }
+    }
+
     pub fn logout(&self, headers: &HeaderMap) {
-        if let Some(id) = cookie(headers, COOKIE) {
+        if let Some(id) = cookie(headers, self.cookie_name()) {
             self.sessions
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -183,12 +195,13 @@ impl WebAuth {
         } else {
             ""
         };
+        let name = self.cookie_name();
         let value = match session {
             Some(id) => format!(
-                "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+                "{name}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
                 SESSION_TTL.as_secs()
             ),
-            None => format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}"),
+            None => format!("{name}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}"),
         };
         HeaderValue::from_str(&value).expect("a session id is hex")
     }
@@ -285,7 +298,12 @@ fn unauthorized(req: &Request) -> Response {
 
 /// Where a login may send the browser next: a path on this site, nothing else.
 pub fn safe_next(next: &str) -> &str {
-    if next.starts_with('/') && !next.starts_with("//") && !next.contains('\\') {
+    // Browsers drop tabs and newlines from URLs: "/\t/evil" would become "//evil".
+    if next.starts_with('/')
+        && !next.starts_with("//")
+        && !next.contains('\\')
+        && !next.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
         next
     } else {
         "/"
@@ -350,7 +368,17 @@ mod tests {
 
         let id = auth.login("admin-token-0000000000").unwrap();
         assert!(auth.login("wrong").is_none());
-        let cookies = with(header::COOKIE, &format!("a=b; {COOKIE}={id}"));
+        assert_eq!(auth.cookie_name(), "__Host-meshlens_session");
+        let cookies = with(
+            header::COOKIE,
+            &format!("a=b; __Host-meshlens_session={id}"),
+        );
+        let plain_name = with(header::COOKIE, &format!("{COOKIE}={id}"));
+        assert_eq!(
+            auth.role(&plain_name, None),
+            None,
+            "over TLS only the __Host- cookie"
+        );
         assert_eq!(auth.role(&cookies, None), Some(Role::Admin));
         let set = auth.set_cookie(Some(&id));
         let set = set.to_str().unwrap();
@@ -392,7 +420,15 @@ mod tests {
             Some(Role::Admin)
         );
         assert_eq!(safe_next("/traces?service=a"), "/traces?service=a");
-        for bad in ["//evil.example/", "https://evil.example/", "/\\evil", ""] {
+        for bad in [
+            "//evil.example/",
+            "https://evil.example/",
+            "/\\evil",
+            "",
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "/ /evil",
+        ] {
             assert_eq!(safe_next(bad), "/", "{bad}");
         }
         let mut h = with(header::ORIGIN, "https://evil.example");

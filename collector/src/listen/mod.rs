@@ -6,9 +6,11 @@
 //! A connection costs the server nothing it has not bounded:
 //! - at most [`ConnectionLimits::max_connections`] are open per listener; more are closed at
 //!   once (counted), so a flood of idle sockets cannot take the descriptors a real client needs;
-//! - the TLS handshake and an HTTP/1 request's headers must arrive within their timeouts, wherever
-//!   the client is, so a slow client cannot hold a connection open with a trickle of bytes;
-//! - a connection that has read and written nothing for the idle timeout is closed;
+//! - the TLS handshake must end within its timeout, and the first request's headers must have
+//!   arrived within the header timeout of the connection's start (HTTP/1 requests after it too),
+//!   so a slow client cannot hold a connection with a trickle of bytes;
+//! - a connection with no request in flight for the idle timeout is closed (the server's own
+//!   HTTP/2 pings do not keep it open);
 //! - a connection older than the maximum age is asked to finish (GOAWAY) and closed after a grace
 //!   period, so clients reconnect and spread over replicas;
 //! - HTTP/2 streams per connection are capped, and the server pings an idle peer.
@@ -21,7 +23,7 @@ pub mod tls;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -29,7 +31,6 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::either::Either;
@@ -43,6 +44,9 @@ use crate::Metrics;
 /// How long calls in flight may take to end once shutdown starts (a health Watch never ends on
 /// its own).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// How long an idle connection, asked to finish, has to say goodbye.
+const IDLE_GRACE: Duration = Duration::from_secs(1);
 
 /// Limits every listener applies to its connections.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -141,7 +145,7 @@ impl Listener {
                 .with_label_values(&[name, reason])
                 .inc_by(0);
         }
-        for reason in ["idle", "max_age"] {
+        for reason in ["idle", "no_request", "max_age"] {
             metrics
                 .listener_closed_connections
                 .with_label_values(&[name, reason])
@@ -289,9 +293,13 @@ impl<S> Shared<S> {
             None => (Either::Left(tcp), None),
             Some(tls) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
-                match tokio::time::timeout(self.limits.handshake_timeout, acceptor.accept(tcp))
-                    .await
-                {
+                let handshake =
+                    tokio::time::timeout(self.limits.handshake_timeout, acceptor.accept(tcp));
+                let shaken = tokio::select! {
+                    shaken = handshake => shaken,
+                    _ = stop.cancelled() => return,
+                };
+                match shaken {
                     Ok(Ok(stream)) => {
                         let identity = stream
                             .get_ref()
@@ -320,25 +328,18 @@ impl<S> Shared<S> {
             identity,
         };
         let activity = Arc::new(Activity::new());
-        let io = Tracked {
-            io,
-            activity: activity.clone(),
-        };
         let service = WithPeer {
             inner: self.service.clone(),
             peer,
+            activity: activity.clone(),
         };
         let conn = self.builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(conn);
-        let age = self.limits.max_connection_age;
-        let age = tokio::time::sleep(if age.is_zero() {
-            Duration::from_secs(100 * 365 * 86_400)
-        } else {
-            age
-        });
+        let age = tokio::time::sleep(jittered(self.limits.max_connection_age, addr));
         tokio::pin!(age);
         let idle = self.limits.idle_timeout;
-        let mut check = tokio::time::interval((idle / 4).max(Duration::from_millis(100)));
+        let tick = idle.min(self.limits.header_read_timeout) / 4;
+        let mut check = tokio::time::interval(tick.max(Duration::from_millis(100)));
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let reason = loop {
             tokio::select! {
@@ -350,8 +351,15 @@ impl<S> Shared<S> {
                 }
                 _ = stop.cancelled() => break None,
                 _ = &mut age => break Some("max_age"),
-                _ = check.tick() => if !idle.is_zero() && activity.idle_for() >= idle {
-                    break Some("idle");
+                _ = check.tick() => {
+                    // A connection must start a request soon after it opens (slow or absent
+                    // headers), and is idle when none is in flight, whatever pings it answers.
+                    if !activity.started() && activity.since_start() >= self.limits.header_read_timeout {
+                        break Some("no_request");
+                    }
+                    if !idle.is_zero() && activity.in_flight() == 0 && activity.quiet_for() >= idle {
+                        break Some("idle");
+                    }
                 },
             }
         };
@@ -361,22 +369,39 @@ impl<S> Shared<S> {
                     .listener_closed_connections
                     .with_label_values(&[self.name, reason])
                     .inc();
-                self.limits.max_connection_age_grace
+                match reason {
+                    // Nothing in flight: nothing to wait for but the client's goodbye.
+                    "no_request" => Duration::ZERO,
+                    "idle" => IDLE_GRACE,
+                    _ => self.limits.max_connection_age_grace,
+                }
             }
             None => SHUTDOWN_GRACE.min(self.limits.max_connection_age_grace),
         };
+        if grace.is_zero() {
+            return;
+        }
         conn.as_mut().graceful_shutdown();
-        if tokio::time::timeout(grace, conn).await.is_err() {
+        // A shutdown during an age or idle grace period shortens it to the shutdown's.
+        let finished = tokio::select! {
+            done = tokio::time::timeout(grace, conn.as_mut()) => done.is_ok(),
+            _ = stop.cancelled(), if reason.is_some() => {
+                tokio::time::timeout(SHUTDOWN_GRACE, conn.as_mut()).await.is_ok()
+            }
+        };
+        if !finished {
             tracing::debug!(listener = self.name, %addr, "calls still open after the grace period, closed");
         }
     }
 }
 
-/// The inner service, called with the caller's [`Peer`] in the request's extensions.
+/// The inner service, called with the caller's [`Peer`] in the request's extensions, each call
+/// counted as in flight until its response body ends.
 #[derive(Clone)]
 struct WithPeer<S> {
     inner: S,
     peer: Peer,
+    activity: Arc<Activity>,
 }
 
 impl<S, B> hyper::service::Service<http::Request<Incoming>> for WithPeer<S>
@@ -384,22 +409,27 @@ where
     S: tower::Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
         + Clone,
 {
-    type Response = http::Response<B>;
+    type Response = http::Response<Counted<B>>;
     type Error = Infallible;
-    type Future = tower::util::Oneshot<S, http::Request<Incoming>>;
+    type Future = CountedCall<tower::util::Oneshot<S, http::Request<Incoming>>>;
 
     fn call(&self, mut req: http::Request<Incoming>) -> Self::Future {
         req.extensions_mut().insert(self.peer.clone());
         // The address as axum names it, for routers that know no other.
         req.extensions_mut()
             .insert(axum::extract::ConnectInfo(self.peer.addr));
-        tower::util::Oneshot::new(self.inner.clone(), req)
+        CountedCall {
+            call: Box::pin(tower::util::Oneshot::new(self.inner.clone(), req)),
+            guard: Some(InFlight::begin(&self.activity)),
+        }
     }
 }
 
-/// When a connection last read or wrote, in milliseconds since it began.
+/// A connection's requests: how many are in flight, and when one last began or ended.
 struct Activity {
     start: tokio::time::Instant,
+    in_flight: AtomicUsize,
+    started: AtomicBool,
     last_ms: AtomicU64,
 }
 
@@ -407,6 +437,8 @@ impl Activity {
     fn new() -> Self {
         Activity {
             start: tokio::time::Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            started: AtomicBool::new(false),
             last_ms: AtomicU64::new(0),
         }
     }
@@ -416,67 +448,108 @@ impl Activity {
         self.last_ms.store(ms, Ordering::Relaxed);
     }
 
-    fn idle_for(&self) -> Duration {
+    fn started(&self) -> bool {
+        self.started.load(Ordering::Relaxed)
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    fn since_start(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// Time since a request last began or ended.
+    fn quiet_for(&self) -> Duration {
         let now = self.start.elapsed().as_millis() as u64;
         Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
     }
 }
 
-/// A connection's stream, noting each read or write that moved bytes.
-struct Tracked<I> {
-    io: I,
-    activity: Arc<Activity>,
-}
+/// One request in flight, until dropped.
+struct InFlight(Arc<Activity>);
 
-impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.touch();
-        }
-        polled
+impl InFlight {
+    fn begin(activity: &Arc<Activity>) -> Self {
+        activity.started.store(true, Ordering::Relaxed);
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        activity.touch();
+        InFlight(activity.clone())
     }
 }
 
-impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
-    fn poll_write(
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
+/// A call whose response body carries its [`InFlight`] on.
+pub struct CountedCall<F> {
+    call: Pin<Box<F>>,
+    guard: Option<InFlight>,
+}
+
+impl<F, B> std::future::Future for CountedCall<F>
+where
+    F: std::future::Future<Output = Result<http::Response<B>, Infallible>>,
+{
+    type Output = Result<http::Response<Counted<B>>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        match this.call.as_mut().poll(cx) {
+            Poll::Ready(Ok(resp)) => {
+                let guard = this.guard.take();
+                Poll::Ready(Ok(resp.map(|body| Counted {
+                    body: Box::pin(body),
+                    _guard: guard,
+                })))
+            }
+            Poll::Ready(Err(e)) => match e {},
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// A response body that keeps its request counted in flight until it ends (a health Watch, a
+/// long download).
+pub struct Counted<B> {
+    body: Pin<Box<B>>,
+    _guard: Option<InFlight>,
+}
+
+impl<B: hyper::body::Body> hyper::body::Body for Counted<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let polled = Pin::new(&mut self.io).poll_write(cx, data);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        polled
+    ) -> Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        self.body.as_mut().poll_frame(cx)
     }
 
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        polled
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
     }
 
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
+}
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+/// A connection's maximum age, spread by up to ±10% (by its address) so that connections opened
+/// together are not all asked to reconnect at once; zero: practically never.
+fn jittered(age: Duration, addr: SocketAddr) -> Duration {
+    if age.is_zero() {
+        return Duration::from_secs(100 * 365 * 86_400);
     }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
+    let h = (u64::from(addr.port()) ^ u64::from(addr.ip().to_canonical().is_loopback()))
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        >> 59; // 0..=31
+    let percent = 90 + (h * 20 / 31);
+    age * percent as u32 / 100
 }

@@ -2,7 +2,8 @@
 //! change (cert-manager and Istio rotate them in place), and the identity a client certificate
 //! names.
 //!
-//! A bad new pair (unreadable, a key that is not the certificate's, an expired CA file…) is
+//! A bad new pair (unreadable, not PEM, a key that is not the certificate's, a CA file without a
+//! certificate…) is
 //! refused with a log line and `meshlens_tls_reloads_total{result="failure"}`; the previous
 //! configuration keeps serving. Connections already open keep the configuration they began with.
 

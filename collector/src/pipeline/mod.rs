@@ -257,28 +257,35 @@ async fn timed_write(
 /// The resource attribute a request's tenant is kept in.
 pub const TENANT_ATTRIBUTE: &str = "meshlens.tenant";
 
-/// Puts `tenant` on every span's resource (over any value the sender gave), each resource
-/// copied once however many spans share it.
-fn tag_tenant(spans: &mut [meshlens_topology::Span], tenant: &str) {
+/// Puts the request's `tenant` on every span's resource, and takes away any `meshlens.tenant`
+/// a sender set itself (a tenant comes from a token, never from the data). Each resource is
+/// copied once however many spans share it; resources without the attribute, in a request
+/// without a tenant, are left as they are.
+fn tag_tenant(spans: &mut [meshlens_topology::Span], tenant: Option<&str>) {
     use meshlens_topology::AttrValue;
-    let mut done: Vec<(
-        *const meshlens_topology::Resource,
-        Arc<meshlens_topology::Resource>,
-    )> = Vec::new();
+    let mut done: std::collections::HashMap<usize, Arc<meshlens_topology::Resource>> =
+        std::collections::HashMap::new();
     for span in spans {
-        let key = Arc::as_ptr(&span.resource);
-        if let Some((_, tagged)) = done.iter().find(|(k, _)| *k == key) {
+        let key = Arc::as_ptr(&span.resource) as usize;
+        if let Some(tagged) = done.get(&key) {
             span.resource = tagged.clone();
+            continue;
+        }
+        let forged = span.resource.attributes.get(TENANT_ATTRIBUTE).is_some();
+        if tenant.is_none() && !forged {
+            done.insert(key, span.resource.clone());
             continue;
         }
         let mut resource = (*span.resource).clone();
         resource.attributes.0.retain(|(k, _)| k != TENANT_ATTRIBUTE);
-        resource.attributes.0.push((
-            TENANT_ATTRIBUTE.to_string(),
-            AttrValue::Str(tenant.to_string()),
-        ));
+        if let Some(t) = tenant {
+            resource
+                .attributes
+                .0
+                .push((TENANT_ATTRIBUTE.to_string(), AttrValue::Str(t.to_string())));
+        }
         let tagged = Arc::new(resource);
-        done.push((key, tagged.clone()));
+        done.insert(key, tagged.clone());
         span.resource = tagged;
     }
 }
@@ -288,16 +295,14 @@ impl Pipeline {
     /// Returns the invalid spans for the client's partial-success answer. A refused request is
     /// counted by the receiver (with `reject_request`), which also sees errors from before this step.
     /// A `tenant` (named by the request's ingest token) is kept on each span's resource as
-    /// `meshlens.tenant`.
+    /// `meshlens.tenant`; a `meshlens.tenant` the sender set is taken away.
     pub async fn ingest(
         &self,
         protocol: crate::Protocol,
         mut converted: Converted,
         tenant: Option<&crate::listen::auth::Tenant>,
     ) -> Result<Rejected, IngestError> {
-        if let Some(t) = tenant {
-            tag_tenant(&mut converted.spans, &t.0);
-        }
+        tag_tenant(&mut converted.spans, tenant.map(|t| &*t.0));
         let p = protocol.as_str();
         for (reason, n) in &converted.rejected.by_reason {
             self.metrics

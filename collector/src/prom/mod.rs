@@ -75,7 +75,8 @@ async fn accept(st: &WriteState, headers: &HeaderMap, body: Body) -> Result<(), 
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/x-protobuf");
+        // None given is refused too: a browser page may post without one and no preflight.
+        .unwrap_or("");
     let mut parts = ct.split(';').map(|p| p.trim().to_ascii_lowercase());
     let proto_ok = parts.clone().skip(1).all(|p| {
         p.strip_prefix("proto=")

@@ -60,7 +60,8 @@ async fn accept(
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json");
+        // None given is refused too: a browser page may post without one and no preflight.
+        .unwrap_or("");
     if !ct
         .trim()
         .to_ascii_lowercase()
