@@ -136,6 +136,19 @@ impl TestEnv {
             .sum()
     }
 
+    /// Waits (at most 10 s) until `metric(name, labels)` is at least `at_least`: the server may
+    /// count an event just after the client has seen it.
+    pub async fn wait_for_metric(&self, name: &str, labels: &str, at_least: f64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.metric(name, labels).await < at_least {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name}{{{labels}}} did not reach {at_least}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn stop(mut self) {
         if let Some(r) = self.running.take() {
             r.shutdown().await.expect("clean shutdown");

@@ -293,37 +293,29 @@ async fn every_receiver_needs_an_ingest_token_and_a_tenant_stays_on_its_spans() 
     assert_eq!(r.status(), 200);
 
     let http_ok = |path: &str| http.get(env.web(path)).bearer_auth(VIEWER).send();
+    // The process (resource) of trace `n`'s first span, with its tags.
+    let process_of = |n: u64| async move {
+        let trace: Value = http_ok(&format!("/api/traces/{}", trace_hex(n)))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let process = trace["data"][0]["processes"]["p1"].clone();
+        let tags = process["tags"].as_array().cloned().unwrap_or_default();
+        (trace, process, tags)
+    };
     // Only what came with a token was stored; the tenant of the token rides on the spans.
-    let refused: Value = http_ok(&format!("/api/traces/{}", trace_hex(1)))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (refused, _, _) = process_of(1).await;
     assert_eq!(refused["errors"][0]["code"], 404);
-    let trace: Value = http_ok(&format!("/api/traces/{}", trace_hex(2)))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let tags = trace["data"][0]["processes"]["p1"]["tags"]
-        .as_array()
-        .unwrap();
+    let (_, _, tags) = process_of(2).await;
     assert!(
         tags.iter()
             .any(|t| t["key"] == "meshlens.tenant" && t["value"] == "shop"),
         "{tags:?}"
     );
-    let forged: Value = http_ok(&format!("/api/traces/{}", trace_hex(4)))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let process = &forged["data"][0]["processes"]["p1"];
+    let (forged, process, tags) = process_of(4).await;
     assert_eq!(process["serviceName"], "forger", "{forged}");
-    let tags = process["tags"].as_array().cloned().unwrap_or_default();
     assert!(
         !tags.iter().any(|t| t["key"] == "meshlens.tenant"),
         "{tags:?}"

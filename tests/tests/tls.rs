@@ -174,15 +174,12 @@ async fn every_listener_speaks_tls_and_plaintext_is_refused() {
         ("listener=\"policy\",reason=\"tls\"", 3.0),
         ("listener=\"web\",reason=\"tls\"", 1.0),
     ] {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while env
-            .metric("meshlens_listener_refused_connections_total", labels)
-            .await
-            < at_least
-        {
-            assert!(Instant::now() < deadline, "{labels} not counted");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        env.wait_for_metric(
+            "meshlens_listener_refused_connections_total",
+            labels,
+            at_least,
+        )
+        .await;
     }
     let not_after = env
         .metric(
@@ -268,18 +265,12 @@ async fn a_rotated_certificate_is_served_without_dropping_connections_and_a_bad_
         key_pem: stranger.key_pem.clone(),
     }
     .write(certs.dir.path(), "server");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while env
-        .metric(
-            "meshlens_tls_reloads_total",
-            "listener=\"web\",result=\"failure\"",
-        )
-        .await
-        < 1.0
-    {
-        assert!(Instant::now() < deadline, "the bad pair was not noticed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    env.wait_for_metric(
+        "meshlens_tls_reloads_total",
+        "listener=\"web\",result=\"failure\"",
+        1.0,
+    )
+    .await;
     assert_eq!(served_serial(addrs.web, &certs.ca).await, second.serial());
     open.export(trace_request("still", 3, 1)).await.unwrap();
     env.stop().await;
@@ -352,37 +343,22 @@ async fn a_connection_that_sends_nothing_is_closed_and_counted() {
     let read = tokio::time::timeout(Duration::from_secs(10), closed).await;
     assert!(read.is_ok(), "the silent connection stayed open");
     assert!(started.elapsed() >= Duration::from_millis(250));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while env
-        .metric(
-            "meshlens_listener_closed_connections_total",
-            "listener=\"otlp_grpc\",reason=\"no_request\"",
-        )
-        .await
-        < 1.0
-    {
-        assert!(Instant::now() < deadline, "not counted");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    env.wait_for_metric(
+        "meshlens_listener_closed_connections_total",
+        "listener=\"otlp_grpc\",reason=\"no_request\"",
+        1.0,
+    )
+    .await;
     // A gRPC channel that exports, then rests past the idle timeout, is closed as idle; a new
     // export reconnects.
     let mut client = env.grpc().await;
     client.export(trace_request("idle", 1, 1)).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while env
-        .metric(
-            "meshlens_listener_closed_connections_total",
-            "listener=\"otlp_grpc\",reason=\"idle\"",
-        )
-        .await
-        < 1.0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the idle connection was not closed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    env.wait_for_metric(
+        "meshlens_listener_closed_connections_total",
+        "listener=\"otlp_grpc\",reason=\"idle\"",
+        1.0,
+    )
+    .await;
     client.export(trace_request("idle", 2, 1)).await.unwrap();
     env.stop().await;
 }
