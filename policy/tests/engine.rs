@@ -31,6 +31,7 @@ fn redis(prefix: &str, url: &str) -> RedisConfig {
         key_prefix: prefix.into(),
         timeout: Duration::from_millis(200),
         local_cache_keys: 0,
+        tls: Default::default(),
     }
 }
 

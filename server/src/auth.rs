@@ -50,7 +50,12 @@ impl Credentials {
         })
     }
 
-    pub fn web_auth(&self, config: &AuthConfig, tls: bool) -> anyhow::Result<Arc<WebAuth>> {
+    pub fn web_auth(
+        &self,
+        config: &AuthConfig,
+        tls: bool,
+        loopback_only: bool,
+    ) -> anyhow::Result<Arc<WebAuth>> {
         let header = match config.proxy_user_header.trim() {
             "" => None,
             h => Some(
@@ -70,6 +75,8 @@ impl Credentials {
             proxy_cidrs: config.proxy_cidrs.clone(),
             proxy_admin_users: config.proxy_admin_users.clone(),
             secure_cookie: tls,
+            allowed_hosts: config.allowed_hosts.clone(),
+            loopback_only,
         }))
     }
 

@@ -40,6 +40,10 @@ pub struct AuthConfig {
     pub proxy_cidrs: Vec<ipnet::IpNet>,
     /// Users named by the proxy who are admins; the others are viewers.
     pub proxy_admin_users: Vec<String>,
+    /// Host names the web listener answers to, besides IP literals and `localhost` (`*`: any).
+    /// Empty: any name when the web listener is exposed, none when it is bound to loopback (a
+    /// DNS rebinding page would name its own host).
+    pub allowed_hosts: Vec<String>,
     /// How often the tokens files are checked for changes.
     #[serde(with = "humantime_serde")]
     pub reload_interval: Duration,
@@ -53,6 +57,7 @@ impl Default for AuthConfig {
             proxy_user_header: String::new(),
             proxy_cidrs: Vec::new(),
             proxy_admin_users: Vec::new(),
+            allowed_hosts: Vec::new(),
             reload_interval: Duration::from_secs(2),
         }
     }
@@ -398,6 +403,11 @@ pub struct PolicyConfig {
     pub redis_url: String,
     /// Prefix of every Redis key meshlens writes.
     pub redis_key_prefix: String,
+    /// `rediss://` only: the CA of Redis' certificate (unset: the system's CAs).
+    pub redis_ca: PathBuf,
+    /// `rediss://` only: a client certificate and key, for Redis' `tls-auth-clients yes`.
+    pub redis_client_cert: PathBuf,
+    pub redis_client_key: PathBuf,
     /// Longest wait for Redis in one check; then the check fails open or closed.
     #[serde(with = "humantime_serde")]
     pub redis_timeout: Duration,
@@ -443,6 +453,9 @@ impl Default for PolicyConfig {
             backend: QuotaBackendKind::Memory,
             redis_url: "redis://127.0.0.1:6379".into(),
             redis_key_prefix: "meshlens_".into(),
+            redis_ca: PathBuf::new(),
+            redis_client_cert: PathBuf::new(),
+            redis_client_key: PathBuf::new(),
             redis_timeout: DEFAULT_REDIS_TIMEOUT,
             redis_local_cache_keys: 100_000,
             failure_mode: FailureModeSetting::Open,
@@ -458,6 +471,7 @@ impl Default for PolicyConfig {
 impl PolicyConfig {
     pub fn to_settings(&self) -> meshlens_policy::PolicySettings {
         use meshlens_policy::{quota::RedisConfig, Backend, FailureMode};
+        let set = |p: &PathBuf| (!p.as_os_str().is_empty()).then(|| p.clone());
         meshlens_policy::PolicySettings {
             ratelimit_dir: self.ratelimit_dir.clone(),
             policy_files: self.policy_files.clone(),
@@ -470,6 +484,11 @@ impl PolicyConfig {
                     key_prefix: self.redis_key_prefix.clone(),
                     timeout: self.redis_timeout,
                     local_cache_keys: self.redis_local_cache_keys,
+                    tls: meshlens_policy::quota::RedisTls {
+                        ca: set(&self.redis_ca),
+                        client_cert: set(&self.redis_client_cert),
+                        client_key: set(&self.redis_client_key),
+                    },
                 }),
             },
             failure_mode: match self.failure_mode {

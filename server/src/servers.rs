@@ -146,6 +146,7 @@ pub async fn spawn_all(
         auth: credentials.web_auth(
             &config.auth,
             config.tls.for_listener("web").ok().flatten().is_some(),
+            listen.web.ip().is_loopback(),
         )?,
     });
     credentials.spawn_reloads(set, config.auth.reload_interval, &cancel);

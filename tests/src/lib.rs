@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod certs;
+pub mod servers;
 
 use std::time::Duration;
 

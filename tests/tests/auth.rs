@@ -329,3 +329,48 @@ async fn every_receiver_needs_an_ingest_token_and_a_tenant_stays_on_its_spans() 
     }
     env.stop().await;
 }
+
+/// DNS rebinding: a page that points its own name at meshlens' loopback address sends that
+/// name as the host, and is refused; IP literals, `localhost` and listed names are answered.
+#[tokio::test]
+async fn a_loopback_web_answers_only_hosts_that_cannot_be_rebound() {
+    let env = TestEnv::start().await;
+    let http = client();
+    let port = env.running().addrs.web.port();
+    let with_host = |host: String| {
+        http.get(env.web("/api/services"))
+            .header("host", host)
+            .send()
+    };
+    let r = with_host(format!("evil.example:{port}")).await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("allowed_hosts"));
+    assert_eq!(
+        with_host(format!("localhost:{port}"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        with_host(format!("127.0.0.1:{port}"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    env.stop().await;
+
+    let env = TestEnv::start_with(|c: &mut Config| {
+        c.auth.allowed_hosts = vec!["meshlens.example.com".into()];
+    })
+    .await;
+    let r = http
+        .get(env.web("/api/services"))
+        .header("host", "meshlens.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    env.stop().await;
+}

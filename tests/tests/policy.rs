@@ -650,3 +650,50 @@ fn policy_validate_accepts_the_examples_and_names_what_is_wrong() {
         "{e}"
     );
 }
+
+/// The Redis backend over TLS, to a `redis-server` of the test's own that requires client
+/// certificates: quotas count there; without the client certificate Redis refuses the
+/// connection, and checks fail open and are counted as backend errors.
+#[tokio::test]
+async fn quotas_count_on_redis_over_tls_with_a_client_certificate() {
+    use meshlens_tests::certs::Ca;
+    use meshlens_tests::servers::OwnRedis;
+    let cfg = tempfile::tempdir().unwrap();
+    write_configs(cfg.path(), 2);
+    let ca = Ca::new("meshlens test CA");
+    let redis = OwnRedis::start(&ca, &ca.server(1), true);
+    let ca_path = ca.write(cfg.path(), "ca");
+    let (cert, key) = ca
+        .client("spiffe://cluster.local/ns/observability/sa/meshlens")
+        .write(cfg.path(), "client");
+    let start = |with_client_cert: bool| {
+        let (ca_path, cert, key) = (ca_path.clone(), cert.clone(), key.clone());
+        let dir = cfg.path().to_path_buf();
+        TestEnv::start_with(move |c: &mut Config| {
+            policy_config(&dir)(c);
+            c.policy.backend = QuotaBackendKind::Redis;
+            c.policy.redis_url = format!("rediss://localhost:{}", redis.port);
+            c.policy.redis_key_prefix = format!("meshlens_tls_{}_", std::process::id());
+            // The first check also makes the TLS connection.
+            c.policy.redis_timeout = Duration::from_secs(2);
+            c.policy.redis_ca = ca_path;
+            if with_client_cert {
+                c.policy.redis_client_cert = cert;
+                c.policy.redis_client_key = key;
+            }
+        })
+    };
+    let errors = "meshlens_policy_backend_errors_total";
+    let env = start(true).await;
+    let mut rl = RateLimitServiceClient::new(channel(&env).await);
+    fresh_minute().await;
+    assert_eq!(codes(&mut rl, "ann", 3).await, [OK, OK, OVER_LIMIT]);
+    assert_eq!(env.metric(errors, "backend=\"redis\"").await, 0.0);
+    env.stop().await;
+
+    let env = start(false).await;
+    let mut rl = RateLimitServiceClient::new(channel(&env).await);
+    assert_eq!(codes(&mut rl, "bob", 3).await, [OK, OK, OK], "failing open");
+    assert!(env.metric(errors, "backend=\"redis\"").await >= 1.0);
+    env.stop().await;
+}

@@ -67,6 +67,11 @@ pub struct WebAuthSettings {
     pub proxy_admin_users: Vec<String>,
     /// The web listener speaks TLS: the cookie is `Secure`.
     pub secure_cookie: bool,
+    /// Host names the web answers to (besides IP literals and `localhost`); `*`: any.
+    pub allowed_hosts: Vec<String>,
+    /// The web listener is bound to a loopback address: with no `allowed_hosts`, only IP
+    /// literals and `localhost` are answered (a DNS rebinding page names another host).
+    pub loopback_only: bool,
 }
 
 pub struct WebAuth {
@@ -98,6 +103,43 @@ impl WebAuth {
 
     pub fn tokens(&self) -> Option<&Arc<WebTokens>> {
         self.settings.tokens.as_ref()
+    }
+
+    /// Whether a request naming `host` (`Host`, or HTTP/2's `:authority`) is answered. A page
+    /// that rebinds its own DNS name to meshlens' address still sends its own name; IP literals
+    /// and `localhost` cannot be rebound.
+    pub fn host_allowed(&self, host: Option<&str>) -> bool {
+        let Some(host) = host else {
+            return true;
+        };
+        let name = match host.strip_prefix('[') {
+            Some(v6) => {
+                return v6
+                    .split(']')
+                    .next()
+                    .is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok())
+            }
+            None => host.rsplit_once(':').map_or(host, |(h, port)| {
+                if port.bytes().all(|b| b.is_ascii_digit()) {
+                    h
+                } else {
+                    host
+                }
+            }),
+        };
+        if name.parse::<std::net::IpAddr>().is_ok()
+            || name.eq_ignore_ascii_case("localhost")
+            || name.to_ascii_lowercase().ends_with(".localhost")
+        {
+            return true;
+        }
+        let allowed = &self.settings.allowed_hosts;
+        if allowed.is_empty() {
+            return !self.settings.loopback_only;
+        }
+        allowed
+            .iter()
+            .any(|a| a == "*" || a.eq_ignore_ascii_case(name))
     }
 
     /// The caller's role, or `None` if no credential it brings is valid.
@@ -245,6 +287,23 @@ fn is_public(path: &str) -> bool {
 /// The middleware in front of every web route: puts the caller's [`Role`] in the request's
 /// extensions, or answers 401.
 pub async fn guard(State(auth): State<Arc<WebAuth>>, mut req: Request, next: Next) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    if !auth.host_allowed(host) {
+        let host = host
+            .unwrap_or_default()
+            .chars()
+            .take(100)
+            .collect::<String>();
+        return (
+            StatusCode::FORBIDDEN,
+            format!("host {host:?} is not one this meshlens answers to: add it to [auth] allowed_hosts\n"),
+        )
+            .into_response();
+    }
     let path = req.uri().path();
     if is_public(path) {
         return next.run(req).await;
@@ -353,6 +412,7 @@ mod tests {
             proxy_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
             proxy_admin_users: vec!["alice".into()],
             secure_cookie: true,
+            ..Default::default()
         });
         let bearer = |t: &str| with(header::AUTHORIZATION, &format!("Bearer {t}"));
         assert_eq!(
@@ -395,6 +455,36 @@ mod tests {
         assert_eq!(auth.role(&user("bob"), proxy), Some(Role::Viewer));
         assert_eq!(auth.role(&user("alice"), stranger), None, "untrusted peer");
         assert_eq!(auth.role(&user("alice"), None), None);
+    }
+
+    #[test]
+    fn only_named_hosts_are_answered_when_it_matters() {
+        let loopback = WebAuth::new(WebAuthSettings {
+            loopback_only: true,
+            ..Default::default()
+        });
+        for ok in [
+            None,
+            Some("127.0.0.1:20001"),
+            Some("localhost:20001"),
+            Some("[::1]:20001"),
+            Some("10.1.2.3"),
+            Some("app.localhost"),
+        ] {
+            assert!(loopback.host_allowed(ok), "{ok:?}");
+        }
+        // A rebinding page sends its own name.
+        assert!(!loopback.host_allowed(Some("evil.example:20001")));
+        assert!(!loopback.host_allowed(Some("[evil]:20001")));
+        let exposed = WebAuth::new(WebAuthSettings::default());
+        assert!(exposed.host_allowed(Some("meshlens.observability.svc:20001")));
+        let named = WebAuth::new(WebAuthSettings {
+            allowed_hosts: vec!["meshlens.example.com".into()],
+            ..Default::default()
+        });
+        assert!(named.host_allowed(Some("MESHLENS.example.com:443")));
+        assert!(!named.host_allowed(Some("meshlens.example.com.evil.example")));
+        assert!(named.host_allowed(Some("192.168.0.7:20001")));
     }
 
     #[test]

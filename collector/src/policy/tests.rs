@@ -574,6 +574,7 @@ async fn a_quota_store_slower_than_the_callers_deadline_fails_inside_it() {
             key_prefix: "deadline_".into(),
             timeout: Duration::from_secs(5),
             local_cache_keys: 0,
+            tls: Default::default(),
         }),
         failure_mode: meshlens_policy::FailureMode::Open,
         ..Default::default()

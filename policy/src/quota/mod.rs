@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::limit::{Rate, Usage};
 
 pub use memory::MemoryStore;
-pub use redis::{RedisConfig, RedisStore};
+pub use redis::{RedisConfig, RedisStore, RedisTls};
 
 /// One quota to charge: its key (domain and descriptor, or a quota rule's key), its rate, and
 /// the hits to add (0: only look).

@@ -23,6 +23,67 @@ pub struct RedisConfig {
     /// Most fixed-window keys remembered as over their limit until their window ends, answered
     /// without Redis (0: every check asks Redis).
     pub local_cache_keys: usize,
+    /// TLS (`rediss://` URLs): the CA that signed Redis' certificate (unset: the system's), and a
+    /// client certificate and key for Redis' `tls-auth-clients`.
+    pub tls: RedisTls,
+}
+
+/// PEM files for a `rediss://` connection.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RedisTls {
+    pub ca: Option<std::path::PathBuf>,
+    pub client_cert: Option<std::path::PathBuf>,
+    pub client_key: Option<std::path::PathBuf>,
+}
+
+impl RedisTls {
+    fn is_set(&self) -> bool {
+        self.ca.is_some() || self.client_cert.is_some() || self.client_key.is_some()
+    }
+}
+
+/// The client for `config`: with TLS files, built with them (read now, so a bad path fails the
+/// start); without, from the URL alone (`rediss://` then trusts the system's CAs).
+fn client(config: &RedisConfig) -> Result<Client, QuotaError> {
+    // redis' rustls connector takes the process' default provider: ring, as every other TLS
+    // connection of meshlens.
+    let _ = rustls::crypto::CryptoProvider::install_default(
+        #[allow(deprecated)]
+        rustls::crypto::ring::default_provider(),
+    );
+    let unavailable = |e: &dyn std::fmt::Display| QuotaError::Unavailable(e.to_string());
+    if !config.tls.is_set() {
+        return Client::open(config.url.as_str()).map_err(|e| unavailable(&e));
+    }
+    if !config.url.starts_with("rediss://") {
+        return Err(QuotaError::Unavailable(
+            "redis TLS files are set but the URL is not rediss://".into(),
+        ));
+    }
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| QuotaError::Unavailable(format!("{}: {e}", p.display())))
+    };
+    let client_tls = match (&config.tls.client_cert, &config.tls.client_key) {
+        (Some(cert), Some(key)) => Some(::redis::ClientTlsConfig {
+            client_cert: read(cert)?,
+            client_key: read(key)?,
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(QuotaError::Unavailable(
+                "redis TLS: set both the client certificate and its key, or neither".into(),
+            ))
+        }
+    };
+    let root_cert = config.tls.ca.as_deref().map(read).transpose()?;
+    Client::build_with_tls(
+        config.url.as_str(),
+        ::redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        },
+    )
+    .map_err(|e| unavailable(&e))
 }
 
 pub struct RedisStore {
@@ -36,8 +97,7 @@ pub struct RedisStore {
 impl RedisStore {
     /// Checks the URL; the connection itself is made on first use.
     pub fn new(config: &RedisConfig) -> Result<RedisStore, QuotaError> {
-        let client = Client::open(config.url.as_str())
-            .map_err(|e| QuotaError::Unavailable(e.to_string()))?;
+        let client = client(config)?;
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.timeout))
             .set_response_timeout(Some(config.timeout))

@@ -108,6 +108,26 @@ async fn data_plane_text_is_escaped() {
     );
 }
 
+/// A service named like a path stays one path segment in links: the browser would otherwise
+/// resolve `/service/../api/policy` to `/api/policy`.
+#[tokio::test]
+async fn a_service_named_like_a_path_stays_a_name_in_links() {
+    let (st, _dir) = state(true).await;
+    calls(&st, "front", "../api/policy", "v1", 3, 0);
+    let p = page(&st, "/services?window=1m").await;
+    assert_eq!(p.status, StatusCode::OK);
+    assert!(
+        p.body
+            .contains(r#"href="/service/..%2Fapi%2Fpolicy?window=1m""#),
+        "{}",
+        p.body
+    );
+    assert!(!p.body.contains(r#"href="/service/../"#), "{}", p.body);
+    let own = page(&st, "/service/..%2Fapi%2Fpolicy?window=1m").await;
+    assert_eq!(own.status, StatusCode::OK, "{}", own.body);
+    assert!(own.body.contains("../api/policy"));
+}
+
 #[tokio::test]
 async fn every_response_carries_the_security_headers() {
     let (st, _dir) = state(true).await;
