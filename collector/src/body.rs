@@ -266,3 +266,201 @@ mod tests {
         ));
     }
 }
+
+/// How a receiver's bodies are admitted: read whole, at a minimum rate, within a shared budget of
+/// bytes, *before* the request takes one of its receiver's permits. A slow client then holds a
+/// connection and the few bytes it sent, never a permit the other clients wait for.
+#[derive(Clone)]
+pub struct Admission {
+    pub limits: BodyLimits,
+    /// After `min_rate_grace`, a body must have arrived at this many bytes a second on average
+    /// (0: no minimum).
+    pub min_rate: u64,
+    pub min_rate_grace: Duration,
+    /// Bytes of bodies being read or waiting for their receiver, across receivers.
+    budget: std::sync::Arc<tokio::sync::Semaphore>,
+    metrics: crate::Metrics,
+}
+
+/// Bytes of the budget a body holds, given back when it is done.
+pub struct Reservation {
+    held: u32,
+    budget: std::sync::Arc<tokio::sync::Semaphore>,
+    metrics: crate::Metrics,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.budget.add_permits(self.held as usize);
+        self.metrics.ingest_buffered_bytes.sub(i64::from(self.held));
+    }
+}
+
+impl Reservation {
+    /// Takes `n` more bytes of the budget, or refuses (retryably) at once when it is spent.
+    fn grow(&mut self, n: usize) -> Result<(), IngestError> {
+        let n = u32::try_from(n).map_err(|_| IngestError::Overloaded)?;
+        self.budget
+            .try_acquire_many(n)
+            .map_err(|_| IngestError::Overloaded)?
+            .forget();
+        self.held += n;
+        self.metrics.ingest_buffered_bytes.add(i64::from(n));
+        Ok(())
+    }
+}
+
+impl Admission {
+    pub fn new(
+        limits: BodyLimits,
+        min_rate: u64,
+        min_rate_grace: Duration,
+        budget_bytes: usize,
+        metrics: crate::Metrics,
+    ) -> Self {
+        let budget = budget_bytes.clamp(limits.max_bytes, tokio::sync::Semaphore::MAX_PERMITS);
+        Admission {
+            limits,
+            min_rate,
+            min_rate_grace,
+            budget: std::sync::Arc::new(tokio::sync::Semaphore::new(budget)),
+            metrics,
+        }
+    }
+
+    /// Reads a whole body into `out` within the size and time limits, the minimum rate and the
+    /// budget; the reservation holds its bytes until dropped.
+    pub async fn read<B>(
+        &self,
+        headers: &HeaderMap,
+        body: B,
+        out: &mut Vec<u8>,
+    ) -> Result<Reservation, IngestError>
+    where
+        B: hyper::body::Body<Data = Bytes>,
+        B::Error: std::fmt::Display,
+    {
+        use http_body_util::BodyExt;
+        let limit = self.limits.max_bytes;
+        let mut held = Reservation {
+            held: 0,
+            budget: self.budget.clone(),
+            metrics: self.metrics.clone(),
+        };
+        let declared = headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if let Some(n) = declared {
+            if n > limit {
+                return Err(IngestError::TooLarge { limit });
+            }
+            held.grow(n)?;
+            out.reserve(n);
+        }
+        let start = tokio::time::Instant::now();
+        let timeout_at = start + self.limits.timeout;
+        let mut body = std::pin::pin!(body);
+        loop {
+            // The rate's deadline moves on with every byte that arrives.
+            let rate_at = (self.min_rate > 0).then(|| {
+                start
+                    + self.min_rate_grace
+                    + Duration::from_secs_f64(out.len() as f64 / self.min_rate as f64)
+            });
+            let until = rate_at.map_or(timeout_at, |r| r.min(timeout_at));
+            let frame = match tokio::time::timeout_at(until, body.frame()).await {
+                Ok(frame) => frame,
+                Err(_) if until == timeout_at => {
+                    return Err(IngestError::BodyTimeout(self.limits.timeout))
+                }
+                Err(_) => return Err(IngestError::BodyTooSlow(self.min_rate)),
+            };
+            let Some(frame) = frame else { break };
+            let frame = frame.map_err(|e| IngestError::Malformed(format!("reading body: {e}")))?;
+            if let Some(data) = frame.data_ref() {
+                if out.len() + data.len() > limit {
+                    return Err(IngestError::TooLarge { limit });
+                }
+                let past = (out.len() + data.len()).saturating_sub(held.held as usize);
+                if past > 0 {
+                    held.grow(past)?;
+                }
+                out.extend_from_slice(data);
+            }
+        }
+        Ok(held)
+    }
+}
+
+/// Reads each request's whole body ([`Admission::read`]) before calling the receiver behind it;
+/// a body refused is answered here, as its receiver would answer it.
+#[derive(Clone)]
+pub struct AdmissionLayer(pub Admission);
+
+impl<S> tower::Layer<S> for AdmissionLayer {
+    type Service = Admitted<S>;
+    fn layer(&self, inner: S) -> Admitted<S> {
+        Admitted {
+            inner,
+            admission: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Admitted<S> {
+    inner: S,
+    admission: Admission,
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for Admitted<S>
+where
+    S: tower::Service<
+            http::Request<Body>,
+            Response = http::Response<RB>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::fmt::Display,
+    RB: hyper::body::Body<Data = Bytes> + Send + 'static,
+    RB::Error: Into<axum::BoxError>,
+{
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    /// Always ready: the receiver's permits are asked for once the body is in.
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        use tower::ServiceExt;
+        let (inner, admission) = (self.inner.clone(), self.admission.clone());
+        Box::pin(async move {
+            let (parts, body) = req.into_parts();
+            let mut buf = Vec::new();
+            match admission.read(&parts.headers, body, &mut buf).await {
+                Ok(held) => {
+                    let req = http::Request::from_parts(parts, Body::from(buf));
+                    let resp = inner.oneshot(req).await?;
+                    drop(held);
+                    Ok(resp.map(Body::new))
+                }
+                Err(e) => {
+                    let req = http::Request::from_parts(parts, ());
+                    Ok(crate::error::refuse(&req, e, &admission.metrics))
+                }
+            }
+        })
+    }
+}

@@ -25,6 +25,8 @@ pub enum IngestError {
     UnsupportedEncoding(String),
     #[error("the request body did not arrive within {0:?}")]
     BodyTimeout(Duration),
+    #[error("the request body arrived slower than {0} bytes a second")]
+    BodyTooSlow(u64),
     #[error("meshlens is overloaded; retry later")]
     Overloaded,
     #[error("the store could not commit this export; retry later")]
@@ -46,6 +48,7 @@ impl IngestError {
             IngestError::UnsupportedMediaType(_) => "unsupported_media_type",
             IngestError::UnsupportedEncoding(_) => "unsupported_encoding",
             IngestError::BodyTimeout(_) => "timeout",
+            IngestError::BodyTooSlow(_) => "too_slow",
             IngestError::Overloaded => "overloaded",
             IngestError::Store => "store_error",
             IngestError::Unstorable => "unstorable",
@@ -61,6 +64,7 @@ impl IngestError {
                 | IngestError::Store
                 | IngestError::ShuttingDown
                 | IngestError::BodyTimeout(_)
+                | IngestError::BodyTooSlow(_)
         )
     }
 
@@ -72,7 +76,7 @@ impl IngestError {
             IngestError::UnsupportedMediaType(_) => S::UNSUPPORTED_MEDIA_TYPE,
             IngestError::UnsupportedEncoding(_) => S::UNSUPPORTED_MEDIA_TYPE,
             // 503 with Retry-After: OTLP clients retry it; a slow network should not lose data.
-            IngestError::BodyTimeout(_) => S::SERVICE_UNAVAILABLE,
+            IngestError::BodyTimeout(_) | IngestError::BodyTooSlow(_) => S::SERVICE_UNAVAILABLE,
             IngestError::Unstorable => S::BAD_REQUEST,
             IngestError::Overloaded => S::TOO_MANY_REQUESTS,
             IngestError::Store | IngestError::ShuttingDown => S::SERVICE_UNAVAILABLE,
@@ -91,7 +95,7 @@ impl IngestError {
             IngestError::Overloaded | IngestError::Store | IngestError::ShuttingDown => {
                 C::Unavailable
             }
-            IngestError::BodyTimeout(_) => C::DeadlineExceeded,
+            IngestError::BodyTimeout(_) | IngestError::BodyTooSlow(_) => C::DeadlineExceeded,
             IngestError::Unstorable => C::InvalidArgument,
             IngestError::Unauthenticated(_) => C::Unauthenticated,
         }
@@ -178,5 +182,49 @@ impl IntoResponse for HttpIngestError {
             );
         }
         resp
+    }
+}
+
+/// The receiver a request is for (its `protocol` label), from its content type and path, and the
+/// error body that receiver answers with: for refusals made before the request reaches it (a
+/// missing token, a body too slow or too large).
+pub fn receiver_of<B>(req: &http::Request<B>) -> (crate::Protocol, ErrorBody) {
+    use crate::Protocol;
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let path = req.uri().path();
+    if content_type.starts_with("application/grpc") {
+        (Protocol::OtlpGrpc, ErrorBody::Text)
+    } else if path.starts_with("/v1/") {
+        let body = if content_type.starts_with("application/json") {
+            ErrorBody::OtlpJson
+        } else {
+            ErrorBody::OtlpProtobuf
+        };
+        (Protocol::OtlpHttp, body)
+    } else if path == "/api/v1/write" {
+        (Protocol::PromRemoteWrite, ErrorBody::Text)
+    } else {
+        (Protocol::Zipkin, ErrorBody::Text)
+    }
+}
+
+/// A refusal made in front of a receiver, counted as its refused request and worded as it
+/// would word it (gRPC status, OTLP `Status`, or text).
+pub fn refuse<B>(req: &http::Request<B>, error: IngestError, metrics: &crate::Metrics) -> Response {
+    let (protocol, body) = receiver_of(req);
+    metrics
+        .ingest_rejected_requests
+        .with_label_values(&[protocol.as_str(), error.reason()])
+        .inc();
+    if protocol == crate::Protocol::OtlpGrpc {
+        tonic::Status::from(error)
+            .into_http::<tonic::body::Body>()
+            .map(axum::body::Body::new)
+    } else {
+        HttpIngestError { error, body }.into_response()
     }
 }

@@ -31,6 +31,9 @@ pub struct Metrics {
     pub ingest_rejected_requests: IntCounterVec,
     /// Spans waiting in the queue between receivers and the writer.
     pub ingest_queue_depth: IntGauge,
+    /// Bytes of request bodies being read or waiting for their receiver (bounded by
+    /// `[ingest] max_buffered_bytes`; past it, requests are refused and retried).
+    pub ingest_buffered_bytes: IntGauge,
     /// Time to write and commit one group of batches.
     pub store_commit_seconds: Histogram,
     /// Spans committed to the store.
@@ -113,6 +116,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "meshlens_ingest_stale_markers_total",
     "meshlens_ingest_checked_label_sets",
     "meshlens_ingest_queue_depth",
+    "meshlens_ingest_buffered_bytes",
     "meshlens_store_commit_seconds",
     "meshlens_store_spans_written_total",
     "meshlens_store_errors_total",
@@ -254,6 +258,11 @@ impl Metrics {
             ingest_queue_depth: IntGauge::new(
                 "meshlens_ingest_queue_depth",
                 "Spans queued between the receivers and the store writer.",
+            )
+            .expect("valid metric"),
+            ingest_buffered_bytes: IntGauge::new(
+                "meshlens_ingest_buffered_bytes",
+                "Bytes of request bodies being read or waiting for their receiver.",
             )
             .expect("valid metric"),
             store_commit_seconds: Histogram::with_opts(
@@ -436,6 +445,7 @@ impl Metrics {
             Box::new(m.ingest_stale_markers.clone()),
             Box::new(m.ingest_checked_label_sets.clone()),
             Box::new(m.ingest_queue_depth.clone()),
+            Box::new(m.ingest_buffered_bytes.clone()),
             Box::new(m.store_commit_seconds.clone()),
             Box::new(m.store_spans_written.clone()),
             Box::new(m.store_errors.clone()),

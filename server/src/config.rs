@@ -281,6 +281,14 @@ pub struct IngestConfig {
     /// and for a whole OTLP/gRPC export (then DEADLINE_EXCEEDED with RetryInfo).
     #[serde(with = "humantime_serde")]
     pub body_timeout: Duration,
+    /// After `body_min_rate_grace`, an export's body must arrive at least this fast on average,
+    /// in bytes a second (0: no minimum); slower: 503 + Retry-After / DEADLINE_EXCEEDED.
+    pub body_min_rate: u64,
+    #[serde(with = "humantime_serde")]
+    pub body_min_rate_grace: Duration,
+    /// Bytes of request bodies read ahead of their receivers' permits (OTLP, Zipkin), across
+    /// receivers; past it, exports are refused with a retryable error.
+    pub max_buffered_bytes: usize,
 }
 
 /// The live service graph.
@@ -562,6 +570,9 @@ impl Default for IngestConfig {
             writers: 0,
             max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
             body_timeout: DEFAULT_BODY_TIMEOUT,
+            body_min_rate: 1024,
+            body_min_rate_grace: Duration::from_secs(5),
+            max_buffered_bytes: 256 << 20,
         }
     }
 }

@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::Context;
+use meshlens_collector::body::{Admission, AdmissionLayer};
 use meshlens_collector::listen::auth::IngestAuthLayer;
 use meshlens_collector::listen::{Alpn, ConnectionLimits, Listener, Protocol, TlsSource};
 use meshlens_collector::otlp::grpc::{normalize_decode_errors, trace_service, ExportDeadline};
@@ -67,6 +68,15 @@ pub async fn spawn_all(
     // Each receiver has its own request permits: requests beyond them wait (unread) instead of
     // buffering in memory, and a flood on one protocol does not hold up the others.
     let permits = config.ingest.max_concurrent_requests.max(1);
+    // Bodies are read whole before a permit is taken: a slow client holds only its connection
+    // and the bytes it sent.
+    let admission = AdmissionLayer(Admission::new(
+        body,
+        config.ingest.body_min_rate,
+        config.ingest.body_min_rate_grace,
+        config.ingest.max_buffered_bytes,
+        metrics.clone(),
+    ));
     let concurrency = || GlobalConcurrencyLimitLayer::new(permits);
 
     let grpc = ports.bind("otlp_grpc", listen.otlp_grpc, Protocol::Grpc)?;
@@ -80,7 +90,7 @@ pub async fn spawn_all(
     // The deadline starts once a permit is held: waiting for one is not the client's doing.
     let grpc_service = tower::ServiceBuilder::new()
         .option_layer(ingest_auth.clone())
-        .map_response(|r: http::Response<tonic::body::Body>| r.map(axum::body::Body::new))
+        .layer(admission.clone())
         .layer(concurrency())
         .layer(ExportDeadline::layer(
             config.ingest.body_timeout,
@@ -97,6 +107,7 @@ pub async fn spawn_all(
     // own receiver each answer on theirs.
     let http = otlp::http::router(pipeline.clone(), body)
         .layer(concurrency())
+        .layer(admission.clone())
         .merge(prom::router(pipeline.clone(), body).layer(concurrency()));
     let http = match &ingest_auth {
         Some(auth) => http.layer(auth.clone()),
@@ -106,7 +117,9 @@ pub async fn spawn_all(
     let otlp_http = http_listener.local_addr();
     spawn_listener(set, http_listener, http, &cancel);
 
-    let zipkin = zipkin::router(pipeline, body).layer(concurrency());
+    let zipkin = zipkin::router(pipeline, body)
+        .layer(concurrency())
+        .layer(admission);
     let zipkin = match &ingest_auth {
         Some(auth) => zipkin.layer(auth.clone()),
         None => zipkin,

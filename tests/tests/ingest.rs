@@ -510,3 +510,68 @@ async fn a_stalled_grpc_export_gets_deadline_exceeded() {
     conn.abort();
     slot_is_free_and_timeout_counted(env).await;
 }
+
+/// A body that trickles in slower than the minimum rate is refused (retryably) once the grace
+/// has passed, and while such bodies are read they hold no permit: a normal export with one
+/// permit in all goes through beside them.
+#[tokio::test]
+async fn slow_bodies_are_cut_and_hold_no_permit() {
+    use tokio::io::AsyncWriteExt;
+    let env = TestEnv::start_with(|c| {
+        c.ingest.max_concurrent_requests = 1;
+        c.ingest.body_min_rate = 1000;
+        c.ingest.body_min_rate_grace = Duration::from_millis(500);
+    })
+    .await;
+    let addr = env.running().addrs.otlp_http;
+    let mut slow = Vec::new();
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            b"POST /v1/traces HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-protobuf\r\ncontent-length: 100000\r\n\r\nab",
+        )
+        .await
+        .unwrap();
+        slow.push(s);
+    }
+    // The only permit is free: a normal export goes through while the slow ones are read.
+    let body = prost::Message::encode_to_vec(&trace_request("normal", 1, 1));
+    let started = std::time::Instant::now();
+    let r = env
+        .http
+        .post(env.otlp_http("/v1/traces"))
+        .header("content-type", "application/x-protobuf")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // The slow ones are answered 503 once the grace is over.
+    for mut s in slow {
+        let mut answer = String::new();
+        let read = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::io::AsyncReadExt::read_to_string(&mut s, &mut answer),
+        )
+        .await;
+        assert!(read.is_ok(), "the slow body was not cut");
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("retry-after"),
+            "{answer}"
+        );
+    }
+    env.wait_for_metric(
+        "meshlens_ingest_rejected_requests_total",
+        "protocol=\"otlp_http\",reason=\"too_slow\"",
+        3.0,
+    )
+    .await;
+    assert_eq!(env.metric("meshlens_ingest_buffered_bytes", "").await, 0.0);
+    env.stop().await;
+}

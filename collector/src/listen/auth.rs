@@ -10,11 +10,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use axum::response::IntoResponse;
 use meshlens_policy::credentials::TokenFile;
 use tower::ServiceExt;
 
-use crate::error::{ErrorBody, HttpIngestError, IngestError};
+use crate::error::{refuse, IngestError};
 use crate::Metrics;
 
 /// The tenant an ingest token names.
@@ -117,44 +116,11 @@ where
             Some(None) => "the bearer token is not valid",
             None => "a bearer token is required (authorization: Bearer TOKEN)",
         };
-        let (protocol, body) = describe(&req);
-        self.auth
-            .metrics
-            .ingest_rejected_requests
-            .with_label_values(&[protocol, "unauthenticated"])
-            .inc();
-        let error = IngestError::Unauthenticated(refusal);
-        let resp = if protocol == "otlp_grpc" {
-            tonic::Status::from(error)
-                .into_http::<tonic::body::Body>()
-                .map(axum::body::Body::new)
-        } else {
-            HttpIngestError { error, body }.into_response()
-        };
+        let resp = refuse(
+            &req,
+            IngestError::Unauthenticated(refusal),
+            &self.auth.metrics,
+        );
         Box::pin(std::future::ready(Ok(resp)))
-    }
-}
-
-/// The receiver a request is for (the `protocol` label) and the error body it expects.
-fn describe<B>(req: &http::Request<B>) -> (&'static str, ErrorBody) {
-    let content_type = req
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let path = req.uri().path();
-    if content_type.starts_with("application/grpc") {
-        ("otlp_grpc", ErrorBody::Text)
-    } else if path.starts_with("/v1/") {
-        let body = if content_type.starts_with("application/json") {
-            ErrorBody::OtlpJson
-        } else {
-            ErrorBody::OtlpProtobuf
-        };
-        ("otlp_http", body)
-    } else if path == "/api/v1/write" {
-        ("prom_remote_write", ErrorBody::Text)
-    } else {
-        ("zipkin", ErrorBody::Text)
     }
 }
