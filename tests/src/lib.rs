@@ -137,6 +137,29 @@ impl TestEnv {
             .sum()
     }
 
+    /// POSTs `body` to `url` with this content type.
+    pub async fn post(
+        &self,
+        url: String,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        self.http
+            .post(url)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Exports `request` over OTLP/HTTP protobuf.
+    pub async fn post_otlp(&self, request: &ExportTraceServiceRequest) -> reqwest::Response {
+        let body = prost::Message::encode_to_vec(request);
+        self.post(self.otlp_http("/v1/traces"), "application/x-protobuf", body)
+            .await
+    }
+
     /// Waits (at most 10 s) until `metric(name, labels)` is at least `at_least`: the server may
     /// count an event just after the client has seen it.
     pub async fn wait_for_metric(&self, name: &str, labels: &str, at_least: f64) {

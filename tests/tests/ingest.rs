@@ -239,13 +239,8 @@ async fn zipkin_post_is_accepted_with_202() {
         now_ns() / 1_000
     );
     let r = env
-        .http
-        .post(env.zipkin("/api/v2/spans"))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+        .post(env.zipkin("/api/v2/spans"), "application/json", body)
+        .await;
     assert_eq!(r.status(), 202);
     let (status, trace) = env
         .get_json("/api/traces/463ac35c9f6413ad48485a3953bb6124")
@@ -535,16 +530,8 @@ async fn slow_bodies_are_cut_and_hold_no_permit() {
         slow.push(s);
     }
     // The only permit is free: a normal export goes through while the slow ones are read.
-    let body = prost::Message::encode_to_vec(&trace_request("normal", 1, 1));
     let started = std::time::Instant::now();
-    let r = env
-        .http
-        .post(env.otlp_http("/v1/traces"))
-        .header("content-type", "application/x-protobuf")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let r = env.post_otlp(&trace_request("normal", 1, 1)).await;
     assert_eq!(r.status(), 200);
     assert!(
         started.elapsed() < Duration::from_secs(5),

@@ -80,15 +80,7 @@ async fn every_listener_speaks_tls_and_plaintext_is_refused() {
         .await
         .expect("export over TLS");
     // OTLP/HTTP over TLS (HTTP/2 or 1.1, as ALPN agrees).
-    let body = prost::Message::encode_to_vec(&trace_request("tls-http", 2, 1));
-    let r = env
-        .http
-        .post(env.otlp_http("/v1/traces"))
-        .header("content-type", "application/x-protobuf")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let r = env.post_otlp(&trace_request("tls-http", 2, 1)).await;
     assert_eq!(r.status(), 200);
     // Zipkin over TLS.
     let zipkin = format!(
@@ -97,13 +89,8 @@ async fn every_listener_speaks_tls_and_plaintext_is_refused() {
         now_ns() / 1_000
     );
     let r = env
-        .http
-        .post(env.zipkin("/api/v2/spans"))
-        .header("content-type", "application/json")
-        .body(zipkin)
-        .send()
-        .await
-        .unwrap();
+        .post(env.zipkin("/api/v2/spans"), "application/json", zipkin)
+        .await;
     assert_eq!(r.status(), 202);
     // The web over TLS, showing what came in on each.
     assert!(env.web("/").starts_with("https://"));
