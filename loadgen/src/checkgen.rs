@@ -31,6 +31,8 @@ struct Args {
     /// Which Check API.
     #[arg(long, default_value = "ratelimit")]
     api: Api,
+    #[command(flatten)]
+    tls: meshlens_loadgen::tls::TlsArgs,
     /// meshlens' policy listener.
     #[arg(long, default_value = "127.0.0.1:9091")]
     endpoint: String,
@@ -103,20 +105,34 @@ struct Client {
 impl Client {
     async fn connect(args: &Args) -> anyhow::Result<Client> {
         let mut sends = Vec::new();
+        let tls = args.tls.client_config(&[b"h2"])?;
+        // h2 closes a connection that buffers many small DATA frames unread (a flood guard);
+        // under open-loop load on two shared cores, answers can wait that long for this
+        // process's turn on a CPU. The budget is the guard's, raised for a benchmark client.
+        let mut builder = h2::client::Builder::new();
+        builder.data_frame_budget(64 << 20);
         for _ in 0..args.connections.max(1) {
             let tcp = tokio::net::TcpStream::connect(&args.endpoint).await?;
             tcp.set_nodelay(true)?;
-            // h2 closes a connection that buffers many small DATA frames unread (a flood
-            // guard); under open-loop load on two shared cores, answers can wait that long for
-            // this process's turn on a CPU. The budget is the guard's, raised for a benchmark
-            // client.
-            let (send, connection) = h2::client::Builder::new()
-                .data_frame_budget(64 << 20)
-                .handshake(tcp)
-                .await?;
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
+            let send = match &tls {
+                None => {
+                    let (send, connection) = builder.handshake(tcp).await?;
+                    tokio::spawn(async move {
+                        let _ = connection.await;
+                    });
+                    send
+                }
+                Some(config) => {
+                    let stream = tokio_rustls::TlsConnector::from(config.clone())
+                        .connect(args.tls.server_name()?, tcp)
+                        .await?;
+                    let (send, connection) = builder.handshake(stream).await?;
+                    tokio::spawn(async move {
+                        let _ = connection.await;
+                    });
+                    send
+                }
+            };
             sends.push(send);
         }
         let path = match args.api {
@@ -138,7 +154,7 @@ impl Client {
             .collect();
         Ok(Client {
             sends: sends.into(),
-            uri: format!("http://{}{path}", args.endpoint).parse()?,
+            uri: format!("{}://{}{path}", args.tls.scheme(), args.endpoint).parse()?,
             bodies: Arc::new(bodies),
         })
     }

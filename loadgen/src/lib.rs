@@ -3,6 +3,7 @@
 
 pub mod proc_stats;
 pub mod requests;
+pub mod tls;
 
 /// A command line duration: `20s`, `500ms`, `2m`, `1h` (a bare number is seconds).
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {

@@ -20,6 +20,8 @@ struct Args {
     /// Host and port of the OTLP receiver (gRPC 4317, HTTP 4318).
     #[arg(long, default_value = "127.0.0.1:4317")]
     endpoint: String,
+    #[command(flatten)]
+    tls: meshlens_loadgen::tls::TlsArgs,
     /// Spans per export.
     #[arg(long, default_value_t = 512)]
     batch: usize,
@@ -56,7 +58,7 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let batches = mesh::encoded_batches(args.distinct, args.batch, args.services, args.error_rate);
-    let sender = send::Sender::connect(args.protocol, &args.endpoint).await?;
+    let sender = send::Sender::connect(args.protocol, &args.endpoint, &args.tls).await?;
 
     // Warm up, then measure.
     let pace =

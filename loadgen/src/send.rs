@@ -20,19 +20,34 @@ pub enum Sender {
 }
 
 impl Sender {
-    pub async fn connect(protocol: Protocol, endpoint: &str) -> anyhow::Result<Sender> {
+    pub async fn connect(
+        protocol: Protocol,
+        endpoint: &str,
+        tls: &meshlens_loadgen::tls::TlsArgs,
+    ) -> anyhow::Result<Sender> {
+        let scheme = tls.scheme();
+        let pems = tls.pems()?;
         Ok(match protocol {
-            Protocol::Grpc => Sender::Grpc(
-                Channel::from_shared(format!("http://{endpoint}"))?
-                    .connect()
-                    .await?,
-            ),
-            Protocol::Http => Sender::Http(
-                reqwest::Client::builder()
-                    .pool_max_idle_per_host(64)
-                    .build()?,
-                format!("http://{endpoint}/v1/traces"),
-            ),
+            Protocol::Grpc => {
+                let mut channel = Channel::from_shared(format!("{scheme}://{endpoint}"))?;
+                if let Some(meshlens_loadgen::tls::Pems { ca, identity }) = pems {
+                    let mut config = tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+                        .domain_name(tls.tls_server_name.clone());
+                    if let Some((cert, key)) = identity {
+                        config = config.identity(tonic::transport::Identity::from_pem(cert, key));
+                    }
+                    channel = channel.tls_config(config)?;
+                }
+                Sender::Grpc(channel.connect().await?)
+            }
+            Protocol::Http => {
+                let mut client = reqwest::Client::builder().pool_max_idle_per_host(64);
+                if let Some(p) = pems {
+                    client = client.add_root_certificate(reqwest::Certificate::from_pem(&p.ca)?);
+                }
+                Sender::Http(client.build()?, format!("{scheme}://{endpoint}/v1/traces"))
+            }
         })
     }
 
