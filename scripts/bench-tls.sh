@@ -71,14 +71,14 @@ for round in $(seq 1 "$ROUNDS"); do
     start "$mode"
     # shellcheck disable=SC2046
     taskset -c 1 "$LOADGEN" --endpoint 127.0.0.1:14317 $(tls_args "$mode") --warmup 2s --duration "${SECS}s" \
-      --server-pid "$SERVER_PID" --label "case=otlp_grpc mode=$mode round=$round" | tee -a "$WORK/results"
+      --server-pid "$SERVER_PID" --label "case=otlp_grpc tls=$mode round=$round" | tee -a "$WORK/results"
     stop
     for rate in 0 10000; do
       start "$mode"
       # shellcheck disable=SC2046
       taskset -c 1 "$GEN" --api ratelimit --endpoint 127.0.0.1:19091 $(tls_args "$mode" client) \
         --rate "$rate" --in-flight 32 --seconds "$SECS" --domain bench --web 127.0.0.1:20101 \
-        --server-pid "$SERVER_PID" --label "case=rls_rate_$rate mode=$mode round=$round" | tee -a "$WORK/results"
+        --server-pid "$SERVER_PID" --label "case=rls_rate_$rate tls=$mode round=$round" | tee -a "$WORK/results"
       stop
     done
   done
@@ -90,7 +90,7 @@ python3 - "$WORK/results" <<'PY'
 import statistics, sys
 rows = [dict(f.split("=", 1) for f in line.split() if "=" in f) for line in open(sys.argv[1])]
 def med(case, mode, key):
-    vals = [float(r[key]) for r in rows if r.get("case") == case and r.get("mode") == mode and key in r]
+    vals = [float(r[key]) for r in rows if r.get("case") == case and r.get("tls") == mode and key in r]
     return statistics.median(vals) if vals else float("nan")
 for case, key in [("otlp_grpc", "spans_per_s"), ("otlp_grpc", "p99_ms"), ("rls_rate_0", "checks_per_s"),
                   ("rls_rate_0", "p99_ms"), ("rls_rate_10000", "checks_per_s"), ("rls_rate_10000", "p99_ms")]:
