@@ -284,28 +284,28 @@ pub struct Admission {
 
 /// Bytes of the budget a body holds, given back when it is done.
 pub struct Reservation {
-    held: u32,
+    held: usize,
     budget: std::sync::Arc<tokio::sync::Semaphore>,
     metrics: crate::Metrics,
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        self.budget.add_permits(self.held as usize);
-        self.metrics.ingest_buffered_bytes.sub(i64::from(self.held));
+        self.budget.add_permits(self.held);
+        self.metrics.ingest_buffered_bytes.sub(self.held as i64);
     }
 }
 
 impl Reservation {
     /// Takes `n` more bytes of the budget, or refuses (retryably) at once when it is spent.
     fn grow(&mut self, n: usize) -> Result<(), IngestError> {
-        let n = u32::try_from(n).map_err(|_| IngestError::Overloaded)?;
+        let permits = u32::try_from(n).map_err(|_| IngestError::Overloaded)?;
         self.budget
-            .try_acquire_many(n)
+            .try_acquire_many(permits)
             .map_err(|_| IngestError::Overloaded)?
             .forget();
         self.held += n;
-        self.metrics.ingest_buffered_bytes.add(i64::from(n));
+        self.metrics.ingest_buffered_bytes.add(n as i64);
         Ok(())
     }
 }
@@ -326,6 +326,14 @@ impl Admission {
             budget: std::sync::Arc::new(tokio::sync::Semaphore::new(budget)),
             metrics,
         }
+    }
+
+    /// The same admission (and budget) with another size limit: a gRPC body carries each
+    /// message's 5-byte frame header beside the message the limit is for.
+    pub fn with_max_bytes(&self, max_bytes: usize) -> Self {
+        let mut a = self.clone();
+        a.limits.max_bytes = max_bytes;
+        a
     }
 
     /// Reads a whole body into `out` within the size and time limits, the minimum rate and the
@@ -355,8 +363,9 @@ impl Admission {
             if n > limit {
                 return Err(IngestError::TooLarge { limit });
             }
-            held.grow(n)?;
-            out.reserve(n);
+            // Bytes are taken from the budget as they arrive, never on a declared length alone:
+            // a client that declares 4 MiB and sends nothing holds nothing.
+            out.reserve(n.min(64 << 10));
         }
         let start = tokio::time::Instant::now();
         let timeout_at = start + self.limits.timeout;
@@ -382,7 +391,7 @@ impl Admission {
                 if out.len() + data.len() > limit {
                     return Err(IngestError::TooLarge { limit });
                 }
-                let past = (out.len() + data.len()).saturating_sub(held.held as usize);
+                let past = (out.len() + data.len()).saturating_sub(held.held);
                 if past > 0 {
                     held.grow(past)?;
                 }

@@ -194,7 +194,9 @@ pub fn receiver_of<B>(req: &http::Request<B>) -> (crate::Protocol, ErrorBody) {
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     let path = req.uri().path();
     if content_type.starts_with("application/grpc") {
         (Protocol::OtlpGrpc, ErrorBody::Text)

@@ -123,10 +123,10 @@ impl PolicyEngine {
         let loaded = load(&settings)?;
         let quotas = match &settings.backend {
             Backend::Memory { max_keys } => QuotaBackend::Memory(MemoryStore::new(*max_keys)),
-            Backend::Redis(r) => QuotaBackend::Redis(
-                RedisStore::new(r)
-                    .map_err(|e| ConfigError::new(Path::new(&r.url), e.to_string()))?,
-            ),
+            Backend::Redis(r) => QuotaBackend::Redis(RedisStore::new(r).map_err(|e| {
+                let url = meshlens_topology::redact::url_password(&r.url);
+                ConfigError::new(Path::new(&url), e.to_string())
+            })?),
         };
         Ok(PolicyEngine {
             settings,

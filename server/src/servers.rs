@@ -90,7 +90,9 @@ pub async fn spawn_all(
     // The deadline starts once a permit is held: waiting for one is not the client's doing.
     let grpc_service = tower::ServiceBuilder::new()
         .option_layer(ingest_auth.clone())
-        .layer(admission.clone())
+        .layer(AdmissionLayer(
+            admission.0.with_max_bytes(limit + GRPC_FRAME_HEADER),
+        ))
         .layer(concurrency())
         .layer(ExportDeadline::layer(
             config.ingest.body_timeout,
@@ -194,6 +196,9 @@ pub async fn spawn_all(
         web: web_addr,
     })
 }
+
+/// A gRPC message's frame header (compression flag and length) in the HTTP/2 body.
+const GRPC_FRAME_HEADER: usize = 5;
 
 /// What every listener is bound with: its TLS (read now, so a bad file fails the start) and the
 /// connection limits.

@@ -151,7 +151,7 @@ impl Store {
             Pool::Sqlite(pool)
         } else {
             return Err(StoreError::Url {
-                url: redact_password(url),
+                url: meshlens_topology::redact::url_password(url),
                 reason: "expected sqlite://… or postgres://…".into(),
             });
         };
@@ -244,24 +244,8 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn bad_url(url: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Url {
-        url: redact_password(url),
+        url: meshlens_topology::redact::url_password(url),
         reason: e.to_string(),
-    }
-}
-
-/// The URL with its password, if any, replaced: errors and logs never show it.
-pub fn redact_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((user_info, host)) if user_info.contains(':') => {
-            let user = user_info.split_once(':').map_or(user_info, |(u, _)| u);
-            format!("{scheme}://{user}:****@{host}{tail}")
-        }
-        _ => url.to_string(),
     }
 }
 

@@ -506,12 +506,27 @@ async fn a_stalled_grpc_export_gets_deadline_exceeded() {
     slot_is_free_and_timeout_counted(env).await;
 }
 
+/// An OTLP/HTTP export that declares `length` bytes and has sent only `first` of them.
+async fn open_export(
+    addr: std::net::SocketAddr,
+    length: usize,
+    first: &[u8],
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v1/traces HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-protobuf\r\ncontent-length: {length}\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(first).await.unwrap();
+    s
+}
+
 /// A body that trickles in slower than the minimum rate is refused (retryably) once the grace
 /// has passed, and while such bodies are read they hold no permit: a normal export with one
 /// permit in all goes through beside them.
 #[tokio::test]
 async fn slow_bodies_are_cut_and_hold_no_permit() {
-    use tokio::io::AsyncWriteExt;
     let env = TestEnv::start_with(|c| {
         c.ingest.max_concurrent_requests = 1;
         c.ingest.body_min_rate = 1000;
@@ -521,13 +536,7 @@ async fn slow_bodies_are_cut_and_hold_no_permit() {
     let addr = env.running().addrs.otlp_http;
     let mut slow = Vec::new();
     for _ in 0..3 {
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(
-            b"POST /v1/traces HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-protobuf\r\ncontent-length: 100000\r\n\r\nab",
-        )
-        .await
-        .unwrap();
-        slow.push(s);
+        slow.push(open_export(addr, 100_000, b"ab").await);
     }
     // The only permit is free: a normal export goes through while the slow ones are read.
     let started = std::time::Instant::now();
@@ -560,5 +569,26 @@ async fn slow_bodies_are_cut_and_hold_no_permit() {
     )
     .await;
     assert_eq!(env.metric("meshlens_ingest_buffered_bytes", "").await, 0.0);
+    env.stop().await;
+}
+
+/// A declared length holds nothing of the shared budget until its bytes arrive: clients that
+/// declare large bodies and send none cannot refuse everyone else.
+#[tokio::test]
+async fn declared_lengths_alone_take_no_budget() {
+    let env = TestEnv::start_with(|c| {
+        c.ingest.max_message_bytes = 1 << 20;
+        c.ingest.max_buffered_bytes = 1 << 20;
+    })
+    .await;
+    let addr = env.running().addrs.otlp_http;
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(open_export(addr, 1 << 20, b"").await);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = env.post_otlp(&trace_request("beside", 1, 2)).await;
+    assert_eq!(r.status(), 200);
+    drop(idle);
     env.stop().await;
 }

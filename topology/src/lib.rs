@@ -7,6 +7,7 @@ pub mod graph;
 mod ids;
 mod metric;
 pub mod prom;
+pub mod redact;
 mod resource;
 mod span;
 pub mod testing;

@@ -127,6 +127,8 @@ impl WebAuth {
                 }
             }),
         };
+        // A fully qualified name may end in a dot.
+        let name = name.strip_suffix('.').unwrap_or(name);
         if name.parse::<std::net::IpAddr>().is_ok()
             || name.eq_ignore_ascii_case("localhost")
             || name.to_ascii_lowercase().ends_with(".localhost")
@@ -483,6 +485,8 @@ mod tests {
             ..Default::default()
         });
         assert!(named.host_allowed(Some("MESHLENS.example.com:443")));
+        assert!(named.host_allowed(Some("meshlens.example.com.:443")));
+        assert!(loopback.host_allowed(Some("localhost.:20001")));
         assert!(!named.host_allowed(Some("meshlens.example.com.evil.example")));
         assert!(named.host_allowed(Some("192.168.0.7:20001")));
     }
