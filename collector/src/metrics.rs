@@ -92,7 +92,7 @@ pub struct Metrics {
     pub listener_open_connections: IntGaugeVec,
     /// Connections closed before serving, by listener and reason (`limit`: the listener's cap
     /// was reached; `tls`: the handshake failed (plaintext, no or a bad client certificate);
-    /// `handshake_timeout`).
+    /// `handshake_timeout`; `identity`: a client certificate whose identity is not allowed).
     pub listener_refused_connections: IntCounterVec,
     /// Connections the server ended, by listener and reason (`idle`: no request in flight for
     /// the idle timeout; `no_request`: none began within the header timeout; `max_age`).
@@ -410,7 +410,7 @@ impl Metrics {
             listener_refused_connections: counter_vec(
                 "meshlens_listener_refused_connections_total",
                 "Connections closed before serving, by listener and reason (limit, tls, \
-                 handshake_timeout).",
+                 handshake_timeout, identity).",
                 &["listener", "reason"],
             ),
             listener_closed_connections: counter_vec(

@@ -93,6 +93,9 @@ pub struct TlsConfig {
     pub client_ca: PathBuf,
     /// Lowest TLS version offered: "1.2" or "1.3".
     pub min_version: String,
+    /// With `client_ca`: the client identities (URI SANs such as SPIFFE ids; a trailing `*`
+    /// matches by prefix) that may call. Empty: any certificate from the CA.
+    pub allowed_identities: Vec<String>,
     /// How often the files are checked for changes (rotation); a changed pair is served to new
     /// connections, a bad one refused and the old one kept.
     #[serde(with = "humantime_serde")]
@@ -120,6 +123,8 @@ pub struct TlsOverride {
     pub client_ca: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_identities: Option<Vec<String>>,
 }
 
 impl Default for TlsConfig {
@@ -129,6 +134,7 @@ impl Default for TlsConfig {
             key: PathBuf::new(),
             client_ca: PathBuf::new(),
             min_version: "1.2".into(),
+            allowed_identities: Vec::new(),
             reload_interval: Duration::from_secs(10),
             otlp_grpc: TlsOverride::default(),
             otlp_http: TlsOverride::default(),
@@ -170,12 +176,22 @@ impl TlsConfig {
         if o.enabled == Some(false) {
             return Ok(None);
         }
+        let allowed_identities = o
+            .allowed_identities
+            .clone()
+            .unwrap_or_else(|| self.allowed_identities.clone());
+        if !allowed_identities.is_empty() && client_ca.is_none() {
+            return Err(format!(
+                "tls ({name}): allowed_identities needs client_ca (identities come from client certificates)"
+            ));
+        }
         match (cert, key) {
             (Some(cert), Some(key)) => Ok(Some(meshlens_collector::listen::TlsSettings {
                 cert,
                 key,
                 client_ca,
                 min_version,
+                allowed_identities,
             })),
             (None, None) if client_ca.is_none() && o.enabled != Some(true) => Ok(None),
             (None, None) if client_ca.is_some() => Err(format!(
@@ -720,6 +736,12 @@ mod tests {
         let ca_alone = Config::from_toml("[tls.policy]\nclient_ca = \"ca.crt\"\n").unwrap();
         let e = ca_alone.tls.for_listener("policy").unwrap_err();
         assert!(e.contains("client_ca needs"), "{e}");
+        let no_ca = Config::from_toml(
+            "[tls]\ncert = \"s.crt\"\nkey = \"s.key\"\nallowed_identities = [\"spiffe://a/*\"]\n",
+        )
+        .unwrap();
+        let e = no_ca.tls.for_listener("policy").unwrap_err();
+        assert!(e.contains("allowed_identities needs client_ca"), "{e}");
         let old = Config::from_toml("[tls]\nmin_version = \"1.0\"\n").unwrap();
         let e = old.tls.for_listener("web").unwrap_err();
         assert!(e.contains("1.0"), "{e}");

@@ -230,7 +230,9 @@ def test_envoy_calls_the_policy_over_mtls_and_traces_over_tls(meshlens_factory, 
     (rl / "edge.yaml").write_text(RATELIMIT_CONFIG)
     (tmp_path / "policy.yaml").write_text(POLICY)
     config = tmp_path / "meshlens.toml"
-    config.write_text(f'[tls.policy]\nclient_ca = "{pki.ca}"\n')
+    # Only the shop namespace's proxies may ask the policy (the Envoy's certificate names
+    # spiffe://cluster.local/ns/shop/sa/work).
+    config.write_text(f'[tls.policy]\nclient_ca = "{pki.ca}"\nallowed_identities = ["spiffe://cluster.local/ns/shop/*"]\n')
     ml = tls_meshlens(meshlens_factory, pki, "--config", str(config), "--ratelimit-dir", str(rl),
                       "--policy-file", str(tmp_path / "policy.yaml"))
     web = ml.web_url

@@ -35,12 +35,19 @@ impl Certs {
             c.tls.cert = d.join("server.crt");
             c.tls.key = d.join("server.key");
             c.tls.policy.client_ca = Some(d.join("ca.crt"));
+            c.tls.policy.allowed_identities =
+                Some(vec!["spiffe://cluster.local/ns/istio-system/*".into()]);
             c.tls.reload_interval = Duration::from_millis(100);
         }
     }
 }
 
-async fn tls_channel(addr: std::net::SocketAddr, ca: &Ca, client: Option<&Pair>) -> Channel {
+/// A TLS endpoint trusting `ca`, presenting `client`'s certificate if given.
+fn tls_endpoint(
+    addr: std::net::SocketAddr,
+    ca: &Ca,
+    client: Option<&Pair>,
+) -> tonic::transport::Endpoint {
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&ca.cert_pem))
         .domain_name("localhost");
@@ -52,9 +59,10 @@ async fn tls_channel(addr: std::net::SocketAddr, ca: &Ca, client: Option<&Pair>)
         .tls_config(tls)
         .unwrap()
         .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .unwrap()
+}
+
+async fn tls_channel(addr: std::net::SocketAddr, ca: &Ca, client: Option<&Pair>) -> Channel {
+    tls_endpoint(addr, ca, client).connect().await.unwrap()
 }
 
 async fn health(ch: Channel) -> Result<i32, tonic::Status> {
@@ -129,31 +137,24 @@ async fn every_listener_speaks_tls_and_plaintext_is_refused() {
     let ch = tls_channel(addrs.policy, &certs.ca, Some(&client)).await;
     assert_eq!(health(ch).await.unwrap(), 1, "SERVING");
     // …none, or one from another CA, is refused at the handshake.
-    let ch = Channel::from_shared(format!("https://{}", addrs.policy))
-        .unwrap()
-        .tls_config(
-            ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(&certs.ca.cert_pem))
-                .domain_name("localhost"),
-        )
-        .unwrap()
-        .connect_lazy();
+    let ch = tls_endpoint(addrs.policy, &certs.ca, None).connect_lazy();
     assert!(health(ch).await.is_err(), "no client certificate");
     let stranger = Ca::new("another CA").client(SPIFFE);
-    let ch = Channel::from_shared(format!("https://{}", addrs.policy))
-        .unwrap()
-        .tls_config(
-            ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(&certs.ca.cert_pem))
-                .identity(Identity::from_pem(&stranger.cert_pem, &stranger.key_pem))
-                .domain_name("localhost"),
-        )
-        .unwrap()
-        .connect_lazy();
+    let ch = tls_endpoint(addrs.policy, &certs.ca, Some(&stranger)).connect_lazy();
     assert!(
         health(ch).await.is_err(),
         "a client certificate from another CA"
     );
+    // …and so is one from the CA naming a workload that is not allowed to call.
+    let workload = certs.ca.client("spiffe://cluster.local/ns/shop/sa/work");
+    let ch = tls_endpoint(addrs.policy, &certs.ca, Some(&workload)).connect_lazy();
+    assert!(health(ch).await.is_err(), "an identity not allowed");
+    env.wait_for_metric(
+        "meshlens_listener_refused_connections_total",
+        "listener=\"policy\",reason=\"identity\"",
+        1.0,
+    )
+    .await;
 
     // Each refusal was counted as a failed handshake on its listener (the server counts it once
     // its side of the handshake ends, which may be after the client has seen the refusal).

@@ -139,7 +139,7 @@ impl Listener {
             .listener_open_connections
             .with_label_values(&[name])
             .set(0);
-        for reason in ["limit", "tls", "handshake_timeout"] {
+        for reason in ["limit", "tls", "handshake_timeout", "identity"] {
             metrics
                 .listener_refused_connections
                 .with_label_values(&[name, reason])
@@ -308,6 +308,16 @@ impl<S> Shared<S> {
                             .and_then(|chain| chain.first())
                             .and_then(|cert| ClientIdentity::from_cert(cert))
                             .map(Arc::new);
+                        if !tls.allows(identity.as_deref()) {
+                            self.refused("identity");
+                            tracing::debug!(
+                                listener = self.name,
+                                %addr,
+                                identity = identity.as_deref().and_then(ClientIdentity::name),
+                                "client identity not allowed"
+                            );
+                            return;
+                        }
                         (Either::Right(stream), identity)
                     }
                     Ok(Err(e)) => {

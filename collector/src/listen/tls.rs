@@ -30,6 +30,9 @@ pub struct TlsSettings {
     pub client_ca: Option<PathBuf>,
     /// Lowest protocol version offered.
     pub min_version: TlsVersion,
+    /// With `client_ca`: the client identities (URI SANs, such as SPIFFE ids) that may call; an
+    /// entry ending in `*` matches by prefix. Empty: any certificate from the CA.
+    pub allowed_identities: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +115,24 @@ impl TlsSource {
 
     pub fn requires_client_cert(&self) -> bool {
         self.settings.client_ca.is_some()
+    }
+
+    /// Whether a client with this verified identity may call (see
+    /// [`TlsSettings::allowed_identities`]).
+    pub fn allows(&self, identity: Option<&ClientIdentity>) -> bool {
+        let allowed = &self.settings.allowed_identities;
+        if allowed.is_empty() {
+            return true;
+        }
+        let Some(id) = identity else {
+            return false;
+        };
+        id.uris.iter().any(|uri| {
+            allowed.iter().any(|a| match a.strip_suffix('*') {
+                Some(prefix) => uri.starts_with(prefix),
+                None => uri == a,
+            })
+        })
     }
 
     /// Re-reads the files if any changed since the last read; returns whether a new
