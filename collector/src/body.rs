@@ -17,6 +17,52 @@ pub struct BodyLimits {
     /// Longest wait for the whole body: a client that trickles bytes would otherwise hold one of
     /// the receivers' concurrency permits for as long as it likes.
     pub timeout: Duration,
+    /// After `min_rate_grace`, a body must have arrived at this many bytes a second on average
+    /// (0: no minimum).
+    pub min_rate: u64,
+    pub min_rate_grace: Duration,
+}
+
+/// Reads a body's frames into `out` within the size and time limits and the minimum rate;
+/// `admit` is asked before `out` grows to each new length (a byte budget says no with an error).
+async fn read_frames<B>(
+    body: B,
+    limits: BodyLimits,
+    out: &mut Vec<u8>,
+    mut admit: impl FnMut(usize) -> Result<(), IngestError>,
+) -> Result<(), IngestError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    use http_body_util::BodyExt;
+    let limit = limits.max_bytes;
+    let start = tokio::time::Instant::now();
+    let timeout_at = start + limits.timeout;
+    let mut body = std::pin::pin!(body);
+    loop {
+        // The rate's deadline moves on with every byte that arrives.
+        let rate_at = (limits.min_rate > 0).then(|| {
+            start
+                + limits.min_rate_grace
+                + Duration::from_secs_f64(out.len() as f64 / limits.min_rate as f64)
+        });
+        let until = rate_at.map_or(timeout_at, |r| r.min(timeout_at));
+        let frame = match tokio::time::timeout_at(until, body.frame()).await {
+            Ok(frame) => frame,
+            Err(_) if until == timeout_at => return Err(IngestError::BodyTimeout(limits.timeout)),
+            Err(_) => return Err(IngestError::BodyTooSlow(limits.min_rate)),
+        };
+        let Some(frame) = frame else { return Ok(()) };
+        let frame = frame.map_err(|e| IngestError::Malformed(format!("reading body: {e}")))?;
+        if let Some(data) = frame.data_ref() {
+            if out.len() + data.len() > limit {
+                return Err(IngestError::TooLarge { limit });
+            }
+            admit(out.len() + data.len())?;
+            out.extend_from_slice(data);
+        }
+    }
 }
 
 /// Reads a whole body (chunked or not) within the time limit, then gunzips it if asked; both
@@ -63,31 +109,15 @@ pub async fn read_raw(body: Body, limits: BodyLimits) -> Result<Bytes, IngestErr
     Ok(raw)
 }
 
-/// Reads a body into `out` (a pooled buffer, its memory reused), within the size and time limits.
+/// Reads a body into `out` (a pooled buffer, its memory reused), within the size and time
+/// limits and the minimum rate.
 pub async fn read_raw_into(
     body: Body,
     limits: BodyLimits,
     out: &mut Vec<u8>,
 ) -> Result<(), IngestError> {
-    use http_body_util::BodyExt;
     out.clear();
-    let limit = limits.max_bytes;
-    let read = async {
-        let mut body = body;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| IngestError::Malformed(format!("reading body: {e}")))?;
-            if let Some(data) = frame.data_ref() {
-                if out.len() + data.len() > limit {
-                    return Err(IngestError::TooLarge { limit });
-                }
-                out.extend_from_slice(data);
-            }
-        }
-        Ok(())
-    };
-    tokio::time::timeout(limits.timeout, read)
-        .await
-        .map_err(|_| IngestError::BodyTimeout(limits.timeout))?
+    read_frames(body, limits, out, |_| Ok(())).await
 }
 
 /// Decompresses a snappy block (remote write's encoding) whose stated length is at most `limit`.
@@ -273,10 +303,6 @@ mod tests {
 #[derive(Clone)]
 pub struct Admission {
     pub limits: BodyLimits,
-    /// After `min_rate_grace`, a body must have arrived at this many bytes a second on average
-    /// (0: no minimum).
-    pub min_rate: u64,
-    pub min_rate_grace: Duration,
     /// Bytes of bodies being read or waiting for their receiver, across receivers.
     budget: std::sync::Arc<tokio::sync::Semaphore>,
     metrics: crate::Metrics,
@@ -311,18 +337,10 @@ impl Reservation {
 }
 
 impl Admission {
-    pub fn new(
-        limits: BodyLimits,
-        min_rate: u64,
-        min_rate_grace: Duration,
-        budget_bytes: usize,
-        metrics: crate::Metrics,
-    ) -> Self {
+    pub fn new(limits: BodyLimits, budget_bytes: usize, metrics: crate::Metrics) -> Self {
         let budget = budget_bytes.clamp(limits.max_bytes, tokio::sync::Semaphore::MAX_PERMITS);
         Admission {
             limits,
-            min_rate,
-            min_rate_grace,
             budget: std::sync::Arc::new(tokio::sync::Semaphore::new(budget)),
             metrics,
         }
@@ -348,7 +366,6 @@ impl Admission {
         B: hyper::body::Body<Data = Bytes>,
         B::Error: std::fmt::Display,
     {
-        use http_body_util::BodyExt;
         let limit = self.limits.max_bytes;
         let mut held = Reservation {
             held: 0,
@@ -367,37 +384,14 @@ impl Admission {
             // a client that declares 4 MiB and sends nothing holds nothing.
             out.reserve(n.min(64 << 10));
         }
-        let start = tokio::time::Instant::now();
-        let timeout_at = start + self.limits.timeout;
-        let mut body = std::pin::pin!(body);
-        loop {
-            // The rate's deadline moves on with every byte that arrives.
-            let rate_at = (self.min_rate > 0).then(|| {
-                start
-                    + self.min_rate_grace
-                    + Duration::from_secs_f64(out.len() as f64 / self.min_rate as f64)
-            });
-            let until = rate_at.map_or(timeout_at, |r| r.min(timeout_at));
-            let frame = match tokio::time::timeout_at(until, body.frame()).await {
-                Ok(frame) => frame,
-                Err(_) if until == timeout_at => {
-                    return Err(IngestError::BodyTimeout(self.limits.timeout))
-                }
-                Err(_) => return Err(IngestError::BodyTooSlow(self.min_rate)),
-            };
-            let Some(frame) = frame else { break };
-            let frame = frame.map_err(|e| IngestError::Malformed(format!("reading body: {e}")))?;
-            if let Some(data) = frame.data_ref() {
-                if out.len() + data.len() > limit {
-                    return Err(IngestError::TooLarge { limit });
-                }
-                let past = (out.len() + data.len()).saturating_sub(held.held);
-                if past > 0 {
-                    held.grow(past)?;
-                }
-                out.extend_from_slice(data);
+        read_frames(body, self.limits, out, |len| {
+            let past = len.saturating_sub(held.held);
+            if past > 0 {
+                held.grow(past)?;
             }
-        }
+            Ok(())
+        })
+        .await?;
         Ok(held)
     }
 }

@@ -64,6 +64,8 @@ pub async fn spawn_all(
     let body = meshlens_collector::BodyLimits {
         max_bytes: limit,
         timeout: config.ingest.body_timeout,
+        min_rate: config.ingest.body_min_rate,
+        min_rate_grace: config.ingest.body_min_rate_grace,
     };
     // Each receiver has its own request permits: requests beyond them wait (unread) instead of
     // buffering in memory, and a flood on one protocol does not hold up the others.
@@ -72,8 +74,6 @@ pub async fn spawn_all(
     // and the bytes it sent.
     let admission = AdmissionLayer(Admission::new(
         body,
-        config.ingest.body_min_rate,
-        config.ingest.body_min_rate_grace,
         config.ingest.max_buffered_bytes,
         metrics.clone(),
     ));

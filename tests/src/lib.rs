@@ -279,3 +279,20 @@ pub fn trace_hex(n: u64) -> String {
 }
 
 pub use meshlens_policy::testing::fresh_minute;
+
+/// A protobuf POST to `path` that declares `length` bytes and has sent only `first` of them.
+pub async fn open_post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    length: usize,
+    first: &[u8],
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-protobuf\r\ncontent-length: {length}\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(first).await.unwrap();
+    s
+}

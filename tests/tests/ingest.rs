@@ -506,22 +506,6 @@ async fn a_stalled_grpc_export_gets_deadline_exceeded() {
     slot_is_free_and_timeout_counted(env).await;
 }
 
-/// An OTLP/HTTP export that declares `length` bytes and has sent only `first` of them.
-async fn open_export(
-    addr: std::net::SocketAddr,
-    length: usize,
-    first: &[u8],
-) -> tokio::net::TcpStream {
-    use tokio::io::AsyncWriteExt;
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let head = format!(
-        "POST /v1/traces HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-protobuf\r\ncontent-length: {length}\r\n\r\n"
-    );
-    s.write_all(head.as_bytes()).await.unwrap();
-    s.write_all(first).await.unwrap();
-    s
-}
-
 /// A body that trickles in slower than the minimum rate is refused (retryably) once the grace
 /// has passed, and while such bodies are read they hold no permit: a normal export with one
 /// permit in all goes through beside them.
@@ -536,7 +520,7 @@ async fn slow_bodies_are_cut_and_hold_no_permit() {
     let addr = env.running().addrs.otlp_http;
     let mut slow = Vec::new();
     for _ in 0..3 {
-        slow.push(open_export(addr, 100_000, b"ab").await);
+        slow.push(open_post(addr, "/v1/traces", 100_000, b"ab").await);
     }
     // The only permit is free: a normal export goes through while the slow ones are read.
     let started = std::time::Instant::now();
@@ -584,7 +568,7 @@ async fn declared_lengths_alone_take_no_budget() {
     let addr = env.running().addrs.otlp_http;
     let mut idle = Vec::new();
     for _ in 0..4 {
-        idle.push(open_export(addr, 1 << 20, b"").await);
+        idle.push(open_post(addr, "/v1/traces", 1 << 20, b"").await);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let r = env.post_otlp(&trace_request("beside", 1, 2)).await;

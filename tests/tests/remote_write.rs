@@ -363,3 +363,39 @@ async fn envoys_response_flags_are_counted_by_name() {
     );
     env.stop().await;
 }
+
+/// A remote write body slower than the minimum rate is cut once the grace has passed (503 with
+/// Retry-After, which Prometheus retries), not held for the whole body timeout.
+#[tokio::test]
+async fn a_trickling_remote_write_is_cut_at_the_minimum_rate() {
+    use tokio::io::AsyncReadExt;
+    let env = TestEnv::start_with(|c| {
+        c.ingest.body_min_rate = 1000;
+        c.ingest.body_min_rate_grace = std::time::Duration::from_millis(300);
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let mut slow = meshlens_tests::open_post(
+        env.running().addrs.otlp_http,
+        "/api/v1/write",
+        100_000,
+        b"ab",
+    )
+    .await;
+    let mut answer = String::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        slow.read_to_string(&mut answer),
+    )
+    .await;
+    assert!(read.is_ok(), "the slow body was not cut");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    env.wait_for_metric(
+        "meshlens_ingest_rejected_requests_total",
+        "protocol=\"prom_remote_write\",reason=\"too_slow\"",
+        1.0,
+    )
+    .await;
+    env.stop().await;
+}
