@@ -8,7 +8,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use meshlens_collector::body::{Admission, AdmissionLayer};
 use meshlens_collector::listen::auth::IngestAuthLayer;
-use meshlens_collector::listen::{Alpn, ConnectionLimits, Listener, Protocol, TlsSource};
+use meshlens_collector::listen::{
+    Alpn, ConnectionLimits, Listener, Protocol, ResponseBody, Serves, TlsSource,
+};
 use meshlens_collector::otlp::grpc::{normalize_decode_errors, trace_service, ExportDeadline};
 use meshlens_collector::policy::PolicyServer;
 use meshlens_collector::{otlp, prom, zipkin, Metrics, Pipeline};
@@ -254,21 +256,12 @@ impl<'a> Ports<'a> {
     }
 }
 
-fn spawn_listener<S, B>(set: &mut Set, listener: Listener, service: S, cancel: &CancellationToken)
-where
-    S: tower::Service<
-            http::Request<hyper::body::Incoming>,
-            Response = http::Response<B>,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+fn spawn_listener<S: Serves<B>, B: ResponseBody>(
+    set: &mut Set,
+    listener: Listener,
+    service: S,
+    cancel: &CancellationToken,
+) {
     let name = listener.name();
     let cancel = cancel.clone();
     set.spawn(async move {

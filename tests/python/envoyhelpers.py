@@ -119,3 +119,44 @@ def run_envoy(config: str, admin: int, tmp_path: Path, name: str = "envoy") -> I
             yield proc
         finally:
             stop_process(proc)
+
+
+def policy_envoy(admin: int, port: int, app_port: int, policy_port: int, *, trace: str = "",
+                 policy_extra: str = "", extra_clusters: str = "", runtime: str = "") -> str:
+    """`work`'s inbound sidecar on `port`: ext_authz and the rate limit filter (domain `edge`,
+    descriptor `user` from `x-user`) asking meshlens' policy listener on `policy_port` (its
+    cluster given `policy_extra`, a transport socket say), then the app. `trace` is an HCM
+    tracing block, `extra_clusters` more clusters, `runtime` a layered_runtime section."""
+    return f"""
+admin:
+  address: {{socket_address: {{address: {LOOPBACK}, port_value: {admin}}}}}{runtime}
+static_resources:
+  listeners:
+  - name: work_inbound
+    address: {{socket_address: {{address: {LOOPBACK}, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: work{trace}
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route:
+                  cluster: app
+                  rate_limits:
+                  - actions:
+                    - request_headers: {{header_name: x-user, descriptor_key: user}}
+                typed_per_filter_config:
+                  envoy.filters.http.ext_authz:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
+                    check_settings: {{context_extensions: {{destination: work}}}}
+          http_filters:{mesh.ext_authz_filter(cluster="policy", timeout="2s")}{mesh.ratelimit_filter("edge", cluster="policy", timeout="2s", failure_mode_deny=True)}
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:{mesh.cluster("policy", LOOPBACK, policy_port, http2=True, extra=policy_extra)}{extra_clusters}{cluster("app", app_port)}
+"""

@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from envoyhelpers import cluster, mesh, run_envoy
+from envoyhelpers import policy_envoy, run_envoy
 from mlhelpers import LOOPBACK, free_ports, fresh_minute, get_json, metric, metrics_samples
 
 RATELIMIT_CONFIG = """\
@@ -36,47 +36,11 @@ quotas:
 """
 
 
-def envoy_config(admin: int, port: int, app_port: int, policy_port: int) -> str:
-    return f"""
-admin:
-  address: {{socket_address: {{address: {LOOPBACK}, port_value: {admin}}}}}
-static_resources:
-  listeners:
-  - name: work_inbound
-    address: {{socket_address: {{address: {LOOPBACK}, port_value: {port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: work
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{prefix: "/"}}
-                route:
-                  cluster: app
-                  rate_limits:
-                  - actions:
-                    - request_headers: {{header_name: x-user, descriptor_key: user}}
-                typed_per_filter_config:
-                  envoy.filters.http.ext_authz:
-                    "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
-                    check_settings: {{context_extensions: {{destination: work}}}}
-          http_filters:{mesh.ext_authz_filter(cluster="policy", timeout="2s")}{mesh.ratelimit_filter("edge", cluster="policy", timeout="2s", failure_mode_deny=True)}
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-  clusters:{cluster("policy", policy_port, http2=True)}{cluster("app", app_port)}
-"""
-
-
 @contextlib.contextmanager
 def envoy(meshlens, app_port, tmp_path):
     port, admin = free_ports(2)
     policy_port = int(meshlens.policy.rsplit(":", 1)[1])
-    with run_envoy(envoy_config(admin, port, app_port, policy_port), admin, tmp_path, "envoy-policy"):
+    with run_envoy(policy_envoy(admin, port, app_port, policy_port), admin, tmp_path, "envoy-policy"):
         yield f"http://{LOOPBACK}:{port}"
 
 

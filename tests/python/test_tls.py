@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind
 
-from envoyhelpers import cluster, mesh, run_envoy
+from envoyhelpers import mesh, policy_envoy, run_envoy
 from mlhelpers import LOOPBACK, free_ports, fresh_minute, get_json, metric, poll
 
 OPENSSL = shutil.which("openssl")
@@ -172,47 +172,21 @@ def tls_socket(pki: Pki, with_client_cert: bool) -> str:
 
 
 def envoy_config(admin: int, port: int, app_port: int, ml, pki: Pki, with_client_cert: bool) -> str:
+    """The policy test's sidecar, with mTLS to the policy listener and its tracer exporting
+    OTLP over TLS."""
     otlp_port = int(ml.otlp_grpc.rsplit(":", 1)[1])
     policy_port = int(ml.policy.rsplit(":", 1)[1])
-    return f"""
-admin:
-  address: {{socket_address: {{address: {LOOPBACK}, port_value: {admin}}}}}
+    socket = tls_socket(pki, with_client_cert)
+    return policy_envoy(
+        admin, port, app_port, policy_port, trace=mesh.tracing("work", "v1"), policy_extra=socket,
+        extra_clusters=mesh.cluster("meshlens_otlp", LOOPBACK, otlp_port, http2=True, extra=socket),
+        runtime="""
 layered_runtime:
   layers:
   - name: static
     static_layer:
       tracing.opentelemetry.flush_interval_ms: 200
-      tracing.opentelemetry.min_flush_spans: 1
-static_resources:
-  listeners:
-  - name: work_inbound
-    address: {{socket_address: {{address: {LOOPBACK}, port_value: {port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: work{mesh.tracing("work", "v1")}
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{prefix: "/"}}
-                route:
-                  cluster: app
-                  rate_limits:
-                  - actions:
-                    - request_headers: {{header_name: x-user, descriptor_key: user}}
-                typed_per_filter_config:
-                  envoy.filters.http.ext_authz:
-                    "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
-                    check_settings: {{context_extensions: {{destination: work}}}}
-          http_filters:{mesh.ext_authz_filter(cluster="policy", timeout="2s")}{mesh.ratelimit_filter("edge", cluster="policy", timeout="2s", failure_mode_deny=True)}
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-  clusters:{mesh.cluster("policy", LOOPBACK, policy_port, http2=True, extra=tls_socket(pki, with_client_cert))}{mesh.cluster("meshlens_otlp", LOOPBACK, otlp_port, http2=True, extra=tls_socket(pki, with_client_cert))}{cluster("app", app_port)}
-"""
+      tracing.opentelemetry.min_flush_spans: 1""")
 
 
 @contextlib.contextmanager

@@ -105,6 +105,49 @@ pub struct Peer {
     pub identity: Option<Arc<ClientIdentity>>,
 }
 
+/// What a listener serves: a tower service of HTTP requests, cloned for each connection (an
+/// axum `Router`, tonic's routes behind layers, the policy listener's dispatch).
+pub trait Serves<B>:
+    tower::Service<
+        http::Request<Incoming>,
+        Response = http::Response<B>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S, B> Serves<B> for S where
+    S: tower::Service<
+            http::Request<Incoming>,
+            Response = http::Response<B>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// A response body a listener can send.
+pub trait ResponseBody:
+    hyper::body::Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+    + Send
+    + 'static
+{
+}
+
+impl<B> ResponseBody for B where
+    B: hyper::body::Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + 'static
+{
+}
+
 /// A bound port, not yet serving.
 pub struct Listener {
     name: &'static str,
@@ -175,18 +218,8 @@ impl Listener {
     /// [`SHUTDOWN_GRACE`].
     pub async fn serve<S, B>(self, service: S, cancel: CancellationToken) -> std::io::Result<()>
     where
-        S: tower::Service<
-                http::Request<Incoming>,
-                Response = http::Response<B>,
-                Error = Infallible,
-            > + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
-        B: hyper::body::Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S: Serves<B>,
+        B: ResponseBody,
     {
         let listener = TcpListener::from_std(self.tcp)?;
         let shared = Arc::new(Shared {
@@ -276,18 +309,8 @@ impl<S> Shared<S> {
 
     async fn connection<B>(&self, tcp: TcpStream, addr: SocketAddr, stop: CancellationToken)
     where
-        S: tower::Service<
-                http::Request<Incoming>,
-                Response = http::Response<B>,
-                Error = Infallible,
-            > + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
-        B: hyper::body::Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S: Serves<B>,
+        B: ResponseBody,
     {
         let (io, identity) = match &self.tls {
             None => (Either::Left(tcp), None),
