@@ -5,11 +5,18 @@
 # a fresh meshlens; the cases run ROUNDS times, interleaved, and the last block gives each case's
 # median over the rounds and the TLS/plaintext ratios. Certificates are made here with openssl (EC
 # P-256, as cert-manager and Istio issue by default).
-# Usage: scripts/bench-tls.sh [seconds per case] [rounds]   (defaults 10 and 3)
+# Usage: scripts/bench-tls.sh [seconds per case] [rounds] [cases]   (defaults 10, 3 and all)
+# cases: a space-separated subset of "otlp_grpc rls_rate_0 rls_rate_10000", e.g. "rls_rate_10000"
+# alone for many rounds of the fixed-rate tail. PIN=0: server and load unpinned (as the policy
+# benchmark's fixed-rate cases run), to see the tail without the server's threads sharing a core.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS="${1:-10}"
 ROUNDS="${2:-3}"
+CASES=" ${3:-otlp_grpc rls_rate_0 rls_rate_10000} "
+SERVER_PIN=(taskset -c 0)
+CLIENT_PIN=(taskset -c 1)
+if [ "${PIN:-1}" = 0 ]; then SERVER_PIN=(); CLIENT_PIN=(); fi
 
 cargo build --release -q -p meshlens -p meshlens-loadgen
 BIN=target/release/meshlens
@@ -45,7 +52,7 @@ EOF
 start() { # $1 = plain or tls
   local conf=()
   [ "$1" = tls ] && conf=(--config "$WORK/tls.toml")
-  taskset -c 0 "$BIN" serve "${conf[@]}" --database-url "sqlite://$WORK/m.db" \
+  "${SERVER_PIN[@]}" "$BIN" serve "${conf[@]}" --database-url "sqlite://$WORK/m.db" \
     --otlp-grpc-addr 127.0.0.1:14317 --otlp-http-addr 127.0.0.1:14318 --zipkin-addr 127.0.0.1:19411 \
     --policy-addr 127.0.0.1:19091 --web-addr 127.0.0.1:20101 --log-level warn \
     --ratelimit-dir "$CONF/ratelimit" --policy-file "$CONF/policy.yaml" >"$WORK/server.log" 2>&1 &
@@ -68,15 +75,18 @@ tls_args() { # $1 = plain or tls, $2 = "client" for a client certificate too
 
 for round in $(seq 1 "$ROUNDS"); do
   for mode in plain tls; do
-    start "$mode"
-    # shellcheck disable=SC2046
-    taskset -c 1 "$LOADGEN" --endpoint 127.0.0.1:14317 $(tls_args "$mode") --warmup 2s --duration "${SECS}s" \
-      --server-pid "$SERVER_PID" --label "case=otlp_grpc tls=$mode round=$round" | tee -a "$WORK/results"
-    stop
-    for rate in 0 10000; do
+    if [[ "$CASES" == *" otlp_grpc "* ]]; then
       start "$mode"
       # shellcheck disable=SC2046
-      taskset -c 1 "$GEN" --api ratelimit --endpoint 127.0.0.1:19091 $(tls_args "$mode" client) \
+      "${CLIENT_PIN[@]}" "$LOADGEN" --endpoint 127.0.0.1:14317 $(tls_args "$mode") --warmup 2s --duration "${SECS}s" \
+        --server-pid "$SERVER_PID" --label "case=otlp_grpc tls=$mode round=$round" | tee -a "$WORK/results"
+      stop
+    fi
+    for rate in 0 10000; do
+      [[ "$CASES" == *" rls_rate_$rate "* ]] || continue
+      start "$mode"
+      # shellcheck disable=SC2046
+      "${CLIENT_PIN[@]}" "$GEN" --api ratelimit --endpoint 127.0.0.1:19091 $(tls_args "$mode" client) \
         --rate "$rate" --in-flight 32 --seconds "$SECS" --domain bench --web 127.0.0.1:20101 \
         --server-pid "$SERVER_PID" --label "case=rls_rate_$rate tls=$mode round=$round" | tee -a "$WORK/results"
       stop
@@ -95,5 +105,11 @@ def med(case, mode, key):
 for case, key in [("otlp_grpc", "spans_per_s"), ("otlp_grpc", "p99_ms"), ("rls_rate_0", "checks_per_s"),
                   ("rls_rate_0", "p99_ms"), ("rls_rate_10000", "checks_per_s"), ("rls_rate_10000", "p99_ms")]:
     plain, tls = med(case, "plain", key), med(case, "tls", key)
-    print(f"{case:15} {key:13} plaintext {plain:12.3f}  tls {tls:12.3f}  tls/plaintext {tls / plain:6.2f}")
+    if plain == plain and tls == tls:
+        print(f"{case:15} {key:13} plaintext {plain:12.3f}  tls {tls:12.3f}  tls/plaintext {tls / plain:6.2f}")
+for mode in ("plain", "tls"):
+    p99 = [float(r["p99_ms"]) for r in rows if r.get("case") == "rls_rate_10000" and r.get("tls") == mode]
+    if p99:
+        print(f"rls_rate_10000  {mode:5} p99 <= 1 ms in {sum(v <= 1 for v in p99)} of {len(p99)} rounds; sorted: "
+              + " ".join(f"{v:.2f}" for v in sorted(p99)))
 PY

@@ -109,17 +109,6 @@ pub async fn read_raw(body: Body, limits: BodyLimits) -> Result<Bytes, IngestErr
     Ok(raw)
 }
 
-/// Reads a body into `out` (a pooled buffer, its memory reused), within the size and time
-/// limits and the minimum rate.
-pub async fn read_raw_into(
-    body: Body,
-    limits: BodyLimits,
-    out: &mut Vec<u8>,
-) -> Result<(), IngestError> {
-    out.clear();
-    read_frames(body, limits, out, |_| Ok(())).await
-}
-
 /// Decompresses a snappy block (remote write's encoding) whose stated length is at most `limit`.
 pub fn unsnappy(data: &[u8], limit: usize) -> Result<Bytes, IngestError> {
     let mut out = Vec::new();
@@ -354,8 +343,9 @@ impl Admission {
         a
     }
 
-    /// Reads a whole body into `out` within the size and time limits, the minimum rate and the
-    /// budget; the reservation holds its bytes until dropped.
+    /// Reads a whole body into `out` (cleared first; a pooled buffer's memory is reused) within
+    /// the size and time limits, the minimum rate and the budget; the reservation holds its
+    /// bytes until dropped.
     pub async fn read<B>(
         &self,
         headers: &HeaderMap,
@@ -367,6 +357,7 @@ impl Admission {
         B::Error: std::fmt::Display,
     {
         let limit = self.limits.max_bytes;
+        out.clear();
         let mut held = Reservation {
             held: 0,
             budget: self.budget.clone(),

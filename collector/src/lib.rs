@@ -5,6 +5,7 @@
 pub mod error;
 pub mod graph;
 pub mod listen;
+pub mod logs;
 pub mod metrics;
 pub mod otlp;
 pub mod pipeline;

@@ -27,6 +27,11 @@ pub struct Metrics {
     pub ingest_stale_markers: IntCounterVec,
     /// Remote write label sets checked before, known by id (bounded; past the bound, forgotten).
     pub ingest_checked_label_sets: IntGauge,
+    /// Parts of spans cut by the span limits, by protocol and field (`attributes`, `values`,
+    /// `events`, `links`, `names`).
+    pub ingest_span_limit_cuts: IntCounterVec,
+    /// Traces whose stored bytes are being counted against `max_bytes_per_trace`.
+    pub ingest_tracked_traces: IntGauge,
     /// Whole requests refused, by protocol and reason (malformed, too large, unsupported media type…).
     pub ingest_rejected_requests: IntCounterVec,
     /// Spans waiting in the queue between receivers and the writer.
@@ -103,6 +108,14 @@ pub struct Metrics {
     pub tls_cert_not_after: IntGaugeVec,
     /// Tokens file loads (the first included), by file (`web`, `ingest`) and result.
     pub auth_reloads: IntCounterVec,
+    /// Quota keys the memory store holds.
+    pub policy_quota_keys: IntGauge,
+    /// Quota keys the memory store forgot before their window ended, to make room.
+    pub policy_quota_evictions: IntCounter,
+    /// Web sessions open (token logins not yet expired or ended).
+    pub web_sessions: IntGauge,
+    /// Web token logins, by result (`success`, `refused`).
+    pub web_logins: IntCounterVec,
 }
 
 /// Every metric name in the catalogue, for tests that check dashboards and docs against it.
@@ -147,6 +160,12 @@ pub const METRIC_NAMES: &[&str] = &[
     "meshlens_tls_reloads_total",
     "meshlens_tls_certificate_not_after_timestamp_seconds",
     "meshlens_auth_reloads_total",
+    "meshlens_policy_quota_keys",
+    "meshlens_policy_quota_evictions_total",
+    "meshlens_web_sessions",
+    "meshlens_ingest_span_limit_cuts_total",
+    "meshlens_ingest_tracked_traces",
+    "meshlens_web_logins_total",
 ];
 
 /// The standard process metrics exported beside the catalogue (Linux), read from /proc.
@@ -415,7 +434,8 @@ impl Metrics {
             ),
             listener_closed_connections: counter_vec(
                 "meshlens_listener_closed_connections_total",
-                "Connections the server ended, by listener and reason (idle, no_request, max_age).",
+                "Connections the server ended, by listener and reason (idle, no_request, max_age, \
+                 too_many_pings).",
                 &["listener", "reason"],
             ),
             tls_reloads: counter_vec(
@@ -433,6 +453,38 @@ impl Metrics {
                 "Tokens file loads (the first included), by file (web, ingest) and result.",
                 &["file", "result"],
             ),
+            ingest_span_limit_cuts: counter_vec(
+                "meshlens_ingest_span_limit_cuts_total",
+                "Parts of spans cut by the span limits (the span kept), by protocol and field \
+                 (attributes, values, events, links, names).",
+                &["protocol", "field"],
+            ),
+            ingest_tracked_traces: IntGauge::new(
+                "meshlens_ingest_tracked_traces",
+                "Traces whose bytes are counted against max_bytes_per_trace.",
+            )
+            .expect("valid metric"),
+            policy_quota_keys: IntGauge::new(
+                "meshlens_policy_quota_keys",
+                "Quota keys the memory store holds.",
+            )
+            .expect("valid metric"),
+            policy_quota_evictions: IntCounter::new(
+                "meshlens_policy_quota_evictions_total",
+                "Quota keys the memory store forgot before their window ended, least recently \
+                 used first, to make room for new ones (policy max_keys).",
+            )
+            .expect("valid metric"),
+            web_sessions: IntGauge::new(
+                "meshlens_web_sessions",
+                "Web sessions open (token logins not yet expired or ended).",
+            )
+            .expect("valid metric"),
+            web_logins: counter_vec(
+                "meshlens_web_logins_total",
+                "Web token logins, by result (success, refused).",
+                &["result"],
+            ),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -446,6 +498,12 @@ impl Metrics {
             Box::new(m.ingest_checked_label_sets.clone()),
             Box::new(m.ingest_queue_depth.clone()),
             Box::new(m.ingest_buffered_bytes.clone()),
+            Box::new(m.web_sessions.clone()),
+            Box::new(m.policy_quota_keys.clone()),
+            Box::new(m.policy_quota_evictions.clone()),
+            Box::new(m.ingest_span_limit_cuts.clone()),
+            Box::new(m.ingest_tracked_traces.clone()),
+            Box::new(m.web_logins.clone()),
             Box::new(m.store_commit_seconds.clone()),
             Box::new(m.store_spans_written.clone()),
             Box::new(m.store_errors.clone()),
@@ -632,6 +690,10 @@ mod tests {
         m.tls_reloads.with_label_values(&["web", "success"]).inc();
         m.tls_cert_not_after.with_label_values(&["web"]).set(1);
         m.auth_reloads.with_label_values(&["web", "success"]).inc();
+        m.web_logins.with_label_values(&["success"]).inc();
+        m.ingest_span_limit_cuts
+            .with_label_values(&["otlp_grpc", "values"])
+            .inc();
         let mut names: Vec<String> = m
             .registry
             .gather()

@@ -154,6 +154,11 @@ impl PolicyEngine {
         self.quotas.name()
     }
 
+    /// The memory store's keys held and keys forgotten to make room (none for Redis).
+    pub fn memory_quota_stats(&self) -> Option<(usize, u64)> {
+        self.quotas.memory_stats()
+    }
+
     /// The last reload's error, if the last attempt failed.
     pub fn last_error(&self) -> Option<ConfigError> {
         self.last_error.lock().ok().and_then(|e| e.clone())

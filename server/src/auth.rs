@@ -7,7 +7,7 @@ use std::sync::Arc;
 use meshlens_collector::listen::auth::{parse_tenant, IngestTokens};
 use meshlens_collector::Metrics;
 use meshlens_policy::credentials::TokenFile;
-use meshlens_web::auth::{Role, WebAuth, WebAuthSettings, WebTokens};
+use meshlens_web::auth::{Role, SessionMetrics, WebAuth, WebAuthSettings, WebTokens};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AuthConfig;
@@ -69,6 +69,9 @@ impl Credentials {
                  the header is trusted from nowhere else"
             );
         }
+        if config.session_ttl < std::time::Duration::from_secs(60) || config.max_sessions == 0 {
+            anyhow::bail!("auth: session_ttl must be at least 1m and max_sessions at least 1");
+        }
         Ok(WebAuth::new(WebAuthSettings {
             tokens: self.web.clone(),
             proxy_user_header: header,
@@ -77,6 +80,12 @@ impl Credentials {
             secure_cookie: tls,
             allowed_hosts: config.allowed_hosts.clone(),
             loopback_only,
+            session_ttl: config.session_ttl,
+            max_sessions: config.max_sessions,
+            metrics: Some(SessionMetrics {
+                sessions: self.metrics.web_sessions.clone(),
+                logins: self.metrics.web_logins.clone(),
+            }),
         }))
     }
 

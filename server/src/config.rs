@@ -44,6 +44,11 @@ pub struct AuthConfig {
     /// Empty: any name when the web listener is exposed, none when it is bound to loopback (a
     /// DNS rebinding page would name its own host).
     pub allowed_hosts: Vec<String>,
+    /// How long a web login lasts.
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+    /// Most web sessions kept at once; past it, the one closest to expiry is ended.
+    pub max_sessions: usize,
     /// How often the tokens files are checked for changes.
     #[serde(with = "humantime_serde")]
     pub reload_interval: Duration,
@@ -58,6 +63,8 @@ impl Default for AuthConfig {
             proxy_cidrs: Vec::new(),
             proxy_admin_users: Vec::new(),
             allowed_hosts: Vec::new(),
+            session_ttl: Duration::from_secs(12 * 3600),
+            max_sessions: 10_000,
             reload_interval: Duration::from_secs(2),
         }
     }
@@ -229,6 +236,10 @@ pub struct ConnectionsConfig {
     /// as long again; 0s: no pings.
     #[serde(with = "humantime_serde")]
     pub keepalive_interval: Duration,
+    /// A peer's HTTP/2 PINGs may come this often with no request between them; more often,
+    /// three times, and its connection is closed (keepalive enforcement). 0s: no limit.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_min_time: Duration,
 }
 
 impl Default for ConnectionsConfig {
@@ -243,6 +254,7 @@ impl Default for ConnectionsConfig {
             max_connection_age_grace: l.max_connection_age_grace,
             max_concurrent_streams: l.max_concurrent_streams,
             keepalive_interval: l.keepalive_interval,
+            keepalive_min_time: l.keepalive_min_time,
         }
     }
 }
@@ -258,6 +270,7 @@ impl ConnectionsConfig {
             max_connection_age_grace: self.max_connection_age_grace,
             max_concurrent_streams: self.max_concurrent_streams.max(1),
             keepalive_interval: self.keepalive_interval,
+            keepalive_min_time: self.keepalive_min_time,
         }
     }
 }
@@ -305,6 +318,33 @@ pub struct IngestConfig {
     /// Bytes of request bodies read ahead of their receivers' permits (OTLP, Zipkin), across
     /// receivers; past it, exports are refused with a retryable error.
     pub max_buffered_bytes: usize,
+    /// Span limits: a span over one is kept, cut, with its `dropped_*` counts raised.
+    /// Attributes on a span, a resource, an event or a link.
+    pub max_span_attributes: usize,
+    /// Bytes of a string or bytes attribute value (cut at a character boundary).
+    pub max_attribute_value_bytes: usize,
+    pub max_span_events: usize,
+    pub max_span_links: usize,
+    /// Bytes of a span's or an event's name.
+    pub max_span_name_bytes: usize,
+    /// Bytes a trace may hold (Tempo's `max_bytes_per_trace`); spans past it are refused in the
+    /// partial success. 0: no limit.
+    pub max_bytes_per_trace: u64,
+}
+
+impl IngestConfig {
+    pub fn limits(&self) -> meshlens_collector::pipeline::IngestLimits {
+        meshlens_collector::pipeline::IngestLimits {
+            span: meshlens_topology::SpanLimits {
+                max_attributes: self.max_span_attributes,
+                max_value_bytes: self.max_attribute_value_bytes,
+                max_events: self.max_span_events,
+                max_links: self.max_span_links,
+                max_name_bytes: self.max_span_name_bytes,
+            },
+            max_bytes_per_trace: self.max_bytes_per_trace,
+        }
+    }
 }
 
 /// The live service graph.
@@ -579,6 +619,7 @@ impl Default for StorageConfig {
 
 impl Default for IngestConfig {
     fn default() -> Self {
+        let span = meshlens_topology::SpanLimits::default();
         IngestConfig {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             queue_spans: meshlens_collector::pipeline::DEFAULT_QUEUE_SPANS,
@@ -589,6 +630,12 @@ impl Default for IngestConfig {
             body_min_rate: 1024,
             body_min_rate_grace: Duration::from_secs(5),
             max_buffered_bytes: 256 << 20,
+            max_span_attributes: span.max_attributes,
+            max_attribute_value_bytes: span.max_value_bytes,
+            max_span_events: span.max_events,
+            max_span_links: span.max_links,
+            max_span_name_bytes: span.max_name_bytes,
+            max_bytes_per_trace: meshlens_collector::pipeline::limits::DEFAULT_MAX_BYTES_PER_TRACE,
         }
     }
 }

@@ -74,6 +74,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             queue_spans: config.ingest.queue_spans,
             max_batch_spans: config.ingest.max_batch_spans,
             writers: config.writers(),
+            limits: config.ingest.limits(),
         },
         metrics.clone(),
         graph.clone(),

@@ -112,7 +112,7 @@ pub async fn spawn_all(
     let http = otlp::http::router(pipeline.clone(), body)
         .layer(concurrency())
         .layer(admission.clone())
-        .merge(prom::router(pipeline.clone(), body).layer(concurrency()));
+        .merge(prom::router(pipeline.clone(), &admission.0, permits));
     let http = match &ingest_auth {
         Some(auth) => http.layer(auth.clone()),
         None => http,

@@ -43,6 +43,9 @@ struct Extra {
     scope_version: String,
     events: Vec<ExtraEvent>,
     links: Vec<ExtraLink>,
+    dropped_attributes_count: u32,
+    dropped_events_count: u32,
+    dropped_links_count: u32,
 }
 
 #[derive(Deserialize)]
@@ -50,6 +53,8 @@ struct ExtraEvent {
     time_ns: u64,
     name: String,
     attributes: Value,
+    #[serde(default)]
+    dropped_attributes_count: u32,
 }
 
 #[derive(Deserialize)]
@@ -59,6 +64,8 @@ struct ExtraLink {
     #[serde(default)]
     trace_state: String,
     attributes: Value,
+    #[serde(default)]
+    dropped_attributes_count: u32,
 }
 
 pub(crate) fn resources(raw: Vec<RawResource>) -> Result<HashMap<i64, Arc<Resource>>, StoreError> {
@@ -115,6 +122,7 @@ pub(crate) fn span(
                 time_ns: e.time_ns,
                 name: e.name,
                 attributes: attrs_from_value(e.attributes),
+                dropped_attributes_count: e.dropped_attributes_count,
             })
             .collect(),
         links: extra
@@ -126,9 +134,13 @@ pub(crate) fn span(
                     span_id: SpanId::from_hex(&l.span_id).ok()?,
                     trace_state: l.trace_state,
                     attributes: attrs_from_value(l.attributes),
+                    dropped_attributes_count: l.dropped_attributes_count,
                 })
             })
             .collect(),
+        dropped_attributes_count: extra.dropped_attributes_count,
+        dropped_events_count: extra.dropped_events_count,
+        dropped_links_count: extra.dropped_links_count,
     })
 }
 

@@ -69,6 +69,12 @@ pub(crate) struct ExtraJson<'a> {
     pub events: Vec<EventJson<'a>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub links: Vec<LinkJson<'a>>,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub dropped_attributes_count: u32,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub dropped_events_count: u32,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub dropped_links_count: u32,
 }
 
 #[derive(Serialize)]
@@ -76,6 +82,8 @@ pub(crate) struct EventJson<'a> {
     pub time_ns: u64,
     pub name: Cow<'a, str>,
     pub attributes: AttrsJson<'a>,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub dropped_attributes_count: u32,
 }
 
 #[derive(Serialize)]
@@ -85,6 +93,8 @@ pub(crate) struct LinkJson<'a> {
     #[serde(skip_serializing_if = "cow_is_empty")]
     pub trace_state: Cow<'a, str>,
     pub attributes: AttrsJson<'a>,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub dropped_attributes_count: u32,
 }
 
 fn cow_is_empty(s: &impl AsRef<str>) -> bool {
@@ -147,6 +157,7 @@ fn encode_span(s: &Span, resource_id: i64) -> SpanRow {
                 time_ns: e.time_ns,
                 name: nul_free(&e.name),
                 attributes: AttrsJson(&e.attributes),
+                dropped_attributes_count: e.dropped_attributes_count,
             })
             .collect(),
         links: s
@@ -157,8 +168,12 @@ fn encode_span(s: &Span, resource_id: i64) -> SpanRow {
                 span_id: l.span_id.to_hex(),
                 trace_state: nul_free(&l.trace_state),
                 attributes: AttrsJson(&l.attributes),
+                dropped_attributes_count: l.dropped_attributes_count,
             })
             .collect(),
+        dropped_attributes_count: s.dropped_attributes_count,
+        dropped_events_count: s.dropped_events_count,
+        dropped_links_count: s.dropped_links_count,
     };
     let extra = serde_json::to_string(&extra).ok().filter(|e| e != "{}");
     SpanRow {

@@ -78,7 +78,10 @@ fn sample_trace() -> Vec<Span> {
         attributes: [("key".to_string(), AttrValue::Str("a\0b".into()))]
             .into_iter()
             .collect(),
+        dropped_attributes_count: 2,
     });
+    // What the sender or the span limits left out is kept with the span.
+    root.dropped_attributes_count = 7;
     let mut client = SpanBuilder::new(1, 2, "frontend", "GET work", T0 + 1_000)
         .resource(frontend)
         .parent(1)
@@ -90,7 +93,10 @@ fn sample_trace() -> Vec<Span> {
         span_id: meshlens_topology::testing::span_id(9),
         trace_state: String::new(),
         attributes: Default::default(),
+        dropped_attributes_count: 1,
     });
+    client.dropped_events_count = 3;
+    client.dropped_links_count = 4;
     let server = SpanBuilder::new(1, 3, "work", "GET /work", T0 + 2_000)
         .resource(resource("work", Some("v2")))
         .parent(2)

@@ -576,3 +576,111 @@ async fn declared_lengths_alone_take_no_budget() {
     drop(idle);
     env.stop().await;
 }
+
+/// The span limits: a span with 20,000 attributes, a 2 MiB value and 300 events is stored, cut
+/// to the limits, with what was cut in its dropped counts (the trace API shows them as
+/// warnings) and in meshlens' metrics. A trace past `max_bytes_per_trace` has its further spans
+/// refused in the partial success, the spans of other traces beside them kept.
+#[tokio::test]
+async fn oversized_spans_are_cut_and_oversized_traces_refused() {
+    use opentelemetry_proto::tonic::trace::v1::span::Event;
+    let env = TestEnv::start_with(|c| c.ingest.max_bytes_per_trace = 200_000).await;
+    let mut client = env.grpc().await;
+    let t0 = now_ns();
+    let mut huge = otlp_span(1, 1, None, "huge", t0);
+    huge.attributes
+        .insert(0, str_kv("blob", &"x".repeat(2 << 20)));
+    for i in 0..20_000 {
+        huge.attributes.push(str_kv(&format!("k{i}"), "v"));
+    }
+    let sent = huge.attributes.len();
+    huge.dropped_attributes_count = 5; // what the sender dropped itself
+    huge.events = (0..300)
+        .map(|i| Event {
+            time_unix_nano: t0 + i,
+            name: format!("e{i}"),
+            ..Default::default()
+        })
+        .collect();
+    let resp = client
+        .export(request("frontend", vec![huge]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(resp.partial_success.is_none(), "the span is kept");
+    let (status, body) = env.get_json(&format!("/api/traces/{}", trace_hex(1))).await;
+    assert_eq!(status, 200);
+    let span = &body["data"][0]["spans"][0];
+    let tags = span["tags"].as_array().unwrap();
+    let blob = tags.iter().find(|t| t["key"] == "blob").expect("the blob");
+    assert_eq!(blob["value"].as_str().unwrap().len(), 16 << 10);
+    // The first 256 are kept: the blob, the two of otlp_span, then k0 to k252.
+    assert!(tags.iter().any(|t| t["key"] == "k252"));
+    assert!(
+        !tags.iter().any(|t| t["key"] == "k253"),
+        "256 attributes kept"
+    );
+    assert_eq!(span["logs"].as_array().unwrap().len(), 256);
+    let warnings: Vec<&str> = span["warnings"]
+        .as_array()
+        .expect("warnings")
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    let dropped = sent - 256 + 5;
+    assert_eq!(
+        warnings,
+        vec![
+            format!("{dropped} attributes dropped"),
+            "44 events dropped".to_string()
+        ]
+    );
+    let cuts = |field: &str| {
+        format!("meshlens_ingest_span_limit_cuts_total{{field=\"{field}\",protocol=\"otlp_grpc\"}}")
+    };
+    let text = env.metrics_text().await;
+    for (field, n) in [("attributes", sent - 256), ("values", 1), ("events", 44)] {
+        assert!(
+            text.contains(&format!("{} {n}\n", cuts(field))),
+            "{field}:\n{text}"
+        );
+    }
+
+    // Trace 2: two spans of 150 KB each against 200,000 bytes; trace 3 beside them.
+    let fat = |id: u64| {
+        let mut s = otlp_span(2, id, None, "fat", t0);
+        for i in 0..10 {
+            s.attributes
+                .push(str_kv(&format!("part{i}"), &"y".repeat(15_000)));
+        }
+        s
+    };
+    let resp = client
+        .export(request(
+            "frontend",
+            vec![fat(1), fat(2), otlp_span(3, 1, None, "small", t0)],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let partial = resp.partial_success.expect("partial success");
+    assert_eq!(partial.rejected_spans, 1);
+    assert!(
+        partial.error_message.contains("max_bytes_per_trace"),
+        "{}",
+        partial.error_message
+    );
+    let (_, body) = env.get_json(&format!("/api/traces/{}", trace_hex(2))).await;
+    assert_eq!(body["data"][0]["spans"].as_array().unwrap().len(), 1);
+    let (status, _) = env.get_json(&format!("/api/traces/{}", trace_hex(3))).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        env.metric(
+            "meshlens_ingest_rejected_spans_total",
+            "reason=\"trace_too_large\""
+        )
+        .await,
+        1.0
+    );
+    env.stop().await;
+}

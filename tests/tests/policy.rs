@@ -697,3 +697,57 @@ async fn quotas_count_on_redis_over_tls_with_a_client_certificate() {
     assert!(env.metric(errors, "backend=\"redis\"").await >= 1.0);
     env.stop().await;
 }
+
+/// Requests past the input bounds are refused whole with INVALID_ARGUMENT and a message, over
+/// the real listener, and counted; a normal check on the same channel is answered after them.
+#[tokio::test]
+async fn oversized_policy_requests_are_refused_with_a_reason() {
+    let cfg = tempfile::tempdir().unwrap();
+    write_configs(cfg.path(), 100);
+    let env = TestEnv::start_with(policy_config(cfg.path())).await;
+    let ch = channel(&env).await;
+    let mut rl = RateLimitServiceClient::new(ch.clone());
+    let mut many = rls("ann");
+    many.descriptors = vec![many.descriptors[0].clone(); 3_000];
+    let err = rl.should_rate_limit(many).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("3000 descriptors"),
+        "{}",
+        err.message()
+    );
+    let long = rls(&"u".repeat(1 << 20));
+    let err = rl.should_rate_limit(long).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("entries[0]"), "{}", err.message());
+    assert_eq!(codes(&mut rl, "ann", 1).await, [OK]);
+
+    let mut authz = AuthorizationClient::new(ch);
+    let mut flood = check("work", "/");
+    let http = flood
+        .attributes
+        .as_mut()
+        .and_then(|a| a.request.as_mut())
+        .and_then(|r| r.http.as_mut())
+        .unwrap();
+    http.headers = (0..10_000)
+        .map(|i| (format!("x-h{i}"), "v".to_string()))
+        .collect();
+    let err = authz.check(flood).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("10000 headers"), "{}", err.message());
+    let mut named = check(&"d".repeat(300), "/");
+    named.attributes.as_mut().unwrap().source = None;
+    let err = authz.check(named).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let ok = authz.check(check("work", "/")).await.unwrap().into_inner();
+    assert_eq!(ok.status.unwrap().code, 0, "a normal check after them");
+    let text = env.metrics_text().await;
+    for line in [
+        r#"meshlens_policy_checks_total{api="ext_authz",decision="invalid"} 2"#,
+        r#"meshlens_policy_checks_total{api="ratelimit",decision="invalid"} 2"#,
+    ] {
+        assert!(text.contains(line), "{line}\n{text}");
+    }
+    env.stop().await;
+}

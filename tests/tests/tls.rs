@@ -350,3 +350,64 @@ async fn a_connection_that_sends_nothing_is_closed_and_counted() {
     client.export(trace_request("idle", 2, 1)).await.unwrap();
     env.stop().await;
 }
+
+/// Keepalive enforcement: a peer's HTTP/2 PINGs spaced by the minimum time are answered; three
+/// that come sooner, with no request between them, close the connection, counted.
+#[tokio::test]
+async fn a_peer_that_pings_too_often_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = TestEnv::start_with(|c: &mut Config| {
+        c.connections.keepalive_min_time = Duration::from_millis(200);
+    })
+    .await;
+    let addr = env.running().addrs.otlp_grpc;
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let settings = [0u8, 0, 0, 4, 0, 0, 0, 0, 0];
+    let ping = [0u8, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+    // Reads for `for_how_long`: whether the server closed the connection meanwhile.
+    async fn closed_within(conn: &mut tokio::net::TcpStream, for_how_long: Duration) -> bool {
+        let mut buf = [0u8; 1024];
+        let read = async {
+            loop {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                }
+            }
+        };
+        tokio::time::timeout(for_how_long, read).await.is_ok()
+    }
+
+    let mut polite = tokio::net::TcpStream::connect(addr).await.unwrap();
+    polite.write_all(PREFACE).await.unwrap();
+    polite.write_all(&settings).await.unwrap();
+    for _ in 0..5 {
+        polite.write_all(&ping).await.unwrap();
+        assert!(
+            !closed_within(&mut polite, Duration::from_millis(300)).await,
+            "pings spaced by the minimum time are fine"
+        );
+    }
+
+    let mut flood = tokio::net::TcpStream::connect(addr).await.unwrap();
+    flood.write_all(PREFACE).await.unwrap();
+    flood.write_all(&settings).await.unwrap();
+    for _ in 0..4 {
+        flood.write_all(&ping).await.unwrap();
+    }
+    assert!(
+        closed_within(&mut flood, Duration::from_secs(10)).await,
+        "a ping flood keeps its connection"
+    );
+    env.wait_for_metric(
+        "meshlens_listener_closed_connections_total",
+        "listener=\"otlp_grpc\",reason=\"too_many_pings\"",
+        1.0,
+    )
+    .await;
+    assert!(
+        !closed_within(&mut polite, Duration::from_millis(100)).await,
+        "the polite connection is still open"
+    );
+    env.stop().await;
+}

@@ -15,6 +15,8 @@ pub enum InvalidSpan {
     EndBeforeStart,
     #[error("start time is missing")]
     MissingStart,
+    #[error("its trace is over the bytes a trace may hold (max_bytes_per_trace)")]
+    TraceTooLarge,
 }
 
 impl InvalidSpan {
@@ -26,6 +28,7 @@ impl InvalidSpan {
             InvalidSpan::ParentSpanId => "invalid_parent_span_id",
             InvalidSpan::EndBeforeStart => "end_before_start",
             InvalidSpan::MissingStart => "missing_start_time",
+            InvalidSpan::TraceTooLarge => "trace_too_large",
         }
     }
 }

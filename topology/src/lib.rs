@@ -5,6 +5,7 @@
 mod attr;
 pub mod graph;
 mod ids;
+mod limits;
 mod metric;
 pub mod prom;
 pub mod redact;
@@ -14,6 +15,7 @@ pub mod testing;
 
 pub use attr::{AttrValue, Attributes};
 pub use ids::{InvalidSpan, SpanId, TraceId};
+pub use limits::{span_bytes, Cut, SpanLimits};
 pub use metric::{MetricBatch, MetricPoint, PointValue};
 pub use resource::{Resource, Scope, ServiceIdentity};
 pub use span::{Event, Link, Span, SpanKind, Status, StatusCode};

@@ -111,6 +111,8 @@ pub struct Event {
     pub time_ns: u64,
     pub name: String,
     pub attributes: Attributes,
+    /// Attributes left out, by the sender or by meshlens' [`crate::SpanLimits`].
+    pub dropped_attributes_count: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -119,6 +121,7 @@ pub struct Link {
     pub span_id: SpanId,
     pub trace_state: String,
     pub attributes: Attributes,
+    pub dropped_attributes_count: u32,
 }
 
 /// A validated span: ids are well formed and it does not end before it starts.
@@ -139,6 +142,11 @@ pub struct Span {
     pub attributes: Attributes,
     pub events: Vec<Event>,
     pub links: Vec<Link>,
+    /// What was left out, by the sender (OTLP's `dropped_*_count`) or by meshlens'
+    /// [`crate::SpanLimits`]: the two add up.
+    pub dropped_attributes_count: u32,
+    pub dropped_events_count: u32,
+    pub dropped_links_count: u32,
 }
 
 /// HTTP status attribute names, current first, then the older ones (Envoy and many SDKs still send these).

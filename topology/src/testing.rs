@@ -53,6 +53,9 @@ impl SpanBuilder {
             attributes: Attributes::new(),
             events: Vec::new(),
             links: Vec::new(),
+            dropped_attributes_count: 0,
+            dropped_events_count: 0,
+            dropped_links_count: 0,
         })
     }
 

@@ -47,17 +47,47 @@ impl Role {
 
 pub type WebTokens = TokenFile<Role>;
 
+/// Who is asking, as the guard found it: their role, and whether it came from a login session
+/// (which the pages' "Sign out" button ends). Empty when the web needs no credentials.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SignedIn {
+    pub role: Option<Role>,
+    pub session: bool,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for SignedIn {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<SignedIn>()
+            .copied()
+            .unwrap_or_default())
+    }
+}
+
 /// The session cookie's name over plaintext; over TLS it is `__Host-meshlens_session`, which
 /// browsers accept only from this host, over HTTPS, for the whole site (a sibling domain cannot
 /// plant one).
 pub const COOKIE: &str = "meshlens_session";
 const SECURE_COOKIE: &str = "__Host-meshlens_session";
-/// How long a login lasts.
+/// How long a login lasts, by default (`[auth] session_ttl`).
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
-/// Most sessions kept; past it, the oldest is forgotten.
-const MAX_SESSIONS: usize = 10_000;
+/// Most sessions kept, by default (`[auth] max_sessions`); past it, the oldest is forgotten.
+pub const MAX_SESSIONS: usize = 10_000;
 
-#[derive(Default)]
+/// Where the web's sign-ins are counted (`meshlens_web_sessions`, `meshlens_web_logins_total`).
+#[derive(Clone)]
+pub struct SessionMetrics {
+    pub sessions: prometheus::IntGauge,
+    /// By result: `success`, `refused`.
+    pub logins: prometheus::IntCounterVec,
+}
+
 pub struct WebAuthSettings {
     pub tokens: Option<Arc<WebTokens>>,
     /// A reverse proxy's user header (`X-Forwarded-User`), trusted only from `proxy_cidrs`.
@@ -72,6 +102,28 @@ pub struct WebAuthSettings {
     /// The web listener is bound to a loopback address: with no `allowed_hosts`, only IP
     /// literals and `localhost` are answered (a DNS rebinding page names another host).
     pub loopback_only: bool,
+    /// How long a login lasts.
+    pub session_ttl: Duration,
+    /// Most sessions kept; past it, the one closest to expiry is forgotten.
+    pub max_sessions: usize,
+    pub metrics: Option<SessionMetrics>,
+}
+
+impl Default for WebAuthSettings {
+    fn default() -> Self {
+        WebAuthSettings {
+            tokens: None,
+            proxy_user_header: None,
+            proxy_cidrs: Vec::new(),
+            proxy_admin_users: Vec::new(),
+            secure_cookie: false,
+            allowed_hosts: Vec::new(),
+            loopback_only: false,
+            session_ttl: SESSION_TTL,
+            max_sessions: MAX_SESSIONS,
+            metrics: None,
+        }
+    }
 }
 
 pub struct WebAuth {
@@ -184,33 +236,53 @@ impl WebAuth {
             .flatten();
         if role.is_none() {
             sessions.remove(id);
+            self.count_sessions(sessions.len());
         }
         role
     }
 
+    fn count_sessions(&self, n: usize) {
+        if let Some(m) = &self.settings.metrics {
+            m.sessions.set(n as i64);
+        }
+    }
+
+    fn count_login(&self, result: &str) {
+        if let Some(m) = &self.settings.metrics {
+            m.logins.with_label_values(&[result]).inc();
+        }
+    }
+
     /// Starts a session for `token`; returns its id, or `None` if the token is not valid.
     pub fn login(&self, token: &str) -> Option<String> {
-        let (digest, _) = self.settings.tokens.as_ref()?.check(token)?;
+        let Some((digest, _)) = self.settings.tokens.as_ref()?.check(token) else {
+            self.count_login("refused");
+            return None;
+        };
         let id = credentials::random_id();
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         sessions.retain(|_, s| s.expires > now);
-        if sessions.len() >= MAX_SESSIONS {
+        while sessions.len() >= self.settings.max_sessions.max(1) {
             if let Some(oldest) = sessions
                 .iter()
                 .min_by_key(|(_, s)| s.expires)
                 .map(|(k, _)| k.clone())
             {
                 sessions.remove(&oldest);
+            } else {
+                break;
             }
         }
         sessions.insert(
             id.clone(),
             Session {
                 token: digest,
-                expires: now + SESSION_TTL,
+                expires: now + self.settings.session_ttl,
             },
         );
+        self.count_sessions(sessions.len());
+        self.count_login("success");
         Some(id)
     }
 
@@ -225,10 +297,9 @@ impl WebAuth {
 
     pub fn logout(&self, headers: &HeaderMap) {
         if let Some(id) = cookie(headers, self.cookie_name()) {
-            self.sessions
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(id);
+            let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            sessions.remove(id);
+            self.count_sessions(sessions.len());
         }
     }
 
@@ -243,7 +314,7 @@ impl WebAuth {
         let value = match session {
             Some(id) => format!(
                 "{name}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
-                SESSION_TTL.as_secs()
+                self.settings.session_ttl.as_secs()
             ),
             None => format!("{name}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}"),
         };
@@ -316,6 +387,14 @@ pub async fn guard(State(auth): State<Arc<WebAuth>>, mut req: Request, next: Nex
         .map(|c| c.0);
     match auth.role(req.headers(), peer) {
         Some(role) => {
+            if auth.enabled() {
+                let session = bearer(req.headers()).is_none()
+                    && cookie(req.headers(), auth.cookie_name()).is_some();
+                req.extensions_mut().insert(SignedIn {
+                    role: Some(role),
+                    session,
+                });
+            }
             req.extensions_mut().insert(role);
             next.run(req).await
         }
@@ -505,6 +584,38 @@ mod tests {
         std::fs::write(file.path(), "other-token-0000000000 admin\n").unwrap();
         file.reload_if_changed().unwrap();
         assert_eq!(auth.role(&cookies, None), None);
+    }
+
+    #[test]
+    fn sessions_are_capped_expire_and_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = tokens(dir.path(), "viewer-token-000000000 viewer\n");
+        let metrics = SessionMetrics {
+            sessions: prometheus::IntGauge::new("s", "s").unwrap(),
+            logins: prometheus::IntCounterVec::new(prometheus::Opts::new("l", "l"), &["result"])
+                .unwrap(),
+        };
+        let auth = WebAuth::new(WebAuthSettings {
+            tokens: Some(file),
+            max_sessions: 2,
+            session_ttl: Duration::from_millis(300),
+            metrics: Some(metrics.clone()),
+            ..Default::default()
+        });
+        let cookie = |id: &str| with(header::COOKIE, &format!("{COOKIE}={id}"));
+        let first = auth.login("viewer-token-000000000").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let second = auth.login("viewer-token-000000000").unwrap();
+        let third = auth.login("viewer-token-000000000").unwrap();
+        assert!(auth.login("viewer-token-00000000X").is_none());
+        assert_eq!(metrics.sessions.get(), 2, "the cap holds");
+        assert_eq!(auth.role(&cookie(&first), None), None, "the oldest went");
+        assert_eq!(auth.role(&cookie(&second), None), Some(Role::Viewer));
+        assert_eq!(metrics.logins.with_label_values(&["success"]).get(), 3);
+        assert_eq!(metrics.logins.with_label_values(&["refused"]).get(), 1);
+        std::thread::sleep(Duration::from_millis(350));
+        assert_eq!(auth.role(&cookie(&third), None), None, "expired");
+        assert_eq!(metrics.sessions.get(), 1);
     }
 
     #[test]

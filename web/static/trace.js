@@ -217,6 +217,13 @@
     panel.hidden = false;
     $('span-title').textContent = `${s.service}: ${s.operationName}`;
     $('span-sub').textContent = `${duration(s.duration)} at +${duration(s.startTime - state.start)} · span ${s.spanID}${s.error ? ' · error' : ''}`;
+    const warnings = $('span-warnings');
+    warnings.replaceChildren(...(s.warnings || []).map((w) => {
+      const li = document.createElement('li');
+      li.textContent = w;
+      return li;
+    }));
+    warnings.hidden = !(s.warnings || []).length;
     kv('span-tags', (s.tags || []).map((t) => [t.key, t.value]));
     kv('span-process', ((state.processes[s.processID] || {}).tags || []).map((t) => [t.key, t.value]));
     const logs = (s.logs || []).map((l) => [`+${duration(l.timestamp - state.start)}`, (l.fields || []).map((f) => `${f.key}=${typeof f.value === 'string' ? f.value : JSON.stringify(f.value)}`).join(' ')]);

@@ -13,11 +13,13 @@
 //!   HTTP/2 pings do not keep it open);
 //! - a connection older than the maximum age is asked to finish (GOAWAY) and closed after a grace
 //!   period, so clients reconnect and spread over replicas;
-//! - HTTP/2 streams per connection are capped, and the server pings an idle peer.
+//! - HTTP/2 streams per connection are capped, and the server pings an idle peer;
+//! - a peer that pings too often is closed ([`pings`]).
 //!
 //! Handshakes run on the connection's own task: a slow one never holds up `accept`.
 
 pub mod auth;
+pub mod pings;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -69,6 +71,9 @@ pub struct ConnectionLimits {
     /// The server pings an HTTP/2 peer this long idle, and closes the connection if the answer
     /// takes longer than the same again; zero: no pings.
     pub keepalive_interval: Duration,
+    /// An HTTP/2 peer's PINGs may come this often without a request between them; more often,
+    /// more than [`pings::MAX_STRIKES`] times, and the connection is closed. Zero: no limit.
+    pub keepalive_min_time: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -82,6 +87,7 @@ impl Default for ConnectionLimits {
             max_connection_age_grace: Duration::from_secs(30),
             max_concurrent_streams: 256,
             keepalive_interval: Duration::from_secs(60),
+            keepalive_min_time: Duration::from_secs(10),
         }
     }
 }
@@ -366,6 +372,8 @@ impl<S> Shared<S> {
             peer,
             activity: activity.clone(),
         };
+        let pinged_out = Arc::new(AtomicBool::new(false));
+        let io = pings::PingPolice::new(io, self.limits.keepalive_min_time, pinged_out.clone());
         let conn = self.builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(conn);
         let age = tokio::time::sleep(jittered(self.limits.max_connection_age, addr));
@@ -377,7 +385,13 @@ impl<S> Shared<S> {
         let reason = loop {
             tokio::select! {
                 ended = conn.as_mut() => {
-                    if let Err(e) = ended {
+                    if pinged_out.load(Ordering::Relaxed) {
+                        self.metrics
+                            .listener_closed_connections
+                            .with_label_values(&[self.name, "too_many_pings"])
+                            .inc();
+                        tracing::debug!(listener = self.name, %addr, "closed: too many pings");
+                    } else if let Err(e) = ended {
                         tracing::debug!(listener = self.name, %addr, error = %e, "connection ended");
                     }
                     return;

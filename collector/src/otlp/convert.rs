@@ -58,6 +58,22 @@ fn convert_span(
             message: st.message,
         })
         .unwrap_or_default();
+    let links_sent = s.links.len();
+    // A link with bad ids says nothing useful; it is dropped (and counted) and the span kept.
+    let links: Vec<Link> = s
+        .links
+        .into_iter()
+        .filter_map(|l| {
+            Some(Link {
+                trace_id: TraceId::from_bytes(&l.trace_id).ok()?,
+                span_id: SpanId::from_bytes(&l.span_id).ok()?,
+                trace_state: l.trace_state,
+                attributes: attributes(l.attributes),
+                dropped_attributes_count: l.dropped_attributes_count,
+            })
+        })
+        .collect();
+    let bad_links = u32::try_from(links_sent - links.len()).unwrap_or(u32::MAX);
     Ok(Span {
         trace_id,
         span_id,
@@ -79,21 +95,13 @@ fn convert_span(
                 time_ns: e.time_unix_nano,
                 name: e.name,
                 attributes: attributes(e.attributes),
+                dropped_attributes_count: e.dropped_attributes_count,
             })
             .collect(),
-        // A link with bad ids says nothing useful; it is dropped and the span kept.
-        links: s
-            .links
-            .into_iter()
-            .filter_map(|l| {
-                Some(Link {
-                    trace_id: TraceId::from_bytes(&l.trace_id).ok()?,
-                    span_id: SpanId::from_bytes(&l.span_id).ok()?,
-                    trace_state: l.trace_state,
-                    attributes: attributes(l.attributes),
-                })
-            })
-            .collect(),
+        links,
+        dropped_attributes_count: s.dropped_attributes_count,
+        dropped_events_count: s.dropped_events_count,
+        dropped_links_count: s.dropped_links_count.saturating_add(bad_links),
     })
 }
 

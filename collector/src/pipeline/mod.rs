@@ -10,9 +10,11 @@ use tokio::sync::{mpsc, oneshot, Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 mod converted;
+pub mod limits;
 mod metrics;
 
 pub use converted::{Converted, ConvertedMetrics, Rejected};
+pub use limits::IngestLimits;
 
 use crate::error::IngestError;
 use crate::graph::GraphFeed;
@@ -27,6 +29,8 @@ pub struct PipelineConfig {
     pub max_batch_spans: usize,
     /// Writer tasks (1 for SQLite, which has one writer anyway; more help PostgreSQL).
     pub writers: usize,
+    /// What one span and one trace may hold.
+    pub limits: IngestLimits,
 }
 
 pub const DEFAULT_QUEUE_SPANS: usize = 65_536;
@@ -38,6 +42,7 @@ impl Default for PipelineConfig {
             queue_spans: DEFAULT_QUEUE_SPANS,
             max_batch_spans: DEFAULT_MAX_BATCH_SPANS,
             writers: 1,
+            limits: IngestLimits::default(),
         }
     }
 }
@@ -56,6 +61,8 @@ pub struct Pipeline {
     capacity: usize,
     metrics: Metrics,
     graph: GraphFeed,
+    limits: IngestLimits,
+    trace_bytes: Arc<limits::TraceBytes>,
 }
 
 /// The writer tasks; `join` waits until every queued export is committed.
@@ -101,6 +108,8 @@ impl Pipeline {
             capacity,
             metrics,
             graph,
+            limits: config.limits,
+            trace_bytes: limits::TraceBytes::new(config.limits.max_bytes_per_trace),
         };
         (pipeline, Writers { handles })
     }
@@ -302,8 +311,35 @@ impl Pipeline {
         mut converted: Converted,
         tenant: Option<&crate::listen::auth::Tenant>,
     ) -> Result<Rejected, IngestError> {
-        tag_tenant(&mut converted.spans, tenant.map(|t| &*t.0));
         let p = protocol.as_str();
+        let cut = limits::cut_spans(&mut converted.spans, &self.limits.span);
+        for (field, n) in cut.by_field() {
+            if n > 0 {
+                self.metrics
+                    .ingest_span_limit_cuts
+                    .with_label_values(&[p, field])
+                    .inc_by(n);
+            }
+        }
+        tag_tenant(&mut converted.spans, tenant.map(|t| &*t.0));
+        let (fits, charged) = self.trace_bytes.admit(&converted.spans);
+        if fits.contains(&false) {
+            let spans = std::mem::take(&mut converted.spans);
+            for (span, fits) in spans.into_iter().zip(fits) {
+                if fits {
+                    converted.spans.push(span);
+                } else {
+                    converted
+                        .rejected
+                        .add(meshlens_topology::InvalidSpan::TraceTooLarge, || {
+                            format!("a span of trace {}", span.trace_id.to_hex())
+                        });
+                }
+            }
+        }
+        self.metrics
+            .ingest_tracked_traces
+            .set(self.trace_bytes.tracked() as i64);
         for (reason, n) in &converted.rejected.by_reason {
             self.metrics
                 .ingest_rejected_spans
@@ -320,6 +356,7 @@ impl Pipeline {
                 Ok(converted.rejected)
             }
             Err(e) => {
+                self.trace_bytes.release(charged);
                 self.metrics
                     .ingest_rejected_spans
                     .with_label_values(&[p, e.reason()])
@@ -336,7 +373,12 @@ impl Pipeline {
             .with_label_values(&[protocol.as_str(), e.reason()])
             .inc();
         if e.is_retryable() {
-            tracing::warn!(protocol = protocol.as_str(), error = %e, "export refused");
+            // Under overload every export is refused: one line per interval says so.
+            static LOG: crate::logs::LogEvery =
+                crate::logs::LogEvery::new(crate::logs::LOG_INTERVAL);
+            if let Some(skipped) = LOG.due() {
+                tracing::warn!(protocol = protocol.as_str(), error = %e, skipped, "export refused (skipped: refusals since the last such line)");
+            }
         } else {
             tracing::debug!(protocol = protocol.as_str(), error = %e, "bad export");
         }

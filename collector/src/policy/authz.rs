@@ -24,13 +24,81 @@ use super::{ratelimit_headers, PolicyServer};
 
 pub(super) const API: &str = "ext_authz";
 /// Every decision a check ends in (the `decision` label).
-pub(super) const DECISIONS: &[&str] = &["allow", "deny", "rate_limited", "unavailable"];
+pub(super) const DECISIONS: &[&str] = &["allow", "deny", "rate_limited", "unavailable", "invalid"];
 /// google.rpc codes.
 const PERMISSION_DENIED: i32 = 7;
 const RESOURCE_EXHAUSTED: i32 = 8;
 const UNAVAILABLE: i32 = 14;
 /// Longest header value or path kept from a request; policies match on prefixes of these.
 const MAX_VALUE: usize = 8 * 1024;
+/// Most headers a check may carry (Envoy's default `max_request_headers_count` is 100).
+pub const MAX_HEADERS: usize = 1024;
+/// Most bytes of header names and values a check may carry (Envoy's default
+/// `max_request_headers_kb` is 60 KiB; it can be raised to 8 MiB, past which no real request
+/// goes through a mesh).
+pub const MAX_HEADER_BYTES: usize = 1 << 20;
+/// Longest service name or principal: they become graph names and policy keys (a DNS name is at
+/// most 253 bytes).
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// Refuses a check past the bounds above (INVALID_ARGUMENT): a request from a buggy or hostile
+/// client is not matched, hashed or counted.
+pub fn bounds(req: &CheckRequest) -> Result<(), String> {
+    let Some(a) = req.attributes.as_ref() else {
+        return Ok(());
+    };
+    let names = a
+        .source
+        .iter()
+        .flat_map(|p| [&p.service, &p.principal])
+        .chain(a.destination.iter().map(|p| &p.service))
+        .chain(
+            a.context_extensions
+                .iter()
+                .filter(|(k, _)| {
+                    matches!(
+                        k.as_str(),
+                        "source_namespace" | "destination" | "destination_service"
+                    )
+                })
+                .map(|(_, v)| v),
+        )
+        .chain(a.destination.iter().flat_map(|d| {
+            ["app", "service"]
+                .into_iter()
+                .filter_map(|k| d.labels.get(k))
+        }));
+    for name in names {
+        if name.len() > MAX_NAME_BYTES {
+            return Err(format!(
+                "a service name or principal is over {MAX_NAME_BYTES} bytes"
+            ));
+        }
+    }
+    let Some(http) = a.request.as_ref().and_then(|r| r.http.as_ref()) else {
+        return Ok(());
+    };
+    let raw = http.header_map.as_ref().map_or(&[][..], |m| &m.headers[..]);
+    let count = http.headers.len() + raw.len();
+    if count > MAX_HEADERS {
+        return Err(format!("{count} headers: at most {MAX_HEADERS} are taken"));
+    }
+    let bytes: usize = http
+        .headers
+        .iter()
+        .map(|(k, v)| k.len() + v.len())
+        .sum::<usize>()
+        + raw
+            .iter()
+            .map(|h| h.key.len() + h.value.len() + h.raw_value.len())
+            .sum::<usize>();
+    if bytes > MAX_HEADER_BYTES {
+        return Err(format!(
+            "{bytes} bytes of headers: at most {MAX_HEADER_BYTES} are taken"
+        ));
+    }
+    Ok(())
+}
 
 pub struct AuthzService {
     pub(super) server: Arc<PolicyServer>,
@@ -240,6 +308,10 @@ impl Authorization for AuthzService {
         let s = &self.server;
         let budget = super::budget(request.metadata());
         let mut request = request.into_inner();
+        if let Err(e) = bounds(&request) {
+            s.finish(&s.authz_metrics, "invalid", started);
+            return Err(Status::invalid_argument(e));
+        }
         let attrs = attributes(&mut request);
         let outcome = s.engine.authorize_within(&attrs, budget).await;
         if let Some(e) = &outcome.backend_error {

@@ -32,6 +32,8 @@ pub struct PolicyServer {
     /// Refusals between known services since the graph last took them: (source, destination)
     /// → (denied, rate limited).
     refusals: Mutex<HashMap<(String, String), (u64, u64)>>,
+    /// A failing backend fails every check: one log line per interval says so.
+    backend_error_log: crate::logs::LogEvery,
 }
 
 /// Most service pairs whose refusals wait for the graph's next take.
@@ -46,6 +48,7 @@ impl PolicyServer {
             metrics,
             cap: SeriesCap::new(max_series),
             refusals: Mutex::new(HashMap::new()),
+            backend_error_log: crate::logs::LogEvery::new(crate::logs::LOG_INTERVAL),
         };
         let loaded = server.engine.current();
         server
@@ -88,8 +91,16 @@ impl PolicyServer {
         ratelimit::RlsService::server(self.clone())
     }
 
-    /// Reloads the configs if their files changed, and records the outcome.
+    /// Reloads the configs if their files changed, and records the outcome (and, as often, the
+    /// memory quota store's size and evictions).
     pub fn reload(&self) -> ReloadOutcome {
+        if let Some((keys, evicted)) = self.engine.memory_quota_stats() {
+            self.metrics.policy_quota_keys.set(keys as i64);
+            let counted = self.metrics.policy_quota_evictions.get();
+            self.metrics
+                .policy_quota_evictions
+                .inc_by(evicted.saturating_sub(counted));
+        }
         let outcome = self.engine.reload_if_changed();
         match &outcome {
             ReloadOutcome::Unchanged => {}
@@ -225,7 +236,9 @@ impl PolicyServer {
             .policy_backend_errors
             .with_label_values(&[self.engine.backend_name(), e.kind()])
             .inc();
-        tracing::warn!(error = %e, backend = self.engine.backend_name(), mode = ?self.engine.settings().failure_mode, "quota backend failed; check answered per the failure mode");
+        if let Some(skipped) = self.backend_error_log.due() {
+            tracing::warn!(error = %e, backend = self.engine.backend_name(), mode = ?self.engine.settings().failure_mode, skipped, "quota backend failed; check answered per the failure mode (skipped: failures since the last such line)");
+        }
     }
 }
 

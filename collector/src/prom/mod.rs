@@ -15,7 +15,7 @@ use axum::routing::post;
 use axum::Router;
 use http::{header, HeaderMap, StatusCode};
 
-use crate::body::{content_encoding, gunzip, read_raw_into, unsnappy_into, BodyLimits, BufferPool};
+use crate::body::{content_encoding, gunzip, unsnappy_into, Admission, BufferPool};
 use crate::error::{ErrorBody, HttpIngestError, IngestError};
 use crate::pipeline::Pipeline;
 use crate::Protocol;
@@ -34,20 +34,22 @@ static RAW: BufferPool = BufferPool::new();
 #[derive(Clone)]
 struct WriteState {
     pipeline: Pipeline,
-    limits: BodyLimits,
+    admission: Admission,
+    permits: Arc<tokio::sync::Semaphore>,
     checked: Arc<CheckedLabels>,
 }
 
-pub fn router(pipeline: Pipeline, limits: BodyLimits) -> Router {
-    let limits = BodyLimits {
-        max_bytes: limits.max_bytes.saturating_mul(SIZE_FACTOR),
-        ..limits
-    };
+/// The receiver: bodies are read whole through `admission` (the shared byte budget, the minimum
+/// rate) into pooled buffers, and only then wait for one of `permits` to be decoded, as the
+/// other receivers' are ([`crate::body::AdmissionLayer`]); a slow writer holds no permit.
+pub fn router(pipeline: Pipeline, admission: &Admission, permits: usize) -> Router {
+    let max_bytes = admission.limits.max_bytes.saturating_mul(SIZE_FACTOR);
     Router::new()
         .route("/api/v1/write", post(write))
         .with_state(WriteState {
             pipeline,
-            limits,
+            admission: admission.with_max_bytes(max_bytes),
+            permits: Arc::new(tokio::sync::Semaphore::new(permits.max(1))),
             checked: Arc::default(),
         })
 }
@@ -87,9 +89,14 @@ async fn accept(st: &WriteState, headers: &HeaderMap, body: Body) -> Result<(), 
             "{ct}; remote write 1.0 (application/x-protobuf, prometheus.WriteRequest) only"
         )));
     }
-    let mut raw = RAW.take(st.limits.max_bytes);
-    read_raw_into(body, st.limits, &mut raw.buf).await?;
-    let max = st.limits.max_bytes;
+    let max = st.admission.limits.max_bytes;
+    let mut raw = RAW.take(max);
+    let held = st.admission.read(headers, body, &mut raw.buf).await?;
+    let _permit = st
+        .permits
+        .acquire()
+        .await
+        .map_err(|_| IngestError::Overloaded)?;
     let body = match content_encoding(headers).as_str() {
         "snappy" => {
             let mut buf = BUFFERS.take(max);
@@ -102,6 +109,7 @@ async fn accept(st: &WriteState, headers: &HeaderMap, body: Body) -> Result<(), 
         other => return Err(IngestError::UnsupportedEncoding(other.to_string())),
     };
     drop(raw);
+    drop(held);
     let converted = convert_write(body, &st.checked)
         .map_err(|e| IngestError::Malformed(format!("protobuf: {e}")))?;
     st.pipeline

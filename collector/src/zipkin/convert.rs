@@ -168,9 +168,13 @@ fn convert_span(
                 time_ns: a.timestamp.saturating_mul(1_000),
                 name: a.value,
                 attributes: Attributes::new(),
+                dropped_attributes_count: 0,
             })
             .collect(),
         links: Vec::new(),
+        dropped_attributes_count: 0,
+        dropped_events_count: 0,
+        dropped_links_count: 0,
     })
 }
 

@@ -1,8 +1,12 @@
 //! Quotas in this process: shards of hash maps, each behind its own mutex, so concurrent checks
-//! of different keys rarely meet. Memory is bounded: a shard sweeps out ended windows and
-//! spent GCRA states when it fills, and refuses new keys if that frees nothing.
+//! of different keys rarely meet. Memory is bounded: a shard that fills sweeps out ended windows
+//! and spent GCRA states, and if that frees too little, forgets its least recently used keys (an
+//! eighth of the shard at a time, so a flood of new keys costs a sweep per eighth, not per key).
+//! A key in use is never the one forgotten: a flood of new keys cannot push a busy quota out and
+//! so lift its limit, and the store never refuses (a refused key would fail open or closed).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use foldhash::fast::RandomState;
@@ -33,6 +37,7 @@ impl State {
 struct Entry {
     state: State,
     unit_s: u64,
+    last_used_us: u64,
 }
 
 type Shard = HashMap<Box<str>, Entry, RandomState>;
@@ -41,6 +46,8 @@ pub struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
     max_keys_per_shard: usize,
+    /// Keys forgotten while their state still counted (least recently used, store full).
+    evicted: AtomicU64,
 }
 
 impl MemoryStore {
@@ -50,7 +57,29 @@ impl MemoryStore {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             hasher: RandomState::default(),
             max_keys_per_shard: max_keys.div_ceil(SHARDS).max(1),
+            evicted: AtomicU64::new(0),
         }
+    }
+
+    /// Keys forgotten before their window ended, to make room (least recently used first).
+    pub fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
+    }
+
+    /// Makes room in a full shard: ended keys first, then the least recently used eighth.
+    fn make_room(&self, map: &mut Shard, now_us: u64) {
+        map.retain(|_, e| e.state.expires_us(e.unit_s) > now_us);
+        if map.len() < self.max_keys_per_shard {
+            return;
+        }
+        let mut used: Vec<u64> = map.values().map(|e| e.last_used_us).collect();
+        let nth = (used.len() / 8).min(used.len() - 1);
+        let (_, cutoff, _) = used.select_nth_unstable(nth);
+        let cutoff = *cutoff;
+        let before = map.len();
+        map.retain(|_, e| e.last_used_us > cutoff);
+        self.evicted
+            .fetch_add((before - map.len()) as u64, Ordering::Relaxed);
     }
 
     pub fn hit(&self, key: &str, rate: Rate, hits: u32, now_us: u64) -> Result<Usage, QuotaError> {
@@ -62,19 +91,24 @@ impl MemoryStore {
         let unit_s = rate.unit.seconds();
         if !map.contains_key(key) {
             if map.len() >= self.max_keys_per_shard {
-                map.retain(|_, e| e.state.expires_us(e.unit_s) > now_us);
-                if map.len() >= self.max_keys_per_shard {
-                    return Err(QuotaError::Full);
-                }
+                self.make_room(&mut map, now_us);
             }
             let state = match rate.algorithm {
                 Algorithm::FixedWindow => State::Fixed(Window::default()),
                 Algorithm::Gcra => State::Gcra(0),
             };
-            map.insert(key.into(), Entry { state, unit_s });
+            map.insert(
+                key.into(),
+                Entry {
+                    state,
+                    unit_s,
+                    last_used_us: now_us,
+                },
+            );
         }
         let entry = map.get_mut(key).expect("inserted above");
         entry.unit_s = unit_s;
+        entry.last_used_us = entry.last_used_us.max(now_us);
         // A limit whose algorithm changed (a reload) starts afresh.
         Ok(match (&mut entry.state, rate.algorithm) {
             (State::Fixed(w), Algorithm::FixedWindow) => fixed_window(w, rate, hits, now_us),
@@ -123,24 +157,36 @@ mod tests {
     }
 
     #[test]
-    fn a_full_store_sweeps_ended_keys_then_refuses_new_ones() {
-        let store = MemoryStore::new(SHARDS); // one key per shard
+    fn a_full_store_forgets_ended_then_idle_keys_never_a_busy_one() {
+        let store = MemoryStore::new(SHARDS * 16);
         let r = rate(5, Algorithm::FixedWindow);
         let t0 = 60 * US_PER_S;
-        let keys: Vec<String> = (0..1000).map(|i| format!("k{i}")).collect();
-        let refused = keys
-            .iter()
-            .filter(|k| store.hit(k, r, 1, t0).is_err())
-            .count();
-        assert!(refused > 0 && store.len() <= SHARDS);
-        // A minute later every window has ended: the same keys fit again.
+        // A busy key at its limit.
+        for _ in 0..5 {
+            store.hit("busy", r, 1, t0).unwrap();
+        }
+        // A flood of 100,000 new keys within the same minute, the busy key checked between them.
+        for i in 0..100_000u64 {
+            let now = t0 + i;
+            store.hit(&format!("flood{i}"), r, 1, now).unwrap();
+            if i % 100 == 0 {
+                let u = store.hit("busy", r, 1, now).unwrap();
+                assert!(u.over_limit, "the flood lifted the busy key's limit at {i}");
+            }
+        }
+        assert!(store.len() <= SHARDS * 16, "bounded: {}", store.len());
+        assert!(
+            store.evicted() >= 100_000 - (SHARDS as u64 * 16),
+            "{}",
+            store.evicted()
+        );
+        // A minute later the ended windows go first, and nothing counted is forgotten for them.
+        let evicted = store.evicted();
         let later = t0 + 61 * US_PER_S;
-        let held_before = store.len();
-        let accepted = keys
-            .iter()
-            .filter(|k| store.hit(k, r, 1, later).is_ok())
-            .count();
-        assert!(accepted >= held_before, "{accepted} < {held_before}");
+        for i in 0..SHARDS * 4 {
+            store.hit(&format!("new{i}"), r, 1, later).unwrap();
+        }
+        assert_eq!(store.evicted(), evicted, "ended keys made the room");
     }
 
     /// Concurrent callers never get more than the limit admitted within one window.

@@ -24,8 +24,6 @@ pub struct QuotaHit<'a> {
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum QuotaError {
-    #[error("the quota store holds its most keys")]
-    Full,
     #[error("quota store unavailable: {0}")]
     Unavailable(String),
     #[error("quota store did not answer in time")]
@@ -36,7 +34,6 @@ impl QuotaError {
     /// A bounded label for metrics.
     pub fn kind(&self) -> &'static str {
         match self {
-            QuotaError::Full => "full",
             QuotaError::Unavailable(_) => "unavailable",
             QuotaError::Timeout => "timeout",
         }
@@ -59,8 +56,17 @@ impl QuotaBackend {
     /// The errors this backend can have (`QuotaError::kind`).
     pub fn error_kinds(&self) -> &'static [&'static str] {
         match self {
-            QuotaBackend::Memory(_) => &["full"],
+            // Never fails: when full, it forgets its least recently used keys.
+            QuotaBackend::Memory(_) => &[],
             QuotaBackend::Redis(_) => &["unavailable", "timeout"],
+        }
+    }
+
+    /// Keys held, and keys forgotten to make room (the memory store's; Redis expires its own).
+    pub fn memory_stats(&self) -> Option<(usize, u64)> {
+        match self {
+            QuotaBackend::Memory(m) => Some((m.len(), m.evicted())),
+            QuotaBackend::Redis(_) => None,
         }
     }
 

@@ -14,6 +14,16 @@ use crate::quota::{QuotaBackend, QuotaError, QuotaHit};
 use crate::ConfigError;
 use config::{Descriptors, DomainFile};
 
+/// Most descriptors one request may carry. Envoy sends one per rate limit action list that
+/// matched (a handful); 64 is far past any real route.
+pub const MAX_DESCRIPTORS: usize = 64;
+/// Most entries in one descriptor (one per action in a list).
+pub const MAX_ENTRIES: usize = 32;
+/// Longest descriptor key, and domain.
+pub const MAX_KEY_BYTES: usize = 256;
+/// Longest descriptor value: a header or a path with its query fits.
+pub const MAX_VALUE_BYTES: usize = 4096;
+
 /// A limit found for a descriptor.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limit {
@@ -59,13 +69,40 @@ impl RateLimitRequest {
             .map(|(_, v)| v.as_str())
     }
 
-    /// envoyproxy/ratelimit's refusals of a malformed request.
-    pub fn validate(&self) -> Result<(), &'static str> {
+    /// envoyproxy/ratelimit's refusals of a malformed request, and the bounds on what a request
+    /// may carry ([`MAX_DESCRIPTORS`] and the rest): its values become quota keys and graph
+    /// names, so a request past them is refused whole rather than stored.
+    pub fn validate(&self) -> Result<(), String> {
         if self.domain.is_empty() {
-            return Err("rate limit domain must not be empty");
+            return Err("rate limit domain must not be empty".into());
+        }
+        if self.domain.len() > MAX_KEY_BYTES {
+            return Err(format!("rate limit domain is over {MAX_KEY_BYTES} bytes"));
         }
         if self.descriptors.is_empty() {
-            return Err("rate limit descriptor list must not be empty");
+            return Err("rate limit descriptor list must not be empty".into());
+        }
+        if self.descriptors.len() > MAX_DESCRIPTORS {
+            return Err(format!(
+                "{} descriptors: at most {MAX_DESCRIPTORS} are taken",
+                self.descriptors.len()
+            ));
+        }
+        for (i, d) in self.descriptors.iter().enumerate() {
+            if d.entries.len() > MAX_ENTRIES {
+                return Err(format!(
+                    "descriptors[{i}] has {} entries: at most {MAX_ENTRIES} are taken",
+                    d.entries.len()
+                ));
+            }
+            for (j, (k, v)) in d.entries.iter().enumerate() {
+                if k.len() > MAX_KEY_BYTES || v.len() > MAX_VALUE_BYTES {
+                    return Err(format!(
+                        "descriptors[{i}].entries[{j}]: a key is at most {MAX_KEY_BYTES} bytes \
+                         and a value at most {MAX_VALUE_BYTES}"
+                    ));
+                }
+            }
         }
         Ok(())
     }

@@ -191,9 +191,35 @@ fn span(s: &Span, process_id: String) -> JSpan {
             })
             .collect(),
         process_id,
-        warnings: None,
+        warnings: dropped_warnings(s),
         flags: s.flags,
     }
+}
+
+/// What the sender or meshlens' span limits left out of a span, as Jaeger warnings (which its UI
+/// and ours show on the span).
+fn dropped_warnings(s: &Span) -> Option<Vec<String>> {
+    let plural =
+        |n: u32, what: &str| format!("{n} {what}{} dropped", if n == 1 { "" } else { "s" });
+    let mut w = Vec::new();
+    if s.dropped_attributes_count > 0 {
+        w.push(plural(s.dropped_attributes_count, "attribute"));
+    }
+    if s.dropped_events_count > 0 {
+        w.push(plural(s.dropped_events_count, "event"));
+    }
+    if s.dropped_links_count > 0 {
+        w.push(plural(s.dropped_links_count, "link"));
+    }
+    for e in s.events.iter().filter(|e| e.dropped_attributes_count > 0) {
+        let what = plural(e.dropped_attributes_count, "attribute");
+        w.push(format!("event {:?}: {what}", e.name));
+    }
+    let link_attrs: u32 = s.links.iter().map(|l| l.dropped_attributes_count).sum();
+    if link_attrs > 0 {
+        w.push(format!("links: {}", plural(link_attrs, "attribute")));
+    }
+    (!w.is_empty()).then_some(w)
 }
 
 /// Attributes, then the tags Jaeger's OTLP translation adds (kind, status, error, scope).

@@ -8,21 +8,21 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
 use serde::Deserialize;
 
-use super::{nav, render, NavItem};
+use super::{nav, render, Nav};
 use crate::auth::{safe_next, same_origin};
 use crate::WebState;
 
 #[derive(Template)]
 #[template(path = "login.html")]
 struct LoginPage {
-    nav: Vec<NavItem>,
+    nav: Nav,
     next: String,
     message: String,
 }
 
 pub(crate) fn login_page(next: &str, message: &str) -> Response {
     let mut r = render(&LoginPage {
-        nav: nav(""),
+        nav: nav("", crate::auth::SignedIn::default()),
         next: safe_next(next).to_string(),
         message: message.to_string(),
     });

@@ -13,6 +13,7 @@ use meshlens_topology::graph::{NodeKind, Window};
 
 use crate::api::graph::{node, StatsDto};
 use crate::api::policy::policy_dto;
+use crate::auth::{Role, SignedIn};
 use crate::{WebError, WebState};
 
 /// The policy every response carries: only this origin's scripts, styles and connections; no
@@ -108,8 +109,17 @@ pub(crate) struct NavItem {
     current: bool,
 }
 
-pub(crate) fn nav(current: &str) -> Vec<NavItem> {
-    [
+/// The header of every page: the links, and who is signed in (with a "Sign out" button for a
+/// login session).
+pub(crate) struct Nav {
+    items: Vec<NavItem>,
+    /// `viewer` or `admin`; empty when the web needs no credentials.
+    role: &'static str,
+    session: bool,
+}
+
+pub(crate) fn nav(current: &str, who: SignedIn) -> Nav {
+    let items = [
         ("/topology", "Topology"),
         ("/traces", "Traces"),
         ("/services", "Services"),
@@ -121,7 +131,12 @@ pub(crate) fn nav(current: &str) -> Vec<NavItem> {
         label,
         current: href == current,
     })
-    .collect()
+    .collect();
+    Nav {
+        items,
+        role: who.role.map_or("", Role::as_str),
+        session: who.session,
+    }
 }
 
 pub(crate) fn render(t: &impl Template) -> Response {
@@ -137,14 +152,14 @@ pub(crate) fn render(t: &impl Template) -> Response {
 #[derive(Template)]
 #[template(path = "error.html")]
 struct ErrorPage {
-    nav: Vec<NavItem>,
+    nav: Nav,
     status: String,
     message: String,
 }
 
 fn page_error(status: StatusCode, message: String) -> Response {
     let mut r = render(&ErrorPage {
-        nav: nav(""),
+        nav: nav("", SignedIn::default()),
         status: status.to_string(),
         message,
     });
@@ -166,13 +181,13 @@ impl WebError {
 #[derive(Template)]
 #[template(path = "topology.html")]
 struct TopologyPage {
-    nav: Vec<NavItem>,
+    nav: Nav,
     windows: Vec<WindowLink>,
 }
 
-async fn topology() -> Response {
+async fn topology(who: SignedIn) -> Response {
     render(&TopologyPage {
-        nav: nav("/topology"),
+        nav: nav("/topology", who),
         windows: window_links(Window::M5),
     })
 }
@@ -193,18 +208,18 @@ pub(crate) fn window_links(current: Window) -> Vec<WindowLink> {
 #[derive(Template)]
 #[template(path = "trace.html")]
 struct TracePage {
-    nav: Vec<NavItem>,
+    nav: Nav,
     trace_id: String,
     short_id: String,
 }
 
-async fn trace(Path(trace_id): Path<String>) -> Response {
+async fn trace(who: SignedIn, Path(trace_id): Path<String>) -> Response {
     let Some(id) = crate::api::parse_trace_id(&trace_id) else {
         return WebError::BadRequest(format!("malformed trace id {trace_id:?}")).page();
     };
     let trace_id = id.to_hex();
     render(&TracePage {
-        nav: nav("/traces"),
+        nav: nav("/traces", who),
         short_id: trace_id.chars().take(7).collect(),
         trace_id,
     })
@@ -255,7 +270,7 @@ pub(crate) fn version_rows(
 #[derive(Template)]
 #[template(path = "services.html")]
 struct ServicesPage {
-    nav: Vec<NavItem>,
+    nav: Nav,
     windows: Vec<WindowLink>,
     window: &'static str,
     generated_at: String,
@@ -310,7 +325,7 @@ pub(crate) fn window_param(raw: Option<&str>) -> Result<Window, WebError> {
     }
 }
 
-async fn services(State(st): State<WebState>, RawQuery(q): RawQuery) -> Response {
+async fn services(State(st): State<WebState>, who: SignedIn, RawQuery(q): RawQuery) -> Response {
     let window = match window_param(q.as_deref()) {
         Ok(w) => w,
         Err(e) => return e.page(),
@@ -338,7 +353,7 @@ async fn services(State(st): State<WebState>, RawQuery(q): RawQuery) -> Response
         .collect();
     rows.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     render(&ServicesPage {
-        nav: nav("/services"),
+        nav: nav("/services", who),
         windows: window_links(window),
         window: window.as_str(),
         generated_at: humantime::format_rfc3339_seconds(graph.built_at).to_string(),
@@ -399,7 +414,7 @@ struct ConfigError {
 #[derive(Template)]
 #[template(path = "policy.html")]
 struct PolicyPage {
-    nav: Vec<NavItem>,
+    nav: Nav,
     loaded_at: String,
     last_error: Option<ConfigError>,
     backend: &'static str,
@@ -417,6 +432,7 @@ struct PolicyPage {
 async fn policy(
     State(st): State<WebState>,
     role: Option<axum::Extension<crate::auth::Role>>,
+    who: SignedIn,
 ) -> Response {
     let p = policy_dto(&st, 100, crate::auth::is_admin(role));
     let time = |unix_ms: u64| {
@@ -424,7 +440,7 @@ async fn policy(
         humantime::format_rfc3339_seconds(t).to_string()
     };
     render(&PolicyPage {
-        nav: nav("/policy"),
+        nav: nav("/policy", who),
         loaded_at: time(p.loaded_at * 1000),
         last_error: p.last_error.map(|e| ConfigError {
             file: e.file,

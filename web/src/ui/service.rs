@@ -10,10 +10,10 @@ use meshlens_topology::graph::{NodeKey, NodeKind, Summary};
 use meshlens_topology::SpanKind;
 
 use super::{
-    nav, red_of, render, version_rows, window_links, window_param, NavItem, Red, VersionRow,
-    WindowLink,
+    nav, red_of, render, version_rows, window_links, window_param, Nav, Red, VersionRow, WindowLink,
 };
 use crate::api::history::{self, Target};
+use crate::auth::SignedIn;
 use crate::{WebError, WebState};
 
 /// Minutes of history the charts show.
@@ -54,7 +54,7 @@ pub(crate) struct Operation {
 #[derive(Template)]
 #[template(path = "service.html")]
 struct ServicePage {
-    nav: Vec<NavItem>,
+    nav: Nav,
     name: String,
     namespace: String,
     health: &'static str,
@@ -126,6 +126,7 @@ fn chart(
 
 pub(crate) async fn page(
     State(st): State<WebState>,
+    who: SignedIn,
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Response {
@@ -222,7 +223,7 @@ pub(crate) async fn page(
     let empty = Summary::default();
     let inbound = node.map_or(&empty, |n| &n.inbound);
     render(&ServicePage {
-        nav: nav(""),
+        nav: nav("", who),
         namespace: node
             .and_then(|n| n.key.namespace.as_deref())
             .unwrap_or("")

@@ -9,8 +9,9 @@ use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use meshlens_topology::Span;
 
-use super::{nav, render, NavItem};
+use super::{nav, render, Nav};
 use crate::api::parse_search;
+use crate::auth::SignedIn;
 use crate::{WebError, WebState};
 
 const LOOKBACKS: &[(&str, &str)] = &[
@@ -72,7 +73,7 @@ pub(crate) struct TraceRow {
 #[derive(Template)]
 #[template(path = "traces.html")]
 struct TracesPage {
-    nav: Vec<NavItem>,
+    nav: Nav,
     form: Form,
     services: Vec<Choice>,
     operations: Vec<Choice>,
@@ -172,7 +173,11 @@ fn row(spans: &[Span], longest: u64) -> Option<TraceRow> {
     })
 }
 
-pub(crate) async fn search(State(st): State<WebState>, RawQuery(raw): RawQuery) -> Response {
+pub(crate) async fn search(
+    State(st): State<WebState>,
+    who: SignedIn,
+    RawQuery(raw): RawQuery,
+) -> Response {
     let raw = raw.unwrap_or_default();
     let mut form = Form::default();
     for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
@@ -219,7 +224,7 @@ pub(crate) async fn search(State(st): State<WebState>, RawQuery(raw): RawQuery) 
         }
     }
     let page = TracesPage {
-        nav: nav("/traces"),
+        nav: nav("/traces", who),
         services: names
             .into_iter()
             .map(|name| Choice {
