@@ -200,6 +200,14 @@ impl Store {
             .fetch_one(p)
             .await?))
     }
+
+    /// Resource rows held (retention deletes those no retained span refers to).
+    pub async fn count_resources(&self) -> Result<i64, StoreError> {
+        let sql = "SELECT COUNT(*) FROM resources";
+        Ok(on_pool!(&self.pool, |p| sqlx::query_scalar(sql)
+            .fetch_one(p)
+            .await?))
+    }
 }
 
 /// A client that retries an export whose answer it lost sends the same spans twice; both copies

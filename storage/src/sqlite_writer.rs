@@ -260,8 +260,8 @@ fn write(conn: &mut Connection, job: &WriteJob) -> Result<u64, StoreError> {
     tx.prepare_cached("INSERT INTO blocks (first_seq, last_seq, min_start_ns, max_start_ns, committed_ns) VALUES (?1, ?2, ?3, ?4, ?5)")?
         .execute(params![first_seq, last_seq, job.start_range.0, job.start_range.1, job.committed_ns])?;
     for r in &job.resources {
-        tx.prepare_cached("INSERT INTO resources (id, service, attributes) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO NOTHING")?
-            .execute(params![r.id, r.service, r.attributes])?;
+        tx.prepare_cached("INSERT INTO resources (id, service, attributes, last_seen_ns) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (id) DO UPDATE SET last_seen_ns = MAX(last_seen_ns, excluded.last_seen_ns)")?
+            .execute(params![r.id, r.service, r.attributes, job.committed_ns])?;
     }
     for (service, name, kind, seen) in &job.operations {
         tx.prepare_cached("INSERT INTO operations (service, name, kind, last_seen_ns) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (service, name, kind) DO UPDATE SET last_seen_ns = MAX(last_seen_ns, excluded.last_seen_ns)")?

@@ -266,12 +266,19 @@ async fn suite(store: &Store) {
     assert_eq!(store.count_spans().await.unwrap(), 1);
     assert!(store.trace(trace_id(1)).await.unwrap().is_empty());
     assert_eq!(store.trace(trace_id(2)).await.unwrap().len(), 1);
-    // Operations last seen (committed) before the cutoff leave the lists.
+    // Operations and resources last written (committed) before the cutoff go: of the three
+    // resources, the one trace 2 refers to stays, and it still reads back whole.
+    assert_eq!(store.count_resources().await.unwrap(), 3);
     store
         .delete_operations_before(between_commits)
         .await
         .unwrap();
     assert_eq!(store.services().await.unwrap(), vec!["work"]);
+    assert_eq!(store.count_resources().await.unwrap(), 1);
+    assert_eq!(
+        store.trace(trace_id(2)).await.unwrap()[0].resource,
+        other.resource
+    );
 }
 
 #[tokio::test]
@@ -633,4 +640,17 @@ async fn sqlite_multi_row_inserts_keep_every_field_in_its_row() {
         g.resource = want.resource.clone();
         assert_eq!(&g, want, "span {}", want.name);
     }
+}
+
+/// Resource ids are stored, so their hash must never change: these are the ids std's
+/// `DefaultHasher::new()` gave (Rust 1.95), which rows already on disk carry.
+#[test]
+fn resource_ids_are_the_ids_already_stored() {
+    use crate::encode::resource_id;
+    assert_eq!(resource_id("{}"), 6086514543335466803);
+    assert_eq!(
+        resource_id(r#"{"service.name":"frontend","service.version":"v1"}"#),
+        7773783957798176515
+    );
+    assert_eq!(resource_id(""), 3476900567878811119);
 }

@@ -93,8 +93,8 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
                 for r in &resources {
-                    sqlx::query("INSERT INTO resources (id, service, attributes) VALUES ($1, $2, $3::jsonb) ON CONFLICT (id) DO NOTHING")
-                        .bind(r.id).bind(&r.service).bind(&r.attributes)
+                    sqlx::query("INSERT INTO resources (id, service, attributes, last_seen_ns) VALUES ($1, $2, $3::jsonb, $4) ON CONFLICT (id) DO UPDATE SET last_seen_ns = GREATEST(resources.last_seen_ns, excluded.last_seen_ns)")
+                        .bind(r.id).bind(&r.service).bind(&r.attributes).bind(committed_ns)
                         .execute(&mut *tx).await?;
                 }
                 for (service, name, kind, seen) in &operations {
@@ -221,7 +221,11 @@ impl Store {
         sqlite_writer::ask(writer, Job::Settle).await
     }
 
-    /// Forgets operations not seen since `cutoff_ns`, so the lists follow retention.
+    /// Forgets operations and resources not written since `cutoff_ns`, so the lists and the
+    /// resources follow retention. Writers stamp a key only when it is not in their cache of
+    /// keys written; the cache starts afresh here, so every key in use is stamped again within
+    /// one retention round, and a key older than the cutoff is one no retained span refers to
+    /// (retention's period is longer than its interval). Returns the operations deleted.
     pub async fn delete_operations_before(&self, cutoff_ns: i64) -> Result<u64, StoreError> {
         let done = on_pool!(&self.pool, |p| {
             sqlx::query("DELETE FROM operations WHERE last_seen_ns < $1")
@@ -230,7 +234,14 @@ impl Store {
                 .await?
                 .rows_affected()
         });
-        // The operations cache may now claim keys that are gone; start it afresh.
+        on_pool!(&self.pool, |p| {
+            sqlx::query("DELETE FROM resources WHERE last_seen_ns < $1")
+                .bind(cutoff_ns)
+                .execute(p)
+                .await?
+                .rows_affected()
+        });
+        // The cache may now claim keys that are gone; start it afresh.
         *self.known.lock().unwrap_or_else(|e| e.into_inner()) = Known::default();
         Ok(done)
     }

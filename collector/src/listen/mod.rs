@@ -472,7 +472,8 @@ where
     }
 }
 
-/// A connection's requests: how many are in flight, and when one last began or ended.
+/// A connection's requests: how many are in flight, and when the last one ended (read only while
+/// none is in flight, so the clock is read once per busy spell, not twice per request).
 struct Activity {
     start: tokio::time::Instant,
     in_flight: AtomicUsize,
@@ -507,7 +508,7 @@ impl Activity {
         self.start.elapsed()
     }
 
-    /// Time since a request last began or ended.
+    /// Time since the connection's last request ended (or since it opened).
     fn quiet_for(&self) -> Duration {
         let now = self.start.elapsed().as_millis() as u64;
         Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
@@ -519,17 +520,19 @@ struct InFlight(Arc<Activity>);
 
 impl InFlight {
     fn begin(activity: &Arc<Activity>) -> Self {
-        activity.started.store(true, Ordering::Relaxed);
+        if !activity.started() {
+            activity.started.store(true, Ordering::Relaxed);
+        }
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
-        activity.touch();
         InFlight(activity.clone())
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.0.touch();
+        if self.0.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.0.touch();
+        }
     }
 }
 
