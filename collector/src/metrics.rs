@@ -43,6 +43,8 @@ pub struct Metrics {
     pub store_commit_seconds: Histogram,
     /// Spans committed to the store.
     pub store_spans_written: IntCounter,
+    /// 1 while the store takes commits (the last commit or readiness probe succeeded), else 0.
+    pub store_writable: IntGauge,
     /// Failed commits, by kind.
     pub store_errors: IntCounterVec,
     /// Spans deleted by retention.
@@ -162,6 +164,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "meshlens_auth_reloads_total",
     "meshlens_policy_quota_keys",
     "meshlens_policy_quota_evictions_total",
+    "meshlens_store_writable",
     "meshlens_web_sessions",
     "meshlens_ingest_span_limit_cuts_total",
     "meshlens_ingest_tracked_traces",
@@ -475,6 +478,16 @@ impl Metrics {
                  used first, to make room for new ones (policy max_keys).",
             )
             .expect("valid metric"),
+            store_writable: {
+                let g = IntGauge::new(
+                    "meshlens_store_writable",
+                    "1 while the store takes commits (the last commit or readiness probe \
+                     succeeded), else 0.",
+                )
+                .expect("valid metric");
+                g.set(1);
+                g
+            },
             web_sessions: IntGauge::new(
                 "meshlens_web_sessions",
                 "Web sessions open (token logins not yet expired or ended).",
@@ -499,6 +512,7 @@ impl Metrics {
             Box::new(m.ingest_queue_depth.clone()),
             Box::new(m.ingest_buffered_bytes.clone()),
             Box::new(m.web_sessions.clone()),
+            Box::new(m.store_writable.clone()),
             Box::new(m.policy_quota_keys.clone()),
             Box::new(m.policy_quota_evictions.clone()),
             Box::new(m.ingest_span_limit_cuts.clone()),

@@ -290,6 +290,10 @@ pub struct StorageConfig {
     pub sqlite_synchronous: String,
     /// Database connections.
     pub max_connections: u32,
+    /// How often the store is probed with a write (one row rewritten and committed), so that
+    /// `/readyz` answers 503 while it cannot commit and 200 again once it can; 0s: never.
+    #[serde(with = "humantime_serde")]
+    pub probe_interval: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -613,6 +617,7 @@ impl Default for StorageConfig {
             retention_interval: DEFAULT_RETENTION_INTERVAL,
             sqlite_synchronous: "normal".into(),
             max_connections: 8,
+            probe_interval: Duration::from_secs(5),
         }
     }
 }

@@ -10,7 +10,6 @@ mod retention;
 mod servers;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use meshlens_collector::{GraphFeed, Metrics, Pipeline, PipelineConfig};
@@ -51,7 +50,7 @@ pub fn store_config(config: &Config) -> StoreConfig {
 /// Connects, migrates and starts every listener.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let store = Arc::new(Store::connect(&store_config(config)).await?);
-    let ready = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(meshlens_storage::Readiness::default());
     store.migrate().await?;
     tracing::info!(dialect = store.dialect(), "store migrated");
 
@@ -78,6 +77,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         },
         metrics.clone(),
         graph.clone(),
+        ready.clone(),
     );
     let cancel = CancellationToken::new();
     let mut servers = JoinSet::new();
@@ -139,7 +139,15 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         cancel.clone(),
         move || graph.tick(),
     );
-    ready.store(true, Ordering::Release);
+    spawn_store_probe(
+        &mut servers,
+        store.clone(),
+        ready.clone(),
+        metrics.clone(),
+        config.storage.probe_interval,
+        cancel.clone(),
+    );
+    ready.set_started();
     tracing::info!(
         otlp_grpc = %addrs.otlp_grpc,
         otlp_http = %addrs.otlp_http,
@@ -253,6 +261,44 @@ fn spawn_history(
 
 /// Runs `work` on a blocking thread every `period` until cancelled: CPU work, such as settling
 /// expired spans or rebuilding graph snapshots, stays off the async workers.
+/// Probes the store every `period` (one row rewritten and committed), so `/readyz` sees a store
+/// that cannot commit, and its return, even when no export arrives. A probe that takes longer
+/// than `PROBE_TIMEOUT` (a hung disk, a PostgreSQL that does not answer) counts as failed.
+fn spawn_store_probe(
+    set: &mut JoinSet<anyhow::Result<()>>,
+    store: Arc<Store>,
+    ready: Arc<meshlens_storage::Readiness>,
+    metrics: Metrics,
+    period: std::time::Duration,
+    cancel: CancellationToken,
+) {
+    const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+    if period.is_zero() {
+        return;
+    }
+    set.spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = tick.tick() => {}
+            }
+            let outcome = match tokio::time::timeout(PROBE_TIMEOUT, store.probe()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) if e.is_data_error() => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("the store did not answer within {PROBE_TIMEOUT:?}")),
+            };
+            let outcome = match &outcome {
+                Ok(()) => Ok(()),
+                Err(why) => Err(why.as_str()),
+            };
+            meshlens_collector::pipeline::record_store(&ready, &metrics, outcome);
+        }
+    });
+}
+
 pub(crate) fn spawn_every(
     set: &mut JoinSet<anyhow::Result<()>>,
     period: std::time::Duration,

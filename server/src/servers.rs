@@ -2,7 +2,6 @@
 //! and connection limits, stopping gracefully on the shared cancellation token.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -30,7 +29,7 @@ pub struct Parts {
     pub store: Arc<Store>,
     pub metrics: Metrics,
     pub policy: Arc<PolicyServer>,
-    pub ready: Arc<AtomicBool>,
+    pub ready: Arc<meshlens_storage::Readiness>,
 }
 
 pub async fn spawn_all(

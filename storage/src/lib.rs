@@ -22,11 +22,13 @@ mod encode;
 mod json;
 mod query;
 mod read;
+pub mod ready;
 mod rollup;
 mod sqlite_writer;
 mod trace_runs;
 mod write;
 pub use query::{Operation, TraceQuery};
+pub use ready::Readiness;
 pub use rollup::EdgeMinute;
 
 /// A store failure. The message is for logs; clients get a generic retryable error.

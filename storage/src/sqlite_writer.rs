@@ -45,6 +45,8 @@ pub(crate) enum Job {
     Write(WriteJob),
     /// Trace-index maintenance until nothing is left; replies with the steps taken.
     Settle(oneshot::Sender<Result<u64, StoreError>>),
+    /// The readiness probe: the heartbeat row rewritten (at this time) and committed.
+    Probe(i64, oneshot::Sender<Result<u64, StoreError>>),
 }
 
 /// The handle: a queue to the writer thread. Dropping it (or `close`) ends the thread once the
@@ -124,6 +126,14 @@ fn run(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
             }
             Some(Job::Settle(reply)) => {
                 let _ = reply.send(settle(&mut conn));
+                continue;
+            }
+            Some(Job::Probe(at_ns, reply)) => {
+                let done = conn
+                    .execute("UPDATE heartbeat SET at_ns = ?1 WHERE id = 1", [at_ns])
+                    .map(|n| n as u64)
+                    .map_err(StoreError::from);
+                let _ = reply.send(done);
                 continue;
             }
             None => {}

@@ -211,6 +211,29 @@ impl Store {
         Ok(())
     }
 
+    /// Proves the store takes writes now: the heartbeat row rewritten and committed (on SQLite by
+    /// the writer thread, after the commits queued before it). A full disk, a read-only file or
+    /// database, or a lost connection fail it.
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        let at = now_ns();
+        match &self.pool {
+            Pool::Sqlite(_) => {
+                let writer = self
+                    .sqlite_writer
+                    .as_ref()
+                    .ok_or_else(|| StoreError::Io("the SQLite store has no writer".into()))?;
+                sqlite_writer::ask(writer, |reply| Job::Probe(at, reply)).await?;
+            }
+            Pool::Postgres(p) => {
+                sqlx::query("UPDATE heartbeat SET at_ns = $1 WHERE id = 1")
+                    .bind(at)
+                    .execute(p)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
     /// SQLite: merges the trace index's runs and drops those of deleted spans until nothing is
     /// left to do, and returns the steps taken. The writer does this between commits anyway;
     /// this is for tests and tools that want it done now. No-op on PostgreSQL.

@@ -68,7 +68,7 @@ fn give_to_postgres(path: &Path) {
 /// A PostgreSQL cluster of its own with `ssl = on`: connections without TLS are refused, and
 /// with `client_certs` so are those without a certificate from the CA.
 pub struct OwnPostgres {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     data: PathBuf,
     bin: PathBuf,
     pub port: u16,
@@ -132,11 +132,37 @@ impl OwnPostgres {
         );
         wait_for_port(port, "PostgreSQL", &log);
         OwnPostgres {
-            _dir: dir,
+            dir,
             data,
             bin,
             port,
         }
+    }
+
+    /// Stops the server at once (as a crash or a lost node would): its clients' connections
+    /// break and new ones are refused until [`OwnPostgres::start_again`].
+    pub fn stop(&self) {
+        as_postgres(
+            &self.bin.join("pg_ctl"),
+            &["-D", self.data.to_str().unwrap(), "-m", "immediate", "stop"],
+        );
+    }
+
+    /// Starts the stopped server again, on the same port with the same data.
+    pub fn start_again(&self) {
+        let log = self.dir.path().join("postgres.log");
+        as_postgres(
+            &self.bin.join("pg_ctl"),
+            &[
+                "-D",
+                self.data.to_str().unwrap(),
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "start",
+            ],
+        );
+        wait_for_port(self.port, "PostgreSQL", &log);
     }
 }
 

@@ -7,7 +7,6 @@
 //! Run pinned to one core: `taskset -c 0 cargo run --release -p meshlens-web --example graph_bench`
 //! Arguments: [services (1000)] [edges (10000)] [spans in millions (2)]
 
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -156,7 +155,11 @@ async fn api_latency(services: usize, edges: usize) {
     let app = meshlens_web::app(meshlens_web::WebState {
         store: Arc::new(store),
         registry: prometheus::Registry::new(),
-        ready: Arc::new(AtomicBool::new(true)),
+        ready: {
+            let r = Arc::new(meshlens_storage::Readiness::default());
+            r.set_started();
+            r
+        },
         graph: cache.clone(),
         policy: Arc::new(meshlens_policy::PolicyEngine::new(Default::default()).unwrap()),
         reload_policy: Arc::new(|| "unchanged".to_string()),

@@ -8,7 +8,6 @@ mod error;
 mod graph_cache;
 mod ui;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -27,8 +26,8 @@ pub struct WebState {
     pub store: Arc<Store>,
     /// meshlens' own metrics, rendered on `/metrics`.
     pub registry: prometheus::Registry,
-    /// Set once migrations are done; `/readyz` answers 503 until then.
-    pub ready: Arc<AtomicBool>,
+    /// Started, and the store taking commits; `/readyz` answers 503 with the reason otherwise.
+    pub ready: Arc<meshlens_storage::Readiness>,
     /// Snapshots of the live service graph (fed by the ingest pipeline).
     pub graph: Arc<GraphCache>,
     /// The policy engine, for `/api/policy`.
@@ -56,10 +55,12 @@ pub fn app(state: WebState) -> Router {
 }
 
 async fn readyz(State(st): State<WebState>) -> impl IntoResponse {
-    if st.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+    match st.ready.check() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
     }
 }
 

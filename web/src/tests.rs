@@ -1,6 +1,5 @@
 //! Handler tests in-process (`oneshot`), on a temporary SQLite store.
 
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -44,7 +43,13 @@ pub(crate) async fn state(ready: bool) -> (WebState, tempfile::TempDir) {
     let st = WebState {
         store: Arc::new(store),
         registry: prometheus::Registry::new(),
-        ready: Arc::new(AtomicBool::new(ready)),
+        ready: {
+            let r = Arc::new(meshlens_storage::Readiness::default());
+            if ready {
+                r.set_started();
+            }
+            r
+        },
         graph: Default::default(),
         policy: Arc::new(meshlens_policy::PolicyEngine::new(Default::default()).unwrap()),
         reload_policy: Arc::new(|| "unchanged".to_string()),
@@ -163,12 +168,27 @@ async fn health_readiness_and_metrics() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
-    st.ready.store(true, std::sync::atomic::Ordering::Release);
+    st.ready.set_started();
     let resp = app(st.clone())
         .oneshot(Request::get("/readyz").body(Body::empty()).unwrap())
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
+    // A store that cannot commit: 503 with the reason, until it can.
+    st.ready.store_failed("database is locked");
+    let resp = app(st.clone())
+        .oneshot(Request::get("/readyz").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        &body[..],
+        b"not ready: the store cannot commit: database is locked\n"
+    );
+    st.ready.store_ok();
     let resp = app(st.clone())
         .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())
         .await

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use meshlens_storage::{encode_batch, EncodedBatch, Store};
+use meshlens_storage::ready::Change;
+use meshlens_storage::{encode_batch, EncodedBatch, Readiness, Store};
 use meshlens_topology::Span;
 use tokio::sync::{mpsc, oneshot, Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -79,11 +80,13 @@ impl Writers {
 }
 
 impl Pipeline {
+    /// `readiness` learns from every commit whether the store takes writes.
     pub fn start(
         store: Arc<Store>,
         config: &PipelineConfig,
         metrics: Metrics,
         graph: GraphFeed,
+        readiness: Arc<Readiness>,
     ) -> (Pipeline, Writers) {
         // The channel itself is unbounded; the semaphore bounds what may be in it, in spans.
         let (tx, rx) = mpsc::unbounded_channel();
@@ -99,6 +102,7 @@ impl Pipeline {
                     metrics.clone(),
                     permits.clone(),
                     capacity,
+                    readiness.clone(),
                 ))
             })
             .collect();
@@ -168,6 +172,7 @@ async fn writer(
     metrics: Metrics,
     permits: Arc<Semaphore>,
     capacity: usize,
+    readiness: Arc<Readiness>,
 ) {
     loop {
         let jobs = {
@@ -187,7 +192,7 @@ async fn writer(
             }
             jobs
         };
-        commit(&store, jobs, &metrics).await;
+        commit(&store, jobs, &metrics, &readiness).await;
         metrics
             .ingest_queue_depth
             .set((capacity - permits.available_permits()) as i64);
@@ -196,9 +201,14 @@ async fn writer(
 
 /// Commits a group; if the group fails, each export is tried alone so one bad export cannot
 /// fail the others beside it.
-async fn commit(store: &Store, jobs: Vec<Job>, metrics: &Metrics) {
+async fn commit(store: &Store, jobs: Vec<Job>, metrics: &Metrics, readiness: &Readiness) {
     let batches: Vec<&EncodedBatch> = jobs.iter().map(|j| &j.batch).collect();
-    match timed_write(store, &batches, metrics).await {
+    let outcome = timed_write(store, &batches, metrics).await;
+    match &outcome {
+        Ok(()) | Err(StoreFailure::Data) => record_store(readiness, metrics, Ok(())),
+        Err(StoreFailure::Transient(why)) => record_store(readiness, metrics, Err(why)),
+    }
+    match outcome {
         Ok(()) => {
             for job in jobs {
                 let _ = job.ack.send(Ok(()));
@@ -208,31 +218,54 @@ async fn commit(store: &Store, jobs: Vec<Job>, metrics: &Metrics) {
             for job in jobs {
                 let result = timed_write(store, &[&job.batch], metrics)
                     .await
-                    .map_err(StoreFailure::into_ingest);
+                    .map_err(|f| f.to_ingest());
                 let _ = job.ack.send(result);
             }
         }
         Err(failure) => {
             // A transient failure (connection, busy) would fail each export alone as well.
             for job in jobs {
-                let _ = job.ack.send(Err(failure.into_ingest()));
+                let _ = job.ack.send(Err(failure.to_ingest()));
             }
         }
     }
 }
 
-/// Why a commit failed: the data (no use retrying it) or the store (retry later).
-#[derive(Debug, Clone, Copy)]
+/// Records whether the store took a commit (or the readiness probe's write): `/readyz` and
+/// `meshlens_store_writable` follow it, with a log line when it changes. A commit refused for
+/// its data says the store works.
+pub fn record_store(readiness: &Readiness, metrics: &Metrics, outcome: Result<(), &str>) {
+    match outcome {
+        Ok(()) => {
+            if readiness.store_ok() == Change::Recovered {
+                metrics.store_writable.set(1);
+                tracing::info!("the store commits again: ready");
+            }
+        }
+        Err(why) => {
+            if readiness.store_failed(why) == Change::Failing {
+                metrics.store_writable.set(0);
+                tracing::error!(
+                    reason = why,
+                    "the store cannot commit: /readyz answers 503 until it can"
+                );
+            }
+        }
+    }
+}
+
+/// Why a commit failed: the data (no use retrying it) or the store (retry later; the reason).
+#[derive(Debug, Clone)]
 enum StoreFailure {
     Data,
-    Transient,
+    Transient(String),
 }
 
 impl StoreFailure {
-    fn into_ingest(self) -> IngestError {
+    fn to_ingest(&self) -> IngestError {
         match self {
             StoreFailure::Data => IngestError::Unstorable,
-            StoreFailure::Transient => IngestError::Store,
+            StoreFailure::Transient(_) => IngestError::Store,
         }
     }
 }
@@ -257,7 +290,7 @@ async fn timed_write(
             Err(if e.is_data_error() {
                 StoreFailure::Data
             } else {
-                StoreFailure::Transient
+                StoreFailure::Transient(e.to_string())
             })
         }
     }
