@@ -21,6 +21,15 @@ pub use graph::{GraphConfig, GraphFeed};
 pub use metrics::Metrics;
 pub use pipeline::{Pipeline, PipelineConfig};
 
+/// What a caught panic said, for its log line.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(not a string)")
+}
+
 /// The receivers' names, used as the `protocol` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub store_spans_written: IntCounter,
     /// 1 while the store takes commits (the last commit or readiness probe succeeded), else 0.
     pub store_writable: IntGauge,
+    /// Panics caught and survived, by thread (`graph`, `ingest_writer`, `sqlite_writer`).
+    pub panics: IntCounterVec,
     /// Failed commits, by kind.
     pub store_errors: IntCounterVec,
     /// Spans deleted by retention.
@@ -165,6 +167,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "meshlens_policy_quota_keys",
     "meshlens_policy_quota_evictions_total",
     "meshlens_store_writable",
+    "meshlens_panics_total",
     "meshlens_web_sessions",
     "meshlens_ingest_span_limit_cuts_total",
     "meshlens_ingest_tracked_traces",
@@ -488,6 +491,18 @@ impl Metrics {
                 g.set(1);
                 g
             },
+            panics: {
+                let c = counter_vec(
+                    "meshlens_panics_total",
+                    "Panics caught and survived, by thread (graph, ingest_writer, sqlite_writer): \
+                     the input or commit is lost to that thread, which goes on.",
+                    &["thread"],
+                );
+                for thread in ["graph", "ingest_writer", "sqlite_writer"] {
+                    c.with_label_values(&[thread]);
+                }
+                c
+            },
             web_sessions: IntGauge::new(
                 "meshlens_web_sessions",
                 "Web sessions open (token logins not yet expired or ended).",
@@ -513,6 +528,7 @@ impl Metrics {
             Box::new(m.ingest_buffered_bytes.clone()),
             Box::new(m.web_sessions.clone()),
             Box::new(m.store_writable.clone()),
+            Box::new(m.panics.clone()),
             Box::new(m.policy_quota_keys.clone()),
             Box::new(m.policy_quota_evictions.clone()),
             Box::new(m.ingest_span_limit_cuts.clone()),

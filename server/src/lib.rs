@@ -34,6 +34,8 @@ pub struct Running {
     pub addrs: Addrs,
     pub metrics: Metrics,
     pub store: Arc<Store>,
+    /// The live graph's feed (tests inject a fault into its thread through it).
+    pub graph: GraphFeed,
     cancel: CancellationToken,
     servers: JoinSet<anyhow::Result<()>>,
     writers: meshlens_collector::pipeline::Writers,
@@ -67,6 +69,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         .to_graph_config()
         .map_err(|e| anyhow::anyhow!(e))?;
     let graph = GraphFeed::new(&graph_config, &metrics);
+    let graph_feed = graph.clone();
     let (pipeline, writers) = Pipeline::start(
         store.clone(),
         &PipelineConfig {
@@ -160,6 +163,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         addrs,
         metrics,
         store,
+        graph: graph_feed,
         cancel,
         servers,
         writers,
@@ -295,6 +299,8 @@ fn spawn_store_probe(
                 Err(why) => Err(why.as_str()),
             };
             meshlens_collector::pipeline::record_store(&ready, &metrics, outcome);
+            let counted = metrics.panics.with_label_values(&["sqlite_writer"]);
+            counted.inc_by(store.writer_panics().saturating_sub(counted.get()));
         }
     });
 }

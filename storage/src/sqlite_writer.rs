@@ -100,6 +100,9 @@ pub(crate) async fn ask(
         .map_err(|_| StoreError::Io("the SQLite writer stopped".into()))?
 }
 
+/// Panics the writer thread caught and survived (`Store::writer_panics`).
+pub(crate) static PANICS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// How long the writer waits for a job before it takes a step of trace-index maintenance alone.
 const IDLE: Duration = Duration::from_millis(50);
 
@@ -121,7 +124,18 @@ fn run(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
         };
         match job {
             Some(Job::Write(job)) => {
-                let result = write(&mut conn, &job);
+                // Supervised: a panic in a commit (a bug) rolls it back (the transaction is
+                // dropped as the panic unwinds), fails that commit alone, and is counted.
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    write(&mut conn, &job)
+                }))
+                .unwrap_or_else(|_| {
+                    PANICS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::error!("the SQLite writer panicked on a commit; it was rolled back");
+                    Err(StoreError::Io(
+                        "the SQLite writer failed on this commit (rolled back)".into(),
+                    ))
+                });
                 let _ = job.reply.send(result);
             }
             Some(Job::Settle(reply)) => {

@@ -211,6 +211,12 @@ impl Store {
         Ok(())
     }
 
+    /// Panics the SQLite writer thread caught and survived (each failed one commit), in this
+    /// process.
+    pub fn writer_panics(&self) -> u64 {
+        sqlite_writer::PANICS.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Proves the store takes writes now: the heartbeat row rewritten and committed (on SQLite by
     /// the writer thread, after the commits queued before it). A full disk, a read-only file or
     /// database, or a lost connection fail it.

@@ -70,3 +70,28 @@ async fn readyz_follows_a_postgresql_that_goes_away_and_comes_back() {
     }
     env.stop().await;
 }
+
+/// The graph thread is supervised: a panic on one of its inputs is counted and logged, and the
+/// graph goes on counting the calls after it.
+#[tokio::test]
+async fn the_graph_thread_survives_a_panic() {
+    let env = TestEnv::start().await;
+    let mut client = env.grpc().await;
+    client.export(trace_request("before", 1, 3)).await.unwrap();
+    env.wait_for_metric("traces_spanmetrics_calls_total", "service=\"before\"", 3.0)
+        .await;
+    env.running().graph.inject_panic();
+    env.wait_for_metric("meshlens_panics_total", "thread=\"graph\"", 1.0)
+        .await;
+    client.export(trace_request("after", 2, 3)).await.unwrap();
+    env.wait_for_metric("traces_spanmetrics_calls_total", "service=\"after\"", 3.0)
+        .await;
+    assert_eq!(
+        env.metric("traces_spanmetrics_calls_total", "service=\"before\"")
+            .await,
+        3.0,
+        "the graph kept what it had"
+    );
+    assert_eq!(env.metric("meshlens_panics_total", "").await, 1.0);
+    env.stop().await;
+}

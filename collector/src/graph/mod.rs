@@ -62,6 +62,8 @@ enum Input {
     Spans(Vec<Span>),
     Metrics(Vec<MetricBatch>),
     Wire(WireBatch),
+    /// A panic on the graph thread, for the test of its supervision ([`GraphFeed::inject_panic`]).
+    Panic,
 }
 
 struct FeedCore {
@@ -130,15 +132,30 @@ impl GraphFeed {
                     tracing::debug!(error = %e, "graph thread priority unchanged");
                 }
                 for input in rx {
-                    match input {
-                        Input::Spans(spans) => worker.observe(&spans),
-                        Input::Metrics(batches) => worker.observe_metrics(&batches),
-                        Input::Wire(wire) => {
-                            worker.observe_wire(&wire);
-                            let n = wire.bytes();
-                            drop(wire);
-                            worker.queued_bytes(|q| q.fetch_sub(n, Ordering::Relaxed));
-                        }
+                    // Supervised: a panic on one input (a bug the data found) is logged and
+                    // counted, that input is lost to the graph (never to the store), and the
+                    // thread goes on with the graph as it was (the engine's lock is taken past
+                    // its poisoning: each observation updates whole slots).
+                    let queued = match &input {
+                        Input::Wire(wire) => wire.bytes(),
+                        _ => 0,
+                    };
+                    let handled =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match input {
+                            Input::Spans(spans) => worker.observe(&spans),
+                            Input::Metrics(batches) => worker.observe_metrics(&batches),
+                            Input::Wire(wire) => worker.observe_wire(&wire),
+                            Input::Panic => panic!("a panic injected into the graph thread"),
+                        }));
+                    if queued > 0 {
+                        worker.queued_bytes(|q| q.fetch_sub(queued, Ordering::Relaxed));
+                    }
+                    if let Err(panic) = handled {
+                        worker.metrics.panics.with_label_values(&["graph"]).inc();
+                        tracing::error!(
+                            panic = crate::panic_message(&panic),
+                            "the graph thread panicked on one input; it goes on without it"
+                        );
                     }
                 }
             });
@@ -146,6 +163,13 @@ impl GraphFeed {
             tracing::error!(error = %e, "graph thread did not start; the graph stays empty");
         }
         GraphFeed { core, tx }
+    }
+
+    /// Makes the graph thread panic on its next input, as a bug would: for the test that it is
+    /// supervised. Not reachable from the network.
+    #[doc(hidden)]
+    pub fn inject_panic(&self) {
+        let _ = self.tx.send(Input::Panic);
     }
 
     /// Hands committed spans to the graph thread.

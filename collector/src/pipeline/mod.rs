@@ -146,7 +146,8 @@ impl Pipeline {
                 ack,
             })
             .map_err(|_| IngestError::ShuttingDown)?;
-        done.await.map_err(|_| IngestError::ShuttingDown)?
+        // An acknowledgement dropped unsent: the writer failed on this commit (a caught panic).
+        done.await.map_err(|_| IngestError::Store)?
     }
 
     /// meshlens' own metrics.
@@ -192,7 +193,16 @@ async fn writer(
             }
             jobs
         };
-        commit(&store, jobs, &metrics, &readiness).await;
+        // Supervised: a panic in a commit (a bug) fails that group's exports with a retryable
+        // error (their acknowledgements are dropped unsent) and the writer goes on.
+        let committed = std::panic::AssertUnwindSafe(commit(&store, jobs, &metrics, &readiness));
+        if let Err(panic) = futures::FutureExt::catch_unwind(committed).await {
+            metrics.panics.with_label_values(&["ingest_writer"]).inc();
+            tracing::error!(
+                panic = crate::panic_message(&panic),
+                "an ingest writer panicked on a commit; its exports are answered with a retryable error"
+            );
+        }
         metrics
             .ingest_queue_depth
             .set((capacity - permits.available_permits()) as i64);
