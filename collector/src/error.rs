@@ -40,6 +40,21 @@ pub enum IngestError {
 }
 
 impl IngestError {
+    /// Every `reason` label value, so their series can be exported at 0 from the start.
+    pub const REASONS: &'static [&'static str] = &[
+        "malformed",
+        "too_large",
+        "unsupported_media_type",
+        "unsupported_encoding",
+        "timeout",
+        "too_slow",
+        "overloaded",
+        "store_error",
+        "unstorable",
+        "shutting_down",
+        "unauthenticated",
+    ];
+
     /// The bounded `reason` label.
     pub fn reason(&self) -> &'static str {
         match self {

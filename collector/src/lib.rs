@@ -40,6 +40,23 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    pub const ALL: [Protocol; 4] = [
+        Protocol::OtlpGrpc,
+        Protocol::OtlpHttp,
+        Protocol::Zipkin,
+        Protocol::PromRemoteWrite,
+    ];
+
+    /// Whether this receiver takes spans (and so counts them).
+    pub fn carries_spans(self) -> bool {
+        self != Protocol::PromRemoteWrite
+    }
+
+    /// Whether this receiver takes metric points.
+    pub fn carries_metrics(self) -> bool {
+        self != Protocol::Zipkin
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::OtlpGrpc => "otlp_grpc",

@@ -575,7 +575,67 @@ impl Metrics {
                 prometheus::process_collector::ProcessCollector::for_self(),
             ))
             .expect("process metric names are unique");
+        m.zero_known_series();
         m
+    }
+
+    /// Every series whose label values are known before any event (protocols, reasons,
+    /// outcomes) is exported at 0 from the start, so a dashboard panel or an alert on its
+    /// increase has a number from the first scrape, not "No data". Series labelled by the data
+    /// (a limit, a rule, a listener's name) start where they are known: listeners when they
+    /// bind, policy decisions when the policy server starts.
+    fn zero_known_series(&self) {
+        use crate::{IngestError, Protocol};
+        use meshlens_topology::prom::SeriesProblem;
+        use meshlens_topology::InvalidSpan;
+        for p in Protocol::ALL {
+            let name = p.as_str();
+            for reason in IngestError::REASONS {
+                self.ingest_rejected_requests
+                    .with_label_values(&[name, reason]);
+            }
+            if p.carries_spans() {
+                self.ingest_spans.with_label_values(&[name]);
+                let reasons = InvalidSpan::ALL.iter().map(|r| r.as_str());
+                for reason in reasons.chain(IngestError::REASONS.iter().copied()) {
+                    self.ingest_rejected_spans
+                        .with_label_values(&[name, reason]);
+                }
+                for (field, _) in meshlens_topology::Cut::default().by_field() {
+                    self.ingest_span_limit_cuts
+                        .with_label_values(&[name, field]);
+                }
+            }
+            if p.carries_metrics() {
+                self.ingest_metric_points.with_label_values(&[name]);
+                let problems = SeriesProblem::ALL.iter().map(|r| r.as_str());
+                for reason in problems
+                    .chain(["invalid"])
+                    .chain(IngestError::REASONS.iter().copied())
+                {
+                    self.ingest_rejected_metric_points
+                        .with_label_values(&[name, reason]);
+                }
+            }
+        }
+        let remote_write = Protocol::PromRemoteWrite.as_str();
+        self.ingest_metric_series.with_label_values(&[remote_write]);
+        self.ingest_stale_markers.with_label_values(&[remote_write]);
+        for kind in ["write", "retention", "history"] {
+            self.store_errors.with_label_values(&[kind]);
+        }
+        for outcome in ["paired", "expired", "evicted", "unpaired", "dropped"] {
+            self.topology_spans.with_label_values(&[outcome]);
+        }
+        for family in ["traces_service_graph", "traces_spanmetrics"] {
+            self.topology_series_dropped.with_label_values(&[family]);
+        }
+        for result in ["success", "refused"] {
+            self.web_logins.with_label_values(&[result]);
+        }
+        for api in ["ext_authz", "ratelimit"] {
+            self.policy_local_over_answers.with_label_values(&[api]);
+        }
     }
 
     /// Prometheus text exposition of everything registered.

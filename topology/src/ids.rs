@@ -20,6 +20,15 @@ pub enum InvalidSpan {
 }
 
 impl InvalidSpan {
+    pub const ALL: [InvalidSpan; 6] = [
+        InvalidSpan::TraceId,
+        InvalidSpan::SpanId,
+        InvalidSpan::ParentSpanId,
+        InvalidSpan::EndBeforeStart,
+        InvalidSpan::MissingStart,
+        InvalidSpan::TraceTooLarge,
+    ];
+
     /// The metric label for this reason.
     pub fn as_str(self) -> &'static str {
         match self {

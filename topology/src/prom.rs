@@ -37,6 +37,13 @@ pub enum SeriesProblem {
 }
 
 impl SeriesProblem {
+    pub const ALL: [SeriesProblem; 4] = [
+        SeriesProblem::NoName,
+        SeriesProblem::DuplicateLabel,
+        SeriesProblem::BadBucketBound,
+        SeriesProblem::BadTimestamp,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             SeriesProblem::NoName => "no_name",

@@ -194,7 +194,7 @@ impl Listener {
                 .with_label_values(&[name, reason])
                 .inc_by(0);
         }
-        for reason in ["idle", "no_request", "max_age"] {
+        for reason in ["idle", "no_request", "max_age", "too_many_pings"] {
             metrics
                 .listener_closed_connections
                 .with_label_values(&[name, reason])
