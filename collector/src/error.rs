@@ -245,3 +245,35 @@ pub fn refuse<B>(req: &http::Request<B>, error: IngestError, metrics: &crate::Me
         HttpIngestError { error, body }.into_response()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `REASONS` (the series exported at 0) names every reason an error can have.
+    #[test]
+    fn every_reason_is_listed() {
+        let all = [
+            IngestError::Malformed(String::new()),
+            IngestError::TooLarge { limit: 1 },
+            IngestError::TooManySpans {
+                spans: 2,
+                capacity: 1,
+            },
+            IngestError::UnsupportedMediaType(String::new()),
+            IngestError::UnsupportedEncoding(String::new()),
+            IngestError::BodyTimeout(Duration::ZERO),
+            IngestError::BodyTooSlow(1),
+            IngestError::Overloaded,
+            IngestError::Store,
+            IngestError::Unstorable,
+            IngestError::ShuttingDown,
+            IngestError::Unauthenticated(""),
+        ];
+        for e in &all {
+            assert!(IngestError::REASONS.contains(&e.reason()), "{}", e.reason());
+        }
+        let distinct: std::collections::HashSet<_> = all.iter().map(|e| e.reason()).collect();
+        assert_eq!(distinct.len(), IngestError::REASONS.len());
+    }
+}
