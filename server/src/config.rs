@@ -294,6 +294,11 @@ pub struct StorageConfig {
     /// `/readyz` answers 503 while it cannot commit and 200 again once it can; 0s: never.
     #[serde(with = "humantime_serde")]
     pub probe_interval: Duration,
+    /// Trace searches at once; more are answered 503 at once (retry).
+    pub max_concurrent_searches: usize,
+    /// Longest a search's query may run; longer ones are stopped and answered 503 with a hint.
+    #[serde(with = "humantime_serde")]
+    pub search_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -618,6 +623,8 @@ impl Default for StorageConfig {
             sqlite_synchronous: "normal".into(),
             max_connections: 8,
             probe_interval: Duration::from_secs(5),
+            max_concurrent_searches: 8,
+            search_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -46,6 +46,8 @@ pub fn store_config(config: &Config) -> StoreConfig {
         url: config.storage.database_url.clone(),
         sqlite_synchronous: config.storage.sqlite_synchronous.clone(),
         max_connections: config.storage.max_connections,
+        max_concurrent_searches: config.storage.max_concurrent_searches,
+        search_timeout: config.storage.search_timeout,
     }
 }
 

@@ -46,6 +46,10 @@ pub enum StoreError {
     Io(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error("too many searches at once; retry")]
+    Busy,
+    #[error("the search ran longer than {0:?}; narrow it (a service, a shorter time range)")]
+    SearchTimeout(Duration),
 }
 
 impl StoreError {
@@ -82,6 +86,11 @@ pub struct StoreConfig {
     pub sqlite_synchronous: String,
     /// Connections in the pool.
     pub max_connections: u32,
+    /// Trace searches at once; more are refused at once ([`StoreError::Busy`], retryable).
+    pub max_concurrent_searches: usize,
+    /// Longest a search's query may run ([`StoreError::SearchTimeout`]): PostgreSQL's
+    /// `statement_timeout`, SQLite's progress handler.
+    pub search_timeout: Duration,
 }
 
 impl Default for StoreConfig {
@@ -90,6 +99,8 @@ impl Default for StoreConfig {
             url: DEFAULT_DATABASE_URL.to_string(),
             sqlite_synchronous: "normal".to_string(),
             max_connections: 8,
+            max_concurrent_searches: 8,
+            search_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -124,6 +135,9 @@ pub struct Store {
     wal_restart: AtomicBool,
     /// SQLite: the thread that writes spans.
     sqlite_writer: Option<Mutex<sqlite_writer::SqliteWriter>>,
+    /// Searches at once, and how long each may run.
+    searches: tokio::sync::Semaphore,
+    search_timeout: Duration,
 }
 
 #[derive(Default)]
@@ -162,6 +176,8 @@ impl Store {
             known: Mutex::new(Known::default()),
             wal_restart: AtomicBool::new(false),
             sqlite_writer,
+            searches: tokio::sync::Semaphore::new(config.max_concurrent_searches.max(1)),
+            search_timeout: config.search_timeout,
         })
     }
 

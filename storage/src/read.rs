@@ -97,10 +97,27 @@ impl Store {
     }
 
     /// Trace ids matching the query, newest first.
+    /// Searches run at most `max_concurrent_searches` at once (more are refused at once with
+    /// [`StoreError::Busy`]) and each for at most `search_timeout` ([`StoreError::SearchTimeout`]):
+    /// a search never queues behind others, nor holds a connection (or, on SQLite, a read
+    /// snapshot that keeps the checkpoint from finishing) for long.
     pub async fn search(&self, q: &TraceQuery) -> Result<Vec<TraceId>, StoreError> {
+        let _permit = self.searches.try_acquire().map_err(|_| StoreError::Busy)?;
         let limit = q.limit.clamp(1, MAX_SEARCH_LIMIT) as i64;
         let Some(seqs) = self.seq_range(q.start_min_ns, q.start_max_ns).await? else {
             return Ok(Vec::new());
+        };
+        let timeout = self.search_timeout;
+        let timed_out = |e: sqlx::Error| -> StoreError {
+            let code = match &e {
+                sqlx::Error::Database(d) => d.code().map(|c| c.into_owned()),
+                _ => None,
+            };
+            // PostgreSQL's query_canceled; SQLite's SQLITE_INTERRUPT.
+            match code.as_deref() {
+                Some("57014") | Some("9") => StoreError::SearchTimeout(timeout),
+                _ => e.into(),
+            }
         };
         let rows: Vec<(Vec<u8>, i64)> = match &self.pool {
             Pool::Sqlite(p) => {
@@ -110,7 +127,14 @@ impl Store {
                 push_filters(&mut qb, q, seqs, Dialect::Sqlite);
                 qb.push(" GROUP BY s.trace_id ORDER BY t DESC LIMIT ")
                     .push_bind(limit);
-                qb.build_query_as().fetch_all(p).await?
+                let mut conn = p.acquire().await?;
+                let deadline = std::time::Instant::now() + timeout;
+                conn.lock_handle()
+                    .await?
+                    .set_progress_handler(1000, move || std::time::Instant::now() < deadline);
+                let rows = qb.build_query_as().fetch_all(&mut *conn).await;
+                conn.lock_handle().await?.remove_progress_handler();
+                rows.map_err(timed_out)?
             }
             Pool::Postgres(p) => {
                 let mut qb = QueryBuilder::<Postgres>::new(
@@ -119,7 +143,20 @@ impl Store {
                 push_filters(&mut qb, q, seqs, Dialect::Postgres);
                 qb.push(" GROUP BY s.trace_id ORDER BY t DESC LIMIT ")
                     .push_bind(limit);
-                qb.build_query_as().fetch_all(p).await?
+                let mut tx = p.begin().await?;
+                sqlx::query(&format!(
+                    "SET LOCAL statement_timeout = {}",
+                    timeout.as_millis().max(1)
+                ))
+                .execute(&mut *tx)
+                .await?;
+                let rows = qb
+                    .build_query_as()
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(timed_out)?;
+                tx.commit().await?;
+                rows
             }
         };
         Ok(rows

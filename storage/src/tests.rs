@@ -654,3 +654,49 @@ fn resource_ids_are_the_ids_already_stored() {
     );
     assert_eq!(resource_id(""), 3476900567878811119);
 }
+
+/// A search past the concurrency limit is refused at once, and one past its time is stopped
+/// (SQLite's progress handler): both retryable errors with a reason, and the store answers the
+/// next search as before.
+#[tokio::test]
+async fn searches_are_bounded_in_number_and_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let connect = |timeout: std::time::Duration| {
+        let url = format!("sqlite://{}", dir.path().join("s.db").display());
+        async move {
+            Store::connect(&StoreConfig {
+                url,
+                max_concurrent_searches: 1,
+                search_timeout: timeout,
+                ..StoreConfig::default()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let store = connect(std::time::Duration::from_secs(10)).await;
+    store.migrate().await.unwrap();
+    let spans: Vec<Span> = (1..=2_000u64)
+        .map(|i| SpanBuilder::new(i, 1, "work", "GET /", T0 + i).build())
+        .collect();
+    store.write(&[&encode_batch(&spans)]).await.unwrap();
+    let q = TraceQuery {
+        limit: 20,
+        ..TraceQuery::default()
+    };
+    assert_eq!(store.search(&q).await.unwrap().len(), 20);
+    {
+        let _held = store.searches.try_acquire().unwrap();
+        assert!(matches!(store.search(&q).await, Err(StoreError::Busy)));
+    }
+    assert_eq!(store.search(&q).await.unwrap().len(), 20);
+    drop(store);
+
+    let hurried = connect(std::time::Duration::ZERO).await;
+    match hurried.search(&q).await {
+        Err(StoreError::SearchTimeout(_)) => {}
+        other => panic!("a search past its time: {other:?}"),
+    }
+    // The connection it ran on is usable again (its handler removed).
+    assert_eq!(hurried.count_spans().await.unwrap(), 2_000);
+}

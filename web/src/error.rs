@@ -23,6 +23,10 @@ impl WebError {
         match self {
             WebError::BadRequest(m) => (StatusCode::BAD_REQUEST, m.clone()),
             WebError::NotFound(m) => (StatusCode::NOT_FOUND, m.clone()),
+            WebError::Store(
+                e @ (meshlens_storage::StoreError::Busy
+                | meshlens_storage::StoreError::SearchTimeout(_)),
+            ) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
             WebError::Store(e) => {
                 tracing::error!(error = %e, "store read failed");
                 (
