@@ -282,14 +282,9 @@ fn spawn_store_probe(
     if period.is_zero() {
         return;
     }
-    set.spawn(async move {
-        let mut tick = tokio::time::interval(period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                _ = tick.tick() => {}
-            }
+    spawn_ticks(set, period, cancel, move || {
+        let (store, ready, metrics) = (store.clone(), ready.clone(), metrics.clone());
+        async move {
             let outcome = match tokio::time::timeout(PROBE_TIMEOUT, store.probe()).await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) if e.is_data_error() => Ok(()),
@@ -303,6 +298,7 @@ fn spawn_store_probe(
             meshlens_collector::pipeline::record_store(&ready, &metrics, outcome);
             let counted = metrics.panics.with_label_values(&["sqlite_writer"]);
             counted.inc_by(store.writer_panics().saturating_sub(counted.get()));
+            Ok(())
         }
     });
 }
@@ -314,6 +310,24 @@ pub(crate) fn spawn_every(
     work: impl Fn() + Send + Sync + 'static,
 ) {
     let work = Arc::new(work);
+    spawn_ticks(set, period, cancel, move || {
+        let w = work.clone();
+        async move {
+            tokio::task::spawn_blocking(move || w()).await?;
+            Ok(())
+        }
+    });
+}
+
+/// Runs `work` every `period` (a late tick waits, never bunches) until `cancel`.
+fn spawn_ticks<Fut>(
+    set: &mut JoinSet<anyhow::Result<()>>,
+    period: std::time::Duration,
+    cancel: CancellationToken,
+    mut work: impl FnMut() -> Fut + Send + 'static,
+) where
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
     set.spawn(async move {
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -322,8 +336,7 @@ pub(crate) fn spawn_every(
                 _ = cancel.cancelled() => return Ok(()),
                 _ = tick.tick() => {}
             }
-            let w = work.clone();
-            tokio::task::spawn_blocking(move || w()).await?;
+            work().await?;
         }
     });
 }

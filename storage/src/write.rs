@@ -61,10 +61,7 @@ impl Store {
         let (min_start, max_start) = start_range(&spans, committed_ns);
         match &self.pool {
             Pool::Sqlite(_) => {
-                let writer = self
-                    .sqlite_writer
-                    .as_ref()
-                    .ok_or_else(|| StoreError::Io("the SQLite store has no writer".into()))?;
+                let writer = self.writer()?;
                 let restart_wal = self
                     .wal_restart
                     .swap(false, std::sync::atomic::Ordering::AcqRel);
@@ -211,6 +208,13 @@ impl Store {
         Ok(())
     }
 
+    /// The SQLite store's writer thread.
+    fn writer(&self) -> Result<&std::sync::Mutex<sqlite_writer::SqliteWriter>, StoreError> {
+        self.sqlite_writer
+            .as_ref()
+            .ok_or_else(|| StoreError::Io("the SQLite store has no writer".into()))
+    }
+
     /// Panics the SQLite writer thread caught and survived (each failed one commit), in this
     /// process.
     pub fn writer_panics(&self) -> u64 {
@@ -224,11 +228,7 @@ impl Store {
         let at = now_ns();
         match &self.pool {
             Pool::Sqlite(_) => {
-                let writer = self
-                    .sqlite_writer
-                    .as_ref()
-                    .ok_or_else(|| StoreError::Io("the SQLite store has no writer".into()))?;
-                sqlite_writer::ask(writer, |reply| Job::Probe(at, reply)).await?;
+                sqlite_writer::ask(self.writer()?, |reply| Job::Probe(at, reply)).await?;
             }
             Pool::Postgres(p) => {
                 sqlx::query("UPDATE heartbeat SET at_ns = $1 WHERE id = 1")

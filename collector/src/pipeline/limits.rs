@@ -52,15 +52,16 @@ impl TraceBytes {
         })
     }
 
-    pub fn tracked(&self) -> usize {
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
         self.traces.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    /// Counts each span's bytes to its trace; returns which spans fit (in order) and what was
-    /// counted.
-    pub fn admit(&self, spans: &[Span]) -> (Vec<bool>, Charged) {
+    /// Counts each span's bytes to its trace; returns which spans fit (in order), what was
+    /// counted, and how many traces are tracked now.
+    pub fn admit(&self, spans: &[Span]) -> (Vec<bool>, Charged, usize) {
         if self.max == 0 {
-            return (vec![true; spans.len()], Charged::default());
+            return (vec![true; spans.len()], Charged::default(), 0);
         }
         let now = Instant::now();
         let mut traces = self.traces.lock().unwrap_or_else(|e| e.into_inner());
@@ -85,7 +86,7 @@ impl TraceBytes {
                 true
             })
             .collect();
-        (fits, Charged(charged))
+        (fits, Charged(charged), traces.len())
     }
 
     /// Gives back what `admit` counted for an export that was not stored (a retry comes).
@@ -149,13 +150,14 @@ mod tests {
     async fn a_trace_past_its_bytes_is_refused_and_a_refused_export_gives_them_back() {
         let one = span_bytes(&span(1, 1, 1000)) as u64;
         let bytes = TraceBytes::new(one * 3);
-        let (fits, _) = bytes.admit(&[span(1, 1, 1000), span(1, 2, 1000), span(2, 1, 1000)]);
-        assert_eq!(fits, vec![true, true, true]);
-        let (fits, charged) = bytes.admit(&[span(1, 3, 1000), span(1, 4, 1000), span(2, 2, 10)]);
+        let (fits, _, tracked) =
+            bytes.admit(&[span(1, 1, 1000), span(1, 2, 1000), span(2, 1, 1000)]);
+        assert_eq!((fits, tracked), (vec![true, true, true], 2));
+        let (fits, charged, _) = bytes.admit(&[span(1, 3, 1000), span(1, 4, 1000), span(2, 2, 10)]);
         assert_eq!(fits, vec![true, false, true], "trace 1 is full at three");
         // That export was not stored: its bytes come back, and its retry fits again.
         bytes.release(charged);
-        let (fits, _) = bytes.admit(&[span(1, 3, 1000)]);
+        let (fits, _, _) = bytes.admit(&[span(1, 3, 1000)]);
         assert_eq!(fits, vec![true]);
         // A trace idle long enough is forgotten once the table is full.
         assert_eq!(bytes.tracked(), 2);
@@ -168,7 +170,7 @@ mod tests {
     #[test]
     fn no_limit_means_every_span_fits() {
         let bytes = TraceBytes::new(0);
-        let (fits, _) = bytes.admit(&[span(1, 1, 100_000), span(1, 2, 100_000)]);
+        let (fits, _, _) = bytes.admit(&[span(1, 1, 100_000), span(1, 2, 100_000)]);
         assert_eq!(fits, vec![true, true]);
         assert_eq!(bytes.tracked(), 0);
     }

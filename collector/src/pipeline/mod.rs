@@ -365,7 +365,7 @@ impl Pipeline {
             }
         }
         tag_tenant(&mut converted.spans, tenant.map(|t| &*t.0));
-        let (fits, charged) = self.trace_bytes.admit(&converted.spans);
+        let (fits, charged, tracked) = self.trace_bytes.admit(&converted.spans);
         if fits.contains(&false) {
             let spans = std::mem::take(&mut converted.spans);
             for (span, fits) in spans.into_iter().zip(fits) {
@@ -380,9 +380,7 @@ impl Pipeline {
                 }
             }
         }
-        self.metrics
-            .ingest_tracked_traces
-            .set(self.trace_bytes.tracked() as i64);
+        self.metrics.ingest_tracked_traces.set(tracked as i64);
         for (reason, n) in &converted.rejected.by_reason {
             self.metrics
                 .ingest_rejected_spans
