@@ -1,6 +1,7 @@
 //! The catalogue of meshlens' own metrics: every `meshlens_*` name is defined here and nowhere else.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 
 use prometheus::{
@@ -8,10 +9,14 @@ use prometheus::{
     IntGauge, IntGaugeVec, Opts, Registry,
 };
 
-/// meshlens' own metrics, registered in one registry that `/metrics` renders.
+/// meshlens' own metrics, registered in one registry that `/metrics` renders, and the large
+/// families beside them.
 #[derive(Clone)]
 pub struct Metrics {
     pub registry: Registry,
+    /// Families too large to decode all at once for a scrape (the product metrics, up to their
+    /// series cap each): a registry each, encoded one after another (`exposition`).
+    pub large: LargeFamilies,
     /// Spans accepted by a receiver (before the store commit).
     pub ingest_spans: IntCounterVec,
     /// Spans refused, by protocol and reason (invalid ids, bad times, overload, store failure…).
@@ -55,6 +60,11 @@ pub struct Metrics {
     pub topology_pending_spans: IntGauge,
     /// Version-level edges the graph keeps (active or idle within the longest window).
     pub topology_edges: IntGauge,
+    /// Nodes at the ends of those edges.
+    pub topology_nodes: IntGauge,
+    /// Observations counted on an overflow edge (to or from `__overflow__`) because the edge they
+    /// named would have taken the graph past `[graph] max_edges` or `max_nodes`.
+    pub topology_overflow_observations: IntCounter,
     /// Spans by what became of them in the pairing store: `paired`, `expired` (time to live ran
     /// out), `evicted` (store full, oldest first), `unpaired` (ended with no edge at all), and
     /// `dropped` (the graph thread's queue was full; they are stored, just not on the graph).
@@ -67,8 +77,13 @@ pub struct Metrics {
     /// Samples of a cumulative series at or before its last one (a retried remote write, or out
     /// of order): left out of the graph, never counted twice.
     pub topology_late_points: IntCounter,
-    /// Label sets not exported because a product metric reached its series cap, by metric.
-    pub topology_series_dropped: IntCounterVec,
+    /// New label sets a product metric family counted under its overflow set (`__overflow__`)
+    /// because it had its most label sets, by family (`traces_service_graph`,
+    /// `traces_spanmetrics`): once per batch that had them.
+    pub topology_series_overflow: IntCounterVec,
+    /// Label sets of product metrics removed after going unused (as Tempo's metrics generator
+    /// drops stale series), by family.
+    pub topology_series_evicted: IntCounterVec,
     /// Bytes of remote write bodies waiting for the graph (bounded: past the bound, writes are
     /// answered 503 and retried).
     pub topology_queued_metric_bytes: IntGauge,
@@ -140,9 +155,12 @@ pub const METRIC_NAMES: &[&str] = &[
     "meshlens_retention_deleted_spans_total",
     "meshlens_topology_pending_spans",
     "meshlens_topology_edges",
+    "meshlens_topology_nodes",
+    "meshlens_topology_overflow_observations_total",
     "meshlens_topology_spans_total",
     "meshlens_topology_virtual_calls_total",
-    "meshlens_topology_series_dropped_total",
+    "meshlens_topology_series_overflow_total",
+    "meshlens_topology_series_evicted_total",
     "meshlens_topology_unplaced_points_total",
     "meshlens_topology_late_points_total",
     "meshlens_topology_queued_metric_bytes",
@@ -326,6 +344,16 @@ impl Metrics {
                 "Version-level edges the service graph keeps.",
             )
             .expect("valid metric"),
+            topology_nodes: IntGauge::new(
+                "meshlens_topology_nodes",
+                "Nodes of the service graph.",
+            )
+            .expect("valid metric"),
+            topology_overflow_observations: IntCounter::new(
+                "meshlens_topology_overflow_observations_total",
+                "Observations counted on an overflow edge because the graph was at its caps.",
+            )
+            .expect("valid metric"),
             topology_spans: IntCounterVec::new(
                 Opts::new(
                     "meshlens_topology_spans_total",
@@ -349,10 +377,18 @@ impl Metrics {
                 "Samples at or before their series' last one (retried or out of order), left out of the graph.",
             )
             .expect("valid metric"),
-            topology_series_dropped: IntCounterVec::new(
+            topology_series_overflow: IntCounterVec::new(
                 Opts::new(
-                    "meshlens_topology_series_dropped_total",
-                    "Label sets not exported because a metric reached its series cap.",
+                    "meshlens_topology_series_overflow_total",
+                    "New label sets counted under the overflow set because a family had its most.",
+                ),
+                &["metric"],
+            )
+            .expect("valid metric"),
+            topology_series_evicted: IntCounterVec::new(
+                Opts::new(
+                    "meshlens_topology_series_evicted_total",
+                    "Label sets of product metrics removed after going unused.",
                 ),
                 &["metric"],
             )
@@ -514,6 +550,7 @@ impl Metrics {
                 &["result"],
             ),
             registry,
+            large: Default::default(),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.ingest_spans.clone()),
@@ -540,9 +577,12 @@ impl Metrics {
             Box::new(m.retention_deleted_spans.clone()),
             Box::new(m.topology_pending_spans.clone()),
             Box::new(m.topology_edges.clone()),
+            Box::new(m.topology_nodes.clone()),
+            Box::new(m.topology_overflow_observations.clone()),
             Box::new(m.topology_spans.clone()),
             Box::new(m.topology_virtual_calls.clone()),
-            Box::new(m.topology_series_dropped.clone()),
+            Box::new(m.topology_series_overflow.clone()),
+            Box::new(m.topology_series_evicted.clone()),
             Box::new(m.topology_unplaced_points.clone()),
             Box::new(m.topology_late_points.clone()),
             Box::new(m.topology_queued_metric_bytes.clone()),
@@ -628,7 +668,8 @@ impl Metrics {
             self.topology_spans.with_label_values(&[outcome]);
         }
         for family in ["traces_service_graph", "traces_spanmetrics"] {
-            self.topology_series_dropped.with_label_values(&[family]);
+            self.topology_series_overflow.with_label_values(&[family]);
+            self.topology_series_evicted.with_label_values(&[family]);
         }
         for result in ["success", "refused"] {
             self.web_logins.with_label_values(&[result]);
@@ -638,22 +679,76 @@ impl Metrics {
         }
     }
 
+    /// Registers a large family in a registry of its own.
+    pub fn register_large(&self, family: Box<dyn prometheus::core::Collector>) {
+        let registry = Registry::new();
+        registry.register(family).expect("a family per registry");
+        self.large
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(registry);
+    }
+
     /// Prometheus text exposition of everything registered.
     pub fn render(&self) -> String {
-        let encoder = prometheus::TextEncoder::new();
-        encoder
-            .encode_to_string(&self.registry.gather())
-            .unwrap_or_default()
+        exposition(&self.registry, &self.large)
+            .map(|chunk| String::from_utf8_lossy(&chunk).into_owned())
+            .collect()
+    }
+
+    /// Every family, decoded (for tests).
+    pub fn gather_all(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let mut out = self.registry.gather();
+        for r in self.large.read().unwrap_or_else(|e| e.into_inner()).iter() {
+            out.extend(r.gather());
+        }
+        out
     }
 }
 
-/// A cap on the label sets of a metric family: the first `limit` sets are exported, later new
-/// ones are refused (the caller counts them). Each admitted set may keep a value made once (a
-/// counter looked up in its family), found again by one hash of the labels under a shared read
-/// lock: checks and exports on the hot path never queue on a mutex.
+/// Large metric families, a registry each.
+pub type LargeFamilies = std::sync::Arc<RwLock<Vec<Registry>>>;
+
+/// The text exposition of `registry` and then of each large family, one chunk each, encoded as
+/// the iterator is read: a scrape holds one large family decoded at a time, not all of them.
+pub fn exposition(
+    registry: &Registry,
+    large: &LargeFamilies,
+) -> impl Iterator<Item = Vec<u8>> + Send + 'static {
+    let mut registries = vec![registry.clone()];
+    registries.extend(
+        large
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned(),
+    );
+    registries.into_iter().map(|r| {
+        use prometheus::Encoder;
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail but on a malformed family, which registration refuses.
+        let _ = prometheus::TextEncoder::new().encode(&r.gather(), &mut out);
+        out
+    })
+}
+
+/// A cap on the label sets of a metric family: up to `limit` sets are exported, later new ones
+/// are refused (the caller counts them, or counts them under an overflow set). Each admitted set
+/// may keep a value made once (a counter looked up in its family), found again by one hash of
+/// the labels under a shared read lock: checks and exports on the hot path never queue on a
+/// mutex. Sets unused for a while can be swept out (`sweep`), so the first `limit` sets do not
+/// hold the cap forever.
 pub struct SeriesCap<T = ()> {
     limit: usize,
-    seen: RwLock<HashMap<u64, T>>,
+    /// Sweeps so far: each set remembers the one it was last used in (no clock read per use).
+    epoch: AtomicU64,
+    seen: RwLock<HashMap<u64, Kept<T>>>,
+}
+
+struct Kept<T> {
+    value: T,
+    labels: Box<[Box<str>]>,
+    used: AtomicU64,
 }
 
 /// The key of a label set of a family: a 64-bit hash of the family's name and the values, in
@@ -671,6 +766,7 @@ impl<T> SeriesCap<T> {
     pub fn new(limit: usize) -> Self {
         SeriesCap {
             limit,
+            epoch: AtomicU64::new(0),
             seen: RwLock::new(HashMap::new()),
         }
     }
@@ -685,19 +781,56 @@ impl<T> SeriesCap<T> {
         use_: impl FnOnce(&T) -> R,
     ) -> Option<R> {
         let key = label_key(family, labels);
-        if let Some(v) = self
+        let epoch = self.epoch.load(Ordering::Relaxed);
+        if let Some(kept) = self
             .seen
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
         {
-            return Some(use_(v));
+            // Written once per sweep at most: the line stays shared between cores otherwise.
+            if kept.used.load(Ordering::Relaxed) != epoch {
+                kept.used.store(epoch, Ordering::Relaxed);
+            }
+            return Some(use_(&kept.value));
         }
         let mut seen = self.seen.write().unwrap_or_else(|e| e.into_inner());
         if !seen.contains_key(&key) && seen.len() >= self.limit {
             return None;
         }
-        Some(use_(seen.entry(key).or_insert_with(make)))
+        let kept = seen.entry(key).or_insert_with(|| Kept {
+            value: make(),
+            labels: labels.iter().map(|l| Box::from(*l)).collect(),
+            used: AtomicU64::new(epoch),
+        });
+        Some(use_(&kept.value))
+    }
+
+    /// Ends an epoch, and forgets the sets not used in the last `idle_epochs` of them; returns
+    /// their labels (to remove their series from the family).
+    pub fn sweep(&self, idle_epochs: u64) -> Vec<Box<[Box<str>]>> {
+        let epoch = self.epoch.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut gone = Vec::new();
+        self.seen
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, kept| {
+                let keep = kept.used.load(Ordering::Relaxed) + idle_epochs >= epoch;
+                if !keep {
+                    gone.push(std::mem::take(&mut kept.labels));
+                }
+                keep
+            });
+        gone
+    }
+
+    /// Label sets kept.
+    pub fn len(&self) -> usize {
+        self.seen.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -742,7 +875,10 @@ mod tests {
             .with_label_values(&["prom_remote_write"])
             .inc();
         m.topology_spans.with_label_values(&["paired"]).inc();
-        m.topology_series_dropped
+        m.topology_series_overflow
+            .with_label_values(&["traces_spanmetrics"])
+            .inc();
+        m.topology_series_evicted
             .with_label_values(&["traces_spanmetrics"])
             .inc();
         m.policy_checks

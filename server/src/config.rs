@@ -370,6 +370,11 @@ pub struct GraphSettings {
     /// Most bytes of remote write bodies waiting for the graph; past it, writes are answered
     /// 503 (Prometheus retries them).
     pub queue_metric_bytes: usize,
+    /// Most version edges on the graph; past it, calls on new edges are counted on edges to or
+    /// from the overflow node (`__overflow__`).
+    pub max_edges: usize,
+    /// Most nodes on the graph, the same way.
+    pub max_nodes: usize,
     /// Health thresholds, in percent of the window's calls (Kiali's defaults).
     pub health: HealthSettings,
     /// Plain Envoy cluster names and the services they lead to, `[namespace/]service[:version]`
@@ -432,6 +437,8 @@ impl Default for GraphSettings {
             max_pending: DEFAULT_MAX_PENDING,
             max_series: meshlens_collector::graph::DEFAULT_MAX_SERIES,
             queue_metric_bytes: meshlens_collector::graph::DEFAULT_QUEUE_METRIC_BYTES,
+            max_edges: meshlens_topology::graph::DEFAULT_LIMITS.max_edges,
+            max_nodes: meshlens_topology::graph::DEFAULT_LIMITS.max_nodes,
             health: HealthSettings::default(),
             clusters: Default::default(),
         }
@@ -458,6 +465,10 @@ impl GraphSettings {
             max_series: self.max_series,
             clusters,
             queue_metric_bytes: self.queue_metric_bytes,
+            limits: meshlens_topology::graph::GraphLimits {
+                max_edges: self.max_edges.max(1),
+                max_nodes: self.max_nodes.max(3),
+            },
         })
     }
 }

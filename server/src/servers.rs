@@ -155,6 +155,10 @@ pub async fn spawn_all(
     let web = meshlens_web::app(meshlens_web::WebState {
         store,
         registry: metrics.registry.clone(),
+        exposition: {
+            let (registry, large) = (metrics.registry.clone(), metrics.large.clone());
+            Arc::new(move || Box::new(meshlens_collector::metrics::exposition(&registry, &large)))
+        },
         ready,
         graph: graph_cache,
         policy: web_policy,

@@ -155,6 +155,7 @@ async fn api_latency(services: usize, edges: usize) {
     let app = meshlens_web::app(meshlens_web::WebState {
         store: Arc::new(store),
         registry: prometheus::Registry::new(),
+        exposition: Arc::new(|| Box::new(std::iter::empty())),
         ready: {
             let r = Arc::new(meshlens_storage::Readiness::default());
             r.set_started();

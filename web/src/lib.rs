@@ -24,8 +24,11 @@ pub use graph_cache::GraphCache;
 #[derive(Clone)]
 pub struct WebState {
     pub store: Arc<Store>,
-    /// meshlens' own metrics, rendered on `/metrics`.
+    /// meshlens' own metrics.
     pub registry: prometheus::Registry,
+    /// Everything `/metrics` shows, in text exposition chunks made as they are read (meshlens'
+    /// own metrics, then each large family: the product metrics).
+    pub exposition: Arc<dyn Fn() -> Exposition + Send + Sync>,
     /// Started, and the store taking commits; `/readyz` answers 503 with the reason otherwise.
     pub ready: Arc<meshlens_storage::Readiness>,
     /// Snapshots of the live service graph (fed by the ingest pipeline).
@@ -64,16 +67,19 @@ async fn readyz(State(st): State<WebState>) -> impl IntoResponse {
     }
 }
 
+/// Chunks of a text exposition, each encoded when it is read.
+pub type Exposition = Box<dyn Iterator<Item = Vec<u8>> + Send>;
+
+/// Streamed a chunk at a time: a scrape of tens of thousands of product series never holds them
+/// all decoded, nor the whole text.
 async fn metrics(State(st): State<WebState>) -> impl IntoResponse {
-    let text = prometheus::TextEncoder::new()
-        .encode_to_string(&st.registry.gather())
-        .unwrap_or_default();
+    let chunks = futures::stream::iter((st.exposition)().map(Ok::<_, std::convert::Infallible>));
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        text,
+        axum::body::Body::from_stream(chunks),
     )
 }
 

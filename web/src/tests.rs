@@ -43,6 +43,13 @@ pub(crate) async fn state(ready: bool) -> (WebState, tempfile::TempDir) {
     let st = WebState {
         store: Arc::new(store),
         registry: prometheus::Registry::new(),
+        exposition: Arc::new(|| {
+            Box::new(
+                ["# first\n", "# second\n"]
+                    .into_iter()
+                    .map(|c| c.as_bytes().to_vec()),
+            )
+        }),
         ready: {
             let r = Arc::new(meshlens_storage::Readiness::default());
             if ready {
@@ -202,6 +209,8 @@ async fn health_readiness_and_metrics() {
         .to_str()
         .unwrap()
         .starts_with("text/plain"));
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"# first\n# second\n", "every chunk, in order");
 }
 
 #[test]

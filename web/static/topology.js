@@ -150,7 +150,7 @@
   }
 
   function kindRank(kind) {
-    return { user: 0, service: 1, external: 2, messaging: 3, database: 4, policy: 5 }[kind] ?? 6;
+    return { user: 0, service: 1, external: 2, messaging: 3, database: 4, policy: 5, overflow: 7 }[kind] ?? 6;
   }
 
   function nodeHeight(n) {
@@ -394,7 +394,9 @@
     panel.hidden = false;
     if (node) {
       $('panel-title').textContent = node.name;
-      $('panel-sub').textContent = `${node.gateway ? `${node.gateway} gateway` : node.kind}${node.namespace ? ` in ${node.namespace}` : ''} · ${node.health} · calls received, last ${graph.window}`;
+      $('panel-sub').textContent = node.kind === 'overflow'
+        ? `calls on edges beyond the graph's caps ([graph] max_edges, max_nodes), last ${graph.window}`
+        : `${node.gateway ? `${node.gateway} gateway` : node.kind}${node.namespace ? ` in ${node.namespace}` : ''} · ${node.health} · calls received, last ${graph.window}`;
       statsTable(node.stats, [['calls out', node.outbound_requests]]);
       charts('node', node.id);
       versionsTable(node.versions.map((v) => [v.version, v.share, v.stats, v.health]));

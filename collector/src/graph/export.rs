@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use meshlens_topology::graph::{EdgeKey, EdgeObservation, NodeKey};
 use meshlens_topology::{Span, SpanKind, StatusCode};
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
 
 use crate::metrics::{Metrics, SeriesCap};
 
@@ -23,6 +23,16 @@ pub const PRODUCT_METRIC_NAMES: &[&str] = &[
 
 /// Default cap on label sets per family.
 pub const DEFAULT_MAX_SERIES: usize = 10_000;
+
+/// The value of the labels that name the data in an overflow set.
+pub const OVERFLOW: &str = "__overflow__";
+
+/// Ticks (about a second each) between sweeps of unused label sets.
+const SWEEP_TICKS: u64 = 60;
+
+/// Sweeps a label set may go unused before it is removed: 15 minutes, Tempo's metrics
+/// generator's `stale_duration`.
+const IDLE_SWEEPS: u64 = 15;
 
 /// Latency buckets in seconds, from 100 µs: mesh hops are often sub-millisecond, and Tempo's
 /// default buckets start at 100 ms.
@@ -52,7 +62,9 @@ const SPAN_LABELS: &[&str] = &[
     "service_version",
 ];
 
-/// Admits label sets up to a limit; past it, new ones are refused (and counted by the caller).
+/// Admits label sets up to a limit; past it, new ones are counted under the family's overflow
+/// set (the names in its labels `__overflow__`, the kind, status or connection type kept), as the
+/// OpenTelemetry spanmetrics connector does. Sets unused for 15 minutes are removed.
 pub struct ProductMetrics {
     request_total: IntCounterVec,
     request_failed_total: IntCounterVec,
@@ -63,6 +75,7 @@ pub struct ProductMetrics {
     edge_cap: SeriesCap,
     span_cap: SeriesCap,
     metrics: Metrics,
+    ticks: std::sync::atomic::AtomicU64,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -75,7 +88,7 @@ fn histogram(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
 }
 
 impl ProductMetrics {
-    /// Creates the families and registers them in `metrics`' registry, beside meshlens' own.
+    /// Creates the families and registers them with `metrics`, beside meshlens' own.
     pub fn new(metrics: &Metrics, max_series: usize) -> Self {
         let m = ProductMetrics {
             request_total: counter(
@@ -111,12 +124,14 @@ impl ProductMetrics {
             edge_cap: SeriesCap::new(max_series),
             span_cap: SeriesCap::new(max_series),
             metrics: metrics.clone(),
+            ticks: Default::default(),
         };
-        m.register(&metrics.registry);
+        m.register(metrics);
         m
     }
 
-    fn register(&self, registry: &Registry) {
+    /// Each family is large (up to the cap's label sets): it is encoded apart from the others.
+    fn register(&self, metrics: &Metrics) {
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(self.request_total.clone()),
             Box::new(self.request_failed_total.clone()),
@@ -126,7 +141,7 @@ impl ProductMetrics {
             Box::new(self.latency.clone()),
         ];
         for c in collectors {
-            registry.register(c).expect("metric names are unique");
+            metrics.register_large(c);
         }
     }
 
@@ -155,7 +170,7 @@ impl ProductMetrics {
         for (key, calls) in edges {
             let ns = |n: &NodeKey| n.namespace.as_deref().unwrap_or("").to_string();
             let (client_ns, server_ns) = (ns(&key.client.node), ns(&key.server.node));
-            let labels = [
+            let mut labels = [
                 &*key.client.node.name,
                 &*key.server.node.name,
                 key.connection.as_str(),
@@ -165,8 +180,8 @@ impl ProductMetrics {
                 key.server.version.as_deref().unwrap_or(""),
             ];
             if !self.edge_cap.admit(&labels) {
-                self.dropped("traces_service_graph");
-                continue;
+                self.overflowed("traces_service_graph");
+                labels = [OVERFLOW, OVERFLOW, labels[2], "", "", "", ""];
             }
             self.request_total
                 .with_label_values(&labels)
@@ -201,10 +216,10 @@ impl ProductMetrics {
                 .push(s.duration_ns() as f64 / 1e9);
         }
         for ((service, name, kind, status, version), durations) in groups {
-            let labels = [service, name, span_kind(kind), status_code(status), version];
+            let mut labels = [service, name, span_kind(kind), status_code(status), version];
             if !self.span_cap.admit(&labels) {
-                self.dropped("traces_spanmetrics");
-                continue;
+                self.overflowed("traces_spanmetrics");
+                labels = [OVERFLOW, OVERFLOW, labels[2], labels[3], ""];
             }
             self.calls_total
                 .with_label_values(&labels)
@@ -214,11 +229,66 @@ impl ProductMetrics {
         }
     }
 
-    fn dropped(&self, family: &str) {
+    fn overflowed(&self, family: &str) {
         self.metrics
-            .topology_series_dropped
+            .topology_series_overflow
             .with_label_values(&[family])
             .inc();
+    }
+
+    /// Call about once a second: every minute, label sets unused for 15 minutes are removed
+    /// from their families (and from the caps, making room for new ones).
+    pub fn tick(&self) {
+        use std::sync::atomic::Ordering;
+        if self.ticks.fetch_add(1, Ordering::Relaxed) % SWEEP_TICKS == SWEEP_TICKS - 1 {
+            self.sweep(IDLE_SWEEPS);
+        }
+    }
+
+    /// Ends a sweep epoch and removes the label sets unused for `idle` of them.
+    fn sweep(&self, idle: u64) {
+        let families = [
+            (
+                "traces_service_graph",
+                &self.edge_cap,
+                vec![
+                    &self.request_total as &dyn Remove,
+                    &self.request_failed_total,
+                    &self.request_server_seconds,
+                    &self.request_client_seconds,
+                ],
+            ),
+            (
+                "traces_spanmetrics",
+                &self.span_cap,
+                vec![&self.calls_total as &dyn Remove, &self.latency],
+            ),
+        ];
+        for (name, cap, vecs) in families {
+            let gone = cap.sweep(idle);
+            for labels in &gone {
+                let values: Vec<&str> = labels.iter().map(|l| &**l).collect();
+                for v in &vecs {
+                    v.remove(&values);
+                }
+            }
+            self.metrics
+                .topology_series_evicted
+                .with_label_values(&[name])
+                .inc_by(gone.len() as u64);
+        }
+    }
+}
+
+/// A metric family a label set can be removed from.
+trait Remove {
+    fn remove(&self, labels: &[&str]);
+}
+
+impl<M: prometheus::core::MetricVecBuilder> Remove for prometheus::core::MetricVec<M> {
+    fn remove(&self, labels: &[&str]) {
+        // Absent (a failed-call counter that never counted one) is fine.
+        let _ = self.remove_label_values(labels);
     }
 }
 
@@ -276,48 +346,79 @@ mod tests {
         assert_eq!((calls("v1"), calls("v2")), (1, 2));
     }
 
+    /// Past the cap, a new label set counts under the overflow set; once unused for the idle
+    /// sweeps, a set is removed and makes room for a new one.
     #[test]
-    fn label_sets_past_the_cap_are_dropped_and_counted() {
+    fn label_sets_past_the_cap_go_to_the_overflow_set_and_unused_ones_make_room() {
         let metrics = Metrics::new();
         let export = ProductMetrics::new(&metrics, 2);
+        let span =
+            |i: usize, name: &str| SpanBuilder::new(1, i as u64 + 1, "svc", name, 10).build();
         let spans: Vec<Span> = ["a", "b", "c"]
             .iter()
             .enumerate()
-            .map(|(i, name)| SpanBuilder::new(1, i as u64 + 1, "svc", name, 10).build())
+            .map(|(i, name)| span(i, name))
             .collect();
         export.record_spans(&spans);
         export.record_spans(&spans);
-        // Before anything below looks a series up (a lookup would create it).
-        assert_eq!(
-            metrics
-                .registry
-                .gather()
+        let series = |metrics: &Metrics| {
+            let mut out: Vec<(String, u64)> = metrics
+                .gather_all()
                 .iter()
-                .find(|f| f.name() == "traces_spanmetrics_calls_total")
-                .map(|f| f.get_metric().len()),
-            Some(2)
-        );
-        let calls = |name: &str| {
-            export
-                .calls_total
-                .get_metric_with_label_values(&[
-                    "svc",
-                    name,
-                    "SPAN_KIND_SERVER",
-                    "STATUS_CODE_UNSET",
-                    "",
-                ])
-                .map(|c| c.get())
-                .unwrap_or(0)
+                .filter(|f| f.name() == "traces_spanmetrics_calls_total")
+                .flat_map(|f| f.get_metric().to_vec())
+                .map(|m| {
+                    let label = |n: &str| {
+                        m.get_label()
+                            .iter()
+                            .find(|l| l.name() == n)
+                            .map(|l| l.value().to_string())
+                            .unwrap_or_default()
+                    };
+                    let name = format!("{}/{}", label("service"), label("span_name"));
+                    (name, m.get_counter().get_value() as u64)
+                })
+                .collect();
+            out.sort();
+            out
         };
-        let counts: Vec<u64> = ["a", "b", "c"].iter().map(|n| calls(n)).collect();
+        let got = series(&metrics);
         // Which two get in first depends on the batch's order; they stay in for later batches.
-        assert_eq!(counts.iter().filter(|&&c| c == 2).count(), 2, "{counts:?}");
-        assert_eq!(counts.iter().filter(|&&c| c == 0).count(), 1, "{counts:?}");
-        let dropped = metrics
-            .topology_series_dropped
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(
+            got.contains(&("__overflow__/__overflow__".into(), 2)),
+            "{got:?}"
+        );
+        assert_eq!(got.iter().filter(|(_, n)| *n == 2).count(), 3, "{got:?}");
+        let overflowed = metrics
+            .topology_series_overflow
             .with_label_values(&["traces_spanmetrics"])
             .get();
-        assert_eq!(dropped, 2, "the third label set, once per batch");
+        assert_eq!(overflowed, 2, "the third label set, once per batch");
+        // The two that got in go unused for more than two sweeps: they are removed, and a new
+        // set takes a place.
+        let kept: Vec<String> = got
+            .iter()
+            .map(|(n, _)| n.clone())
+            .filter(|n| !n.starts_with(OVERFLOW))
+            .collect();
+        export.sweep(2);
+        export.sweep(2);
+        assert_eq!(series(&metrics).len(), 3, "unused for two sweeps: kept");
+        export.sweep(2);
+        export.record_spans(&[span(9, "d")]);
+        let got = series(&metrics);
+        assert!(
+            kept.iter().all(|k| !got.iter().any(|(n, _)| n == k)),
+            "{got:?}"
+        );
+        assert!(got.contains(&("svc/d".into(), 1)), "{got:?}");
+        assert_eq!(
+            metrics
+                .topology_series_evicted
+                .with_label_values(&["traces_spanmetrics"])
+                .get(),
+            2
+        );
     }
 }

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use meshlens_storage::EdgeMinute;
 use meshlens_topology::graph::{
-    ClusterMap, EdgeObservation, HealthConfig, PairingConfig, PairingCounters, PolicyDecision,
-    Topology,
+    ClusterMap, EdgeObservation, GraphLimits, HealthConfig, PairingConfig, PairingCounters,
+    PolicyDecision, Topology,
 };
 use meshlens_topology::prom::batches_from_keyed;
 use meshlens_topology::{MetricBatch, Span};
@@ -34,6 +34,8 @@ pub struct GraphConfig {
     pub clusters: ClusterMap,
     /// Most bytes of remote write bodies that may wait for the graph thread.
     pub queue_metric_bytes: usize,
+    /// Caps on the graph's edges and nodes.
+    pub limits: GraphLimits,
 }
 
 impl Default for GraphConfig {
@@ -44,6 +46,7 @@ impl Default for GraphConfig {
             max_series: DEFAULT_MAX_SERIES,
             clusters: ClusterMap::default(),
             queue_metric_bytes: DEFAULT_QUEUE_METRIC_BYTES,
+            limits: GraphLimits::default(),
         }
     }
 }
@@ -92,6 +95,15 @@ pub const DEFAULT_QUEUE_METRIC_BYTES: usize = 128 << 20;
 /// 50 is a positive nice value on Linux).
 const GRAPH_PRIORITY: u8 = 30;
 
+/// The graph's size and what went to its overflow node, into the self-metrics (under the
+/// engine's lock: the overflow counter follows the engine's).
+fn record_size(metrics: &Metrics, t: &Topology) {
+    metrics.topology_edges.set(t.edge_count() as i64);
+    metrics.topology_nodes.set(t.node_count() as i64);
+    let overflow = &metrics.topology_overflow_observations;
+    overflow.inc_by(t.overflowed().saturating_sub(overflow.get()));
+}
+
 /// Wall-clock nanoseconds: windows follow arrival time, not the senders' clocks.
 pub fn now_ns() -> u64 {
     std::time::SystemTime::now()
@@ -105,7 +117,9 @@ impl GraphFeed {
     pub fn new(config: &GraphConfig, metrics: &Metrics) -> Self {
         let core = Arc::new(FeedCore {
             topology: Arc::new(Mutex::new(
-                Topology::new(config.pairing, config.health).with_clusters(config.clusters.clone()),
+                Topology::new(config.pairing, config.health)
+                    .with_clusters(config.clusters.clone())
+                    .with_limits(config.limits),
             )),
             export: ProductMetrics::new(metrics, config.max_series),
             metrics: metrics.clone(),
@@ -230,7 +244,7 @@ impl GraphFeed {
         let now = now_ns();
         let mut t = self.core.lock();
         t.observe_policy(decisions, now);
-        self.core.metrics.topology_edges.set(t.edge_count() as i64);
+        record_size(&self.core.metrics, &t);
     }
 
     /// Settles spans whose time ran out and forgets long-idle edges; call about once a second.
@@ -238,6 +252,7 @@ impl GraphFeed {
         let now = now_ns();
         let calls = self.core.with_engine(|t| t.tick(now));
         self.core.export.record_calls(&calls);
+        self.core.export.tick();
     }
 
     /// Each edge's statistics for the whole minutes after `after` (unix minutes) that have ended,
@@ -301,6 +316,7 @@ impl FeedCore {
                 }
             }
             if misses.is_empty() {
+                t.settle_metrics(now);
                 return;
             }
             let from = batches_from_keyed(
@@ -311,6 +327,8 @@ impl FeedCore {
             for (batch, ids) in from.batches.iter().zip(&from.ids) {
                 t.observe_keyed(batch, ids, now);
             }
+            // After the misses: a histogram's buckets may be split between the two kinds.
+            t.settle_metrics(now);
             t.ignore_series(&from.unread_ids);
         });
     }
@@ -327,7 +345,7 @@ impl FeedCore {
         self.metrics
             .topology_late_points
             .inc_by(t.late_points() - late);
-        self.metrics.topology_edges.set(t.edge_count() as i64);
+        record_size(&self.metrics, &t);
         self.metrics
             .topology_known_series
             .set(t.resolved_series() as i64);
@@ -341,7 +359,7 @@ impl FeedCore {
         let mut t = self.lock();
         let calls = f(&mut t);
         self.metrics.topology_pending_spans.set(t.pending() as i64);
-        self.metrics.topology_edges.set(t.edge_count() as i64);
+        record_size(&self.metrics, &t);
         // Reported under the engine's lock, so counters are reported in the order they grew.
         self.report(t.counters());
         calls

@@ -2,6 +2,7 @@
 //! per edge over sliding windows (`window`), and a snapshot of any window is built on demand
 //! (`snapshot`), with health from error ratios (`health`).
 
+mod edges;
 mod health;
 mod istio;
 mod node;
@@ -12,6 +13,7 @@ mod sketch;
 mod snapshot;
 mod window;
 
+pub use edges::{GraphLimits, DEFAULT_LIMITS, OVERFLOW};
 pub use health::{Health, HealthConfig, Threshold};
 pub use istio::gateway_kind;
 pub use node::{ConnectionType, EdgeKey, Endpoint, NodeKey, NodeKind};
@@ -42,9 +44,9 @@ pub struct PolicyDecision {
     pub rate_limited: u64,
 }
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::graph::edges::Edges;
 use crate::metric::MetricBatch;
 use crate::prom::PromSample;
 use crate::resource::Resource;
@@ -56,35 +58,26 @@ const RECENT_RESOURCES: usize = 4;
 /// How long an edge with no calls stays on the graph (as idle): the longest window.
 const EDGE_IDLE_NS: u64 = 3_600_000_000_000;
 
+/// How long, at the graph's caps, an edge with no calls stays: the 5-minute window.
+const EDGE_IDLE_AT_CAP_NS: u64 = 300_000_000_000;
+
 /// Adds what metrics counted to an edge's windows.
 fn record_metric(
-    edges: &mut EdgeMap,
+    edges: &mut Edges,
     key: &EdgeKey,
     counts: &Counts,
     latency: Option<&LatencySketch>,
     now_ns: u64,
 ) {
-    match edges.get_mut(key) {
-        Some(series) => series.record_metric(counts, latency, now_ns),
-        None => {
-            let mut series = Series::default();
-            series.record_metric(counts, latency, now_ns);
-            edges.insert(key.clone(), series);
-        }
-    }
+    edges.series(key).record_metric(counts, latency, now_ns);
 }
 
 /// The graph engine: the pairing store and every edge's windowed statistics. Time is always
 /// passed in, so the engine is a pure function of what it was given and when.
-/// Edges by key. foldhash, not SipHash: every call hashes its edge's names, and no key here is
-/// chosen by a client to collide (a client could only add edges, which the series cap and
-/// retention bound anyway).
-type EdgeMap = HashMap<EdgeKey, Series, foldhash::fast::RandomState>;
-
 pub struct Topology {
     pairer: Pairer,
     proxies: ProxyMetrics,
-    edges: EdgeMap,
+    edges: Edges,
     health: HealthConfig,
 }
 
@@ -99,9 +92,15 @@ impl Topology {
         Topology {
             pairer: Pairer::new(pairing),
             proxies: ProxyMetrics::default(),
-            edges: EdgeMap::default(),
+            edges: Edges::new(GraphLimits::default()),
             health,
         }
+    }
+
+    /// Caps on the graph's edges and nodes (past them, new ones go to the overflow node).
+    pub fn with_limits(mut self, limits: GraphLimits) -> Self {
+        self.edges.limits = limits;
+        self
     }
 
     /// Plain Envoy cluster names to place (metrics' clusters, unpaired Envoy client spans).
@@ -175,6 +174,14 @@ impl Topology {
             })
     }
 
+    /// Ends a request's samples given through `observe_known`: the classic histograms they
+    /// gave buckets to step where they can.
+    pub fn settle_metrics(&mut self, now_ns: u64) {
+        let edges = &mut self.edges;
+        self.proxies
+            .settle(&mut |key, counts, latency| record_metric(edges, key, counts, latency, now_ns));
+    }
+
     /// Series the graph does not read, by id, so that they are not resolved again.
     pub fn ignore_series(&mut self, ids: &[u128]) {
         self.proxies.ignore(ids);
@@ -213,6 +220,7 @@ impl Topology {
             };
             let existing = self
                 .edges
+                .map
                 .iter()
                 .filter(|(k, _)| same(&k.client, &d.source) && same(&k.server, &d.destination))
                 .max_by_key(|(_, s)| s.last_seen_ns())
@@ -239,10 +247,7 @@ impl Topology {
                     }
                 }
             };
-            self.edges
-                .entry(key)
-                .or_default()
-                .record_policy(&counts, now_ns);
+            self.edges.series(&key).record_policy(&counts, now_ns);
             placed += 1;
         }
         placed
@@ -252,7 +257,7 @@ impl Topology {
     /// when none is known; `None` when several namespaces have it.
     fn service_named(&self, name: &str) -> Option<NodeKey> {
         let mut found: Option<&NodeKey> = None;
-        for k in self.edges.keys() {
+        for k in self.edges.map.keys() {
             for e in [&k.client, &k.server] {
                 if e.node.kind == NodeKind::Service && &*e.node.name == name {
                     match found {
@@ -285,8 +290,13 @@ impl Topology {
         let mut out = Vec::new();
         self.pairer.expire(now_ns, &mut out);
         self.record(&mut out, now_ns);
+        let idle = if self.edges.at_cap() {
+            EDGE_IDLE_AT_CAP_NS
+        } else {
+            EDGE_IDLE_NS
+        };
         self.edges
-            .retain(|_, s| s.last_seen_ns().saturating_add(EDGE_IDLE_NS) > now_ns);
+            .retain(|_, s| s.last_seen_ns().saturating_add(idle) > now_ns);
         out
     }
 
@@ -301,14 +311,7 @@ impl Topology {
     fn record(&mut self, observations: &mut [EdgeObservation], now_ns: u64) {
         self.proxies.clusters.apply(observations);
         for o in observations.iter() {
-            match self.edges.get_mut(&o.key) {
-                Some(series) => series.record(o, now_ns),
-                None => {
-                    let mut series = Series::default();
-                    series.record(o, now_ns);
-                    self.edges.insert(EdgeKey::clone(&o.key), series);
-                }
-            }
+            self.edges.series(&o.key).record(o, now_ns);
         }
     }
 
@@ -322,12 +325,22 @@ impl Topology {
 
     /// Edges at version level currently kept.
     pub fn edge_count(&self) -> usize {
-        self.edges.len()
+        self.edges.map.len()
+    }
+
+    /// Nodes at the ends of the edges kept.
+    pub fn node_count(&self) -> usize {
+        self.edges.node_count()
+    }
+
+    /// Observations counted on an overflow edge, past the caps, since the start.
+    pub fn overflowed(&self) -> u64 {
+        self.edges.overflowed
     }
 
     /// Approximate bytes the edges' statistics hold.
     pub fn heap_bytes(&self) -> usize {
-        self.edges.values().map(Series::heap_bytes).sum()
+        self.edges.map.values().map(Series::heap_bytes).sum()
     }
 
     /// The graph of one window as of `now_ns`, filtered as the query asks.
@@ -337,10 +350,10 @@ impl Topology {
 
     /// The whole graph of one window as of `now_ns` (for caches that filter it later).
     pub fn whole(&mut self, window: Window, now_ns: u64) -> GraphSnapshot {
-        for series in self.edges.values_mut() {
+        for series in self.edges.map.values_mut() {
             series.advance(now_ns);
         }
-        let edges = self.edges.iter().map(|(k, s)| (k, s.window(window)));
+        let edges = self.edges.map.iter().map(|(k, s)| (k, s.window(window)));
         snapshot::build(edges, window, &self.health)
     }
 
@@ -352,7 +365,7 @@ impl Topology {
     /// by `now_ns`, for the per-minute history. The last hour is kept.
     pub fn closed_minutes(&mut self, after: i64, now_ns: u64) -> Vec<(i64, EdgeKey, Stats)> {
         let mut out = Vec::new();
-        for (key, series) in self.edges.iter_mut() {
+        for (key, series) in self.edges.map.iter_mut() {
             series.advance(now_ns);
             for (minute, stats) in series.minutes().filter(|(m, _)| *m > after) {
                 out.push((minute, key.clone(), stats.clone()));

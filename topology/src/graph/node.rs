@@ -21,6 +21,8 @@ pub enum NodeKind {
     Policy,
     /// An Istio ambient waypoint proxy: drawn only when asked, as Kiali does.
     Waypoint,
+    /// Where calls go that would have made the graph grow past its caps (`__overflow__`).
+    Overflow,
 }
 
 impl NodeKind {
@@ -33,6 +35,7 @@ impl NodeKind {
             NodeKind::User => "user",
             NodeKind::Policy => "policy",
             NodeKind::Waypoint => "waypoint",
+            NodeKind::Overflow => "overflow",
         }
     }
 
@@ -45,6 +48,7 @@ impl NodeKind {
             NodeKind::User,
             NodeKind::Policy,
             NodeKind::Waypoint,
+            NodeKind::Overflow,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)

@@ -74,16 +74,32 @@ struct FirstSeen {
     batch: u64,
 }
 
-/// A Prometheus classic histogram whose buckets arrive as series of their own, maybe in several
-/// remote write requests (Prometheus shards by series): the buckets of one scrape are gathered,
-/// and the histogram moves on when they are all in, or when a later scrape's bucket arrives.
+/// A Prometheus classic histogram whose buckets arrive as series of their own, spread over
+/// remote write requests that each shard sends at its own pace (Prometheus shards by series, so
+/// one bucket may be a scrape or two behind another). Each bucket keeps its value at the
+/// histogram's last step and its samples since; once every bucket has moved on, the histogram
+/// steps to the latest scrape all of them have reached, and differences there.
 #[derive(Default)]
 struct BucketSeries {
-    /// The last complete scrape: its time and its cumulative counts by `le`, in `le` order.
-    last: Option<(u64, Vec<(f64, f64)>)>,
-    pending_ns: u64,
-    pending: Vec<(f64, f64)>,
+    /// By `le`, in `le` order.
+    buckets: Vec<Bucket>,
+    /// The scrape the histogram last stepped to (0: none yet).
+    stepped_ns: u64,
+    /// Listed in `ProxyMetrics::touched`, to be stepped when the request is over.
+    touched: bool,
 }
+
+struct Bucket {
+    le: f64,
+    /// Time and value at the histogram's last step, or the bucket's first sample (time 0 and
+    /// nothing for a bucket new from a proxy heard from before: all of it counts).
+    base: (u64, f64),
+    /// Samples after `base`, in time order (a bucket is one series, sent in order).
+    since: Vec<(u64, f64)>,
+}
+
+/// Scrapes a bucket may be ahead of a silent sibling before that sibling is taken as gone.
+const MAX_BUCKET_STEPS: usize = 8;
 
 /// Last values of cumulative series.
 #[derive(Default)]
@@ -93,6 +109,8 @@ pub struct ProxyMetrics {
     last_buckets: HashMap<u64, Vec<u64>, foldhash::fast::FixedState>,
     /// Classic histograms arriving bucket by bucket (Prometheus remote write).
     buckets: HashMap<u64, BucketSeries, foldhash::fast::FixedState>,
+    /// Histograms given a bucket since the last `settle`, and the edges they count on.
+    touched: Vec<(u64, Arc<EdgeKey>)>,
     /// Proxies (resources) heard from before.
     proxies: HashMap<u64, FirstSeen, foldhash::fast::FixedState>,
     /// Batches observed, to tell a proxy's first batch from later ones.
@@ -215,6 +233,13 @@ impl ProxyMetrics {
                 self.resolved.insert(*id, resolved);
             }
         }
+        self.settle(&mut |k, c, l| {
+            out.push(MetricObservation {
+                key: k.clone(),
+                counts: *c,
+                latency: l.cloned(),
+            })
+        });
     }
 
     /// The increments of a series resolved before (by `observe_keyed`), from its samples alone,
@@ -359,15 +384,11 @@ impl ProxyMetrics {
         };
         // A series first seen from a proxy heard from before (at an earlier time, or in an
         // earlier batch when times are not given) is new since then: all of it counts.
-        let batches = self.batches;
-        let known_at = |t: u64| {
-            if t > 0 && seen.time_ns > 0 {
-                t > seen.time_ns
-            } else {
-                seen.batch < batches
-            }
+        let known = if time_ns > 0 && seen.time_ns > 0 {
+            time_ns > seen.time_ns
+        } else {
+            seen.batch < self.batches
         };
-        let known = known_at(time_ns);
         let unknown_client = key.client.node.name.as_ref() == UNKNOWN_SERVICE;
         if let Effect::Latency = effect {
             if unknown_client {
@@ -375,7 +396,8 @@ impl ProxyMetrics {
             }
             let latency = match *value {
                 PointValue::Bucket { le, value } => {
-                    self.bucket_increment(resolved.series, known_at, time_ns, le, value)
+                    self.bucket_sample(resolved.series, key, known, time_ns, le, value);
+                    return;
                 }
                 _ => self.histogram_increment(resolved.series, known, value),
             };
@@ -529,99 +551,151 @@ impl ProxyMetrics {
         sketch_of(bounds, &added)
     }
 
-    /// The latencies one bucket sample of a classic histogram completes: when the scrape it
-    /// belongs to has all its buckets (as many as the last complete one), or when a later
-    /// scrape's bucket shows the earlier one is over, the scrape's cumulative counts are
-    /// differenced with the last complete scrape's, bucket by bucket.
-    fn bucket_increment(
+    /// Takes one bucket sample of a classic histogram; the histogram steps in `settle`, when
+    /// the request it came in is over (a request holds a shard's buckets of several scrapes).
+    fn bucket_sample(
         &mut self,
         key: u64,
-        known_at: impl Fn(u64) -> bool,
+        edge: &Arc<EdgeKey>,
+        known: bool,
         t: u64,
         le: f64,
         value: f64,
-    ) -> Option<LatencySketch> {
+    ) {
         if le.is_nan() || !value.is_finite() || value < 0.0 {
-            return None;
+            return;
         }
         let series = self.buckets.entry(key).or_default();
-        if series.last.as_ref().is_some_and(|(last, _)| t <= *last) {
-            self.late += 1;
-            return None;
-        }
-        let mut out = None;
-        if !series.pending.is_empty() && t != series.pending_ns {
-            if t < series.pending_ns {
-                self.late += 1;
-                return None;
-            }
-            out = series.complete(known_at(series.pending_ns));
-        }
-        if series.pending.is_empty() {
-            series.pending_ns = t;
-        }
-        match series.pending.iter_mut().find(|(l, _)| *l == le) {
-            Some(entry) => entry.1 = value,
-            None => series.pending.push((le, value)),
-        }
-        let whole = series
-            .last
-            .as_ref()
-            .is_some_and(|(_, last)| series.pending.len() >= last.len());
-        if whole {
-            let more = series.complete(known_at(series.pending_ns));
-            out = match (out, more) {
-                (Some(mut a), Some(b)) => {
-                    a.merge(&b);
-                    Some(a)
+        match series.buckets.binary_search_by(|b| b.le.total_cmp(&le)) {
+            // A bucket the histogram stepped without (its shard lags behind the others'
+            // since the start) catches up to the last step: its samples up to it are its base.
+            Ok(i) => {
+                let b = &mut series.buckets[i];
+                if t <= b.since.last().map_or(b.base.0, |s| s.0) {
+                    self.late += 1;
+                    return;
                 }
-                (a, b) => a.or(b),
-            };
+                if t <= series.stepped_ns {
+                    b.base = (t, value);
+                } else {
+                    b.since.push((t, value));
+                }
+            }
+            Err(i) => {
+                let (base, since) = if known && t > series.stepped_ns {
+                    ((0, 0.0), vec![(t, value)])
+                } else {
+                    ((t, value), Vec::new())
+                };
+                series.buckets.insert(i, Bucket { le, base, since });
+            }
         }
-        out
+        if !series.touched {
+            series.touched = true;
+            self.touched.push((key, edge.clone()));
+        }
+    }
+
+    /// Steps every histogram given buckets since the last call, handing what each added to
+    /// `sink`. Call it when a request's samples are all taken.
+    pub fn settle(
+        &mut self,
+        sink: &mut impl FnMut(&Arc<EdgeKey>, &Counts, Option<&LatencySketch>),
+    ) {
+        let mut touched = std::mem::take(&mut self.touched);
+        for (key, edge) in touched.drain(..) {
+            let Some(series) = self.buckets.get_mut(&key) else {
+                continue;
+            };
+            series.touched = false;
+            if let Some(latency) = series.step() {
+                sink(&edge, &Counts::default(), Some(&latency));
+            }
+        }
+        self.touched = touched;
     }
 }
 
 impl BucketSeries {
-    /// Ends the pending scrape: its buckets (the last scrape's values where one is missing)
-    /// become the last complete scrape, and what they added since is returned.
-    fn complete(&mut self, known: bool) -> Option<LatencySketch> {
-        let mut now = std::mem::take(&mut self.pending);
-        if let Some((_, last)) = &self.last {
-            for (le, v) in last {
-                if !now.iter().any(|(l, _)| l == le) {
-                    now.push((*le, *v));
+    /// Steps through the scrapes every bucket has reached, while each has a sample past the
+    /// last step, and returns what the histogram added since (all of a scrape after a reset).
+    /// Not before the +Inf bucket is in (every classic histogram has one): until then, the
+    /// buckets heard from may be one shard's.
+    fn step(&mut self) -> Option<LatencySketch> {
+        if self
+            .buckets
+            .iter()
+            .any(|b| b.since.len() > MAX_BUCKET_STEPS)
+        {
+            // Silent while a sibling went that many scrapes on: gone. Then, with no +Inf
+            // bucket or one far behind, the oldest samples become the base.
+            self.buckets.retain(|b| !b.since.is_empty());
+            for b in &mut self.buckets {
+                if b.since.len() > MAX_BUCKET_STEPS {
+                    let over = b.since.len() - MAX_BUCKET_STEPS;
+                    b.base = b.since[over - 1];
+                    b.since.drain(..over);
                 }
             }
         }
-        now.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let previous = self.last.replace((self.pending_ns, now.clone()));
-        let added: Vec<f64> = match previous {
-            None if !known => return None,
-            None => now.iter().map(|(_, v)| *v).collect(),
-            Some((_, prev))
-                if prev.len() == now.len()
-                    && prev.iter().zip(&now).all(|(a, b)| a.0 == b.0 && b.1 >= a.1) =>
-            {
-                now.iter().zip(&prev).map(|(n, p)| n.1 - p.1).collect()
+        if !self.buckets.last().is_some_and(|b| b.le == f64::INFINITY) {
+            return None;
+        }
+        let mut out: Option<LatencySketch> = None;
+        loop {
+            // The next scrape: the earliest sample past the last step (each bucket has one).
+            let Some(t) = self
+                .buckets
+                .iter()
+                .map(|b| b.since.first().map_or(0, |s| s.0))
+                .min()
+            else {
+                return out;
+            };
+            if t == 0 {
+                return out;
             }
-            Some(_) => now.iter().map(|(_, v)| *v).collect(),
-        };
-        // Cumulative by `le` to one count per bucket; the last bound is +Inf (or one is added).
-        let mut bounds: Vec<f64> = now.iter().map(|(le, _)| *le).collect();
-        let mut counts = Vec::with_capacity(added.len() + 1);
-        let mut below = 0.0;
-        for a in &added {
-            counts.push((a - below).max(0.0) as u64);
-            below = a.max(below);
+            self.stepped_ns = t;
+            let mut reset = false;
+            let mut added = Vec::with_capacity(self.buckets.len());
+            for b in &mut self.buckets {
+                let before = b.base.1;
+                if b.since[0].0 == t {
+                    b.base = b.since.remove(0);
+                }
+                reset |= b.base.1 < before;
+                added.push((b.base.1, b.base.1 - before));
+            }
+            let les: Vec<f64> = self.buckets.iter().map(|b| b.le).collect();
+            let cumulative: Vec<f64> = added
+                .iter()
+                .map(|(now, diff)| if reset { *now } else { *diff })
+                .collect();
+            if let Some(s) = sketch_of_cumulative(les, &cumulative) {
+                match &mut out {
+                    Some(o) => o.merge(&s),
+                    None => out = Some(s),
+                }
+            }
         }
-        if bounds.last().is_some_and(|b| b.is_infinite()) {
-            bounds.pop();
-        } else {
-            counts.push(0);
-        }
-        sketch_of(&bounds, &counts)
     }
+}
+
+/// A sketch of a classic histogram's increments, cumulative by `le` (in `le` order): one count
+/// per bucket, the last bound +Inf (or one is added).
+fn sketch_of_cumulative(mut bounds: Vec<f64>, cumulative: &[f64]) -> Option<LatencySketch> {
+    let mut counts = Vec::with_capacity(cumulative.len() + 1);
+    let mut below = 0.0;
+    for a in cumulative {
+        counts.push((a - below).max(0.0) as u64);
+        below = a.max(below);
+    }
+    if bounds.last().is_some_and(|b| b.is_infinite()) {
+        bounds.pop();
+    } else {
+        counts.push(0);
+    }
+    sketch_of(&bounds, &counts)
 }
 
 /// A sketch of a histogram's per-bucket counts: each bucket's values at its middle (geometric,
@@ -1178,5 +1252,150 @@ mod tests {
             &mut out,
         );
         assert!(known(&mut m, 9, &at(4.0, 4000), &mut out));
+    }
+
+    const LES: [f64; 4] = [1.0, 10.0, 100.0, f64::INFINITY];
+    /// A classic histogram's cumulative counts per scrape (by le), reset between scrapes 3 and 4.
+    const SCRAPES: [[f64; 4]; 6] = [
+        [1.0, 5.0, 9.0, 10.0],
+        [1.0, 5.0, 9.0, 10.0],
+        [3.0, 20.0, 40.0, 41.0],
+        [3.0, 21.0, 60.0, 70.0],
+        [0.0, 2.0, 2.0, 2.0],
+        [1.0, 4.0, 9.0, 9.0],
+    ];
+
+    fn bucket_edge() -> Arc<EdgeKey> {
+        let end = |name| Endpoint {
+            node: crate::graph::node::NodeKey::service(None, name),
+            version: None,
+        };
+        Arc::new(EdgeKey {
+            client: end("work"),
+            server: end("meet"),
+            connection: ConnectionType::Http,
+        })
+    }
+
+    /// What `SCRAPES` grew by after scrape `first`, bucket by bucket (all of a scrape after a
+    /// reset).
+    fn grew_from(first: usize) -> LatencySketch {
+        let mut expected = LatencySketch::new();
+        for i in first + 1..SCRAPES.len() {
+            let reset = SCRAPES[i].iter().zip(&SCRAPES[i - 1]).any(|(a, b)| a < b);
+            let added: Vec<f64> = (0..4)
+                .map(|k| SCRAPES[i][k] - if reset { 0.0 } else { SCRAPES[i - 1][k] })
+                .collect();
+            if let Some(s) = sketch_of_cumulative(LES.to_vec(), &added) {
+                expected.merge(&s);
+            }
+        }
+        expected
+    }
+
+    /// One shard (with the +Inf bucket, or without) sends three scrapes before the other's first
+    /// is in: with +Inf, the histogram steps without the late buckets (nothing else can know
+    /// they exist), and they join at its last step; without, it waits for them. From then on,
+    /// what it adds is exact.
+    #[test]
+    fn a_shard_heard_from_late_joins_the_histogram_at_its_last_step() {
+        let edge = bucket_edge();
+        for early in [[1, 3], [0, 2]] {
+            let late = [0, 1, 2, 3].into_iter().filter(|k| !early.contains(k));
+            let mut m = ProxyMetrics::default();
+            let mut out = Vec::new();
+            let send = |ks: &[usize], scrapes: std::ops::Range<usize>, m: &mut ProxyMetrics| {
+                for s in scrapes {
+                    for k in ks {
+                        let t = (s as u64 + 1) * 1_000_000_000;
+                        m.bucket_sample(1, &edge, false, t, LES[*k], SCRAPES[s][*k]);
+                    }
+                }
+                let mut got = LatencySketch::new();
+                m.settle(&mut |_, _, l| got.merge(l.unwrap()));
+                got
+            };
+            out.push(send(&early, 0..3, &mut m));
+            let late: Vec<usize> = late.collect();
+            out.push(send(&late, 0..3, &mut m));
+            let mut rest = send(&late, 3..6, &mut m);
+            rest.merge(&send(&early, 3..6, &mut m));
+            if early.contains(&3) {
+                assert!(!out[0].is_empty(), "stepped on the early buckets alone");
+                assert!(
+                    out[1].is_empty(),
+                    "the late ones joined, adding nothing twice"
+                );
+                assert_eq!(rest, grew_from(2));
+            } else {
+                assert!(out[0].is_empty(), "no step before +Inf");
+                out[1].merge(&rest);
+                assert_eq!(out[1], grew_from(0));
+            }
+        }
+    }
+
+    /// A classic histogram's buckets in two shards, one several scrapes behind or ahead of the
+    /// other, requests holding several scrapes, some sent twice: what the histogram adds over
+    /// all the steps is what it grew by, bucket by bucket, in every order.
+    #[test]
+    fn classic_histogram_buckets_from_lagging_shards_add_what_the_histogram_grew_by() {
+        let (les, scrapes, edge) = (LES, SCRAPES, bucket_edge());
+        let expected = grew_from(0);
+        let mut seed = 7u64;
+        let mut next = |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        for round in 0..200 {
+            // Each shard at its own pace: a request holds 1 to 3 of its scrapes, and the shards'
+            // requests interleave at random; sometimes a request is sent again.
+            let mut queues: Vec<Vec<Vec<(usize, usize)>>> = Vec::new();
+            for shard in 0..2 {
+                let mine: Vec<usize> = (0..4).filter(|k| (k + round) % 2 == shard).collect();
+                let mut requests = Vec::new();
+                let mut i = 0;
+                while i < scrapes.len() {
+                    let n = if i == 0 {
+                        1
+                    } else {
+                        (1 + next(3) as usize).min(scrapes.len() - i)
+                    };
+                    let request: Vec<(usize, usize)> = (i..i + n)
+                        .flat_map(|s| mine.iter().map(move |k| (s, *k)))
+                        .collect();
+                    if next(4) == 0 {
+                        requests.push(request.clone());
+                    }
+                    requests.push(request);
+                    i += n;
+                }
+                requests.reverse();
+                queues.push(requests);
+            }
+            let mut m = ProxyMetrics::default();
+            let mut got = LatencySketch::new();
+            // The shards start together: each one's first request (the first scrape) before
+            // any later one, in either order.
+            let (first, mut sent) = (next(2) as usize, 0);
+            while queues.iter().any(|q| !q.is_empty()) {
+                let shard = match sent {
+                    0 | 1 => (sent + first) % 2,
+                    _ => next(2) as usize,
+                };
+                sent += 1;
+                let Some(request) = queues[shard].pop() else {
+                    continue;
+                };
+                for (s, k) in request {
+                    let t = (s as u64 + 1) * 1_000_000_000;
+                    m.bucket_sample(1, &edge, false, t, les[k], scrapes[s][k]);
+                }
+                m.settle(&mut |_, _, l| got.merge(l.unwrap()));
+            }
+            assert_eq!(got, expected, "round {round}");
+        }
     }
 }

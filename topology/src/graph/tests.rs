@@ -576,3 +576,68 @@ fn envoys_response_flags_on_spans_count_by_name() {
     assert_eq!(snap.edges[0].stats.counts.requests, 3);
     assert_eq!(snap.edges[0].stats.counts.rate_limited, 1);
 }
+
+/// A client naming a new peer in every span (a buggy `peer.service`): past the caps, the calls
+/// go to the overflow node, from the client still on the graph; callers new to the graph are
+/// overflow too. At the cap, edges idle for five minutes make room.
+#[test]
+fn past_the_caps_new_edges_go_to_the_overflow_node_and_idle_ones_make_room() {
+    let mut t = topology().with_limits(GraphLimits {
+        max_edges: 4,
+        max_nodes: 6,
+    });
+    let peer = |trace: u64, client: &str, peer: String| {
+        SpanBuilder::new(trace, 1, client, "GET", 10)
+            .kind(SpanKind::Client)
+            .resource(resource(client, Some("v1")))
+            .attr("peer.service", peer.as_str())
+            .build()
+    };
+    let spans: Vec<Span> = (0..10)
+        .map(|i| peer(i + 1, "work", format!("peer-{i}")))
+        .collect();
+    t.observe(&spans, NOW);
+    t.flush(NOW);
+    let mut got = edges(&t.whole(Window::M5, NOW));
+    got.sort();
+    let mut want: Vec<(String, String, u64, u64)> = (0..4)
+        .map(|i| ("service:work".into(), format!("external:peer-{i}"), 1, 0))
+        .collect();
+    want.push(("service:work".into(), "overflow:__overflow__".into(), 6, 0));
+    want.sort();
+    assert_eq!(got, want);
+    assert_eq!((t.overflowed(), t.edge_count(), t.node_count()), (6, 5, 6));
+    // New callers: their end is not on the graph either.
+    let strangers: Vec<Span> = (0..3)
+        .map(|i| peer(20 + i, &format!("stranger-{i}"), "peer-0".into()))
+        .collect();
+    t.observe(&strangers, NOW);
+    t.flush(NOW);
+    let snap = t.whole(Window::M5, NOW);
+    let overflow = snap
+        .edges
+        .iter()
+        .find(|e| e.client.kind == NodeKind::Overflow)
+        .expect("an overflow edge from the overflow node");
+    assert_eq!(
+        (overflow.server.id(), overflow.stats.counts.requests),
+        ("external:peer-0".to_string(), 3)
+    );
+    assert_eq!(t.overflowed(), 9);
+    // The versions of the client are not kept on overflow edges.
+    assert!(snap
+        .edges
+        .iter()
+        .filter(|e| e.server.kind == NodeKind::Overflow)
+        .all(|e| e.versions.iter().all(|v| v.client_version.is_none())));
+    // Five minutes later, idle, everything gives way; new peers get in.
+    let later = NOW + 301_000_000_000;
+    t.tick(later);
+    assert_eq!((t.edge_count(), t.node_count()), (0, 0));
+    t.observe([&peer(40, "work", "peer-new".into())], later);
+    t.flush(later);
+    assert_eq!(
+        edges(&t.whole(Window::M1, later)),
+        [("service:work".into(), "external:peer-new".into(), 1, 0)]
+    );
+}

@@ -351,7 +351,8 @@ impl Stats {
 pub struct Series {
     fine: VecDeque<(i64, Stats)>,
     coarse: VecDeque<(i64, Stats)>,
-    totals: [Stats; 4],
+    /// Boxed: the edge map's table holds a slot per edge and more, each the size of a `Series`.
+    totals: Box<[Stats; 4]>,
     /// Per window, the oldest slot still counted in its total.
     counted_from: [i64; 4],
     now_ns: u64,
@@ -360,6 +361,15 @@ pub struct Series {
     /// or `totals`. Boxed: an edge is read far more often than it is folded, and most of the
     /// graph's edges are idle.
     pending: Option<Box<(i64, Stats)>>,
+}
+
+/// Adds a slot; the first one alone in its buffer (a `VecDeque` would make room for four), since
+/// most edges of a large graph see a call now and then, not one in every slot.
+fn push_slot(ring: &mut VecDeque<(i64, Stats)>, slot: (i64, Stats)) {
+    if ring.capacity() == 0 {
+        ring.reserve_exact(1);
+    }
+    ring.push_back(slot);
 }
 
 fn slot_of(now_ns: u64, width: u64) -> i64 {
@@ -411,16 +421,16 @@ impl Series {
         };
         let (slot, pending) = *pending;
         let coarse = slot_of(slot as u64 * FINE_SLOT_NS, COARSE_SLOT_NS);
-        for total in &mut self.totals {
+        for total in self.totals.iter_mut() {
             total.merge(&pending);
         }
         match self.coarse.back_mut() {
             Some((s, stats)) if *s == coarse => stats.merge(&pending),
-            _ => self.coarse.push_back((coarse, pending.clone())),
+            _ => push_slot(&mut self.coarse, (coarse, pending.clone())),
         }
         match self.fine.back_mut() {
             Some((s, stats)) if *s == slot => stats.merge(&pending),
-            _ => self.fine.push_back((slot, pending)),
+            _ => push_slot(&mut self.fine, (slot, pending)),
         }
     }
 
