@@ -299,6 +299,10 @@ pub struct StorageConfig {
     /// Longest a search's query may run; longer ones are stopped and answered 503 with a hint.
     #[serde(with = "humantime_serde")]
     pub search_timeout: Duration,
+    /// Longest time range a trace search, `/api/dependencies` or the graph's history may cover;
+    /// wider: 400 with the reason.
+    #[serde(with = "humantime_serde")]
+    pub max_search_range: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -636,6 +640,7 @@ impl Default for StorageConfig {
             probe_interval: Duration::from_secs(5),
             max_concurrent_searches: 8,
             search_timeout: Duration::from_secs(10),
+            max_search_range: meshlens_storage::DEFAULT_MAX_SEARCH_RANGE,
         }
     }
 }

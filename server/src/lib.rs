@@ -48,6 +48,7 @@ pub fn store_config(config: &Config) -> StoreConfig {
         max_connections: config.storage.max_connections,
         max_concurrent_searches: config.storage.max_concurrent_searches,
         search_timeout: config.storage.search_timeout,
+        max_search_range: config.storage.max_search_range,
     }
 }
 

@@ -50,6 +50,8 @@ pub enum StoreError {
     Busy,
     #[error("the search ran longer than {0:?}; narrow it (a service, a shorter time range)")]
     SearchTimeout(Duration),
+    #[error("the time range ({}) is longer than the longest a read may cover ({}, [storage] max_search_range); narrow it", humantime::format_duration(*.range), humantime::format_duration(*.max))]
+    RangeTooWide { range: Duration, max: Duration },
 }
 
 impl StoreError {
@@ -91,7 +93,13 @@ pub struct StoreConfig {
     /// Longest a search's query may run ([`StoreError::SearchTimeout`]): PostgreSQL's
     /// `statement_timeout`, SQLite's progress handler.
     pub search_timeout: Duration,
+    /// Longest time range a trace search or a read of the graph's history may cover
+    /// ([`StoreError::RangeTooWide`]): Tempo's `max_duration` for searches, 168h.
+    pub max_search_range: Duration,
 }
+
+/// The default `max_search_range`: a week, as Tempo's search.
+pub const DEFAULT_MAX_SEARCH_RANGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 impl Default for StoreConfig {
     fn default() -> Self {
@@ -101,6 +109,7 @@ impl Default for StoreConfig {
             max_connections: 8,
             max_concurrent_searches: 8,
             search_timeout: Duration::from_secs(10),
+            max_search_range: DEFAULT_MAX_SEARCH_RANGE,
         }
     }
 }
@@ -138,6 +147,7 @@ pub struct Store {
     /// Searches at once, and how long each may run.
     searches: tokio::sync::Semaphore,
     search_timeout: Duration,
+    max_search_range: Duration,
 }
 
 #[derive(Default)]
@@ -178,7 +188,20 @@ impl Store {
             sqlite_writer,
             searches: tokio::sync::Semaphore::new(config.max_concurrent_searches.max(1)),
             search_timeout: config.search_timeout,
+            max_search_range: config.max_search_range,
         })
+    }
+
+    /// Refuses a read over more than `max_search_range` (times in ns).
+    fn check_range(&self, from_ns: i128, to_ns: i128) -> Result<(), StoreError> {
+        let range = Duration::from_nanos((to_ns - from_ns).clamp(0, u64::MAX as i128) as u64);
+        if range > self.max_search_range {
+            return Err(StoreError::RangeTooWide {
+                range,
+                max: self.max_search_range,
+            });
+        }
+        Ok(())
     }
 
     /// Applies the migrations of this store's dialect; applied migrations are never edited.

@@ -102,6 +102,7 @@ impl Store {
     /// a search never queues behind others, nor holds a connection (or, on SQLite, a read
     /// snapshot that keeps the checkpoint from finishing) for long.
     pub async fn search(&self, q: &TraceQuery) -> Result<Vec<TraceId>, StoreError> {
+        self.check_range(q.start_min_ns.into(), q.start_max_ns.into())?;
         let _permit = self.searches.try_acquire().map_err(|_| StoreError::Busy)?;
         let limit = q.limit.clamp(1, MAX_SEARCH_LIMIT) as i64;
         let Some(seqs) = self.seq_range(q.start_min_ns, q.start_max_ns).await? else {

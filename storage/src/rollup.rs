@@ -185,6 +185,8 @@ impl Store {
 
     /// Every stored edge minute in `[from, to)` (unix minutes).
     pub async fn edge_minutes(&self, from: i64, to: i64) -> Result<Vec<EdgeMinute>, StoreError> {
+        const MINUTE_NS: i128 = 60_000_000_000;
+        self.check_range(i128::from(from) * MINUTE_NS, i128::from(to) * MINUTE_NS)?;
         let rows: Vec<Row> = on_pool!(&self.pool, |p| {
             sqlx::query_as(
                 "SELECT minute, edge, counts, metric_counts, policy_counts, server_latency, client_latency,

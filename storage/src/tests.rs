@@ -9,6 +9,15 @@ use crate::{encode_batch, Pool, Store, StoreConfig, StoreError, TraceQuery};
 
 const T0: u64 = 1_700_000_000_000_000_000;
 
+/// A search from an hour before `T0` to a day after it.
+fn around_t0() -> TraceQuery {
+    TraceQuery {
+        start_min_ns: (T0 - 3_600_000_000_000) as i64,
+        start_max_ns: (T0 + 86_400_000_000_000) as i64,
+        ..TraceQuery::default()
+    }
+}
+
 fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -153,7 +162,7 @@ async fn suite(store: &Store) {
 
     // Search: service, operation, time, duration, error, tags (span and resource, typed as text).
     let q = |f: &dyn Fn(&mut TraceQuery)| {
-        let mut q = TraceQuery::default();
+        let mut q = around_t0();
         f(&mut q);
         q
     };
@@ -682,9 +691,23 @@ async fn searches_are_bounded_in_number_and_time() {
     store.write(&[&encode_batch(&spans)]).await.unwrap();
     let q = TraceQuery {
         limit: 20,
-        ..TraceQuery::default()
+        ..around_t0()
     };
     assert_eq!(store.search(&q).await.unwrap().len(), 20);
+    // A range past `max_search_range` (a week) is refused before any query.
+    let all_time = TraceQuery::default();
+    match store.search(&all_time).await {
+        Err(e @ StoreError::RangeTooWide { .. }) => {
+            assert!(e.to_string().contains("max_search_range"), "{e}")
+        }
+        other => panic!("a search over all time: {other:?}"),
+    }
+    let minute = (T0 / 60_000_000_000) as i64;
+    assert!(matches!(
+        store.edge_minutes(minute - 8 * 24 * 60, minute).await,
+        Err(StoreError::RangeTooWide { .. })
+    ));
+    assert!(store.edge_minutes(minute - 60, minute).await.is_ok());
     {
         let _held = store.searches.try_acquire().unwrap();
         assert!(matches!(store.search(&q).await, Err(StoreError::Busy)));

@@ -22,6 +22,9 @@ impl WebError {
     pub fn status_and_message(&self) -> (StatusCode, String) {
         match self {
             WebError::BadRequest(m) => (StatusCode::BAD_REQUEST, m.clone()),
+            WebError::Store(e @ meshlens_storage::StoreError::RangeTooWide { .. }) => {
+                (StatusCode::BAD_REQUEST, e.to_string())
+            }
             WebError::NotFound(m) => (StatusCode::NOT_FOUND, m.clone()),
             WebError::Store(
                 e @ (meshlens_storage::StoreError::Busy

@@ -473,6 +473,20 @@ async fn dependencies_sum_calls_between_services_over_the_lookback() {
     // Jaeger's default lookback is a day: all ten minutes.
     let (_, body) = get(&st, &format!("/api/dependencies?endTs={end_ms}")).await;
     assert_eq!(body["data"][0]["callCount"], 50);
+    // A lookback past `max_search_range` (a week) would read every stored minute: refused.
+    let (status, body) = get(
+        &st,
+        &format!(
+            "/api/dependencies?endTs={end_ms}&lookback={}",
+            8 * 86_400_000
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["errors"][0]["msg"]
+        .as_str()
+        .unwrap()
+        .contains("max_search_range"));
     let (status, body) = get(&st, "/api/dependencies?endTs=yesterday").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body["errors"][0]["msg"]
