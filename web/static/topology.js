@@ -149,6 +149,13 @@
     return middle - above <= below - middle ? above : below;
   }
 
+  // A service page's URL: the name as a path segment, but for `.` and `..`, which browsers
+  // resolve as segments however encoded: those go in the query (as the server's service_href).
+  function serviceHref(name, query) {
+    if (name === '.' || name === '..') return `/service?name=${name}&${query}`;
+    return `/service/${encodeURIComponent(name)}?${query}`;
+  }
+
   function kindRank(kind) {
     return { user: 0, service: 1, external: 2, messaging: 3, database: 4, policy: 5, overflow: 7 }[kind] ?? 6;
   }
@@ -406,7 +413,7 @@
       traces.textContent = `Traces of ${node.name}`;
       const service = $('panel-service');
       service.hidden = node.kind !== 'service';
-      service.href = `/service/${encodeURIComponent(node.name)}?window=${state.window}${node.namespace ? `&namespace=${encodeURIComponent(node.namespace)}` : ''}`;
+      service.href = serviceHref(node.name, `window=${state.window}${node.namespace ? `&namespace=${encodeURIComponent(node.namespace)}` : ''}`);
     } else {
       const name = (nid) => (graph.nodes.find((n) => n.id === nid) || { name: nid }).name;
       $('panel-title').textContent = `${name(edge.source)} → ${name(edge.target)}`;

@@ -29,6 +29,7 @@ pub fn router() -> Router<WebState> {
         .route("/services", get(services))
         .route("/traces", get(traces::search))
         .route("/service/{name}", get(service::page))
+        .route("/service", get(service::page_by_query))
         .route("/trace/{trace_id}", get(trace))
         .route("/policy", get(policy))
         .route("/login", get(login::form).post(login::login))
@@ -236,6 +237,8 @@ pub(crate) struct WindowLink {
 /// One row of the RED table, formatted for people.
 struct RedRow {
     name: String,
+    /// The service's page, this window.
+    href: String,
     namespace: String,
     health: &'static str,
     red: Red,
@@ -265,6 +268,30 @@ pub(crate) fn version_rows(
             red: red_of(&v.inbound, window),
         })
         .collect()
+}
+
+/// The URL of `name`'s service page with `query` (`k=v&…`, encoded). Its name is a path
+/// segment, every byte but the unreserved ones percent-encoded (`../api/policy` stays a name),
+/// except `.` and `..`, which browsers resolve as a segment however encoded: those go in the
+/// query (`/service?name=..`).
+pub(crate) fn service_href(name: &str, query: &str) -> String {
+    let sep = if query.is_empty() { "" } else { "&" };
+    if name == "." || name == ".." {
+        return format!("/service?name={}{sep}{query}", name);
+    }
+    let mut out = String::from("/service/");
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if !query.is_empty() {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
 }
 
 #[derive(Template)]
@@ -341,7 +368,13 @@ async fn services(State(st): State<WebState>, who: SignedIn, RawQuery(q): RawQue
         .filter(|n| n.key.kind == NodeKind::Service)
         .map(|snap| {
             let n = node(snap, window);
+            let mut query = format!("window={}", window.as_str());
+            if let Some(ns) = n.namespace.as_deref().filter(|ns| !ns.is_empty()) {
+                query.push_str("&namespace=");
+                query.extend(form_urlencoded::byte_serialize(ns.as_bytes()));
+            }
             RedRow {
+                href: service_href(&n.name, &query),
                 name: n.name,
                 namespace: n.namespace.unwrap_or_default(),
                 health: n.health,

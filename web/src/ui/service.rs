@@ -40,6 +40,7 @@ pub(crate) struct Dot {
 
 pub(crate) struct Peer {
     name: String,
+    href: String,
     kind: &'static str,
     is_service: bool,
     health: &'static str,
@@ -130,6 +131,25 @@ pub(crate) async fn page(
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Response {
+    render_page(st, who, name, raw).await
+}
+
+/// `/service?name=`: the same page, for the names that cannot be a path segment (`.`, `..`).
+pub(crate) async fn page_by_query(
+    State(st): State<WebState>,
+    who: SignedIn,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let name = form_urlencoded::parse(raw.as_deref().unwrap_or("").as_bytes())
+        .find(|(k, _)| k == "name")
+        .map(|(_, v)| v.into_owned());
+    match name {
+        Some(name) => render_page(st, who, name, raw).await,
+        None => WebError::BadRequest("name: missing".into()).page(),
+    }
+}
+
+async fn render_page(st: WebState, who: SignedIn, name: String, raw: Option<String>) -> Response {
     let window = match window_param(raw.as_deref()) {
         Ok(w) => w,
         Err(e) => return e.page(),
@@ -203,6 +223,7 @@ pub(crate) async fn page(
     };
     let peer = |k: &meshlens_topology::graph::NodeKey, s: &Summary, h: &'static str| Peer {
         name: k.name.to_string(),
+        href: super::service_href(&k.name, ""),
         kind: k.kind.as_str(),
         is_service: k.kind == NodeKind::Service,
         health: h,

@@ -114,6 +114,7 @@ async fn data_plane_text_is_escaped() {
 async fn a_service_named_like_a_path_stays_a_name_in_links() {
     let (st, _dir) = state(true).await;
     calls(&st, "front", "../api/policy", "v1", 3, 0);
+    calls(&st, "..", ".", "v22", 2, 0);
     let p = page(&st, "/services?window=1m").await;
     assert_eq!(p.status, StatusCode::OK);
     assert!(
@@ -126,6 +127,20 @@ async fn a_service_named_like_a_path_stays_a_name_in_links() {
     let own = page(&st, "/service/..%2Fapi%2Fpolicy?window=1m").await;
     assert_eq!(own.status, StatusCode::OK, "{}", own.body);
     assert!(own.body.contains("../api/policy"));
+    // `.` and `..` cannot be path segments at all: their links put the name in the query, and
+    // that page is theirs.
+    for name in ["..", "."] {
+        let href = format!(r#"href="/service?name={name}&#38;window=1m""#);
+        assert!(p.body.contains(&href), "{href} in {}", p.body);
+        let own = page(&st, &format!("/service?name={name}&window=1m")).await;
+        assert_eq!(own.status, StatusCode::OK, "{}", own.body);
+        let title = format!(r#"id="service-name">{name}</h1>"#);
+        assert!(own.body.contains(&title), "{}", own.body);
+    }
+    // On `.`'s page, its caller `..` links the same way.
+    let p = page(&st, "/service?name=.").await;
+    assert!(p.body.contains(r#"href="/service?name=..""#), "{}", p.body);
+    assert_eq!(page(&st, "/service").await.status, StatusCode::BAD_REQUEST);
 }
 
 #[tokio::test]
