@@ -46,3 +46,6 @@ MESHLENS_BIN="$PWD/target/debug/meshlens" "$VENV/bin/python" -m pytest -q tests/
 
 step "node --test tests/ui (the web UI in headless Chromium via playwright-core)"
 (cd tests/ui && MESHLENS_BIN="$PWD/../../target/debug/meshlens" node --test --test-concurrency=1)
+
+step "fuzzing: every decoder of untrusted input, AFL++ for ${FUZZ_SECONDS:-15}s each (scripts/fuzz.sh)"
+bash scripts/fuzz.sh "${FUZZ_SECONDS:-15}"

@@ -3,6 +3,8 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod graph;
 pub mod listen;
 pub mod logs;

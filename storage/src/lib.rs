@@ -19,6 +19,8 @@ pub use encode::{encode_batch, EncodedBatch};
 
 mod decode;
 mod encode;
+#[doc(hidden)]
+pub mod fuzzing;
 mod json;
 mod query;
 mod read;

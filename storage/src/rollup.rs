@@ -128,7 +128,21 @@ fn sketch_from(bytes: &[u8]) -> Option<LatencySketch> {
     LatencySketch::from_bins(bins)
 }
 
-fn decode(row: Row) -> Result<EdgeMinute, StoreError> {
+/// A minute's row, as stored.
+pub(crate) fn encode(r: &EdgeMinute) -> Row {
+    (
+        r.minute,
+        edge_text(&r.key),
+        counts_text(&r.stats.counts),
+        counts_text(&r.stats.metric_counts),
+        policy_counts_text(&r.stats.policy_counts),
+        sketch_bytes(&r.stats.server_latency),
+        sketch_bytes(&r.stats.client_latency),
+        sketch_bytes(&r.stats.metric_latency),
+    )
+}
+
+pub(crate) fn decode(row: Row) -> Result<EdgeMinute, StoreError> {
     let (minute, edge, counts, metric_counts, policy_counts, server, client, metric) = row;
     let corrupt = || StoreError::Corrupt(format!("edge_minutes row {minute} {edge}"));
     Ok(EdgeMinute {
@@ -158,6 +172,8 @@ impl Store {
         on_pool!(&self.pool, |p| {
             let mut tx = p.begin().await?;
             for r in rows {
+                let (minute, edge, counts, metric_counts, policy_counts, server, client, metric) =
+                    encode(r);
                 sqlx::query(
                     "INSERT INTO edge_minutes (minute, edge, counts, metric_counts, policy_counts,
                        server_latency, client_latency, metric_latency)
@@ -167,14 +183,14 @@ impl Store {
                        server_latency = excluded.server_latency, client_latency = excluded.client_latency,
                        metric_latency = excluded.metric_latency",
                 )
-                .bind(r.minute)
-                .bind(edge_text(&r.key))
-                .bind(counts_text(&r.stats.counts))
-                .bind(counts_text(&r.stats.metric_counts))
-                .bind(policy_counts_text(&r.stats.policy_counts))
-                .bind(sketch_bytes(&r.stats.server_latency))
-                .bind(sketch_bytes(&r.stats.client_latency))
-                .bind(sketch_bytes(&r.stats.metric_latency))
+                .bind(minute)
+                .bind(edge)
+                .bind(counts)
+                .bind(metric_counts)
+                .bind(policy_counts)
+                .bind(server)
+                .bind(client)
+                .bind(metric)
                 .execute(&mut *tx)
                 .await?;
             }

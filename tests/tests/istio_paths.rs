@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use meshlens_collector::prom::proto::{Label, Sample, TimeSeries, WriteRequest};
+use meshlens_collector::prom::proto::WriteRequest;
 use meshlens_tests::TestEnv;
 use meshlens_topology::prom::PromSeries;
 use meshlens_topology::testing::{istio_fixture, parse_exposition};
@@ -36,29 +36,7 @@ fn label<'a>(s: &'a PromSeries, k: &str) -> Option<&'a str> {
 }
 
 fn remote_write_body(series: &[PromSeries]) -> Vec<u8> {
-    let req = WriteRequest {
-        timeseries: series
-            .iter()
-            .map(|s| TimeSeries {
-                labels: s
-                    .labels
-                    .iter()
-                    .map(|(name, value)| Label {
-                        name: name.clone(),
-                        value: value.clone(),
-                    })
-                    .collect(),
-                samples: s
-                    .samples
-                    .iter()
-                    .map(|p| Sample {
-                        value: p.value,
-                        timestamp: p.timestamp_ms,
-                    })
-                    .collect(),
-            })
-            .collect(),
-    };
+    let req = WriteRequest::of(series);
     snap::raw::Encoder::new()
         .compress_vec(&req.encode_to_vec())
         .unwrap()

@@ -5,6 +5,8 @@
 mod api;
 pub mod auth;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod graph_cache;
 mod ui;
 

@@ -95,6 +95,32 @@ pub const DEFAULT_QUEUE_METRIC_BYTES: usize = 128 << 20;
 /// 50 is a positive nice value on Linux).
 const GRAPH_PRIORITY: u8 = 30;
 
+/// Remote-written series: those the graph resolved before by their samples alone, the rest
+/// (decoded from the body) by their labels.
+pub fn feed_wire(t: &mut Topology, wire: &WireBatch, now: u64) {
+    let mut misses = Vec::new();
+    for s in &wire.series {
+        if !t.observe_known(s.id, wire.samples(s), now) {
+            misses.push(s);
+        }
+    }
+    if misses.is_empty() {
+        t.settle_metrics(now);
+        return;
+    }
+    let from = batches_from_keyed(
+        misses
+            .into_iter()
+            .filter_map(|s| Some((s.index, s.id, wire.decode(s)?))),
+    );
+    for (batch, ids) in from.batches.iter().zip(&from.ids) {
+        t.observe_keyed(batch, ids, now);
+    }
+    // After the misses: a histogram's buckets may be split between the two kinds.
+    t.settle_metrics(now);
+    t.ignore_series(&from.unread_ids);
+}
+
 /// The graph's size and what went to its overflow node, into the self-metrics (under the
 /// engine's lock: the overflow counter follows the engine's).
 fn record_size(metrics: &Metrics, t: &Topology) {
@@ -305,32 +331,9 @@ impl FeedCore {
         });
     }
 
-    /// Remote-written series: those the graph resolved before by their samples alone, the rest
-    /// (decoded from the body) by their labels.
+    /// Remote-written series, into the engine.
     fn observe_wire(&self, wire: &WireBatch) {
-        self.with_metrics_engine(|t, now| {
-            let mut misses = Vec::new();
-            for s in &wire.series {
-                if !t.observe_known(s.id, wire.samples(s), now) {
-                    misses.push(s);
-                }
-            }
-            if misses.is_empty() {
-                t.settle_metrics(now);
-                return;
-            }
-            let from = batches_from_keyed(
-                misses
-                    .into_iter()
-                    .filter_map(|s| Some((s.index, s.id, wire.decode(s)?))),
-            );
-            for (batch, ids) in from.batches.iter().zip(&from.ids) {
-                t.observe_keyed(batch, ids, now);
-            }
-            // After the misses: a histogram's buckets may be split between the two kinds.
-            t.settle_metrics(now);
-            t.ignore_series(&from.unread_ids);
-        });
+        self.with_metrics_engine(|t, now| feed_wire(t, wire, now));
     }
 
     /// Runs `f` on the engine with metrics, then brings the self-metrics up to date.

@@ -5,10 +5,9 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-use bytes::Bytes;
 use http::{header, HeaderMap, StatusCode};
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+    ExportTracePartialSuccess, ExportTraceServiceResponse,
 };
 use prost::Message;
 
@@ -93,12 +92,7 @@ async fn metrics(State(st): State<HttpState>, headers: HeaderMap, body: Body) ->
     let result = async {
         let format = Format::from_headers(&headers)?;
         let bytes = read_body(&headers, body, st.limits).await?;
-        let request: ExportMetricsServiceRequest = match format {
-            Format::Protobuf => ExportMetricsServiceRequest::decode(bytes.as_ref())
-                .map_err(|e| IngestError::Malformed(format!("protobuf: {e}")))?,
-            Format::Json => serde_json::from_slice(&bytes)
-                .map_err(|e| IngestError::Malformed(format!("json: {e}")))?,
-        };
+        let request: ExportMetricsServiceRequest = decode_request(format, &bytes)?;
         st.pipeline
             .ingest_metrics(Protocol::OtlpHttp, convert_metrics(request))
     }
@@ -139,13 +133,15 @@ async fn export(
     })
 }
 
-pub fn decode_request(
+/// An OTLP request (traces or metrics) in either encoding.
+pub fn decode_request<M: Message + Default + serde::de::DeserializeOwned>(
     format: Format,
-    bytes: &Bytes,
-) -> Result<ExportTraceServiceRequest, IngestError> {
+    bytes: &[u8],
+) -> Result<M, IngestError> {
     match format {
-        Format::Protobuf => ExportTraceServiceRequest::decode(bytes.as_ref())
-            .map_err(|e| IngestError::Malformed(format!("protobuf: {e}"))),
+        Format::Protobuf => {
+            M::decode(bytes).map_err(|e| IngestError::Malformed(format!("protobuf: {e}")))
+        }
         Format::Json => {
             serde_json::from_slice(bytes).map_err(|e| IngestError::Malformed(format!("json: {e}")))
         }

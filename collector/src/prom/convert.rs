@@ -189,3 +189,18 @@ pub fn convert_write(
     }
     Ok(out)
 }
+
+/// For the fuzz target: a body converted twice (the second time, its label sets are known) and
+/// given to a graph each time.
+pub(crate) fn fuzz_write(data: &[u8]) {
+    static POOL: crate::body::BufferPool = crate::body::BufferPool::new();
+    let checked = CheckedLabels::default();
+    let mut graph = meshlens_topology::graph::Topology::default();
+    for round in 1..=2u64 {
+        if let Ok(converted) = convert_write(POOL.adopt(data.to_vec(), 0), &checked) {
+            if let Some(wire) = &converted.wire {
+                crate::graph::feed_wire(&mut graph, wire, round * 1_000_000_000);
+            }
+        }
+    }
+}

@@ -19,6 +19,7 @@ use crate::body::{content_encoding, gunzip, unsnappy_into, Admission, BufferPool
 use crate::error::{ErrorBody, HttpIngestError, IngestError};
 use crate::pipeline::Pipeline;
 use crate::Protocol;
+pub(crate) use convert::fuzz_write;
 pub use convert::{convert_write, CheckedLabels, WireBatch};
 use std::sync::Arc;
 

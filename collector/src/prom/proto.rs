@@ -33,6 +33,35 @@ pub struct Sample {
     pub timestamp: i64,
 }
 
+impl WriteRequest {
+    /// The request that carries `series` (a scrape's, for tests, benchmarks and seeds).
+    pub fn of(series: &[meshlens_topology::prom::PromSeries]) -> WriteRequest {
+        WriteRequest {
+            timeseries: series
+                .iter()
+                .map(|s| TimeSeries {
+                    labels: s
+                        .labels
+                        .iter()
+                        .map(|(name, value)| Label {
+                            name: name.clone(),
+                            value: value.clone(),
+                        })
+                        .collect(),
+                    samples: s
+                        .samples
+                        .iter()
+                        .map(|p| Sample {
+                            value: p.value,
+                            timestamp: p.timestamp_ms,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Why a body is not a `WriteRequest`.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

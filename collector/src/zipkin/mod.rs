@@ -15,7 +15,7 @@ use http::{header, HeaderMap, StatusCode};
 
 use crate::body::{read_body, BodyLimits};
 use crate::error::{ErrorBody, HttpIngestError, IngestError};
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Converted, Pipeline};
 use crate::Protocol;
 use convert::{convert, ZipkinSpan};
 
@@ -23,6 +23,13 @@ use convert::{convert, ZipkinSpan};
 struct ZipkinState {
     pipeline: Pipeline,
     limits: BodyLimits,
+}
+
+/// A Zipkin v2 JSON body's spans: how many it had, and what they convert to.
+pub fn convert_body(bytes: &[u8]) -> Result<(usize, Converted), IngestError> {
+    let spans: Vec<ZipkinSpan> =
+        serde_json::from_slice(bytes).map_err(|e| IngestError::Malformed(format!("json: {e}")))?;
+    Ok((spans.len(), convert(spans)))
 }
 
 pub fn router(pipeline: Pipeline, limits: BodyLimits) -> Router {
@@ -70,10 +77,7 @@ async fn accept(
         return Err(IngestError::UnsupportedMediaType(ct.to_string()));
     }
     let bytes = read_body(headers, body, st.limits).await?;
-    let spans: Vec<ZipkinSpan> =
-        serde_json::from_slice(&bytes).map_err(|e| IngestError::Malformed(format!("json: {e}")))?;
-    let total = spans.len();
-    let converted = convert(spans);
+    let (total, converted) = convert_body(&bytes)?;
     if total > 0 && converted.spans.is_empty() {
         let msg = converted.rejected.message();
         st.pipeline

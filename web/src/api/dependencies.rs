@@ -22,17 +22,11 @@ pub struct Dependency {
     pub call_count: u64,
 }
 
-pub async fn dependencies(
-    State(st): State<WebState>,
-    RawQuery(raw): RawQuery,
-) -> Result<Json<Envelope<Vec<Dependency>>>, WebError> {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+/// `endTs` and `lookback`, in ms (now and a day when not given).
+pub(crate) fn parse_params(raw: &str, now_ms: i64) -> Result<(i64, i64), WebError> {
     let mut end_ms = now_ms;
     let mut lookback_ms = DEFAULT_LOOKBACK_MS;
-    for (k, v) in form_urlencoded::parse(raw.as_deref().unwrap_or("").as_bytes()) {
+    for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
         let number = |what: &str| {
             v.trim()
                 .parse::<i64>()
@@ -46,6 +40,18 @@ pub async fn dependencies(
             _ => {}
         }
     }
+    Ok((end_ms, lookback_ms))
+}
+
+pub async fn dependencies(
+    State(st): State<WebState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Envelope<Vec<Dependency>>>, WebError> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let (end_ms, lookback_ms) = parse_params(raw.as_deref().unwrap_or(""), now_ms)?;
     // Minutes that ended within (end - lookback, end].
     let to = end_ms.div_euclid(60_000);
     let from = (end_ms - lookback_ms).div_euclid(60_000);

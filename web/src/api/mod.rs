@@ -1,11 +1,11 @@
 //! The JSON API. Jaeger v1 query shapes live in `jaeger`; the service graph in `graph`.
 
-mod dependencies;
+pub(crate) mod dependencies;
 pub(crate) mod graph;
 pub(crate) mod history;
 mod jaeger;
 pub(crate) mod policy;
-mod traces;
+pub(crate) mod traces;
 
 use axum::routing::get;
 use axum::Router;
