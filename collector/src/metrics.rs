@@ -17,6 +17,8 @@ pub struct Metrics {
     /// Families too large to decode all at once for a scrape (the product metrics, up to their
     /// series cap each): a registry each, encoded one after another (`exposition`).
     pub large: LargeFamilies,
+    /// Every metric registered, own and large, as `docs/metrics.md` lists them.
+    catalogue: std::sync::Arc<RwLock<Vec<Entry>>>,
     /// Spans accepted by a receiver (before the store commit).
     pub ingest_spans: IntCounterVec,
     /// Spans refused, by protocol and reason (invalid ids, bad times, overload, store failure…).
@@ -137,60 +139,16 @@ pub struct Metrics {
     pub web_logins: IntCounterVec,
 }
 
-/// Every metric name in the catalogue, for tests that check dashboards and docs against it.
-pub const METRIC_NAMES: &[&str] = &[
-    "meshlens_ingest_spans_total",
-    "meshlens_ingest_rejected_spans_total",
-    "meshlens_ingest_rejected_requests_total",
-    "meshlens_ingest_metric_points_total",
-    "meshlens_ingest_rejected_metric_points_total",
-    "meshlens_ingest_metric_series_total",
-    "meshlens_ingest_stale_markers_total",
-    "meshlens_ingest_checked_label_sets",
-    "meshlens_ingest_queue_depth",
-    "meshlens_ingest_buffered_bytes",
-    "meshlens_store_commit_seconds",
-    "meshlens_store_spans_written_total",
-    "meshlens_store_errors_total",
-    "meshlens_retention_deleted_spans_total",
-    "meshlens_topology_pending_spans",
-    "meshlens_topology_edges",
-    "meshlens_topology_nodes",
-    "meshlens_topology_overflow_observations_total",
-    "meshlens_topology_spans_total",
-    "meshlens_topology_virtual_calls_total",
-    "meshlens_topology_series_overflow_total",
-    "meshlens_topology_series_evicted_total",
-    "meshlens_topology_unplaced_points_total",
-    "meshlens_topology_late_points_total",
-    "meshlens_topology_queued_metric_bytes",
-    "meshlens_topology_known_series",
-    "meshlens_policy_checks_total",
-    "meshlens_policy_check_duration_seconds",
-    "meshlens_policy_quota_hits_total",
-    "meshlens_policy_denials_total",
-    "meshlens_policy_audits_total",
-    "meshlens_policy_backend_errors_total",
-    "meshlens_policy_config_reloads_total",
-    "meshlens_policy_config_last_reload_success_timestamp_seconds",
-    "meshlens_policy_config_last_reload_successful",
-    "meshlens_policy_series_dropped_total",
-    "meshlens_policy_local_over_limit_answers_total",
-    "meshlens_listener_open_connections",
-    "meshlens_listener_refused_connections_total",
-    "meshlens_listener_closed_connections_total",
-    "meshlens_tls_reloads_total",
-    "meshlens_tls_certificate_not_after_timestamp_seconds",
-    "meshlens_auth_reloads_total",
-    "meshlens_policy_quota_keys",
-    "meshlens_policy_quota_evictions_total",
-    "meshlens_store_writable",
-    "meshlens_panics_total",
-    "meshlens_web_sessions",
-    "meshlens_ingest_span_limit_cuts_total",
-    "meshlens_ingest_tracked_traces",
-    "meshlens_web_logins_total",
-];
+/// Every `meshlens_*` name in the catalogue (as registered: each is written once, where its
+/// metric is made), for tests that check dashboards and docs against it.
+pub fn metric_names() -> Vec<String> {
+    Metrics::new()
+        .catalogue()
+        .into_iter()
+        .map(|e| e.name)
+        .filter(|n| n.starts_with("meshlens_"))
+        .collect()
+}
 
 /// The standard process metrics exported beside the catalogue (Linux), read from /proc.
 pub const PROCESS_METRIC_NAMES: &[&str] = &[
@@ -551,61 +509,66 @@ impl Metrics {
             ),
             registry,
             large: Default::default(),
+            catalogue: Default::default(),
         };
-        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
-            Box::new(m.ingest_spans.clone()),
-            Box::new(m.ingest_rejected_spans.clone()),
-            Box::new(m.ingest_rejected_requests.clone()),
-            Box::new(m.ingest_metric_points.clone()),
-            Box::new(m.ingest_rejected_metric_points.clone()),
-            Box::new(m.ingest_metric_series.clone()),
-            Box::new(m.ingest_stale_markers.clone()),
-            Box::new(m.ingest_checked_label_sets.clone()),
-            Box::new(m.ingest_queue_depth.clone()),
-            Box::new(m.ingest_buffered_bytes.clone()),
-            Box::new(m.web_sessions.clone()),
-            Box::new(m.store_writable.clone()),
-            Box::new(m.panics.clone()),
-            Box::new(m.policy_quota_keys.clone()),
-            Box::new(m.policy_quota_evictions.clone()),
-            Box::new(m.ingest_span_limit_cuts.clone()),
-            Box::new(m.ingest_tracked_traces.clone()),
-            Box::new(m.web_logins.clone()),
-            Box::new(m.store_commit_seconds.clone()),
-            Box::new(m.store_spans_written.clone()),
-            Box::new(m.store_errors.clone()),
-            Box::new(m.retention_deleted_spans.clone()),
-            Box::new(m.topology_pending_spans.clone()),
-            Box::new(m.topology_edges.clone()),
-            Box::new(m.topology_nodes.clone()),
-            Box::new(m.topology_overflow_observations.clone()),
-            Box::new(m.topology_spans.clone()),
-            Box::new(m.topology_virtual_calls.clone()),
-            Box::new(m.topology_series_overflow.clone()),
-            Box::new(m.topology_series_evicted.clone()),
-            Box::new(m.topology_unplaced_points.clone()),
-            Box::new(m.topology_late_points.clone()),
-            Box::new(m.topology_queued_metric_bytes.clone()),
-            Box::new(m.topology_known_series.clone()),
-            Box::new(m.policy_checks.clone()),
-            Box::new(m.policy_check_seconds.clone()),
-            Box::new(m.policy_quota_hits.clone()),
-            Box::new(m.policy_denials.clone()),
-            Box::new(m.policy_audits.clone()),
-            Box::new(m.policy_backend_errors.clone()),
-            Box::new(m.policy_config_reloads.clone()),
-            Box::new(m.policy_config_last_success.clone()),
-            Box::new(m.policy_config_last_successful.clone()),
-            Box::new(m.policy_series_dropped.clone()),
-            Box::new(m.policy_local_over_answers.clone()),
-            Box::new(m.listener_open_connections.clone()),
-            Box::new(m.listener_refused_connections.clone()),
-            Box::new(m.listener_closed_connections.clone()),
-            Box::new(m.tls_reloads.clone()),
-            Box::new(m.tls_cert_not_after.clone()),
-            Box::new(m.auth_reloads.clone()),
+        let collectors = vec![
+            typed(&m.ingest_spans),
+            typed(&m.ingest_rejected_spans),
+            typed(&m.ingest_rejected_requests),
+            typed(&m.ingest_metric_points),
+            typed(&m.ingest_rejected_metric_points),
+            typed(&m.ingest_metric_series),
+            typed(&m.ingest_stale_markers),
+            typed(&m.ingest_checked_label_sets),
+            typed(&m.ingest_queue_depth),
+            typed(&m.ingest_buffered_bytes),
+            typed(&m.web_sessions),
+            typed(&m.store_writable),
+            typed(&m.panics),
+            typed(&m.policy_quota_keys),
+            typed(&m.policy_quota_evictions),
+            typed(&m.ingest_span_limit_cuts),
+            typed(&m.ingest_tracked_traces),
+            typed(&m.web_logins),
+            typed(&m.store_commit_seconds),
+            typed(&m.store_spans_written),
+            typed(&m.store_errors),
+            typed(&m.retention_deleted_spans),
+            typed(&m.topology_pending_spans),
+            typed(&m.topology_edges),
+            typed(&m.topology_nodes),
+            typed(&m.topology_overflow_observations),
+            typed(&m.topology_spans),
+            typed(&m.topology_virtual_calls),
+            typed(&m.topology_series_overflow),
+            typed(&m.topology_series_evicted),
+            typed(&m.topology_unplaced_points),
+            typed(&m.topology_late_points),
+            typed(&m.topology_queued_metric_bytes),
+            typed(&m.topology_known_series),
+            typed(&m.policy_checks),
+            typed(&m.policy_check_seconds),
+            typed(&m.policy_quota_hits),
+            typed(&m.policy_denials),
+            typed(&m.policy_audits),
+            typed(&m.policy_backend_errors),
+            typed(&m.policy_config_reloads),
+            typed(&m.policy_config_last_success),
+            typed(&m.policy_config_last_successful),
+            typed(&m.policy_series_dropped),
+            typed(&m.policy_local_over_answers),
+            typed(&m.listener_open_connections),
+            typed(&m.listener_refused_connections),
+            typed(&m.listener_closed_connections),
+            typed(&m.tls_reloads),
+            typed(&m.tls_cert_not_after),
+            typed(&m.auth_reloads),
         ];
-        for c in collectors {
+        for (c, kind) in collectors {
+            m.catalogue
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(entries(c.as_ref(), kind));
             m.registry.register(c).expect("metric names are unique");
         }
         // Memory, CPU, threads and file descriptors of the process, read from /proc.
@@ -680,7 +643,11 @@ impl Metrics {
     }
 
     /// Registers a large family in a registry of its own.
-    pub fn register_large(&self, family: Box<dyn prometheus::core::Collector>) {
+    pub fn register_large(&self, (family, kind): Typed) {
+        self.catalogue
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(entries(family.as_ref(), kind));
         let registry = Registry::new();
         registry.register(family).expect("a family per registry");
         self.large
@@ -701,6 +668,111 @@ impl Metrics {
         let mut out = self.registry.gather();
         for r in self.large.read().unwrap_or_else(|e| e.into_inner()).iter() {
             out.extend(r.gather());
+        }
+        out
+    }
+
+    /// Every metric registered (meshlens' own, then the large families), by name.
+    pub fn catalogue(&self) -> Vec<Entry> {
+        self.catalogue
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// One metric as the catalogue lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub name: String,
+    /// `counter`, `gauge` or `histogram`.
+    pub kind: &'static str,
+    pub labels: Vec<String>,
+    pub help: String,
+}
+
+/// A collector with its type, for the registry and the catalogue.
+pub type Typed = (Box<dyn prometheus::core::Collector>, &'static str);
+
+/// The Prometheus type of a metric kind used here.
+pub trait Kind {
+    const KIND: &'static str;
+}
+
+macro_rules! kinds {
+    ($($kind:literal: $($t:ty),+;)+) => {
+        $($(impl Kind for $t {
+            const KIND: &'static str = $kind;
+        })+)+
+    };
+}
+
+kinds! {
+    "counter": IntCounter, IntCounterVec;
+    "gauge": IntGauge, IntGaugeVec;
+    "histogram": Histogram, HistogramVec;
+}
+
+/// `c`, boxed for a registry, with its type.
+pub fn typed<C: prometheus::core::Collector + Kind + Clone + 'static>(c: &C) -> Typed {
+    (Box::new(c.clone()), C::KIND)
+}
+
+fn entries(c: &dyn prometheus::core::Collector, kind: &'static str) -> Vec<Entry> {
+    c.desc()
+        .iter()
+        .map(|d| Entry {
+            name: d.fq_name.clone(),
+            kind,
+            labels: d.variable_labels.clone(),
+            help: d.help.clone(),
+        })
+        .collect()
+}
+
+impl Metrics {
+    /// `docs/metrics.md`: every metric of the catalogue, with its type, labels and meaning.
+    pub fn docs(&self) -> String {
+        let mut out = String::from(
+            "# Metrics\n\nWhat `/metrics` exports, generated from the catalogue \
+             (`collector/src/metrics.rs`, `collector/src/graph/export.rs`) by the test \
+             `metrics::docs_tests::docs_list_every_metric`; do not edit by hand \
+             (`MESHLENS_UPDATE_DOCS=1 cargo test -p meshlens-collector docs_list_every_metric` \
+             rewrites it). Besides these, the process' own `process_*` metrics.\n",
+        );
+        let own = |e: &Entry| e.name.starts_with("meshlens_");
+        for (title, intro, pick) in [
+            (
+                "meshlens' own",
+                "Every labelled series whose label values are known (protocols, reasons, \
+                 outcomes) is exported at 0 from the start.",
+                &own as &dyn Fn(&Entry) -> bool,
+            ),
+            (
+                "Product metrics (Tempo's names)",
+                "Service graph and span metrics, for dashboards and alerts, each family with at \
+                 most `[graph] max_series` label sets (past it, an `__overflow__` set).",
+                &|e: &Entry| !own(e),
+            ),
+        ] {
+            out.push_str(&format!(
+                "\n## {title}\n\n{intro}\n\n| metric | type | labels | what |\n|---|---|---|---|\n"
+            ));
+            let mut rows: Vec<Entry> = self.catalogue().into_iter().filter(|e| pick(e)).collect();
+            rows.sort_by(|a, b| a.name.cmp(&b.name));
+            for e in rows {
+                let name = match e.kind {
+                    "counter" if !e.name.ends_with("_total") => format!("{}_total", e.name),
+                    _ => e.name.clone(),
+                };
+                let labels: Vec<String> = e.labels.iter().map(|l| format!("`{l}`")).collect();
+                out.push_str(&format!(
+                    "| `{name}` | {} | {} | {} |\n",
+                    e.kind,
+                    labels.join(", "),
+                    e.help.replace('|', "\\|")
+                ));
+            }
         }
         out
     }
@@ -927,12 +999,36 @@ mod tests {
             .map(|f| f.name().to_string())
             .collect();
         names.sort();
-        let mut want: Vec<String> = METRIC_NAMES
-            .iter()
-            .chain(PROCESS_METRIC_NAMES)
-            .map(|s| s.to_string())
+        let mut want: Vec<String> = metric_names()
+            .into_iter()
+            .chain(PROCESS_METRIC_NAMES.iter().map(|s| s.to_string()))
             .collect();
         want.sort();
         assert_eq!(names, want);
+    }
+}
+
+#[cfg(test)]
+mod docs_tests {
+    use super::*;
+
+    /// `docs/metrics.md` lists every metric of the catalogue as it is now.
+    #[test]
+    fn docs_list_every_metric() {
+        let metrics = Metrics::new();
+        let _product = crate::graph::ProductMetrics::new(&metrics, 1);
+        let want = metrics.docs();
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md");
+        if std::env::var_os("MESHLENS_UPDATE_DOCS").is_some() {
+            std::fs::write(path, &want).unwrap();
+        }
+        let have = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            have == want,
+            "docs/metrics.md is not the catalogue's: MESHLENS_UPDATE_DOCS=1 cargo test -p meshlens-collector docs_list_every_metric"
+        );
+        for name in metric_names() {
+            assert!(have.contains(&format!("`{name}`")), "{name}");
+        }
     }
 }

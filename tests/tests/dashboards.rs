@@ -8,7 +8,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
 use meshlens_collector::graph::PRODUCT_METRIC_NAMES;
-use meshlens_collector::metrics::{METRIC_NAMES, PROCESS_METRIC_NAMES};
+use meshlens_collector::metrics::{self, PROCESS_METRIC_NAMES};
 use serde_json::Value;
 
 /// Panel types this project's dashboards may use: all ship with Grafana 11 and 12.
@@ -161,10 +161,12 @@ fn metric_names(expr: &str) -> Vec<String> {
 /// Every name meshlens exports, histograms with their series suffixes.
 fn exported() -> HashSet<String> {
     let mut out = HashSet::new();
-    for name in METRIC_NAMES
+    let own = metrics::metric_names();
+    for name in own
         .iter()
-        .chain(PROCESS_METRIC_NAMES)
-        .chain(PRODUCT_METRIC_NAMES)
+        .map(String::as_str)
+        .chain(PROCESS_METRIC_NAMES.iter().copied())
+        .chain(PRODUCT_METRIC_NAMES.iter().copied())
     {
         out.insert(name.to_string());
         for suffix in ["_bucket", "_sum", "_count"] {

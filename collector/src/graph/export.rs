@@ -9,7 +9,7 @@ use meshlens_topology::graph::{EdgeKey, EdgeObservation, NodeKey};
 use meshlens_topology::{Span, SpanKind, StatusCode};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
 
-use crate::metrics::{Metrics, SeriesCap};
+use crate::metrics::{typed, Metrics, SeriesCap};
 
 /// Every product metric name (histograms without their `_bucket`/`_sum`/`_count` suffixes).
 pub const PRODUCT_METRIC_NAMES: &[&str] = &[
@@ -132,13 +132,13 @@ impl ProductMetrics {
 
     /// Each family is large (up to the cap's label sets): it is encoded apart from the others.
     fn register(&self, metrics: &Metrics) {
-        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
-            Box::new(self.request_total.clone()),
-            Box::new(self.request_failed_total.clone()),
-            Box::new(self.request_server_seconds.clone()),
-            Box::new(self.request_client_seconds.clone()),
-            Box::new(self.calls_total.clone()),
-            Box::new(self.latency.clone()),
+        let collectors = vec![
+            typed(&self.request_total),
+            typed(&self.request_failed_total),
+            typed(&self.request_server_seconds),
+            typed(&self.request_client_seconds),
+            typed(&self.calls_total),
+            typed(&self.latency),
         ];
         for c in collectors {
             metrics.register_large(c);
