@@ -50,6 +50,7 @@ impl Credentials {
         })
     }
 
+    /// The web's auth, from the config; `loopback_only` when its listener is bound to loopback.
     pub fn web_auth(
         &self,
         config: &AuthConfig,
@@ -71,6 +72,13 @@ impl Credentials {
         }
         if config.session_ttl < std::time::Duration::from_secs(60) || config.max_sessions == 0 {
             anyhow::bail!("auth: session_ttl must be at least 1m and max_sessions at least 1");
+        }
+        if let Some(why) = exposure_warning(
+            loopback_only,
+            self.web.is_some() || header.is_some(),
+            &config.allowed_hosts,
+        ) {
+            tracing::warn!("{why}");
         }
         Ok(WebAuth::new(WebAuthSettings {
             tokens: self.web.clone(),
@@ -131,6 +139,45 @@ impl Credentials {
                     reload(f, "ingest", &metrics);
                 }
             },
+        );
+    }
+}
+
+/// Why a web listener is open to DNS rebinding, if it is: bound beyond loopback, with no
+/// credential asked and no `allowed_hosts`, any page a browser on the network opens can point
+/// its own name at meshlens and read it (the Host check passes every name then).
+fn exposure_warning(
+    loopback_only: bool,
+    credentials: bool,
+    allowed_hosts: &[String],
+) -> Option<&'static str> {
+    (!loopback_only && !credentials && allowed_hosts.is_empty()).then_some(
+        "the web listener is bound beyond loopback with no credentials and no [auth] \
+         allowed_hosts: any web page a browser on the network opens can read meshlens through \
+         DNS rebinding; set allowed_hosts to the names meshlens is reached by, or \
+         web_tokens_file (docs/security.md)",
+    )
+}
+
+#[cfg(test)]
+mod exposure_tests {
+    use super::exposure_warning;
+
+    #[test]
+    fn an_open_web_beyond_loopback_is_warned_about() {
+        let hosts = ["meshlens.example.com".to_string()];
+        assert!(exposure_warning(false, false, &[]).is_some());
+        assert!(
+            exposure_warning(true, false, &[]).is_none(),
+            "loopback: names checked"
+        );
+        assert!(
+            exposure_warning(false, true, &[]).is_none(),
+            "a credential is asked"
+        );
+        assert!(
+            exposure_warning(false, false, &hosts).is_none(),
+            "names checked"
         );
     }
 }
