@@ -104,21 +104,19 @@ pub fn feed_wire(t: &mut Topology, wire: &WireBatch, now: u64) {
             misses.push(s);
         }
     }
-    if misses.is_empty() {
-        t.settle_metrics(now);
-        return;
+    if !misses.is_empty() {
+        let from = batches_from_keyed(
+            misses
+                .into_iter()
+                .filter_map(|s| Some((s.index, s.id, wire.decode(s)?))),
+        );
+        for (batch, ids) in from.batches.iter().zip(&from.ids) {
+            t.observe_keyed(batch, ids, now);
+        }
+        t.ignore_series(&from.unread_ids);
     }
-    let from = batches_from_keyed(
-        misses
-            .into_iter()
-            .filter_map(|s| Some((s.index, s.id, wire.decode(s)?))),
-    );
-    for (batch, ids) in from.batches.iter().zip(&from.ids) {
-        t.observe_keyed(batch, ids, now);
-    }
-    // After the misses: a histogram's buckets may be split between the two kinds.
+    // After both kinds: a histogram's buckets may be split between them.
     t.settle_metrics(now);
-    t.ignore_series(&from.unread_ids);
 }
 
 /// The graph's size and what went to its overflow node, into the self-metrics (under the

@@ -61,17 +61,6 @@ const EDGE_IDLE_NS: u64 = 3_600_000_000_000;
 /// How long, at the graph's caps, an edge with no calls stays: the 5-minute window.
 const EDGE_IDLE_AT_CAP_NS: u64 = 300_000_000_000;
 
-/// Adds what metrics counted to an edge's windows.
-fn record_metric(
-    edges: &mut Edges,
-    key: &EdgeKey,
-    counts: &Counts,
-    latency: Option<&LatencySketch>,
-    now_ns: u64,
-) {
-    edges.series(key).record_metric(counts, latency, now_ns);
-}
-
 /// The graph engine: the pairing store and every edge's windowed statistics. Time is always
 /// passed in, so the engine is a pure function of what it was given and when.
 pub struct Topology {
@@ -170,7 +159,7 @@ impl Topology {
         let edges = &mut self.edges;
         self.proxies
             .observe_known(id, samples, &mut |key, counts, latency| {
-                record_metric(edges, key, counts, latency, now_ns)
+                edges.series(key).record_metric(counts, latency, now_ns)
             })
     }
 
@@ -178,8 +167,9 @@ impl Topology {
     /// gave buckets to step where they can.
     pub fn settle_metrics(&mut self, now_ns: u64) {
         let edges = &mut self.edges;
-        self.proxies
-            .settle(&mut |key, counts, latency| record_metric(edges, key, counts, latency, now_ns));
+        self.proxies.settle(&mut |key, counts, latency| {
+            edges.series(key).record_metric(counts, latency, now_ns)
+        });
     }
 
     /// Series the graph does not read, by id, so that they are not resolved again.
@@ -194,13 +184,9 @@ impl Topology {
 
     fn record_metrics(&mut self, out: &[MetricObservation], now_ns: u64) {
         for o in out {
-            record_metric(
-                &mut self.edges,
-                &o.key,
-                &o.counts,
-                o.latency.as_ref(),
-                now_ns,
-            );
+            self.edges
+                .series(&o.key)
+                .record_metric(&o.counts, o.latency.as_ref(), now_ns);
         }
     }
 
