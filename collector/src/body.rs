@@ -294,6 +294,8 @@ pub struct Admission {
     pub limits: BodyLimits,
     /// Bytes of bodies being read or waiting for their receiver, across receivers.
     budget: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Past its soft limit, no body is read: the export is refused at once (retryably).
+    memory: crate::memory::MemoryLimiter,
     metrics: crate::Metrics,
 }
 
@@ -326,11 +328,17 @@ impl Reservation {
 }
 
 impl Admission {
-    pub fn new(limits: BodyLimits, budget_bytes: usize, metrics: crate::Metrics) -> Self {
+    pub fn new(
+        limits: BodyLimits,
+        budget_bytes: usize,
+        memory: crate::memory::MemoryLimiter,
+        metrics: crate::Metrics,
+    ) -> Self {
         let budget = budget_bytes.clamp(limits.max_bytes, tokio::sync::Semaphore::MAX_PERMITS);
         Admission {
             limits,
             budget: std::sync::Arc::new(tokio::sync::Semaphore::new(budget)),
+            memory,
             metrics,
         }
     }
@@ -345,7 +353,7 @@ impl Admission {
 
     /// Reads a whole body into `out` (cleared first; a pooled buffer's memory is reused) within
     /// the size and time limits, the minimum rate and the budget; the reservation holds its
-    /// bytes until dropped.
+    /// bytes until dropped. Past the memory limiter's soft limit nothing is read.
     pub async fn read<B>(
         &self,
         headers: &HeaderMap,
@@ -356,6 +364,7 @@ impl Admission {
         B: hyper::body::Body<Data = Bytes>,
         B::Error: std::fmt::Display,
     {
+        self.memory.admit()?;
         let limit = self.limits.max_bytes;
         out.clear();
         let mut held = Reservation {

@@ -29,6 +29,8 @@ pub enum IngestError {
     BodyTooSlow(u64),
     #[error("meshlens is overloaded; retry later")]
     Overloaded,
+    #[error("meshlens is past its memory limit; retry later")]
+    MemoryLimited,
     #[error("the store could not commit this export; retry later")]
     Store,
     #[error("the store refused the data of this export")]
@@ -49,6 +51,7 @@ impl IngestError {
         "timeout",
         "too_slow",
         "overloaded",
+        "memory_limit",
         "store_error",
         "unstorable",
         "shutting_down",
@@ -65,6 +68,7 @@ impl IngestError {
             IngestError::BodyTimeout(_) => "timeout",
             IngestError::BodyTooSlow(_) => "too_slow",
             IngestError::Overloaded => "overloaded",
+            IngestError::MemoryLimited => "memory_limit",
             IngestError::Store => "store_error",
             IngestError::Unstorable => "unstorable",
             IngestError::ShuttingDown => "shutting_down",
@@ -76,6 +80,7 @@ impl IngestError {
         matches!(
             self,
             IngestError::Overloaded
+                | IngestError::MemoryLimited
                 | IngestError::Store
                 | IngestError::ShuttingDown
                 | IngestError::BodyTimeout(_)
@@ -94,7 +99,9 @@ impl IngestError {
             IngestError::BodyTimeout(_) | IngestError::BodyTooSlow(_) => S::SERVICE_UNAVAILABLE,
             IngestError::Unstorable => S::BAD_REQUEST,
             IngestError::Overloaded => S::TOO_MANY_REQUESTS,
-            IngestError::Store | IngestError::ShuttingDown => S::SERVICE_UNAVAILABLE,
+            IngestError::MemoryLimited | IngestError::Store | IngestError::ShuttingDown => {
+                S::SERVICE_UNAVAILABLE
+            }
             IngestError::Unauthenticated(_) => S::UNAUTHORIZED,
         }
     }
@@ -107,9 +114,10 @@ impl IngestError {
             IngestError::UnsupportedMediaType(_) | IngestError::UnsupportedEncoding(_) => {
                 C::InvalidArgument
             }
-            IngestError::Overloaded | IngestError::Store | IngestError::ShuttingDown => {
-                C::Unavailable
-            }
+            IngestError::Overloaded
+            | IngestError::MemoryLimited
+            | IngestError::Store
+            | IngestError::ShuttingDown => C::Unavailable,
             IngestError::BodyTimeout(_) | IngestError::BodyTooSlow(_) => C::DeadlineExceeded,
             IngestError::Unstorable => C::InvalidArgument,
             IngestError::Unauthenticated(_) => C::Unauthenticated,
@@ -265,6 +273,7 @@ mod tests {
             IngestError::BodyTimeout(Duration::ZERO),
             IngestError::BodyTooSlow(1),
             IngestError::Overloaded,
+            IngestError::MemoryLimited,
             IngestError::Store,
             IngestError::Unstorable,
             IngestError::ShuttingDown,

@@ -8,6 +8,7 @@ pub mod fuzzing;
 pub mod graph;
 pub mod listen;
 pub mod logs;
+pub mod memory;
 pub mod metrics;
 pub mod otlp;
 pub mod pipeline;

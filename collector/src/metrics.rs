@@ -46,6 +46,19 @@ pub struct Metrics {
     /// Bytes of request bodies being read or waiting for their receiver (bounded by
     /// `[ingest] max_buffered_bytes`; past it, requests are refused and retried).
     pub ingest_buffered_bytes: IntGauge,
+    /// Bytes (decoded) of the spans waiting in that queue (bounded by `[ingest] queue_bytes`).
+    pub ingest_queue_bytes: IntGauge,
+    /// Heap bytes in use, as the memory limiter counts them.
+    pub memory_heap_bytes: IntGauge,
+    /// The memory limiter's pressure: 0 normal, 1 past the soft limit, 2 past the hard limit.
+    pub memory_pressure: IntGauge,
+    /// The memory limiter's limits, by `limit` (`soft`, `hard`).
+    pub memory_limit_bytes: IntGaugeVec,
+    /// Bytes of the graph's backlog shed past the hard memory limit.
+    pub memory_shed_bytes: IntCounter,
+    /// Times the allocator was asked to give its free pages back (past the soft limit on a
+    /// resident set well over the heap).
+    pub memory_releases: IntCounter,
     /// Time to write and commit one group of batches.
     pub store_commit_seconds: Histogram,
     /// Spans committed to the store.
@@ -86,9 +99,9 @@ pub struct Metrics {
     /// Label sets of product metrics removed after going unused (as Tempo's metrics generator
     /// drops stale series), by family.
     pub topology_series_evicted: IntCounterVec,
-    /// Bytes of remote write bodies waiting for the graph (bounded: past the bound, writes are
-    /// answered 503 and retried).
-    pub topology_queued_metric_bytes: IntGauge,
+    /// Bytes of spans and metrics waiting for the graph thread (bounded by `[graph] queue_bytes`:
+    /// past it, spans are left off the graph and metric writes answered 503 and retried).
+    pub topology_queued_bytes: IntGauge,
     /// Proxy metric series the graph counts by id, without their labels (bounded).
     pub topology_known_series: IntGauge,
     /// Policy checks by API (`ext_authz`, `ratelimit`) and decision (`allow`, `deny`,
@@ -266,6 +279,38 @@ impl Metrics {
                 "Bytes of request bodies being read or waiting for their receiver.",
             )
             .expect("valid metric"),
+            ingest_queue_bytes: IntGauge::new(
+                "meshlens_ingest_queue_bytes",
+                "Bytes (decoded) of the spans queued between the receivers and the store writer.",
+            )
+            .expect("valid metric"),
+            memory_heap_bytes: IntGauge::new(
+                "meshlens_memory_heap_bytes",
+                "Heap bytes in use, as the memory limiter counts them.",
+            )
+            .expect("valid metric"),
+            memory_pressure: IntGauge::new(
+                "meshlens_memory_pressure",
+                "The memory limiter's pressure: 0 normal, 1 past the soft limit (new exports \
+                 refused), 2 past the hard limit (the graph's backlog shed too).",
+            )
+            .expect("valid metric"),
+            memory_limit_bytes: gauge_vec(
+                "meshlens_memory_limit_bytes",
+                "The memory limiter's limits in heap bytes, by limit (soft, hard).",
+                &["limit"],
+            ),
+            memory_shed_bytes: IntCounter::new(
+                "meshlens_memory_shed_bytes_total",
+                "Bytes of the graph's backlog shed past the hard memory limit.",
+            )
+            .expect("valid metric"),
+            memory_releases: IntCounter::new(
+                "meshlens_memory_releases_total",
+                "Times the allocator was asked to give its free pages back (past the soft limit, \
+                 with a resident set well over the heap in use).",
+            )
+            .expect("valid metric"),
             store_commit_seconds: Histogram::with_opts(
                 HistogramOpts::new(
                     "meshlens_store_commit_seconds",
@@ -351,9 +396,9 @@ impl Metrics {
                 &["metric"],
             )
             .expect("valid metric"),
-            topology_queued_metric_bytes: IntGauge::new(
-                "meshlens_topology_queued_metric_bytes",
-                "Bytes of remote write bodies waiting for the graph.",
+            topology_queued_bytes: IntGauge::new(
+                "meshlens_topology_queued_bytes",
+                "Bytes of spans and metrics waiting for the graph thread.",
             )
             .expect("valid metric"),
             topology_known_series: IntGauge::new(
@@ -522,6 +567,12 @@ impl Metrics {
             typed(&m.ingest_checked_label_sets),
             typed(&m.ingest_queue_depth),
             typed(&m.ingest_buffered_bytes),
+            typed(&m.ingest_queue_bytes),
+            typed(&m.memory_heap_bytes),
+            typed(&m.memory_pressure),
+            typed(&m.memory_limit_bytes),
+            typed(&m.memory_shed_bytes),
+            typed(&m.memory_releases),
             typed(&m.web_sessions),
             typed(&m.store_writable),
             typed(&m.panics),
@@ -544,7 +595,7 @@ impl Metrics {
             typed(&m.topology_series_evicted),
             typed(&m.topology_unplaced_points),
             typed(&m.topology_late_points),
-            typed(&m.topology_queued_metric_bytes),
+            typed(&m.topology_queued_bytes),
             typed(&m.topology_known_series),
             typed(&m.policy_checks),
             typed(&m.policy_check_seconds),
@@ -781,8 +832,9 @@ impl Metrics {
 /// Large metric families, a registry each.
 pub type LargeFamilies = std::sync::Arc<RwLock<Vec<Registry>>>;
 
-/// The text exposition of `registry` and then of each large family, one chunk each, encoded as
-/// the iterator is read: a scrape holds one large family decoded at a time, not all of them.
+/// The text exposition of `registry` and then of each large family, encoded as the iterator is
+/// read, a family at a time and within it [`SERIES_PER_CHUNK`] series at a time: a scrape holds
+/// one large family decoded and one chunk of text, not the whole exposition.
 pub fn exposition(
     registry: &Registry,
     large: &LargeFamilies,
@@ -795,11 +847,37 @@ pub fn exposition(
             .iter()
             .cloned(),
     );
-    registries.into_iter().map(|r| {
-        use prometheus::Encoder;
+    registries
+        .into_iter()
+        .flat_map(|r| r.gather().into_iter().flat_map(family_chunks))
+}
+
+/// Series encoded into one chunk of the exposition (a histogram's series is a line per bucket).
+pub const SERIES_PER_CHUNK: usize = 256;
+
+/// A family's text in chunks of [`SERIES_PER_CHUNK`] series; its `# HELP` and `# TYPE` lines
+/// only in the first (a second `# TYPE` for a name is an error to Prometheus' parser).
+fn family_chunks(
+    mut family: prometheus::proto::MetricFamily,
+) -> impl Iterator<Item = Vec<u8>> + Send {
+    use prometheus::Encoder;
+    let metrics = family.take_metric();
+    let chunks = metrics.len().div_ceil(SERIES_PER_CHUNK);
+    let mut metrics = metrics.into_iter();
+    (0..chunks).map(move |i| {
+        let mut part = family.clone();
+        part.set_metric(metrics.by_ref().take(SERIES_PER_CHUNK).collect());
         let mut out = Vec::new();
         // Encoding into a Vec cannot fail but on a malformed family, which registration refuses.
-        let _ = prometheus::TextEncoder::new().encode(&r.gather(), &mut out);
+        let _ = prometheus::TextEncoder::new().encode(&[part], &mut out);
+        if i > 0 {
+            let header: usize = out
+                .split_inclusive(|b| *b == b'\n')
+                .take_while(|line| line.starts_with(b"# "))
+                .map(<[u8]>::len)
+                .sum();
+            out.drain(..header);
+        }
         out
     })
 }
@@ -923,6 +1001,43 @@ impl Default for Metrics {
 mod tests {
     use super::*;
 
+    /// Chunked, a large family's text is what Prometheus' one-piece encoding of it is.
+    #[test]
+    fn the_exposition_in_chunks_is_the_exposition_whole() {
+        use prometheus::Encoder;
+        let m = Metrics::new();
+        let family = prometheus::HistogramVec::new(
+            HistogramOpts::new("test_latency_seconds", "Help."),
+            &["peer"],
+        )
+        .unwrap();
+        for i in 0..(2 * SERIES_PER_CHUNK + 3) {
+            family
+                .with_label_values(&[&format!("peer-{i}")])
+                .observe(i as f64);
+        }
+        m.register_large(typed(&family));
+        // Without the own registry, whose process metrics move between two reads.
+        let chunks: Vec<Vec<u8>> = exposition(&Registry::new(), &m.large).collect();
+        let mut whole = Vec::new();
+        let gathered = m.large.read().unwrap()[0].gather();
+        prometheus::TextEncoder::new()
+            .encode(&gathered, &mut whole)
+            .unwrap();
+        let (chunked, whole) = (chunks.concat(), whole);
+        assert!(
+            chunked == whole,
+            "{} bytes chunked, {} whole",
+            chunked.len(),
+            whole.len()
+        );
+        let of_family = chunks
+            .iter()
+            .filter(|c| String::from_utf8_lossy(c).contains("test_latency_seconds"))
+            .count();
+        assert_eq!(of_family, 3, "three chunks of the large family");
+    }
+
     #[test]
     fn catalogue_lists_every_registered_family() {
         let m = Metrics::new();
@@ -989,6 +1104,7 @@ mod tests {
         m.tls_cert_not_after.with_label_values(&["web"]).set(1);
         m.auth_reloads.with_label_values(&["web", "success"]).inc();
         m.web_logins.with_label_values(&["success"]).inc();
+        m.memory_limit_bytes.with_label_values(&["soft"]).set(1);
         m.ingest_span_limit_cuts
             .with_label_values(&["otlp_grpc", "values"])
             .inc();

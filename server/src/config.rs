@@ -22,7 +22,77 @@ pub struct Config {
     pub tls: TlsConfig,
     pub auth: AuthConfig,
     pub connections: ConnectionsConfig,
+    pub memory: MemoryConfig,
     pub log: LogConfig,
+}
+
+/// The memory limiter (as the OpenTelemetry Collector's `memory_limiter`), on the heap in use or
+/// the resident set, whichever is higher:
+/// past `limit_mib - spike_limit_mib` new exports are refused (retryable: 503 / UNAVAILABLE),
+/// past `limit_mib` the graph's backlog is shed as well.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    pub enabled: bool,
+    /// The hard limit in MiB; 0: 80% of the container's memory limit (cgroup), or
+    /// [`DEFAULT_MEMORY_LIMIT_MIB`] without one.
+    pub limit_mib: u64,
+    /// How far under the hard limit the soft one is, in MiB; 0: a fifth of the hard limit.
+    pub spike_limit_mib: u64,
+}
+
+/// The hard limit without a container limit to go by: 80% of a 512 MiB container, the size the
+/// other defaults (queues, graph caps) are chosen to fit.
+pub const DEFAULT_MEMORY_LIMIT_MIB: u64 = 410;
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            enabled: true,
+            limit_mib: 0,
+            spike_limit_mib: 0,
+        }
+    }
+}
+
+impl MemoryConfig {
+    /// The limits in bytes, given the container's memory limit (`cgroup_bytes`), if any.
+    pub fn limits(&self, cgroup_bytes: Option<u64>) -> meshlens_collector::memory::MemoryLimits {
+        if !self.enabled {
+            return meshlens_collector::memory::MemoryLimits::NONE;
+        }
+        const MIB: u64 = 1 << 20;
+        let hard = match self.limit_mib {
+            0 => cgroup_bytes.map_or(DEFAULT_MEMORY_LIMIT_MIB * MIB, |c| c / 5 * 4),
+            n => n.saturating_mul(MIB),
+        };
+        let spike = match self.spike_limit_mib {
+            0 => hard / 5,
+            n => n.saturating_mul(MIB).min(hard),
+        };
+        meshlens_collector::memory::MemoryLimits {
+            soft_bytes: usize::try_from(hard - spike).unwrap_or(usize::MAX),
+            hard_bytes: usize::try_from(hard).unwrap_or(usize::MAX),
+        }
+    }
+}
+
+/// The memory limit of this process's container (cgroup v2 `memory.max`, or v1
+/// `memory.limit_in_bytes`), if it has one.
+pub fn cgroup_memory_limit() -> Option<u64> {
+    let read = |p: &str| std::fs::read_to_string(p).ok();
+    let v2 = read("/proc/self/cgroup").and_then(|c| {
+        let path = c.lines().find_map(|l| l.strip_prefix("0::"))?.to_string();
+        read(&format!("/sys/fs/cgroup{path}/memory.max"))
+            .or_else(|| read("/sys/fs/cgroup/memory.max"))
+    });
+    let v1 = || read("/sys/fs/cgroup/memory/memory.limit_in_bytes");
+    let text = v2.or_else(v1)?;
+    // "max" (v2) or a page-rounded i64::MAX (v1) say there is none.
+    text.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|&n| n < (1u64 << 60))
 }
 
 /// Who may call: tokens for the web and for ingest, or a trusted reverse proxy's user header.
@@ -312,6 +382,8 @@ pub struct IngestConfig {
     pub max_message_bytes: usize,
     /// Spans that may wait for the store; beyond this, exports get a retryable error.
     pub queue_spans: usize,
+    /// Bytes of those spans (decoded) that may wait for the store, the same way.
+    pub queue_bytes: usize,
     /// Most spans committed in one transaction.
     pub max_batch_spans: usize,
     /// Store writer tasks (0: 1 for SQLite, 4 for PostgreSQL).
@@ -371,9 +443,11 @@ pub struct GraphSettings {
     pub max_pending: usize,
     /// Most label sets per exported product metric (`traces_*`); more are counted and dropped.
     pub max_series: usize,
-    /// Most bytes of remote write bodies waiting for the graph; past it, writes are answered
-    /// 503 (Prometheus retries them).
-    pub queue_metric_bytes: usize,
+    /// Most bytes of spans and metrics waiting for the graph thread; past it, spans are left off
+    /// the graph (counted) and metrics writes answered 503 (Prometheus retries them). Once
+    /// called `queue_metric_bytes`, which is still read.
+    #[serde(alias = "queue_metric_bytes")]
+    pub queue_bytes: usize,
     /// Most version edges on the graph; past it, calls on new edges are counted on edges to or
     /// from the overflow node (`__overflow__`).
     pub max_edges: usize,
@@ -440,7 +514,7 @@ impl Default for GraphSettings {
             pairing_ttl: Duration::from_nanos(DEFAULT_PAIRING_TTL_NS),
             max_pending: DEFAULT_MAX_PENDING,
             max_series: meshlens_collector::graph::DEFAULT_MAX_SERIES,
-            queue_metric_bytes: meshlens_collector::graph::DEFAULT_QUEUE_METRIC_BYTES,
+            queue_bytes: meshlens_collector::graph::DEFAULT_QUEUE_BYTES,
             max_edges: meshlens_topology::graph::DEFAULT_LIMITS.max_edges,
             max_nodes: meshlens_topology::graph::DEFAULT_LIMITS.max_nodes,
             health: HealthSettings::default(),
@@ -468,7 +542,7 @@ impl GraphSettings {
             },
             max_series: self.max_series,
             clusters,
-            queue_metric_bytes: self.queue_metric_bytes,
+            queue_bytes: self.queue_bytes,
             limits: meshlens_topology::graph::GraphLimits {
                 max_edges: self.max_edges.max(1),
                 max_nodes: self.max_nodes.max(3),
@@ -651,6 +725,7 @@ impl Default for IngestConfig {
         IngestConfig {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             queue_spans: meshlens_collector::pipeline::DEFAULT_QUEUE_SPANS,
+            queue_bytes: meshlens_collector::pipeline::DEFAULT_QUEUE_BYTES,
             max_batch_spans: meshlens_collector::pipeline::DEFAULT_MAX_BATCH_SPANS,
             writers: 0,
             max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
@@ -740,7 +815,26 @@ mod tests {
         assert_eq!(c.graph.pairing_ttl, Duration::from_secs(10));
         assert_eq!(c.graph.max_pending, 100_000);
         assert_eq!(c.graph.max_series, 10_000);
-        assert_eq!(c.graph.queue_metric_bytes, 128 << 20);
+        assert_eq!(c.graph.queue_bytes, 128 << 20);
+        assert_eq!(c.ingest.queue_bytes, 64 << 20);
+        let limits = c.memory.limits(None);
+        assert_eq!(
+            (limits.soft_bytes, limits.hard_bytes),
+            (328 << 20, 410 << 20)
+        );
+        let limits = c.memory.limits(Some(1 << 30));
+        assert_eq!(
+            (limits.soft_bytes >> 20, limits.hard_bytes >> 20),
+            (655, 819)
+        );
+        assert_eq!(
+            Config::from_toml("[graph]\nqueue_metric_bytes = 1000\n")
+                .unwrap()
+                .graph
+                .queue_bytes,
+            1000,
+            "the old name is still read"
+        );
         assert_eq!(c.policy.backend, QuotaBackendKind::Memory);
         assert_eq!(c.policy.failure_mode, FailureModeSetting::Open);
         assert_eq!(c.policy.redis_timeout, Duration::from_millis(15));

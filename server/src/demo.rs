@@ -5,12 +5,14 @@
 //! v1 and a canary v2, except that browsers whose user agent says Chrome always get v2; v2 fails
 //! about one call in five; work calls `meet`, which queries the `orders` PostgreSQL database.
 //! Every call is a CLIENT span and its SERVER child, with the attributes OpenTelemetry's HTTP and
-//! database conventions give them, exported over OTLP/gRPC like any SDK would.
+//! database conventions give them, built as the OTLP export an SDK would send. The exports go
+//! through the OTLP converter into the ingest pipeline in process (counted as `otlp_grpc`), not
+//! through a listener: so the demo runs whatever the listeners ask of a client (TLS, mTLS, an
+//! ingest token).
 
-use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use meshlens_collector::Pipeline;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
@@ -383,32 +385,9 @@ fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// Where to reach a listener bound to `addr` from this host (an unspecified address means
-/// every interface, loopback among them).
-fn reachable(addr: SocketAddr) -> SocketAddr {
-    let mut a = addr;
-    if a.ip().is_unspecified() {
-        a.set_ip(if a.is_ipv4() {
-            std::net::Ipv4Addr::LOCALHOST.into()
-        } else {
-            std::net::Ipv6Addr::LOCALHOST.into()
-        });
-    }
-    a
-}
-
-/// Sends `rate` requests a second (as one export every 250 ms) to the OTLP/gRPC listener at
-/// `otlp_grpc` until `stop`. Failed exports are logged and the traffic goes on.
-pub async fn run(otlp_grpc: SocketAddr, rate: f64, stop: CancellationToken) {
-    let endpoint = format!("http://{}", reachable(otlp_grpc));
-    let channel = match tonic::transport::Endpoint::from_shared(endpoint) {
-        Ok(e) => e.connect_lazy(),
-        Err(e) => {
-            tracing::error!(error = %e, "demo: bad OTLP address");
-            return;
-        }
-    };
-    let mut client = TraceServiceClient::new(channel);
+/// Sends `rate` requests a second (as one export every 250 ms) into `pipeline` until `stop`.
+/// Failed exports are logged and the traffic goes on.
+pub async fn run(pipeline: Pipeline, rate: f64, stop: CancellationToken) {
     let mut rng = Rng::new(now_ns());
     let tick = Duration::from_millis(250);
     let mut interval = tokio::time::interval(tick);
@@ -436,11 +415,15 @@ pub async fn run(otlp_grpc: SocketAddr, rate: f64, stop: CancellationToken) {
         let requests = (0..n)
             .map(|i| Request::generate(&mut rng, now - tick_ns + i as u64 * tick_ns / n as u64))
             .collect();
-        if let Err(status) = client.export(export(requests)).await {
+        let converted = meshlens_collector::otlp::convert::convert_traces(export(requests));
+        if let Err(e) = pipeline
+            .ingest(meshlens_collector::Protocol::OtlpGrpc, converted, None)
+            .await
+        {
             failures += 1;
-            // Say it once, then every hundredth time: the server may be shutting down.
+            // Say it once, then every hundredth time: the store may be failing or overloaded.
             if failures == 1 || failures.is_multiple_of(100) {
-                tracing::warn!(error = %status.message(), code = ?status.code(), failures, "demo export failed");
+                tracing::warn!(error = %e, failures, "demo export failed");
             }
         }
     }
@@ -530,18 +513,6 @@ mod tests {
                 ("meet", "v1")
             ]
             .map(|(a, b)| (a.to_string(), b.to_string()))
-        );
-    }
-
-    #[test]
-    fn unspecified_addresses_are_reached_on_loopback() {
-        assert_eq!(
-            reachable("0.0.0.0:4317".parse().unwrap()),
-            "127.0.0.1:4317".parse().unwrap()
-        );
-        assert_eq!(
-            reachable("10.1.2.3:4317".parse().unwrap()),
-            "10.1.2.3:4317".parse().unwrap()
         );
     }
 }

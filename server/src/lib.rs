@@ -38,6 +38,8 @@ pub struct Running {
     pub graph: GraphFeed,
     cancel: CancellationToken,
     servers: JoinSet<anyhow::Result<()>>,
+    /// Kept for the demo's in-process feed; let go before the writers are joined.
+    pipeline: Option<Pipeline>,
     writers: meshlens_collector::pipeline::Writers,
 }
 
@@ -71,12 +73,17 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         .graph
         .to_graph_config()
         .map_err(|e| anyhow::anyhow!(e))?;
-    let graph = GraphFeed::new(&graph_config, &metrics);
+    let memory = meshlens_collector::memory::MemoryLimiter::new(
+        config.memory.limits(config::cgroup_memory_limit()),
+        metrics.clone(),
+    );
+    let graph = GraphFeed::new(&graph_config, &metrics, &memory);
     let graph_feed = graph.clone();
     let (pipeline, writers) = Pipeline::start(
         store.clone(),
         &PipelineConfig {
             queue_spans: config.ingest.queue_spans,
+            queue_bytes: config.ingest.queue_bytes,
             max_batch_spans: config.ingest.max_batch_spans,
             writers: config.writers(),
             limits: config.ingest.limits(),
@@ -91,11 +98,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         config,
         &mut servers,
         servers::Parts {
-            pipeline,
+            pipeline: pipeline.clone(),
             store: store.clone(),
             metrics: metrics.clone(),
             policy: policy.clone(),
             ready: ready.clone(),
+            memory: memory.clone(),
         },
         cancel.clone(),
     )
@@ -145,6 +153,15 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         cancel.clone(),
         move || graph.tick(),
     );
+    // The limiter reads the heap on every export; this reports it and logs each change.
+    spawn_every(
+        &mut servers,
+        std::time::Duration::from_secs(1),
+        cancel.clone(),
+        move || {
+            memory.check();
+        },
+    );
     spawn_store_probe(
         &mut servers,
         store.clone(),
@@ -169,6 +186,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         graph: graph_feed,
         cancel,
         servers,
+        pipeline: Some(pipeline),
         writers,
     })
 }
@@ -343,9 +361,23 @@ fn spawn_ticks<Fut>(
 }
 
 impl Running {
+    /// Starts `meshlens demo`'s synthetic mesh, `rate` requests a second into the ingest pipeline,
+    /// until shutdown.
+    pub fn spawn_demo(&mut self, rate: f64) {
+        let Some(pipeline) = self.pipeline.clone() else {
+            return;
+        };
+        let cancel = self.cancel.clone();
+        self.servers.spawn(async move {
+            demo::run(pipeline, rate, cancel).await;
+            Ok(())
+        });
+    }
+
     /// Stops accepting, lets in-flight exports finish, commits what is queued, closes the store.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.cancel.cancel();
+        self.pipeline = None;
         let mut result = Ok(());
         while let Some(joined) = self.servers.join_next().await {
             match joined {

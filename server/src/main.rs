@@ -7,11 +7,14 @@ use tracing_subscriber::EnvFilter;
 
 /// mimalloc instead of the system allocator: spans are decoded on one thread and freed on another
 /// (the writer, the graph), which glibc's arenas handle with locks and consolidation.
+/// Counted, for the memory limiter (`[memory]`), which refuses exports on the heap in use.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: meshlens_collector::memory::Counting<mimalloc::MiMalloc> =
+    meshlens_collector::memory::Counting(mimalloc::MiMalloc);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    ALLOCATOR.enable();
     let cli = Cli::parse();
     let config = match cli.config() {
         Ok(c) => c,
@@ -55,33 +58,13 @@ async fn main() -> anyhow::Result<()> {
 /// Serves until a signal; with `demo`, also sends the demo mesh's spans at that many requests a
 /// second to this meshlens.
 async fn serve(config: &Config, demo: Option<u32>) -> anyhow::Result<()> {
-    if demo.is_some()
-        && (config
-            .tls
-            .for_listener("otlp_grpc")
-            .map_err(anyhow::Error::msg)?
-            .is_some()
-            || !config.auth.ingest_tokens_file.as_os_str().is_empty())
-    {
-        anyhow::bail!(
-            "meshlens demo feeds itself over plaintext OTLP/gRPC without a token: set \
-             [tls.otlp_grpc] enabled = false and no [auth] ingest_tokens_file, or run `serve`"
-        );
-    }
     let mut running = meshlens::start(config).await?;
-    let stop_demo = tokio_util::sync::CancellationToken::new();
-    let _stop_demo_on_return = stop_demo.clone().drop_guard();
     if let Some(rate) = demo {
-        tokio::spawn(meshlens::demo::run(
-            running.addrs.otlp_grpc,
-            f64::from(rate),
-            stop_demo.clone(),
-        ));
+        running.spawn_demo(f64::from(rate));
     }
     tokio::select! {
         _ = shutdown_signal() => {
             tracing::info!("signal received; draining");
-            stop_demo.cancel();
             running.shutdown().await
         }
         e = running.failed() => {

@@ -30,6 +30,8 @@ pub struct Parts {
     pub metrics: Metrics,
     pub policy: Arc<PolicyServer>,
     pub ready: Arc<meshlens_storage::Readiness>,
+    /// Asked before every export's body is read.
+    pub memory: meshlens_collector::memory::MemoryLimiter,
 }
 
 pub async fn spawn_all(
@@ -44,6 +46,7 @@ pub async fn spawn_all(
         metrics,
         policy,
         ready,
+        memory,
     } = parts;
     let listen = &config.listen;
     let mut ports = Ports::new(config, &metrics)?;
@@ -76,6 +79,7 @@ pub async fn spawn_all(
     let admission = AdmissionLayer(Admission::new(
         body,
         config.ingest.max_buffered_bytes,
+        memory,
         metrics.clone(),
     ));
     let concurrency = || GlobalConcurrencyLimitLayer::new(permits);

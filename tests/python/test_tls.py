@@ -72,17 +72,20 @@ INGEST_TOKEN = "e2e-ingest-token-0123456789abcdef"
 WEB_TOKEN = "e2e-web-token-0123456789abcdef"
 
 
-def tls_meshlens(meshlens_factory, pki: Pki, *extra: str, tokens: bool = False):
-    """meshlens with TLS on every listener; with `tokens`, ingest and the web need bearer tokens."""
+def tls_meshlens(meshlens_factory, pki: Pki, *extra: str, tokens: bool = False, command: str = "serve",
+                 config: str = ""):
+    """meshlens with TLS on every listener; with `tokens`, ingest and the web need bearer tokens;
+    `config` is more of its config file."""
     args = ["--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)]
     if tokens:
         (pki.dir / "ingest-tokens").write_text(f"{INGEST_TOKEN} e2e\n")
         (pki.dir / "web-tokens").write_text(f"{WEB_TOKEN} viewer\n")
-        (pki.dir / "auth.toml").write_text(
-            f'[auth]\ningest_tokens_file = "{pki.dir / "ingest-tokens"}"\n'
-            f'web_tokens_file = "{pki.dir / "web-tokens"}"\n')
-        args += ["--config", str(pki.dir / "auth.toml")]
-    ml = meshlens_factory(*args, *extra, tls_ca=pki.ca)
+        config = (f'[auth]\ningest_tokens_file = "{pki.dir / "ingest-tokens"}"\n'
+                  f'web_tokens_file = "{pki.dir / "web-tokens"}"\n') + config
+    if config:
+        (pki.dir / "meshlens.toml").write_text(config)
+        args += ["--config", str(pki.dir / "meshlens.toml")]
+    ml = meshlens_factory(*args, *extra, tls_ca=pki.ca, command=command)
     if tokens:
         ml.http.headers["authorization"] = f"Bearer {WEB_TOKEN}"
     return ml
@@ -196,6 +199,31 @@ def envoy(ml, app_port: int, pki: Pki, tmp_path: Path, with_client_cert: bool):
     name = "envoy-mtls" if with_client_cert else "envoy-no-cert"
     with run_envoy(config, admin, tmp_path, name):
         yield f"http://{LOOPBACK}:{port}"
+
+
+def test_the_demo_runs_behind_tls_mtls_and_tokens(meshlens_factory, pki):
+    """`meshlens demo` feeds its mesh in process, so what its listeners ask of clients (TLS,
+    a client certificate on OTLP/gRPC, an ingest token) does not stop it."""
+    ml = tls_meshlens(meshlens_factory, pki, "--rate", "40", tokens=True, command="demo",
+                      config=f'[tls.otlp_grpc]\nclient_ca = "{pki.ca}"\n')
+
+    def demo_edge():
+        g = get_json(f"{ml.web_url}/api/graph", session=ml.http, window="1m")
+        e = {(x["source"], x["target"]): x for x in g["edges"]}
+        edge = e.get(("service:demo/ingress", "service:demo/work"))
+        return edge if edge and edge["stats"]["requests"] >= 40 else None
+
+    poll(demo_edge, timeout=30, interval=0.5, what="the demo's calls into work on the graph")
+    assert metric(ml.web_url, "meshlens_ingest_spans_total", session=ml.http, protocol="otlp_grpc") > 0
+    # The listener still asks a client for everything: no client certificate, no export.
+    ca = pki.ca.read_bytes()
+    lost = export_one(GrpcExporter(endpoint=f"https://{ml.otlp_grpc}", timeout=3,
+                                   headers={"authorization": f"Bearer {INGEST_TOKEN}"},
+                                   credentials=grpc.ssl_channel_credentials(root_certificates=ca)),
+                      "no-client-cert", "x")
+    get_json(f"{ml.web_url}/api/traces/{lost}", session=ml.http, expect=404)
+    assert metric(ml.web_url, "meshlens_listener_refused_connections_total", session=ml.http,
+                  listener="otlp_grpc", reason="tls") >= 1
 
 
 def test_envoy_calls_the_policy_over_mtls_and_traces_over_tls(meshlens_factory, app_port, pki, tmp_path):

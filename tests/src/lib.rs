@@ -34,6 +34,9 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     c.listen.policy = any;
     c.listen.web = any;
     c.storage.database_url = format!("sqlite://{}", dir.join("meshlens.db").display());
+    // In process, the memory is the test harness's too (a caught panic's backtrace alone takes
+    // hundreds of MiB of a debug build): the limiter's own test turns it on.
+    c.memory.enabled = false;
     c
 }
 

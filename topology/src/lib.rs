@@ -15,7 +15,7 @@ pub mod testing;
 
 pub use attr::{AttrValue, Attributes};
 pub use ids::{InvalidSpan, SpanId, TraceId};
-pub use limits::{span_bytes, Cut, SpanLimits};
+pub use limits::{attributes_bytes, span_bytes, Cut, SpanLimits};
 pub use metric::{MetricBatch, MetricPoint, PointValue};
 pub use resource::{Resource, Scope, ServiceIdentity};
 pub use span::{Event, Link, Span, SpanKind, Status, StatusCode};

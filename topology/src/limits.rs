@@ -146,7 +146,8 @@ pub fn span_bytes(span: &Span) -> usize {
             .sum::<usize>()
 }
 
-fn attributes_bytes(a: &Attributes) -> usize {
+/// About how many bytes attributes take (their keys and values).
+pub fn attributes_bytes(a: &Attributes) -> usize {
     a.iter().map(|(k, v)| k.len() + value_bytes(v)).sum()
 }
 

@@ -21,6 +21,7 @@ use meshlens_topology::{MetricBatch, Span};
 use crate::error::IngestError;
 use crate::prom::WireBatch;
 
+use crate::memory::MemoryLimiter;
 use crate::metrics::Metrics;
 
 /// How the graph pairs, judges health and exports.
@@ -32,8 +33,8 @@ pub struct GraphConfig {
     pub max_series: usize,
     /// Plain Envoy cluster names and their services.
     pub clusters: ClusterMap,
-    /// Most bytes of remote write bodies that may wait for the graph thread.
-    pub queue_metric_bytes: usize,
+    /// Most bytes of spans and metrics that may wait for the graph thread.
+    pub queue_bytes: usize,
     /// Caps on the graph's edges and nodes.
     pub limits: GraphLimits,
 }
@@ -45,7 +46,7 @@ impl Default for GraphConfig {
             health: HealthConfig::default(),
             max_series: DEFAULT_MAX_SERIES,
             clusters: ClusterMap::default(),
-            queue_metric_bytes: DEFAULT_QUEUE_METRIC_BYTES,
+            queue_bytes: DEFAULT_QUEUE_BYTES,
             limits: GraphLimits::default(),
         }
     }
@@ -57,7 +58,7 @@ impl Default for GraphConfig {
 #[derive(Clone)]
 pub struct GraphFeed {
     core: Arc<FeedCore>,
-    tx: SyncSender<Input>,
+    tx: SyncSender<(Input, usize)>,
 }
 
 /// What the graph thread takes: committed spans, or proxies' metrics.
@@ -75,21 +76,23 @@ struct FeedCore {
     metrics: Metrics,
     /// The engine's counters as last reported, to turn them into increments.
     reported: Mutex<PairingCounters>,
-    /// Bytes of remote write bodies in the queue, and their bound.
-    queued_metric_bytes: std::sync::atomic::AtomicUsize,
-    queue_metric_bytes: usize,
+    /// Bytes of the inputs in the queue, and their bound.
+    queued: std::sync::atomic::AtomicUsize,
+    queue_bytes: usize,
+    /// Past its hard limit, queued inputs are shed instead of observed.
+    memory: MemoryLimiter,
 }
 
-/// Batches of spans that may wait for the graph thread. It handles over a million spans a second
-/// (BENCHMARKS.md), so this fills only if the thread is starved of CPU; then batches are dropped
-/// from the graph (never from the store) and counted.
-const QUEUE_BATCHES: usize = 1024;
+/// Inputs that may wait for the graph thread, whatever their size (their bytes are bounded apart).
+const QUEUE_INPUTS: usize = 1024;
 
-/// Most bytes of remote write bodies that may wait for the graph thread by default
-/// (`[graph] queue_metric_bytes`): past it, a write is overload (503, retried). The first scrape
-/// of a large mesh arrives faster than the graph resolves its series; this keeps it from
-/// queueing the whole scrape in memory.
-pub const DEFAULT_QUEUE_METRIC_BYTES: usize = 128 << 20;
+/// Most bytes of inputs (spans, metrics, remote write bodies) that may wait for the graph thread
+/// by default (`[graph] queue_bytes`). The thread handles over a million spans a second
+/// (BENCHMARKS.md), so spans fill it only if it is starved of CPU; then they are left off the
+/// graph (never the store) and counted. The first scrape of a large mesh arrives faster than the
+/// graph resolves its series: past the bound a metrics write is overload (503, retried), so the
+/// whole scrape is never queued in memory.
+pub const DEFAULT_QUEUE_BYTES: usize = 128 << 20;
 
 /// The graph thread's priority on thread-priority's 0–99 scale (50 is a normal thread's; below
 /// 50 is a positive nice value on Linux).
@@ -136,9 +139,28 @@ pub fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// About what a batch of metric points holds in memory.
+fn metric_batch_bytes(b: &MetricBatch) -> usize {
+    use meshlens_topology::PointValue;
+    b.points
+        .iter()
+        .map(|p| {
+            let buckets = match &p.value {
+                PointValue::Histogram { bounds, counts, .. } => 8 * (bounds.len() + counts.len()),
+                _ => 0,
+            };
+            std::mem::size_of_val(p)
+                + p.name.len()
+                + meshlens_topology::attributes_bytes(&p.attributes)
+                + buckets
+        })
+        .sum()
+}
+
 impl GraphFeed {
     /// Creates the graph and starts its thread, which ends when every clone of the feed is gone.
-    pub fn new(config: &GraphConfig, metrics: &Metrics) -> Self {
+    /// Past `memory`'s hard limit the thread sheds what waits for it.
+    pub fn new(config: &GraphConfig, metrics: &Metrics, memory: &MemoryLimiter) -> Self {
         let core = Arc::new(FeedCore {
             topology: Arc::new(Mutex::new(
                 Topology::new(config.pairing, config.health)
@@ -148,10 +170,11 @@ impl GraphFeed {
             export: ProductMetrics::new(metrics, config.max_series),
             metrics: metrics.clone(),
             reported: Mutex::new(PairingCounters::default()),
-            queued_metric_bytes: Default::default(),
-            queue_metric_bytes: config.queue_metric_bytes,
+            queued: Default::default(),
+            queue_bytes: config.queue_bytes,
+            memory: memory.clone(),
         });
-        let (tx, rx) = sync_channel::<Input>(QUEUE_BATCHES);
+        let (tx, rx) = sync_channel::<(Input, usize)>(QUEUE_INPUTS);
         let worker = core.clone();
         let spawned = std::thread::Builder::new()
             .name("meshlens-graph".into())
@@ -169,15 +192,17 @@ impl GraphFeed {
                 if let Err(e) = lowered {
                     tracing::debug!(error = %e, "graph thread priority unchanged");
                 }
-                for input in rx {
+                for (input, queued) in rx {
+                    // Past the hard memory limit the backlog goes first: what waits here is
+                    // committed (or, for metrics, refused to no one), so only the graph loses it.
+                    if worker.memory.shed() && !matches!(input, Input::Panic) {
+                        worker.shed(input, queued);
+                        continue;
+                    }
                     // Supervised: a panic on one input (a bug the data found) is logged and
                     // counted, that input is lost to the graph (never to the store), and the
                     // thread goes on with the graph as it was (the engine's lock is taken past
                     // its poisoning: each observation updates whole slots).
-                    let queued = match &input {
-                        Input::Wire(wire) => wire.bytes(),
-                        _ => 0,
-                    };
                     let handled =
                         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match input {
                             Input::Spans(spans) => worker.observe(&spans),
@@ -185,9 +210,7 @@ impl GraphFeed {
                             Input::Wire(wire) => worker.observe_wire(&wire),
                             Input::Panic => panic!("a panic injected into the graph thread"),
                         }));
-                    if queued > 0 {
-                        worker.queued_bytes(|q| q.fetch_sub(queued, Ordering::Relaxed));
-                    }
+                    worker.dequeued(queued);
                     if let Err(panic) = handled {
                         worker.metrics.panics.with_label_values(&["graph"]).inc();
                         tracing::error!(
@@ -207,15 +230,14 @@ impl GraphFeed {
     /// supervised. Not reachable from the network.
     #[doc(hidden)]
     pub fn inject_panic(&self) {
-        let _ = self.tx.send(Input::Panic);
+        let _ = self.tx.send((Input::Panic, 0));
     }
 
-    /// Hands committed spans to the graph thread.
-    pub fn offer(&self, spans: Vec<Span>) {
+    /// Hands committed spans (about `bytes` of them, as `span_bytes` counts) to the graph thread;
+    /// past the queue's bound they are left off the graph and counted.
+    pub fn offer(&self, spans: Vec<Span>, bytes: usize) {
         let n = spans.len() as u64;
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-            self.tx.try_send(Input::Spans(spans))
-        {
+        if self.enqueue(Input::Spans(spans), bytes).is_err() {
             self.core
                 .metrics
                 .topology_spans
@@ -229,29 +251,28 @@ impl GraphFeed {
         if batches.is_empty() {
             return Ok(());
         }
-        self.tx
-            .try_send(Input::Metrics(batches))
-            .map_err(|e| match e {
-                TrySendError::Full(_) => IngestError::Overloaded,
-                TrySendError::Disconnected(_) => IngestError::ShuttingDown,
-            })
+        let bytes = batches.iter().map(metric_batch_bytes).sum();
+        self.enqueue(Input::Metrics(batches), bytes)
     }
 
     /// Hands remote-written series to the graph thread; a full queue is overload.
     pub fn offer_wire(&self, wire: WireBatch) -> Result<(), IngestError> {
-        let n = wire.bytes();
+        let bytes = wire.bytes();
+        self.enqueue(Input::Wire(wire), bytes)
+    }
+
+    /// Queues an input of `n` bytes within the queue's bounds (its bytes, its length).
+    fn enqueue(&self, input: Input, n: usize) -> Result<(), IngestError> {
         let before = self
             .core
             .queued_bytes(|q| q.fetch_add(n, Ordering::Relaxed));
-        // One batch is taken however large, so that a body under the size limit always fits.
-        if before > 0 && before + n > self.core.queue_metric_bytes {
-            self.core
-                .queued_bytes(|q| q.fetch_sub(n, Ordering::Relaxed));
+        // One input is taken however large, so that a body under the size limit always fits.
+        if before > 0 && before + n > self.core.queue_bytes {
+            self.core.dequeued(n);
             return Err(IngestError::Overloaded);
         }
-        self.tx.try_send(Input::Wire(wire)).map_err(|e| {
-            self.core
-                .queued_bytes(|q| q.fetch_sub(n, Ordering::Relaxed));
+        self.tx.try_send((input, n)).map_err(|e| {
+            self.core.dequeued(n);
             match e {
                 TrySendError::Full(_) => IngestError::Overloaded,
                 TrySendError::Disconnected(_) => IngestError::ShuttingDown,
@@ -303,11 +324,30 @@ impl GraphFeed {
 impl FeedCore {
     /// Changes the queued bytes with `f` (which returns the bytes before) and reports them.
     fn queued_bytes(&self, f: impl FnOnce(&std::sync::atomic::AtomicUsize) -> usize) -> usize {
-        let before = f(&self.queued_metric_bytes);
+        let before = f(&self.queued);
         self.metrics
-            .topology_queued_metric_bytes
-            .set(self.queued_metric_bytes.load(Ordering::Relaxed) as i64);
+            .topology_queued_bytes
+            .set(self.queued.load(Ordering::Relaxed) as i64);
         before
+    }
+
+    fn dequeued(&self, n: usize) {
+        if n > 0 {
+            self.queued_bytes(|q| q.fetch_sub(n, Ordering::Relaxed));
+        }
+    }
+
+    /// Drops a queued input unobserved (past the hard memory limit), and counts it.
+    fn shed(&self, input: Input, queued: usize) {
+        if let Input::Spans(spans) = &input {
+            self.metrics
+                .topology_spans
+                .with_label_values(&["dropped"])
+                .inc_by(spans.len() as u64);
+        }
+        self.metrics.memory_shed_bytes.inc_by(queued as u64);
+        drop(input);
+        self.dequeued(queued);
     }
 
     fn lock(&self) -> MutexGuard<'_, Topology> {

@@ -85,7 +85,8 @@ fn shop_mesh_from_the_python_sdk() {
 #[test]
 fn the_graph_thread_yields_to_the_ack_path() {
     let metrics = crate::metrics::Metrics::new();
-    let _feed = super::GraphFeed::new(&super::GraphConfig::default(), &metrics);
+    let memory = crate::memory::MemoryLimiter::unlimited(metrics.clone());
+    let _feed = super::GraphFeed::new(&super::GraphConfig::default(), &metrics, &memory);
     // Field 19 of /proc/<pid>/task/<tid>/stat is the nice value; the thread sets it as it starts.
     let nice_of_graph_threads = || -> Vec<i64> {
         std::fs::read_dir("/proc/self/task")

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use meshlens_topology::{span_bytes, Cut, Resource, Span, SpanLimits, TraceId};
+use meshlens_topology::{Cut, Resource, Span, SpanLimits, TraceId};
 use tokio::time::Instant;
 
 /// How long a trace's bytes are remembered after its last span.
@@ -42,7 +42,7 @@ pub struct TraceBytes {
 
 /// Bytes a call to [`TraceBytes::admit`] counted, given back if the export is not stored.
 #[derive(Default)]
-pub struct Charged(Vec<(TraceId, u64)>);
+pub struct Charged(HashMap<TraceId, u64>);
 
 impl TraceBytes {
     pub fn new(max: u64) -> Arc<Self> {
@@ -57,19 +57,20 @@ impl TraceBytes {
         self.traces.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    /// Counts each span's bytes to its trace; returns which spans fit (in order), what was
-    /// counted, and how many traces are tracked now.
-    pub fn admit(&self, spans: &[Span]) -> (Vec<bool>, Charged, usize) {
+    /// Counts each span's bytes (`sizes[i]`, as [`span_bytes`] counts them) to its trace;
+    /// returns which spans fit (in order), what was counted, and how many traces are tracked now.
+    pub fn admit(&self, spans: &[Span], sizes: &[usize]) -> (Vec<bool>, Charged, usize) {
         if self.max == 0 {
             return (vec![true; spans.len()], Charged::default(), 0);
         }
         let now = Instant::now();
         let mut traces = self.traces.lock().unwrap_or_else(|e| e.into_inner());
-        let mut charged: Vec<(TraceId, u64)> = Vec::new();
+        let mut charged: HashMap<TraceId, u64> = HashMap::new();
         let fits = spans
             .iter()
-            .map(|span| {
-                let n = span_bytes(span) as u64;
+            .zip(sizes)
+            .map(|(span, &n)| {
+                let n = n as u64;
                 if traces.len() >= MAX_TRACKED_TRACES && !traces.contains_key(&span.trace_id) {
                     forget_oldest(&mut traces, now);
                 }
@@ -79,10 +80,7 @@ impl TraceBytes {
                     return false;
                 }
                 *held += n;
-                match charged.iter_mut().find(|(t, _)| *t == span.trace_id) {
-                    Some((_, c)) => *c += n,
-                    None => charged.push((span.trace_id, n)),
-                }
+                *charged.entry(span.trace_id).or_default() += n;
                 true
             })
             .collect();
@@ -138,7 +136,13 @@ pub fn cut_spans(spans: &mut [Span], limits: &SpanLimits) -> Cut {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use meshlens_topology::span_bytes;
     use meshlens_topology::testing::SpanBuilder;
+
+    fn admit(bytes: &TraceBytes, spans: &[Span]) -> (Vec<bool>, Charged, usize) {
+        let sizes: Vec<usize> = spans.iter().map(span_bytes).collect();
+        bytes.admit(spans, &sizes)
+    }
 
     fn span(trace: u64, id: u64, blob: usize) -> Span {
         SpanBuilder::new(trace, id, "svc", "op", 1_000)
@@ -150,14 +154,19 @@ mod tests {
     async fn a_trace_past_its_bytes_is_refused_and_a_refused_export_gives_them_back() {
         let one = span_bytes(&span(1, 1, 1000)) as u64;
         let bytes = TraceBytes::new(one * 3);
-        let (fits, _, tracked) =
-            bytes.admit(&[span(1, 1, 1000), span(1, 2, 1000), span(2, 1, 1000)]);
+        let (fits, _, tracked) = admit(
+            &bytes,
+            &[span(1, 1, 1000), span(1, 2, 1000), span(2, 1, 1000)],
+        );
         assert_eq!((fits, tracked), (vec![true, true, true], 2));
-        let (fits, charged, _) = bytes.admit(&[span(1, 3, 1000), span(1, 4, 1000), span(2, 2, 10)]);
+        let (fits, charged, _) = admit(
+            &bytes,
+            &[span(1, 3, 1000), span(1, 4, 1000), span(2, 2, 10)],
+        );
         assert_eq!(fits, vec![true, false, true], "trace 1 is full at three");
         // That export was not stored: its bytes come back, and its retry fits again.
         bytes.release(charged);
-        let (fits, _, _) = bytes.admit(&[span(1, 3, 1000)]);
+        let (fits, _, _) = admit(&bytes, &[span(1, 3, 1000)]);
         assert_eq!(fits, vec![true]);
         // A trace idle long enough is forgotten once the table is full.
         assert_eq!(bytes.tracked(), 2);
@@ -170,7 +179,7 @@ mod tests {
     #[test]
     fn no_limit_means_every_span_fits() {
         let bytes = TraceBytes::new(0);
-        let (fits, _, _) = bytes.admit(&[span(1, 1, 100_000), span(1, 2, 100_000)]);
+        let (fits, _, _) = admit(&bytes, &[span(1, 1, 100_000), span(1, 2, 100_000)]);
         assert_eq!(fits, vec![true, true]);
         assert_eq!(bytes.tracked(), 0);
     }

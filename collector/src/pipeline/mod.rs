@@ -26,6 +26,8 @@ use crate::metrics::Metrics;
 pub struct PipelineConfig {
     /// Spans that may wait for the writer; past this, exports are refused as overloaded.
     pub queue_spans: usize,
+    /// Bytes of spans (decoded, as `span_bytes` counts them) that may wait for the writer.
+    pub queue_bytes: usize,
     /// Most spans one transaction commits.
     pub max_batch_spans: usize,
     /// Writer tasks (1 for SQLite, which has one writer anyway; more help PostgreSQL).
@@ -36,11 +38,14 @@ pub struct PipelineConfig {
 
 pub const DEFAULT_QUEUE_SPANS: usize = 65_536;
 pub const DEFAULT_MAX_BATCH_SPANS: usize = 16_384;
+/// 64 MiB: the span queue's 65,536 spans at 1 KiB each, twice what mesh spans take.
+pub const DEFAULT_QUEUE_BYTES: usize = 64 << 20;
 
 impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
             queue_spans: DEFAULT_QUEUE_SPANS,
+            queue_bytes: DEFAULT_QUEUE_BYTES,
             max_batch_spans: DEFAULT_MAX_BATCH_SPANS,
             writers: 1,
             limits: IngestLimits::default(),
@@ -51,6 +56,7 @@ impl Default for PipelineConfig {
 struct Job {
     batch: EncodedBatch,
     _permit: OwnedSemaphorePermit,
+    _bytes: OwnedSemaphorePermit,
     ack: oneshot::Sender<Result<(), IngestError>>,
 }
 
@@ -60,6 +66,9 @@ pub struct Pipeline {
     tx: mpsc::UnboundedSender<Job>,
     permits: Arc<Semaphore>,
     capacity: usize,
+    /// The queue's bound in bytes, as permits.
+    bytes: Arc<Semaphore>,
+    capacity_bytes: usize,
     metrics: Metrics,
     graph: GraphFeed,
     limits: IngestLimits,
@@ -92,6 +101,8 @@ impl Pipeline {
         let (tx, rx) = mpsc::unbounded_channel();
         let capacity = config.queue_spans.max(1);
         let permits = Arc::new(Semaphore::new(capacity));
+        let capacity_bytes = config.queue_bytes.clamp(1, Semaphore::MAX_PERMITS);
+        let bytes = Arc::new(Semaphore::new(capacity_bytes));
         let rx = Arc::new(Mutex::new(rx));
         let handles = (0..config.writers.max(1))
             .map(|_| {
@@ -100,8 +111,10 @@ impl Pipeline {
                     store.clone(),
                     config.max_batch_spans.max(1),
                     metrics.clone(),
-                    permits.clone(),
-                    capacity,
+                    Depth {
+                        spans: (permits.clone(), capacity),
+                        bytes: (bytes.clone(), capacity_bytes),
+                    },
                     readiness.clone(),
                 ))
             })
@@ -110,6 +123,8 @@ impl Pipeline {
             tx,
             permits,
             capacity,
+            bytes,
+            capacity_bytes,
             metrics,
             graph,
             limits: config.limits,
@@ -118,8 +133,8 @@ impl Pipeline {
         (pipeline, Writers { handles })
     }
 
-    /// Queues spans and waits for their commit.
-    pub async fn submit(&self, spans: &[Span]) -> Result<(), IngestError> {
+    /// Queues spans (`bytes` of them, as `span_bytes` counts) and waits for their commit.
+    pub async fn submit(&self, spans: &[Span], bytes: usize) -> Result<(), IngestError> {
         if spans.is_empty() {
             return Ok(());
         }
@@ -130,19 +145,31 @@ impl Pipeline {
                 capacity: self.capacity,
             });
         }
+        if bytes > self.capacity_bytes {
+            return Err(IngestError::TooLarge {
+                limit: self.capacity_bytes,
+            });
+        }
         let n = spans.len() as u32;
         let permit = self
             .permits
             .clone()
             .try_acquire_many_owned(n)
             .map_err(|_| IngestError::Overloaded)?;
-        self.update_depth();
+        // At most the whole queue (checked above), so it fits in a u32 of permits unless the
+        // queue is over 4 GiB; then the batch is one more that has to wait for room.
+        let bytes_permit = u32::try_from(bytes)
+            .ok()
+            .and_then(|b| self.bytes.clone().try_acquire_many_owned(b).ok())
+            .ok_or(IngestError::Overloaded)?;
+        self.depth().report(&self.metrics);
         let batch = encode_batch(spans);
         let (ack, done) = oneshot::channel();
         self.tx
             .send(Job {
                 batch,
                 _permit: permit,
+                _bytes: bytes_permit,
                 ack,
             })
             .map_err(|_| IngestError::ShuttingDown)?;
@@ -160,9 +187,25 @@ impl Pipeline {
         &self.graph
     }
 
-    fn update_depth(&self) {
-        let used = self.capacity - self.permits.available_permits();
-        self.metrics.ingest_queue_depth.set(used as i64);
+    fn depth(&self) -> Depth {
+        Depth {
+            spans: (self.permits.clone(), self.capacity),
+            bytes: (self.bytes.clone(), self.capacity_bytes),
+        }
+    }
+}
+
+/// The queue's two bounds (spans, bytes), each a semaphore and its size, to report its depth.
+struct Depth {
+    spans: (Arc<Semaphore>, usize),
+    bytes: (Arc<Semaphore>, usize),
+}
+
+impl Depth {
+    fn report(&self, metrics: &Metrics) {
+        let used = |(s, cap): &(Arc<Semaphore>, usize)| (cap - s.available_permits()) as i64;
+        metrics.ingest_queue_depth.set(used(&self.spans));
+        metrics.ingest_queue_bytes.set(used(&self.bytes));
     }
 }
 
@@ -171,8 +214,7 @@ async fn writer(
     store: Arc<Store>,
     max_batch: usize,
     metrics: Metrics,
-    permits: Arc<Semaphore>,
-    capacity: usize,
+    depth: Depth,
     readiness: Arc<Readiness>,
 ) {
     loop {
@@ -203,9 +245,7 @@ async fn writer(
                 "an ingest writer panicked on a commit; its exports are answered with a retryable error"
             );
         }
-        metrics
-            .ingest_queue_depth
-            .set((capacity - permits.available_permits()) as i64);
+        depth.report(&metrics);
     }
 }
 
@@ -365,12 +405,19 @@ impl Pipeline {
             }
         }
         tag_tenant(&mut converted.spans, tenant.map(|t| &*t.0));
-        let (fits, charged, tracked) = self.trace_bytes.admit(&converted.spans);
+        let mut sizes: Vec<usize> = converted
+            .spans
+            .iter()
+            .map(meshlens_topology::span_bytes)
+            .collect();
+        let (fits, charged, tracked) = self.trace_bytes.admit(&converted.spans, &sizes);
         if fits.contains(&false) {
             let spans = std::mem::take(&mut converted.spans);
-            for (span, fits) in spans.into_iter().zip(fits) {
+            let all_sizes = std::mem::take(&mut sizes);
+            for ((span, size), fits) in spans.into_iter().zip(all_sizes).zip(fits) {
                 if fits {
                     converted.spans.push(span);
+                    sizes.push(size);
                 } else {
                     converted
                         .rejected
@@ -388,12 +435,13 @@ impl Pipeline {
                 .inc_by(*n);
         }
         let n = converted.spans.len() as u64;
-        match self.submit(&converted.spans).await {
+        let bytes = sizes.iter().sum();
+        match self.submit(&converted.spans, bytes).await {
             Ok(()) => {
                 self.metrics.ingest_spans.with_label_values(&[p]).inc_by(n);
                 // Only committed spans count on the graph, so an export a client sends again
                 // after a refusal is counted once.
-                self.graph.offer(converted.spans);
+                self.graph.offer(converted.spans, bytes);
                 Ok(converted.rejected)
             }
             Err(e) => {

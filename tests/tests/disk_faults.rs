@@ -1,0 +1,146 @@
+//! The embedded store on a disk that fills up: a small tmpfs of the test's own (mounted here, so
+//! the test runs as root, as the README's test command does). (A read-only remount is refused
+//! while SQLite holds its files open for writing, so that fault is not made here.)
+//! While SQLite cannot commit, exports get a retryable error, `/readyz` answers 503 with the
+//! reason and `meshlens_store_writable` is 0; once the disk takes writes again, the store probe
+//! makes meshlens ready again with no export needed, and every acknowledged span is there.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use meshlens_tests::{trace_hex, trace_request, TestEnv};
+
+/// A tmpfs mounted on a directory of its own; unmounted when dropped.
+struct Tmpfs {
+    dir: PathBuf,
+    _parent: tempfile::TempDir,
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {} (this test mounts a tmpfs: it needs root)",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("disk");
+        std::fs::create_dir(&dir).unwrap();
+        let opts = format!("size={size}");
+        run(
+            "mount",
+            &["-t", "tmpfs", "-o", &opts, "tmpfs", dir.to_str().unwrap()],
+        );
+        Tmpfs {
+            dir,
+            _parent: parent,
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .args(["-l", self.dir.to_str().unwrap()])
+            .status();
+    }
+}
+
+async fn readyz(env: &TestEnv) -> (u16, String) {
+    let r = env.http.get(env.web("/readyz")).send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// Polls `/readyz` until it answers `status` (bounded at 30 s).
+async fn wait_ready(env: &TestEnv, status: u16) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (got, body) = readyz(env).await;
+        if got == status {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "/readyz stayed {got}: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Fills what is left of the disk at `dir` with a file (`dd` stops at ENOSPC).
+fn fill(dir: &Path) -> PathBuf {
+    let filler = dir.join("filler");
+    let _ = Command::new("dd")
+        .args([
+            "if=/dev/zero",
+            &format!("of={}", filler.display()),
+            "bs=64k",
+        ])
+        .output()
+        .unwrap();
+    assert!(filler.metadata().unwrap().len() > 0);
+    filler
+}
+
+/// Every span of these traces (`trace_request`'s: 3 spans below 100, 200 from 100) is stored.
+async fn assert_stored(env: &TestEnv, traces: &[u64]) {
+    for &trace in traces {
+        let (status, body) = env
+            .get_json(&format!("/api/traces/{}", trace_hex(trace)))
+            .await;
+        assert_eq!(status, 200, "trace {trace}: {body}");
+        let want = if trace < 100 { 3 } else { 200 };
+        assert_eq!(body["data"][0]["spans"].as_array().unwrap().len(), want);
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_makes_meshlens_unready_until_it_takes_writes_again() {
+    let disk = Tmpfs::mount("16m");
+    let db = disk.dir.join("meshlens.db");
+    let env = TestEnv::start_with(|c| {
+        c.storage.database_url = format!("sqlite://{}", db.display());
+        c.storage.probe_interval = Duration::from_millis(200);
+    })
+    .await;
+    let mut client = env.grpc().await;
+    client.export(trace_request("disk", 1, 3)).await.unwrap();
+    assert_eq!(readyz(&env).await.0, 200);
+
+    // Full: exports are refused retryably (never as bad data), and readiness says why.
+    let filler = fill(&disk.dir);
+    let (mut refused, mut accepted) = (None, vec![1]);
+    for trace in 100..400 {
+        // Large enough exports that the WAL needs new pages within a few of them.
+        match client.export(trace_request("disk", trace, 200)).await {
+            Ok(_) => accepted.push(trace),
+            Err(status) => {
+                refused = Some(status);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("an export refused once the disk is full");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    let why = wait_ready(&env, 503).await;
+    assert!(
+        why.contains("the store cannot commit") && why.contains("full"),
+        "{why}"
+    );
+    assert_eq!(env.metric("meshlens_store_writable", "").await, 0.0);
+
+    // Room again: ready by the probe alone, and exports are taken.
+    std::fs::remove_file(&filler).unwrap();
+    wait_ready(&env, 200).await;
+    assert_eq!(env.metric("meshlens_store_writable", "").await, 1.0);
+    client.export(trace_request("disk", 2, 3)).await.unwrap();
+
+    accepted.push(2);
+    assert_stored(&env, &accepted).await;
+    env.stop().await;
+}
