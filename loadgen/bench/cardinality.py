@@ -23,6 +23,26 @@ def memory_mib(pid: int) -> tuple[int, int]:
     return fields["VmRSS"], fields["VmHWM"]
 
 
+def send_blast(ml: Meshlens, peers: int) -> int:
+    """Sends `peers` client spans, each naming a new peer and span name, 2,000 per export; returns
+    how many exports the memory limiter refused (each retried, as an SDK does)."""
+    start, refused = now_ns(), 0
+    for first in range(0, peers, 2_000):
+        spans = [make_span(rand_trace_id(), name=f"GET /items/{i}", start_ns=start,
+                           kind=trace_pb2.Span.SPAN_KIND_CLIENT,
+                           attrs={"peer.service": f"peer-{i}", "http.response.status_code": 200})
+                 for i in range(first, min(first + 2_000, peers))]
+        body = make_request(spans, "work").SerializeToString()
+        for _ in range(100):
+            r = post_otlp(ml.traces_url, body)
+            if r.status_code != 503:
+                break
+            refused += 1
+            time.sleep(0.2)
+        assert r.status_code == 200, r.text
+    return refused
+
+
 def main() -> None:
     import os
     import tempfile
@@ -34,23 +54,8 @@ def main() -> None:
     ml.start()
     pid = ml.proc.pid
     rows = [("started", *memory_mib(pid))]
-    refused = 0
     try:
-        start = now_ns()
-        for first in range(0, peers, 2_000):
-            spans = [make_span(rand_trace_id(), name=f"GET /items/{i}", start_ns=start,
-                               kind=trace_pb2.Span.SPAN_KIND_CLIENT,
-                               attrs={"peer.service": f"peer-{i}", "http.response.status_code": 200})
-                     for i in range(first, min(first + 2_000, peers))]
-            body = make_request(spans, "work").SerializeToString()
-            # As an SDK does: a refusal past the memory limiter's soft limit is retried.
-            for _ in range(100):
-                r = post_otlp(ml.traces_url, body)
-                if r.status_code != 503:
-                    break
-                refused += 1
-                time.sleep(0.2)
-            assert r.status_code == 200, r.text
+        refused = send_blast(ml, peers)
         rows.append((f"{peers} spans acknowledged", *memory_mib(pid)))
         poll(lambda: metric(ml.web_url, "meshlens_topology_virtual_calls_total") >= peers,
              timeout=120, interval=2.0, what="every span settled")

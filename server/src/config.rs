@@ -815,7 +815,7 @@ mod tests {
         assert_eq!(c.graph.pairing_ttl, Duration::from_secs(10));
         assert_eq!(c.graph.max_pending, 100_000);
         assert_eq!(c.graph.max_series, 10_000);
-        assert_eq!(c.graph.queue_bytes, 128 << 20);
+        assert_eq!(c.graph.queue_bytes, 32 << 20);
         assert_eq!(c.ingest.queue_bytes, 64 << 20);
         let limits = c.memory.limits(None);
         assert_eq!(

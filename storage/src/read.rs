@@ -33,6 +33,12 @@ impl Store {
                 for id in ids {
                     sep.push_bind(crate::trace_runs::trace_key(id.as_bytes()).to_vec());
                 }
+                if ids
+                    .iter()
+                    .any(|id| crate::trace_runs::is_64_bit(id.as_bytes()))
+                {
+                    sep.push_bind(crate::trace_runs::OLD_64_BIT_KEY.to_vec());
+                }
                 qb.push(") AND s.trace_id IN (");
                 let mut sep = qb.separated(", ");
                 for id in ids {

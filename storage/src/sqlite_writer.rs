@@ -241,13 +241,14 @@ fn write(conn: &mut Connection, job: &WriteJob) -> Result<u64, StoreError> {
         // Between transactions, this connection can start the log over at no one's expense.
         conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))?;
     }
-    // Sorted by trace id, so that each trace's spans in this commit get consecutive seqs and one
-    // trace-index entry (stable: a trace's spans keep the order they came in).
+    // Sorted by index key and trace id, so that each trace's spans in this commit get consecutive
+    // seqs and one trace-index entry, in key order (stable: a trace's spans keep the order they
+    // came in).
     let mut rows: Vec<&SpanRow> = job.batches.iter().flat_map(|b| b.spans.iter()).collect();
     if rows.is_empty() {
         return Ok(0);
     }
-    rows.sort_by_key(|r| r.trace_id);
+    rows.sort_by_key(|r| trace_runs::row_order(&r.trace_id));
     // IMMEDIATE takes the write lock up front (waiting out the busy timeout): a deferred
     // transaction that reads first could not upgrade while retention deletes.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;

@@ -723,3 +723,49 @@ async fn searches_are_bounded_in_number_and_time() {
     // The connection it ran on is usable again (its handler removed).
     assert_eq!(hurried.count_spans().await.unwrap(), 2_000);
 }
+
+/// 64-bit trace ids (zeros in the first 8 bytes: Zipkin's B3, older Jaeger clients) are indexed by
+/// their last 8 bytes, so a lookup reads its own trace's entries, not every 64-bit trace's; entries
+/// stored under the zero key before that are still found.
+#[tokio::test]
+async fn sixty_four_bit_trace_ids_have_index_keys_of_their_own() {
+    let (store, dir) = sqlite_store().await;
+    let id64 = |n: u64| {
+        let mut b = [0u8; 16];
+        b[8..].copy_from_slice(&n.to_be_bytes());
+        meshlens_topology::TraceId::from_bytes(&b).unwrap()
+    };
+    let spans: Vec<Span> = (1..=300u64)
+        .flat_map(|t| {
+            (1..=2u64).map(move |s| {
+                let mut span = SpanBuilder::new(1, s, "svc", "op", T0 + t).build();
+                span.trace_id = id64(t);
+                span
+            })
+        })
+        .chain([SpanBuilder::new(9, 1, "svc", "op", T0).build()])
+        .collect();
+    store.write(&[&encode_batch(&spans)]).await.unwrap();
+    let db = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
+    let keys: i64 = db
+        .query_row(
+            "SELECT COUNT(DISTINCT trace_key) FROM trace_index",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(keys, 301, "a key per 64-bit trace, and the 128-bit one's");
+    // Trace 7's entry as an earlier version stored it: under the zero key.
+    let moved = db
+        .execute(
+            "UPDATE trace_index SET trace_key = zeroblob(8) WHERE trace_key = ?1",
+            [&7u64.to_be_bytes()[..]],
+        )
+        .unwrap();
+    assert_eq!(moved, 1);
+    for t in [7, 8, 300] {
+        assert_eq!(store.trace(id64(t)).await.unwrap().len(), 2, "trace {t}");
+    }
+    assert_eq!(store.trace(trace_id(9)).await.unwrap().len(), 1);
+    assert!(store.trace(id64(301)).await.unwrap().is_empty());
+}

@@ -22,11 +22,29 @@ pub(crate) const LOOKUP_FROM: &str = "trace_index i JOIN spans s ON s.seq BETWEE
 /// The level of the run a migration made of spans stored before runs existed: never merged.
 const LEGACY_LEVEL: i64 = 1000;
 
-/// The index key of a trace id.
+/// The index key of a trace id: its first 8 bytes, random in a 128-bit id; a 64-bit id (Zipkin's
+/// B3, older Jaeger clients) has zeros there, so its key is its last 8 bytes instead.
 pub(crate) fn trace_key(trace_id: &[u8; 16]) -> [u8; 8] {
+    let (high, low) = trace_id.split_at(8);
     let mut key = [0u8; 8];
-    key.copy_from_slice(&trace_id[..8]);
+    key.copy_from_slice(if high == [0u8; 8] { low } else { high });
     key
+}
+
+/// The key entries of 64-bit ids were stored under before they had their own (their first 8
+/// bytes): a lookup of a 64-bit id seeks it too, so spans stored then are found until retention
+/// removes them.
+pub(crate) const OLD_64_BIT_KEY: [u8; 8] = [0; 8];
+
+/// Whether a lookup of this id also seeks [`OLD_64_BIT_KEY`].
+pub(crate) fn is_64_bit(trace_id: &[u8; 16]) -> bool {
+    trace_id[..8] == OLD_64_BIT_KEY
+}
+
+/// The order the writer stores a commit's rows in: by key, then by id, so that each trace's
+/// spans get consecutive seqs and the run's entries come in key order.
+pub(crate) fn row_order(trace_id: &[u8; 16]) -> ([u8; 8], [u8; 16]) {
+    (trace_key(trace_id), *trace_id)
 }
 
 /// One entry: spans `first_seq .. first_seq + span_count` belong to traces with this key.
@@ -319,7 +337,7 @@ mod tests {
     /// One commit as the writer makes it: rows sorted by trace id, then their run.
     fn commit(conn: &mut Connection, traces: &[u64], expected: &mut BTreeMap<u64, Vec<i64>>) {
         let mut ids: Vec<(u64, [u8; 16])> = traces.iter().map(|t| (*t, id(*t))).collect();
-        ids.sort_by_key(|a| a.1);
+        ids.sort_by_key(|a| row_order(&a.1));
         let tx = conn.transaction().unwrap();
         let mut first = None;
         for (t, trace_id) in &ids {

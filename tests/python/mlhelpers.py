@@ -75,8 +75,9 @@ class Meshlens:
     """One meshlens process (restartable on the same database), with its addresses and logs."""
 
     def __init__(self, workdir: Path, extra_args: list[str] | tuple[str, ...] = (), db_path: Path | None = None,
-                 command: str = "serve", tls_ca: Path | None = None):
-        """`tls_ca`: meshlens' HTTP listeners speak TLS with a certificate from this CA."""
+                 command: str = "serve", tls_ca: Path | None = None, database_url: str | None = None):
+        """`tls_ca`: meshlens' HTTP listeners speak TLS with a certificate from this CA;
+        `database_url`: another store than SQLite at `db_path`."""
         self.command = command
         self.scheme = "https" if tls_ca else "http"
         self.http = http_session()
@@ -85,6 +86,7 @@ class Meshlens:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.db_path = Path(db_path) if db_path else self.workdir / "meshlens.db"
+        self.database_url = database_url or f"sqlite://{self.db_path}"
         self.extra_args = list(extra_args)
         self.proc: subprocess.Popen | None = None
         self.starts = 0
@@ -141,7 +143,7 @@ class Meshlens:
             "--zipkin-addr", self.zipkin,
             "--policy-addr", self.policy,
             "--web-addr", self.web,
-            "--database-url", f"sqlite://{self.db_path}",
+            "--database-url", self.database_url,
             "--log-level", "info",
             *self.extra_args,
         ]

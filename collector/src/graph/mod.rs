@@ -92,7 +92,9 @@ const QUEUE_INPUTS: usize = 1024;
 /// graph (never the store) and counted. The first scrape of a large mesh arrives faster than the
 /// graph resolves its series: past the bound a metrics write is overload (503, retried), so the
 /// whole scrape is never queued in memory.
-pub const DEFAULT_QUEUE_BYTES: usize = 128 << 20;
+/// 32 MiB: with the ingest queue (64 MiB) and the memory limiter's soft limit (328 MiB), sized for a
+/// 512 MiB container. A starved graph thread otherwise held a backlog of 100+ MiB under full ingest.
+pub const DEFAULT_QUEUE_BYTES: usize = 32 << 20;
 
 /// The graph thread's priority on thread-priority's 0–99 scale (50 is a normal thread's; below
 /// 50 is a positive nice value on Linux).
