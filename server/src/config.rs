@@ -401,7 +401,8 @@ pub struct IngestConfig {
     #[serde(with = "humantime_serde")]
     pub body_min_rate_grace: Duration,
     /// Bytes of request bodies read ahead of their receivers' permits (OTLP, Zipkin), across
-    /// receivers; past it, exports are refused with a retryable error.
+    /// receivers; past it, exports are refused with a retryable error. 64 MiB: sized with the
+    /// queues for a 512 MiB container (hundreds of ordinary exports, 16 of the largest).
     pub max_buffered_bytes: usize,
     /// Span limits: a span over one is kept, cut, with its `dropped_*` counts raised.
     /// Attributes on a span, a resource, an event or a link.
@@ -732,7 +733,7 @@ impl Default for IngestConfig {
             body_timeout: DEFAULT_BODY_TIMEOUT,
             body_min_rate: 1024,
             body_min_rate_grace: Duration::from_secs(5),
-            max_buffered_bytes: 256 << 20,
+            max_buffered_bytes: 64 << 20,
             max_span_attributes: span.max_attributes,
             max_attribute_value_bytes: span.max_value_bytes,
             max_span_events: span.max_events,
@@ -817,6 +818,7 @@ mod tests {
         assert_eq!(c.graph.max_series, 10_000);
         assert_eq!(c.graph.queue_bytes, 32 << 20);
         assert_eq!(c.ingest.queue_bytes, 64 << 20);
+        assert_eq!(c.ingest.max_buffered_bytes, 64 << 20);
         let limits = c.memory.limits(None);
         assert_eq!(
             (limits.soft_bytes, limits.hard_bytes),
