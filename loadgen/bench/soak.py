@@ -155,9 +155,11 @@ def overload(work: Path, bins: Path, secs: float) -> None:
         # capacity: enough in flight that the rate, not the answers, sets the pace.
         flood = [subprocess.Popen(base + ["--duration", f"{secs:.0f}s", "--in-flight", "256",
                                           "--rate", f"{capacity / 512:.1f}"],
-                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for _ in range(3)]
-        results = [loadgen_fields(p.communicate(timeout=secs + 120)[0]) for p in flood]
+        outputs = [p.communicate(timeout=secs + 120) for p in flood]
+        results = [loadgen_fields(out) for out, _ in outputs]
+        said = sorted({line for _, err in outputs for line in err.splitlines() if "failed" in line})
         normal.finish()
         total = lambda k: sum(int(r[k]) for r in results)  # noqa: E731
         f = {"exports_failed": str(total("exports_failed")), "exports_rejected": str(total("exports_rejected")),
@@ -174,7 +176,7 @@ def overload(work: Path, bins: Path, secs: float) -> None:
             f"{taken:,.0f} ({taken / capacity:.2f}× capacity); exports refused retryably {f['exports_rejected']}, "
             f"failed {f['exports_failed']}; the normal client beside it: {len(normal.acked)} acked, "
             f"{normal.retryable} retried, {normal.failed} failed; RSS max {f['server_peak_rss_mb']} MiB; "
-            f"flood p99 {f['p99_ms']} ms")
+            f"flood p99 {f['p99_ms']} ms" + (f"; the clients said: {' / '.join(said)[:400]}" if said else ""))
     finally:
         ml.stop()
 
