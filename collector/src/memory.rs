@@ -258,6 +258,11 @@ mod tests {
         TEST_RSS.store(250, Ordering::Relaxed);
         assert_eq!(limiter.pressure(), Pressure::Normal, "not read yet");
         assert_eq!(limiter.check(), Pressure::Hard);
+        assert_eq!(
+            metrics.memory_releases.get(),
+            1,
+            "an RSS far over the heap past the soft limit: the allocator asked to give pages back"
+        );
         TEST_RSS.store(20, Ordering::Relaxed);
         assert_eq!(limiter.check(), Pressure::Normal);
         assert!(rss_bytes().unwrap() > 0);

@@ -163,6 +163,28 @@ impl TestEnv {
             .await
     }
 
+    /// `/readyz`'s status and body.
+    pub async fn readyz(&self) -> (u16, String) {
+        let r = self.http.get(self.web("/readyz")).send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    /// Polls `/readyz` until it answers `status` (bounded at 40 s); returns its body.
+    pub async fn wait_ready(&self, status: u16) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(40);
+        loop {
+            let (got, body) = self.readyz().await;
+            if got == status {
+                return body;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "/readyz stayed {got}: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits (at most 10 s) until `metric(name, labels)` is at least `at_least`: the server may
     /// count an event just after the client has seen it.
     pub async fn wait_for_metric(&self, name: &str, labels: &str, at_least: f64) {

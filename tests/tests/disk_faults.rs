@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use meshlens_tests::{trace_hex, trace_request, TestEnv};
 
@@ -54,24 +54,6 @@ impl Drop for Tmpfs {
     }
 }
 
-async fn readyz(env: &TestEnv) -> (u16, String) {
-    let r = env.http.get(env.web("/readyz")).send().await.unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
-}
-
-/// Polls `/readyz` until it answers `status` (bounded at 30 s).
-async fn wait_ready(env: &TestEnv, status: u16) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (got, body) = readyz(env).await;
-        if got == status {
-            return body;
-        }
-        assert!(Instant::now() < deadline, "/readyz stayed {got}: {body}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Fills what is left of the disk at `dir` with a file (`dd` stops at ENOSPC).
 fn fill(dir: &Path) -> PathBuf {
     let filler = dir.join("filler");
@@ -110,7 +92,7 @@ async fn a_full_disk_makes_meshlens_unready_until_it_takes_writes_again() {
     .await;
     let mut client = env.grpc().await;
     client.export(trace_request("disk", 1, 3)).await.unwrap();
-    assert_eq!(readyz(&env).await.0, 200);
+    assert_eq!(env.readyz().await.0, 200);
 
     // Full: exports are refused retryably (never as bad data), and readiness says why.
     let filler = fill(&disk.dir);
@@ -127,7 +109,7 @@ async fn a_full_disk_makes_meshlens_unready_until_it_takes_writes_again() {
     }
     let refused = refused.expect("an export refused once the disk is full");
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
-    let why = wait_ready(&env, 503).await;
+    let why = env.wait_ready(503).await;
     assert!(
         why.contains("the store cannot commit") && why.contains("full"),
         "{why}"
@@ -136,7 +118,7 @@ async fn a_full_disk_makes_meshlens_unready_until_it_takes_writes_again() {
 
     // Room again: ready by the probe alone, and exports are taken.
     std::fs::remove_file(&filler).unwrap();
-    wait_ready(&env, 200).await;
+    env.wait_ready(200).await;
     assert_eq!(env.metric("meshlens_store_writable", "").await, 1.0);
     client.export(trace_request("disk", 2, 3)).await.unwrap();
 

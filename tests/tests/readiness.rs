@@ -3,29 +3,11 @@
 //! a retryable error; once it can commit again, ready again (seen by the store probe, with no
 //! export needed), and every acknowledged span is there.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use meshlens_tests::certs::Ca;
 use meshlens_tests::servers::OwnPostgres;
 use meshlens_tests::{trace_hex, trace_request, TestEnv};
-
-async fn readyz(env: &TestEnv) -> (u16, String) {
-    let r = reqwest::get(env.web("/readyz")).await.unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
-}
-
-/// Polls `/readyz` until it answers `status` (bounded at 40 s).
-async fn wait_ready(env: &TestEnv, status: u16) -> String {
-    let deadline = Instant::now() + Duration::from_secs(40);
-    loop {
-        let (got, body) = readyz(env).await;
-        if got == status {
-            return body;
-        }
-        assert!(Instant::now() < deadline, "/readyz stayed {got}: {body}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 #[tokio::test]
 async fn readyz_follows_a_postgresql_that_goes_away_and_comes_back() {
@@ -45,10 +27,10 @@ async fn readyz_follows_a_postgresql_that_goes_away_and_comes_back() {
     .await;
     let mut client = env.grpc().await;
     client.export(trace_request("steady", 1, 3)).await.unwrap();
-    assert_eq!(readyz(&env).await.0, 200);
+    assert_eq!(env.readyz().await.0, 200);
 
     pg.stop();
-    let why = wait_ready(&env, 503).await;
+    let why = env.wait_ready(503).await;
     assert!(why.contains("the store cannot commit"), "{why}");
     assert_eq!(env.metric("meshlens_store_writable", "").await, 0.0);
     let refused = client
@@ -58,7 +40,7 @@ async fn readyz_follows_a_postgresql_that_goes_away_and_comes_back() {
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
 
     pg.start_again();
-    wait_ready(&env, 200).await;
+    env.wait_ready(200).await;
     assert_eq!(env.metric("meshlens_store_writable", "").await, 1.0);
     client.export(trace_request("steady", 3, 3)).await.unwrap();
     for (trace, spans) in [(1, 3), (3, 3)] {
