@@ -55,6 +55,10 @@ test('a service page: RED, versions, callers, callees and operations', async () 
 
 test('policy page: config, quotas and the denials checks just got', async () => {
   // Ten ext_authz checks from ingress to work for one user: its 1-a-minute quota refuses 9.
+  // The quota's window is the wall-clock minute: half a second of checks that crossed into the
+  // next minute would pass twice, so they start at least two seconds before it.
+  const untilMinute = 60000 - (Date.now() % 60000);
+  if (untilMinute < 2000) await new Promise((resolve) => setTimeout(resolve, untilMinute + 100));
   const checkgen = join(BIN, '..', 'meshlens-checkgen');
   const run = spawnSync(checkgen, ['--api', 'authz', '--endpoint', env.ml.policy, '--keys', '1',
     '--rate', '20', '--warmup-seconds', '0', '--seconds', '0.5'], { timeout: 30000 });
