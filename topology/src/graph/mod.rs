@@ -6,6 +6,7 @@ mod edges;
 mod health;
 mod istio;
 mod node;
+mod packed;
 mod pairing;
 mod proxy;
 mod side;
@@ -354,7 +355,7 @@ impl Topology {
         for (key, series) in self.edges.map.iter_mut() {
             series.advance(now_ns);
             for (minute, stats) in series.minutes().filter(|(m, _)| *m > after) {
-                out.push((minute, key.clone(), stats.clone()));
+                out.push((minute, key.clone(), stats));
             }
         }
         out

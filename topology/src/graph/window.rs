@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 
+use crate::graph::packed::Packed;
 use crate::graph::pairing::EdgeObservation;
 use crate::graph::sketch::{key_of, LatencySketch};
 
@@ -346,11 +347,13 @@ impl Stats {
     }
 }
 
-/// One edge's slots and window totals.
+/// One edge's slots and window totals. Slots are kept packed ([`Packed`]): a slot is written
+/// while it is current (through `pending`) and read only when it leaves a window or goes to the
+/// history.
 #[derive(Debug, Clone, Default)]
 pub struct Series {
-    fine: VecDeque<(i64, Stats)>,
-    coarse: VecDeque<(i64, Stats)>,
+    fine: VecDeque<(i64, Packed)>,
+    coarse: VecDeque<(i64, Packed)>,
     /// Boxed: the edge map's table holds a slot per edge and more, each the size of a `Series`.
     totals: Box<[Stats; 4]>,
     /// Per window, the oldest slot still counted in its total.
@@ -365,7 +368,7 @@ pub struct Series {
 
 /// Adds a slot; the first one alone in its buffer (a `VecDeque` would make room for four), since
 /// most edges of a large graph see a call now and then, not one in every slot.
-fn push_slot(ring: &mut VecDeque<(i64, Stats)>, slot: (i64, Stats)) {
+fn push_slot(ring: &mut VecDeque<(i64, Packed)>, slot: (i64, Packed)) {
     if ring.capacity() == 0 {
         ring.reserve_exact(1);
     }
@@ -426,11 +429,11 @@ impl Series {
         }
         match self.coarse.back_mut() {
             Some((s, stats)) if *s == coarse => stats.merge(&pending),
-            _ => push_slot(&mut self.coarse, (coarse, pending.clone())),
+            _ => push_slot(&mut self.coarse, (coarse, Packed::pack(&pending))),
         }
         match self.fine.back_mut() {
             Some((s, stats)) if *s == slot => stats.merge(&pending),
-            _ => push_slot(&mut self.fine, (slot, pending)),
+            _ => push_slot(&mut self.fine, (slot, Packed::pack(&pending))),
         }
     }
 
@@ -454,7 +457,7 @@ impl Series {
                     break;
                 }
                 if *slot >= *from {
-                    self.totals[w.index()].subtract(stats);
+                    self.totals[w.index()].subtract(&stats.unpack());
                 }
             }
             *from = (*from).max(lowest);
@@ -486,18 +489,19 @@ impl Series {
     }
 
     /// Whole minutes that have ended, oldest first, for the per-minute history (unix minutes).
-    pub fn minutes(&self) -> impl Iterator<Item = (i64, &Stats)> {
+    pub fn minutes(&self) -> impl Iterator<Item = (i64, Stats)> + '_ {
         let current = slot_of(self.now_ns, COARSE_SLOT_NS);
         self.coarse
             .iter()
             .filter(move |(m, _)| *m < current)
-            .map(|(m, s)| (*m, s))
+            .map(|(m, s)| (*m, s.unpack()))
     }
 
     /// Approximate bytes this series holds, for the memory figures.
     pub fn heap_bytes(&self) -> usize {
-        let slot = std::mem::size_of::<(i64, Stats)>();
+        let slot = std::mem::size_of::<(i64, Packed)>();
         let rings = (self.fine.capacity() + self.coarse.capacity()) * slot;
+        let totals = std::mem::size_of::<[Stats; 4]>();
         let sketches: usize = self
             .fine
             .iter()
@@ -510,7 +514,7 @@ impl Series {
                     .map(|p| p.1.heap_bytes() + std::mem::size_of::<(i64, Stats)>()),
             )
             .sum();
-        std::mem::size_of::<Self>() + rings + sketches
+        std::mem::size_of::<Self>() + rings + totals + sketches
     }
 }
 
