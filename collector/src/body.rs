@@ -26,7 +26,7 @@ pub struct BodyLimits {
 /// Reads a body's frames into `out` within the size and time limits and the minimum rate;
 /// `admit` is asked before `out` grows to each new length (a byte budget says no with an error).
 async fn read_frames<B>(
-    body: B,
+    mut body: std::pin::Pin<&mut B>,
     limits: BodyLimits,
     out: &mut Vec<u8>,
     mut admit: impl FnMut(usize) -> Result<(), IngestError>,
@@ -39,7 +39,6 @@ where
     let limit = limits.max_bytes;
     let start = tokio::time::Instant::now();
     let timeout_at = start + limits.timeout;
-    let mut body = std::pin::pin!(body);
     loop {
         // The rate's deadline moves on with every byte that arrives.
         let rate_at = (limits.min_rate > 0).then(|| {
@@ -364,6 +363,32 @@ impl Admission {
         B: hyper::body::Body<Data = Bytes>,
         B::Error: std::fmt::Display,
     {
+        let mut body = std::pin::pin!(body);
+        let refused = match self.read_into(headers, body.as_mut(), out).await {
+            Ok(held) => return Ok(held),
+            Err(e) => e,
+        };
+        let seen = out.len();
+        out.clear();
+        if matches!(
+            refused,
+            IngestError::Overloaded | IngestError::MemoryLimited
+        ) {
+            drain(body, self.limits, seen).await;
+        }
+        Err(refused)
+    }
+
+    async fn read_into<B>(
+        &self,
+        headers: &HeaderMap,
+        body: std::pin::Pin<&mut B>,
+        out: &mut Vec<u8>,
+    ) -> Result<Reservation, IngestError>
+    where
+        B: hyper::body::Body<Data = Bytes>,
+        B::Error: std::fmt::Display,
+    {
         self.memory.admit()?;
         let limit = self.limits.max_bytes;
         out.clear();
@@ -393,6 +418,30 @@ impl Admission {
         })
         .await?;
         Ok(held)
+    }
+}
+
+/// The longest a refused body is read on (and dropped) before the refusal is sent.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Reads and drops what is left of a body refused retryably (overload, memory), within its size
+/// limit and at most [`DRAIN_TIMEOUT`], so that the client hears the refusal once it has sent its
+/// request rather than in the middle of it. Answered mid-body, an HTTP/2 stream is reset (with
+/// NO_ERROR) after the answer, and a client still sending may report the reset instead of the
+/// answer (hyper's client then fails the call with "stream closed because of a broken pipe", not
+/// the retryable status); an HTTP/1.1 connection is closed. Nothing is kept, so no memory is
+/// taken; a client too slow for the timeout gets the refusal and the reset.
+async fn drain<B>(mut body: std::pin::Pin<&mut B>, limits: BodyLimits, mut seen: usize)
+where
+    B: hyper::body::Body<Data = Bytes>,
+{
+    use http_body_util::BodyExt;
+    let until = tokio::time::Instant::now() + limits.timeout.min(DRAIN_TIMEOUT);
+    while seen <= limits.max_bytes {
+        match tokio::time::timeout_at(until, body.frame()).await {
+            Ok(Some(Ok(frame))) => seen += frame.data_ref().map_or(0, |d| d.len()),
+            _ => return,
+        }
     }
 }
 

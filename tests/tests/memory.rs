@@ -70,6 +70,7 @@ async fn past_the_soft_limit_exports_are_refused_and_past_the_hard_one_the_graph
         env.metric("meshlens_memory_shed_bytes_total", "").await,
         0.0
     );
+    refused_after_the_body_is_sent(&env).await;
     drop(soft);
     grpc.export(trace_request("normal", 5, 3)).await.unwrap();
 
@@ -121,4 +122,45 @@ async fn past_the_soft_limit_exports_are_refused_and_past_the_hard_one_the_graph
         assert_eq!(status, 404, "trace {trace} was refused");
     }
     env.stop().await;
+}
+
+/// A refusal waits for the rest of the body (read and dropped): an HTTP/2 client still sending
+/// when the answer came would see its stream reset after it, and some clients (hyper's) report
+/// that reset ("broken pipe") instead of the retryable status they were sent.
+async fn refused_after_the_body_is_sent(env: &TestEnv) {
+    use prost::Message;
+    let addr = env.running().addrs.otlp_grpc;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::post(format!(
+        "http://{addr}/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .unwrap();
+    let message = trace_request("soft", 10, 3).encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&message);
+    let (answer, mut body) = client.send_request(req, false).unwrap();
+    let (first, rest) = frame.split_at(10);
+    body.send_data(bytes::Bytes::copy_from_slice(first), false)
+        .unwrap();
+    // Time for an answer and a reset to arrive, were they sent before the body's end.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    body.send_data(bytes::Bytes::copy_from_slice(rest), true)
+        .expect("the stream is still open: the refusal waits for the body");
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(10), answer)
+        .await
+        .expect("an answer")
+        .unwrap();
+    assert_eq!(
+        answer.headers()["grpc-status"],
+        "14",
+        "{:?}",
+        answer.headers()
+    );
+    conn.abort();
 }
