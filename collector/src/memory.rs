@@ -15,7 +15,7 @@ use std::sync::Arc;
 pub use meshlens_heap::{heap_bytes, Counting};
 
 use crate::error::IngestError;
-use crate::metrics::Metrics;
+use crate::metrics::{MemoryLimit, Metrics};
 
 /// The limits, in bytes of heap (`[memory]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,11 +87,11 @@ impl MemoryLimiter {
     ) -> Self {
         metrics
             .memory_limit_bytes
-            .with_label_values(&["soft"])
+            .at(MemoryLimit::Soft)
             .set(clamp_i64(limits.soft_bytes));
         metrics
             .memory_limit_bytes
-            .with_label_values(&["hard"])
+            .at(MemoryLimit::Hard)
             .set(clamp_i64(limits.hard_bytes));
         let limiter = MemoryLimiter {
             inner: Arc::new(Inner {

@@ -1,4 +1,7 @@
-//! The catalogue of meshlens' own metrics: every `meshlens_*` name is defined here and nowhere else.
+//! The catalogue of meshlens' own metrics: every `meshlens_*` name is declared here, once (its
+//! field, type, name, labels and help in one entry of `catalogue!`), and nowhere else. Labels
+//! whose values are known are typed ([`Labelled`]): call sites name a value of an enum, never a
+//! string, and every known series exists at 0 from the start.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,151 +12,554 @@ use prometheus::{
     IntGauge, IntGaugeVec, Opts, Registry,
 };
 
-/// meshlens' own metrics, registered in one registry that `/metrics` renders, and the large
-/// families beside them.
-#[derive(Clone)]
-pub struct Metrics {
-    pub registry: Registry,
-    /// Families too large to decode all at once for a scrape (the product metrics, up to their
-    /// series cap each): a registry each, encoded one after another (`exposition`).
-    pub large: LargeFamilies,
-    /// Every metric registered, own and large, as `docs/metrics.md` lists them.
-    catalogue: std::sync::Arc<RwLock<Vec<Entry>>>,
+/// Declares the catalogue: the `Metrics` struct with a field per metric, and `Metrics::declared`,
+/// which makes each one, registers it and lists it in the catalogue.
+macro_rules! catalogue {
+    ($($(#[doc = $doc:literal])* $field:ident: $ty:ty =
+        $name:literal, [$($label:literal),*], $help:literal $(, buckets $buckets:expr)?;)+) => {
+        /// meshlens' own metrics, registered in one registry that `/metrics` renders, and the
+        /// large families beside them.
+        #[derive(Clone)]
+        pub struct Metrics {
+            pub registry: Registry,
+            /// Families too large to decode all at once for a scrape (the product metrics, up to
+            /// their series cap each): a registry each, encoded one after another (`exposition`).
+            pub large: LargeFamilies,
+            /// Every metric registered, own and large, as `docs/metrics.md` lists them.
+            catalogue: std::sync::Arc<RwLock<Vec<Entry>>>,
+            $($(#[doc = $doc])* pub $field: $ty,)+
+        }
+
+        impl Metrics {
+            fn declared() -> Self {
+                let registry = Registry::new();
+                let mut catalogue = Vec::new();
+                $(
+                    let buckets: Option<Vec<f64>> = None $(.or(Some($buckets)))?;
+                    let $field = <$ty as Declare>::declare(
+                        Opts::new($name, $help).variable_labels(
+                            vec![$($label.to_string()),*]),
+                        buckets,
+                    );
+                    catalogue.extend(entries($field.collector().as_ref(), <$ty as Declare>::KIND));
+                    registry.register($field.collector()).expect("metric names are unique");
+                )+
+                Metrics {
+                    registry,
+                    large: Default::default(),
+                    catalogue: std::sync::Arc::new(RwLock::new(catalogue)),
+                    $($field,)+
+                }
+            }
+        }
+    };
+}
+
+catalogue! {
     /// Spans accepted by a receiver (before the store commit).
-    pub ingest_spans: IntCounterVec,
+    ingest_spans: IntCounterVec =
+        "meshlens_ingest_spans_total", ["protocol"],
+        "Spans accepted by a receiver.";
     /// Spans refused, by protocol and reason (invalid ids, bad times, overload, store failure…).
-    pub ingest_rejected_spans: IntCounterVec,
+    ingest_rejected_spans: IntCounterVec =
+        "meshlens_ingest_rejected_spans_total", ["protocol", "reason"],
+        "Spans refused, by protocol and reason.";
     /// Metric data points (remote write samples) accepted, by protocol; those of metrics the
     /// graph does not read are taken and counted too.
-    pub ingest_metric_points: IntCounterVec,
+    ingest_metric_points: IntCounterVec =
+        "meshlens_ingest_metric_points_total", ["protocol"],
+        "Metric data points (remote write samples) accepted, those of metrics the graph does \
+         not read included.";
     /// Metric data points refused, by protocol and reason.
-    pub ingest_rejected_metric_points: IntCounterVec,
+    ingest_rejected_metric_points: IntCounterVec =
+        "meshlens_ingest_rejected_metric_points_total", ["protocol", "reason"],
+        "Metric data points refused, by protocol and reason.";
     /// Series received by a receiver that sends them (Prometheus remote write), by protocol.
-    pub ingest_metric_series: IntCounterVec,
+    ingest_metric_series: IntCounterVec =
+        "meshlens_ingest_metric_series_total", ["protocol"],
+        "Series received (Prometheus remote write), by protocol.";
     /// Prometheus staleness markers received (a series ended; not a value), by protocol.
-    pub ingest_stale_markers: IntCounterVec,
+    ingest_stale_markers: IntCounterVec =
+        "meshlens_ingest_stale_markers_total", ["protocol"],
+        "Prometheus staleness markers received (a series ended; not a value), by protocol.";
     /// Remote write label sets checked before, known by id (bounded; past the bound, forgotten).
-    pub ingest_checked_label_sets: IntGauge,
+    ingest_checked_label_sets: IntGauge =
+        "meshlens_ingest_checked_label_sets", [],
+        "Remote write label sets checked before, known by id.";
     /// Parts of spans cut by the span limits, by protocol and field (`attributes`, `values`,
     /// `events`, `links`, `names`).
-    pub ingest_span_limit_cuts: IntCounterVec,
+    ingest_span_limit_cuts: IntCounterVec =
+        "meshlens_ingest_span_limit_cuts_total", ["protocol", "field"],
+        "Parts of spans cut by the span limits (the span kept), by protocol and field \
+         (attributes, values, events, links, names).";
     /// Traces whose stored bytes are being counted against `max_bytes_per_trace`.
-    pub ingest_tracked_traces: IntGauge,
+    ingest_tracked_traces: IntGauge =
+        "meshlens_ingest_tracked_traces", [],
+        "Traces whose bytes are counted against max_bytes_per_trace.";
     /// Whole requests refused, by protocol and reason (malformed, too large, unsupported media type…).
-    pub ingest_rejected_requests: IntCounterVec,
+    ingest_rejected_requests: IntCounterVec =
+        "meshlens_ingest_rejected_requests_total", ["protocol", "reason"],
+        "Whole export requests refused, by protocol and reason.";
     /// Spans waiting in the queue between receivers and the writer.
-    pub ingest_queue_depth: IntGauge,
+    ingest_queue_depth: IntGauge =
+        "meshlens_ingest_queue_depth", [],
+        "Spans queued between the receivers and the store writer.";
     /// Bytes of request bodies being read or waiting for their receiver (bounded by
     /// `[ingest] max_buffered_bytes`; past it, requests are refused and retried).
-    pub ingest_buffered_bytes: IntGauge,
+    ingest_buffered_bytes: IntGauge =
+        "meshlens_ingest_buffered_bytes", [],
+        "Bytes of request bodies being read or waiting for their receiver.";
     /// Bytes (decoded) of the spans waiting in that queue (bounded by `[ingest] queue_bytes`).
-    pub ingest_queue_bytes: IntGauge,
+    ingest_queue_bytes: IntGauge =
+        "meshlens_ingest_queue_bytes", [],
+        "Bytes (decoded) of the spans queued between the receivers and the store writer.";
     /// Heap bytes in use, as the memory limiter counts them.
-    pub memory_heap_bytes: IntGauge,
+    memory_heap_bytes: IntGauge =
+        "meshlens_memory_heap_bytes", [],
+        "Heap bytes in use, as the memory limiter counts them.";
     /// The memory limiter's pressure: 0 normal, 1 past the soft limit, 2 past the hard limit.
-    pub memory_pressure: IntGauge,
+    memory_pressure: IntGauge =
+        "meshlens_memory_pressure", [],
+        "The memory limiter's pressure: 0 normal, 1 past the soft limit (new exports refused), \
+         2 past the hard limit (the graph's backlog shed too).";
     /// The memory limiter's limits, by `limit` (`soft`, `hard`).
-    pub memory_limit_bytes: IntGaugeVec,
+    memory_limit_bytes: Labelled<IntGaugeVec, MemoryLimit> =
+        "meshlens_memory_limit_bytes", ["limit"],
+        "The memory limiter's limits in heap bytes, by limit (soft, hard).";
     /// Bytes of the graph's backlog shed past the hard memory limit.
-    pub memory_shed_bytes: IntCounter,
+    memory_shed_bytes: IntCounter =
+        "meshlens_memory_shed_bytes_total", [],
+        "Bytes of the graph's backlog shed past the hard memory limit.";
     /// Times the allocator was asked to give its free pages back (past the soft limit on a
     /// resident set well over the heap).
-    pub memory_releases: IntCounter,
+    memory_releases: IntCounter =
+        "meshlens_memory_releases_total", [],
+        "Times the allocator was asked to give its free pages back (past the soft limit, with a \
+         resident set well over the heap in use).";
     /// Time to write and commit one group of batches.
-    pub store_commit_seconds: Histogram,
+    store_commit_seconds: Histogram =
+        "meshlens_store_commit_seconds", [],
+        "Time to write and commit one group of batches.",
+        buckets exponential_buckets(0.0005, 2.0, 16).expect("valid buckets");
     /// Spans committed to the store.
-    pub store_spans_written: IntCounter,
+    store_spans_written: IntCounter =
+        "meshlens_store_spans_written_total", [],
+        "Spans committed to the store.";
     /// 1 while the store takes commits (the last commit or readiness probe succeeded), else 0.
-    pub store_writable: IntGauge,
-    /// Panics caught and survived, by thread (`graph`, `ingest_writer`, `sqlite_writer`).
-    pub panics: IntCounterVec,
+    store_writable: IntGauge =
+        "meshlens_store_writable", [],
+        "1 while the store takes commits (the last commit or readiness probe succeeded), else \
+         0.";
     /// Failed commits, by kind.
-    pub store_errors: IntCounterVec,
+    store_errors: Labelled<IntCounterVec, StoreOperation> =
+        "meshlens_store_errors_total", ["operation"],
+        "Failed store operations, by operation.";
+    /// Panics caught and survived, by thread or background task ([`Thread`]).
+    panics: Labelled<IntCounterVec, Thread> =
+        "meshlens_panics_total", ["thread"],
+        "Panics caught and survived, by thread or background task (graph, ingest_writer, \
+         sqlite_writer, graph_tick, retention, store_probe, ...): the input, commit or round is \
+         lost to it, and it goes on.";
     /// Spans deleted by retention.
-    pub retention_deleted_spans: IntCounter,
+    retention_deleted_spans: IntCounter =
+        "meshlens_retention_deleted_spans_total", [],
+        "Spans deleted because they were older than the retention.";
     /// Client and server spans waiting in the pairing store for their other side.
-    pub topology_pending_spans: IntGauge,
+    topology_pending_spans: IntGauge =
+        "meshlens_topology_pending_spans", [],
+        "Spans waiting in the pairing store for their other side.";
     /// Version-level edges the graph keeps (active or idle within the longest window).
-    pub topology_edges: IntGauge,
+    topology_edges: IntGauge =
+        "meshlens_topology_edges", [],
+        "Version-level edges the service graph keeps.";
     /// Nodes at the ends of those edges.
-    pub topology_nodes: IntGauge,
+    topology_nodes: IntGauge =
+        "meshlens_topology_nodes", [],
+        "Nodes of the service graph.";
     /// Observations counted on an overflow edge (to or from `__overflow__`) because the edge they
     /// named would have taken the graph past `[graph] max_edges` or `max_nodes`.
-    pub topology_overflow_observations: IntCounter,
+    topology_overflow_observations: IntCounter =
+        "meshlens_topology_overflow_observations_total", [],
+        "Observations counted on an overflow edge because the graph was at its caps.";
     /// Spans by what became of them in the pairing store: `paired`, `expired` (time to live ran
     /// out), `evicted` (store full, oldest first), `unpaired` (ended with no edge at all), and
     /// `dropped` (the graph thread's queue was full; they are stored, just not on the graph).
-    pub topology_spans: IntCounterVec,
+    topology_spans: Labelled<IntCounterVec, SpanOutcome> =
+        "meshlens_topology_spans_total", ["outcome"],
+        "Spans by what became of them in the pairing store.";
     /// Edges observations made from one side alone (roots, databases, named peers).
-    pub topology_virtual_calls: IntCounter,
+    topology_virtual_calls: IntCounter =
+        "meshlens_topology_virtual_calls_total", [],
+        "Calls recorded from one side alone (roots, databases, named peers).";
     /// Proxy metric points the graph could not place: their resource names no service (an
     /// Envoy stat sink without resource detectors sends no `service.name`).
-    pub topology_unplaced_points: IntCounter,
+    topology_unplaced_points: IntCounter =
+        "meshlens_topology_unplaced_points_total", [],
+        "Proxy metric points whose resource names no service.";
     /// Samples of a cumulative series at or before its last one (a retried remote write, or out
     /// of order): left out of the graph, never counted twice.
-    pub topology_late_points: IntCounter,
+    topology_late_points: IntCounter =
+        "meshlens_topology_late_points_total", [],
+        "Samples at or before their series' last one (retried or out of order), left out of the \
+         graph.";
     /// New label sets a product metric family counted under its overflow set (`__overflow__`)
     /// because it had its most label sets, by family (`traces_service_graph`,
     /// `traces_spanmetrics`): once per batch that had them.
-    pub topology_series_overflow: IntCounterVec,
+    topology_series_overflow: Labelled<IntCounterVec, ProductFamily> =
+        "meshlens_topology_series_overflow_total", ["metric"],
+        "New label sets counted under the overflow set because a family had its most.";
     /// Label sets of product metrics removed after going unused (as Tempo's metrics generator
     /// drops stale series), by family.
-    pub topology_series_evicted: IntCounterVec,
+    topology_series_evicted: Labelled<IntCounterVec, ProductFamily> =
+        "meshlens_topology_series_evicted_total", ["metric"],
+        "Label sets of product metrics removed after going unused.";
     /// Bytes of spans and metrics waiting for the graph thread (bounded by `[graph] queue_bytes`:
     /// past it, spans are left off the graph and metric writes answered 503 and retried).
-    pub topology_queued_bytes: IntGauge,
+    topology_queued_bytes: IntGauge =
+        "meshlens_topology_queued_bytes", [],
+        "Bytes of spans and metrics waiting for the graph thread.";
     /// Proxy metric series the graph counts by id, without their labels (bounded).
-    pub topology_known_series: IntGauge,
+    topology_known_series: IntGauge =
+        "meshlens_topology_known_series", [],
+        "Proxy metric series the graph counts by id, without their labels.";
     /// Policy checks by API (`ext_authz`, `ratelimit`) and decision (`allow`, `deny`,
     /// `rate_limited`, `unavailable` (failing closed); `ok`, `over_limit`; `invalid` for
     /// malformed requests).
-    pub policy_checks: IntCounterVec,
+    policy_checks: IntCounterVec =
+        "meshlens_policy_checks_total", ["api", "decision"],
+        "Policy checks by API and decision.";
     /// Server-side decision time of a check, by API.
-    pub policy_check_seconds: HistogramVec,
+    policy_check_seconds: HistogramVec =
+        "meshlens_policy_check_duration_seconds", ["api"],
+        "Server-side decision time of a policy check.",
+        buckets CHECK_BUCKETS.to_vec();
     /// Hits on each limit or quota rule, by outcome (`within`, `over`, `shadow_over`).
-    pub policy_quota_hits: IntCounterVec,
+    policy_quota_hits: IntCounterVec =
+        "meshlens_policy_quota_hits_total", ["limit", "outcome"],
+        "Hits on each rate limit or quota rule, by outcome.";
     /// Refused requests by API and by what refused them (rule, quota, or limit).
-    pub policy_denials: IntCounterVec,
+    policy_denials: IntCounterVec =
+        "meshlens_policy_denials_total", ["api", "by"],
+        "Refused requests by API and by the rule, quota or limit that refused them.";
     /// Requests matched by AUDIT rules, by rule.
-    pub policy_audits: IntCounterVec,
+    policy_audits: IntCounterVec =
+        "meshlens_policy_audits_total", ["rule"],
+        "Requests matched by AUDIT rules.";
     /// Quota backend failures (the check then failed open or closed), by backend and kind.
-    pub policy_backend_errors: IntCounterVec,
+    policy_backend_errors: IntCounterVec =
+        "meshlens_policy_backend_errors_total", ["backend", "kind"],
+        "Quota backend failures, by backend and kind.";
     /// Config loads, the first one included, by result (`success`, `failure`).
-    pub policy_config_reloads: IntCounterVec,
+    policy_config_reloads: Labelled<IntCounterVec, LoadResult> =
+        "meshlens_policy_config_reloads_total", ["result"],
+        "Policy config loads (the first included) by result.";
     /// Unix time of the last config load that succeeded.
-    pub policy_config_last_success: IntGauge,
+    policy_config_last_success: IntGauge =
+        "meshlens_policy_config_last_reload_success_timestamp_seconds", [],
+        "Unix time of the last policy config load that succeeded.";
     /// 1 if the last config load succeeded, else 0.
-    pub policy_config_last_successful: IntGauge,
+    policy_config_last_successful: IntGauge =
+        "meshlens_policy_config_last_reload_successful", [],
+        "1 if the last policy config load succeeded.";
     /// Label sets not exported because a policy metric reached its series cap, by metric.
-    pub policy_series_dropped: IntCounterVec,
-    pub policy_local_over_answers: IntCounterVec,
+    policy_series_dropped: IntCounterVec =
+        "meshlens_policy_series_dropped_total", ["metric"],
+        "Label sets not exported because a policy metric reached its series cap.";
+    /// Quotas answered over their limit without asking Redis, from the Redis backend's record of
+    /// keys over their limit until their window ends, by API.
+    policy_local_over_answers: Labelled<IntCounterVec, PolicyApi> =
+        "meshlens_policy_local_over_limit_answers_total", ["api"],
+        "Quotas answered over their limit from the Redis backend's record of keys over their \
+         limit until their window ends, without asking Redis.";
+    /// Quota keys the memory store holds.
+    policy_quota_keys: IntGauge =
+        "meshlens_policy_quota_keys", [],
+        "Quota keys the memory store holds.";
+    /// Quota keys the memory store forgot before their window ended, to make room.
+    policy_quota_evictions: IntCounter =
+        "meshlens_policy_quota_evictions_total", [],
+        "Quota keys the memory store forgot before their window ended, least recently used \
+         first, to make room for new ones (policy max_keys).";
     /// Connections open, by listener.
-    pub listener_open_connections: IntGaugeVec,
+    listener_open_connections: Labelled<IntGaugeVec, Named> =
+        "meshlens_listener_open_connections", ["listener"],
+        "Connections open, by listener.";
     /// Connections closed before serving, by listener and reason (`limit`: the listener's cap
     /// was reached; `tls`: the handshake failed (plaintext, no or a bad client certificate);
     /// `handshake_timeout`; `identity`: a client certificate whose identity is not allowed).
-    pub listener_refused_connections: IntCounterVec,
+    listener_refused_connections: Labelled<IntCounterVec, (Named, ConnectionRefusal)> =
+        "meshlens_listener_refused_connections_total", ["listener", "reason"],
+        "Connections closed before serving, by listener and reason (limit, tls, \
+         handshake_timeout, identity).";
     /// Connections the server ended, by listener and reason (`idle`: no request in flight for
     /// the idle timeout; `no_request`: none began within the header timeout; `max_age`).
-    pub listener_closed_connections: IntCounterVec,
+    listener_closed_connections: Labelled<IntCounterVec, (Named, ConnectionEnd)> =
+        "meshlens_listener_closed_connections_total", ["listener", "reason"],
+        "Connections the server ended, by listener and reason (idle, no_request, max_age, \
+         too_many_pings).";
     /// TLS certificate loads (the first included), by listener and result.
-    pub tls_reloads: IntCounterVec,
+    tls_reloads: Labelled<IntCounterVec, (Named, LoadResult)> =
+        "meshlens_tls_reloads_total", ["listener", "result"],
+        "TLS certificate loads (the first included), by listener and result.";
     /// End of validity of the certificate a listener serves (Unix seconds).
-    pub tls_cert_not_after: IntGaugeVec,
+    tls_cert_not_after: Labelled<IntGaugeVec, Named> =
+        "meshlens_tls_certificate_not_after_timestamp_seconds", ["listener"],
+        "End of validity of the certificate a listener serves (Unix seconds).";
     /// Tokens file loads (the first included), by file (`web`, `ingest`) and result.
-    pub auth_reloads: IntCounterVec,
-    /// Quota keys the memory store holds.
-    pub policy_quota_keys: IntGauge,
-    /// Quota keys the memory store forgot before their window ended, to make room.
-    pub policy_quota_evictions: IntCounter,
+    auth_reloads: Labelled<IntCounterVec, (TokensFile, LoadResult)> =
+        "meshlens_auth_reloads_total", ["file", "result"],
+        "Tokens file loads (the first included), by file (web, ingest) and result.";
     /// Web sessions open (token logins not yet expired or ended).
-    pub web_sessions: IntGauge,
+    web_sessions: IntGauge =
+        "meshlens_web_sessions", [],
+        "Web sessions open (token logins not yet expired or ended).";
     /// Web token logins, by result (`success`, `refused`).
-    pub web_logins: IntCounterVec,
+    web_logins: Labelled<IntCounterVec, LoginResult> =
+        "meshlens_web_logins_total", ["result"],
+        "Web token logins, by result (success, refused).";
+}
+
+/// A metric the catalogue declares: made from its options (and buckets, for histograms).
+pub trait Declare {
+    /// Its Prometheus type: `counter`, `gauge` or `histogram`.
+    const KIND: &'static str;
+    fn declare(opts: Opts, buckets: Option<Vec<f64>>) -> Self;
+    /// Boxed for a registry.
+    fn collector(&self) -> Box<dyn prometheus::core::Collector>;
+}
+
+macro_rules! declare {
+    ($kind:literal, $t:ty, |$opts:ident, $buckets:ident| $make:expr) => {
+        impl Declare for $t {
+            const KIND: &'static str = $kind;
+            fn declare($opts: Opts, $buckets: Option<Vec<f64>>) -> Self {
+                $make.expect("valid metric")
+            }
+            fn collector(&self) -> Box<dyn prometheus::core::Collector> {
+                Box::new(self.clone())
+            }
+        }
+    };
+}
+
+fn histogram_opts(opts: Opts, buckets: Option<Vec<f64>>) -> HistogramOpts {
+    let h = HistogramOpts::from(opts);
+    match buckets {
+        Some(b) => h.buckets(b),
+        None => h,
+    }
+}
+
+declare!("counter", IntCounter, |o, _b| IntCounter::with_opts(o));
+declare!("gauge", IntGauge, |o, _b| IntGauge::with_opts(o));
+declare!("histogram", Histogram, |o, b| Histogram::with_opts(
+    histogram_opts(o, b)
+));
+declare!("counter", IntCounterVec, |o, _b| {
+    let labels = o.variable_labels.clone();
+    IntCounterVec::new(o, &labels.iter().map(String::as_str).collect::<Vec<_>>())
+});
+declare!("gauge", IntGaugeVec, |o, _b| {
+    let labels = o.variable_labels.clone();
+    IntGaugeVec::new(o, &labels.iter().map(String::as_str).collect::<Vec<_>>())
+});
+declare!("histogram", HistogramVec, |o, b| {
+    let labels = o.variable_labels.clone();
+    HistogramVec::new(
+        histogram_opts(o, b),
+        &labels.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+});
+
+/// A family of series (counters, gauges, histograms) by label values.
+pub trait Family: Declare + Clone {
+    type Series;
+    fn series(&self, values: &[&str]) -> Self::Series;
+}
+
+impl Family for IntCounterVec {
+    type Series = IntCounter;
+    fn series(&self, values: &[&str]) -> IntCounter {
+        self.with_label_values(values)
+    }
+}
+
+impl Family for IntGaugeVec {
+    type Series = IntGauge;
+    fn series(&self, values: &[&str]) -> IntGauge {
+        self.with_label_values(values)
+    }
+}
+
+/// The values of a family's labels, in order. Those of an enum are all known, so their series
+/// are made at 0 when the family is; a [`Named`] value (a listener's name) is known only when
+/// its thing starts, which makes its series then ([`Labelled::start`]).
+pub trait Labels: Copy {
+    fn values(self) -> Vec<&'static str>;
+    /// Every value known before any event.
+    fn known() -> Vec<Self>;
+}
+
+/// A name known only at run time (a listener's), as a label value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Named(pub &'static str);
+
+impl Labels for Named {
+    fn values(self) -> Vec<&'static str> {
+        vec![self.0]
+    }
+    fn known() -> Vec<Self> {
+        Vec::new()
+    }
+}
+
+impl<A: Labels, B: Labels> Labels for (A, B) {
+    fn values(self) -> Vec<&'static str> {
+        let mut v = self.0.values();
+        v.extend(self.1.values());
+        v
+    }
+    fn known() -> Vec<Self> {
+        A::known()
+            .into_iter()
+            .flat_map(|a| B::known().into_iter().map(move |b| (a, b)))
+            .collect()
+    }
+}
+
+/// Label values known before any event, declared once: an enum each, whose values are the only
+/// ones its call sites can write.
+macro_rules! label_values {
+    ($($(#[doc = $doc:literal])* $name:ident { $($variant:ident = $value:literal),+ $(,)? })+) => {$(
+        $(#[doc = $doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name {
+            $($variant),+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $value),+
+                }
+            }
+        }
+
+        impl Labels for $name {
+            fn values(self) -> Vec<&'static str> {
+                vec![self.as_str()]
+            }
+            fn known() -> Vec<Self> {
+                $name::ALL.to_vec()
+            }
+        }
+    )+};
+}
+
+label_values! {
+    /// A thread or background task whose panics are caught and survived.
+    Thread {
+        Graph = "graph",
+        IngestWriter = "ingest_writer",
+        SqliteWriter = "sqlite_writer",
+        GraphTick = "graph_tick",
+        GraphSnapshots = "graph_snapshots",
+        History = "history",
+        Retention = "retention",
+        Checkpoint = "checkpoint",
+        StoreProbe = "store_probe",
+        MemoryCheck = "memory_check",
+        PolicyReload = "policy_reload",
+        PolicyRefusals = "policy_refusals",
+        TlsReload = "tls_reload",
+        TokensReload = "tokens_reload",
+    }
+    /// A store operation that can fail.
+    StoreOperation { Write = "write", Retention = "retention", History = "history" }
+    /// What became of a span in the pairing store.
+    SpanOutcome {
+        Paired = "paired",
+        Expired = "expired",
+        Evicted = "evicted",
+        Unpaired = "unpaired",
+        Dropped = "dropped",
+    }
+    /// A product metric family (Tempo's names).
+    ProductFamily { ServiceGraph = "traces_service_graph", SpanMetrics = "traces_spanmetrics" }
+    /// How loading a config, a certificate or a file went.
+    LoadResult { Success = "success", Failure = "failure" }
+    /// How a web token login went.
+    LoginResult { Success = "success", Refused = "refused" }
+    /// One of the memory limiter's limits.
+    MemoryLimit { Soft = "soft", Hard = "hard" }
+    /// A policy API.
+    PolicyApi { ExtAuthz = "ext_authz", Ratelimit = "ratelimit" }
+    /// A tokens file.
+    TokensFile { Web = "web", Ingest = "ingest" }
+    /// Why a listener closed a connection before serving it.
+    ConnectionRefusal {
+        Limit = "limit",
+        Tls = "tls",
+        HandshakeTimeout = "handshake_timeout",
+        Identity = "identity",
+    }
+    /// Why the server ended a connection.
+    ConnectionEnd {
+        Idle = "idle",
+        NoRequest = "no_request",
+        MaxAge = "max_age",
+        TooManyPings = "too_many_pings",
+    }
+}
+
+/// A family whose label values are typed (`L`): `at` names the series by value, and every series
+/// whose values are known exists from the start, at 0.
+#[derive(Clone)]
+pub struct Labelled<F, L> {
+    family: F,
+    labels: std::marker::PhantomData<fn(L)>,
+}
+
+impl<F: Family, L: Labels> Labelled<F, L> {
+    pub fn at(&self, labels: L) -> F::Series {
+        self.family.series(&labels.values())
+    }
+
+    /// Makes the series (at 0) of every known value `f` maps to labels: those of a listener, say,
+    /// when it starts.
+    pub fn start<K: Labels>(&self, f: impl Fn(K) -> L) {
+        for k in K::known() {
+            self.at(f(k));
+        }
+    }
+
+    /// The family as Prometheus' client has it.
+    pub fn family(&self) -> &F {
+        &self.family
+    }
+}
+
+impl<F: Family, L: Labels> Declare for Labelled<F, L> {
+    const KIND: &'static str = F::KIND;
+    fn declare(opts: Opts, buckets: Option<Vec<f64>>) -> Self {
+        let l = Labelled {
+            family: F::declare(opts, buckets),
+            labels: std::marker::PhantomData,
+        };
+        for labels in L::known() {
+            l.at(labels);
+        }
+        l
+    }
+    fn collector(&self) -> Box<dyn prometheus::core::Collector> {
+        self.family.collector()
+    }
 }
 
 /// Every `meshlens_*` name in the catalogue (as registered: each is written once, where its
-/// metric is made), for tests that check dashboards and docs against it.
+/// metric is declared), for tests that check dashboards and docs against it.
 pub fn metric_names() -> Vec<String> {
     Metrics::new()
         .catalogue()
@@ -202,426 +608,10 @@ const CHECK_BUCKETS: [f64; 24] = [
     1.0,
 ];
 
-fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric")
-}
-
-fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
-}
-
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new();
-        let m = Metrics {
-            ingest_spans: IntCounterVec::new(
-                Opts::new(
-                    "meshlens_ingest_spans_total",
-                    "Spans accepted by a receiver.",
-                ),
-                &["protocol"],
-            )
-            .expect("valid metric"),
-            ingest_rejected_spans: IntCounterVec::new(
-                Opts::new(
-                    "meshlens_ingest_rejected_spans_total",
-                    "Spans refused, by protocol and reason.",
-                ),
-                &["protocol", "reason"],
-            )
-            .expect("valid metric"),
-            ingest_rejected_requests: IntCounterVec::new(
-                Opts::new(
-                    "meshlens_ingest_rejected_requests_total",
-                    "Whole export requests refused, by protocol and reason.",
-                ),
-                &["protocol", "reason"],
-            )
-            .expect("valid metric"),
-            ingest_metric_points: IntCounterVec::new(
-                Opts::new(
-                    "meshlens_ingest_metric_points_total",
-                    "Metric data points (remote write samples) accepted, those of metrics the graph does not read included.",
-                ),
-                &["protocol"],
-            )
-            .expect("valid metric"),
-            ingest_rejected_metric_points: IntCounterVec::new(
-                Opts::new(
-                    "meshlens_ingest_rejected_metric_points_total",
-                    "Metric data points refused, by protocol and reason.",
-                ),
-                &["protocol", "reason"],
-            )
-            .expect("valid metric"),
-            ingest_metric_series: counter_vec(
-                "meshlens_ingest_metric_series_total",
-                "Series received (Prometheus remote write), by protocol.",
-                &["protocol"],
-            ),
-            ingest_stale_markers: counter_vec(
-                "meshlens_ingest_stale_markers_total",
-                "Prometheus staleness markers received (a series ended; not a value), by protocol.",
-                &["protocol"],
-            ),
-            ingest_checked_label_sets: IntGauge::new(
-                "meshlens_ingest_checked_label_sets",
-                "Remote write label sets checked before, known by id.",
-            )
-            .expect("valid metric"),
-            ingest_queue_depth: IntGauge::new(
-                "meshlens_ingest_queue_depth",
-                "Spans queued between the receivers and the store writer.",
-            )
-            .expect("valid metric"),
-            ingest_buffered_bytes: IntGauge::new(
-                "meshlens_ingest_buffered_bytes",
-                "Bytes of request bodies being read or waiting for their receiver.",
-            )
-            .expect("valid metric"),
-            ingest_queue_bytes: IntGauge::new(
-                "meshlens_ingest_queue_bytes",
-                "Bytes (decoded) of the spans queued between the receivers and the store writer.",
-            )
-            .expect("valid metric"),
-            memory_heap_bytes: IntGauge::new(
-                "meshlens_memory_heap_bytes",
-                "Heap bytes in use, as the memory limiter counts them.",
-            )
-            .expect("valid metric"),
-            memory_pressure: IntGauge::new(
-                "meshlens_memory_pressure",
-                "The memory limiter's pressure: 0 normal, 1 past the soft limit (new exports \
-                 refused), 2 past the hard limit (the graph's backlog shed too).",
-            )
-            .expect("valid metric"),
-            memory_limit_bytes: gauge_vec(
-                "meshlens_memory_limit_bytes",
-                "The memory limiter's limits in heap bytes, by limit (soft, hard).",
-                &["limit"],
-            ),
-            memory_shed_bytes: IntCounter::new(
-                "meshlens_memory_shed_bytes_total",
-                "Bytes of the graph's backlog shed past the hard memory limit.",
-            )
-            .expect("valid metric"),
-            memory_releases: IntCounter::new(
-                "meshlens_memory_releases_total",
-                "Times the allocator was asked to give its free pages back (past the soft limit, \
-                 with a resident set well over the heap in use).",
-            )
-            .expect("valid metric"),
-            store_commit_seconds: Histogram::with_opts(
-                HistogramOpts::new(
-                    "meshlens_store_commit_seconds",
-                    "Time to write and commit one group of batches.",
-                )
-                .buckets(exponential_buckets(0.0005, 2.0, 16).expect("valid buckets")),
-            )
-            .expect("valid metric"),
-            store_spans_written: IntCounter::new(
-                "meshlens_store_spans_written_total",
-                "Spans committed to the store.",
-            )
-            .expect("valid metric"),
-            store_errors: IntCounterVec::new(
-                Opts::new(
-                    "meshlens_store_errors_total",
-                    "Failed store operations, by operation.",
-                ),
-                &["operation"],
-            )
-            .expect("valid metric"),
-            retention_deleted_spans: IntCounter::new(
-                "meshlens_retention_deleted_spans_total",
-                "Spans deleted because they were older than the retention.",
-            )
-            .expect("valid metric"),
-            topology_pending_spans: IntGauge::new(
-                "meshlens_topology_pending_spans",
-                "Spans waiting in the pairing store for their other side.",
-            )
-            .expect("valid metric"),
-            topology_edges: IntGauge::new(
-                "meshlens_topology_edges",
-                "Version-level edges the service graph keeps.",
-            )
-            .expect("valid metric"),
-            topology_nodes: IntGauge::new(
-                "meshlens_topology_nodes",
-                "Nodes of the service graph.",
-            )
-            .expect("valid metric"),
-            topology_overflow_observations: IntCounter::new(
-                "meshlens_topology_overflow_observations_total",
-                "Observations counted on an overflow edge because the graph was at its caps.",
-            )
-            .expect("valid metric"),
-            topology_spans: IntCounterVec::new(
-                Opts::new(
-                    "meshlens_topology_spans_total",
-                    "Spans by what became of them in the pairing store.",
-                ),
-                &["outcome"],
-            )
-            .expect("valid metric"),
-            topology_virtual_calls: IntCounter::new(
-                "meshlens_topology_virtual_calls_total",
-                "Calls recorded from one side alone (roots, databases, named peers).",
-            )
-            .expect("valid metric"),
-            topology_unplaced_points: IntCounter::new(
-                "meshlens_topology_unplaced_points_total",
-                "Proxy metric points whose resource names no service.",
-            )
-            .expect("valid metric"),
-            topology_late_points: IntCounter::new(
-                "meshlens_topology_late_points_total",
-                "Samples at or before their series' last one (retried or out of order), left out of the graph.",
-            )
-            .expect("valid metric"),
-            topology_series_overflow: IntCounterVec::new(
-                Opts::new(
-                    "meshlens_topology_series_overflow_total",
-                    "New label sets counted under the overflow set because a family had its most.",
-                ),
-                &["metric"],
-            )
-            .expect("valid metric"),
-            topology_series_evicted: IntCounterVec::new(
-                Opts::new(
-                    "meshlens_topology_series_evicted_total",
-                    "Label sets of product metrics removed after going unused.",
-                ),
-                &["metric"],
-            )
-            .expect("valid metric"),
-            topology_queued_bytes: IntGauge::new(
-                "meshlens_topology_queued_bytes",
-                "Bytes of spans and metrics waiting for the graph thread.",
-            )
-            .expect("valid metric"),
-            topology_known_series: IntGauge::new(
-                "meshlens_topology_known_series",
-                "Proxy metric series the graph counts by id, without their labels.",
-            )
-            .expect("valid metric"),
-            policy_checks: counter_vec(
-                "meshlens_policy_checks_total",
-                "Policy checks by API and decision.",
-                &["api", "decision"],
-            ),
-            policy_check_seconds: HistogramVec::new(
-                HistogramOpts::new(
-                    "meshlens_policy_check_duration_seconds",
-                    "Server-side decision time of a policy check.",
-                )
-                .buckets(CHECK_BUCKETS.to_vec()),
-                &["api"],
-            )
-            .expect("valid metric"),
-            policy_quota_hits: counter_vec(
-                "meshlens_policy_quota_hits_total",
-                "Hits on each rate limit or quota rule, by outcome.",
-                &["limit", "outcome"],
-            ),
-            policy_denials: counter_vec(
-                "meshlens_policy_denials_total",
-                "Refused requests by API and by the rule, quota or limit that refused them.",
-                &["api", "by"],
-            ),
-            policy_audits: counter_vec(
-                "meshlens_policy_audits_total",
-                "Requests matched by AUDIT rules.",
-                &["rule"],
-            ),
-            policy_backend_errors: counter_vec(
-                "meshlens_policy_backend_errors_total",
-                "Quota backend failures, by backend and kind.",
-                &["backend", "kind"],
-            ),
-            policy_config_reloads: counter_vec(
-                "meshlens_policy_config_reloads_total",
-                "Policy config loads (the first included) by result.",
-                &["result"],
-            ),
-            policy_config_last_success: IntGauge::new(
-                "meshlens_policy_config_last_reload_success_timestamp_seconds",
-                "Unix time of the last policy config load that succeeded.",
-            )
-            .expect("valid metric"),
-            policy_config_last_successful: IntGauge::new(
-                "meshlens_policy_config_last_reload_successful",
-                "1 if the last policy config load succeeded.",
-            )
-            .expect("valid metric"),
-            policy_series_dropped: counter_vec(
-                "meshlens_policy_series_dropped_total",
-                "Label sets not exported because a policy metric reached its series cap.",
-                &["metric"],
-            ),
-            policy_local_over_answers: counter_vec(
-                "meshlens_policy_local_over_limit_answers_total",
-                "Quotas answered over their limit from the Redis backend's record of keys over \
-                 their limit until their window ends, without asking Redis.",
-                &["api"],
-            ),
-            listener_open_connections: gauge_vec(
-                "meshlens_listener_open_connections",
-                "Connections open, by listener.",
-                &["listener"],
-            ),
-            listener_refused_connections: counter_vec(
-                "meshlens_listener_refused_connections_total",
-                "Connections closed before serving, by listener and reason (limit, tls, \
-                 handshake_timeout, identity).",
-                &["listener", "reason"],
-            ),
-            listener_closed_connections: counter_vec(
-                "meshlens_listener_closed_connections_total",
-                "Connections the server ended, by listener and reason (idle, no_request, max_age, \
-                 too_many_pings).",
-                &["listener", "reason"],
-            ),
-            tls_reloads: counter_vec(
-                "meshlens_tls_reloads_total",
-                "TLS certificate loads (the first included), by listener and result.",
-                &["listener", "result"],
-            ),
-            tls_cert_not_after: gauge_vec(
-                "meshlens_tls_certificate_not_after_timestamp_seconds",
-                "End of validity of the certificate a listener serves (Unix seconds).",
-                &["listener"],
-            ),
-            auth_reloads: counter_vec(
-                "meshlens_auth_reloads_total",
-                "Tokens file loads (the first included), by file (web, ingest) and result.",
-                &["file", "result"],
-            ),
-            ingest_span_limit_cuts: counter_vec(
-                "meshlens_ingest_span_limit_cuts_total",
-                "Parts of spans cut by the span limits (the span kept), by protocol and field \
-                 (attributes, values, events, links, names).",
-                &["protocol", "field"],
-            ),
-            ingest_tracked_traces: IntGauge::new(
-                "meshlens_ingest_tracked_traces",
-                "Traces whose bytes are counted against max_bytes_per_trace.",
-            )
-            .expect("valid metric"),
-            policy_quota_keys: IntGauge::new(
-                "meshlens_policy_quota_keys",
-                "Quota keys the memory store holds.",
-            )
-            .expect("valid metric"),
-            policy_quota_evictions: IntCounter::new(
-                "meshlens_policy_quota_evictions_total",
-                "Quota keys the memory store forgot before their window ended, least recently \
-                 used first, to make room for new ones (policy max_keys).",
-            )
-            .expect("valid metric"),
-            store_writable: {
-                let g = IntGauge::new(
-                    "meshlens_store_writable",
-                    "1 while the store takes commits (the last commit or readiness probe \
-                     succeeded), else 0.",
-                )
-                .expect("valid metric");
-                g.set(1);
-                g
-            },
-            panics: {
-                let c = counter_vec(
-                    "meshlens_panics_total",
-                    "Panics caught and survived, by thread (graph, ingest_writer, sqlite_writer): \
-                     the input or commit is lost to that thread, which goes on.",
-                    &["thread"],
-                );
-                for thread in ["graph", "ingest_writer", "sqlite_writer"] {
-                    c.with_label_values(&[thread]);
-                }
-                c
-            },
-            web_sessions: IntGauge::new(
-                "meshlens_web_sessions",
-                "Web sessions open (token logins not yet expired or ended).",
-            )
-            .expect("valid metric"),
-            web_logins: counter_vec(
-                "meshlens_web_logins_total",
-                "Web token logins, by result (success, refused).",
-                &["result"],
-            ),
-            registry,
-            large: Default::default(),
-            catalogue: Default::default(),
-        };
-        let collectors = vec![
-            typed(&m.ingest_spans),
-            typed(&m.ingest_rejected_spans),
-            typed(&m.ingest_rejected_requests),
-            typed(&m.ingest_metric_points),
-            typed(&m.ingest_rejected_metric_points),
-            typed(&m.ingest_metric_series),
-            typed(&m.ingest_stale_markers),
-            typed(&m.ingest_checked_label_sets),
-            typed(&m.ingest_queue_depth),
-            typed(&m.ingest_buffered_bytes),
-            typed(&m.ingest_queue_bytes),
-            typed(&m.memory_heap_bytes),
-            typed(&m.memory_pressure),
-            typed(&m.memory_limit_bytes),
-            typed(&m.memory_shed_bytes),
-            typed(&m.memory_releases),
-            typed(&m.web_sessions),
-            typed(&m.store_writable),
-            typed(&m.panics),
-            typed(&m.policy_quota_keys),
-            typed(&m.policy_quota_evictions),
-            typed(&m.ingest_span_limit_cuts),
-            typed(&m.ingest_tracked_traces),
-            typed(&m.web_logins),
-            typed(&m.store_commit_seconds),
-            typed(&m.store_spans_written),
-            typed(&m.store_errors),
-            typed(&m.retention_deleted_spans),
-            typed(&m.topology_pending_spans),
-            typed(&m.topology_edges),
-            typed(&m.topology_nodes),
-            typed(&m.topology_overflow_observations),
-            typed(&m.topology_spans),
-            typed(&m.topology_virtual_calls),
-            typed(&m.topology_series_overflow),
-            typed(&m.topology_series_evicted),
-            typed(&m.topology_unplaced_points),
-            typed(&m.topology_late_points),
-            typed(&m.topology_queued_bytes),
-            typed(&m.topology_known_series),
-            typed(&m.policy_checks),
-            typed(&m.policy_check_seconds),
-            typed(&m.policy_quota_hits),
-            typed(&m.policy_denials),
-            typed(&m.policy_audits),
-            typed(&m.policy_backend_errors),
-            typed(&m.policy_config_reloads),
-            typed(&m.policy_config_last_success),
-            typed(&m.policy_config_last_successful),
-            typed(&m.policy_series_dropped),
-            typed(&m.policy_local_over_answers),
-            typed(&m.listener_open_connections),
-            typed(&m.listener_refused_connections),
-            typed(&m.listener_closed_connections),
-            typed(&m.tls_reloads),
-            typed(&m.tls_cert_not_after),
-            typed(&m.auth_reloads),
-        ];
-        for (c, kind) in collectors {
-            m.catalogue
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .extend(entries(c.as_ref(), kind));
-            m.registry.register(c).expect("metric names are unique");
-        }
+        let m = Metrics::declared();
+        m.store_writable.set(1);
         // Memory, CPU, threads and file descriptors of the process, read from /proc.
         #[cfg(target_os = "linux")]
         m.registry
@@ -633,11 +623,12 @@ impl Metrics {
         m
     }
 
-    /// Every series whose label values are known before any event (protocols, reasons,
-    /// outcomes) is exported at 0 from the start, so a dashboard panel or an alert on its
-    /// increase has a number from the first scrape, not "No data". Series labelled by the data
-    /// (a limit, a rule, a listener's name) start where they are known: listeners when they
-    /// bind, policy decisions when the policy server starts.
+    /// Every series whose label values are known before any event is exported at 0 from the
+    /// start, so a dashboard panel or an alert on its increase has a number from the first
+    /// scrape, not "No data". Typed families ([`Labelled`]) do this when they are declared; the
+    /// ingest families, whose reasons differ by protocol, here. Series labelled by the data (a
+    /// limit, a rule, a listener's name) start where they are known: listeners when they bind,
+    /// policy decisions when the policy server starts.
     fn zero_known_series(&self) {
         use crate::{IngestError, Protocol};
         use meshlens_topology::prom::SeriesProblem;
@@ -675,22 +666,6 @@ impl Metrics {
         let remote_write = Protocol::PromRemoteWrite.as_str();
         self.ingest_metric_series.with_label_values(&[remote_write]);
         self.ingest_stale_markers.with_label_values(&[remote_write]);
-        for kind in ["write", "retention", "history"] {
-            self.store_errors.with_label_values(&[kind]);
-        }
-        for outcome in ["paired", "expired", "evicted", "unpaired", "dropped"] {
-            self.topology_spans.with_label_values(&[outcome]);
-        }
-        for family in ["traces_service_graph", "traces_spanmetrics"] {
-            self.topology_series_overflow.with_label_values(&[family]);
-            self.topology_series_evicted.with_label_values(&[family]);
-        }
-        for result in ["success", "refused"] {
-            self.web_logins.with_label_values(&[result]);
-        }
-        for api in ["ext_authz", "ratelimit"] {
-            self.policy_local_over_answers.with_label_values(&[api]);
-        }
     }
 
     /// Registers a large family in a registry of its own.
@@ -745,28 +720,9 @@ pub struct Entry {
 /// A collector with its type, for the registry and the catalogue.
 pub type Typed = (Box<dyn prometheus::core::Collector>, &'static str);
 
-/// The Prometheus type of a metric kind used here.
-pub trait Kind {
-    const KIND: &'static str;
-}
-
-macro_rules! kinds {
-    ($($kind:literal: $($t:ty),+;)+) => {
-        $($(impl Kind for $t {
-            const KIND: &'static str = $kind;
-        })+)+
-    };
-}
-
-kinds! {
-    "counter": IntCounter, IntCounterVec;
-    "gauge": IntGauge, IntGaugeVec;
-    "histogram": Histogram, HistogramVec;
-}
-
 /// `c`, boxed for a registry, with its type.
-pub fn typed<C: prometheus::core::Collector + Kind + Clone + 'static>(c: &C) -> Typed {
-    (Box::new(c.clone()), C::KIND)
+pub fn typed<C: Declare>(c: &C) -> Typed {
+    (c.collector(), C::KIND)
 }
 
 fn entries(c: &dyn prometheus::core::Collector, kind: &'static str) -> Vec<Entry> {
@@ -1038,6 +994,36 @@ mod tests {
         assert_eq!(of_family, 3, "three chunks of the large family");
     }
 
+    /// Typed families have every known series at 0 from the start; a listener's once it binds.
+    #[test]
+    fn typed_families_start_at_zero() {
+        let m = Metrics::new();
+        let text = m.render();
+        for line in [
+            "meshlens_panics_total{thread=\"sqlite_writer\"} 0",
+            "meshlens_store_errors_total{operation=\"history\"} 0",
+            "meshlens_topology_spans_total{outcome=\"dropped\"} 0",
+            "meshlens_auth_reloads_total{file=\"ingest\",result=\"failure\"} 0",
+            "meshlens_policy_local_over_limit_answers_total{api=\"ext_authz\"} 0",
+            "meshlens_store_writable 1",
+        ] {
+            assert!(text.contains(line), "{line}");
+        }
+        assert!(!text.contains("meshlens_listener_refused_connections_total{"));
+        m.listener_refused_connections
+            .start(|reason| (Named("zipkin"), reason));
+        m.listener_refused_connections
+            .at((Named("zipkin"), ConnectionRefusal::Tls))
+            .inc();
+        let text = m.render();
+        assert!(text.contains(
+            "meshlens_listener_refused_connections_total{listener=\"zipkin\",reason=\"identity\"} 0"
+        ));
+        assert!(text.contains(
+            "meshlens_listener_refused_connections_total{listener=\"zipkin\",reason=\"tls\"} 1"
+        ));
+    }
+
     #[test]
     fn catalogue_lists_every_registered_family() {
         let m = Metrics::new();
@@ -1048,7 +1034,6 @@ mod tests {
         m.ingest_rejected_requests
             .with_label_values(&["otlp_grpc", "x"])
             .inc();
-        m.store_errors.with_label_values(&["write"]).inc();
         m.ingest_metric_points
             .with_label_values(&["otlp_grpc"])
             .inc();
@@ -1060,13 +1045,6 @@ mod tests {
             .inc();
         m.ingest_stale_markers
             .with_label_values(&["prom_remote_write"])
-            .inc();
-        m.topology_spans.with_label_values(&["paired"]).inc();
-        m.topology_series_overflow
-            .with_label_values(&["traces_spanmetrics"])
-            .inc();
-        m.topology_series_evicted
-            .with_label_values(&["traces_spanmetrics"])
             .inc();
         m.policy_checks
             .with_label_values(&["ratelimit", "ok"])
@@ -1084,30 +1062,18 @@ mod tests {
         m.policy_backend_errors
             .with_label_values(&["redis", "timeout"])
             .inc();
-        m.policy_config_reloads
-            .with_label_values(&["success"])
-            .inc();
         m.policy_series_dropped.with_label_values(&["x"]).inc();
-        m.policy_local_over_answers
-            .with_label_values(&["ratelimit"])
-            .inc();
-        m.listener_open_connections
-            .with_label_values(&["web"])
-            .inc();
-        m.listener_refused_connections
-            .with_label_values(&["web", "limit"])
-            .inc();
-        m.listener_closed_connections
-            .with_label_values(&["web", "idle"])
-            .inc();
-        m.tls_reloads.with_label_values(&["web", "success"]).inc();
-        m.tls_cert_not_after.with_label_values(&["web"]).set(1);
-        m.auth_reloads.with_label_values(&["web", "success"]).inc();
-        m.web_logins.with_label_values(&["success"]).inc();
-        m.memory_limit_bytes.with_label_values(&["soft"]).set(1);
         m.ingest_span_limit_cuts
             .with_label_values(&["otlp_grpc", "values"])
             .inc();
+        // Typed families exist from the start; those by name once the name is known.
+        m.listener_open_connections.at(Named("web")).inc();
+        m.listener_refused_connections
+            .start(|reason| (Named("web"), reason));
+        m.listener_closed_connections
+            .start(|reason| (Named("web"), reason));
+        m.tls_reloads.start(|result| (Named("web"), result));
+        m.tls_cert_not_after.at(Named("web")).set(1);
         let mut names: Vec<String> = m
             .registry
             .gather()

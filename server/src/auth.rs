@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use meshlens_collector::listen::auth::{parse_tenant, IngestTokens};
+use meshlens_collector::metrics::{LoadResult, Thread, TokensFile};
 use meshlens_collector::Metrics;
 use meshlens_policy::credentials::TokenFile;
 use meshlens_web::auth::{Role, SessionMetrics, WebAuth, WebAuthSettings, WebTokens};
@@ -24,9 +25,10 @@ impl Credentials {
         fn load<V: Clone>(
             path: &Path,
             parse: meshlens_policy::credentials::ParseField<V>,
-            name: &str,
+            name: TokensFile,
             metrics: &Metrics,
         ) -> anyhow::Result<Option<Arc<TokenFile<V>>>> {
+            let (counted, name) = (name, name.as_str());
             if path.as_os_str().is_empty() {
                 return Ok(None);
             }
@@ -34,18 +36,24 @@ impl Credentials {
                 .map_err(|e| anyhow::anyhow!("auth: {name}_tokens_file: {e}"))?;
             metrics
                 .auth_reloads
-                .with_label_values(&[name, "success"])
+                .at((counted, LoadResult::Success))
                 .inc();
-            metrics
-                .auth_reloads
-                .with_label_values(&[name, "failure"])
-                .inc_by(0);
             tracing::info!(file = %path.display(), tokens = file.len(), "{name} tokens loaded");
             Ok(Some(file))
         }
         Ok(Credentials {
-            web: load(&config.web_tokens_file, Role::parse, "web", metrics)?,
-            ingest: load(&config.ingest_tokens_file, parse_tenant, "ingest", metrics)?,
+            web: load(
+                &config.web_tokens_file,
+                Role::parse,
+                TokensFile::Web,
+                metrics,
+            )?,
+            ingest: load(
+                &config.ingest_tokens_file,
+                parse_tenant,
+                TokensFile::Ingest,
+                metrics,
+            )?,
             metrics: metrics.clone(),
         })
     }
@@ -92,7 +100,7 @@ impl Credentials {
             max_sessions: config.max_sessions,
             metrics: Some(SessionMetrics {
                 sessions: self.metrics.web_sessions.clone(),
-                logins: self.metrics.web_logins.clone(),
+                logins: self.metrics.web_logins.family().clone(),
             }),
         }))
     }
@@ -104,20 +112,21 @@ impl Credentials {
         period: std::time::Duration,
         cancel: &CancellationToken,
     ) {
-        fn reload<V: Clone>(file: &TokenFile<V>, name: &str, metrics: &Metrics) {
+        fn reload<V: Clone>(file: &TokenFile<V>, counted: TokensFile, metrics: &Metrics) {
+            let name = counted.as_str();
             match file.reload_if_changed() {
                 Ok(false) => {}
                 Ok(true) => {
                     metrics
                         .auth_reloads
-                        .with_label_values(&[name, "success"])
+                        .at((counted, LoadResult::Success))
                         .inc();
                     tracing::info!(tokens = file.len(), "{name} tokens reloaded");
                 }
                 Err(e) => {
                     metrics
                         .auth_reloads
-                        .with_label_values(&[name, "failure"])
+                        .at((counted, LoadResult::Failure))
                         .inc();
                     tracing::error!(error = %e, "{name} tokens file refused; the previous tokens stay");
                 }
@@ -127,16 +136,17 @@ impl Credentials {
             return;
         }
         let (web, ingest, metrics) = (self.web.clone(), self.ingest.clone(), self.metrics.clone());
-        crate::spawn_every(
+        crate::tasks::spawn_every(
             set,
+            crate::tasks::Task::new(Thread::TokensReload, &metrics),
             period.max(std::time::Duration::from_millis(100)),
             cancel.clone(),
             move || {
                 if let Some(f) = &web {
-                    reload(f, "web", &metrics);
+                    reload(f, TokensFile::Web, &metrics);
                 }
                 if let Some(f) = &ingest {
-                    reload(f, "ingest", &metrics);
+                    reload(f, TokensFile::Ingest, &metrics);
                 }
             },
         );

@@ -8,12 +8,15 @@ pub mod config;
 pub mod demo;
 mod retention;
 mod servers;
+mod tasks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use meshlens_collector::metrics::{StoreOperation, Thread};
 use meshlens_collector::{GraphFeed, Metrics, Pipeline, PipelineConfig};
 use meshlens_storage::{Store, StoreConfig};
+use tasks::{spawn_every, spawn_ticks, Task};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -112,6 +115,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let (refusals, feed) = (policy.clone(), graph.clone());
     spawn_every(
         &mut servers,
+        Task::new(Thread::PolicyRefusals, &metrics),
         std::time::Duration::from_secs(1),
         cancel.clone(),
         move || feed.observe_policy(&refusals.take_refusals()),
@@ -120,6 +124,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     // of a Kubernetes ConfigMap mount.
     spawn_every(
         &mut servers,
+        Task::new(Thread::PolicyReload, &metrics),
         config
             .policy
             .reload_interval
@@ -137,7 +142,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         metrics.clone(),
         cancel.clone(),
     );
-    retention::spawn_checkpointer(&mut servers, store.clone(), cancel.clone());
+    retention::spawn_checkpointer(&mut servers, store.clone(), &metrics, cancel.clone());
     spawn_history(
         &mut servers,
         graph.clone(),
@@ -149,6 +154,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     // on even when no spans arrive.
     spawn_every(
         &mut servers,
+        Task::new(Thread::GraphTick, &metrics),
         std::time::Duration::from_secs(1),
         cancel.clone(),
         move || graph.tick(),
@@ -156,6 +162,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     // The limiter reads the heap on every export; this reports it and logs each change.
     spawn_every(
         &mut servers,
+        Task::new(Thread::MemoryCheck, &metrics),
         std::time::Duration::from_secs(1),
         cancel.clone(),
         move || {
@@ -254,43 +261,46 @@ pub fn validate_policies(
 /// the graph of a past window can be rebuilt after a restart. A failed write is tried again with
 /// the next tick (the graph keeps the last hour of minutes).
 fn spawn_history(
-    set: &mut JoinSet<anyhow::Result<()>>,
+    set: &mut tasks::Set,
     graph: GraphFeed,
     store: Arc<Store>,
     metrics: Metrics,
     cancel: CancellationToken,
 ) {
-    set.spawn(async move {
-        let mut flushed: Option<i64> = None;
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                _ = tick.tick() => {}
-            }
-            let g = graph.clone();
-            let after = flushed.unwrap_or(i64::MIN);
-            let (rows, last_closed) =
-                tokio::task::spawn_blocking(move || g.closed_minutes(after)).await?;
-            match store.write_edge_minutes(&rows).await {
-                Ok(()) => flushed = Some(last_closed),
-                Err(e) => {
-                    metrics.store_errors.with_label_values(&["history"]).inc();
-                    tracing::warn!(error = %e, "writing the graph's history failed; will retry");
+    // The last minute written, kept across rounds (a round that panics leaves it as it was).
+    let flushed = Arc::new(std::sync::atomic::AtomicI64::new(i64::MIN));
+    let task = Task::new(Thread::History, &metrics);
+    spawn_ticks(
+        set,
+        task,
+        std::time::Duration::from_secs(10),
+        cancel,
+        move || {
+            let (graph, store, metrics) = (graph.clone(), store.clone(), metrics.clone());
+            let flushed = flushed.clone();
+            async move {
+                use std::sync::atomic::Ordering;
+                let after = flushed.load(Ordering::Relaxed);
+                let (rows, last_closed) =
+                    tasks::blocking(move || graph.closed_minutes(after)).await?;
+                match store.write_edge_minutes(&rows).await {
+                    Ok(()) => flushed.store(last_closed, Ordering::Relaxed),
+                    Err(e) => {
+                        metrics.store_errors.at(StoreOperation::History).inc();
+                        tracing::warn!(error = %e, "writing the graph's history failed; will retry");
+                    }
                 }
+                Ok(())
             }
-        }
-    });
+        },
+    );
 }
 
-/// Runs `work` on a blocking thread every `period` until cancelled: CPU work, such as settling
-/// expired spans or rebuilding graph snapshots, stays off the async workers.
 /// Probes the store every `period` (one row rewritten and committed), so `/readyz` sees a store
 /// that cannot commit, and its return, even when no export arrives. A probe that takes longer
 /// than `PROBE_TIMEOUT` (a hung disk, a PostgreSQL that does not answer) counts as failed.
 fn spawn_store_probe(
-    set: &mut JoinSet<anyhow::Result<()>>,
+    set: &mut tasks::Set,
     store: Arc<Store>,
     ready: Arc<meshlens_storage::Readiness>,
     metrics: Metrics,
@@ -301,7 +311,8 @@ fn spawn_store_probe(
     if period.is_zero() {
         return;
     }
-    spawn_ticks(set, period, cancel, move || {
+    let task = Task::new(Thread::StoreProbe, &metrics);
+    spawn_ticks(set, task, period, cancel, move || {
         let (store, ready, metrics) = (store.clone(), ready.clone(), metrics.clone());
         async move {
             let outcome = match tokio::time::timeout(PROBE_TIMEOUT, store.probe()).await {
@@ -315,47 +326,9 @@ fn spawn_store_probe(
                 Err(why) => Err(why.as_str()),
             };
             meshlens_collector::pipeline::record_store(&ready, &metrics, outcome);
-            let counted = metrics.panics.with_label_values(&["sqlite_writer"]);
+            let counted = metrics.panics.at(Thread::SqliteWriter);
             counted.inc_by(store.writer_panics().saturating_sub(counted.get()));
             Ok(())
-        }
-    });
-}
-
-pub(crate) fn spawn_every(
-    set: &mut JoinSet<anyhow::Result<()>>,
-    period: std::time::Duration,
-    cancel: CancellationToken,
-    work: impl Fn() + Send + Sync + 'static,
-) {
-    let work = Arc::new(work);
-    spawn_ticks(set, period, cancel, move || {
-        let w = work.clone();
-        async move {
-            tokio::task::spawn_blocking(move || w()).await?;
-            Ok(())
-        }
-    });
-}
-
-/// Runs `work` every `period` (a late tick waits, never bunches) until `cancel`.
-fn spawn_ticks<Fut>(
-    set: &mut JoinSet<anyhow::Result<()>>,
-    period: std::time::Duration,
-    cancel: CancellationToken,
-    mut work: impl FnMut() -> Fut + Send + 'static,
-) where
-    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
-{
-    set.spawn(async move {
-        let mut tick = tokio::time::interval(period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                _ = tick.tick() => {}
-            }
-            work().await?;
         }
     });
 }

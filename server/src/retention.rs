@@ -4,57 +4,57 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use meshlens_collector::metrics::{StoreOperation, Thread};
 use meshlens_collector::Metrics;
 use meshlens_storage::Store;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+
+use crate::tasks::{spawn_ticks, Set, Task};
 
 const BATCH: i64 = 5_000;
 const PAUSE: Duration = Duration::from_millis(20);
 
 /// Checkpoints SQLite's write-ahead log twice a second, off the commit path.
 pub fn spawn_checkpointer(
-    set: &mut JoinSet<anyhow::Result<()>>,
+    set: &mut Set,
     store: Arc<Store>,
+    metrics: &Metrics,
     cancel: CancellationToken,
 ) {
-    set.spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                _ = tick.tick() => {}
-            }
+    let task = Task::new(Thread::Checkpoint, metrics);
+    spawn_ticks(set, task, Duration::from_millis(500), cancel, move || {
+        let store = store.clone();
+        async move {
             if let Err(e) = store.checkpoint().await {
                 tracing::warn!(error = %e, "checkpoint failed; will retry");
             }
+            Ok(())
         }
     });
 }
 
 pub fn spawn(
-    set: &mut JoinSet<anyhow::Result<()>>,
+    set: &mut Set,
     store: Arc<Store>,
     retention: Duration,
     interval: Duration,
     metrics: Metrics,
     cancel: CancellationToken,
 ) {
-    set.spawn(async move {
-        let mut tick = tokio::time::interval(interval.max(Duration::from_secs(1)));
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                _ = tick.tick() => {}
-            }
+    let task = Task::new(Thread::Retention, &metrics);
+    let period = interval.max(Duration::from_secs(1));
+    spawn_ticks(set, task, period, cancel.clone(), move || {
+        let (store, metrics, cancel) = (store.clone(), metrics.clone(), cancel.clone());
+        async move {
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default();
             let cutoff = now.saturating_sub(retention).as_nanos() as i64;
             if let Err(e) = run_once(&store, cutoff, &metrics, &cancel).await {
-                metrics.store_errors.with_label_values(&["retention"]).inc();
+                metrics.store_errors.at(StoreOperation::Retention).inc();
                 tracing::warn!(error = %e, "retention failed; will retry");
             }
+            Ok(())
         }
     });
 }

@@ -10,18 +10,19 @@ use meshlens_collector::listen::auth::IngestAuthLayer;
 use meshlens_collector::listen::{
     Alpn, ConnectionLimits, Listener, Protocol, ResponseBody, Serves, TlsSource,
 };
+use meshlens_collector::metrics::Thread;
 use meshlens_collector::otlp::grpc::{normalize_decode_errors, trace_service, ExportDeadline};
 use meshlens_collector::policy::PolicyServer;
 use meshlens_collector::{otlp, prom, zipkin, Metrics, Pipeline};
 use meshlens_storage::Store;
-use tokio::task::JoinSet;
+
 use tokio_util::sync::CancellationToken;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::util::MapResponseLayer;
 
 use crate::{Addrs, Config};
 
-pub(crate) type Set = JoinSet<anyhow::Result<()>>;
+pub(crate) use crate::tasks::Set;
 
 /// What the listeners serve.
 pub struct Parts {
@@ -58,8 +59,9 @@ pub async fn spawn_all(
     let graph_cache = Arc::new(meshlens_web::GraphCache::new(pipeline.graph().topology()));
     // Rebuilds the snapshots clients ask for each second, so `/api/graph` answers from memory.
     let refresh = graph_cache.clone();
-    crate::spawn_every(
+    crate::tasks::spawn_every(
         set,
+        crate::tasks::Task::new(Thread::GraphSnapshots, &metrics),
         std::time::Duration::from_secs(1),
         cancel.clone(),
         move || refresh.refresh_due(),
@@ -182,8 +184,9 @@ pub async fn spawn_all(
     // place.
     let sources = ports.sources;
     if !sources.is_empty() {
-        crate::spawn_every(
+        crate::tasks::spawn_every(
             set,
+            crate::tasks::Task::new(Thread::TlsReload, &metrics),
             config
                 .tls
                 .reload_interval

@@ -9,7 +9,7 @@ use meshlens_topology::graph::{EdgeKey, EdgeObservation, NodeKey};
 use meshlens_topology::{Span, SpanKind, StatusCode};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
 
-use crate::metrics::{typed, Metrics, SeriesCap};
+use crate::metrics::{typed, Metrics, ProductFamily, SeriesCap};
 
 /// Every product metric name (histograms without their `_bucket`/`_sum`/`_count` suffixes).
 pub const PRODUCT_METRIC_NAMES: &[&str] = &[
@@ -180,7 +180,7 @@ impl ProductMetrics {
                 key.server.version.as_deref().unwrap_or(""),
             ];
             if !self.edge_cap.admit(&labels) {
-                self.overflowed("traces_service_graph");
+                self.overflowed(ProductFamily::ServiceGraph);
                 labels = [OVERFLOW, OVERFLOW, labels[2], "", "", "", ""];
             }
             self.request_total
@@ -218,7 +218,7 @@ impl ProductMetrics {
         for ((service, name, kind, status, version), durations) in groups {
             let mut labels = [service, name, span_kind(kind), status_code(status), version];
             if !self.span_cap.admit(&labels) {
-                self.overflowed("traces_spanmetrics");
+                self.overflowed(ProductFamily::SpanMetrics);
                 labels = [OVERFLOW, OVERFLOW, labels[2], labels[3], ""];
             }
             self.calls_total
@@ -229,11 +229,8 @@ impl ProductMetrics {
         }
     }
 
-    fn overflowed(&self, family: &str) {
-        self.metrics
-            .topology_series_overflow
-            .with_label_values(&[family])
-            .inc();
+    fn overflowed(&self, family: ProductFamily) {
+        self.metrics.topology_series_overflow.at(family).inc();
     }
 
     /// Call about once a second: every minute, label sets unused for 15 minutes are removed
@@ -249,7 +246,7 @@ impl ProductMetrics {
     fn sweep(&self, idle: u64) {
         let families = [
             (
-                "traces_service_graph",
+                ProductFamily::ServiceGraph,
                 &self.edge_cap,
                 vec![
                     &self.request_total as &dyn Remove,
@@ -259,7 +256,7 @@ impl ProductMetrics {
                 ],
             ),
             (
-                "traces_spanmetrics",
+                ProductFamily::SpanMetrics,
                 &self.span_cap,
                 vec![&self.calls_total as &dyn Remove, &self.latency],
             ),
@@ -274,7 +271,7 @@ impl ProductMetrics {
             }
             self.metrics
                 .topology_series_evicted
-                .with_label_values(&[name])
+                .at(name)
                 .inc_by(gone.len() as u64);
         }
     }
@@ -392,7 +389,7 @@ mod tests {
         assert_eq!(got.iter().filter(|(_, n)| *n == 2).count(), 3, "{got:?}");
         let overflowed = metrics
             .topology_series_overflow
-            .with_label_values(&["traces_spanmetrics"])
+            .at(ProductFamily::SpanMetrics)
             .get();
         assert_eq!(overflowed, 2, "the third label set, once per batch");
         // The two that got in go unused for more than two sweeps: they are removed, and a new
@@ -416,7 +413,7 @@ mod tests {
         assert_eq!(
             metrics
                 .topology_series_evicted
-                .with_label_values(&["traces_spanmetrics"])
+                .at(ProductFamily::SpanMetrics)
                 .get(),
             2
         );

@@ -22,7 +22,7 @@ use crate::error::IngestError;
 use crate::prom::WireBatch;
 
 use crate::memory::MemoryLimiter;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SpanOutcome, Thread};
 
 /// How the graph pairs, judges health and exports.
 #[derive(Debug, Clone)]
@@ -214,7 +214,7 @@ impl GraphFeed {
                         }));
                     worker.dequeued(queued);
                     if let Err(panic) = handled {
-                        worker.metrics.panics.with_label_values(&["graph"]).inc();
+                        worker.metrics.panics.at(Thread::Graph).inc();
                         tracing::error!(
                             panic = crate::panic_message(&panic),
                             "the graph thread panicked on one input; it goes on without it"
@@ -243,7 +243,7 @@ impl GraphFeed {
             self.core
                 .metrics
                 .topology_spans
-                .with_label_values(&["dropped"])
+                .at(SpanOutcome::Dropped)
                 .inc_by(n);
         }
     }
@@ -344,7 +344,7 @@ impl FeedCore {
         if let Input::Spans(spans) = &input {
             self.metrics
                 .topology_spans
-                .with_label_values(&["dropped"])
+                .at(SpanOutcome::Dropped)
                 .inc_by(spans.len() as u64);
         }
         self.metrics.memory_shed_bytes.inc_by(queued as u64);
@@ -412,15 +412,13 @@ impl FeedCore {
         let mut last = self.reported.lock().unwrap_or_else(|e| e.into_inner());
         let m = &self.metrics;
         for (outcome, new, old) in [
-            ("paired", now.paired, last.paired),
-            ("expired", now.expired, last.expired),
-            ("evicted", now.evicted, last.evicted),
-            ("unpaired", now.unpaired, last.unpaired),
+            (SpanOutcome::Paired, now.paired, last.paired),
+            (SpanOutcome::Expired, now.expired, last.expired),
+            (SpanOutcome::Evicted, now.evicted, last.evicted),
+            (SpanOutcome::Unpaired, now.unpaired, last.unpaired),
         ] {
             if new > old {
-                m.topology_spans
-                    .with_label_values(&[outcome])
-                    .inc_by(new - old);
+                m.topology_spans.at(outcome).inc_by(new - old);
             }
         }
         if now.virtual_edges > last.virtual_edges {

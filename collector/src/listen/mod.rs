@@ -41,6 +41,7 @@ use tokio_util::task::TaskTracker;
 
 pub use tls::{Alpn, ClientIdentity, TlsSettings, TlsSource, TlsVersion};
 
+use crate::metrics::{ConnectionEnd, ConnectionRefusal, Named};
 use crate::Metrics;
 
 /// How long calls in flight may take to end once shutdown starts (a health Watch never ends on
@@ -184,22 +185,13 @@ impl Listener {
         })?;
         tcp.set_nonblocking(true)?;
         let local = tcp.local_addr()?;
+        metrics.listener_open_connections.at(Named(name)).set(0);
         metrics
-            .listener_open_connections
-            .with_label_values(&[name])
-            .set(0);
-        for reason in ["limit", "tls", "handshake_timeout", "identity"] {
-            metrics
-                .listener_refused_connections
-                .with_label_values(&[name, reason])
-                .inc_by(0);
-        }
-        for reason in ["idle", "no_request", "max_age", "too_many_pings"] {
-            metrics
-                .listener_closed_connections
-                .with_label_values(&[name, reason])
-                .inc_by(0);
-        }
+            .listener_refused_connections
+            .start(|reason| (Named(name), reason));
+        metrics
+            .listener_closed_connections
+            .start(|reason| (Named(name), reason));
         Ok(Listener {
             name,
             tcp,
@@ -252,7 +244,7 @@ impl Listener {
                 },
             };
             let Ok(slot) = slots.clone().try_acquire_owned() else {
-                shared.refused("limit");
+                shared.refused(ConnectionRefusal::Limit);
                 continue;
             };
             // With Nagle's algorithm on, a response smaller than a packet waits for the peer's
@@ -264,7 +256,7 @@ impl Listener {
                 let open = shared
                     .metrics
                     .listener_open_connections
-                    .with_label_values(&[shared.name]);
+                    .at(Named(shared.name));
                 open.inc();
                 shared.connection(tcp, addr, stop).await;
                 open.dec();
@@ -306,10 +298,10 @@ struct Shared<S> {
 }
 
 impl<S> Shared<S> {
-    fn refused(&self, reason: &str) {
+    fn refused(&self, reason: ConnectionRefusal) {
         self.metrics
             .listener_refused_connections
-            .with_label_values(&[self.name, reason])
+            .at((Named(self.name), reason))
             .inc();
     }
 
@@ -338,7 +330,7 @@ impl<S> Shared<S> {
                             .and_then(|cert| ClientIdentity::from_cert(cert))
                             .map(Arc::new);
                         if !tls.allows(identity.as_deref()) {
-                            self.refused("identity");
+                            self.refused(ConnectionRefusal::Identity);
                             tracing::debug!(
                                 listener = self.name,
                                 %addr,
@@ -350,12 +342,12 @@ impl<S> Shared<S> {
                         (Either::Right(stream), identity)
                     }
                     Ok(Err(e)) => {
-                        self.refused("tls");
+                        self.refused(ConnectionRefusal::Tls);
                         tracing::debug!(listener = self.name, %addr, error = %e, "TLS handshake refused");
                         return;
                     }
                     Err(_) => {
-                        self.refused("handshake_timeout");
+                        self.refused(ConnectionRefusal::HandshakeTimeout);
                         return;
                     }
                 }
@@ -388,7 +380,7 @@ impl<S> Shared<S> {
                     if pinged_out.load(Ordering::Relaxed) {
                         self.metrics
                             .listener_closed_connections
-                            .with_label_values(&[self.name, "too_many_pings"])
+                            .at((Named(self.name), ConnectionEnd::TooManyPings))
                             .inc();
                         tracing::debug!(listener = self.name, %addr, "closed: too many pings");
                     } else if let Err(e) = ended {
@@ -397,15 +389,15 @@ impl<S> Shared<S> {
                     return;
                 }
                 _ = stop.cancelled() => break None,
-                _ = &mut age => break Some("max_age"),
+                _ = &mut age => break Some(ConnectionEnd::MaxAge),
                 _ = check.tick() => {
                     // A connection must start a request soon after it opens (slow or absent
                     // headers), and is idle when none is in flight, whatever pings it answers.
                     if !activity.started() && activity.since_start() >= self.limits.header_read_timeout {
-                        break Some("no_request");
+                        break Some(ConnectionEnd::NoRequest);
                     }
                     if !idle.is_zero() && activity.in_flight() == 0 && activity.quiet_for() >= idle {
-                        break Some("idle");
+                        break Some(ConnectionEnd::Idle);
                     }
                 },
             }
@@ -414,12 +406,12 @@ impl<S> Shared<S> {
             Some(reason) => {
                 self.metrics
                     .listener_closed_connections
-                    .with_label_values(&[self.name, reason])
+                    .at((Named(self.name), reason))
                     .inc();
                 match reason {
                     // Nothing in flight: nothing to wait for but the client's goodbye.
-                    "no_request" => Duration::ZERO,
-                    "idle" => IDLE_GRACE,
+                    ConnectionEnd::NoRequest => Duration::ZERO,
+                    ConnectionEnd::Idle => IDLE_GRACE,
                     _ => self.limits.max_connection_age_grace,
                 }
             }

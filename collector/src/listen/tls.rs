@@ -17,6 +17,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 
+use crate::metrics::{LoadResult, Named};
 use crate::Metrics;
 
 /// What one listener's TLS is made of.
@@ -86,17 +87,16 @@ impl TlsSource {
     ) -> Result<Arc<Self>, String> {
         let seen = stamps(&settings);
         let (config, not_after) = build(&settings, alpn).map_err(|e| format!("{listener}: {e}"))?;
-        let reloads = metrics
-            .tls_reloads
-            .with_label_values(&[listener, "success"]);
-        reloads.inc();
         metrics
             .tls_reloads
-            .with_label_values(&[listener, "failure"])
-            .inc_by(0);
+            .start(|result| (Named(listener), result));
+        metrics
+            .tls_reloads
+            .at((Named(listener), LoadResult::Success))
+            .inc();
         metrics
             .tls_cert_not_after
-            .with_label_values(&[listener])
+            .at(Named(listener))
             .set(not_after);
         Ok(Arc::new(TlsSource {
             listener,
@@ -151,11 +151,11 @@ impl TlsSource {
                 self.current.store(Arc::new(config));
                 self.metrics
                     .tls_reloads
-                    .with_label_values(&[self.listener, "success"])
+                    .at((Named(self.listener), LoadResult::Success))
                     .inc();
                 self.metrics
                     .tls_cert_not_after
-                    .with_label_values(&[self.listener])
+                    .at(Named(self.listener))
                     .set(not_after);
                 tracing::info!(listener = self.listener, "TLS certificate reloaded");
                 true
@@ -163,7 +163,7 @@ impl TlsSource {
             Err(e) => {
                 self.metrics
                     .tls_reloads
-                    .with_label_values(&[self.listener, "failure"])
+                    .at((Named(self.listener), LoadResult::Failure))
                     .inc();
                 tracing::error!(
                     listener = self.listener,

@@ -19,7 +19,7 @@ pub use limits::IngestLimits;
 
 use crate::error::IngestError;
 use crate::graph::GraphFeed;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, StoreOperation, Thread};
 
 /// Queue and writer sizes.
 #[derive(Debug, Clone)]
@@ -239,7 +239,7 @@ async fn writer(
         // error (their acknowledgements are dropped unsent) and the writer goes on.
         let committed = std::panic::AssertUnwindSafe(commit(&store, jobs, &metrics, &readiness));
         if let Err(panic) = futures::FutureExt::catch_unwind(committed).await {
-            metrics.panics.with_label_values(&["ingest_writer"]).inc();
+            metrics.panics.at(Thread::IngestWriter).inc();
             tracing::error!(
                 panic = crate::panic_message(&panic),
                 "an ingest writer panicked on a commit; its exports are answered with a retryable error"
@@ -335,7 +335,7 @@ async fn timed_write(
             Ok(())
         }
         Err(e) => {
-            metrics.store_errors.with_label_values(&["write"]).inc();
+            metrics.store_errors.at(StoreOperation::Write).inc();
             tracing::error!(error = %e, batches = batches.len(), "store write failed");
             Err(if e.is_data_error() {
                 StoreFailure::Data

@@ -21,8 +21,9 @@ use meshlens_policy::authz::{spiffe_namespace, AuthzDecision, CheckAttributes, V
 use tonic::{Request, Response, Status};
 
 use super::{ratelimit_headers, PolicyServer};
+use crate::metrics::PolicyApi;
 
-pub(super) const API: &str = "ext_authz";
+pub(super) const API: PolicyApi = PolicyApi::ExtAuthz;
 /// Every decision a check ends in (the `decision` label).
 pub(super) const DECISIONS: &[&str] = &["allow", "deny", "rate_limited", "unavailable", "invalid"];
 /// google.rpc codes.

@@ -15,7 +15,7 @@ use meshlens_topology::graph::PolicyDecision;
 
 use meshlens_policy::{PolicyEngine, ReloadOutcome};
 
-use crate::metrics::{Metrics, SeriesCap};
+use crate::metrics::{LoadResult, Metrics, PolicyApi, SeriesCap};
 
 /// Default cap on label sets of the per-limit and per-rule policy metrics.
 pub const DEFAULT_MAX_POLICY_SERIES: usize = 1_000;
@@ -59,8 +59,7 @@ impl PolicyServer {
         // The first load counts as a successful one; failures start at 0 so that an alert on
         // their increase has a series from the start.
         let reloads = &server.metrics.policy_config_reloads;
-        reloads.with_label_values(&["success"]).inc();
-        reloads.with_label_values(&["failure"]);
+        reloads.at(LoadResult::Success).inc();
         let backend = server.engine.backend_name();
         for kind in server.engine.backend_error_kinds() {
             server
@@ -108,7 +107,7 @@ impl PolicyServer {
                 let loaded = self.engine.current();
                 self.metrics
                     .policy_config_reloads
-                    .with_label_values(&["success"])
+                    .at(LoadResult::Success)
                     .inc();
                 self.metrics
                     .policy_config_last_success
@@ -124,7 +123,7 @@ impl PolicyServer {
             ReloadOutcome::Failed(e) => {
                 self.metrics
                     .policy_config_reloads
-                    .with_label_values(&["failure"])
+                    .at(LoadResult::Failure)
                     .inc();
                 self.metrics.policy_config_last_successful.set(0);
                 tracing::error!(error = %e, "policy config refused; the previous one stays active");
@@ -199,18 +198,15 @@ impl PolicyServer {
         }
     }
 
-    fn local_over_answer(&self, api: &str) {
-        self.metrics
-            .policy_local_over_answers
-            .with_label_values(&[api])
-            .inc();
+    fn local_over_answer(&self, api: PolicyApi) {
+        self.metrics.policy_local_over_answers.at(api).inc();
     }
 
-    fn denial(&self, api: &str, by: &str) {
+    fn denial(&self, api: PolicyApi, by: &str) {
         self.capped(
             &self.metrics.policy_denials,
             "meshlens_policy_denials_total",
-            [api, by],
+            [api.as_str(), by],
             1,
         );
     }
@@ -250,7 +246,8 @@ struct ApiMetrics {
 }
 
 impl ApiMetrics {
-    fn new(m: &Metrics, api: &'static str, decisions: &[&'static str]) -> Self {
+    fn new(m: &Metrics, api: PolicyApi, decisions: &[&'static str]) -> Self {
+        let api = api.as_str();
         ApiMetrics {
             api,
             seconds: m.policy_check_seconds.with_label_values(&[api]),

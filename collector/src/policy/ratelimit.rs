@@ -19,8 +19,9 @@ use meshlens_policy::Unit;
 use tonic::{Request, Response, Status};
 
 use super::PolicyServer;
+use crate::metrics::PolicyApi;
 
-pub(super) const API: &str = "ratelimit";
+pub(super) const API: PolicyApi = PolicyApi::Ratelimit;
 /// Every decision a call ends in (the `decision` label).
 pub(super) const DECISIONS: &[&str] = &["ok", "over_limit", "invalid"];
 
