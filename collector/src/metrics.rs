@@ -496,6 +496,16 @@ label_values! {
     MemoryLimit { Soft = "soft", Hard = "hard" }
     /// A policy API.
     PolicyApi { ExtAuthz = "ext_authz", Ratelimit = "ratelimit" }
+    /// A policy check's decision (each API has some of them: its `DECISIONS`).
+    Decision {
+        Allow = "allow",
+        Deny = "deny",
+        RateLimited = "rate_limited",
+        Unavailable = "unavailable",
+        Ok = "ok",
+        OverLimit = "over_limit",
+        Invalid = "invalid",
+    }
     /// A tokens file.
     TokensFile { Web = "web", Ingest = "ingest" }
     /// Why a listener closed a connection before serving it.

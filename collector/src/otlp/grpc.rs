@@ -179,11 +179,12 @@ where
             match tokio::time::timeout(timeout, call).await {
                 Ok(result) => result,
                 Err(_) => {
+                    let e = IngestError::BodyTimeout(timeout);
                     metrics
                         .ingest_rejected_requests
-                        .with_label_values(&[Protocol::OtlpGrpc.as_str(), "timeout"])
+                        .with_label_values(&[Protocol::OtlpGrpc.as_str(), e.reason()])
                         .inc();
-                    Ok(Status::from(IngestError::BodyTimeout(timeout)).into_http())
+                    Ok(Status::from(e).into_http())
                 }
             }
         })

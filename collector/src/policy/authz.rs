@@ -21,11 +21,17 @@ use meshlens_policy::authz::{spiffe_namespace, AuthzDecision, CheckAttributes, V
 use tonic::{Request, Response, Status};
 
 use super::{ratelimit_headers, PolicyServer};
-use crate::metrics::PolicyApi;
+use crate::metrics::{Decision, PolicyApi};
 
 pub(super) const API: PolicyApi = PolicyApi::ExtAuthz;
 /// Every decision a check ends in (the `decision` label).
-pub(super) const DECISIONS: &[&str] = &["allow", "deny", "rate_limited", "unavailable", "invalid"];
+pub(super) const DECISIONS: &[Decision] = &[
+    Decision::Allow,
+    Decision::Deny,
+    Decision::RateLimited,
+    Decision::Unavailable,
+    Decision::Invalid,
+];
 /// google.rpc codes.
 const PERMISSION_DENIED: i32 = 7;
 const RESOURCE_EXHAUSTED: i32 = 8;
@@ -310,7 +316,7 @@ impl Authorization for AuthzService {
         let budget = super::budget(request.metadata());
         let mut request = request.into_inner();
         if let Err(e) = bounds(&request) {
-            s.finish(&s.authz_metrics, "invalid", started);
+            s.finish(&s.authz_metrics, Decision::Invalid, started);
             return Err(Status::invalid_argument(e));
         }
         let attrs = attributes(&mut request);
@@ -329,7 +335,7 @@ impl Authorization for AuthzService {
             s.metrics.policy_audits.with_label_values(&[rule]).inc();
         }
         let decision = match &d.verdict {
-            Verdict::Allow { .. } => "allow",
+            Verdict::Allow { .. } => Decision::Allow,
             Verdict::Deny { rule, reason } => {
                 s.denial(API, rule.as_deref().unwrap_or(reason));
                 s.refused(
@@ -337,7 +343,7 @@ impl Authorization for AuthzService {
                     attrs.destination.as_deref(),
                     false,
                 );
-                "deny"
+                Decision::Deny
             }
             Verdict::RateLimited { quota, .. } => {
                 s.denial(API, quota);
@@ -346,9 +352,9 @@ impl Authorization for AuthzService {
                     attrs.destination.as_deref(),
                     true,
                 );
-                "rate_limited"
+                Decision::RateLimited
             }
-            Verdict::Unavailable { .. } => "unavailable",
+            Verdict::Unavailable { .. } => Decision::Unavailable,
         };
         let resp = response(d);
         s.finish(&s.authz_metrics, decision, started);

@@ -15,7 +15,7 @@ use meshlens_topology::graph::PolicyDecision;
 
 use meshlens_policy::{PolicyEngine, ReloadOutcome};
 
-use crate::metrics::{LoadResult, Metrics, PolicyApi, SeriesCap};
+use crate::metrics::{Decision, LoadResult, Metrics, PolicyApi, SeriesCap};
 
 /// Default cap on label sets of the per-limit and per-rule policy metrics.
 pub const DEFAULT_MAX_POLICY_SERIES: usize = 1_000;
@@ -167,14 +167,14 @@ impl PolicyServer {
     }
 
     /// Records a check's decision time and its decision (one of the API's `DECISIONS`).
-    fn finish(&self, api: &ApiMetrics, decision: &str, started: Instant) {
+    fn finish(&self, api: &ApiMetrics, decision: Decision, started: Instant) {
         api.seconds.observe(started.elapsed().as_secs_f64());
         match api.decisions.iter().find(|(d, _)| *d == decision) {
             Some((_, counter)) => counter.inc(),
             None => self
                 .metrics
                 .policy_checks
-                .with_label_values(&[api.api, decision])
+                .with_label_values(&[api.api, decision.as_str()])
                 .inc(),
         }
     }
@@ -242,18 +242,18 @@ impl PolicyServer {
 struct ApiMetrics {
     api: &'static str,
     seconds: prometheus::Histogram,
-    decisions: Vec<(&'static str, prometheus::IntCounter)>,
+    decisions: Vec<(Decision, prometheus::IntCounter)>,
 }
 
 impl ApiMetrics {
-    fn new(m: &Metrics, api: PolicyApi, decisions: &[&'static str]) -> Self {
+    fn new(m: &Metrics, api: PolicyApi, decisions: &[Decision]) -> Self {
         let api = api.as_str();
         ApiMetrics {
             api,
             seconds: m.policy_check_seconds.with_label_values(&[api]),
             decisions: decisions
                 .iter()
-                .map(|d| (*d, m.policy_checks.with_label_values(&[api, d])))
+                .map(|d| (*d, m.policy_checks.with_label_values(&[api, d.as_str()])))
                 .collect(),
         }
     }

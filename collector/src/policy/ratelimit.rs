@@ -19,11 +19,11 @@ use meshlens_policy::Unit;
 use tonic::{Request, Response, Status};
 
 use super::PolicyServer;
-use crate::metrics::PolicyApi;
+use crate::metrics::{Decision, PolicyApi};
 
 pub(super) const API: PolicyApi = PolicyApi::Ratelimit;
 /// Every decision a call ends in (the `decision` label).
-pub(super) const DECISIONS: &[&str] = &["ok", "over_limit", "invalid"];
+pub(super) const DECISIONS: &[Decision] = &[Decision::Ok, Decision::OverLimit, Decision::Invalid];
 
 pub struct RlsService {
     pub(super) server: Arc<PolicyServer>,
@@ -139,7 +139,7 @@ impl RateLimitService for RlsService {
         let req = match self::request(request.into_inner()) {
             Ok(r) => r,
             Err(status) => {
-                s.finish(&s.ratelimit_metrics, "invalid", started);
+                s.finish(&s.ratelimit_metrics, Decision::Invalid, started);
                 return Err(status);
             }
         };
@@ -181,7 +181,11 @@ impl RateLimitService for RlsService {
         let resp = response(d);
         s.finish(
             &s.ratelimit_metrics,
-            if d.over_limit { "over_limit" } else { "ok" },
+            if d.over_limit {
+                Decision::OverLimit
+            } else {
+                Decision::Ok
+            },
             started,
         );
         Ok(Response::new(resp))

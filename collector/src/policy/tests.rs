@@ -331,6 +331,7 @@ async fn decision_series_start_at_zero_and_count_each_check() {
     .iter()
     .flat_map(|(api, ds)| {
         ds.iter().map(move |d| {
+            let d = d.as_str();
             format!(r#"meshlens_policy_checks_total{{api="{api}",decision="{d}"}} 0"#)
         })
     })
