@@ -27,7 +27,7 @@ fn run(cmd: &str, args: &[&str]) {
         .unwrap_or_else(|e| panic!("{cmd}: {e}"));
     assert!(
         out.status.success(),
-        "{cmd} {args:?}: {} (this test mounts a tmpfs: it needs root)",
+        "{cmd} {args:?}: {} (this test mounts disks of its own: it needs root)",
         String::from_utf8_lossy(&out.stderr)
     );
 }
@@ -44,7 +44,12 @@ impl Disk {
         let image = tempfile::NamedTempFile::new().unwrap();
         image.as_file().set_len(mib << 20).unwrap();
         let path = image.path().to_str().unwrap().to_string();
-        run("mkfs.ext4", &["-q", "-F", &path]);
+        // Debian keeps it in /usr/sbin, which a non-login shell's PATH may lack.
+        let mkfs = ["/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("mkfs.ext4");
+        run(mkfs, &["-q", "-F", &path]);
         let disk = Disk::mount(&["-o", "loop", &path]);
         // The mounted image stays (the loop device holds it) until the unmount.
         drop(image);

@@ -354,7 +354,7 @@ impl Topology {
         let mut out = Vec::new();
         for (key, series) in self.edges.map.iter_mut() {
             series.advance(now_ns);
-            for (minute, stats) in series.minutes().filter(|(m, _)| *m > after) {
+            for (minute, stats) in series.minutes(after) {
                 out.push((minute, key.clone(), stats));
             }
         }

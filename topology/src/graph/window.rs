@@ -488,12 +488,13 @@ impl Series {
         self.last_seen_ns
     }
 
-    /// Whole minutes that have ended, oldest first, for the per-minute history (unix minutes).
-    pub fn minutes(&self) -> impl Iterator<Item = (i64, Stats)> + '_ {
+    /// Whole minutes after `after` that have ended, oldest first, for the per-minute history
+    /// (unix minutes). Only those are unpacked.
+    pub fn minutes(&self, after: i64) -> impl Iterator<Item = (i64, Stats)> + '_ {
         let current = slot_of(self.now_ns, COARSE_SLOT_NS);
         self.coarse
             .iter()
-            .filter(move |(m, _)| *m < current)
+            .filter(move |(m, _)| *m > after && *m < current)
             .map(|(m, s)| (*m, s.unpack()))
     }
 
@@ -648,7 +649,7 @@ mod tests {
                 }
             }
             s.advance(now);
-            let minutes: Vec<(i64, u64)> = s.minutes().map(|(m, st)| (m, st.counts.requests)).collect();
+            let minutes: Vec<(i64, u64)> = s.minutes(i64::MIN).map(|(m, st)| (m, st.counts.requests)).collect();
             let current = slot_of(now, COARSE_SLOT_NS);
             for (m, n) in &minutes {
                 let want = seen.iter().filter(|(t, _)| slot_of(*t, COARSE_SLOT_NS) == *m).count() as u64;
