@@ -321,3 +321,38 @@ pub async fn open_post(
     s.write_all(first).await.unwrap();
     s
 }
+
+/// A raw HTTP/2 stream of an OTLP/gRPC `Export` to `addr`, its body left open for the test to
+/// send (in parts, or never whole); the connection's task is aborted with the returned handle.
+pub async fn open_grpc_export(
+    addr: std::net::SocketAddr,
+) -> (
+    h2::client::ResponseFuture,
+    h2::SendStream<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::post(format!(
+        "http://{addr}/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .unwrap();
+    let (answer, body) = client.send_request(req, false).unwrap();
+    (answer, body, conn)
+}
+
+impl TestEnv {
+    /// Each of these traces (`trace_request`'s) was refused: none of it is stored.
+    pub async fn assert_not_stored(&self, traces: &[u64]) {
+        for &trace in traces {
+            let (status, _) = self
+                .get_json(&format!("/api/traces/{}", trace_hex(trace)))
+                .await;
+            assert_eq!(status, 404, "trace {trace} was refused, never stored");
+        }
+    }
+}

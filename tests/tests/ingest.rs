@@ -475,18 +475,7 @@ async fn a_stalled_http_body_times_out_with_503() {
 #[tokio::test]
 async fn a_stalled_grpc_export_gets_deadline_exceeded() {
     let env = one_slot_short_deadline().await;
-    let addr = env.running().addrs.otlp_grpc;
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
-    let conn = tokio::spawn(conn);
-    let req = http::Request::post(format!(
-        "http://{addr}/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-    ))
-    .header("content-type", "application/grpc")
-    .header("te", "trailers")
-    .body(())
-    .unwrap();
-    let (answer, mut body) = client.send_request(req, false).unwrap();
+    let (answer, mut body, conn) = open_grpc_export(env.running().addrs.otlp_grpc).await;
     // A gRPC frame that announces 1,000 bytes, of which only 10 ever come.
     let mut frame = vec![0u8, 0, 0, 0x03, 0xe8];
     frame.extend_from_slice(&[0u8; 10]);

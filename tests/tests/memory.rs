@@ -7,7 +7,7 @@
 use std::alloc::System;
 
 use meshlens_collector::memory::{heap_bytes, Counting};
-use meshlens_tests::{trace_hex, trace_request, TestEnv};
+use meshlens_tests::{open_grpc_export, trace_hex, trace_request, TestEnv};
 
 #[global_allocator]
 static ALLOCATOR: Counting<System> = Counting(System);
@@ -115,12 +115,7 @@ async fn past_the_soft_limit_exports_are_refused_and_past_the_hard_one_the_graph
         assert_eq!(status, 200, "trace {trace}: {body}");
         assert_eq!(body["data"][0]["spans"].as_array().unwrap().len(), 3);
     }
-    for trace in [2, 3] {
-        let (status, _) = env
-            .get_json(&format!("/api/traces/{}", trace_hex(trace)))
-            .await;
-        assert_eq!(status, 404, "trace {trace} was refused");
-    }
+    env.assert_not_stored(&[2, 3]).await;
     env.stop().await;
 }
 
@@ -129,22 +124,11 @@ async fn past_the_soft_limit_exports_are_refused_and_past_the_hard_one_the_graph
 /// that reset ("broken pipe") instead of the retryable status they were sent.
 async fn refused_after_the_body_is_sent(env: &TestEnv) {
     use prost::Message;
-    let addr = env.running().addrs.otlp_grpc;
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
-    let conn = tokio::spawn(conn);
-    let req = http::Request::post(format!(
-        "http://{addr}/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-    ))
-    .header("content-type", "application/grpc")
-    .header("te", "trailers")
-    .body(())
-    .unwrap();
     let message = trace_request("soft", 10, 3).encode_to_vec();
     let mut frame = vec![0u8];
     frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
     frame.extend_from_slice(&message);
-    let (answer, mut body) = client.send_request(req, false).unwrap();
+    let (answer, mut body, conn) = open_grpc_export(env.running().addrs.otlp_grpc).await;
     let (first, rest) = frame.split_at(10);
     body.send_data(bytes::Bytes::copy_from_slice(first), false)
         .unwrap();
