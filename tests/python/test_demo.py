@@ -41,8 +41,9 @@ def test_demo_shows_a_live_canary_mesh(meshlens_factory):
     health = {v["version"]: v["health"] for v in work["versions"]}
     assert health["v1"] == "healthy" and health["v2"] == "failure", health  # 20% 5xx ≥ 10%
     into_work = edges(g)[("service:demo/ingress", "service:demo/work")]["stats"]
-    # 28% of calls on v2, a fifth of them failing: about 5.6%.
-    assert 0.03 < into_work["error_ratio"] < 0.09, into_work
+    # 28% of calls on v2, a fifth of them failing: about 5.6%, with a standard deviation near 0.9%
+    # over 600 calls (a CI run once read 9.0%: 3.6 deviations); the bounds are about 4 from it.
+    assert 0.02 < into_work["error_ratio"] < 0.095, into_work
     assert into_work["http_5xx"] == into_work["failures"] > 0
     assert into_work["latency_ms"]["p50"] < into_work["latency_ms"]["p99"]
 
