@@ -13,11 +13,7 @@ source scripts/bench-lib.sh
 
 run() { # $1 = label, $2 = binary, $3 = round
   rm -rf "$WORK/d"; mkdir -p "$WORK/d"
-  taskset -c 0 "$2" serve --database-url "sqlite://$WORK/d/m.db" --otlp-grpc-addr 127.0.0.1:14317 \
-    --otlp-http-addr 127.0.0.1:14318 --zipkin-addr 127.0.0.1:19411 --policy-addr 127.0.0.1:19091 \
-    --web-addr 127.0.0.1:20101 --log-level warn >"$WORK/server.log" 2>&1 &
-  SERVER_PID=$!
-  wait_port 14317
+  serve_bench "$2" "sqlite://$WORK/d/m.db" 0
   taskset -c 1 "$LOADGEN" --endpoint 127.0.0.1:14317 --warmup 2s --duration "${SECS}s" \
     --server-pid "$SERVER_PID" --label "build=$1 round=$3" | tee -a "$WORK/results"
   kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""

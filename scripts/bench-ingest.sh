@@ -19,14 +19,7 @@ LOADGEN=target/release/meshlens-loadgen
 source scripts/bench-lib.sh
 
 
-start_meshlens() { # $1 = database url, $2 = cpu list or ""
-  local pin=(); [ -n "$2" ] && pin=(taskset -c "$2")
-  "${pin[@]}" "$BIN" serve --database-url "$1" --otlp-grpc-addr 127.0.0.1:14317 --otlp-http-addr 127.0.0.1:14318 \
-    --zipkin-addr 127.0.0.1:19411 --policy-addr 127.0.0.1:19091 --web-addr 127.0.0.1:20101 --log-level warn \
-    >"$WORK/server.log" 2>&1 &
-  SERVER_PID=$!
-  wait_port 14317; wait_port 14318
-}
+start_meshlens() { serve_bench "$BIN" "$1" "$2"; } # $1 = database url, $2 = cpu list or ""
 
 start_rotel() { # $1 = cpu list or ""
   local pin=(); [ -n "$1" ] && pin=(taskset -c "$1")

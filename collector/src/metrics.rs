@@ -164,6 +164,12 @@ catalogue! {
     retention_deleted_spans: IntCounter =
         "meshlens_retention_deleted_spans_total", [],
         "Spans deleted because they were older than the retention.";
+    /// Spans still stored as rows, written before the store kept blocks: read in place until
+    /// retention removes them (0 once none is left).
+    store_row_spans: IntGauge =
+        "meshlens_store_row_spans", [],
+        "Spans still stored as rows (written before blocks), read in place until retention \
+         removes them.";
     /// Client and server spans waiting in the pairing store for their other side.
     topology_pending_spans: IntGauge =
         "meshlens_topology_pending_spans", [],

@@ -188,6 +188,12 @@ fn main() {
     {
         write("stored_span", &format!("span_{i}.row"), row);
     }
+    for (i, seed) in meshlens_storage::fuzzing::span_block_seeds(&spans)
+        .iter()
+        .enumerate()
+    {
+        write("span_block", &format!("block_{i}.bin"), seed);
+    }
     let end = |name: &str, version: &str| Endpoint {
         node: NodeKey::service(Some("shop"), name),
         version: Some(version.into()),

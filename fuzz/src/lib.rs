@@ -17,6 +17,7 @@ pub const TARGETS: &[Target] = &[
     ("ratelimit_yaml", ratelimit_yaml),
     ("policy_yaml", policy_yaml),
     ("stored_span", meshlens_storage::fuzzing::stored_span),
+    ("span_block", meshlens_storage::fuzzing::span_block),
     ("edge_minute", meshlens_storage::fuzzing::edge_minute),
     ("web_query", meshlens_web::fuzzing::query_parsers),
 ];

@@ -65,6 +65,14 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     tracing::info!(dialect = store.dialect(), "store migrated");
 
     let metrics = Metrics::new();
+    let rows = store.row_spans().await?;
+    metrics.store_row_spans.set(rows);
+    if rows > 0 {
+        tracing::info!(
+            spans = rows,
+            "spans stored as rows (before blocks) are read in place until retention removes them"
+        );
+    }
     let engine = meshlens_policy::PolicyEngine::new(config.policy.to_settings())
         .map_err(|e| anyhow::anyhow!("policy config: {e}"))?;
     let policy = meshlens_collector::policy::PolicyServer::new(

@@ -73,6 +73,11 @@ async fn run_once(
         }
         tokio::time::sleep(PAUSE).await;
     }
+    let rows = store.row_spans().await?;
+    if rows != metrics.store_row_spans.get() {
+        metrics.store_row_spans.set(rows);
+        tracing::info!(spans = rows, "spans stored as rows (before blocks) left");
+    }
     store.delete_operations_before(cutoff_ns).await?;
     // The graph's per-minute history follows the same retention.
     store

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use meshlens_topology::{Resource, Span};
 use serde::Serialize;
 
-use crate::json::{attrs_to_string, nul_free, AttrsJson};
+use crate::json::{attrs_to_string, nul_free, AttrsJson, ValueJson};
 
 /// Spans ready to insert, with the resources and operations they refer to. Cloning is cheap (the
 /// rows are shared), so the SQLite writer thread can hold a batch without copying it.
@@ -40,7 +40,8 @@ pub(crate) struct SpanRow {
     pub status_code: i16,
     pub is_error: bool,
     pub resource_id: i64,
-    pub attributes: String,
+    /// Each attribute as its key and its value in JSON text, in the span's order.
+    pub attributes: AttrPairs,
     pub extra: Option<String>,
 }
 
@@ -49,6 +50,9 @@ pub(crate) struct ResourceRow {
     pub id: i64,
     pub service: String,
     pub attributes: String,
+    /// The search terms of its attributes (`block::summary::tag_term`), for the summaries of the
+    /// blocks whose spans it is the resource of.
+    pub terms: Vec<u64>,
 }
 
 /// The parts of a span without a column of their own.
@@ -133,10 +137,80 @@ pub fn encode_batch(spans: &[Span]) -> EncodedBatch {
 
 fn encode_resource(r: &Resource) -> ResourceRow {
     let attributes = attrs_to_string(&r.attributes);
+    let terms = attr_pairs(&r.attributes)
+        .iter()
+        .map(|(k, v)| {
+            crate::block::summary::tag_term(
+                &crate::block::key_text(k),
+                &crate::block::search_text(v),
+            )
+        })
+        .collect();
     ResourceRow {
         id: resource_id(&attributes),
         service: clean(bounded(&r.service.name)),
         attributes,
+        terms,
+    }
+}
+
+/// Attributes as (key, value) pairs of JSON text, in one buffer: the object `attrs_to_string`
+/// writes is `{`, the pairs joined by `:` and `,`, then `}`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AttrPairs {
+    text: String,
+    /// Per pair, where its key ends and where its value ends in `text` (each starts where the
+    /// one before ends).
+    ends: Vec<(u32, u32)>,
+}
+
+impl AttrPairs {
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        let mut at = 0usize;
+        self.ends.iter().map(move |&(k, v)| {
+            let (k, v) = (k as usize, v as usize);
+            let pair = (&self.text[at..k], &self.text[k..v]);
+            at = v;
+            pair
+        })
+    }
+}
+
+fn attr_pairs(a: &meshlens_topology::Attributes) -> AttrPairs {
+    let mut text = Vec::new();
+    let mut ends = Vec::with_capacity(a.len());
+    for (k, v) in a.iter() {
+        // Writing plain data into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut text, &*nul_free(k));
+        let key_end = text.len() as u32;
+        let _ = serde_json::to_writer(&mut text, &ValueJson(v));
+        ends.push((key_end, text.len() as u32));
+    }
+    AttrPairs {
+        // serde_json writes UTF-8.
+        text: String::from_utf8(text).unwrap_or_default(),
+        ends,
+    }
+}
+
+impl SpanRow {
+    /// The attributes as one JSON object (the row store's column).
+    pub fn attributes_json(&self) -> String {
+        let mut out = String::from("{");
+        for (i, (k, v)) in self.attributes.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(k);
+            out.push(':');
+            out.push_str(v);
+        }
+        out.push('}');
+        out
     }
 }
 
@@ -195,7 +269,7 @@ fn encode_span(s: &Span, resource_id: i64) -> SpanRow {
         status_code: s.status.code.to_otlp() as i16,
         is_error: s.is_error(),
         resource_id,
-        attributes: attrs_to_string(&s.attributes),
+        attributes: attr_pairs(&s.attributes),
         extra,
     }
 }

@@ -50,6 +50,31 @@ pub fn stored_span(data: &[u8]) {
     let _ = crate::decode::span(raw, &resources);
 }
 
+/// A block's columns (decompressed, as `block::decompress` gives them) and, read as one, a
+/// block summary: every span of a block that decodes is decoded as reads decode it.
+pub fn span_block(data: &[u8]) {
+    let _ = crate::block::Summary::decode(data);
+    if let Ok(block) = crate::block::Block::decode_raw(data) {
+        let resources = std::collections::HashMap::new();
+        for i in 0..block.len() {
+            let _ = crate::decode::span(block.raw_span(i), &resources);
+            let _ = block.attributes(i).count();
+        }
+    }
+}
+
+/// Seeds for `span_block`: `spans` as one block's columns, and its summary.
+pub fn span_block_seeds(spans: &[meshlens_topology::Span]) -> Vec<Vec<u8>> {
+    let batch = crate::encode_batch(spans);
+    let mut rows: Vec<&crate::encode::SpanRow> = batch.spans.iter().collect();
+    rows.sort_by_key(|r| crate::trace_runs::row_order(&r.trace_id));
+    let block = crate::block::encode(&rows, &std::collections::HashMap::new());
+    vec![
+        crate::block::decompress(&block.data).unwrap_or_default(),
+        block.summary,
+    ]
+}
+
 /// An `edge_minutes` row.
 pub fn edge_minute(data: &[u8]) {
     let [minute, edge, counts, metric_counts, policy_counts, server, client, metric] = fields(data);
@@ -77,13 +102,14 @@ pub fn stored_span_seeds(spans: &[meshlens_topology::Span]) -> Vec<Vec<u8>> {
                 "{},{},{},{},1",
                 row.kind, row.start_ns, row.duration_ns, row.status_code
             );
+            let attributes = row.attributes_json();
             let fields: [&[u8]; 8] = [
                 &row.trace_id,
                 &row.span_id,
                 row.parent_span_id.as_ref().map_or(&[][..], |p| &p[..]),
                 row.name.as_bytes(),
                 numbers.as_bytes(),
-                row.attributes.as_bytes(),
+                attributes.as_bytes(),
                 row.extra.as_deref().unwrap_or("").as_bytes(),
                 resource.map_or(&b"{}"[..], |r| r.attributes.as_bytes()),
             ];

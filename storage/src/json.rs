@@ -13,7 +13,7 @@ use serde::{Serialize, Serializer};
 use serde_json::Value;
 
 pub struct AttrsJson<'a>(pub &'a Attributes);
-struct ValueJson<'a>(&'a AttrValue);
+pub struct ValueJson<'a>(pub &'a AttrValue);
 
 impl Serialize for AttrsJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

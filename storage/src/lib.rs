@@ -17,6 +17,7 @@ use sqlx::sqlite::{
 
 pub use encode::{encode_batch, EncodedBatch};
 
+mod block;
 mod decode;
 mod encode;
 #[doc(hidden)]
@@ -26,6 +27,7 @@ mod query;
 mod read;
 pub mod ready;
 mod rollup;
+mod search;
 mod sqlite_writer;
 mod trace_runs;
 mod write;
@@ -150,6 +152,8 @@ pub struct Store {
     searches: tokio::sync::Semaphore,
     search_timeout: Duration,
     max_search_range: Duration,
+    /// Whether spans stored as rows (before blocks) may be left: cleared once none is.
+    rows_left: AtomicBool,
 }
 
 #[derive(Default)]
@@ -191,6 +195,7 @@ impl Store {
             searches: tokio::sync::Semaphore::new(config.max_concurrent_searches.max(1)),
             search_timeout: config.search_timeout,
             max_search_range: config.max_search_range,
+            rows_left: AtomicBool::new(true),
         })
     }
 
@@ -292,5 +297,7 @@ fn bad_url(url: &str, e: impl std::fmt::Display) -> StoreError {
     }
 }
 
+#[cfg(test)]
+mod legacy_tests;
 #[cfg(test)]
 mod tests;

@@ -3,6 +3,7 @@
 use meshlens_topology::{Span, SpanKind, TraceId};
 use sqlx::{Postgres, QueryBuilder, Sqlite};
 
+use crate::block::Block;
 use crate::decode::{self, RawResource, RawSpan};
 use crate::query::{Operation, TraceQuery, MAX_SEARCH_LIMIT};
 use crate::{on_pool, Pool, Store, StoreError};
@@ -22,7 +23,108 @@ impl Store {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let raw: Vec<RawSpan> = match &self.pool {
+        let mut raw = self.block_spans(ids).await?;
+        if self.has_rows().await? {
+            raw.extend(self.spans_in_rows(ids).await?);
+        }
+        raw.sort_by_key(|r| r.start_ns);
+        let mut resource_ids: Vec<i64> = raw.iter().map(|r| r.resource_id).collect();
+        resource_ids.sort_unstable();
+        resource_ids.dedup();
+        let resources = decode::resources(self.resources(&resource_ids).await?)?;
+        let mut out: Vec<Vec<Span>> = vec![Vec::new(); ids.len()];
+        for r in raw {
+            let span = decode::span(r, &resources)?;
+            if let Some(i) = ids.iter().position(|id| *id == span.trace_id) {
+                out[i].push(span);
+            }
+        }
+        out.retain(|t| !t.is_empty());
+        for trace in &mut out {
+            dedup_retried(trace);
+        }
+        Ok(out)
+    }
+
+    /// The spans of these traces stored in blocks: the blocks the trace index points at, each
+    /// read and decoded once.
+    async fn block_spans(&self, ids: &[TraceId]) -> Result<Vec<RawSpan>, StoreError> {
+        let mut keys: Vec<Vec<u8>> = ids
+            .iter()
+            .map(|id| crate::trace_runs::trace_key(id.as_bytes()).to_vec())
+            .collect();
+        if ids
+            .iter()
+            .any(|id| crate::trace_runs::is_64_bit(id.as_bytes()))
+        {
+            keys.push(crate::trace_runs::OLD_64_BIT_KEY.to_vec());
+        }
+        // The commit each entry's spans are in: the block at or before its first seq.
+        const BLOCK_OF: &str = "(SELECT b.first_seq FROM blocks b WHERE b.first_seq <= i.first_seq ORDER BY b.first_seq DESC LIMIT 1)";
+        let blocks: Vec<Option<i64>> = match &self.pool {
+            Pool::Sqlite(p) => {
+                let mut qb = QueryBuilder::<Sqlite>::new(format!(
+                    "SELECT DISTINCT {BLOCK_OF} FROM trace_index i WHERE i.run_id IN (SELECT run_id FROM trace_runs) AND i.trace_key IN ("
+                ));
+                let mut sep = qb.separated(", ");
+                for k in keys {
+                    sep.push_bind(k);
+                }
+                qb.push(")");
+                qb.build_query_scalar().fetch_all(p).await?
+            }
+            Pool::Postgres(p) => {
+                sqlx::query_scalar(&format!(
+                    "SELECT DISTINCT {BLOCK_OF} FROM trace_index i WHERE i.trace_key = ANY($1)"
+                ))
+                .bind(keys)
+                .fetch_all(p)
+                .await?
+            }
+        };
+        let wanted: Vec<[u8; 16]> = ids.iter().map(|id| *id.as_bytes()).collect();
+        let mut raw = Vec::new();
+        for first_seq in blocks.into_iter().flatten() {
+            if let Some(block) = self.block(first_seq).await? {
+                raw.extend(block.spans_of(&wanted));
+            }
+        }
+        Ok(raw)
+    }
+
+    /// The decoded block that starts at this seq; `None` for a commit of rows, or one retention
+    /// has deleted.
+    pub(crate) async fn block(&self, first_seq: i64) -> Result<Option<Block>, StoreError> {
+        let data: Option<Vec<u8>> = on_pool!(&self.pool, |p| {
+            sqlx::query_scalar("SELECT data FROM block_data WHERE first_seq = $1")
+                .bind(first_seq)
+                .fetch_optional(p)
+                .await?
+        });
+        data.map(|d| Block::decode(&d)).transpose()
+    }
+
+    /// Whether any span is still stored as a row (written before blocks, not yet removed by
+    /// retention). Once none is, none will be again, and the question is not asked again.
+    pub(crate) async fn has_rows(&self) -> Result<bool, StoreError> {
+        use std::sync::atomic::Ordering;
+        if !self.rows_left.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let any: bool = on_pool!(&self.pool, |p| {
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM spans)")
+                .fetch_one(p)
+                .await?
+        });
+        if !any {
+            self.rows_left.store(false, Ordering::Relaxed);
+        }
+        Ok(any)
+    }
+
+    /// The spans of these traces stored as rows.
+    async fn spans_in_rows(&self, ids: &[TraceId]) -> Result<Vec<RawSpan>, StoreError> {
+        Ok(match &self.pool {
             Pool::Sqlite(p) => {
                 // Through the trace index's runs (trace_runs.rs).
                 let mut qb = QueryBuilder::<Sqlite>::new(format!(
@@ -44,38 +146,22 @@ impl Store {
                 for id in ids {
                     sep.push_bind(id.as_bytes().to_vec());
                 }
-                qb.push(") ORDER BY s.start_ns");
+                qb.push(")");
                 qb.build_query_as().fetch_all(p).await?
             }
             Pool::Postgres(p) => {
                 let list: Vec<Vec<u8>> = ids.iter().map(|i| i.as_bytes().to_vec()).collect();
                 sqlx::query_as(&format!(
-                    "SELECT {SPAN_COLUMNS_PG} FROM spans WHERE trace_id = ANY($1) ORDER BY start_ns"
+                    "SELECT {SPAN_COLUMNS_PG} FROM spans WHERE trace_id = ANY($1)"
                 ))
                 .bind(list)
                 .fetch_all(p)
                 .await?
             }
-        };
-        let mut resource_ids: Vec<i64> = raw.iter().map(|r| r.resource_id).collect();
-        resource_ids.sort_unstable();
-        resource_ids.dedup();
-        let resources = decode::resources(self.resources(&resource_ids).await?)?;
-        let mut out: Vec<Vec<Span>> = vec![Vec::new(); ids.len()];
-        for r in raw {
-            let span = decode::span(r, &resources)?;
-            if let Some(i) = ids.iter().position(|id| *id == span.trace_id) {
-                out[i].push(span);
-            }
-        }
-        out.retain(|t| !t.is_empty());
-        for trace in &mut out {
-            dedup_retried(trace);
-        }
-        Ok(out)
+        })
     }
 
-    async fn resources(&self, ids: &[i64]) -> Result<Vec<RawResource>, StoreError> {
+    pub(crate) async fn resources(&self, ids: &[i64]) -> Result<Vec<RawResource>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -110,7 +196,31 @@ impl Store {
     pub async fn search(&self, q: &TraceQuery) -> Result<Vec<TraceId>, StoreError> {
         self.check_range(q.start_min_ns.into(), q.start_max_ns.into())?;
         let _permit = self.searches.try_acquire().map_err(|_| StoreError::Busy)?;
-        let limit = q.limit.clamp(1, MAX_SEARCH_LIMIT) as i64;
+        let limit = q.limit.clamp(1, MAX_SEARCH_LIMIT);
+        let deadline = std::time::Instant::now() + self.search_timeout;
+        let mut found = self.search_blocks(q, limit, deadline).await?;
+        if self.has_rows().await? {
+            for (id, t) in self.search_rows(q, limit as i64).await? {
+                let at = found.entry(id).or_insert(t);
+                *at = (*at).max(t);
+            }
+        }
+        let mut found: Vec<([u8; 16], i64)> = found.into_iter().collect();
+        found.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0)));
+        Ok(found
+            .into_iter()
+            .take(limit)
+            .filter_map(|(id, _)| TraceId::from_bytes(&id).ok())
+            .collect())
+    }
+
+    /// The search over spans stored as rows: trace ids with the latest start of their matching
+    /// spans.
+    async fn search_rows(
+        &self,
+        q: &TraceQuery,
+        limit: i64,
+    ) -> Result<Vec<([u8; 16], i64)>, StoreError> {
         let Some(seqs) = self.seq_range(q.start_min_ns, q.start_max_ns).await? else {
             return Ok(Vec::new());
         };
@@ -168,7 +278,7 @@ impl Store {
         };
         Ok(rows
             .into_iter()
-            .filter_map(|(id, _)| TraceId::from_bytes(&id).ok())
+            .filter_map(|(id, t)| Some((<[u8; 16]>::try_from(id.as_slice()).ok()?, t)))
             .collect())
     }
 
@@ -237,8 +347,19 @@ impl Store {
             .collect())
     }
 
-    /// How many spans are stored (for tests and the crash check).
+    /// How many spans are stored, as rows and in blocks (for tests and the crash check).
     pub async fn count_spans(&self) -> Result<i64, StoreError> {
+        let sql = "SELECT CAST((SELECT COUNT(*) FROM spans) + (SELECT COALESCE(SUM(b.last_seq - b.first_seq + 1), 0) FROM blocks b JOIN block_data d ON d.first_seq = b.first_seq) AS BIGINT)";
+        Ok(on_pool!(&self.pool, |p| sqlx::query_scalar(sql)
+            .fetch_one(p)
+            .await?))
+    }
+
+    /// Spans still stored as rows (written before blocks); 0 once retention has removed them.
+    pub async fn row_spans(&self) -> Result<i64, StoreError> {
+        if !self.has_rows().await? {
+            return Ok(0);
+        }
         let sql = "SELECT COUNT(*) FROM spans";
         Ok(on_pool!(&self.pool, |p| sqlx::query_scalar(sql)
             .fetch_one(p)

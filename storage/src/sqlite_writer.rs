@@ -11,21 +11,21 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rusqlite::{params, Connection, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::oneshot;
 
-use crate::encode::{EncodedBatch, ResourceRow, SpanRow};
+use crate::encode::ResourceRow;
 use crate::trace_runs::{self, Step};
-use crate::write::OperationRow;
+use crate::write::{Commit, OperationRow};
 use crate::StoreError;
 
-/// One group of batches to commit, with what the rows refer to and a place for the outcome.
+/// One group of batches to commit (encoded as one block), with what the spans refer to and a
+/// place for the outcome.
 pub(crate) struct WriteJob {
-    pub batches: Vec<EncodedBatch>,
+    pub block: Commit,
     pub resources: Vec<ResourceRow>,
     pub operations: Vec<OperationRow>,
     pub committed_ns: i64,
-    pub start_range: (i64, i64),
     /// Start the write-ahead log over before this transaction.
     pub restart_wal: bool,
     pub reply: oneshot::Sender<Result<u64, StoreError>>,
@@ -190,100 +190,54 @@ fn open(path: &Path, settings: &WriterSettings) -> Result<Connection, StoreError
     Ok(conn)
 }
 
-/// Rows per multi-row INSERT (the rest go one by one): fewer statements to step, and SQLite
-/// updates AUTOINCREMENT's `sqlite_sequence` row once per statement, not per row.
-const ROWS_PER_INSERT: usize = 64;
-const SPAN_COLUMNS: usize = 13;
-
-/// The INSERT of `n` rows (two sizes are used; each is built once).
-fn insert_spans_sql(n: usize) -> &'static str {
-    static MANY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    static ONE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let build = || {
-        let row = format!("({})", vec!["?"; SPAN_COLUMNS].join(", "));
-        format!(
-            "INSERT INTO spans (trace_id, span_id, parent_span_id, service, name, kind, start_ns, duration_ns, status_code, is_error, resource_id, attributes, extra) VALUES {}",
-            vec![row; n].join(", ")
-        )
-    };
-    if n == 1 {
-        ONE.get_or_init(build)
-    } else {
-        debug_assert_eq!(n, ROWS_PER_INSERT);
-        MANY.get_or_init(build)
-    }
-}
-
-fn bind_rows(stmt: &mut rusqlite::CachedStatement, rows: &[&SpanRow]) -> rusqlite::Result<()> {
-    for (i, r) in rows.iter().enumerate() {
-        let at = i * SPAN_COLUMNS;
-        stmt.raw_bind_parameter(at + 1, &r.trace_id[..])?;
-        stmt.raw_bind_parameter(at + 2, &r.span_id[..])?;
-        stmt.raw_bind_parameter(at + 3, r.parent_span_id.as_ref().map(|p| &p[..]))?;
-        stmt.raw_bind_parameter(at + 4, &r.service)?;
-        stmt.raw_bind_parameter(at + 5, &r.name)?;
-        stmt.raw_bind_parameter(at + 6, r.kind)?;
-        stmt.raw_bind_parameter(at + 7, r.start_ns)?;
-        stmt.raw_bind_parameter(at + 8, r.duration_ns)?;
-        stmt.raw_bind_parameter(at + 9, r.status_code)?;
-        stmt.raw_bind_parameter(at + 10, r.is_error)?;
-        stmt.raw_bind_parameter(at + 11, r.resource_id)?;
-        stmt.raw_bind_parameter(at + 12, &r.attributes)?;
-        stmt.raw_bind_parameter(at + 13, &r.extra)?;
-    }
-    Ok(())
-}
-
-/// One transaction: the spans, their block, new resources and operations. Returns spans written.
+/// One transaction: the block, its trace-index run, new resources and operations. Returns
+/// spans written.
 fn write(conn: &mut Connection, job: &WriteJob) -> Result<u64, StoreError> {
     let started = std::time::Instant::now();
     if job.restart_wal {
         // Between transactions, this connection can start the log over at no one's expense.
         conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))?;
     }
-    // Sorted by index key and trace id, so that each trace's spans in this commit get consecutive
-    // seqs and one trace-index entry, in key order (stable: a trace's spans keep the order they
-    // came in).
-    let mut rows: Vec<&SpanRow> = job.batches.iter().flat_map(|b| b.spans.iter()).collect();
-    if rows.is_empty() {
+    let block = &job.block;
+    if block.spans == 0 {
         return Ok(0);
     }
-    rows.sort_by_key(|r| trace_runs::row_order(&r.trace_id));
     // IMMEDIATE takes the write lock up front (waiting out the busy timeout): a deferred
     // transaction that reads first could not upgrade while retention deletes.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    // One writer holds the lock and seq is AUTOINCREMENT: the rows take the next seqs in order.
-    let first_seq: i64 = tx.query_row(
-        "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'spans'), 0) + 1",
-        [],
-        |r| r.get(0),
-    )?;
-    let written = rows.len() as u64;
-    {
-        let mut chunks = rows.chunks_exact(ROWS_PER_INSERT);
-        let mut insert = tx.prepare_cached(insert_spans_sql(ROWS_PER_INSERT))?;
-        for chunk in &mut chunks {
-            bind_rows(&mut insert, chunk)?;
-            insert.raw_execute()?;
-        }
-        let mut insert = tx.prepare_cached(insert_spans_sql(1))?;
-        for row in chunks.remainder() {
-            bind_rows(&mut insert, std::slice::from_ref(row))?;
-            insert.raw_execute()?;
-        }
-    }
-    let last_seq = tx.last_insert_rowid();
-    let inserted = started.elapsed();
-    if last_seq - first_seq + 1 != written as i64 {
-        // Only if something else inserted spans inside this transaction: the index would be wrong.
-        return Err(StoreError::Corrupt(format!(
-            "spans {first_seq}..={last_seq} are not the {written} rows just written"
-        )));
-    }
-    let entries = trace_runs::entries_of(rows.iter().map(|r| &r.trace_id), first_seq);
+    // One writer holds the lock: the block takes the next seqs. sqlite_sequence's row for
+    // `spans` is the one counter of rows and blocks alike, so a seq is never used twice, also
+    // once retention has emptied every table.
+    let last_used: Option<i64> = tx
+        .query_row(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'spans'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let first_seq = last_used.unwrap_or(0) + 1;
+    let last_seq = first_seq + block.spans as i64 - 1;
+    match last_used {
+        Some(_) => tx
+            .prepare_cached("UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'spans'")?
+            .execute([last_seq])?,
+        None => tx
+            .prepare_cached("INSERT INTO sqlite_sequence (name, seq) VALUES ('spans', ?1)")?
+            .execute([last_seq])?,
+    };
+    tx.prepare_cached("INSERT INTO blocks (first_seq, last_seq, min_start_ns, max_start_ns, committed_ns, summary) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
+        .execute(params![first_seq, last_seq, block.start_range.0, block.start_range.1, job.committed_ns, &block.encoded.summary])?;
+    tx.prepare_cached("INSERT INTO block_data (first_seq, data) VALUES (?1, ?2)")?
+        .execute(params![first_seq, &block.encoded.data])?;
+    let entries: Vec<trace_runs::Entry> = block
+        .entries
+        .iter()
+        .map(|e| trace_runs::Entry {
+            first_seq: e.first_seq + first_seq,
+            ..*e
+        })
+        .collect();
     trace_runs::append_run(&tx, &entries, first_seq, last_seq)?;
-    tx.prepare_cached("INSERT INTO blocks (first_seq, last_seq, min_start_ns, max_start_ns, committed_ns) VALUES (?1, ?2, ?3, ?4, ?5)")?
-        .execute(params![first_seq, last_seq, job.start_range.0, job.start_range.1, job.committed_ns])?;
     for r in &job.resources {
         tx.prepare_cached("INSERT INTO resources (id, service, attributes, last_seen_ns) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (id) DO UPDATE SET last_seen_ns = MAX(last_seen_ns, excluded.last_seen_ns)")?
             .execute(params![r.id, r.service, r.attributes, job.committed_ns])?;
@@ -293,8 +247,8 @@ fn write(conn: &mut Connection, job: &WriteJob) -> Result<u64, StoreError> {
             .execute(params![service, name, kind, seen])?;
     }
     tx.commit()?;
-    tracing::trace!(spans = written, ?inserted, total = ?started.elapsed(), "sqlite write");
-    Ok(written)
+    tracing::trace!(spans = block.spans, bytes = block.encoded.data.len(), total = ?started.elapsed(), "sqlite write");
+    Ok(block.spans)
 }
 
 #[cfg(test)]

@@ -135,10 +135,11 @@ pub(crate) fn step(conn: &mut Connection, step_entries: u64) -> rusqlite::Result
     Ok(step)
 }
 
-/// The lowest seq still stored: runs and entries wholly below it point at nothing.
+/// The lowest seq still stored, in a row or a block: runs and entries wholly below it point at
+/// nothing.
 fn live_floor(tx: &Transaction) -> rusqlite::Result<i64> {
     tx.query_row(
-        "SELECT COALESCE((SELECT seq FROM spans ORDER BY seq LIMIT 1), (SELECT seq + 1 FROM sqlite_sequence WHERE name = 'spans'), 0)",
+        "SELECT COALESCE((SELECT MIN(s) FROM (SELECT (SELECT seq FROM spans ORDER BY seq LIMIT 1) AS s UNION ALL SELECT (SELECT first_seq FROM block_data ORDER BY first_seq LIMIT 1))), (SELECT seq + 1 FROM sqlite_sequence WHERE name = 'spans'), 0)",
         [],
         |r| r.get(0),
     )
@@ -316,6 +317,7 @@ mod tests {
         for m in [
             include_str!("../../migrations/sqlite/0001_spans.sql"),
             include_str!("../../migrations/sqlite/0005_trace_runs.sql"),
+            include_str!("../../migrations/sqlite/0008_span_blocks.sql"),
         ] {
             conn.execute_batch(m).unwrap();
         }
@@ -532,6 +534,8 @@ mod tests {
             expected.entry(trace).or_default().push(i as i64 + 1);
         }
         conn.execute_batch(include_str!("../../migrations/sqlite/0005_trace_runs.sql"))
+            .unwrap();
+        conn.execute_batch(include_str!("../../migrations/sqlite/0008_span_blocks.sql"))
             .unwrap();
         check(&conn, &expected, "after the migration");
         for c in 0..8 {

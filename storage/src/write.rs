@@ -1,11 +1,10 @@
 //! The write side: one transaction per group of batches, and retention.
 
-use std::collections::HashSet;
-
-use sqlx::Postgres;
+use std::collections::{HashMap, HashSet};
 
 use crate::encode::{EncodedBatch, ResourceRow, SpanRow};
 use crate::sqlite_writer::{self, Job, WriteJob};
+use crate::{block, trace_runs};
 use crate::{on_pool, Known, Pool, Store, StoreError, KNOWN_LIMIT};
 
 /// How far in the future a span may start and still count for its block's time range. A clock
@@ -17,6 +16,36 @@ fn now_ns() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0)
+}
+
+/// One commit's spans encoded as a block, with its trace-index entries (seqs counted from 0 at
+/// the block's first span) and the start times it covers.
+pub(crate) struct Commit {
+    pub encoded: block::EncodedBlock,
+    pub entries: Vec<trace_runs::Entry>,
+    pub start_range: (i64, i64),
+    pub spans: u64,
+}
+
+impl Commit {
+    fn encode(batches: &[EncodedBatch], committed_ns: i64) -> Commit {
+        // Sorted by index key and trace id, so that each trace's spans get consecutive seqs and
+        // one trace-index entry, in key order (stable: a trace's spans keep the order they came
+        // in).
+        let mut rows: Vec<&SpanRow> = batches.iter().flat_map(|b| b.spans.iter()).collect();
+        rows.sort_by_key(|r| trace_runs::row_order(&r.trace_id));
+        let terms: HashMap<i64, Vec<u64>> = batches
+            .iter()
+            .flat_map(|b| b.resources.iter())
+            .map(|r| (r.id, r.terms.clone()))
+            .collect();
+        Commit {
+            encoded: block::encode(&rows, &terms),
+            entries: trace_runs::entries_of(rows.iter().map(|r| &r.trace_id), 0),
+            start_range: start_range(&rows, committed_ns),
+            spans: rows.len() as u64,
+        }
+    }
 }
 
 /// The start times a block covers, the future clamped to `MAX_FUTURE_NS` past the commit.
@@ -50,15 +79,19 @@ fn operation_key(service: &str, name: &str, kind: i16) -> u64 {
 pub(crate) type OperationRow = (String, String, i16, i64);
 
 impl Store {
-    /// Writes every batch in one transaction. On `Ok` the spans are committed.
+    /// Writes every batch in one transaction, as one block. On `Ok` the spans are committed.
     pub async fn write(&self, batches: &[&EncodedBatch]) -> Result<u64, StoreError> {
-        let spans: Vec<&SpanRow> = batches.iter().flat_map(|b| b.spans.iter()).collect();
-        if spans.is_empty() {
+        let written: u64 = batches.iter().map(|b| b.len() as u64).sum();
+        if written == 0 {
             return Ok(0);
         }
         let committed_ns = now_ns();
         let (resources, operations) = self.unknown_keys(batches, committed_ns);
-        let (min_start, max_start) = start_range(&spans, committed_ns);
+        // Encoding and compressing take CPU time: off the async workers, before the writer.
+        let owned: Vec<EncodedBatch> = batches.iter().map(|b| (*b).clone()).collect();
+        let block = tokio::task::spawn_blocking(move || Commit::encode(&owned, committed_ns))
+            .await
+            .map_err(|e| StoreError::Io(format!("encoding a block: {e}")))?;
         match &self.pool {
             Pool::Sqlite(_) => {
                 let writer = self.writer()?;
@@ -67,11 +100,10 @@ impl Store {
                     .swap(false, std::sync::atomic::Ordering::AcqRel);
                 sqlite_writer::ask(writer, |reply| {
                     Job::Write(WriteJob {
-                        batches: batches.iter().map(|b| (*b).clone()).collect(),
+                        block,
                         resources: resources.clone(),
                         operations: operations.clone(),
                         committed_ns,
-                        start_range: (min_start, max_start),
                         restart_wal,
                         reply,
                     })
@@ -79,14 +111,36 @@ impl Store {
                 .await?;
             }
             Pool::Postgres(pool) => {
+                let n = block.spans as i64;
                 let mut tx = pool.begin().await?;
-                let (first, last): (i64, i64) = pg_insert_spans(&spans).fetch_one(&mut *tx).await?;
-                sqlx::query("INSERT INTO blocks (first_seq, last_seq, min_start_ns, max_start_ns, committed_ns) VALUES ($1, $2, $3, $4, $5)")
+                let last: i64 = sqlx::query_scalar(
+                    "UPDATE span_seq SET last_seq = last_seq + $1 WHERE id = 1 RETURNING last_seq",
+                )
+                .bind(n)
+                .fetch_one(&mut *tx)
+                .await?;
+                let first = last - n + 1;
+                sqlx::query("INSERT INTO blocks (first_seq, last_seq, min_start_ns, max_start_ns, committed_ns, summary) VALUES ($1, $2, $3, $4, $5, $6)")
                     .bind(first)
                     .bind(last)
-                    .bind(min_start)
-                    .bind(max_start)
+                    .bind(block.start_range.0)
+                    .bind(block.start_range.1)
                     .bind(committed_ns)
+                    .bind(&block.encoded.summary)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("INSERT INTO block_data (first_seq, data) VALUES ($1, $2)")
+                    .bind(first)
+                    .bind(&block.encoded.data)
+                    .execute(&mut *tx)
+                    .await?;
+                let keys: Vec<Vec<u8>> = block.entries.iter().map(|e| e.key.to_vec()).collect();
+                let seqs: Vec<i64> = block.entries.iter().map(|e| e.first_seq + first).collect();
+                let counts: Vec<i32> = block.entries.iter().map(|e| e.span_count as i32).collect();
+                sqlx::query("INSERT INTO trace_index (trace_key, first_seq, span_count) SELECT * FROM UNNEST($1::bytea[], $2::int8[], $3::int4[])")
+                    .bind(keys)
+                    .bind(seqs)
+                    .bind(counts)
                     .execute(&mut *tx)
                     .await?;
                 for r in &resources {
@@ -103,7 +157,7 @@ impl Store {
             }
         }
         self.remember(&resources, &operations);
-        Ok(spans.len() as u64)
+        Ok(written)
     }
 
     /// The resources and operations of these batches that this process has not written yet.
@@ -152,10 +206,11 @@ impl Store {
         );
     }
 
-    /// Deletes up to `limit` spans of commits made before `cutoff_ns` (retention counts from when
-    /// meshlens stored a span, so a span with a skewed clock is kept as long as any other), and
-    /// the commits' block rows once their spans are gone. Returns how many spans went.
-    /// Small batches keep each delete transaction short so ingest is never stalled for long.
+    /// Deletes up to about `limit` spans of commits made before `cutoff_ns` (retention counts
+    /// from when meshlens stored a span, so a span with a skewed clock is kept as long as any
+    /// other): rows first (spans stored before blocks), then whole blocks, oldest first, and the
+    /// commits' rows of `blocks` once their spans are gone. Returns how many spans went. Small
+    /// batches keep each delete transaction short so ingest is never stalled for long.
     pub async fn delete_committed_before(
         &self,
         cutoff_ns: i64,
@@ -168,24 +223,52 @@ impl Store {
                 .await?
         });
         let Some(hi) = hi else { return Ok(0) };
-        let deleted = on_pool!(&self.pool, |p| {
-            sqlx::query("DELETE FROM spans WHERE seq IN (SELECT seq FROM spans WHERE seq <= $1 ORDER BY seq LIMIT $2)")
-                .bind(hi)
-                .bind(limit)
-                .execute(p)
-                .await?
-                .rows_affected()
-        });
-        if deleted < limit as u64 {
-            on_pool!(&self.pool, |p| {
-                sqlx::query("DELETE FROM blocks WHERE committed_ns < $1 AND last_seq <= $2")
-                    .bind(cutoff_ns)
+        let mut deleted = 0;
+        if self.has_rows().await? {
+            deleted = on_pool!(&self.pool, |p| {
+                sqlx::query("DELETE FROM spans WHERE seq IN (SELECT seq FROM spans WHERE seq <= $1 ORDER BY seq LIMIT $2)")
                     .bind(hi)
+                    .bind(limit)
                     .execute(p)
                     .await?
                     .rows_affected()
             });
+            if deleted >= limit as u64 {
+                return Ok(deleted);
+            }
         }
+        // Whole blocks, as many as hold about `limit` spans (at least one).
+        let blocks: Vec<(i64, i64)> = on_pool!(&self.pool, |p| {
+            sqlx::query_as("SELECT b.first_seq, b.last_seq FROM blocks b JOIN block_data d ON d.first_seq = b.first_seq WHERE b.committed_ns < $1 AND b.last_seq <= $2 ORDER BY b.first_seq LIMIT $3")
+                .bind(cutoff_ns)
+                .bind(hi)
+                .bind(limit.max(1))
+                .fetch_all(p)
+                .await?
+        });
+        let mut upto = None;
+        for (first, last) in blocks {
+            if upto.is_some() && deleted + (last - first + 1) as u64 > limit as u64 {
+                break;
+            }
+            deleted += (last - first + 1) as u64;
+            upto = Some(last);
+        }
+        let upto = upto.unwrap_or(i64::MIN);
+        on_pool!(&self.pool, |p| {
+            let mut tx = p.begin().await?;
+            sqlx::query("DELETE FROM block_data WHERE first_seq <= $1 AND first_seq IN (SELECT first_seq FROM blocks WHERE committed_ns < $2)")
+                .bind(upto)
+                .bind(cutoff_ns)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM blocks WHERE committed_ns < $1 AND last_seq <= $2 AND NOT EXISTS (SELECT 1 FROM block_data d WHERE d.first_seq = blocks.first_seq) AND NOT EXISTS (SELECT 1 FROM spans WHERE seq <= blocks.last_seq)")
+                .bind(cutoff_ns)
+                .bind(hi)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        });
         Ok(deleted)
     }
 
@@ -274,63 +357,4 @@ impl Store {
         *self.known.lock().unwrap_or_else(|e| e.into_inner()) = Known::default();
         Ok(done)
     }
-}
-
-/// One statement for any number of rows: PostgreSQL unnests one array per column. Returns the
-/// first and last `seq` written.
-fn pg_insert_spans<'a>(
-    rows: &[&SpanRow],
-) -> sqlx::query::QueryAs<'a, Postgres, (i64, i64), sqlx::postgres::PgArguments> {
-    let n = rows.len();
-    let mut trace = Vec::with_capacity(n);
-    let mut span = Vec::with_capacity(n);
-    let mut parent = Vec::with_capacity(n);
-    let mut service = Vec::with_capacity(n);
-    let mut name = Vec::with_capacity(n);
-    let mut kind = Vec::with_capacity(n);
-    let mut start = Vec::with_capacity(n);
-    let mut duration = Vec::with_capacity(n);
-    let mut status = Vec::with_capacity(n);
-    let mut error = Vec::with_capacity(n);
-    let mut resource = Vec::with_capacity(n);
-    let mut attributes = Vec::with_capacity(n);
-    let mut extra = Vec::with_capacity(n);
-    for r in rows {
-        trace.push(r.trace_id.to_vec());
-        span.push(r.span_id.to_vec());
-        parent.push(r.parent_span_id.map(|p| p.to_vec()).unwrap_or_default());
-        service.push(r.service.clone());
-        name.push(r.name.clone());
-        kind.push(r.kind);
-        start.push(r.start_ns);
-        duration.push(r.duration_ns);
-        status.push(r.status_code);
-        error.push(r.is_error);
-        resource.push(r.resource_id);
-        attributes.push(r.attributes.clone());
-        extra.push(r.extra.clone().unwrap_or_default());
-    }
-    // Empty strings stand for NULL in the arrays; NULLIF turns them back.
-    sqlx::query_as(
-        "WITH ins AS (
-           INSERT INTO spans (trace_id, span_id, parent_span_id, service, name, kind, start_ns, duration_ns, status_code, is_error, resource_id, attributes, extra)
-           SELECT t, s, NULLIF(p, '\\x'::bytea), sv, nm, k, st, d, sc, e, r, a::jsonb, NULLIF(x, '')
-           FROM UNNEST($1::bytea[], $2::bytea[], $3::bytea[], $4::text[], $5::text[], $6::int2[], $7::int8[], $8::int8[], $9::int2[], $10::bool[], $11::int8[], $12::text[], $13::text[])
-             AS u(t, s, p, sv, nm, k, st, d, sc, e, r, a, x)
-           RETURNING seq)
-         SELECT MIN(seq), MAX(seq) FROM ins",
-    )
-    .bind(trace)
-    .bind(span)
-    .bind(parent)
-    .bind(service)
-    .bind(name)
-    .bind(kind)
-    .bind(start)
-    .bind(duration)
-    .bind(status)
-    .bind(error)
-    .bind(resource)
-    .bind(attributes)
-    .bind(extra)
 }

@@ -1,0 +1,29 @@
+-- Spans as compressed blocks (storage/src/block): each commit writes its spans, grouped by trace,
+-- as one block of columns. `blocks` keeps the commit's seq range and time range as before, plus
+-- the summary a search checks before it reads the block (NULL: a commit of the row store, whose
+-- spans are rows of `spans`, read in place until retention removes them); the compressed
+-- columns are a row of `block_data` (already compressed: stored out of line, not compressed
+-- again).
+ALTER TABLE blocks ADD COLUMN summary BYTEA;
+CREATE TABLE block_data (
+    first_seq  BIGINT PRIMARY KEY,
+    data       BYTEA NOT NULL
+);
+ALTER TABLE block_data ALTER COLUMN data SET STORAGE EXTERNAL;
+
+-- The seqs blocks take: one counter, continuing after the rows' identity.
+CREATE TABLE span_seq (
+    id        INTEGER PRIMARY KEY CHECK (id = 1),
+    last_seq  BIGINT NOT NULL
+);
+INSERT INTO span_seq (id, last_seq) VALUES (1, COALESCE((SELECT MAX(seq) FROM spans), 0));
+
+-- A trace's spans in a block: the trace key (as SQLite's trace_index: the id's first 8 bytes, the
+-- last 8 for a 64-bit id) and the seq range of its spans there. One entry per trace and commit.
+CREATE TABLE trace_index (
+    trace_key   BYTEA   NOT NULL,
+    first_seq   BIGINT  NOT NULL,
+    span_count  INTEGER NOT NULL,
+    PRIMARY KEY (trace_key, first_seq)
+);
+CREATE INDEX trace_index_first_seq ON trace_index (first_seq);

@@ -1,0 +1,264 @@
+//! The store at scale: fills a store with SPANS mesh-shaped spans (traces of 1–4 hops, each a
+//! client and a server span, across 20 services, spread over the last hour, in commits of 4,096
+//! spans), as fast as it takes them, then times the reads a user makes: a trace by id, and Jaeger
+//! searches over the hour (service + tag, service + operation + duration, a rare tag alone).
+//! `cargo run --release -p meshlens-storage --example scale_bench [sqlite://file | postgres://…] [SPANS] [keep]`
+//! (`keep`: reuse a store filled by an earlier run of the same SPANS).
+use std::time::Instant;
+
+use meshlens_storage::{encode_batch, Store, StoreConfig, TraceQuery};
+use meshlens_topology::testing::{resource, SpanBuilder};
+use meshlens_topology::{SpanKind, TraceId};
+
+const SERVICES: u64 = 20;
+const PER_COMMIT: usize = 4_096;
+const HOUR_NS: u64 = 3_600_000_000_000;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn trace_id(n: u64) -> TraceId {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&(n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1).to_be_bytes());
+    b[8..].copy_from_slice(&n.to_be_bytes());
+    TraceId::from_bytes(&b).expect("non-zero")
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+/// The `i`-th query of a search case.
+type MakeQuery = Box<dyn Fn(u64) -> TraceQuery>;
+
+/// Quantile of sorted milliseconds.
+fn q(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let url = args
+        .get(1)
+        .cloned()
+        .unwrap_or_else(|| "sqlite:///tmp/scale_bench.db".into());
+    let total: u64 = args
+        .get(2)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000_000);
+    let keep = args.get(3).is_some_and(|a| a == "keep");
+    if let (Some(path), false) = (url.strip_prefix("sqlite://"), keep) {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{path}{suffix}"));
+        }
+    }
+    let store = Store::connect(&StoreConfig {
+        url: url.clone(),
+        search_timeout: std::time::Duration::from_secs(60),
+        ..StoreConfig::default()
+    })
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    let resources: Vec<_> = (0..SERVICES)
+        .map(|s| {
+            resource(
+                &format!("svc-{s:02}"),
+                Some(if s % 4 == 0 { "v2" } else { "v1" }),
+            )
+        })
+        .collect();
+    // Spans start over the hour before the fill began, in the order they are written.
+    let t_end = now_ns();
+    let t_start = t_end - HOUR_NS;
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut traces = 0u64;
+    let mut written = 0u64;
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    if !keep {
+        while written < total {
+            let mut spans = Vec::with_capacity(PER_COMMIT + 8);
+            while spans.len() < PER_COMMIT {
+                let id = trace_id(traces);
+                traces += 1;
+                let mut start = t_start
+                    + (HOUR_NS as f64 * written as f64 / total as f64) as u64
+                    + rng.below(1_000_000_000);
+                let mut caller = rng.below(SERVICES);
+                let mut parent = None;
+                let mut span_no = traces * 16;
+                for _ in 0..1 + rng.below(4) {
+                    let callee = (caller + 1 + rng.below(SERVICES - 1)) % SERVICES;
+                    let failed = rng.below(100) < 5;
+                    let status = if failed { 503i64 } else { 200 };
+                    let dur = 200_000 + rng.below(20_000_000);
+                    let mut client = SpanBuilder::new(0, span_no + 1, "", "GET", start)
+                        .resource(resources[caller as usize].clone())
+                        .kind(SpanKind::Client)
+                        .duration_ns(dur)
+                        .attr("http.request.method", "GET")
+                        .attr("http.response.status_code", status)
+                        .attr(
+                            "server.address",
+                            format!("svc-{callee:02}.mesh.svc.cluster.local"),
+                        )
+                        .attr("server.port", 8080i64);
+                    if let Some(p) = parent {
+                        client = client.parent(p);
+                    }
+                    let mut server =
+                        SpanBuilder::new(0, span_no + 2, "", "GET /api/items/{id}", start + 20_000)
+                            .resource(resources[callee as usize].clone())
+                            .kind(SpanKind::Server)
+                            .parent(span_no + 1)
+                            .duration_ns(dur - 40_000)
+                            .attr("http.request.method", "GET")
+                            .attr("http.route", "/api/items/{id}")
+                            .attr("url.path", format!("/api/items/{}", rng.below(10_000)))
+                            .attr("http.response.status_code", status)
+                            .attr("client.address", "10.244.1.17");
+                    if failed {
+                        server = server.error("upstream failed");
+                    }
+                    for mut s in [client.build(), server.build()] {
+                        s.trace_id = id;
+                        spans.push(s);
+                    }
+                    parent = Some(span_no + 2);
+                    span_no += 2;
+                    caller = callee;
+                    start += 50_000;
+                }
+            }
+            written += spans.len() as u64;
+            store.write(&[&encode_batch(&spans)]).await.unwrap();
+            if last_report.elapsed().as_secs() >= 30 {
+                eprintln!(
+                    "{written} spans in {:.0} s",
+                    started.elapsed().as_secs_f64()
+                );
+                last_report = Instant::now();
+            }
+        }
+        store.settle_trace_index().await.unwrap();
+        store.checkpoint().await.unwrap();
+    } else {
+        traces = total / 5;
+    }
+    let fill = started.elapsed().as_secs_f64();
+    let stored = store.count_spans().await.unwrap();
+    let bytes = match url.strip_prefix("sqlite://") {
+        Some(path) => ["", "-wal", "-shm"]
+            .iter()
+            .map(|s| std::fs::metadata(format!("{path}{s}")).map_or(0, |m| m.len()))
+            .sum::<u64>(),
+        None => 0,
+    };
+    println!(
+        "dialect={} spans={stored} traces={traces} fill_s={fill:.0} fill_spans_per_s={:.0} disk_bytes={bytes} bytes_per_span={:.1}",
+        store.dialect(),
+        stored as f64 / fill,
+        bytes as f64 / stored.max(1) as f64
+    );
+
+    // A trace by id: 1,000 traces spread over the whole store.
+    let mut lat = Vec::new();
+    for i in 0..1_000u64 {
+        let t = i.wrapping_mul(7_919_777) % traces.max(1);
+        let s = Instant::now();
+        let spans = store.trace(trace_id(t)).await.unwrap();
+        lat.push(s.elapsed().as_secs_f64() * 1e3);
+        assert!(!spans.is_empty(), "trace {t}");
+    }
+    lat.sort_by(f64::total_cmp);
+    println!(
+        "by_id n=1000 p50_ms={:.2} p99_ms={:.2} max_ms={:.2}",
+        q(&lat, 0.5),
+        q(&lat, 0.99),
+        lat[lat.len() - 1]
+    );
+
+    // Searches over the hour, as Jaeger's UI asks them (20 traces).
+    let hour = |f: fn(&mut TraceQuery, u64)| -> MakeQuery {
+        Box::new(move |i: u64| {
+            let mut q = TraceQuery {
+                start_min_ns: (t_start - 60_000_000_000) as i64,
+                start_max_ns: now_ns() as i64,
+                limit: 20,
+                ..TraceQuery::default()
+            };
+            f(&mut q, i);
+            q
+        })
+    };
+    let cases: Vec<(&str, MakeQuery)> = vec![
+        (
+            "service+tag(status 503)",
+            hour(|q, i| {
+                q.service = Some(format!("svc-{:02}", i % SERVICES));
+                q.tags = vec![("http.response.status_code".into(), "503".into())];
+            }),
+        ),
+        (
+            "service+tag(url.path, 1 in 10,000)",
+            hour(|q, i| {
+                q.service = Some(format!("svc-{:02}", i % SERVICES));
+                q.tags = vec![("url.path".into(), format!("/api/items/{}", i * 37 % 10_000))];
+            }),
+        ),
+        (
+            "service+operation+duration>19ms",
+            hour(|q, i| {
+                q.service = Some(format!("svc-{:02}", i % SERVICES));
+                q.operation = Some("GET /api/items/{id}".into());
+                q.duration_min_ns = Some(19_000_000);
+            }),
+        ),
+        (
+            "service alone",
+            hour(|q, i| q.service = Some(format!("svc-{:02}", i % SERVICES))),
+        ),
+        (
+            "tag absent everywhere",
+            hour(|q, i| {
+                q.tags = vec![("url.path".into(), format!("/nowhere/{i}"))];
+            }),
+        ),
+    ];
+    for (name, make) in cases {
+        let mut lat = Vec::new();
+        let mut found = 0;
+        for i in 0..40u64 {
+            let query = make(i);
+            let s = Instant::now();
+            found += store.search(&query).await.unwrap().len();
+            lat.push(s.elapsed().as_secs_f64() * 1e3);
+        }
+        lat.sort_by(f64::total_cmp);
+        println!(
+            "search case={name:?} n=40 traces_found={found} p50_ms={:.1} p95_ms={:.1} max_ms={:.1}",
+            q(&lat, 0.5),
+            q(&lat, 0.95),
+            lat[lat.len() - 1]
+        );
+    }
+    store.close().await;
+}
