@@ -164,6 +164,12 @@ catalogue! {
     retention_deleted_spans: IntCounter =
         "meshlens_retention_deleted_spans_total", [],
         "Spans deleted because they were older than the retention.";
+    /// Bytes the store takes (SQLite's pages; PostgreSQL's tables with their indexes), as the
+    /// last retention round read it.
+    store_bytes: IntGauge =
+        "meshlens_store_bytes", [],
+        "Bytes the store takes (SQLite's pages, without the write-ahead log; PostgreSQL's tables \
+         with their indexes), as of the last retention round.";
     /// Spans still stored as rows, written before the store kept blocks: read in place until
     /// retention removes them (0 once none is left).
     store_row_spans: IntGauge =

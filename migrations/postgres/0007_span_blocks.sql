@@ -11,6 +11,19 @@ CREATE TABLE block_data (
 );
 ALTER TABLE block_data ALTER COLUMN data SET STORAGE EXTERNAL;
 
+-- Each service's part of each block: the start times of its spans there and a summary of them
+-- alone. A search that names a service (Jaeger's always does) reads only that service's rows, in
+-- the order of this key, and decodes only the blocks where that service may have what it asks.
+CREATE TABLE block_services (
+    service       TEXT    NOT NULL,
+    max_start_ns  BIGINT  NOT NULL,
+    first_seq     BIGINT  NOT NULL,
+    min_start_ns  BIGINT  NOT NULL,
+    summary       BYTEA   NOT NULL,
+    PRIMARY KEY (service, max_start_ns, first_seq)
+);
+CREATE INDEX block_services_first_seq ON block_services (first_seq);
+
 -- The seqs blocks take: one counter, continuing after the rows' identity.
 CREATE TABLE span_seq (
     id        INTEGER PRIMARY KEY CHECK (id = 1),

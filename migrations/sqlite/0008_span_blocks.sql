@@ -10,3 +10,16 @@ CREATE TABLE block_data (
     first_seq  INTEGER PRIMARY KEY,
     data       BLOB NOT NULL
 );
+
+-- Each service's part of each block: the start times of its spans there and a summary of them
+-- alone. A search that names a service (Jaeger's always does) reads only that service's rows, in
+-- the order of this key, and decodes only the blocks where that service may have what it asks.
+CREATE TABLE block_services (
+    service       TEXT    NOT NULL,
+    max_start_ns  INTEGER NOT NULL,
+    first_seq     INTEGER NOT NULL,
+    min_start_ns  INTEGER NOT NULL,
+    summary       BLOB    NOT NULL,
+    PRIMARY KEY (service, max_start_ns, first_seq)
+) WITHOUT ROWID;
+CREATE INDEX block_services_first_seq ON block_services (first_seq);

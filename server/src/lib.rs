@@ -67,6 +67,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let metrics = Metrics::new();
     let rows = store.row_spans().await?;
     metrics.store_row_spans.set(rows);
+    metrics.store_bytes.set(store.size_bytes().await?);
     if rows > 0 {
         tracing::info!(
             spans = rows,

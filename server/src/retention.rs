@@ -73,6 +73,7 @@ async fn run_once(
         }
         tokio::time::sleep(PAUSE).await;
     }
+    metrics.store_bytes.set(store.size_bytes().await?);
     let rows = store.row_spans().await?;
     if rows != metrics.store_row_spans.get() {
         metrics.store_row_spans.set(rows);

@@ -165,13 +165,8 @@ async fn main() {
     }
     let fill = started.elapsed().as_secs_f64();
     let stored = store.count_spans().await.unwrap();
-    let bytes = match url.strip_prefix("sqlite://") {
-        Some(path) => ["", "-wal", "-shm"]
-            .iter()
-            .map(|s| std::fs::metadata(format!("{path}{s}")).map_or(0, |m| m.len()))
-            .sum::<u64>(),
-        None => 0,
-    };
+    // The database's pages (SQLite: without the write-ahead log, which a checkpoint empties).
+    let bytes = store.size_bytes().await.unwrap() as u64;
     println!(
         "dialect={} spans={stored} traces={traces} fill_s={fill:.0} fill_spans_per_s={:.0} disk_bytes={bytes} bytes_per_span={:.1}",
         store.dialect(),

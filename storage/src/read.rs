@@ -366,6 +366,23 @@ impl Store {
             .await?))
     }
 
+    /// Bytes the store takes: SQLite's pages (not its write-ahead log), or on PostgreSQL the
+    /// tables of its schema with their indexes and out-of-line values.
+    pub async fn size_bytes(&self) -> Result<i64, StoreError> {
+        Ok(match &self.pool {
+            Pool::Sqlite(p) => {
+                sqlx::query_scalar("SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()")
+                    .fetch_one(p)
+                    .await?
+            }
+            Pool::Postgres(p) => {
+                sqlx::query_scalar("SELECT CAST(COALESCE(SUM(pg_total_relation_size(c.oid)), 0) AS BIGINT) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = current_schema() AND c.relkind = 'r'")
+                    .fetch_one(p)
+                    .await?
+            }
+        })
+    }
+
     /// Resource rows held (retention deletes those no retained span refers to).
     pub async fn count_resources(&self) -> Result<i64, StoreError> {
         let sql = "SELECT COUNT(*) FROM resources";

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
-use crate::block::summary::{operation_term, service_term, tag_term};
+use crate::block::summary::{operation_term, tag_term};
 use crate::block::{key_text, search_text, Block, Summary};
 use crate::query::TraceQuery;
 use crate::{on_pool, Store, StoreError};
@@ -42,8 +42,8 @@ impl<'q> Filter<'q> {
                 f.tags.push((key, value));
             }
         }
+        // With a service, the summaries read are that service's, which name it by their row.
         if let Some(service) = &q.service {
-            f.terms.push(service_term(service));
             if let Some(op) = &q.operation {
                 f.terms.push(operation_term(service, op));
             }
@@ -76,7 +76,7 @@ impl<'q> Filter<'q> {
         resources: &HashMap<i64, Vec<(String, String)>>,
         found: &mut HashMap<[u8; 16], i64>,
     ) {
-        let find = |s: &str| b.strings.iter().position(|x| x == s).map(|i| i as u32);
+        let find = |s: &str| b.strings.find(s);
         let service = match &self.q.service {
             Some(s) => match find(s) {
                 Some(i) => Some(i),
@@ -194,21 +194,36 @@ impl Store {
         // Keyset pages over (max_start_ns, first_seq), descending.
         let mut after: Option<(i64, i64)> = None;
         loop {
-            let page: Vec<(i64, i64, Vec<u8>)> = on_pool!(&self.pool, |p| {
-                sqlx::query_as(
+            // A service's own rows when the search names one, else every block's.
+            let (sql, service) = match &q.service {
+                Some(s) => (
+                    "SELECT first_seq, max_start_ns, summary FROM block_services
+                     WHERE max_start_ns >= $1 AND min_start_ns <= $2
+                       AND ($3 OR max_start_ns < $4 OR (max_start_ns = $4 AND first_seq < $5))
+                       AND service = $6
+                     ORDER BY max_start_ns DESC, first_seq DESC LIMIT $7",
+                    s.as_str(),
+                ),
+                None => (
                     "SELECT first_seq, max_start_ns, summary FROM blocks
                      WHERE summary IS NOT NULL AND max_start_ns >= $1 AND min_start_ns <= $2
                        AND ($3 OR max_start_ns < $4 OR (max_start_ns = $4 AND first_seq < $5))
-                     ORDER BY max_start_ns DESC, first_seq DESC LIMIT $6",
-                )
-                .bind(q.start_min_ns)
-                .bind(q.start_max_ns)
-                .bind(after.is_none())
-                .bind(after.map_or(0, |a| a.0))
-                .bind(after.map_or(0, |a| a.1))
-                .bind(PAGE)
-                .fetch_all(p)
-                .await?
+                       AND $6 = ''
+                     ORDER BY max_start_ns DESC, first_seq DESC LIMIT $7",
+                    "",
+                ),
+            };
+            let page: Vec<(i64, i64, Vec<u8>)> = on_pool!(&self.pool, |p| {
+                sqlx::query_as(sql)
+                    .bind(q.start_min_ns)
+                    .bind(q.start_max_ns)
+                    .bind(after.is_none())
+                    .bind(after.map_or(0, |a| a.0))
+                    .bind(after.map_or(0, |a| a.1))
+                    .bind(service)
+                    .bind(PAGE)
+                    .fetch_all(p)
+                    .await?
             });
             let done = (page.len() as i64) < PAGE;
             for (first_seq, max_start, summary) in page {

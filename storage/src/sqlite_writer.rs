@@ -229,6 +229,10 @@ fn write(conn: &mut Connection, job: &WriteJob) -> Result<u64, StoreError> {
         .execute(params![first_seq, last_seq, block.start_range.0, block.start_range.1, job.committed_ns, &block.encoded.summary])?;
     tx.prepare_cached("INSERT INTO block_data (first_seq, data) VALUES (?1, ?2)")?
         .execute(params![first_seq, &block.encoded.data])?;
+    for part in &block.encoded.services {
+        tx.prepare_cached("INSERT INTO block_services (service, max_start_ns, first_seq, min_start_ns, summary) VALUES (?1, ?2, ?3, ?4, ?5)")?
+            .execute(params![part.service, part.max_start, first_seq, part.min_start, &part.summary])?;
+    }
     let entries: Vec<trace_runs::Entry> = block
         .entries
         .iter()

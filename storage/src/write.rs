@@ -39,8 +39,14 @@ impl Commit {
             .flat_map(|b| b.resources.iter())
             .map(|r| (r.id, r.terms.clone()))
             .collect();
+        let mut encoded = block::encode(&rows, &terms);
+        let cap = committed_ns.saturating_add(MAX_FUTURE_NS);
+        for part in &mut encoded.services {
+            part.min_start = part.min_start.min(cap);
+            part.max_start = part.max_start.min(cap);
+        }
         Commit {
-            encoded: block::encode(&rows, &terms),
+            encoded,
             entries: trace_runs::entries_of(rows.iter().map(|r| &r.trace_id), 0),
             start_range: start_range(&rows, committed_ns),
             spans: rows.len() as u64,
@@ -132,6 +138,15 @@ impl Store {
                 sqlx::query("INSERT INTO block_data (first_seq, data) VALUES ($1, $2)")
                     .bind(first)
                     .bind(&block.encoded.data)
+                    .execute(&mut *tx)
+                    .await?;
+                let parts = &block.encoded.services;
+                sqlx::query("INSERT INTO block_services (service, max_start_ns, first_seq, min_start_ns, summary) SELECT s, mx, $3, mn, sm FROM UNNEST($1::text[], $2::int8[], $4::int8[], $5::bytea[]) AS u(s, mx, mn, sm)")
+                    .bind(parts.iter().map(|p| p.service.clone()).collect::<Vec<_>>())
+                    .bind(parts.iter().map(|p| p.max_start).collect::<Vec<_>>())
+                    .bind(first)
+                    .bind(parts.iter().map(|p| p.min_start).collect::<Vec<_>>())
+                    .bind(parts.iter().map(|p| p.summary.clone()).collect::<Vec<_>>())
                     .execute(&mut *tx)
                     .await?;
                 let keys: Vec<Vec<u8>> = block.entries.iter().map(|e| e.key.to_vec()).collect();
@@ -257,6 +272,11 @@ impl Store {
         let upto = upto.unwrap_or(i64::MIN);
         on_pool!(&self.pool, |p| {
             let mut tx = p.begin().await?;
+            sqlx::query("DELETE FROM block_services WHERE first_seq <= $1 AND first_seq IN (SELECT first_seq FROM blocks WHERE committed_ns < $2)")
+                .bind(upto)
+                .bind(cutoff_ns)
+                .execute(&mut *tx)
+                .await?;
             sqlx::query("DELETE FROM block_data WHERE first_seq <= $1 AND first_seq IN (SELECT first_seq FROM blocks WHERE committed_ns < $2)")
                 .bind(upto)
                 .bind(cutoff_ns)

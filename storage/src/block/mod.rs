@@ -5,8 +5,8 @@
 //!
 //! ```text
 //! version · spans · traces · base start (signed)
-//! strings: count, then each as length + bytes (services, span names, attribute keys and values
-//!          as JSON text, the rest of a span as JSON): each distinct string once
+//! strings: count, each one's length, then all their bytes (services, span names, attribute keys
+//!          and values as JSON text, the rest of a span as JSON): each distinct string once
 //! resources: count, then each id (signed)
 //! trace ids: 16 bytes each · spans per trace
 //! span ids: 8 bytes each · parent tags (0 none, 1 an id in "parent ids", k + 2 the trace's k-th span)
@@ -48,12 +48,13 @@ const LEVEL: u32 = 1;
 pub(crate) struct EncodedBlock {
     pub data: Vec<u8>,
     pub summary: Vec<u8>,
+    pub services: Vec<summary::ServiceSummary>,
 }
 
 /// Encodes spans sorted so that each trace's spans are consecutive (`trace_runs::row_order`).
 /// `resource_terms` gives the search terms of each resource the spans use.
 pub(crate) fn encode(rows: &[&SpanRow], resource_terms: &HashMap<i64, Vec<u64>>) -> EncodedBlock {
-    let mut summary = summary::Builder::default();
+    let mut services: HashMap<u64, summary::Builder, Fast> = HashMap::default();
     let mut strings = Strings::default();
     let mut resources = Dictionary::<i64>::default();
     let base = rows.iter().map(|r| r.start_ns).min().unwrap_or(0);
@@ -134,14 +135,14 @@ pub(crate) fn encode(rows: &[&SpanRow], resource_terms: &HashMap<i64, Vec<u64>>)
             Some(x) => strings.index(x) + 1,
             None => 0,
         });
-        summary.span(r, service_index, name_index, &attrs);
+        services
+            .entry(service_index)
+            .or_default()
+            .span(r, name_index, &attrs);
     }
-    summary.strings(&strings.items);
-    for id in &resources.items {
-        if let Some(terms) = resource_terms.get(id) {
-            summary.terms(terms);
-        }
-    }
+    let mut services: Vec<(u64, summary::Builder)> = services.into_iter().collect();
+    services.sort_by_key(|(i, _)| *i);
+    let (summary, services) = summary::finish(services, &strings.items, resource_terms);
 
     let mut out = Out::default();
     out.u8(VERSION);
@@ -150,7 +151,10 @@ pub(crate) fn encode(rows: &[&SpanRow], resource_terms: &HashMap<i64, Vec<u64>>)
     out.signed(base);
     out.varint(strings.items.len() as u64);
     for s in &strings.items {
-        out.string(s.as_bytes());
+        out.varint(s.len() as u64);
+    }
+    for s in &strings.items {
+        out.bytes(s.as_bytes());
     }
     out.varint(resources.items.len() as u64);
     for id in &resources.items {
@@ -179,7 +183,8 @@ pub(crate) fn encode(rows: &[&SpanRow], resource_terms: &HashMap<i64, Vec<u64>>)
     }
     EncodedBlock {
         data: compress(&out.0),
-        summary: summary.finish(),
+        summary,
+        services,
     }
 }
 
@@ -279,10 +284,39 @@ impl<'a> Strings<'a> {
     }
 }
 
+/// A block's strings: one text and where each ends (each starts where the one before ends). An
+/// index past the table, which decoding never lets through, reads as the empty string.
+#[derive(Debug)]
+pub(crate) struct StringTable {
+    text: String,
+    ends: Vec<u32>,
+}
+
+impl StringTable {
+    pub fn get(&self, i: u32) -> &str {
+        let i = i as usize;
+        let start = match i {
+            0 => 0,
+            _ => self.ends.get(i - 1).map_or(0, |e| *e as usize),
+        };
+        let end = self.ends.get(i).map_or(start, |e| *e as usize);
+        self.text.get(start..end).unwrap_or("")
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        (0..self.ends.len() as u32).map(|i| self.get(i))
+    }
+
+    /// The index of this string, if the block has it.
+    pub fn find(&self, s: &str) -> Option<u32> {
+        self.iter().position(|x| x == s).map(|i| i as u32)
+    }
+}
+
 /// A decoded block: its columns, a value per span (or per trace, per attribute).
 #[derive(Debug)]
 pub(crate) struct Block {
-    pub strings: Vec<String>,
+    pub strings: StringTable,
     pub resources: Vec<i64>,
     pub traces: Vec<[u8; 16]>,
     /// Per trace, the index of its first span; one more entry at the end (the span count).
@@ -321,11 +355,21 @@ impl Block {
         let traces = r.count(16)?;
         let base = r.signed()?;
         let n_strings = r.count(1)?;
-        let mut strings = Vec::with_capacity(n_strings);
+        let mut ends = Vec::with_capacity(n_strings);
+        let mut total = 0u64;
         for _ in 0..n_strings {
-            let s = std::str::from_utf8(r.string()?).map_err(|_| corrupt("a string"))?;
-            strings.push(s.to_string());
+            total += r.varint()?;
+            ends.push(u32::try_from(total).map_err(|_| corrupt("string lengths"))?);
         }
+        let text = std::str::from_utf8(r.take(total as usize)?)
+            .map_err(|_| corrupt("strings are not UTF-8"))?;
+        if !ends.iter().all(|e| text.is_char_boundary(*e as usize)) {
+            return Err(corrupt("a string ends inside a character"));
+        }
+        let strings = StringTable {
+            text: text.to_string(),
+            ends,
+        };
         let n_resources = r.count(1)?;
         let resources = (0..n_resources)
             .map(|_| r.signed())
@@ -453,8 +497,8 @@ impl Block {
         let (lo, hi) = (self.attr_start[i] as usize, self.attr_start[i + 1] as usize);
         (lo..hi).map(move |a| {
             (
-                self.strings[self.attr_keys[a] as usize].as_str(),
-                self.strings[self.attr_values[a] as usize].as_str(),
+                self.strings.get(self.attr_keys[a]),
+                self.strings.get(self.attr_values[a]),
             )
         })
     }
@@ -475,7 +519,7 @@ impl Block {
             trace_id: self.traces[self.trace_of(i)].to_vec(),
             span_id: self.span_ids[i].to_vec(),
             parent_span_id: self.parents[i].map(|p| p.to_vec()),
-            name: self.strings[self.name[i] as usize].clone(),
+            name: self.strings.get(self.name[i]).to_string(),
             kind: self.kind[i] as i16,
             start_ns: self.start[i],
             duration_ns: self.duration[i],
@@ -484,7 +528,7 @@ impl Block {
             attributes,
             extra: match self.extra[i] {
                 0 => None,
-                x => Some(self.strings[x as usize - 1].clone()),
+                x => Some(self.strings.get(x - 1).to_string()),
             },
         }
     }

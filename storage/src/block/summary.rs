@@ -1,6 +1,7 @@
 //! What a search may know of a block without decompressing it: its longest span, whether any span
 //! failed, and a Bloom filter of its terms (services, operations, `key=value` tags of spans and of
-//! their resources). A block whose summary rules a search out is never read.
+//! their resources); the same for each service's spans in it. A block whose summary rules a search
+//! out is never read.
 
 use std::hash::BuildHasher;
 
@@ -35,61 +36,102 @@ pub(crate) fn tag_term(key: &str, text: &str) -> u64 {
     term(&["t", key, text])
 }
 
-/// Collects a block's summary while it is encoded. Terms are hashed once per distinct string
-/// (or pair of strings) of the block, by their indexes in its table of strings.
+/// One service's spans in a block, as its summary will tell them: collected while the block is
+/// encoded, by indexes in the block's table of strings, so each distinct term is hashed once.
 #[derive(Default)]
 pub(crate) struct Builder {
-    terms: HashSet<u64>,
-    operations: HashSet<(u64, u64)>,
+    operations: HashSet<u64>,
     tags: HashSet<(u64, u64)>,
+    resources: HashSet<i64>,
     max_duration: i64,
     errors: u64,
+    min_start: Option<i64>,
+    max_start: i64,
 }
 
 impl Builder {
-    /// A span, with the indexes of its service, its name and its attributes' keys and values.
-    pub fn span(&mut self, r: &SpanRow, service: u64, name: u64, attrs: &[(u64, u64)]) {
+    /// A span of this service, with the indexes of its name and its attributes' keys and values.
+    pub fn span(&mut self, r: &SpanRow, name: u64, attrs: &[(u64, u64)]) {
         self.max_duration = self.max_duration.max(r.duration_ns);
         self.errors += r.is_error as u64;
-        self.operations.insert((service, name));
+        self.min_start = Some(self.min_start.map_or(r.start_ns, |m| m.min(r.start_ns)));
+        self.max_start = self.max_start.max(r.start_ns);
+        self.operations.insert(name);
         self.tags.extend(attrs.iter().copied());
+        self.resources.insert(r.resource_id);
     }
+}
 
-    /// The terms of the distinct operations and tags seen, given the block's strings.
-    pub fn strings(&mut self, strings: &[&str]) {
-        let s = |i: u64| strings[i as usize];
-        for (service, name) in std::mem::take(&mut self.operations) {
-            self.terms.insert(service_term(s(service)));
-            self.terms.insert(operation_term(s(service), s(name)));
+/// A service's part of a block: the start times of its spans and its summary.
+pub(crate) struct ServiceSummary {
+    pub service: String,
+    pub min_start: i64,
+    pub max_start: i64,
+    pub summary: Vec<u8>,
+}
+
+/// The block's summary (every term, the service of each operation among them) and one per
+/// service (its operations and tags, without the service, which its row names).
+pub(crate) fn finish(
+    services: Vec<(u64, Builder)>,
+    strings: &[&str],
+    resource_terms: &std::collections::HashMap<i64, Vec<u64>>,
+) -> (Vec<u8>, Vec<ServiceSummary>) {
+    let s = |i: u64| strings[i as usize];
+    let mut tag_terms: std::collections::HashMap<(u64, u64), u64, foldhash::fast::FixedState> =
+        Default::default();
+    let mut all = HashSet::default();
+    let (mut max_duration, mut errors) = (0, 0);
+    let mut out = Vec::with_capacity(services.len());
+    for (service, b) in services {
+        let name = s(service);
+        let mut terms = HashSet::default();
+        all.insert(service_term(name));
+        for op in &b.operations {
+            terms.insert(operation_term(name, s(*op)));
         }
-        for (k, v) in std::mem::take(&mut self.tags) {
-            self.terms
-                .insert(tag_term(&super::key_text(s(k)), &search_text(s(v))));
+        for pair in &b.tags {
+            terms.insert(
+                *tag_terms.entry(*pair).or_insert_with(|| {
+                    tag_term(&super::key_text(s(pair.0)), &search_text(s(pair.1)))
+                }),
+            );
         }
-    }
-
-    pub fn terms(&mut self, terms: &[u64]) {
-        self.terms.extend(terms.iter().copied());
-    }
-
-    pub fn finish(self) -> Vec<u8> {
-        let bytes = (self.terms.len() * BITS_PER_TERM)
-            .div_ceil(8)
-            .clamp(8, MAX_FILTER_BYTES);
-        let mut filter = vec![0u8; bytes];
-        for t in &self.terms {
-            for bit in bits(*t, HASHES, bytes * 8) {
-                filter[bit / 8] |= 1 << (bit % 8);
+        for id in &b.resources {
+            if let Some(t) = resource_terms.get(id) {
+                terms.extend(t.iter().copied());
             }
         }
-        let mut out = Out::default();
-        out.u8(VERSION);
-        out.signed(self.max_duration);
-        out.varint(self.errors);
-        out.u8(HASHES);
-        out.string(&filter);
-        out.0
+        all.extend(terms.iter().copied());
+        max_duration = b.max_duration.max(max_duration);
+        errors += b.errors;
+        out.push(ServiceSummary {
+            service: name.to_string(),
+            min_start: b.min_start.unwrap_or(0),
+            max_start: b.max_start,
+            summary: encode(&terms, b.max_duration, b.errors),
+        });
     }
+    (encode(&all, max_duration, errors), out)
+}
+
+fn encode(terms: &HashSet<u64>, max_duration: i64, errors: u64) -> Vec<u8> {
+    let bytes = (terms.len() * BITS_PER_TERM)
+        .div_ceil(8)
+        .clamp(8, MAX_FILTER_BYTES);
+    let mut filter = vec![0u8; bytes];
+    for t in terms {
+        for bit in bits(*t, HASHES, bytes * 8) {
+            filter[bit / 8] |= 1 << (bit % 8);
+        }
+    }
+    let mut out = Out::default();
+    out.u8(VERSION);
+    out.signed(max_duration);
+    out.varint(errors);
+    out.u8(HASHES);
+    out.string(&filter);
+    out.0
 }
 
 /// The filter bits of a term: double hashing over the two halves of its hash.

@@ -74,7 +74,7 @@ fn spans_round_trip_through_a_block() {
         assert_eq!(raw.attributes, r.attributes_json());
         assert_eq!(raw.extra, r.extra);
         assert_eq!(block.error[i], r.is_error);
-        assert_eq!(block.strings[block.service[i] as usize], r.service);
+        assert_eq!(block.strings.get(block.service[i]), r.service);
         // The JSON is the JSON the row store kept.
         serde_json::from_str::<serde_json::Value>(&raw.attributes).unwrap();
     }
@@ -109,6 +109,41 @@ fn the_summary_rules_out_only_what_is_absent() {
         "{absent} of 1000 absent terms passed the filter"
     );
     assert!(!s.may_have(summary::service_term("checkout")) || absent > 0);
+}
+
+/// Each service's summary holds its own spans' terms and times, without the other services'.
+#[test]
+fn each_service_has_a_summary_of_its_own_spans() {
+    let rows = rows();
+    let block = encoded(&rows);
+    let names: Vec<&str> = block.services.iter().map(|s| s.service.as_str()).collect();
+    assert_eq!(names.len(), 2);
+    for part in &block.services {
+        let mine: Vec<&SpanRow> = rows.iter().filter(|r| r.service == part.service).collect();
+        assert_eq!(
+            part.min_start,
+            mine.iter().map(|r| r.start_ns).min().unwrap()
+        );
+        assert_eq!(
+            part.max_start,
+            mine.iter().map(|r| r.start_ns).max().unwrap()
+        );
+        let s = Summary::decode(&part.summary).unwrap();
+        let has_path = s.may_have(summary::tag_term("url.path", "/items/7"));
+        let has_select = s.may_have(summary::operation_term("db", "SELECT"));
+        match part.service.as_str() {
+            "frontend" => {
+                assert!(has_path && !has_select);
+                assert_eq!(s.errors, 0);
+            }
+            "db" => {
+                assert!(has_select && !has_path);
+                assert_eq!(s.errors, 10);
+                assert_eq!(s.max_duration, 1_000_000);
+            }
+            other => panic!("{other}"),
+        }
+    }
 }
 
 /// Damaged data is an error, never a panic: every truncation and every single-byte change.
