@@ -176,6 +176,15 @@ catalogue! {
         "meshlens_store_row_spans", [],
         "Spans still stored as rows (written before blocks), read in place until retention \
          removes them.";
+    /// Spans of traces no keep rule named, dropped by tiered retention past `retention_full`.
+    retention_thinned_spans: IntCounter =
+        "meshlens_retention_thinned_spans_total", [],
+        "Spans of traces no keep rule named, dropped past retention_full (tiered retention).";
+    /// Traces tiered retention kept past `retention_full`, by the rule that kept them (`error`,
+    /// `slow`, `sample`; a trace kept by two counts under both).
+    retention_kept_traces: Labelled<IntCounterVec, KeepReason> =
+        "meshlens_retention_kept_traces_total", ["reason"],
+        "Traces kept past retention_full by tiered retention, by the rule that kept them.";
     /// Client and server spans waiting in the pairing store for their other side.
     topology_pending_spans: IntGauge =
         "meshlens_topology_pending_spans", [],
@@ -490,6 +499,8 @@ label_values! {
     }
     /// A store operation that can fail.
     StoreOperation { Write = "write", Retention = "retention", History = "history" }
+    /// Why tiered retention kept a trace (`meshlens_storage::KEEP_REASONS`, in its order).
+    KeepReason { Error = "error", Slow = "slow", Sample = "sample" }
     /// What became of a span in the pairing store.
     SpanOutcome {
         Paired = "paired",

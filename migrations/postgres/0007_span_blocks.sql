@@ -5,6 +5,11 @@
 -- columns are a row of `block_data` (already compressed: stored out of line, not compressed
 -- again).
 ALTER TABLE blocks ADD COLUMN summary BYTEA;
+-- Tiered retention: the traces to keep once the block is older than `retention_full`, and why
+-- (storage/src/block/keep.rs); NULL once the block holds only those. Then `span_count` says how
+-- many spans it holds (NULL: all of first_seq..=last_seq).
+ALTER TABLE blocks ADD COLUMN keep BYTEA;
+ALTER TABLE blocks ADD COLUMN span_count INTEGER;
 CREATE TABLE block_data (
     first_seq  BIGINT PRIMARY KEY,
     data       BYTEA NOT NULL

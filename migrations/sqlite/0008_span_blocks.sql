@@ -6,6 +6,11 @@
 -- Seqs stay one sequence (sqlite_sequence's row for `spans`): a block's spans take the seqs
 -- first_seq..last_seq in their order in the block, and `trace_index` points at them as before.
 ALTER TABLE blocks ADD COLUMN summary BLOB;
+-- Tiered retention: the traces to keep once the block is older than `retention_full`, and why
+-- (storage/src/block/keep.rs); NULL once the block holds only those. Then `span_count` says how
+-- many spans it holds (NULL: all of first_seq..=last_seq).
+ALTER TABLE blocks ADD COLUMN keep BLOB;
+ALTER TABLE blocks ADD COLUMN span_count INTEGER;
 CREATE TABLE block_data (
     first_seq  INTEGER PRIMARY KEY,
     data       BLOB NOT NULL

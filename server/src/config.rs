@@ -353,6 +353,17 @@ pub struct StorageConfig {
     /// How long spans are kept.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
+    /// How long every trace is kept whole; after it, until `retention`, only the traces the keep
+    /// rules name (errors, the slowest, samples). Equal to `retention` or more: no tiers.
+    #[serde(with = "humantime_serde")]
+    pub retention_full: Duration,
+    /// Keep rule: every trace with an error.
+    pub keep_errors: bool,
+    /// Keep rule: per operation and block written, the slowest trace, and those at or past the
+    /// block's p99 for it.
+    pub keep_slow: bool,
+    /// Keep rule: traces kept per operation and minute as samples.
+    pub keep_samples_per_minute: u32,
     /// How often retention runs.
     #[serde(with = "humantime_serde")]
     pub retention_interval: Duration,
@@ -687,6 +698,7 @@ pub const DEFAULT_POLICY: &str = "127.0.0.1:9091";
 pub const DEFAULT_WEB: &str = "127.0.0.1:20001";
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(72 * 3600);
 pub const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(60);
+pub const DEFAULT_RETENTION_FULL: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 64;
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -709,6 +721,10 @@ impl Default for StorageConfig {
         StorageConfig {
             database_url: meshlens_storage::DEFAULT_DATABASE_URL.to_string(),
             retention: DEFAULT_RETENTION,
+            retention_full: DEFAULT_RETENTION_FULL,
+            keep_errors: true,
+            keep_slow: true,
+            keep_samples_per_minute: 2,
             retention_interval: DEFAULT_RETENTION_INTERVAL,
             sqlite_synchronous: "normal".into(),
             max_connections: 8,

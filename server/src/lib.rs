@@ -54,6 +54,11 @@ pub fn store_config(config: &Config) -> StoreConfig {
         max_concurrent_searches: config.storage.max_concurrent_searches,
         search_timeout: config.storage.search_timeout,
         max_search_range: config.storage.max_search_range,
+        keep: meshlens_storage::KeepRules {
+            errors: config.storage.keep_errors,
+            slow: config.storage.keep_slow,
+            samples_per_minute: config.storage.keep_samples_per_minute,
+        },
     }
 }
 
@@ -147,6 +152,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         &mut servers,
         store.clone(),
         config.storage.retention,
+        config.storage.retention_full,
         config.storage.retention_interval,
         metrics.clone(),
         cancel.clone(),

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use meshlens_collector::metrics::{StoreOperation, Thread};
+use meshlens_collector::metrics::{KeepReason, StoreOperation, Thread};
 use meshlens_collector::Metrics;
 use meshlens_storage::Store;
 use tokio_util::sync::CancellationToken;
@@ -13,6 +13,8 @@ use crate::tasks::{spawn_ticks, Set, Task};
 
 const BATCH: i64 = 5_000;
 const PAUSE: Duration = Duration::from_millis(20);
+/// Blocks tiered retention rewrites between pauses.
+const THIN_BLOCKS: i64 = 8;
 
 /// Checkpoints SQLite's write-ahead log twice a second, off the commit path.
 pub fn spawn_checkpointer(
@@ -37,6 +39,7 @@ pub fn spawn(
     set: &mut Set,
     store: Arc<Store>,
     retention: Duration,
+    retention_full: Duration,
     interval: Duration,
     metrics: Metrics,
     cancel: CancellationToken,
@@ -50,7 +53,10 @@ pub fn spawn(
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default();
             let cutoff = now.saturating_sub(retention).as_nanos() as i64;
-            if let Err(e) = run_once(&store, cutoff, &metrics, &cancel).await {
+            // Tiers only when the full-fidelity period ends before the retention does.
+            let full_cutoff = (retention_full < retention)
+                .then(|| now.saturating_sub(retention_full).as_nanos() as i64);
+            if let Err(e) = run_once(&store, cutoff, full_cutoff, &metrics, &cancel).await {
                 metrics.store_errors.at(StoreOperation::Retention).inc();
                 tracing::warn!(error = %e, "retention failed; will retry");
             }
@@ -62,6 +68,7 @@ pub fn spawn(
 async fn run_once(
     store: &Store,
     cutoff_ns: i64,
+    full_cutoff_ns: Option<i64>,
     metrics: &Metrics,
     cancel: &CancellationToken,
 ) -> Result<(), meshlens_storage::StoreError> {
@@ -72,6 +79,24 @@ async fn run_once(
             break;
         }
         tokio::time::sleep(PAUSE).await;
+    }
+    // Tiered retention: blocks past the full-fidelity period keep their kept traces only, a few
+    // blocks per transaction round, with the same pauses.
+    if let Some(full_cutoff) = full_cutoff_ns {
+        loop {
+            let done = store
+                .thin_committed_before(full_cutoff, THIN_BLOCKS)
+                .await?;
+            metrics.retention_thinned_spans.inc_by(done.dropped_spans);
+            let reasons = [KeepReason::Error, KeepReason::Slow, KeepReason::Sample];
+            for (reason, n) in reasons.into_iter().zip(done.kept) {
+                metrics.retention_kept_traces.at(reason).inc_by(n);
+            }
+            if done.blocks < THIN_BLOCKS as u64 || cancel.is_cancelled() {
+                break;
+            }
+            tokio::time::sleep(PAUSE).await;
+        }
     }
     metrics.store_bytes.set(store.size_bytes().await?);
     let rows = store.row_spans().await?;

@@ -3,7 +3,9 @@
 //! spans), as fast as it takes them, then times the reads a user makes: a trace by id, and Jaeger
 //! searches over the hour (service + tag, service + operation + duration, a rare tag alone).
 //! `cargo run --release -p meshlens-storage --example scale_bench [sqlite://file | postgres://…] [SPANS] [keep]`
-//! (`keep`: reuse a store filled by an earlier run of the same SPANS).
+//! (`keep`: reuse a store filled by an earlier run of the same SPANS; `thin` after it, or in its
+//! place: then run tiered retention on the default rules over the whole store and print what is
+//! left).
 use std::time::Instant;
 
 use meshlens_storage::{encode_batch, Store, StoreConfig, TraceQuery};
@@ -64,6 +66,7 @@ async fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(10_000_000);
     let keep = args.get(3).is_some_and(|a| a == "keep");
+    // `SPANS thin` alone: fill, then thin.
     if let (Some(path), false) = (url.strip_prefix("sqlite://"), keep) {
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{path}{suffix}"));
@@ -253,6 +256,33 @@ async fn main() {
             q(&lat, 0.5),
             q(&lat, 0.95),
             lat[lat.len() - 1]
+        );
+    }
+    if args.get(3).is_some_and(|a| a == "thin") || args.get(4).is_some_and(|a| a == "thin") {
+        // Tiered retention on the default rules, as if the whole store were past retention_full.
+        let s = Instant::now();
+        let mut kept = [0u64; 3];
+        let mut dropped = 0;
+        loop {
+            let done = store.thin_committed_before(i64::MAX, 64).await.unwrap();
+            dropped += done.dropped_spans;
+            for (k, n) in kept.iter_mut().zip(done.kept) {
+                *k += n;
+            }
+            if done.blocks < 64 {
+                break;
+            }
+        }
+        let left = store.count_spans().await.unwrap();
+        let bytes = store.size_bytes().await.unwrap();
+        println!(
+            "thinned in {:.0} s: spans_left={left} ({:.1}%) dropped={dropped} kept_traces error={} slow={} sample={} bytes_in_use={bytes} bytes_per_original_span={:.1}",
+            s.elapsed().as_secs_f64(),
+            100.0 * left as f64 / stored as f64,
+            kept[0],
+            kept[1],
+            kept[2],
+            bytes as f64 / stored as f64
         );
     }
     store.close().await;

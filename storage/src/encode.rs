@@ -165,6 +165,18 @@ pub(crate) struct AttrPairs {
 }
 
 impl AttrPairs {
+    /// Pairs already in JSON text (a key, a value).
+    pub fn from_pairs<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> Self {
+        let mut out = AttrPairs::default();
+        for (k, v) in pairs {
+            out.text.push_str(k);
+            let key_end = out.text.len() as u32;
+            out.text.push_str(v);
+            out.ends.push((key_end, out.text.len() as u32));
+        }
+        out
+    }
+
     pub fn len(&self) -> usize {
         self.ends.len()
     }

@@ -68,7 +68,7 @@ pub fn span_block_seeds(spans: &[meshlens_topology::Span]) -> Vec<Vec<u8>> {
     let batch = crate::encode_batch(spans);
     let mut rows: Vec<&crate::encode::SpanRow> = batch.spans.iter().collect();
     rows.sort_by_key(|r| crate::trace_runs::row_order(&r.trace_id));
-    let block = crate::block::encode(&rows, &std::collections::HashMap::new());
+    let block = crate::block::encode(&rows, &std::collections::HashMap::new(), None);
     vec![
         crate::block::decompress(&block.data).unwrap_or_default(),
         block.summary,

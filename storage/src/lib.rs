@@ -15,6 +15,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+pub use block::keep::{KeepRules, REASONS as KEEP_REASONS};
 pub use encode::{encode_batch, EncodedBatch};
 
 mod block;
@@ -34,6 +35,7 @@ mod write;
 pub use query::{Operation, TraceQuery};
 pub use ready::Readiness;
 pub use rollup::EdgeMinute;
+pub use write::Thinned;
 
 /// A store failure. The message is for logs; clients get a generic retryable error.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +102,8 @@ pub struct StoreConfig {
     /// Longest time range a trace search or a read of the graph's history may cover
     /// ([`StoreError::RangeTooWide`]): Tempo's `max_duration` for searches, 168h.
     pub max_search_range: Duration,
+    /// Which traces tiered retention keeps past `retention_full`, chosen as each block is written.
+    pub keep: KeepRules,
 }
 
 /// The default `max_search_range`: a week, as Tempo's search.
@@ -114,6 +118,7 @@ impl Default for StoreConfig {
             max_concurrent_searches: 8,
             search_timeout: Duration::from_secs(10),
             max_search_range: DEFAULT_MAX_SEARCH_RANGE,
+            keep: KeepRules::default(),
         }
     }
 }
@@ -154,6 +159,8 @@ pub struct Store {
     max_search_range: Duration,
     /// Whether spans stored as rows (before blocks) may be left: cleared once none is.
     rows_left: AtomicBool,
+    /// Tiered retention's rules and recent samples.
+    keeper: std::sync::Arc<block::keep::Keeper>,
 }
 
 #[derive(Default)]
@@ -196,6 +203,7 @@ impl Store {
             search_timeout: config.search_timeout,
             max_search_range: config.max_search_range,
             rows_left: AtomicBool::new(true),
+            keeper: std::sync::Arc::new(block::keep::Keeper::new(config.keep.clone())),
         })
     }
 

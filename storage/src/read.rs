@@ -349,7 +349,7 @@ impl Store {
 
     /// How many spans are stored, as rows and in blocks (for tests and the crash check).
     pub async fn count_spans(&self) -> Result<i64, StoreError> {
-        let sql = "SELECT CAST((SELECT COUNT(*) FROM spans) + (SELECT COALESCE(SUM(b.last_seq - b.first_seq + 1), 0) FROM blocks b JOIN block_data d ON d.first_seq = b.first_seq) AS BIGINT)";
+        let sql = "SELECT CAST((SELECT COUNT(*) FROM spans) + (SELECT COALESCE(SUM(COALESCE(b.span_count, b.last_seq - b.first_seq + 1)), 0) FROM blocks b JOIN block_data d ON d.first_seq = b.first_seq) AS BIGINT)";
         Ok(on_pool!(&self.pool, |p| sqlx::query_scalar(sql)
             .fetch_one(p)
             .await?))
@@ -366,12 +366,13 @@ impl Store {
             .await?))
     }
 
-    /// Bytes the store takes: SQLite's pages (not its write-ahead log), or on PostgreSQL the
-    /// tables of its schema with their indexes and out-of-line values.
+    /// Bytes the store takes: SQLite's pages in use (not free pages, which it reuses, nor its
+    /// write-ahead log), or on PostgreSQL the tables of its schema with their indexes and
+    /// out-of-line values.
     pub async fn size_bytes(&self) -> Result<i64, StoreError> {
         Ok(match &self.pool {
             Pool::Sqlite(p) => {
-                sqlx::query_scalar("SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()")
+                sqlx::query_scalar("SELECT (page_count - freelist_count) * page_size FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()")
                     .fetch_one(p)
                     .await?
             }

@@ -167,6 +167,15 @@ fn tag_texts(json: &str) -> Result<Vec<(String, String)>, StoreError> {
         .collect())
 }
 
+/// A resource's search terms, from its attributes as stored (the terms its blocks' summaries
+/// hold for it).
+pub(crate) fn resource_terms(json: &str) -> Result<Vec<u64>, StoreError> {
+    Ok(tag_texts(json)?
+        .iter()
+        .map(|(k, v)| tag_term(k, v))
+        .collect())
+}
+
 /// The `limit`-th latest start among the traces found, once there are that many.
 fn kth_latest(found: &HashMap<[u8; 16], i64>, limit: usize) -> Option<i64> {
     if found.len() < limit {

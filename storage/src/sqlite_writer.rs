@@ -225,8 +225,8 @@ fn write(conn: &mut Connection, job: &WriteJob) -> Result<u64, StoreError> {
             .prepare_cached("INSERT INTO sqlite_sequence (name, seq) VALUES ('spans', ?1)")?
             .execute([last_seq])?,
     };
-    tx.prepare_cached("INSERT INTO blocks (first_seq, last_seq, min_start_ns, max_start_ns, committed_ns, summary) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
-        .execute(params![first_seq, last_seq, block.start_range.0, block.start_range.1, job.committed_ns, &block.encoded.summary])?;
+    tx.prepare_cached("INSERT INTO blocks (first_seq, last_seq, min_start_ns, max_start_ns, committed_ns, summary, keep) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?
+        .execute(params![first_seq, last_seq, block.start_range.0, block.start_range.1, job.committed_ns, &block.encoded.summary, &block.encoded.keep])?;
     tx.prepare_cached("INSERT INTO block_data (first_seq, data) VALUES (?1, ?2)")?
         .execute(params![first_seq, &block.encoded.data])?;
     for part in &block.encoded.services {

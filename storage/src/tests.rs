@@ -769,3 +769,67 @@ async fn sixty_four_bit_trace_ids_have_index_keys_of_their_own() {
     assert_eq!(store.trace(trace_id(9)).await.unwrap().len(), 1);
     assert!(store.trace(id64(301)).await.unwrap().is_empty());
 }
+
+/// Tiered retention: past the cutoff a block keeps only its traces with an error, its slowest per
+/// operation and a sample per operation and minute; reads and searches then see those alone.
+async fn thinning_keeps_the_traces_that_matter(store: &Store) {
+    // Twenty traces of one span each, one operation, in one commit: trace 3 fails, trace 7 is the
+    // slowest; two more are the minute's samples (the default rules).
+    let spans: Vec<Span> = (1..=20u64)
+        .map(|t| {
+            let b = SpanBuilder::new(t, t, "shop", "GET /cart", T0 + t * 1000)
+                .duration_ns(if t == 7 { 90_000_000 } else { 1_000_000 + t });
+            if t == 3 {
+                b.error("boom").build()
+            } else {
+                b.build()
+            }
+        })
+        .collect();
+    store.write(&[&encode_batch(&spans)]).await.unwrap();
+    assert_eq!(store.count_spans().await.unwrap(), 20);
+    // Not yet past the cutoff: nothing happens.
+    let before = store.thin_committed_before(0, 10).await.unwrap();
+    assert_eq!(before, crate::Thinned::default());
+
+    let done = store.thin_committed_before(now_ns(), 10).await.unwrap();
+    assert_eq!(done.blocks, 1);
+    assert_eq!(done.dropped_spans, 16);
+    assert_eq!(done.kept, [1, 1, 2]);
+    assert_eq!(store.count_spans().await.unwrap(), 4);
+    let mut kept = Vec::new();
+    for t in 1..=20u64 {
+        if !store.trace(trace_id(t)).await.unwrap().is_empty() {
+            kept.push(t);
+        }
+    }
+    assert_eq!(kept.len(), 4, "{kept:?}");
+    assert!(kept.contains(&3) && kept.contains(&7), "{kept:?}");
+    let q = TraceQuery {
+        service: Some("shop".into()),
+        ..around_t0()
+    };
+    let mut want: Vec<_> = kept.iter().rev().map(|t| trace_id(*t)).collect();
+    want.sort_by_key(|id| std::cmp::Reverse(kept.iter().position(|t| trace_id(*t) == *id)));
+    assert_eq!(store.search(&q).await.unwrap(), want);
+    // Done once.
+    let again = store.thin_committed_before(now_ns(), 10).await.unwrap();
+    assert_eq!(again, crate::Thinned::default());
+    // Retention still deletes the thinned block whole.
+    assert_eq!(
+        store.delete_committed_before(now_ns(), 1000).await.unwrap(),
+        4
+    );
+    assert_eq!(store.count_spans().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn sqlite_thinning_keeps_the_traces_that_matter() {
+    let (store, _dir) = sqlite_store().await;
+    thinning_keeps_the_traces_that_matter(&store).await;
+}
+
+#[tokio::test]
+async fn postgres_thinning_keeps_the_traces_that_matter() {
+    thinning_keeps_the_traces_that_matter(&postgres_store().await).await;
+}

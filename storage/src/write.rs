@@ -18,6 +18,18 @@ fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
+/// What a round of tiered retention did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Thinned {
+    /// Blocks reduced to their kept traces.
+    pub blocks: u64,
+    /// Spans of traces no rule kept, gone.
+    pub dropped_spans: u64,
+    /// Traces kept, by reason ([`crate::KEEP_REASONS`], in its order; a trace kept for two
+    /// reasons counts under both).
+    pub kept: [u64; 3],
+}
+
 /// One commit's spans encoded as a block, with its trace-index entries (seqs counted from 0 at
 /// the block's first span) and the start times it covers.
 pub(crate) struct Commit {
@@ -28,7 +40,7 @@ pub(crate) struct Commit {
 }
 
 impl Commit {
-    fn encode(batches: &[EncodedBatch], committed_ns: i64) -> Commit {
+    fn encode(batches: &[EncodedBatch], committed_ns: i64, keeper: &block::keep::Keeper) -> Commit {
         // Sorted by index key and trace id, so that each trace's spans get consecutive seqs and
         // one trace-index entry, in key order (stable: a trace's spans keep the order they came
         // in).
@@ -39,7 +51,7 @@ impl Commit {
             .flat_map(|b| b.resources.iter())
             .map(|r| (r.id, r.terms.clone()))
             .collect();
-        let mut encoded = block::encode(&rows, &terms);
+        let mut encoded = block::encode(&rows, &terms, Some(keeper));
         let cap = committed_ns.saturating_add(MAX_FUTURE_NS);
         for part in &mut encoded.services {
             part.min_start = part.min_start.min(cap);
@@ -75,7 +87,7 @@ const WAL_RESTART_FRAMES: i64 = 16_384;
 
 /// A 64-bit key for an operation: the cache of known operations holds these, not the strings, so
 /// its memory does not grow with the length of span names (and the writer clones nothing per span).
-fn operation_key(service: &str, name: &str, kind: i16) -> u64 {
+pub(crate) fn operation_key(service: &str, name: &str, kind: i16) -> u64 {
     use std::hash::BuildHasher;
     // A fixed seed: the same operation gets the same key for the life of the process.
     foldhash::quality::FixedState::with_seed(0x6d65_7368).hash_one((service, name, kind))
@@ -95,9 +107,11 @@ impl Store {
         let (resources, operations) = self.unknown_keys(batches, committed_ns);
         // Encoding and compressing take CPU time: off the async workers, before the writer.
         let owned: Vec<EncodedBatch> = batches.iter().map(|b| (*b).clone()).collect();
-        let block = tokio::task::spawn_blocking(move || Commit::encode(&owned, committed_ns))
-            .await
-            .map_err(|e| StoreError::Io(format!("encoding a block: {e}")))?;
+        let keeper = self.keeper.clone();
+        let block =
+            tokio::task::spawn_blocking(move || Commit::encode(&owned, committed_ns, &keeper))
+                .await
+                .map_err(|e| StoreError::Io(format!("encoding a block: {e}")))?;
         match &self.pool {
             Pool::Sqlite(_) => {
                 let writer = self.writer()?;
@@ -126,13 +140,14 @@ impl Store {
                 .fetch_one(&mut *tx)
                 .await?;
                 let first = last - n + 1;
-                sqlx::query("INSERT INTO blocks (first_seq, last_seq, min_start_ns, max_start_ns, committed_ns, summary) VALUES ($1, $2, $3, $4, $5, $6)")
+                sqlx::query("INSERT INTO blocks (first_seq, last_seq, min_start_ns, max_start_ns, committed_ns, summary, keep) VALUES ($1, $2, $3, $4, $5, $6, $7)")
                     .bind(first)
                     .bind(last)
                     .bind(block.start_range.0)
                     .bind(block.start_range.1)
                     .bind(committed_ns)
                     .bind(&block.encoded.summary)
+                    .bind(&block.encoded.keep)
                     .execute(&mut *tx)
                     .await?;
                 sqlx::query("INSERT INTO block_data (first_seq, data) VALUES ($1, $2)")
@@ -253,8 +268,8 @@ impl Store {
             }
         }
         // Whole blocks, as many as hold about `limit` spans (at least one).
-        let blocks: Vec<(i64, i64)> = on_pool!(&self.pool, |p| {
-            sqlx::query_as("SELECT b.first_seq, b.last_seq FROM blocks b JOIN block_data d ON d.first_seq = b.first_seq WHERE b.committed_ns < $1 AND b.last_seq <= $2 ORDER BY b.first_seq LIMIT $3")
+        let blocks: Vec<(i64, i64, i64)> = on_pool!(&self.pool, |p| {
+            sqlx::query_as("SELECT b.first_seq, b.last_seq, CAST(COALESCE(b.span_count, b.last_seq - b.first_seq + 1) AS BIGINT) FROM blocks b JOIN block_data d ON d.first_seq = b.first_seq WHERE b.committed_ns < $1 AND b.last_seq <= $2 ORDER BY b.first_seq LIMIT $3")
                 .bind(cutoff_ns)
                 .bind(hi)
                 .bind(limit.max(1))
@@ -262,11 +277,11 @@ impl Store {
                 .await?
         });
         let mut upto = None;
-        for (first, last) in blocks {
-            if upto.is_some() && deleted + (last - first + 1) as u64 > limit as u64 {
+        for (_, last, spans) in blocks {
+            if upto.is_some() && deleted + spans as u64 > limit as u64 {
                 break;
             }
-            deleted += (last - first + 1) as u64;
+            deleted += spans as u64;
             upto = Some(last);
         }
         let upto = upto.unwrap_or(i64::MIN);
@@ -290,6 +305,113 @@ impl Store {
             tx.commit().await?;
         });
         Ok(deleted)
+    }
+
+    /// Tiered retention: up to `max_blocks` blocks committed before `cutoff_ns` that still hold
+    /// every trace are written again with only the traces their keep list names (errors, the
+    /// slowest, samples), each block in a transaction of its own; a block that keeps none goes
+    /// whole. Returns what was done.
+    pub async fn thin_committed_before(
+        &self,
+        cutoff_ns: i64,
+        max_blocks: i64,
+    ) -> Result<Thinned, StoreError> {
+        let due: Vec<(i64, Vec<u8>)> = on_pool!(&self.pool, |p| {
+            sqlx::query_as("SELECT first_seq, keep FROM blocks WHERE committed_ns < $1 AND keep IS NOT NULL ORDER BY first_seq LIMIT $2")
+                .bind(cutoff_ns)
+                .bind(max_blocks)
+                .fetch_all(p)
+                .await?
+        });
+        let mut done = Thinned::default();
+        for (first_seq, keep) in due {
+            let kept = block::keep::decode(&keep)?;
+            let Some(decoded) = self.block(first_seq).await? else {
+                // Deleted meanwhile.
+                continue;
+            };
+            let mut reasons = vec![0u8; decoded.traces.len()];
+            for (t, r) in &kept {
+                if let Some(slot) = reasons.get_mut(*t as usize) {
+                    *slot = *r;
+                }
+            }
+            for (bit, _) in block::keep::REASONS.iter().enumerate() {
+                done.kept[bit] += reasons
+                    .iter()
+                    .filter(|r| *r & block::keep::REASONS[bit].0 != 0)
+                    .count() as u64;
+            }
+            let rows = decoded.rows(|t| reasons[t] != 0);
+            done.blocks += 1;
+            done.dropped_spans += (decoded.len() - rows.len()) as u64;
+            let encoded = if rows.is_empty() || rows.len() == decoded.len() {
+                None
+            } else {
+                let mut ids: Vec<i64> = rows.iter().map(|r| r.resource_id).collect();
+                ids.sort_unstable();
+                ids.dedup();
+                let mut terms = HashMap::new();
+                for r in self.resources(&ids).await? {
+                    terms.insert(r.id, crate::search::resource_terms(&r.attributes)?);
+                }
+                let refs: Vec<&SpanRow> = rows.iter().collect();
+                Some(block::encode(&refs, &terms, None))
+            };
+            let everything = rows.len() == decoded.len();
+            let count = rows.len() as i64;
+            on_pool!(&self.pool, |p| {
+                let mut tx = p.begin().await?;
+                if everything {
+                    sqlx::query("UPDATE blocks SET keep = NULL WHERE first_seq = $1")
+                        .bind(first_seq)
+                        .execute(&mut *tx)
+                        .await?;
+                } else {
+                    sqlx::query("DELETE FROM block_services WHERE first_seq = $1")
+                        .bind(first_seq)
+                        .execute(&mut *tx)
+                        .await?;
+                    match &encoded {
+                        None => {
+                            sqlx::query("DELETE FROM block_data WHERE first_seq = $1")
+                                .bind(first_seq)
+                                .execute(&mut *tx)
+                                .await?;
+                            sqlx::query("UPDATE blocks SET keep = NULL, span_count = 0 WHERE first_seq = $1")
+                                .bind(first_seq)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                        Some(e) => {
+                            sqlx::query("UPDATE block_data SET data = $1 WHERE first_seq = $2")
+                                .bind(&e.data)
+                                .bind(first_seq)
+                                .execute(&mut *tx)
+                                .await?;
+                            sqlx::query("UPDATE blocks SET keep = NULL, summary = $1, span_count = $2 WHERE first_seq = $3")
+                                .bind(&e.summary)
+                                .bind(count)
+                                .bind(first_seq)
+                                .execute(&mut *tx)
+                                .await?;
+                            for part in &e.services {
+                                sqlx::query("INSERT INTO block_services (service, max_start_ns, first_seq, min_start_ns, summary) VALUES ($1, $2, $3, $4, $5)")
+                                    .bind(&part.service)
+                                    .bind(part.max_start)
+                                    .bind(first_seq)
+                                    .bind(part.min_start)
+                                    .bind(&part.summary)
+                                    .execute(&mut *tx)
+                                    .await?;
+                            }
+                        }
+                    }
+                }
+                tx.commit().await?;
+            });
+        }
+        Ok(done)
     }
 
     /// Copies SQLite's write-ahead log into the database without blocking the writer (PASSIVE),

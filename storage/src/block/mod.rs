@@ -21,6 +21,7 @@
 //! and the columns put like next to like for the compressor.
 
 mod bytes;
+pub(crate) mod keep;
 pub(crate) mod summary;
 
 use std::collections::HashMap;
@@ -49,11 +50,18 @@ pub(crate) struct EncodedBlock {
     pub data: Vec<u8>,
     pub summary: Vec<u8>,
     pub services: Vec<summary::ServiceSummary>,
+    /// The traces tiered retention keeps, and why (`keep::encode`); `None` when not asked.
+    pub keep: Option<Vec<u8>>,
 }
 
 /// Encodes spans sorted so that each trace's spans are consecutive (`trace_runs::row_order`).
-/// `resource_terms` gives the search terms of each resource the spans use.
-pub(crate) fn encode(rows: &[&SpanRow], resource_terms: &HashMap<i64, Vec<u64>>) -> EncodedBlock {
+/// `resource_terms` gives the search terms of each resource the spans use; `keeper`, when given,
+/// chooses the traces tiered retention keeps.
+pub(crate) fn encode(
+    rows: &[&SpanRow],
+    resource_terms: &HashMap<i64, Vec<u64>>,
+    keeper: Option<&keep::Keeper>,
+) -> EncodedBlock {
     let mut services: HashMap<u64, summary::Builder, Fast> = HashMap::default();
     let mut strings = Strings::default();
     let mut resources = Dictionary::<i64>::default();
@@ -181,10 +189,15 @@ pub(crate) fn encode(rows: &[&SpanRow], resource_terms: &HashMap<i64, Vec<u64>>)
     ] {
         out.bytes(&column.0);
     }
+    let keep = keeper.map(|k| {
+        let counts: Vec<usize> = traces.iter().map(|(_, n)| *n).collect();
+        keep::encode(&k.choose(rows, &counts))
+    });
     EncodedBlock {
         data: compress(&out.0),
         summary,
         services,
+        keep,
     }
 }
 
@@ -531,6 +544,34 @@ impl Block {
                 x => Some(self.strings.get(x - 1).to_string()),
             },
         }
+    }
+
+    /// The spans of the traces `keep` says yes to (by trace index), as rows to encode again.
+    pub fn rows(&self, keep: impl Fn(usize) -> bool) -> Vec<SpanRow> {
+        let mut out = Vec::new();
+        for t in (0..self.traces.len()).filter(|t| keep(*t)) {
+            for i in self.trace_start[t] as usize..self.trace_start[t + 1] as usize {
+                out.push(SpanRow {
+                    trace_id: self.traces[t],
+                    span_id: self.span_ids[i],
+                    parent_span_id: self.parents[i],
+                    service: self.strings.get(self.service[i]).to_string(),
+                    name: self.strings.get(self.name[i]).to_string(),
+                    kind: self.kind[i] as i16,
+                    start_ns: self.start[i],
+                    duration_ns: self.duration[i],
+                    status_code: self.status[i] as i16,
+                    is_error: self.error[i],
+                    resource_id: self.resources[self.resource[i] as usize],
+                    attributes: crate::encode::AttrPairs::from_pairs(self.attributes(i)),
+                    extra: match self.extra[i] {
+                        0 => None,
+                        x => Some(self.strings.get(x - 1).to_string()),
+                    },
+                });
+            }
+        }
+        out
     }
 
     /// The spans of the traces with these ids.

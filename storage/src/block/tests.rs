@@ -51,7 +51,7 @@ fn rows() -> Vec<SpanRow> {
 
 fn encoded(rows: &[SpanRow]) -> EncodedBlock {
     let refs: Vec<&SpanRow> = rows.iter().collect();
-    encode(&refs, &HashMap::new())
+    encode(&refs, &HashMap::new(), None)
 }
 
 /// Every field of every span comes back as the row form the decoder reads.
