@@ -10,6 +10,7 @@ ALTER TABLE blocks ADD COLUMN summary BYTEA;
 -- many spans it holds (NULL: all of first_seq..=last_seq).
 ALTER TABLE blocks ADD COLUMN keep BYTEA;
 ALTER TABLE blocks ADD COLUMN span_count INTEGER;
+CREATE INDEX blocks_to_thin ON blocks (first_seq) WHERE keep IS NOT NULL;
 CREATE TABLE block_data (
     first_seq  BIGINT PRIMARY KEY,
     data       BYTEA NOT NULL
@@ -34,7 +35,8 @@ CREATE TABLE span_seq (
     id        INTEGER PRIMARY KEY CHECK (id = 1),
     last_seq  BIGINT NOT NULL
 );
-INSERT INTO span_seq (id, last_seq) VALUES (1, COALESCE((SELECT MAX(seq) FROM spans), 0));
+INSERT INTO span_seq (id, last_seq)
+    VALUES (1, GREATEST(COALESCE((SELECT MAX(seq) FROM spans), 0), COALESCE((SELECT MAX(last_seq) FROM blocks), 0)));
 
 -- A trace's spans in a block: the trace key (as SQLite's trace_index: the id's first 8 bytes, the
 -- last 8 for a 64-bit id) and the seq range of its spans there. One entry per trace and commit.

@@ -11,6 +11,7 @@ ALTER TABLE blocks ADD COLUMN summary BLOB;
 -- many spans it holds (NULL: all of first_seq..=last_seq).
 ALTER TABLE blocks ADD COLUMN keep BLOB;
 ALTER TABLE blocks ADD COLUMN span_count INTEGER;
+CREATE INDEX blocks_to_thin ON blocks (first_seq) WHERE keep IS NOT NULL;
 CREATE TABLE block_data (
     first_seq  INTEGER PRIMARY KEY,
     data       BLOB NOT NULL

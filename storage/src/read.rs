@@ -49,16 +49,11 @@ impl Store {
     /// The spans of these traces stored in blocks: the blocks the trace index points at, each
     /// read and decoded once.
     async fn block_spans(&self, ids: &[TraceId]) -> Result<Vec<RawSpan>, StoreError> {
-        let mut keys: Vec<Vec<u8>> = ids
+        // Blocks' entries always have a 64-bit id's own key (the old zero key is the rows').
+        let keys: Vec<Vec<u8>> = ids
             .iter()
             .map(|id| crate::trace_runs::trace_key(id.as_bytes()).to_vec())
             .collect();
-        if ids
-            .iter()
-            .any(|id| crate::trace_runs::is_64_bit(id.as_bytes()))
-        {
-            keys.push(crate::trace_runs::OLD_64_BIT_KEY.to_vec());
-        }
         // The commit each entry's spans are in: the block at or before its first seq.
         const BLOCK_OF: &str = "(SELECT b.first_seq FROM blocks b WHERE b.first_seq <= i.first_seq ORDER BY b.first_seq DESC LIMIT 1)";
         let blocks: Vec<Option<i64>> = match &self.pool {
@@ -200,7 +195,7 @@ impl Store {
         let deadline = std::time::Instant::now() + self.search_timeout;
         let mut found = self.search_blocks(q, limit, deadline).await?;
         if self.has_rows().await? {
-            for (id, t) in self.search_rows(q, limit as i64).await? {
+            for (id, t) in self.search_rows(q, limit as i64, deadline).await? {
                 let at = found.entry(id).or_insert(t);
                 *at = (*at).max(t);
             }
@@ -220,10 +215,16 @@ impl Store {
         &self,
         q: &TraceQuery,
         limit: i64,
+        deadline: std::time::Instant,
     ) -> Result<Vec<([u8; 16], i64)>, StoreError> {
         let Some(seqs) = self.seq_range(q.start_min_ns, q.start_max_ns).await? else {
             return Ok(Vec::new());
         };
+        // What is left of the search's time after the blocks.
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(StoreError::SearchTimeout(self.search_timeout));
+        }
         let timeout = self.search_timeout;
         let timed_out = |e: sqlx::Error| -> StoreError {
             let code = match &e {
@@ -245,7 +246,6 @@ impl Store {
                 qb.push(" GROUP BY s.trace_id ORDER BY t DESC LIMIT ")
                     .push_bind(limit);
                 let mut conn = p.acquire().await?;
-                let deadline = std::time::Instant::now() + timeout;
                 conn.lock_handle()
                     .await?
                     .set_progress_handler(1000, move || std::time::Instant::now() < deadline);
@@ -263,7 +263,7 @@ impl Store {
                 let mut tx = p.begin().await?;
                 sqlx::query(&format!(
                     "SET LOCAL statement_timeout = {}",
-                    timeout.as_millis().max(1)
+                    left.as_millis().max(1)
                 ))
                 .execute(&mut *tx)
                 .await?;

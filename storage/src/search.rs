@@ -200,25 +200,23 @@ impl Store {
         let filter = Filter::new(q);
         let mut found = HashMap::new();
         let mut resources: HashMap<i64, Vec<(String, String)>> = HashMap::new();
-        // Keyset pages over (max_start_ns, first_seq), descending.
-        let mut after: Option<(i64, i64)> = None;
+        // Keyset pages over (max_start_ns, first_seq), descending: each page seeks past the last.
+        let mut after: (i64, i64) = (i64::MAX, i64::MAX);
         loop {
             // A service's own rows when the search names one, else every block's.
             let (sql, service) = match &q.service {
                 Some(s) => (
                     "SELECT first_seq, max_start_ns, summary FROM block_services
                      WHERE max_start_ns >= $1 AND min_start_ns <= $2
-                       AND ($3 OR max_start_ns < $4 OR (max_start_ns = $4 AND first_seq < $5))
-                       AND service = $6
-                     ORDER BY max_start_ns DESC, first_seq DESC LIMIT $7",
+                       AND (max_start_ns, first_seq) < ($3, $4) AND service = $5
+                     ORDER BY max_start_ns DESC, first_seq DESC LIMIT $6",
                     s.as_str(),
                 ),
                 None => (
                     "SELECT first_seq, max_start_ns, summary FROM blocks
                      WHERE summary IS NOT NULL AND max_start_ns >= $1 AND min_start_ns <= $2
-                       AND ($3 OR max_start_ns < $4 OR (max_start_ns = $4 AND first_seq < $5))
-                       AND $6 = ''
-                     ORDER BY max_start_ns DESC, first_seq DESC LIMIT $7",
+                       AND (max_start_ns, first_seq) < ($3, $4) AND $5 = ''
+                     ORDER BY max_start_ns DESC, first_seq DESC LIMIT $6",
                     "",
                 ),
             };
@@ -226,9 +224,8 @@ impl Store {
                 sqlx::query_as(sql)
                     .bind(q.start_min_ns)
                     .bind(q.start_max_ns)
-                    .bind(after.is_none())
-                    .bind(after.map_or(0, |a| a.0))
-                    .bind(after.map_or(0, |a| a.1))
+                    .bind(after.0)
+                    .bind(after.1)
                     .bind(service)
                     .bind(PAGE)
                     .fetch_all(p)
@@ -236,18 +233,34 @@ impl Store {
             });
             let done = (page.len() as i64) < PAGE;
             for (first_seq, max_start, summary) in page {
-                if kth_latest(&found, limit).is_some_and(|k| k >= max_start) {
+                // Ties go on: a trace starting at the k-th's time may still come.
+                if kth_latest(&found, limit).is_some_and(|k| k > max_start) {
                     return Ok(found);
                 }
                 if Instant::now() > deadline {
                     return Err(StoreError::SearchTimeout(self.search_timeout));
                 }
-                after = Some((max_start, first_seq));
-                if !filter.may_match(&Summary::decode(&summary)?) {
+                after = (max_start, first_seq);
+                // A damaged block is left out (and logged) rather than failing every search over
+                // its time.
+                let summary = match Summary::decode(&summary) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(first_seq, error = %e, "a block's summary is damaged; searches leave it out");
+                        continue;
+                    }
+                };
+                if !filter.may_match(&summary) {
                     continue;
                 }
-                let Some(block) = self.block(first_seq).await? else {
-                    continue;
+                let block = match self.block(first_seq).await {
+                    Ok(Some(b)) => b,
+                    Ok(None) => continue,
+                    Err(e @ StoreError::Corrupt(_)) => {
+                        tracing::warn!(first_seq, error = %e, "a block is damaged; searches leave it out");
+                        continue;
+                    }
+                    Err(e) => return Err(e),
                 };
                 if !filter.tags.is_empty() {
                     let missing: Vec<i64> = block

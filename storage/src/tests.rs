@@ -725,8 +725,9 @@ async fn searches_are_bounded_in_number_and_time() {
 }
 
 /// 64-bit trace ids (zeros in the first 8 bytes: Zipkin's B3, older Jaeger clients) are indexed by
-/// their last 8 bytes, so a lookup reads its own trace's entries, not every 64-bit trace's; entries
-/// stored under the zero key before that are still found.
+/// their last 8 bytes, so a lookup reads its own trace's entries, not every 64-bit trace's. (Rows
+/// stored under the zero key by versions before that are still found: `Store::spans_in_rows`
+/// seeks it too.)
 #[tokio::test]
 async fn sixty_four_bit_trace_ids_have_index_keys_of_their_own() {
     let (store, dir) = sqlite_store().await;
@@ -755,14 +756,6 @@ async fn sixty_four_bit_trace_ids_have_index_keys_of_their_own() {
         )
         .unwrap();
     assert_eq!(keys, 301, "a key per 64-bit trace, and the 128-bit one's");
-    // Trace 7's entry as an earlier version stored it: under the zero key.
-    let moved = db
-        .execute(
-            "UPDATE trace_index SET trace_key = zeroblob(8) WHERE trace_key = ?1",
-            [&7u64.to_be_bytes()[..]],
-        )
-        .unwrap();
-    assert_eq!(moved, 1);
     for t in [7, 8, 300] {
         assert_eq!(store.trace(id64(t)).await.unwrap().len(), 2, "trace {t}");
     }
@@ -832,4 +825,47 @@ async fn sqlite_thinning_keeps_the_traces_that_matter() {
 #[tokio::test]
 async fn postgres_thinning_keeps_the_traces_that_matter() {
     thinning_keeps_the_traces_that_matter(&postgres_store().await).await;
+}
+
+/// A damaged block is left out of searches (logged) and kept whole by tiered retention, instead of
+/// failing every search over its time and stopping retention for every block after it.
+#[tokio::test]
+async fn a_damaged_block_fails_neither_searches_nor_retention() {
+    let (store, dir) = sqlite_store().await;
+    let spans = |trace: u64| vec![SpanBuilder::new(trace, 1, "svc", "op", T0 + trace).build()];
+    store.write(&[&encode_batch(&spans(1))]).await.unwrap();
+    store.write(&[&encode_batch(&spans(2))]).await.unwrap();
+    let db = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
+    let first: i64 = db
+        .query_row("SELECT MIN(first_seq) FROM block_data", [], |r| r.get(0))
+        .unwrap();
+    db.execute(
+        "UPDATE block_data SET data = x'01ffff' WHERE first_seq = ?1",
+        [first],
+    )
+    .unwrap();
+    for service in [None, Some("svc".to_string())] {
+        let q = TraceQuery {
+            service,
+            ..around_t0()
+        };
+        assert_eq!(store.search(&q).await.unwrap(), vec![trace_id(2)]);
+    }
+    assert!(matches!(
+        store.trace(trace_id(1)).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    let done = store.thin_committed_before(now_ns(), 10).await.unwrap();
+    assert_eq!(
+        done.blocks, 1,
+        "the sound block is thinned, the damaged one skipped"
+    );
+    let left: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM blocks WHERE keep IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(left, 0, "the damaged block is not tried again");
 }

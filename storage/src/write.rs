@@ -52,17 +52,23 @@ impl Commit {
             .map(|r| (r.id, r.terms.clone()))
             .collect();
         let mut encoded = block::encode(&rows, &terms, Some(keeper));
-        let cap = committed_ns.saturating_add(MAX_FUTURE_NS);
-        for part in &mut encoded.services {
-            part.min_start = part.min_start.min(cap);
-            part.max_start = part.max_start.min(cap);
-        }
+        cap_future(&mut encoded, committed_ns);
         Commit {
             encoded,
             entries: trace_runs::entries_of(rows.iter().map(|r| &r.trace_id), 0),
             start_range: start_range(&rows, committed_ns),
             spans: rows.len() as u64,
         }
+    }
+}
+
+/// Each service's start times in a block, the future clamped to `MAX_FUTURE_NS` past the commit
+/// as the block's own are.
+fn cap_future(encoded: &mut block::EncodedBlock, committed_ns: i64) {
+    let cap = committed_ns.saturating_add(MAX_FUTURE_NS);
+    for part in &mut encoded.services {
+        part.min_start = part.min_start.min(cap);
+        part.max_start = part.max_start.min(cap);
     }
 }
 
@@ -304,6 +310,14 @@ impl Store {
                 .await?;
             tx.commit().await?;
         });
+        // PostgreSQL's trace index goes with its blocks (SQLite's runs drop entries below the
+        // lowest stored seq as they merge).
+        if let (Pool::Postgres(p), true) = (&self.pool, upto > i64::MIN) {
+            sqlx::query("DELETE FROM trace_index WHERE first_seq <= $1 AND first_seq < COALESCE((SELECT MIN(first_seq) FROM block_data), $1 + 1)")
+                .bind(upto)
+                .execute(p)
+                .await?;
+        }
         Ok(deleted)
     }
 
@@ -316,18 +330,34 @@ impl Store {
         cutoff_ns: i64,
         max_blocks: i64,
     ) -> Result<Thinned, StoreError> {
-        let due: Vec<(i64, Vec<u8>)> = on_pool!(&self.pool, |p| {
-            sqlx::query_as("SELECT first_seq, keep FROM blocks WHERE committed_ns < $1 AND keep IS NOT NULL ORDER BY first_seq LIMIT $2")
+        let due: Vec<(i64, i64, Vec<u8>)> = on_pool!(&self.pool, |p| {
+            sqlx::query_as("SELECT first_seq, committed_ns, keep FROM blocks WHERE keep IS NOT NULL AND committed_ns < $1 ORDER BY first_seq LIMIT $2")
                 .bind(cutoff_ns)
                 .bind(max_blocks)
                 .fetch_all(p)
                 .await?
         });
         let mut done = Thinned::default();
-        for (first_seq, keep) in due {
-            let kept = block::keep::decode(&keep)?;
-            let Some(decoded) = self.block(first_seq).await? else {
+        for (first_seq, committed_ns, keep) in due {
+            let decoded = match (block::keep::decode(&keep), self.block(first_seq).await) {
+                (Ok(kept), Ok(Some(b))) => Some((kept, b)),
                 // Deleted meanwhile.
+                (Ok(_), Ok(None)) => None,
+                (Err(e), _) | (_, Err(e)) => {
+                    // Kept whole rather than lost, and not tried again: one damaged block must
+                    // not stop tiered retention for every block after it.
+                    tracing::warn!(first_seq, error = %e, "a block could not be thinned; it is kept whole");
+                    None
+                }
+            };
+            let Some((kept, decoded)) = decoded else {
+                on_pool!(&self.pool, |p| {
+                    sqlx::query("UPDATE blocks SET keep = NULL WHERE first_seq = $1")
+                        .bind(first_seq)
+                        .execute(p)
+                        .await?
+                        .rows_affected()
+                });
                 continue;
             };
             let mut reasons = vec![0u8; decoded.traces.len()];
@@ -336,16 +366,9 @@ impl Store {
                     *slot = *r;
                 }
             }
-            for (bit, _) in block::keep::REASONS.iter().enumerate() {
-                done.kept[bit] += reasons
-                    .iter()
-                    .filter(|r| *r & block::keep::REASONS[bit].0 != 0)
-                    .count() as u64;
-            }
             let rows = decoded.rows(|t| reasons[t] != 0);
-            done.blocks += 1;
-            done.dropped_spans += (decoded.len() - rows.len()) as u64;
-            let encoded = if rows.is_empty() || rows.len() == decoded.len() {
+            let everything = rows.len() == decoded.len();
+            let encoded = if rows.is_empty() || everything {
                 None
             } else {
                 let mut ids: Vec<i64> = rows.iter().map(|r| r.resource_id).collect();
@@ -356,18 +379,24 @@ impl Store {
                     terms.insert(r.id, crate::search::resource_terms(&r.attributes)?);
                 }
                 let refs: Vec<&SpanRow> = rows.iter().collect();
-                Some(block::encode(&refs, &terms, None))
+                let mut e = block::encode(&refs, &terms, None);
+                cap_future(&mut e, committed_ns);
+                Some(e)
             };
-            let everything = rows.len() == decoded.len();
             let count = rows.len() as i64;
-            on_pool!(&self.pool, |p| {
+            let thinned: bool = on_pool!(&self.pool, |p| {
                 let mut tx = p.begin().await?;
-                if everything {
-                    sqlx::query("UPDATE blocks SET keep = NULL WHERE first_seq = $1")
-                        .bind(first_seq)
-                        .execute(&mut *tx)
-                        .await?;
-                } else {
+                // Claims the block: another replica's retention or thinning may have taken it
+                // since it was read; then nothing is written.
+                let claimed = sqlx::query(
+                    "UPDATE blocks SET keep = NULL WHERE first_seq = $1 AND keep IS NOT NULL",
+                )
+                .bind(first_seq)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1;
+                if claimed && !everything {
                     sqlx::query("DELETE FROM block_services WHERE first_seq = $1")
                         .bind(first_seq)
                         .execute(&mut *tx)
@@ -378,7 +407,7 @@ impl Store {
                                 .bind(first_seq)
                                 .execute(&mut *tx)
                                 .await?;
-                            sqlx::query("UPDATE blocks SET keep = NULL, span_count = 0 WHERE first_seq = $1")
+                            sqlx::query("UPDATE blocks SET span_count = 0 WHERE first_seq = $1")
                                 .bind(first_seq)
                                 .execute(&mut *tx)
                                 .await?;
@@ -389,12 +418,14 @@ impl Store {
                                 .bind(first_seq)
                                 .execute(&mut *tx)
                                 .await?;
-                            sqlx::query("UPDATE blocks SET keep = NULL, summary = $1, span_count = $2 WHERE first_seq = $3")
-                                .bind(&e.summary)
-                                .bind(count)
-                                .bind(first_seq)
-                                .execute(&mut *tx)
-                                .await?;
+                            sqlx::query(
+                                "UPDATE blocks SET summary = $1, span_count = $2 WHERE first_seq = $3",
+                            )
+                            .bind(&e.summary)
+                            .bind(count)
+                            .bind(first_seq)
+                            .execute(&mut *tx)
+                            .await?;
                             for part in &e.services {
                                 sqlx::query("INSERT INTO block_services (service, max_start_ns, first_seq, min_start_ns, summary) VALUES ($1, $2, $3, $4, $5)")
                                     .bind(&part.service)
@@ -409,7 +440,15 @@ impl Store {
                     }
                 }
                 tx.commit().await?;
+                claimed
             });
+            if thinned {
+                done.blocks += 1;
+                done.dropped_spans += (decoded.len() - rows.len()) as u64;
+                for (slot, (bit, _)) in done.kept.iter_mut().zip(block::keep::REASONS) {
+                    *slot += reasons.iter().filter(|r| *r & bit != 0).count() as u64;
+                }
+            }
         }
         Ok(done)
     }

@@ -145,8 +145,11 @@ pub(crate) fn decode(b: &[u8]) -> Result<Vec<(u32, u8)>, StoreError> {
     let mut out = Vec::with_capacity(n);
     let mut at = 0u64;
     for _ in 0..n {
-        at += r.varint()?;
-        let t = u32::try_from(at).map_err(|_| super::bytes::corrupt("a kept trace"))?;
+        at = at
+            .checked_add(r.varint()?)
+            .filter(|a| *a <= u32::MAX as u64)
+            .ok_or_else(|| super::bytes::corrupt("a kept trace"))?;
+        let t = at as u32;
         out.push((t, r.u8()?));
     }
     Ok(out)
@@ -188,7 +191,10 @@ mod tests {
         let durations: Vec<u64> = (0..200).map(|i| 1_000 + i).collect();
         let kept = choose(&k, &rows(&durations, 1));
         let with = |bit: u8| -> Vec<u32> {
-            kept.iter().filter(|(_, r)| r & bit != 0).map(|(t, _)| *t).collect()
+            kept.iter()
+                .filter(|(_, r)| r & bit != 0)
+                .map(|(t, _)| *t)
+                .collect()
         };
         assert_eq!(with(ERROR), vec![0]);
         assert_eq!(with(SLOW), vec![198, 199]);

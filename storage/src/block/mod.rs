@@ -371,8 +371,11 @@ impl Block {
         let mut ends = Vec::with_capacity(n_strings);
         let mut total = 0u64;
         for _ in 0..n_strings {
-            total += r.varint()?;
-            ends.push(u32::try_from(total).map_err(|_| corrupt("string lengths"))?);
+            total = total
+                .checked_add(r.varint()?)
+                .filter(|t| *t <= u32::MAX as u64)
+                .ok_or_else(|| corrupt("string lengths"))?;
+            ends.push(total as u32);
         }
         let text = std::str::from_utf8(r.take(total as usize)?)
             .map_err(|_| corrupt("strings are not UTF-8"))?;
@@ -394,10 +397,10 @@ impl Block {
         let mut total = 0u64;
         for _ in 0..traces {
             trace_start.push(total as u32);
-            total += r.varint()?;
-            if total > spans as u64 {
-                return Err(corrupt("more spans in traces than in the block"));
-            }
+            total = total
+                .checked_add(r.varint()?)
+                .filter(|t| *t <= spans as u64)
+                .ok_or_else(|| corrupt("more spans in traces than in the block"))?;
         }
         if total != spans as u64 {
             return Err(corrupt("spans in traces differ from the block's"));
@@ -417,9 +420,10 @@ impl Block {
                     0 => None,
                     1 => Some(r.array::<8>()?),
                     k => Some(
-                        *span_ids
-                            .get(lo + (k - 2) as usize)
-                            .filter(|_| k - 2 < (hi - lo) as u64)
+                        *usize::try_from(k - 2)
+                            .ok()
+                            .filter(|k| *k < hi - lo)
+                            .and_then(|k| span_ids.get(lo + k))
                             .ok_or_else(|| corrupt("a parent reference"))?,
                     ),
                 });
@@ -454,10 +458,10 @@ impl Block {
         let mut attrs = 0u64;
         for _ in 0..spans {
             attr_start.push(attrs as u32);
-            attrs += r.varint()?;
-            if attrs > u32::MAX as u64 / 2 {
-                return Err(corrupt("attribute count"));
-            }
+            attrs = attrs
+                .checked_add(r.varint()?)
+                .filter(|a| *a <= u32::MAX as u64 / 2)
+                .ok_or_else(|| corrupt("attribute count"))?;
         }
         attr_start.push(attrs as u32);
         let attrs = attrs as usize;
