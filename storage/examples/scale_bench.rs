@@ -9,35 +9,11 @@
 use std::time::Instant;
 
 use meshlens_storage::{encode_batch, Store, StoreConfig, TraceQuery};
-use meshlens_topology::testing::{resource, SpanBuilder};
-use meshlens_topology::{SpanKind, TraceId};
+use meshlens_topology::testing::MeshTraces;
 
 const SERVICES: u64 = 20;
 const PER_COMMIT: usize = 4_096;
 const HOUR_NS: u64 = 3_600_000_000_000;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn trace_id(n: u64) -> TraceId {
-    let mut b = [0u8; 16];
-    b[..8].copy_from_slice(&(n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1).to_be_bytes());
-    b[8..].copy_from_slice(&n.to_be_bytes());
-    TraceId::from_bytes(&b).expect("non-zero")
-}
 
 fn now_ns() -> u64 {
     std::time::SystemTime::now()
@@ -80,19 +56,10 @@ async fn main() {
     .await
     .unwrap();
     store.migrate().await.unwrap();
-    let resources: Vec<_> = (0..SERVICES)
-        .map(|s| {
-            resource(
-                &format!("svc-{s:02}"),
-                Some(if s % 4 == 0 { "v2" } else { "v1" }),
-            )
-        })
-        .collect();
     // Spans start over the hour before the fill began, in the order they are written.
     let t_end = now_ns();
     let t_start = t_end - HOUR_NS;
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-    let mut traces = 0u64;
+    let mut mesh = MeshTraces::new(SERVICES, t_start, HOUR_NS as f64 / total as f64);
     let mut written = 0u64;
     let started = Instant::now();
     let mut last_report = Instant::now();
@@ -100,56 +67,7 @@ async fn main() {
         while written < total {
             let mut spans = Vec::with_capacity(PER_COMMIT + 8);
             while spans.len() < PER_COMMIT {
-                let id = trace_id(traces);
-                traces += 1;
-                let mut start = t_start
-                    + (HOUR_NS as f64 * written as f64 / total as f64) as u64
-                    + rng.below(1_000_000_000);
-                let mut caller = rng.below(SERVICES);
-                let mut parent = None;
-                let mut span_no = traces * 16;
-                for _ in 0..1 + rng.below(4) {
-                    let callee = (caller + 1 + rng.below(SERVICES - 1)) % SERVICES;
-                    let failed = rng.below(100) < 5;
-                    let status = if failed { 503i64 } else { 200 };
-                    let dur = 200_000 + rng.below(20_000_000);
-                    let mut client = SpanBuilder::new(0, span_no + 1, "", "GET", start)
-                        .resource(resources[caller as usize].clone())
-                        .kind(SpanKind::Client)
-                        .duration_ns(dur)
-                        .attr("http.request.method", "GET")
-                        .attr("http.response.status_code", status)
-                        .attr(
-                            "server.address",
-                            format!("svc-{callee:02}.mesh.svc.cluster.local"),
-                        )
-                        .attr("server.port", 8080i64);
-                    if let Some(p) = parent {
-                        client = client.parent(p);
-                    }
-                    let mut server =
-                        SpanBuilder::new(0, span_no + 2, "", "GET /api/items/{id}", start + 20_000)
-                            .resource(resources[callee as usize].clone())
-                            .kind(SpanKind::Server)
-                            .parent(span_no + 1)
-                            .duration_ns(dur - 40_000)
-                            .attr("http.request.method", "GET")
-                            .attr("http.route", "/api/items/{id}")
-                            .attr("url.path", format!("/api/items/{}", rng.below(10_000)))
-                            .attr("http.response.status_code", status)
-                            .attr("client.address", "10.244.1.17");
-                    if failed {
-                        server = server.error("upstream failed");
-                    }
-                    for mut s in [client.build(), server.build()] {
-                        s.trace_id = id;
-                        spans.push(s);
-                    }
-                    parent = Some(span_no + 2);
-                    span_no += 2;
-                    caller = callee;
-                    start += 50_000;
-                }
+                spans.extend(mesh.next_trace());
             }
             written += spans.len() as u64;
             store.write(&[&encode_batch(&spans)]).await.unwrap();
@@ -163,9 +81,8 @@ async fn main() {
         }
         store.settle_trace_index().await.unwrap();
         store.checkpoint().await.unwrap();
-    } else {
-        traces = total / 5;
     }
+    let traces = if keep { total / 5 } else { mesh.traces() };
     let fill = started.elapsed().as_secs_f64();
     let stored = store.count_spans().await.unwrap();
     // The database's pages (SQLite: without the write-ahead log, which a checkpoint empties).
@@ -182,7 +99,7 @@ async fn main() {
     for i in 0..1_000u64 {
         let t = i.wrapping_mul(7_919_777) % traces.max(1);
         let s = Instant::now();
-        let spans = store.trace(trace_id(t)).await.unwrap();
+        let spans = store.trace(MeshTraces::trace_id(t)).await.unwrap();
         lat.push(s.elapsed().as_secs_f64() * 1e3);
         assert!(!spans.is_empty(), "trace {t}");
     }

@@ -104,6 +104,123 @@ impl From<Span> for SpanBuilder {
     }
 }
 
+/// Mesh-shaped spans for benchmarks and scale tests: traces of 1–4 hops across `services`
+/// services, each hop a client span and its server child with the attributes an HTTP
+/// instrumentation sets (`url.path` one of 10,000; 5% of calls fail), starts spread evenly from
+/// `from_ns` over `span_ns` per span written. `next` gives the next trace's spans.
+pub struct MeshTraces {
+    rng: u64,
+    services: Vec<Arc<Resource>>,
+    traces: u64,
+    written: u64,
+    from_ns: u64,
+    ns_per_span: f64,
+}
+
+impl MeshTraces {
+    pub fn new(services: u64, from_ns: u64, ns_per_span: f64) -> Self {
+        MeshTraces {
+            rng: 0x9E37_79B9_7F4A_7C15,
+            services: (0..services)
+                .map(|s| {
+                    resource(
+                        &format!("svc-{s:02}"),
+                        Some(if s % 4 == 0 { "v2" } else { "v1" }),
+                    )
+                })
+                .collect(),
+            traces: 0,
+            written: 0,
+            from_ns,
+            ns_per_span,
+        }
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        // xorshift64*
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// The id of the `n`-th trace made.
+    pub fn trace_id(n: u64) -> TraceId {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&(n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1).to_be_bytes());
+        b[8..].copy_from_slice(&n.to_be_bytes());
+        TraceId::from_bytes(&b).expect("non-zero")
+    }
+
+    /// Traces made so far.
+    pub fn traces(&self) -> u64 {
+        self.traces
+    }
+
+    /// The next trace's spans.
+    pub fn next_trace(&mut self) -> Vec<Span> {
+        let services = self.services.len() as u64;
+        let id = Self::trace_id(self.traces);
+        let mut span_no = self.traces * 16;
+        self.traces += 1;
+        let mut start = self.from_ns
+            + (self.written as f64 * self.ns_per_span) as u64
+            + self.below(1_000_000_000);
+        let mut caller = self.below(services);
+        let mut parent = None;
+        let mut out = Vec::new();
+        for _ in 0..1 + self.below(4) {
+            let callee = (caller + 1 + self.below(services - 1)) % services;
+            let failed = self.below(100) < 5;
+            let status = if failed { 503i64 } else { 200 };
+            let dur = 200_000 + self.below(20_000_000);
+            let mut client = SpanBuilder::new(0, span_no + 1, "", "GET", start)
+                .resource(self.services[caller as usize].clone())
+                .kind(SpanKind::Client)
+                .duration_ns(dur)
+                .attr("http.request.method", "GET")
+                .attr("http.response.status_code", status)
+                .attr(
+                    "server.address",
+                    format!("svc-{callee:02}.mesh.svc.cluster.local"),
+                )
+                .attr("server.port", 8080i64);
+            if let Some(p) = parent {
+                client = client.parent(p);
+            }
+            let path = format!("/api/items/{}", self.below(10_000));
+            let mut server =
+                SpanBuilder::new(0, span_no + 2, "", "GET /api/items/{id}", start + 20_000)
+                    .resource(self.services[callee as usize].clone())
+                    .kind(SpanKind::Server)
+                    .parent(span_no + 1)
+                    .duration_ns(dur - 40_000)
+                    .attr("http.request.method", "GET")
+                    .attr("http.route", "/api/items/{id}")
+                    .attr("url.path", path)
+                    .attr("http.response.status_code", status)
+                    .attr("client.address", "10.244.1.17");
+            if failed {
+                server = server.error("upstream failed");
+            }
+            for mut s in [client.build(), server.build()] {
+                s.trace_id = id;
+                out.push(s);
+            }
+            parent = Some(span_no + 2);
+            span_no += 2;
+            caller = callee;
+            start += 50_000;
+        }
+        self.written += out.len() as u64;
+        out
+    }
+}
+
 /// A file of an Istio fixture scenario under `testdata/istio/` (`bookinfo-sidecar`,
 /// `ambient-waypoint`), for any crate's tests.
 pub fn istio_fixture(scenario: &str, file: &str) -> String {
