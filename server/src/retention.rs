@@ -88,8 +88,7 @@ async fn run_once(
                 .thin_committed_before(full_cutoff, THIN_BLOCKS)
                 .await?;
             metrics.retention_thinned_spans.inc_by(done.dropped_spans);
-            let reasons = [KeepReason::Error, KeepReason::Slow, KeepReason::Sample];
-            for (reason, n) in reasons.into_iter().zip(done.kept) {
+            for (reason, n) in KeepReason::ALL.iter().copied().zip(done.kept) {
                 metrics.retention_kept_traces.at(reason).inc_by(n);
             }
             if done.blocks < THIN_BLOCKS as u64 || cancel.is_cancelled() {
@@ -110,4 +109,17 @@ async fn run_once(
         .delete_edge_minutes_before(cutoff_ns.div_euclid(60_000_000_000))
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The metric's reasons are the store's, in the store's order (`Thinned::kept` is by index).
+    #[test]
+    fn keep_reasons_match_the_stores() {
+        let metric: Vec<&str> = KeepReason::ALL.iter().map(|r| r.as_str()).collect();
+        let store: Vec<&str> = meshlens_storage::KEEP_REASONS.iter().map(|r| r.1).collect();
+        assert_eq!(metric, store);
+    }
 }

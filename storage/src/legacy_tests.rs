@@ -219,6 +219,9 @@ async fn a_row_store_reads_in_place_as_a_block_store_with_the_same_spans() {
     assert_eq!(new.count_spans().await.unwrap(), 120);
     assert!(old.has_rows().await.unwrap());
     assert!(!new.has_rows().await.unwrap());
+    assert_eq!(old.row_spans().await.unwrap(), 120);
+    assert_eq!(new.row_spans().await.unwrap(), 0);
+    assert!(new.size_bytes().await.unwrap() > 0);
 
     let ids = trace_ids();
     assert_eq!(ids.len(), 40);
@@ -299,6 +302,7 @@ async fn a_row_store_takes_blocks_and_retention_empties_its_rows() {
     }
     assert_eq!(deleted, 120);
     assert!(!store.has_rows().await.unwrap());
+    assert_eq!(store.row_spans().await.unwrap(), 0);
     assert_eq!(store.count_spans().await.unwrap(), 1);
     assert_eq!(store.trace(first.trace_id).await.unwrap().len(), 1);
     store.settle_trace_index().await.unwrap();

@@ -869,3 +869,53 @@ async fn a_damaged_block_fails_neither_searches_nor_retention() {
         .unwrap();
     assert_eq!(left, 0, "the damaged block is not tried again");
 }
+
+/// A search reads summaries 64 at a time; one over more blocks than that pages through them all,
+/// through every block's summary and through a service's, latest first, and a limit stops it.
+async fn searches_page_through_many_blocks(store: &Store) {
+    for t in 1..=150u64 {
+        let service = if t % 2 == 0 { "even" } else { "odd" };
+        let span = SpanBuilder::new(t, 1, service, "op", T0 + t * 1_000).build();
+        store.write(&[&encode_batch(&[span])]).await.unwrap();
+    }
+    let all = |service: Option<&str>, limit: usize| TraceQuery {
+        service: service.map(str::to_string),
+        limit,
+        ..around_t0()
+    };
+    let want = |f: &dyn Fn(u64) -> bool, n: usize| -> Vec<_> {
+        (1..=150u64)
+            .rev()
+            .filter(|t| f(*t))
+            .take(n)
+            .map(trace_id)
+            .collect()
+    };
+    assert_eq!(
+        store.search(&all(None, 1500)).await.unwrap(),
+        want(&|_| true, 150)
+    );
+    assert_eq!(
+        store.search(&all(Some("even"), 1500)).await.unwrap(),
+        want(&|t| t % 2 == 0, 75)
+    );
+    assert_eq!(
+        store.search(&all(None, 10)).await.unwrap(),
+        want(&|_| true, 10)
+    );
+    assert_eq!(
+        store.search(&all(Some("odd"), 70)).await.unwrap(),
+        want(&|t| t % 2 == 1, 70)
+    );
+}
+
+#[tokio::test]
+async fn sqlite_searches_page_through_many_blocks() {
+    let (store, _dir) = sqlite_store().await;
+    searches_page_through_many_blocks(&store).await;
+}
+
+#[tokio::test]
+async fn postgres_searches_page_through_many_blocks() {
+    searches_page_through_many_blocks(&postgres_store().await).await;
+}

@@ -71,6 +71,16 @@ impl<'a> In<'a> {
         Err(corrupt("varint too long"))
     }
 
+    /// `total` plus the next varint: the running sums the format stores as differences (string
+    /// ends, spans per trace, attributes per span, kept traces). Past `max`, or overflowing, is
+    /// `what` corrupt, so every sum read is in order and in range.
+    pub fn add_to(&mut self, total: u64, max: u64, what: &str) -> Result<u64, StoreError> {
+        total
+            .checked_add(self.varint()?)
+            .filter(|t| *t <= max)
+            .ok_or_else(|| corrupt(what))
+    }
+
     pub fn signed(&mut self) -> Result<i64, StoreError> {
         let v = self.varint()?;
         Ok(((v >> 1) as i64) ^ -((v & 1) as i64))

@@ -145,10 +145,7 @@ pub(crate) fn decode(b: &[u8]) -> Result<Vec<(u32, u8)>, StoreError> {
     let mut out = Vec::with_capacity(n);
     let mut at = 0u64;
     for _ in 0..n {
-        at = at
-            .checked_add(r.varint()?)
-            .filter(|a| *a <= u32::MAX as u64)
-            .ok_or_else(|| super::bytes::corrupt("a kept trace"))?;
+        at = r.add_to(at, u32::MAX as u64, "a kept trace")?;
         let t = at as u32;
         out.push((t, r.u8()?));
     }

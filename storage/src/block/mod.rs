@@ -371,10 +371,7 @@ impl Block {
         let mut ends = Vec::with_capacity(n_strings);
         let mut total = 0u64;
         for _ in 0..n_strings {
-            total = total
-                .checked_add(r.varint()?)
-                .filter(|t| *t <= u32::MAX as u64)
-                .ok_or_else(|| corrupt("string lengths"))?;
+            total = r.add_to(total, u32::MAX as u64, "string lengths")?;
             ends.push(total as u32);
         }
         let text = std::str::from_utf8(r.take(total as usize)?)
@@ -397,10 +394,11 @@ impl Block {
         let mut total = 0u64;
         for _ in 0..traces {
             trace_start.push(total as u32);
-            total = total
-                .checked_add(r.varint()?)
-                .filter(|t| *t <= spans as u64)
-                .ok_or_else(|| corrupt("more spans in traces than in the block"))?;
+            total = r.add_to(
+                total,
+                spans as u64,
+                "more spans in traces than in the block",
+            )?;
         }
         if total != spans as u64 {
             return Err(corrupt("spans in traces differ from the block's"));
@@ -458,10 +456,7 @@ impl Block {
         let mut attrs = 0u64;
         for _ in 0..spans {
             attr_start.push(attrs as u32);
-            attrs = attrs
-                .checked_add(r.varint()?)
-                .filter(|a| *a <= u32::MAX as u64 / 2)
-                .ok_or_else(|| corrupt("attribute count"))?;
+            attrs = r.add_to(attrs, u32::MAX as u64 / 2, "attribute count")?;
         }
         attr_start.push(attrs as u32);
         let attrs = attrs as usize;
